@@ -1,5 +1,7 @@
 """Phoenix channel message codecs: vsn 1.0.0 JSON and vsn 2.0.0 arrays + binary."""
 
+from __future__ import annotations
+
 from .base import Codec
 from .message import BINARY, JSON, Message, UserBroadcast
 from .v1 import V1

@@ -51,5 +51,6 @@ class Codec(Protocol):
     def user_broadcast(self, topic: str, message: UserBroadcast) -> bytes | None:
         """A user broadcast: kind 4 for V2; for V1 a JSON broadcast
         {"event","payload","type":"broadcast","meta"?}, or None for a binary
-        payload (dropped for V1 receivers, spec §2.3)."""
+        payload (dropped for V1 receivers, spec §2.3). V2 raises ValueError when
+        the topic, event or metadata is longer than 255 bytes."""
         ...
