@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "CONNECT_ERROR_TEXT",
     "ChannelRateLimitReached",
     "ClientJoinRateLimitReached",
     "ConnectError",
@@ -40,6 +41,10 @@ __all__ = [
     "Unauthorized",
     "UnknownErrorOnChannel",
 ]
+
+
+# spec §1.4: the catch-all connect failure (e.g. a failed claim validator), HTTP 500.
+CONNECT_ERROR_TEXT = "Error connecting to Realtime"
 
 
 class RealtimeError(Exception):
@@ -119,6 +124,11 @@ class JwtError(RealtimeError, code="InvalidJWTToken"):
         super().__init__(message)
         if connect_text is not None:
             self.connect_text = connect_text  # type: ignore[misc]
+
+    @property
+    def connect_status(self) -> int:
+        """HTTP status at connect: 401, or 500 for "Error connecting to Realtime" (spec §1.4)."""
+        return 500 if self.connect_text == CONNECT_ERROR_TEXT else 401
 
 
 class InvalidJWTToken(JwtError, code="InvalidJWTToken"):

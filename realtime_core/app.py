@@ -1,0 +1,152 @@
+"""The application: settings, database, tenants, router and the network server, wired.
+
+cli.py creates an App, awaits start(), and awaits stop() on a signal. The
+network server calls open_socket() for each WebSocket upgrade (the connect-time
+checks of spec §1.4) and the HTTP router (rest_api.py) for everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from websockets.frames import CloseCode
+
+from . import db, rest_api
+from .config import Settings
+from .errors import ConnectError, JwtError
+from .jwt import clean_token, verify
+from .metrics import Metrics
+from .net.http import Request, Router
+from .net.server import Server
+from .net.websocket import WebSocketConnection
+from .presence import PresenceTopic
+from .protocol import codec_for
+from .router import Router as StreamRouter
+from .router import StreamKey
+from .socket import RealtimeSocket
+from .tenants import TenantRegistry, TenantStore
+
+__all__ = ["SOCKET_PATHS", "App"]
+
+log = logging.getLogger(__name__)
+
+# spec §1.1: Phoenix's path, and supabase-js's path when there is no gateway.
+SOCKET_PATHS = frozenset({"/socket/websocket", "/realtime/v1/websocket"})
+# log_level query values upstream accepts; anything else means "error" (spec §1.2).
+_LOG_LEVELS = frozenset({"info", "warning", "error"})
+
+
+class App:
+    """One server process."""
+
+    socket_paths = SOCKET_PATHS
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.get_running_loop()
+        self.now: Callable[[], float] = self.loop.time
+        self.tenants = TenantRegistry()
+        self.router = StreamRouter()
+        self.presences: dict[StreamKey, PresenceTopic] = {}
+        self.sockets: set[RealtimeSocket] = set()
+        self.metrics = Metrics(self)
+        self.http = Router()
+        rest_api.register(self, self.http)
+        self.pool: AsyncConnectionPool | None = None
+        self.server: Server | None = None
+        self.port: int | None = None
+        self.shutting_down = False
+        self.started_at = time.time()
+
+    new_presence_topic = staticmethod(PresenceTopic)
+
+    async def start(self) -> int:
+        """Migrate the database, load tenants and listen; return the bound port."""
+        settings = self.settings
+        if not settings.database_url:
+            raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
+        self.pool = await db.open_pool(settings.database_url)
+        secret = settings.resolve_jwt_secret()
+        async with self.pool.connection() as conn:
+            applied = await db.migrate(conn)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+            store = TenantStore(conn)
+            await store.ensure_default(settings, secret)
+            for tenant in await store.load_all(self.now()):
+                self.tenants.put(tenant)
+        self.server = Server(
+            self,
+            max_frame_bytes=settings.max_frame_bytes,
+            max_body_bytes=settings.max_http_body_bytes,
+            idle_timeout=settings.idle_timeout_ms / 1000,
+            max_write_buffer=settings.max_write_buffer_bytes,
+            flush_chunk=settings.flush_chunk,
+        )
+        self.port = await self.server.listen(settings.host, settings.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Refuse new joins, close every socket with 1012 (service restart), close the pool."""
+        self.shutting_down = True
+        if self.server is not None:
+            await self.server.close(CloseCode.SERVICE_RESTART)
+        if self.pool is not None:
+            await self.pool.close()
+
+    # Connect-time checks (spec §1.4), called by net/server.py
+
+    async def open_socket(self, request: Request) -> tuple[RealtimeSocket, Callable[[WebSocketConnection], None]]:
+        query = request.query
+        codec = codec_for(query.get("vsn"))
+        if codec is None:
+            raise ConnectError(403, "")  # unsupported vsn: 403, empty body, no backoff
+        tenant = self.tenants.resolve(request.headers.get("host"))
+        if tenant is None:
+            raise ConnectError(404, "Tenant not found")
+        if tenant.suspend:
+            raise ConnectError(403, "Realtime was disabled for this tenant")
+        token = request.headers.get("x-api-key") or query.get("apikey")
+        if not token:
+            raise ConnectError(401, "API key is missing")
+        token = clean_token(token)
+        try:
+            claims = verify(token, tenant.keys, now=time.time(), claim_validators=self.settings.jwt_claim_validators)
+        except JwtError as exc:
+            raise ConnectError(exc.connect_status, exc.connect_text) from None
+        limits = tenant.limits
+        now = self.now()
+        if tenant.users >= limits.max_concurrent_users:
+            raise ConnectError(429, "Too many connected users")
+        if tenant.joins.reached(limits.max_joins_per_second, now):
+            raise ConnectError(429, "Too many joins per second")
+        x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
+        level = query.get("log_level", "error")
+        socket = RealtimeSocket(
+            self, tenant, codec, token, claims, x_headers, level if level in _LOG_LEVELS else "error"
+        )
+        return socket, socket.attach
+
+    def connect_error_delay(self, error: ConnectError) -> float:
+        if error.status == 403 and not error.text:
+            return 0.0
+        return self.settings.connect_error_backoff_ms / 1000
+
+    # Introspection (metrics, admin)
+
+    def connection_count(self) -> int:
+        return len(self.sockets)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "connections": len(self.sockets),
+            "channels": sum(len(s.channels) for s in self.sockets),
+            "streams": self.router.stream_count(),
+            "presence_topics": len(self.presences),
+            "tenants": len(self.tenants),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+        }

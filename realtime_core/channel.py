@@ -1,0 +1,346 @@
+"""The join pipeline and one joined channel's state machine.
+
+socket.py calls join() for a phx_join (spec §3.3) and, once the channel exists,
+Channel.handle_in() for every message on its topic. A channel ends in one of
+three ways, each sending phx_close with ref = join_ref (spec §2.4): leave()
+(phx_leave), shutdown() (a system error first, spec §3.6), or replaced() (a
+duplicate join). close() is the common cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import broadcast
+from .errors import (
+    ChannelRateLimitReached,
+    ClientJoinRateLimitReached,
+    ConnectionRateLimitReached,
+    JwtError,
+    PrivateOnly,
+    RealtimeDisabledForTenant,
+    RealtimeError,
+    RealtimeRestarting,
+    TenantNotFound,
+    TopicNameRequired,
+    Unauthorized,
+)
+from .jwt import expires_in, verify
+from .limits import WindowCounter
+from .payloads import JoinPayload, postgres_change_id
+from .protocol import Message
+from .router import StreamKey
+
+if TYPE_CHECKING:
+    from .socket import RealtimeSocket
+
+__all__ = ["Channel", "ChannelState", "UnableToReplayMessages", "join"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_PREFIX = "realtime:"
+# spec §8.4: the token is re-checked at least this often.
+TOKEN_RECHECK_SECONDS = 300.0
+
+
+class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
+    """Replay asked for where it cannot be served (spec §4.6)."""
+
+
+class ChannelState(enum.IntEnum):
+    """A channel is joined until it closes; a closed channel ignores everything."""
+
+    JOINED = 1
+    CLOSED = 2
+
+
+async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
+    """Run the join pipeline (spec §3.3) in order; return the channel and the reply's response.
+
+    Raises RealtimeError with the upstream code and text on any refusal."""
+    app = socket.app
+    sub_topic = msg.topic[len(TOPIC_PREFIX) :]
+    if not sub_topic:
+        raise TopicNameRequired("You must provide a topic name")
+    if app.shutting_down:
+        raise RealtimeRestarting("Realtime is restarting, please standby")
+    tenant = app.tenants.get(socket.tenant.external_id)
+    if tenant is None:
+        raise TenantNotFound("Tenant with the given ID does not exist")
+    if tenant.suspend:
+        raise RealtimeDisabledForTenant("Realtime disabled for this tenant")
+    config = JoinPayload.parse(msg.payload)
+    if config.problems:
+        log.info("InvalidJoinPayload on %s: %s", msg.topic, "; ".join(config.problems))
+    if tenant.private_only and not config.private:
+        raise PrivateOnly("This project only allows private channels")
+    limits = tenant.limits
+    now = app.now()
+    if not socket.counted and tenant.users >= limits.max_concurrent_users:
+        raise ConnectionRateLimitReached("Too many connected users")
+    if tenant.joins.reached(limits.max_joins_per_second, now):
+        raise ClientJoinRateLimitReached("Too many joins per second")
+    tenant.joins.add(1, now)
+    if len(socket.channels) >= limits.max_channels_per_client:
+        raise ChannelRateLimitReached("Too many channels")
+    token = _join_token(config, socket.token)
+    claims = verify(token, tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators)
+    if config.private:
+        # Private channels are authorised by RLS policies on realtime.messages;
+        # until those are evaluated, nothing is readable.
+        raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
+    if config.replay_invalid:
+        raise UnableToReplayMessages("Replay params are not valid")
+    if config.replay is not None:
+        raise UnableToReplayMessages("Replay is not allowed for public channels")
+
+    channel = Channel(socket, msg.topic, sub_topic, msg.join_ref, config, token, claims)
+    changes = [{**params, "id": postgres_change_id(params)} for params in config.postgres_changes]
+    return channel, {"postgres_changes": changes}
+
+
+def _join_token(config: JoinPayload, connect_token: str) -> str:
+    """spec §3.2: user_token, then access_token, then the connect token; `sb_` keys defer to it."""
+    candidate = config.access_token if config.access_token is not None else config.user_token
+    if isinstance(candidate, str) and candidate.startswith("sb_"):
+        return connect_token
+    if isinstance(config.user_token, str):
+        return config.user_token
+    if isinstance(config.access_token, str):
+        return config.access_token
+    return connect_token
+
+
+class Channel:
+    """One topic joined on one socket."""
+
+    __slots__ = (
+        "ack",
+        "claims",
+        "codec",
+        "conn",
+        "join_ref",
+        "key",
+        "presence_enabled",
+        "presence_key",
+        "private",
+        "self_broadcast",
+        "socket",
+        "state",
+        "sub_topic",
+        "token",
+        "topic",
+        "_expiry",
+        "_presence_calls",
+    )
+
+    def __init__(
+        self,
+        socket: RealtimeSocket,
+        topic: str,
+        sub_topic: str,
+        join_ref: str | None,
+        config: JoinPayload,
+        token: str,
+        claims: dict[str, Any],
+    ) -> None:
+        self.socket = socket
+        self.conn = socket.conn
+        self.codec = socket.codec
+        self.topic = topic
+        self.sub_topic = sub_topic
+        self.join_ref = join_ref
+        self.private = config.private
+        self.key = StreamKey(socket.tenant.external_id, config.private, sub_topic)
+        self.ack = config.ack
+        self.self_broadcast = config.self_broadcast
+        self.presence_enabled = config.presence_enabled or socket.tenant.presence_enabled
+        self.presence_key = config.resolved_presence_key()
+        self.token = token
+        self.claims = claims
+        self.state = ChannelState.JOINED
+        self._expiry: asyncio.TimerHandle | None = None
+        self._presence_calls = WindowCounter()
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.topic} join_ref={self.join_ref}>"
+
+    # Lifecycle
+
+    def start(self) -> None:
+        """Subscribe and send what follows the join reply (spec §10.8: reply first)."""
+        app = self.socket.app
+        app.router.subscribe(self.key, self)
+        self._schedule_token_check()
+        if self.presence_enabled:
+            self._push_presence_state()
+
+    def leave(self, ref: str | None) -> None:
+        """phx_leave: reply ok, then phx_close (spec §3.7)."""
+        self.reply(ref, "ok", {})
+        self._close_with_phx_close()
+
+    def shutdown(self, text: str) -> None:
+        """Stop with a system error, then phx_close (spec §3.6, "Channel shutdown")."""
+        if self.state is ChannelState.CLOSED:
+            return
+        log.info("ChannelShutdown %s: %s", self.topic, text)
+        self.push("system", {"extension": "system", "status": "error", "message": text, "channel": self.sub_topic})
+        self._close_with_phx_close()
+
+    def replaced(self) -> None:
+        """A duplicate join on the socket: phx_close for this join_ref (spec §2.4)."""
+        self._close_with_phx_close()
+
+    def _close_with_phx_close(self) -> None:
+        if self.state is ChannelState.CLOSED:
+            return
+        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.close()
+
+    def close(self) -> None:
+        """Release everything the channel holds; send nothing (the socket may be gone)."""
+        if self.state is ChannelState.CLOSED:
+            return
+        self.state = ChannelState.CLOSED
+        app = self.socket.app
+        app.router.unsubscribe(self.key, self)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        self.socket.channel_closed(self)
+        topic = app.presences.get(self.key)
+        if topic is not None:
+            diff = topic.untrack(self)
+            if not topic:
+                del app.presences[self.key]
+            if diff is not None:
+                self._fan_out_presence_diff(diff)
+
+    # Output
+
+    def reply(self, ref: str | None, status: str, response: Any) -> None:
+        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+
+    def push(self, event: str, payload: Any) -> None:
+        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
+
+    # Input
+
+    def handle_in(self, msg: Message) -> None:
+        """One client message on this topic (not phx_join/phx_leave)."""
+        event = msg.event
+        if event == "broadcast":
+            broadcast.from_client(self, msg)
+        elif event == "presence":
+            self._handle_presence(msg)
+        elif event == "access_token":
+            self._refresh_token(msg.payload)
+        else:
+            # spec §9.2: unknown client events count against events/s.
+            tenant = self.socket.tenant
+            tenant.events.add(1, self.socket.app.now())
+
+    # Presence (spec §5)
+
+    def _handle_presence(self, msg: Message) -> None:
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        event = payload.get("event")
+        if event is None:
+            self.reply(msg.ref, "ok", {})
+            return
+        app = self.socket.app
+        tenant = self.socket.tenant
+        limits = tenant.limits
+        now = app.now()
+        window_s = limits.client_presence_window_ms / 1000
+        if not self._presence_calls.allow(limits.max_client_presence_events_per_window, window_s, now):
+            self.shutdown("Client presence rate limit exceeded")
+            return
+        if tenant.presence_events.reached(limits.max_presence_events_per_second, now):
+            self.shutdown("Too many presence messages per second")
+            return
+        tenant.presence_events.add(1, now)
+        kind = str(event).lower()
+        if kind == "track":
+            tracked = payload.get("payload", {})
+            if not isinstance(tracked, dict):
+                self.reply(msg.ref, "error", {"reason": "Presence track payload must be a map"})
+                return
+            if tenant.payload_too_large(len(orjson.dumps(tracked))):
+                self.shutdown("Track message size exceeded")
+                return
+            topic = app.presences.get(self.key)
+            if topic is None:
+                topic = app.presences.setdefault(self.key, app.new_presence_topic())
+            diff = topic.track(self, self.presence_key, tracked)
+            self.presence_enabled = True
+            self.reply(msg.ref, "ok", {})
+            if diff is not None:
+                self._fan_out_presence_diff(diff)
+        elif kind == "untrack":
+            topic = app.presences.get(self.key)
+            diff = topic.untrack(self) if topic is not None else None
+            self.reply(msg.ref, "ok", {})
+            if diff is not None:
+                self._fan_out_presence_diff(diff)
+        else:
+            self.reply(msg.ref, "error", {})
+
+    def _push_presence_state(self) -> None:
+        topic = self.socket.app.presences.get(self.key)
+        self.push("presence_state", topic.state() if topic is not None else {})
+
+    def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
+        app = self.socket.app
+        tenant = self.socket.tenant
+        payload = orjson.dumps(diff)
+        topic = self.topic
+        now = app.now()
+        delivered = app.router.publish(
+            tenant, self.key, lambda codec: codec.broadcast_json(topic, "presence_diff", payload), now
+        )
+        tenant.presence_events.add(delivered, now)
+
+    # Tokens (spec §8.3, §8.4)
+
+    def _refresh_token(self, payload: Any) -> None:
+        token = payload.get("access_token") if isinstance(payload, dict) else None
+        if not isinstance(token, str) or token.startswith("sb_") or token == self.token:
+            return
+        app = self.socket.app
+        try:
+            claims = verify(
+                token, self.socket.tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators
+            )
+        except JwtError as exc:
+            self.shutdown(exc.message)
+            return
+        self.token, self.claims = token, claims
+        self._schedule_token_check()
+
+    def _schedule_token_check(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        remaining = expires_in(self.claims, time.time())
+        delay = TOKEN_RECHECK_SECONDS if remaining is None else max(0.0, min(TOKEN_RECHECK_SECONDS, remaining))
+        self._expiry = self.socket.app.loop.call_later(delay, self._confirm_token)
+
+    def _confirm_token(self) -> None:
+        self._expiry = None
+        if self.state is ChannelState.CLOSED:
+            return
+        app = self.socket.app
+        try:
+            self.claims = verify(
+                self.token, self.socket.tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators
+            )
+        except JwtError as exc:
+            self.shutdown(exc.message)
+            return
+        self._schedule_token_check()

@@ -1,0 +1,266 @@
+"""The `realtime-core` command: serve, up, keys, migrate, console, bench.
+
+`serve` starts the embedded PostgreSQL (when DATABASE_URL is unset) from the
+main thread, so that it dies with this process (embedded_pg.py), then runs the
+App on uvloop when it is installed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import Settings
+from .jwt import sign
+
+__all__ = ["main"]
+
+log = logging.getLogger("realtime_core")
+
+# The keys printed by `keys` last as long as Supabase's self-hosting demo keys.
+KEY_LIFETIME_SECONDS = 10 * 365 * 24 * 3600
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # websockets logs every opened connection at INFO: too much at 10k sockets.
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _keys(settings: Settings) -> dict[str, str]:
+    secret = settings.resolve_jwt_secret()
+    now = int(time.time())
+    return {
+        role: sign({"role": role, "iss": "realtime-core", "iat": now, "exp": now + KEY_LIFETIME_SECONDS}, secret)
+        for role in ("anon", "service_role")
+    }
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    changes: dict[str, object] = {}
+    if getattr(args, "host", None):
+        changes["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        changes["port"] = args.port
+    if getattr(args, "data_dir", None):
+        changes["data_dir"] = Path(args.data_dir)
+    return settings.replace(**changes) if changes else settings
+
+
+@contextlib.contextmanager
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    """Yield settings with a database_url, starting the embedded PostgreSQL if needed."""
+    if settings.database_url:
+        yield settings
+        return
+    from .embedded_pg import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(settings.data_dir.resolve())
+    dsn = pg.start()
+    log.info("embedded PostgreSQL ready: %s", dsn)
+    try:
+        yield settings.replace(database_url=dsn)
+    finally:
+        pg.stop()
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-untyped-def]
+    from .app import App
+
+    app = App(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        port = await app.start()
+    except Exception:
+        await app.stop()
+        raise
+    url = f"http://{settings.host}:{port}"
+    print(f"realtime-core {__version__} listening on {url}", flush=True)
+    print(f"  websocket: ws://{settings.host}:{port}/socket  (supabase-js: {url}/realtime/v1)", flush=True)
+    if on_ready is not None:
+        on_ready(port)
+    await stop.wait()
+    log.info("shutting down")
+    await app.stop()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    with _database(settings) as settings:
+        if not os.environ.get("DATABASE_URL"):
+            print(f"  database:  {settings.database_url}", flush=True)
+        _run(_serve(settings))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    keys = _keys(_settings(args))
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(keys).decode())
+    else:
+        print(f"anon key:         {keys['anon']}")
+        print(f"service_role key: {keys['service_role']}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+
+    async def run(dsn: str) -> list[str]:
+        from . import db
+
+        pool = await db.open_pool(dsn)
+        try:
+            async with pool.connection() as conn:
+                return await db.migrate(conn)
+        finally:
+            await pool.close()
+
+    with _database(settings) as settings:
+        applied = _run(run(settings.database_url or ""))
+    print("applied: " + (", ".join(applied) if applied else "nothing, up to date"))
+    return 0
+
+
+def _console_command(server_url: str, port: int) -> list[str] | None:
+    if shutil.which("streamlit") is None:
+        with contextlib.suppress(ImportError):
+            import streamlit  # noqa: F401
+
+            return [sys.executable, "-m", "streamlit", "run", *_console_args(port)]
+        return None
+    return ["streamlit", "run", *_console_args(port)]
+
+
+def _console_args(port: int) -> list[str]:
+    app_path = Path(__file__).resolve().parent.parent / "console" / "app.py"
+    return [
+        str(app_path),
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    command = _console_command(args.server, args.console_port)
+    if command is None:
+        print("The console needs the console extras: pip install -e '.[console]'", file=sys.stderr)
+        return 1
+    env = {**os.environ, "REALTIME_SERVER_URL": args.server}
+    return subprocess.call(command, env=env)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    keys = _keys(settings)
+    console: subprocess.Popen[bytes] | None = None
+
+    def on_ready(port: int) -> None:
+        nonlocal console
+        server_url = f"http://{settings.host}:{port}"
+        command = _console_command(server_url, args.console_port)
+        if command is None:
+            print("  console:   not started (pip install -e '.[console]' to get it)", flush=True)
+        else:
+            env = {**os.environ, "REALTIME_SERVER_URL": server_url}
+            console = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+            print(f"  console:   http://{settings.host}:{args.console_port}", flush=True)
+        print(f"  anon key:         {keys['anon']}", flush=True)
+        print(f"  service_role key: {keys['service_role']}", flush=True)
+
+    try:
+        with _database(settings) as settings:
+            _run(_serve(settings, on_ready))
+    finally:
+        if console is not None:
+            console.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                console.wait(5)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.name == "fanout":
+        from bench import fanout
+
+        return fanout.main(args.rest)
+    print(f"unknown benchmark {args.name!r}", file=sys.stderr)
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="realtime-core", description="Supabase Realtime compatible server")
+    parser.add_argument("--version", action="version", version=f"realtime-core {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def server_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
+        p.add_argument("--port", type=int, default=None, help="port (default 4000; 0 picks one)")
+        p.add_argument("--data-dir", default=None, help="REALTIME_DATA_DIR (default ./.realtime)")
+
+    p = sub.add_parser("serve", help="run the server")
+    server_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("up", help="run the server and the console together")
+    server_args(p)
+    p.add_argument("--console-port", type=int, default=8501)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("keys", help="print anon and service_role JWTs for the default tenant")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("migrate", help="apply the SQL migrations and exit")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("console", help="run the Streamlit console against a running server")
+    p.add_argument("--server", default="http://127.0.0.1:4000")
+    p.add_argument("--console-port", type=int, default=8501)
+    p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser("bench", help="run a benchmark (see bench/)")
+    p.add_argument("name", choices=["fanout"])
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -1,0 +1,99 @@
+"""HTTP request and response values, and the small router of async handlers.
+
+net/server.py parses a request into a Request, asks Router.match() for a
+handler, awaits it and writes the Response it returns. Handlers never touch a
+transport; they are plain `async def handler(request) -> Response`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+__all__ = ["Handler", "Request", "Response", "Router", "json_response"]
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed HTTP/1.1 request. Header names are lower case."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: dict[str, str]
+    body: bytes = b""
+    client: str = ""
+    params: dict[str, str] = field(default_factory=dict)  # from the route pattern
+    _query: dict[str, str] | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query parameters, the first value of each."""
+        if self._query is None:
+            parsed = parse_qs(self.query_string, keep_blank_values=True)
+            self._query = {k: v[0] for k, v in parsed.items()}
+        return self._query
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler returns: status, extra headers and the body bytes."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    content_type: str | None = None
+
+    def head(self, keep_alive: bool) -> bytes:
+        """The status line and headers, ending with the blank line."""
+        reason = _REASONS.get(self.status, "Unknown")
+        lines = [f"HTTP/1.1 {self.status} {reason}"]
+        if self.content_type:
+            lines.append(f"content-type: {self.content_type}")
+        lines.append(f"content-length: {len(self.body)}")
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        if not keep_alive:
+            lines.append("connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def json_response(status: int, body: Any, headers: list[tuple[str, str]] | None = None) -> Response:
+    """A JSON response (`body` is encoded with orjson)."""
+    return Response(status, orjson.dumps(body), headers or [], "application/json; charset=utf-8")
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    """Routes (method, path pattern) to handlers. Patterns use `:name` segments."""
+
+    __slots__ = ("_routes",)
+
+    def __init__(self) -> None:
+        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+
+    def add(self, method: str, pattern: str, handler: Handler) -> None:
+        regex = re.sub(r":(\w+)", r"(?P<\1>[^/]+)", pattern)
+        self._routes.append((method, re.compile(f"^{regex}$"), handler))
+
+    def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
+        """Return (handler, path params, path_known). path_known without a
+        handler means the method is not allowed."""
+        path_known = False
+        for route_method, regex, handler in self._routes:
+            m = regex.match(path)
+            if m is None:
+                continue
+            path_known = True
+            if route_method == method:
+                return handler, m.groupdict(), True
+        return None, {}, path_known

@@ -1,0 +1,213 @@
+"""One client connection's Phoenix socket: decoding, routing to channels, replies.
+
+net/websocket.py calls on_text() / on_binary() with each complete message and
+on_close() once. Messages are handled in arrival order: a join that has to
+wait (an error reply's backoff is not a wait; an async pipeline step is) holds
+the following messages in an inbox until it finishes, as Phoenix's socket
+process does. The routing follows Phoenix's `handle_in` (spec §2.4)."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Literal
+
+from websockets.frames import CloseCode
+
+from .channel import TOPIC_PREFIX, Channel, join
+from .errors import MalformedMessage, RealtimeError
+from .protocol import Codec, Message
+
+if TYPE_CHECKING:
+    from .app import App
+    from .net.websocket import WebSocketConnection
+    from .tenants import Tenant
+
+__all__ = ["RealtimeSocket"]
+
+log = logging.getLogger(__name__)
+
+UNMATCHED_TOPIC = {"reason": "unmatched topic"}
+
+
+class RealtimeSocket:
+    """The Phoenix socket of one WebSocket connection."""
+
+    __slots__ = (
+        "_busy",
+        "_inbox",
+        "app",
+        "channels",
+        "claims",
+        "closed",
+        "codec",
+        "conn",
+        "counted",
+        "log_level",
+        "tenant",
+        "token",
+        "x_headers",
+    )
+
+    def __init__(
+        self,
+        app: App,
+        tenant: Tenant,
+        codec: Codec,
+        token: str,
+        claims: dict[str, Any],
+        x_headers: dict[str, str],
+        log_level: str,
+    ) -> None:
+        self.app = app
+        self.tenant = tenant
+        self.codec = codec
+        self.token = token
+        self.claims = claims
+        self.x_headers = x_headers
+        self.log_level = log_level
+        self.conn: WebSocketConnection = None  # type: ignore[assignment]  # set by attach()
+        self.channels: dict[str, Channel] = {}
+        self.counted = False  # counted in tenant.users (joined at least once)
+        self.closed = False
+        self._busy = False
+        self._inbox: deque[Message] = deque()
+
+    def attach(self, conn: WebSocketConnection) -> None:
+        self.conn = conn
+        self.app.sockets.add(self)
+
+    # Input (net/websocket.py)
+
+    def on_text(self, data: bytes) -> None:
+        try:
+            msg = self.codec.decode_text(data)
+        except MalformedMessage as exc:
+            self._malformed(exc)
+            return
+        self.receive(msg)
+
+    def on_binary(self, data: bytes) -> None:
+        try:
+            msg = self.codec.decode_binary(data)
+        except MalformedMessage as exc:
+            self._malformed(exc)
+            return
+        self.receive(msg)
+
+    def _malformed(self, exc: MalformedMessage) -> None:
+        # spec §1.5: logged and dropped; the connection stays open.
+        self.app.metrics.malformed_messages += 1
+        log.debug("MalformedWebSocketMessage from %s: %s", self.conn.peer, exc)
+
+    def receive(self, msg: Message) -> None:
+        """Handle one decoded message, or queue it behind a join still running."""
+        if self._busy:
+            self._inbox.append(msg)
+            return
+        self._dispatch(msg)
+
+    def _dispatch(self, msg: Message) -> None:
+        topic, event = msg.topic, msg.event
+        channel = self.channels.get(topic)
+        if event == "heartbeat" and topic == "phoenix":
+            self.conn.send(self.codec.reply(None, msg.ref, "phoenix", "ok", {}))
+        elif event == "phx_join":
+            if not topic.startswith(TOPIC_PREFIX):
+                self._reply_unmatched(msg)
+                return
+            if channel is not None:
+                channel.replaced()  # duplicate join: the old one closes first
+            self._busy = True
+            self.app.loop.create_task(self._join(msg))
+        elif channel is None:
+            if event == "phx_leave":
+                self._reply(msg, "ok", {})
+            else:
+                self._reply_unmatched(msg)
+        elif msg.join_ref is not None and msg.join_ref != channel.join_ref:
+            return  # a message for an older join of this topic (spec §2.4)
+        elif event == "phx_leave":
+            channel.leave(msg.ref)
+        else:
+            channel.handle_in(msg)
+
+    async def _join(self, msg: Message) -> None:
+        try:
+            try:
+                channel, response = await join(self, msg)
+            except RealtimeError as exc:
+                self._join_failed(msg, exc)
+                return
+            except Exception:
+                log.exception("join of %s failed", msg.topic)
+                self._join_failed(msg, None)
+                return
+            if self.closed:
+                return
+            self.channels[msg.topic] = channel
+            if not self.counted:
+                self.counted = True
+                self.tenant.users += 1
+            self._reply(msg, "ok", response)
+            channel.start()
+        finally:
+            self._busy = False
+            self._drain_inbox()
+
+    def _join_failed(self, msg: Message, exc: RealtimeError | None) -> None:
+        reason = exc.reason if exc is not None else "Unknown Error on Channel"
+        log.info("join of %s refused: %s", msg.topic, reason)
+        self.app.metrics.join_errors += 1
+        close = exc is not None and exc.closes_socket
+
+        def send() -> None:
+            if self.closed:
+                return
+            self._reply(msg, "error", {"reason": reason})
+            if close:
+                self.conn.close(CloseCode.GOING_AWAY, reason)
+
+        # spec §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS.
+        delay = self.app.settings.channel_error_backoff_ms / 1000
+        if delay > 0:
+            self.app.loop.call_later(delay, send)
+        else:
+            send()
+
+    def _drain_inbox(self) -> None:
+        inbox = self._inbox
+        while inbox and not self._busy and not self.closed:
+            self._dispatch(inbox.popleft())
+
+    # Output
+
+    def _reply(self, msg: Message, status: Literal["ok", "error"], response: Any) -> None:
+        """Reply to `msg`, echoing its join_ref and ref (spec §2.4)."""
+        self.conn.send(self.codec.reply(msg.join_ref, msg.ref, msg.topic, status, response))
+
+    def _reply_unmatched(self, msg: Message) -> None:
+        """"unmatched topic": an error reply with the message's ref and a null join_ref."""
+        self.conn.send(self.codec.reply(None, msg.ref, msg.topic, "error", UNMATCHED_TOPIC))
+
+    # Lifecycle
+
+    def channel_closed(self, channel: Channel) -> None:
+        """A channel ended: forget it if it is still the current one for its topic."""
+        if self.channels.get(channel.topic) is channel:
+            del self.channels[channel.topic]
+
+    def on_close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._inbox.clear()
+        for channel in list(self.channels.values()):
+            channel.close()
+        if self.counted:
+            self.tenant.users -= 1
+        self.app.sockets.discard(self)
+
+    def disconnect(self, code: CloseCode, reason: str = "") -> None:
+        """Close the WebSocket (admin drain, shutdown)."""
+        self.conn.close(code, reason)

@@ -1,0 +1,164 @@
+"""Tenants (projects): their settings from the control table, and their live counters.
+
+app.App loads every tenant at start through TenantStore and keeps them in a
+TenantRegistry. The socket and the REST API resolve a tenant from the Host
+header (spec §1.3) with TenantRegistry.resolve()."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .config import Limits, Settings
+from .jwt import KeySet
+from .limits import RateCounter
+
+__all__ = ["Tenant", "TenantRegistry", "TenantStore", "external_id_from_host"]
+
+_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+
+
+def external_id_from_host(host: str | None) -> str:
+    """The tenant id upstream derives from a Host header: its text up to the first dot.
+
+    `foo.supabase.co` → `foo`, `localhost:4000` → `localhost`, `127.0.0.1` → `127`."""
+    if not host:
+        return ""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:4000
+        return host[1:].split("]", 1)[0]
+    return host.split(":", 1)[0].split(".", 1)[0]
+
+
+@dataclass(slots=True, eq=False)
+class Tenant:
+    """One tenant's settings, and the counters its limits are checked against."""
+
+    id: str
+    external_id: str
+    name: str
+    limits: Limits
+    keys: KeySet
+    private_only: bool = False
+    suspend: bool = False
+    presence_enabled: bool = False
+    # Live state, per process.
+    events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
+    joins: RateCounter = field(default_factory=lambda: RateCounter(0.0))
+    presence_events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
+    http_requests: RateCounter = field(default_factory=lambda: RateCounter(0.0))
+    users: int = 0  # sockets that joined at least one channel (spec §9.1)
+
+    def payload_too_large(self, size: int) -> bool:
+        """True when `size` bytes exceed the tenant's payload limit (spec §4.1)."""
+        return size > self.limits.max_payload_size_in_kb * 1000 + 500
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], now: float) -> Tenant:
+        defaults = Limits()
+        limits = Limits(
+            **{name: row[name] if row.get(name) is not None else getattr(defaults, name) for name in _LIMIT_FIELDS}
+        )
+        jwks = row.get("jwt_jwks")
+        if isinstance(jwks, str):
+            jwks = orjson.loads(jwks)
+        return cls(
+            id=str(row["id"]),
+            external_id=row["external_id"],
+            name=row.get("name") or row["external_id"],
+            limits=limits,
+            keys=KeySet(secret=row.get("jwt_secret"), jwks=jwks),
+            private_only=bool(row.get("private_only")),
+            suspend=bool(row.get("suspend")),
+            presence_enabled=bool(row.get("presence_enabled")),
+            events=RateCounter(now),
+            joins=RateCounter(now),
+            presence_events=RateCounter(now),
+            http_requests=RateCounter(now),
+        )
+
+
+class TenantRegistry:
+    """The tenants this process serves, by external_id."""
+
+    __slots__ = ("_by_id",)
+
+    def __init__(self, tenants: list[Tenant] | None = None) -> None:
+        self._by_id: dict[str, Tenant] = {t.external_id: t for t in tenants or ()}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._by_id.values()))
+
+    def get(self, external_id: str) -> Tenant | None:
+        return self._by_id.get(external_id)
+
+    def put(self, tenant: Tenant) -> None:
+        self._by_id[tenant.external_id] = tenant
+
+    def remove(self, external_id: str) -> Tenant | None:
+        return self._by_id.pop(external_id, None)
+
+    def resolve(self, host: str | None) -> Tenant | None:
+        """The tenant for a Host header; the only tenant when there is just one (design §5)."""
+        tenant = self._by_id.get(external_id_from_host(host))
+        if tenant is None and len(self._by_id) == 1:
+            tenant = next(iter(self._by_id.values()))
+        return tenant
+
+
+_COLUMNS = (
+    "id, external_id, name, jwt_secret, jwt_jwks, "
+    + ", ".join(_LIMIT_FIELDS)
+    + ", private_only, suspend, presence_enabled"
+)
+
+
+class TenantStore:
+    """Reads and writes the `_realtime.tenants` control table."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    async def load_all(self, now: float) -> list[Tenant]:
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(f"select {_COLUMNS} from _realtime.tenants order by inserted_at")
+            return [Tenant.from_row(row, now) for row in await cur.fetchall()]
+
+    async def ensure_default(self, settings: Settings, secret: str) -> None:
+        """Create the self-host tenant, or bring its secret and env-given settings up to date."""
+        limits = settings.limits
+        values: dict[str, Any] = {name: getattr(limits, name) for name in _LIMIT_FIELDS}
+        # Limits named in the environment win at every start; the others are
+        # only defaults for a new tenant, so an operator's later change stays.
+        update = [name for name in _LIMIT_FIELDS if name in settings.limits_set]
+        sets = ", ".join(f"{name} = excluded.{name}" for name in update)
+        jwks = Jsonb(settings.jwt_jwks) if settings.jwt_jwks else None
+        async with self._conn.transaction():
+            await self._conn.execute(
+                f"insert into _realtime.tenants (external_id, name, jwt_secret, jwt_jwks, "
+                f"{', '.join(_LIMIT_FIELDS)}, presence_enabled, private_only) "
+                f"values (%s, %s, %s, %s, {', '.join(['%s'] * len(_LIMIT_FIELDS))}, %s, %s) "
+                f"on conflict (external_id) do update set jwt_secret = excluded.jwt_secret, "
+                f"jwt_jwks = excluded.jwt_jwks, updated_at = now()"
+                + (f", {sets}" if sets else ""),
+                (
+                    settings.tenant_name,
+                    settings.tenant_name,
+                    secret,
+                    jwks,
+                    *values.values(),
+                    settings.presence_enabled,
+                    settings.private_only,
+                ),
+            )
