@@ -1,0 +1,194 @@
+"""Shared fixtures: a real PostgreSQL, and `realtime-core serve` processes driven as users drive them.
+
+PostgreSQL is the project's embedded one unless DATABASE_URL is set (then that
+server is used; it must have wal_level=logical). Each server process gets a
+fresh database of its own, so tests that change tenant settings or limits do
+not see each other. Waits are multiples of MS, scaled by REALTIME_TEST_TIMEOUT_FACTOR."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jwt as pyjwt
+import psycopg
+import pytest
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+JWT_SECRET = "test-secret-" + "x" * 32
+
+# Settings every test server gets unless a test overrides them: short error
+# backoffs so that refused joins answer quickly.
+BASE_ENV = {
+    "CHANNEL_ERROR_BACKOFF_MS": "50",
+    "CONNECT_ERROR_BACKOFF_MS": "50",
+    "LOG_LEVEL": "info",
+}
+
+
+def make_token(
+    role: str | None = "anon", exp_in: float | None = 3600, secret: str = JWT_SECRET, **claims: object
+) -> str:
+    """An HS256 JWT for the test tenant; role/exp left out when None."""
+    body: dict[str, object] = dict(claims)
+    if role is not None:
+        body["role"] = role
+    if exp_in is not None:
+        body["exp"] = int(time.time() + exp_in)
+    return pyjwt.encode(body, secret, algorithm="HS256")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN to a PostgreSQL with wal_level=logical that tests may create databases in."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    from realtime_core.embedded_pg import EmbeddedPostgres
+
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg"))
+    try:
+        yield pg.start()
+    finally:
+        pg.stop()
+
+
+def _create_database(admin_dsn: str) -> str:
+    name = f"rt_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    params = conninfo_to_dict(admin_dsn)
+    params["dbname"] = name
+    return make_conninfo(**params)
+
+
+@dataclass
+class ServerProcess:
+    """A running `realtime-core serve`."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    database_url: str
+    env: dict[str, str]
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The endpoint the clients take (they append /websocket)."""
+        return f"ws://127.0.0.1:{self.port}/socket"
+
+    def socket_url(self, token: str | None = None, vsn: str | None = None) -> str:
+        query = []
+        if token is not None:
+            query.append(f"apikey={token}")
+        if vsn is not None:
+            query.append(f"vsn={vsn}")
+        return f"{self.ws_url}/websocket" + ("?" + "&".join(query) if query else "")
+
+    def log(self) -> str:
+        return "".join(self.output)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def start_server(
+    database_url: str, env: dict[str, str] | None = None, timeout: float = 30.0
+) -> ServerProcess:
+    """Start `realtime-core serve --port 0` and wait for its "listening on" line."""
+    full_env = {
+        **os.environ,
+        **BASE_ENV,
+        "DATABASE_URL": database_url,
+        "REALTIME_JWT_SECRET": JWT_SECRET,
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime_core", "serve", "--port", "0"],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    found = threading.Event()
+    port: list[int] = []
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+            if m and not port:
+                port.append(int(m.group(1)))
+                found.set()
+        found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not found.wait(timeout) or not port:
+        proc.kill()
+        raise RuntimeError("server did not start:\n" + "".join(output))
+    return ServerProcess(proc, port[0], database_url, full_env, output)
+
+
+@pytest.fixture(scope="session")
+def server(pg_dsn: str) -> Iterator[ServerProcess]:
+    """One server for the tests that need no special settings."""
+    srv = start_server(_create_database(pg_dsn))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def server_factory(pg_dsn: str) -> Iterator[object]:
+    """Start servers with extra environment (limits, timeouts), each on a fresh database."""
+    started: list[ServerProcess] = []
+
+    def factory(env: dict[str, str] | None = None, database_url: str | None = None) -> ServerProcess:
+        srv = start_server(database_url or _create_database(pg_dsn), env)
+        started.append(srv)
+        return srv
+
+    yield factory
+    for srv in started:
+        with contextlib.suppress(Exception):
+            srv.stop()
+
+
+@pytest.fixture
+def token() -> str:
+    return make_token()
+
+
+@pytest.fixture
+def topic() -> str:
+    """A topic no other test uses."""
+    return f"room-{secrets.token_hex(4)}"
