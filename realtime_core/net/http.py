@@ -55,7 +55,8 @@ class Response:
         lines = [f"HTTP/1.1 {self.status} {reason}"]
         if self.content_type:
             lines.append(f"content-type: {self.content_type}")
-        lines.append(f"content-length: {len(self.body)}")
+        if self.status != 204:  # RFC 9110 §8.6: MUST NOT send Content-Length in a 204
+            lines.append(f"content-length: {len(self.body)}")
         lines.extend(f"{name}: {value}" for name, value in self.headers)
         if not keep_alive:
             lines.append("connection: close")

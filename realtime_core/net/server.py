@@ -165,6 +165,9 @@ class HttpProtocol(asyncio.Protocol):
         self._body_size = 0
         self._queue: deque[tuple[Request, bool]] = deque()
         self._upgrading = False
+        # RFC 9112 §9.6: after a request with "Connection: close" (or an HTTP/1.0
+        # one without keep-alive) nothing more is read; its response is still sent.
+        self._last_request = False
 
     # asyncio.Protocol
 
@@ -182,11 +185,15 @@ class HttpProtocol(asyncio.Protocol):
         self.last_seen = self.loop.time()
         if self._upgrading:
             return  # bytes after an upgrade request before the handshake answer: refused client
+        if self._last_request:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :] if exc.args else b"")
         except httptools.HttpParserError as exc:
+            if self._last_request:
+                return  # llhttp's "Data after `Connection: close`": ignored, see _last_request
             self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
 
     # httptools callbacks
@@ -214,7 +221,9 @@ class HttpProtocol(asyncio.Protocol):
         if self.parser.should_upgrade():
             return  # handled by _on_upgrade once feed_data raises HttpParserUpgrade
         request = self._build_request()
-        self._queue.append((request, self.parser.should_keep_alive()))
+        keep_alive = self.parser.should_keep_alive()
+        self._last_request = not keep_alive
+        self._queue.append((request, keep_alive))
         if len(self._queue) > MAX_PIPELINED and self.transport is not None:
             self.transport.pause_reading()
         if not self.busy:
@@ -294,7 +303,9 @@ class HttpProtocol(asyncio.Protocol):
     async def _upgrade(self, request: Request, trailing: bytes) -> None:
         server = self.server
         proto = ServerProtocol(max_size=server.max_frame_bytes)
-        ws_request = WsRequest(request.path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers))
+        ws_request = WsRequest(
+            request.path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers)
+        )
         handshake = proto.accept(ws_request)
         if handshake.status_code != 101:
             proto.send_response(handshake)

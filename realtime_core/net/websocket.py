@@ -118,7 +118,10 @@ class WebSocketConnection(asyncio.Protocol):
         """Queue one complete frame; it is written at the next flush."""
         out = self._out
         if out is None:
-            if self.closed:
+            # RFC 6455 §5.5.1: after sending a Close frame, the endpoint MUST NOT
+            # send any further data frames. close() flushes the queue first, so
+            # checking when a new queue starts is enough (once per tick, not per frame).
+            if self.closed or self._proto.state is not State.OPEN:
                 return
             self._out = [frame]
             self._writer.mark(self)

@@ -1,0 +1,665 @@
+"""Tests for realtime_core.net.server: HTTP/1.1 on HttpProtocol and the WebSocket upgrade (spec §1.1, §1.4).
+
+In uvicorn's style: raw requests are module constants, fed to
+HttpProtocol.data_received() over a MockTransport that records what is
+written, closed, paused and handed over with set_protocol(). Handlers and the
+upgrade run as tasks, so tests let the loop turn with settle()."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+from typing import Any
+
+import httptools
+import orjson
+import pytest
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.streams import StreamReader
+
+from realtime_core.errors import ConnectError
+from realtime_core.net import server as server_module
+from realtime_core.net.frames import text_frame
+from realtime_core.net.http import Request, Response, Router, json_response
+from realtime_core.net.server import MAX_PIPELINED, HttpProtocol, Server
+from realtime_core.net.websocket import WebSocketConnection
+
+MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+MAX_BODY = 64
+SWEEP = 0.12 * max(1.0, MS * 1000)  # a little over two sweeps at the fastest interval, 50 ms
+
+# -- raw requests --
+
+GET_HEALTHCHECK = b"GET /healthcheck HTTP/1.1\r\nHost: example.org\r\n\r\n"
+
+GET_HEALTHCHECK_CLOSE = b"GET /healthcheck HTTP/1.1\r\nHost: example.org\r\nConnection: close\r\n\r\n"
+
+GET_HEALTHCHECK_HTTP10 = b"GET /healthcheck HTTP/1.0\r\nHost: example.org\r\n\r\n"
+
+GET_SLOW = b"GET /slow HTTP/1.1\r\nHost: example.org\r\n\r\n"
+
+GET_BROKEN = b"GET /broken HTTP/1.1\r\nHost: example.org\r\n\r\n"
+
+GET_NOT_FOUND = b"GET /nowhere HTTP/1.1\r\nHost: example.org\r\n\r\n"
+
+POST_HEALTHCHECK = b"POST /healthcheck HTTP/1.1\r\nHost: example.org\r\nContent-Length: 0\r\n\r\n"
+
+GET_PARAMS = b"GET /items/42/tags/blue?x=1 HTTP/1.1\r\nHost: example.org\r\nX-Thing: a\r\n\r\n"
+
+MALFORMED = b"NOT AN HTTP REQUEST\r\n\r\n"
+
+
+def post_echo(body: bytes) -> bytes:
+    return b"POST /echo HTTP/1.1\r\nHost: example.org\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 §1.3's sample nonce
+WS_ACCEPT = base64.b64encode(hashlib.sha1((WS_KEY + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+
+
+def upgrade(
+    path: str = "/socket/websocket?apikey=key&vsn=2.0.0", method: str = "GET", key: str | None = WS_KEY
+) -> bytes:
+    lines = [
+        f"{method} {path} HTTP/1.1",
+        "Host: realtime-dev.example.org:4000",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+        "X-Client-Info: test",
+    ]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+UPGRADE = upgrade()
+
+
+def client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    """A masked client frame (RFC 6455 §5.3: clients mask)."""
+    return Frame(opcode, data, fin=fin).serialize(mask=True)
+
+
+# -- fakes --
+
+
+class MockTransport:
+    """Records what a protocol does to its transport."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.closed = False
+        self.aborted = False
+        self.read_paused = False
+        self.protocol: Any = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 54321)}.get(name, default)
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed, "write after close"
+        self.buffer += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        self.read_paused = True
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class RecordingSession:
+    """A Session (socket.py's role) that records what the connection delivers."""
+
+    def __init__(self) -> None:
+        self.texts: list[bytes] = []
+        self.binaries: list[bytes] = []
+        self.closes = 0
+        self.conn: WebSocketConnection | None = None
+
+    def attach(self, conn: WebSocketConnection) -> None:
+        self.conn = conn
+
+    def on_text(self, data: bytes) -> None:
+        self.texts.append(data)
+
+    def on_binary(self, data: bytes) -> None:
+        self.binaries.append(data)
+
+    def on_close(self) -> None:
+        self.closes += 1
+
+
+class FakeApp:
+    """What Server needs of app.App: routes, socket paths, open_socket() and the error delay."""
+
+    socket_paths = frozenset({"/socket/websocket", "/realtime/v1/websocket"})
+
+    def __init__(self) -> None:
+        self.http = Router()
+        self.http.add("GET", "/healthcheck", self.healthcheck)
+        self.http.add("GET", "/slow", self.slow)
+        self.http.add("GET", "/broken", self.broken)
+        self.http.add("POST", "/echo", self.echo)
+        self.http.add("GET", "/items/:id/tags/:tag", self.params)
+        self.requests: list[Request] = []
+        self.opened: list[Request] = []
+        self.sessions: list[RecordingSession] = []
+        self.connect_error: ConnectError | None = None
+        self.error_delay = 0.0
+        self.open_gate: asyncio.Event | None = None
+
+    async def healthcheck(self, request: Request) -> Response:
+        self.requests.append(request)
+        return Response(200, b"ok", content_type="text/plain; charset=utf-8")
+
+    async def slow(self, request: Request) -> Response:
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return Response(200, b"slow")
+
+    async def broken(self, request: Request) -> Response:
+        raise RuntimeError("handler bug")
+
+    async def echo(self, request: Request) -> Response:
+        self.requests.append(request)
+        return Response(200, request.body)
+
+    async def params(self, request: Request) -> Response:
+        self.requests.append(request)
+        return json_response(200, request.params)
+
+    async def open_socket(self, request: Request) -> tuple[RecordingSession, Any]:
+        self.opened.append(request)
+        if self.open_gate is not None:
+            await self.open_gate.wait()
+        if self.connect_error is not None:
+            raise self.connect_error
+        session = RecordingSession()
+        self.sessions.append(session)
+        return session, session.attach
+
+    def connect_error_delay(self, error: ConnectError) -> float:
+        return self.error_delay
+
+
+# -- helpers --
+
+
+class Responses:
+    """httptools callbacks collecting complete responses."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._current: dict[str, Any] = {}
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self._current = {"headers": {}, "body": b""}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._current["headers"][name.decode().lower()] = value.decode()
+
+    def on_headers_complete(self) -> None:
+        self._current["status"] = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._current["body"] += body
+
+    def on_message_complete(self) -> None:
+        self.items.append(self._current)
+
+
+def responses(data: bytes) -> list[dict[str, Any]]:
+    """Every complete HTTP response in `data`, as {"status", "headers", "body"}."""
+    collected = Responses()
+    collected.parser.feed_data(data)
+    return collected.items
+
+
+def handshake_response(data: bytes) -> tuple[list[str], bytes]:
+    """Split a 101 answer into its head lines and what follows it (WebSocket frames)."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    assert sep, f"incomplete response head: {data!r}"
+    return head.decode("latin-1").split("\r\n"), rest
+
+
+def server_frames(data: bytes) -> list[Frame]:
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    frames = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
+        with pytest.raises(StopIteration) as stop:
+            next(parser)
+        frames.append(stop.value.value)
+    return frames
+
+
+async def settle(turns: int = 10) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+def assert_response(data: bytes, status: int, body: bytes | None = None) -> dict[str, Any]:
+    """`data` holds exactly one response with `status` (and `body`)."""
+    [response] = responses(data)
+    assert response["status"] == status, response
+    if body is not None:
+        assert response["body"] == body
+    return response
+
+
+def assert_json_error(data: bytes, status: int, error: str) -> None:
+    response = assert_response(data, status)
+    assert response["headers"]["content-type"].startswith("application/json")
+    assert orjson.loads(response["body"]) == {"error": error}
+
+
+# -- fixtures --
+
+
+@pytest.fixture
+async def app():
+    return FakeApp()
+
+
+@pytest.fixture
+async def server(app):
+    return Server(
+        app,
+        max_frame_bytes=1_000_000,
+        max_body_bytes=MAX_BODY,
+        idle_timeout=60.0,
+        max_write_buffer=1 << 20,
+        flush_chunk=16,
+    )
+
+
+@pytest.fixture
+async def transport():
+    return MockTransport()
+
+
+@pytest.fixture
+async def protocol(server, transport):
+    protocol = HttpProtocol(server)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol
+
+
+# -- tests --
+
+
+class TestConnection:
+    async def test_connection_made_registers_and_records_the_peer(self, server, protocol):
+        assert protocol in server.http_connections
+        assert protocol.peer == "127.0.0.1:54321"
+
+    async def test_connection_lost_unregisters(self, server, protocol):
+        protocol.connection_lost(None)
+        assert protocol not in server.http_connections
+
+
+class TestRequests:
+    async def test_healthcheck(self, protocol, transport):
+        protocol.data_received(GET_HEALTHCHECK)
+        await settle()
+        response = assert_response(transport.buffer, 200, b"ok")
+        assert response["headers"]["content-length"] == "2"
+        assert response["headers"]["content-type"] == "text/plain; charset=utf-8"
+        assert not transport.closed, "HTTP/1.1 keeps the connection alive"
+
+    async def test_a_request_split_across_reads(self, protocol, transport):
+        for i in range(0, len(GET_HEALTHCHECK), 7):
+            protocol.data_received(GET_HEALTHCHECK[i : i + 7])
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+
+    async def test_the_request_reaches_the_handler_parsed(self, app, protocol, transport):
+        protocol.data_received(GET_PARAMS)
+        await settle()
+        assert orjson.loads(assert_response(transport.buffer, 200)["body"]) == {"id": "42", "tag": "blue"}
+        [request] = app.requests
+        assert (request.method, request.path, request.query_string) == ("GET", "/items/42/tags/blue", "x=1")
+        assert request.headers["x-thing"] == "a", "header names are lower case"
+        assert request.client == "127.0.0.1:54321"
+
+    async def test_a_body_reaches_the_handler(self, protocol, transport):
+        protocol.data_received(post_echo(b"hello"))
+        await settle()
+        assert_response(transport.buffer, 200, b"hello")
+
+    async def test_keep_alive_serves_pipelined_requests_in_order(self, protocol, transport):
+        protocol.data_received(GET_SLOW + GET_HEALTHCHECK + GET_SLOW)
+        await settle(30)
+        assert [r["body"] for r in responses(transport.buffer)] == [b"slow", b"ok", b"slow"]
+        assert not transport.closed
+
+    async def test_keep_alive_serves_requests_one_after_another(self, protocol, transport):
+        protocol.data_received(GET_HEALTHCHECK)
+        await settle()
+        protocol.data_received(post_echo(b"second"))
+        await settle()
+        assert [r["body"] for r in responses(transport.buffer)] == [b"ok", b"second"]
+
+    async def test_connection_close_closes_after_the_response(self, protocol, transport):
+        protocol.data_received(GET_HEALTHCHECK_CLOSE)
+        await settle()
+        response = assert_response(transport.buffer, 200, b"ok")
+        assert response["headers"]["connection"] == "close"
+        assert transport.closed
+
+    async def test_bytes_after_a_closing_request_do_not_cost_it_its_response(self, app, protocol, transport):
+        """RFC 9112 §9.6: the server answers the request carrying "close", then closes,
+        and processes nothing after it (llhttp reports those bytes as an error)."""
+        protocol.data_received(GET_HEALTHCHECK_CLOSE + GET_HEALTHCHECK)
+        await settle()
+        response = assert_response(transport.buffer, 200, b"ok")
+        assert response["headers"]["connection"] == "close"
+        assert transport.closed
+        assert len(app.requests) == 1
+
+    async def test_bytes_arriving_later_after_a_closing_request_are_ignored(self, app, protocol, transport):
+        protocol.data_received(GET_SLOW.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        protocol.data_received(GET_HEALTHCHECK)
+        await settle()
+        assert_response(transport.buffer, 200, b"slow")
+        assert transport.closed
+        assert app.requests == []
+
+    async def test_http_1_0_closes_after_the_response(self, protocol, transport):
+        protocol.data_received(GET_HEALTHCHECK_HTTP10)
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert transport.closed
+
+    async def test_a_connection_lost_before_the_response_is_written_gets_nothing(self, protocol, transport):
+        protocol.data_received(GET_SLOW)
+        protocol.connection_lost(None)
+        await settle()
+        assert transport.buffer == b""
+
+
+class TestErrors:
+    async def test_a_malformed_request_is_answered_400_and_closed(self, protocol, transport):
+        protocol.data_received(MALFORMED)
+        await settle()
+        response = assert_response(transport.buffer, 400)
+        assert orjson.loads(response["body"])["error"].startswith("Malformed HTTP request")
+        assert response["headers"]["connection"] == "close"
+        assert transport.closed
+
+    async def test_a_body_over_the_maximum_is_answered_413_and_closed(self, app, protocol, transport):
+        protocol.data_received(post_echo(b"x" * (MAX_BODY + 1)))
+        await settle()
+        assert_json_error(transport.buffer, 413, "Request body too large")
+        assert transport.closed
+        assert app.requests == [], "the handler never runs"
+
+    async def test_a_body_over_the_maximum_in_pieces_is_answered_413(self, protocol, transport):
+        request = post_echo(b"x" * (MAX_BODY * 2))
+        protocol.data_received(request[:60])
+        protocol.data_received(request[60:120])
+        protocol.data_received(request[120:])
+        await settle()
+        assert_json_error(transport.buffer, 413, "Request body too large")
+
+    async def test_a_body_at_the_maximum_is_served(self, protocol, transport):
+        protocol.data_received(post_echo(b"x" * MAX_BODY))
+        await settle()
+        assert_response(transport.buffer, 200, b"x" * MAX_BODY)
+
+    async def test_an_unknown_path_is_404(self, protocol, transport):
+        protocol.data_received(GET_NOT_FOUND)
+        await settle()
+        assert_json_error(transport.buffer, 404, "Not found")
+        assert not transport.closed
+
+    async def test_a_wrong_method_is_405(self, protocol, transport):
+        protocol.data_received(POST_HEALTHCHECK)
+        await settle()
+        assert_json_error(transport.buffer, 405, "Method not allowed")
+
+    async def test_a_handler_exception_is_500_and_logged(self, protocol, transport, caplog):
+        protocol.data_received(GET_BROKEN + GET_HEALTHCHECK)
+        await settle()
+        first, second = responses(transport.buffer)
+        assert (first["status"], orjson.loads(first["body"])) == (500, {"error": "Internal server error"})
+        assert second["status"] == 200, "the connection keeps serving"
+        assert "handler bug" in caplog.text
+
+
+class TestUpgrade:
+    """spec §1.1 and §1.4: a GET upgrade on a socket path; open_socket() decides."""
+
+    async def test_a_valid_upgrade_answers_101_and_hands_over_the_transport(self, app, server, protocol, transport):
+        protocol.data_received(UPGRADE)
+        await settle()
+        lines, rest = handshake_response(transport.buffer)
+        assert lines[0] == "HTTP/1.1 101 Switching Protocols"
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        assert headers["upgrade"].lower() == "websocket"
+        assert headers["sec-websocket-accept"] == WS_ACCEPT
+        assert rest == b""
+        conn = transport.protocol
+        assert isinstance(conn, WebSocketConnection)
+        assert conn in server.websockets
+        assert protocol not in server.http_connections
+        assert not transport.read_paused, "reading resumes once the WebSocket is attached"
+
+    async def test_open_socket_gets_the_request(self, app, protocol):
+        protocol.data_received(UPGRADE)
+        await settle()
+        [request] = app.opened
+        assert request.path == "/socket/websocket"
+        assert request.query == {"apikey": "key", "vsn": "2.0.0"}
+        assert request.headers["host"] == "realtime-dev.example.org:4000"
+        assert request.headers["x-client-info"] == "test"
+
+    async def test_the_session_is_attached_and_receives_frames(self, app, protocol, transport):
+        protocol.data_received(UPGRADE)
+        await settle()
+        [session] = app.sessions
+        assert session.conn is transport.protocol
+        transport.protocol.data_received(client_frame(Opcode.TEXT, b'["1","1","phoenix","heartbeat",{}]'))
+        assert session.texts == [b'["1","1","phoenix","heartbeat",{}]']
+
+    async def test_frames_flow_back_through_the_connection(self, app, protocol, transport):
+        protocol.data_received(UPGRADE)
+        await settle()
+        assert handshake_response(transport.buffer)[1] == b""
+        app.sessions[0].conn.send(text_frame(b"hello"))
+        await settle()
+        _, after = handshake_response(transport.buffer)
+        [frame] = server_frames(after)
+        assert (frame.opcode, frame.data) == (Opcode.TEXT, b"hello")
+
+    async def test_a_frame_in_the_same_read_as_the_upgrade_is_delivered(self, app, protocol, transport):
+        protocol.data_received(UPGRADE + client_frame(Opcode.TEXT, b"early"))
+        await settle()
+        assert app.sessions[0].texts == [b"early"]
+
+    async def test_the_supabase_js_path_is_a_socket_path(self, app, protocol, transport):
+        protocol.data_received(upgrade("/realtime/v1/websocket?apikey=key"))
+        await settle()
+        assert handshake_response(transport.buffer)[0][0] == "HTTP/1.1 101 Switching Protocols"
+
+    async def test_a_connect_error_is_answered_after_the_delay(self, app, protocol, transport):
+        app.connect_error = ConnectError(401, "API key is missing")
+        app.error_delay = 30 * MS
+        protocol.data_received(UPGRADE)
+        await settle()
+        assert transport.buffer == b"", "nothing before CONNECT_ERROR_BACKOFF_MS"
+        assert not transport.closed
+        await asyncio.sleep(60 * MS)
+        assert_json_error(transport.buffer, 401, "API key is missing")
+        assert transport.closed
+        assert transport.protocol is None, "the transport was never handed over"
+
+    @pytest.mark.parametrize(
+        ("status", "text"),
+        [(404, "Tenant not found"), (429, "Too many connected users"), (500, "Error connecting to Realtime")],
+    )
+    async def test_connect_error_statuses(self, app, protocol, transport, status, text):
+        app.connect_error = ConnectError(status, text)
+        protocol.data_received(UPGRADE)
+        await settle()
+        assert_json_error(transport.buffer, status, text)
+
+    async def test_a_connect_error_without_text_has_an_empty_body(self, app, protocol, transport):
+        """spec §1.2: an unsupported vsn is 403 with an empty body."""
+        app.connect_error = ConnectError(403, "")
+        protocol.data_received(UPGRADE)
+        await settle()
+        response = assert_response(transport.buffer, 403, b"")
+        assert response["headers"]["content-length"] == "0"
+        assert transport.closed
+
+    async def test_an_invalid_handshake_is_400_without_open_socket(self, app, protocol, transport):
+        protocol.data_received(upgrade(key=None))
+        await settle()
+        assert transport.buffer.startswith(b"HTTP/1.1 400 ")
+        assert app.opened == []
+        assert transport.closed
+        assert transport.protocol is None
+
+    async def test_an_upgrade_on_another_path_is_404(self, app, protocol, transport):
+        protocol.data_received(upgrade("/healthcheck"))
+        await settle()
+        assert_json_error(transport.buffer, 404, "Not found")
+        assert app.opened == []
+        assert transport.closed
+
+    async def test_an_upgrade_with_another_method_is_404(self, app, protocol, transport):
+        protocol.data_received(upgrade(method="POST"))
+        await settle()
+        assert_json_error(transport.buffer, 404, "Not found")
+        assert app.opened == []
+
+    async def test_reading_pauses_while_open_socket_runs(self, app, protocol, transport):
+        app.open_gate = asyncio.Event()
+        protocol.data_received(UPGRADE)
+        await settle()
+        assert transport.read_paused
+        app.open_gate.set()
+        await settle()
+        assert not transport.read_paused
+
+    async def test_a_client_gone_during_open_socket_closes_the_session(self, app, server, protocol, transport):
+        app.open_gate = asyncio.Event()
+        protocol.data_received(UPGRADE)
+        await settle()
+        protocol.connection_lost(None)
+        app.open_gate.set()
+        await settle()
+        [session] = app.sessions
+        assert session.closes == 1
+        assert session.conn is None, "never attached"
+        assert transport.buffer == b""
+        assert server.websockets == set()
+
+    async def test_losing_the_websocket_forgets_it(self, app, server, protocol, transport):
+        protocol.data_received(UPGRADE)
+        await settle()
+        conn = transport.protocol
+        conn.connection_lost(None)
+        assert conn not in server.websockets
+        assert app.sessions[0].closes == 1
+
+
+class TestPipelining:
+    async def test_reading_pauses_while_too_many_requests_wait(self, protocol, transport):
+        protocol.data_received(GET_SLOW * (MAX_PIPELINED + 1))
+        assert transport.read_paused
+        await settle(10 * (MAX_PIPELINED + 1))
+        assert len(responses(transport.buffer)) == MAX_PIPELINED + 1
+        assert not transport.read_paused
+
+    async def test_a_few_waiting_requests_do_not_pause_reading(self, protocol, transport):
+        protocol.data_received(GET_SLOW * 3)
+        assert not transport.read_paused
+
+
+class TestSweeper:
+    """spec §1.5: a WebSocket silent for the idle timeout is closed; so are stale HTTP connections."""
+
+    @pytest.fixture
+    async def sweeping(self, app):
+        server = Server(
+            app,
+            max_frame_bytes=1 << 20,
+            max_body_bytes=MAX_BODY,
+            idle_timeout=0.2,
+            max_write_buffer=1 << 20,
+            flush_chunk=16,
+        )
+        task = asyncio.get_running_loop().create_task(server._sweep_forever())
+        yield server
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def open_websocket(self, server: Server) -> tuple[WebSocketConnection, MockTransport]:
+        transport = MockTransport()
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(UPGRADE)
+        await settle()
+        transport.buffer = b""
+        return transport.protocol, transport
+
+    async def test_an_idle_websocket_is_closed_with_1000(self, sweeping):
+        conn, transport = await self.open_websocket(sweeping)
+        conn.last_seen -= 100
+        await asyncio.sleep(SWEEP)
+        [frame] = server_frames(transport.buffer)
+        assert frame.opcode is Opcode.CLOSE
+        assert Close.parse(frame.data) == Close(CloseCode.NORMAL_CLOSURE, "idle timeout")
+        assert sweeping.idle_closed == 1
+
+    async def test_a_websocket_that_never_answers_the_close_is_aborted(self, sweeping, monkeypatch):
+        monkeypatch.setattr(server_module, "CLOSE_TIMEOUT", 0.0)
+        conn, transport = await self.open_websocket(sweeping)
+        conn.close(CloseCode.GOING_AWAY, "bye")
+        await asyncio.sleep(SWEEP * 2)
+        assert transport.aborted
+
+    async def test_an_active_websocket_is_left_open(self, sweeping):
+        conn, transport = await self.open_websocket(sweeping)
+        for _ in range(4):
+            conn.data_received(client_frame(Opcode.PING, b"x"))
+            await asyncio.sleep(SWEEP / 4)
+        assert all(f.opcode is Opcode.PONG for f in server_frames(transport.buffer))
+        assert sweeping.idle_closed == 0
+
+    async def test_an_idle_http_connection_is_closed(self, sweeping, monkeypatch):
+        monkeypatch.setattr(server_module, "HTTP_IDLE_TIMEOUT", 0.0)
+        transport = MockTransport()
+        protocol = HttpProtocol(sweeping)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.last_seen -= 1
+        await asyncio.sleep(SWEEP)
+        assert transport.closed

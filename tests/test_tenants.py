@@ -1,0 +1,133 @@
+"""Tests for realtime_core.tenants: tenant resolution from the Host header (spec §1.3) and the
+payload limit of §4.1. TenantStore needs PostgreSQL and is covered by the server tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from realtime_core.config import Limits
+from realtime_core.jwt import KeySet
+from realtime_core.tenants import Tenant, TenantRegistry, external_id_from_host
+
+
+def make_tenant(external_id: str, **limits: int) -> Tenant:
+    return Tenant(
+        id=f"id-{external_id}",
+        external_id=external_id,
+        name=external_id,
+        limits=Limits(**limits),
+        keys=KeySet(secret="secret"),
+    )
+
+
+class TestExternalIdFromHost:
+    """spec §1.3: the host up to its first dot."""
+
+    @pytest.mark.parametrize(
+        ("host", "external_id"),
+        [
+            ("foo.supabase.co", "foo"),
+            ("foo.supabase.co:443", "foo"),
+            ("realtime-dev.supabase-realtime", "realtime-dev"),
+            ("realtime-dev.supabase-realtime:4000", "realtime-dev"),
+            ("localhost", "localhost"),
+            ("localhost:4000", "localhost"),
+            ("127.0.0.1", "127"),
+            ("127.0.0.1:4000", "127"),
+            ("[::1]:4000", "::1"),
+            ("[::1]", "::1"),
+            ("tenant", "tenant"),
+        ],
+    )
+    def test_host_to_external_id(self, host, external_id):
+        assert external_id_from_host(host) == external_id
+
+    @pytest.mark.parametrize("host", [None, ""])
+    def test_no_host_gives_an_empty_id(self, host):
+        assert external_id_from_host(host) == ""
+
+
+class TestRegistry:
+    def test_resolve_finds_the_tenant_of_the_host(self):
+        registry = TenantRegistry([make_tenant("foo"), make_tenant("bar")])
+        assert registry.resolve("bar.supabase.co").external_id == "bar"
+
+    def test_the_only_tenant_serves_every_host(self):
+        registry = TenantRegistry([make_tenant("realtime-dev")])
+        for host in ("localhost:4000", "127.0.0.1", None, "other.example.com"):
+            assert registry.resolve(host).external_id == "realtime-dev", host
+
+    def test_with_two_tenants_an_unknown_host_resolves_to_none(self):
+        registry = TenantRegistry([make_tenant("foo"), make_tenant("bar")])
+        assert registry.resolve("localhost:4000") is None
+        assert registry.resolve(None) is None
+
+    def test_an_empty_registry_resolves_nothing(self):
+        assert TenantRegistry().resolve("foo.supabase.co") is None
+
+    def test_put_get_remove(self):
+        registry = TenantRegistry()
+        tenant = make_tenant("foo")
+        registry.put(tenant)
+        assert registry.get("foo") is tenant
+        assert len(registry) == 1
+        assert list(registry) == [tenant]
+        assert registry.remove("foo") is tenant
+        assert registry.get("foo") is None
+        assert registry.remove("foo") is None
+
+    def test_put_replaces_a_tenant_with_the_same_external_id(self):
+        registry = TenantRegistry([make_tenant("foo")])
+        newer = make_tenant("foo")
+        registry.put(newer)
+        assert registry.get("foo") is newer
+        assert len(registry) == 1
+
+    def test_iterating_while_removing_is_safe(self):
+        registry = TenantRegistry([make_tenant("a"), make_tenant("b")])
+        for tenant in registry:
+            registry.remove(tenant.external_id)
+        assert len(registry) == 0
+
+
+class TestPayloadTooLarge:
+    """spec §4.1: the payload must not exceed max_payload_size_in_kb * 1000 + 500 bytes."""
+
+    @pytest.mark.parametrize(("kb", "limit"), [(1, 1_500), (3_000, 3_000_500), (0, 500)])
+    def test_boundary(self, kb, limit):
+        tenant = make_tenant("foo", max_payload_size_in_kb=kb)
+        assert not tenant.payload_too_large(limit)
+        assert tenant.payload_too_large(limit + 1)
+
+    def test_an_empty_payload_is_never_too_large(self):
+        assert not make_tenant("foo").payload_too_large(0)
+
+
+class TestFromRow:
+    """Rows of `_realtime.tenants` as TenantStore reads them."""
+
+    ROW = {
+        "id": 7,
+        "external_id": "foo",
+        "name": None,
+        "jwt_secret": "s3cret",
+        "jwt_jwks": '{"keys": []}',
+        "max_events_per_second": 10,
+        "max_joins_per_second": None,
+        "private_only": True,
+        "suspend": None,
+        "presence_enabled": False,
+    }
+
+    def test_null_limits_take_the_defaults(self):
+        tenant = Tenant.from_row(self.ROW, now=0.0)
+        assert tenant.limits.max_events_per_second == 10
+        assert tenant.limits.max_joins_per_second == Limits().max_joins_per_second
+
+    def test_fields(self):
+        tenant = Tenant.from_row(self.ROW, now=0.0)
+        assert (tenant.id, tenant.external_id, tenant.name) == ("7", "foo", "foo")
+        assert (tenant.private_only, tenant.suspend, tenant.presence_enabled) == (True, False, False)
+        assert tenant.keys.secret == "s3cret"
+        assert tenant.keys.jwks == {"keys": []}
+        assert tenant.users == 0
