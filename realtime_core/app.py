@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -28,7 +28,10 @@ from .protocol import codec_for
 from .router import Router as StreamRouter
 from .router import StreamKey
 from .socket import RealtimeSocket
-from .tenants import TenantRegistry, TenantStore
+from .tenants import Tenant, TenantRegistry, TenantStore
+
+if TYPE_CHECKING:
+    from .postgres_changes.cdc import PostgresChanges
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -57,6 +60,7 @@ class App:
         self.http = Router()
         rest_api.register(self, self.http)
         self.pool: AsyncConnectionPool | None = None
+        self.cdc: dict[str, PostgresChanges] = {}
         self.server: Server | None = None
         self.port: int | None = None
         self.shutting_down = False
@@ -79,6 +83,13 @@ class App:
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
+        default = self.tenants.get(settings.tenant_name)
+        if default is not None and settings.postgres_changes:
+            from .postgres_changes.cdc import PostgresChanges
+
+            cdc = PostgresChanges(default, settings.database_url, settings.cdc, self.now)
+            await cdc.start()
+            self.cdc[default.external_id] = cdc
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -95,6 +106,8 @@ class App:
         self.shutting_down = True
         if self.server is not None:
             await self.server.close(CloseCode.SERVICE_RESTART)
+        for cdc in self.cdc.values():
+            await cdc.stop()
         if self.pool is not None:
             await self.pool.close()
 
@@ -130,6 +143,10 @@ class App:
             self, tenant, codec, token, claims, x_headers, level if level in _LOG_LEVELS else "error"
         )
         return socket, socket.attach
+
+    def cdc_for(self, tenant: Tenant) -> PostgresChanges | None:
+        """The Postgres Changes of a tenant's database, if it has one."""
+        return self.cdc.get(tenant.external_id)
 
     def connect_error_delay(self, error: ConnectError) -> float:
         if error.status == 403 and not error.text:

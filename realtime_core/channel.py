@@ -100,7 +100,18 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
         raise UnableToReplayMessages("Replay is not allowed for public channels")
 
     channel = Channel(socket, msg.topic, sub_topic, msg.join_ref, config, token, claims)
-    changes = [{**params, "id": postgres_change_id(params)} for params in config.postgres_changes]
+    ids = [postgres_change_id(params) for params in config.postgres_changes]
+    if config.new_api:
+        channel.postgres_changes = list(zip(ids, config.postgres_changes, strict=True))
+    else:
+        # spec §6.7: a join without `config` subscribes to `schema[:table[:filter]]`.
+        parts = sub_topic.split(":", 2)
+        legacy = {"schema": parts[0], "table": parts[1] if len(parts) > 1 else "*"}
+        if len(parts) > 2:
+            legacy["filter"] = parts[2]
+        channel.postgres_changes = [(postgres_change_id(legacy), legacy)]
+        channel.legacy = True
+    changes = [{**params, "id": cid} for cid, params in zip(ids, config.postgres_changes, strict=True)]
     return channel, {"postgres_changes": changes}
 
 
@@ -120,12 +131,16 @@ class Channel:
     """One topic joined on one socket."""
 
     __slots__ = (
+        "_expiry",
+        "_presence_calls",
         "ack",
         "claims",
         "codec",
         "conn",
         "join_ref",
         "key",
+        "legacy",
+        "postgres_changes",
         "presence_enabled",
         "presence_key",
         "private",
@@ -135,8 +150,6 @@ class Channel:
         "sub_topic",
         "token",
         "topic",
-        "_expiry",
-        "_presence_calls",
     )
 
     def __init__(
@@ -166,6 +179,8 @@ class Channel:
         self.state = ChannelState.JOINED
         self._expiry: asyncio.TimerHandle | None = None
         self._presence_calls = WindowCounter()
+        self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
+        self.legacy = False
 
     def __repr__(self) -> str:
         return f"<Channel {self.topic} join_ref={self.join_ref}>"
@@ -179,6 +194,10 @@ class Channel:
         self._schedule_token_check()
         if self.presence_enabled:
             self._push_presence_state()
+        if self.postgres_changes:
+            cdc = app.cdc_for(self.socket.tenant)
+            if cdc is not None:
+                cdc.subscribe(self, self.postgres_changes, self.legacy)
 
     def leave(self, ref: str | None) -> None:
         """phx_leave: reply ok, then phx_close (spec §3.7)."""
@@ -210,6 +229,10 @@ class Channel:
         self.state = ChannelState.CLOSED
         app = self.socket.app
         app.router.unsubscribe(self.key, self)
+        if self.postgres_changes:
+            cdc = app.cdc_for(self.socket.tenant)
+            if cdc is not None:
+                cdc.unsubscribe(self)
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
@@ -316,13 +339,20 @@ class Channel:
         app = self.socket.app
         try:
             claims = verify(
-                token, self.socket.tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators
+                token,
+                self.socket.tenant.keys,
+                now=time.time(),
+                claim_validators=app.settings.jwt_claim_validators,
             )
         except JwtError as exc:
             self.shutdown(exc.message)
             return
         self.token, self.claims = token, claims
         self._schedule_token_check()
+        if self.postgres_changes:
+            cdc = app.cdc_for(self.socket.tenant)
+            if cdc is not None:
+                cdc.refresh(self)
 
     def _schedule_token_check(self) -> None:
         if self._expiry is not None:
@@ -338,7 +368,10 @@ class Channel:
         app = self.socket.app
         try:
             self.claims = verify(
-                self.token, self.socket.tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators
+                self.token,
+                self.socket.tenant.keys,
+                now=time.time(),
+                claim_validators=app.settings.jwt_claim_validators,
             )
         except JwtError as exc:
             self.shutdown(exc.message)

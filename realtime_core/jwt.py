@@ -41,9 +41,7 @@ _MALFORMED = "The token provided is not a valid JWT"
 _BAD_SIGNATURE = "Failed to validate JWT signature"
 _NO_SIGNER = "Failed to generate JWT signer, check your JWT secret or JWKS configuration"
 # {kid} is filled in by _inspect(), as upstream interpolates `inspect(kid)`.
-_NO_SIGNER_KID = (
-    "Failed to generate JWT signer for key ID (kid) {kid}, check your JWT secret or JWKS configuration"
-)
+_NO_SIGNER_KID = "Failed to generate JWT signer for key ID (kid) {kid}, check your JWT secret or JWKS configuration"
 _EXPIRED_CONNECT = "Token has expired"
 _MISSING_CLAIMS = "Fields `role` and `exp` are required in JWT"
 _EXP_INVALID = "Token expiration time is invalid"

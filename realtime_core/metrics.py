@@ -29,7 +29,12 @@ class Metrics:
             ("realtime_connections_connected", "gauge", "Open WebSocket connections", stats["connections"]),
             ("realtime_channels_joined", "gauge", "Joined channels", stats["channels"]),
             ("realtime_streams", "gauge", "Topics with at least one subscriber", stats["streams"]),
-            ("realtime_malformed_messages_total", "counter", "Dropped malformed frames", self.malformed_messages),
+            (
+                "realtime_malformed_messages_total",
+                "counter",
+                "Dropped malformed frames",
+                self.malformed_messages,
+            ),
             ("realtime_channel_join_errors_total", "counter", "Refused joins", self.join_errors),
             (
                 "realtime_slow_consumers_total",

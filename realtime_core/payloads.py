@@ -114,7 +114,12 @@ class JoinPayload:
             self.replay_invalid = True
             return
         since, limit = replay.get("since"), replay.get("limit", 25)
-        if not isinstance(since, int) or isinstance(since, bool) or not isinstance(limit, int) or isinstance(limit, bool):
+        if (
+            not isinstance(since, int)
+            or isinstance(since, bool)
+            or not isinstance(limit, int)
+            or isinstance(limit, bool)
+        ):
             self.replay_invalid = True
             return
         self.replay = Replay(since=since, limit=max(1, min(25, limit)))

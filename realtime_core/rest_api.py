@@ -89,7 +89,10 @@ def _tenant_route(app: App, controller: Any) -> Handler:
             if not token:
                 raise JwtError("API key is missing")
             claims = verify(
-                clean_token(token), tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators
+                clean_token(token),
+                tenant.keys,
+                now=time.time(),
+                claim_validators=app.settings.jwt_claim_validators,
             )
         except JwtError:
             return json_response(401, {"message": "Unauthorized"}, list(_CORS))

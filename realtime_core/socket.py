@@ -187,7 +187,7 @@ class RealtimeSocket:
         self.conn.send(self.codec.reply(msg.join_ref, msg.ref, msg.topic, status, response))
 
     def _reply_unmatched(self, msg: Message) -> None:
-        """"unmatched topic": an error reply with the message's ref and a null join_ref."""
+        """ "unmatched topic": an error reply with the message's ref and a null join_ref."""
         self.conn.send(self.codec.reply(None, msg.ref, msg.topic, "error", UNMATCHED_TOPIC))
 
     # Lifecycle

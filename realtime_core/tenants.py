@@ -150,8 +150,7 @@ class TenantStore:
                 f"{', '.join(_LIMIT_FIELDS)}, presence_enabled, private_only) "
                 f"values (%s, %s, %s, %s, {', '.join(['%s'] * len(_LIMIT_FIELDS))}, %s, %s) "
                 f"on conflict (external_id) do update set jwt_secret = excluded.jwt_secret, "
-                f"jwt_jwks = excluded.jwt_jwks, updated_at = now()"
-                + (f", {sets}" if sets else ""),
+                f"jwt_jwks = excluded.jwt_jwks, updated_at = now()" + (f", {sets}" if sets else ""),
                 (
                     settings.tenant_name,
                     settings.tenant_name,

@@ -86,6 +86,7 @@ class ServerProcess:
     database_url: str
     env: dict[str, str]
     output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     @property
     def http_url(self) -> str:
@@ -115,16 +116,29 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self.reader is not None:
+            self.reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         return self.proc.returncode
 
+    def drop_slots(self) -> None:
+        """Drop this database's replication slots: a durable slot retains WAL forever."""
+        with contextlib.suppress(psycopg.Error), psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots"
+                " where database = current_database() and not active"
+            )
 
-def start_server(
-    database_url: str, env: dict[str, str] | None = None, timeout: float = 30.0
-) -> ServerProcess:
+
+def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> ServerProcess:
     """Start `realtime-core serve --port 0` and wait for its "listening on" line."""
+    dbname = conninfo_to_dict(database_url).get("dbname", "postgres")
     full_env = {
         **os.environ,
         **BASE_ENV,
+        # Slot names are cluster-wide: one per database.
+        "SLOT_NAME_SUFFIX": str(dbname),
         "DATABASE_URL": database_url,
         "REALTIME_JWT_SECRET": JWT_SECRET,
         "PYTHONUNBUFFERED": "1",
@@ -152,11 +166,16 @@ def start_server(
                 found.set()
         found.set()
 
-    threading.Thread(target=drain, daemon=True).start()
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     if not found.wait(timeout) or not port:
         proc.kill()
+        proc.wait()
+        reader.join(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
         raise RuntimeError("server did not start:\n" + "".join(output))
-    return ServerProcess(proc, port[0], database_url, full_env, output)
+    return ServerProcess(proc, port[0], database_url, full_env, output, reader)
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +184,7 @@ def server(pg_dsn: str) -> Iterator[ServerProcess]:
     srv = start_server(_create_database(pg_dsn))
     yield srv
     srv.stop()
+    srv.drop_slots()
 
 
 @pytest.fixture
@@ -181,6 +201,7 @@ def server_factory(pg_dsn: str) -> Iterator[object]:
     for srv in started:
         with contextlib.suppress(Exception):
             srv.stop()
+            srv.drop_slots()
 
 
 @pytest.fixture

@@ -26,9 +26,7 @@ class Codec(Protocol):
         """Decode a binary frame. Raises MalformedMessage (always, for V1)."""
         ...
 
-    def reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any
-    ) -> bytes:
+    def reply(self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any) -> bytes:
         """A phx_reply frame: payload {"status": status, "response": response}."""
         ...
 

@@ -103,9 +103,7 @@ class V1Codec:
 
     # -- Encoding (server → client); each returns a complete text frame --
 
-    def reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any
-    ) -> bytes:
+    def reply(self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any) -> bytes:
         """Return a phx_reply frame carrying the request's ref (join_ref is not sent in V1)."""
         return text_frame(
             _dumps(

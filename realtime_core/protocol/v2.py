@@ -104,9 +104,7 @@ def _decode_user_broadcast_push(data: bytes) -> Message:
     """Decode kind 3: join_ref, ref, topic, user_event, metadata, then the user payload."""
     if len(data) < 1 + _USER_BROADCAST_PUSH_HEAD.size:
         raise MalformedMessage(f"{_KIND3} truncated: {len(data)} bytes, header needs 7")
-    join_ref_len, ref_len, topic_len, event_len, metadata_len, encoding = (
-        _USER_BROADCAST_PUSH_HEAD.unpack_from(data, 1)
-    )
+    join_ref_len, ref_len, topic_len, event_len, metadata_len, encoding = _USER_BROADCAST_PUSH_HEAD.unpack_from(data, 1)
     if encoding != BINARY and encoding != JSON:
         raise MalformedMessage(f"{_KIND3}: unknown encoding {encoding}, expected 0 (binary) or 1 (JSON)")
     a = 1 + _USER_BROADCAST_PUSH_HEAD.size
@@ -170,9 +168,7 @@ class V2Codec:
         except _JSONDecodeError as exc:
             raise MalformedMessage(f"expected a V2 JSON array, got invalid JSON: {exc}") from None
         if type(arr) is not list or len(arr) < 5:
-            raise MalformedMessage(
-                f"expected V2 array [join_ref, ref, topic, event, payload], got: {_preview(arr)}"
-            )
+            raise MalformedMessage(f"expected V2 array [join_ref, ref, topic, event, payload], got: {_preview(arr)}")
         join_ref, ref, topic, event, payload = arr[:5]
         if type(topic) is not str:
             raise MalformedMessage(f"expected topic (element 3) to be a string, got: {_preview(topic)}")
@@ -205,19 +201,13 @@ class V2Codec:
             return _decode_user_broadcast_push(data)
         if kind == _PUSH:
             return _decode_push(data)
-        raise MalformedMessage(
-            f"unsupported binary kind {kind}: clients may send 0 (push) or 3 (user broadcast push)"
-        )
+        raise MalformedMessage(f"unsupported binary kind {kind}: clients may send 0 (push) or 3 (user broadcast push)")
 
     # -- Encoding (server → client); each returns a complete frame --
 
-    def reply(
-        self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any
-    ) -> bytes:
+    def reply(self, join_ref: str | None, ref: str | None, topic: str, status: ReplyStatus, response: Any) -> bytes:
         """Return [join_ref, ref, topic, "phx_reply", {"status", "response"}] echoing the request."""
-        return text_frame(
-            _dumps([join_ref, ref, topic, "phx_reply", {"status": status, "response": response}])
-        )
+        return text_frame(_dumps([join_ref, ref, topic, "phx_reply", {"status": status, "response": response}]))
 
     def push(self, join_ref: str | None, topic: str, event: str, payload: Any) -> bytes:
         """Return a channel push [join_ref, null, topic, event, payload] (spec §2.2)."""
@@ -255,11 +245,7 @@ class V2Codec:
         metadata = message.metadata
         metadata_b = b"" if metadata is None else _dumps(metadata)
         encoding = message.encoding
-        if (
-            len(topic_b) > MAX_FIELD_BYTES
-            or len(event_b) > MAX_FIELD_BYTES
-            or len(metadata_b) > MAX_FIELD_BYTES
-        ):
+        if len(topic_b) > MAX_FIELD_BYTES or len(event_b) > MAX_FIELD_BYTES or len(metadata_b) > MAX_FIELD_BYTES:
             raise ValueError(
                 "user broadcast cannot be framed: topic, user event and metadata must each be at most "
                 f"{MAX_FIELD_BYTES} bytes, got {len(topic_b)}, {len(event_b)} and {len(metadata_b)}"
@@ -269,9 +255,7 @@ class V2Codec:
         return binary_frame(
             b"".join(
                 (
-                    _pack_user_broadcast_head(
-                        _USER_BROADCAST, len(topic_b), len(event_b), len(metadata_b), encoding
-                    ),
+                    _pack_user_broadcast_head(_USER_BROADCAST, len(topic_b), len(event_b), len(metadata_b), encoding),
                     topic_b,
                     event_b,
                     metadata_b,

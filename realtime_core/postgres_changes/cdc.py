@@ -1,0 +1,360 @@
+"""Postgres Changes for one tenant database: stream, subscriptions, dispatch, slot health.
+
+app.App starts one PostgresChanges for the default tenant's database. Channels
+call subscribe() after their join reply (spec §6.2), unsubscribe() when they
+close and refresh() after an access_token update. The `system` message
+`Subscribed to PostgreSQL` is pushed only once the subscription is live: its
+rows are written, it is in the registry, and the durable slot exists, so every
+change committed after that message reaches the channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .dispatch import Dispatcher
+from .filters import (
+    FilterError,
+    SubscriptionParams,
+    SubscriptionParamsError,
+    load_columns,
+    parse_params,
+    validate_subscription,
+)
+from .replication import SESSION_OPTIONS, ReplicationStream
+from .settings import CdcSettings
+from .subscriptions import Registry, Subscription, describe_params
+
+if TYPE_CHECKING:
+    from ..channel import Channel
+    from ..tenants import Tenant
+
+__all__ = ["CdcSettings", "PostgresChanges"]
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBED = "Subscribed to PostgreSQL"
+_DELETE_CHUNK = 1000  # spec §3.7: subscriptions are deleted in batches of up to 1000 rows
+
+
+_TABLES = """
+select c.oid, pt.schemaname::text, pt.tablename::text
+from pg_publication_tables pt
+join pg_namespace n on n.nspname = pt.schemaname
+join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
+where pt.pubname = %s and (%s = '*' or pt.schemaname = %s) and (%s = '*' or pt.tablename = %s)
+order by 2, 3
+"""
+
+_INSERT = """
+insert into realtime.subscription (subscription_id, entity, filters, claims, action_filter, selected_columns)
+select %s, %s::oid::regclass,
+       (select coalesce(array_agg(row(f->>'column_name', (f->>'op')::realtime.equality_op, f->>'value',
+                                      (f->>'negate')::boolean)::realtime.user_defined_filter), '{}')
+        from jsonb_array_elements(%s::jsonb) f),
+       %s::jsonb, %s, %s
+on conflict (subscription_id, entity, filters, action_filter, coalesce(selected_columns, '{}'))
+do update set claims = excluded.claims, created_at = timezone('utc', now())
+"""
+
+_SLOT_HEALTH = """
+select active, wal_status, safe_wal_size,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint,
+       confirmed_flush_lsn::text, restart_lsn::text
+from pg_replication_slots where slot_name = %s
+"""
+
+
+class _SubscribeError(Exception):
+    """A subscription that cannot be created as asked: reported, not retried."""
+
+
+class PostgresChanges:
+    """Streams one database and delivers its changes to subscribed channels."""
+
+    def __init__(self, tenant: Tenant, dsn: str, settings: CdcSettings, now: Any) -> None:
+        self.tenant = tenant
+        self.dsn = dsn
+        self.settings = settings
+        self.registry = Registry()
+        self.pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=settings.pool_size,
+            open=False,
+            kwargs={"autocommit": True, "options": SESSION_OPTIONS, "application_name": "realtime_rls"},
+            name="realtime_rls",
+        )
+        self.dispatcher = Dispatcher(
+            tenant, self.pool, self.registry, max_record_bytes=settings.max_record_bytes, now=now
+        )
+        self.stream = ReplicationStream(
+            dsn,
+            slot=settings.slot,
+            publication=settings.publication,
+            on_batch=self.dispatcher.on_batch,
+            mode=settings.mode,
+            poll_interval=settings.poll_interval,
+        )
+        self.slot_health: dict[str, Any] = {}
+        self.lag_alert = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_deletes: list[uuid.UUID] = []
+        self._delete_scheduled = False
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+        async with self.pool.connection() as conn:
+            # Rows of a previous run belong to sockets that are gone; rejoining
+            # clients recreate theirs (spec §6.2).
+            await conn.execute("delete from realtime.subscription")
+        self.stream.start()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_slot())
+
+    async def stop(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.stream.stop()
+        await self._flush_deletes()
+        await self.pool.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # Channel API
+
+    def subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
+        """Start creating `channel`'s subscriptions; the outcome arrives as a system message."""
+        self._spawn(self._subscribe(channel, entries, legacy))
+
+    def unsubscribe(self, channel: Channel) -> None:
+        gone = self.registry.remove_channel(channel)
+        if gone:
+            self._pending_deletes.extend(sub.subscription_id for sub in gone)
+            if not self._delete_scheduled:
+                self._delete_scheduled = True
+                self._spawn(self._flush_deletes())
+
+    def refresh(self, channel: Channel) -> None:
+        """Re-write the rows of `channel` with its new claims (dispatch reads claims live)."""
+        subs = self.registry.for_channel(channel)
+        if subs:
+            self._spawn(self._rewrite_claims(subs))
+
+    # Subscribing (spec §6.2)
+
+    async def _subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
+        try:
+            parsed = [(cid, parse_params(params)) for cid, params in entries]
+        except SubscriptionParamsError as exc:
+            _system(channel, "error", str(exc))
+            return
+        attempt = 0
+        while channel.state == 1:  # ChannelState.JOINED
+            try:
+                subs = await self._create(channel, parsed, legacy)
+            except _SubscribeError as exc:
+                _system(channel, "error", str(exc))
+                return
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # Not the client's fault: retry after a random 5–10 s (spec §3.6).
+                attempt += 1
+                delay = random.uniform(5, 10) if attempt > 1 else random.uniform(0.5, 1.0)
+                log.warning("UnableToSubscribeToPostgres %s (%s); retrying in %.1fs", channel.topic, exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            if channel.state != 1:
+                self._pending_deletes.extend(s.subscription_id for s in subs)
+                await self._flush_deletes()
+                return
+            self.registry.add(subs)
+            _system(channel, "ok", SUBSCRIBED)
+            return
+
+    async def _create(
+        self, channel: Channel, parsed: list[tuple[int, SubscriptionParams]], legacy: bool
+    ) -> list[Subscription]:
+        await self.stream.ready.wait()
+        role = channel.claims.get("role")
+        claims_json = orjson.dumps(channel.claims).decode()
+        subs: list[Subscription] = []
+        async with self.pool.connection() as conn:
+            for cid, params in parsed:
+                cur = await conn.execute(
+                    _TABLES,
+                    (self.settings.publication, params.schema, params.schema, params.table, params.table),
+                )
+                tables = await cur.fetchall()
+                described = describe_params(params)
+                if not tables:
+                    raise _SubscribeError(
+                        "Unable to subscribe to changes with given parameters. Please check Realtime is enabled "
+                        f"for the given connect parameters: {described}"
+                    )
+                subscription_id = uuid.uuid1()
+                try:
+                    async with conn.transaction():
+                        for oid, _, _ in tables:
+                            if params.filters or params.select:
+                                columns = await load_columns(conn, oid)
+                                selectable = await self.dispatcher.catalog.selectable(conn, str(role or ""), oid)
+                                await validate_subscription(
+                                    conn, params.filters, params.select, columns, set(selectable or ())
+                                )
+                            filters = [
+                                {
+                                    "column_name": c.column,
+                                    "op": c.op,
+                                    "value": c.stored_value,
+                                    "negate": c.negate,
+                                }
+                                for c in params.filters
+                            ]
+                            await conn.execute(
+                                _INSERT,
+                                (
+                                    subscription_id,
+                                    oid,
+                                    orjson.dumps(filters).decode(),
+                                    claims_json,
+                                    params.event,
+                                    list(params.select) if params.select else None,
+                                ),
+                            )
+                except (FilterError, psycopg.errors.DatabaseError) as exc:
+                    if isinstance(exc, psycopg.OperationalError):
+                        raise
+                    message = exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag else str(exc)
+                    raise _SubscribeError(
+                        "Unable to subscribe to changes with given parameters. An exception happened so please "
+                        f"check your connect parameters: {described}. Exception: {message}"
+                    ) from None
+                subs.append(Subscription(channel, cid, subscription_id, params, legacy))
+        return subs
+
+    async def _rewrite_claims(self, subs: list[Subscription]) -> None:
+        claims = orjson.dumps(subs[0].channel.claims).decode()
+        with contextlib.suppress(psycopg.Error):
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "update realtime.subscription set claims = %s::jsonb where subscription_id = any(%s)",
+                    (claims, [s.subscription_id for s in subs]),
+                )
+
+    async def _flush_deletes(self) -> None:
+        await asyncio.sleep(0.05)  # gather the closes of one burst into few statements
+        self._delete_scheduled = False
+        ids, self._pending_deletes = self._pending_deletes, []
+        if not ids:
+            return
+        try:
+            async with self.pool.connection() as conn:
+                for i in range(0, len(ids), _DELETE_CHUNK):
+                    await conn.execute(
+                        "delete from realtime.subscription where subscription_id = any(%s)",
+                        (ids[i : i + _DELETE_CHUNK],),
+                    )
+        except psycopg.Error as exc:
+            log.warning("could not delete %d subscription rows: %s", len(ids), exc)
+
+    # Slot safety
+
+    async def read_slot_health(self) -> dict[str, Any]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_SLOT_HEALTH, (self.settings.slot,))
+            row = await cur.fetchone()
+        if row is None:
+            return {"slot": self.settings.slot, "exists": False}
+        active, wal_status, safe_wal_size, lag, retained, confirmed, restart = row
+        return {
+            "slot": self.settings.slot,
+            "exists": True,
+            "active": active,
+            "wal_status": wal_status,
+            "safe_wal_size": safe_wal_size,
+            "lag_bytes": lag,
+            "retained_wal_bytes": retained,
+            "confirmed_flush_lsn": confirmed,
+            "restart_lsn": restart,
+            "streaming": self.stream.connected,
+            "mode": self.settings.mode,
+            "last_error": self.stream.last_error,
+        }
+
+    async def _watch_slot(self) -> None:
+        while True:
+            try:
+                health = self.slot_health = await self.read_slot_health()
+                retained = health.get("retained_wal_bytes") or 0
+                if retained > self.settings.slot_lag_alert_bytes:
+                    if not self.lag_alert:
+                        log.error(
+                            "ReplicationSlotLagTooHigh: slot %s retains %d bytes of WAL (threshold %d, policy %s)",
+                            self.settings.slot,
+                            retained,
+                            self.settings.slot_lag_alert_bytes,
+                            self.settings.slot_lag_policy,
+                        )
+                    self.lag_alert = True
+                    if self.settings.slot_lag_policy == "drop":
+                        await self._recreate_slot()
+                else:
+                    self.lag_alert = False
+            except psycopg.Error as exc:
+                self.slot_health = {**self.slot_health, "error": str(exc)}
+            except asyncio.CancelledError:
+                raise
+            await asyncio.sleep(self.settings.health_interval)
+
+    async def _recreate_slot(self) -> None:
+        await self.stream.stop()
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
+                (self.settings.slot,),
+            )
+        log.error("dropped replication slot %s (policy drop); changes it retained are lost", self.settings.slot)
+        self.stream.confirmed_lsn = 0
+        self.stream.start()
+
+    def stats(self) -> dict[str, Any]:
+        d = self.dispatcher
+        return {
+            "subscriptions": len(self.registry),
+            "subscribed_channels": self.registry.channels(),
+            "changes_seen": d.changes_seen,
+            "changes_dispatched": d.changes_dispatched,
+            "messages_sent": d.messages_sent,
+            "rls_errors": d.rls_errors,
+            "streaming": self.stream.connected,
+            "confirmed_lsn": self.stream.confirmed_lsn,
+            "received_lsn": self.stream.received_lsn,
+            "reconnects": self.stream.reconnects,
+        }
+
+
+def _system(channel: Channel, status: str, message: str) -> None:
+    if channel.state == 1:
+        channel.push(
+            "system",
+            {
+                "extension": "postgres_changes",
+                "status": status,
+                "message": message,
+                "channel": channel.sub_topic,
+            },
+        )

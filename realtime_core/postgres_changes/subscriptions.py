@@ -1,0 +1,118 @@
+"""Live Postgres Changes subscriptions: in memory for dispatch, in realtime.subscription for the record.
+
+cdc.PostgresChanges adds a channel's subscriptions once their rows are written
+and removes them when the channel closes. The dispatcher asks for_relation()
+for each decoded change. Wildcard subscriptions (schema or table `*`) match any
+table of the publication, including tables added to it later."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .filters import Condition, SubscriptionParams
+
+if TYPE_CHECKING:
+    from ..channel import Channel
+
+__all__ = ["Registry", "Subscription", "describe_params"]
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    """One postgres_changes entry of one joined channel."""
+
+    channel: Channel
+    id: int  # the integer the client pairs with its binding (spec §3.4, §6.6)
+    subscription_id: uuid.UUID
+    params: SubscriptionParams
+    legacy: bool = False  # joined without `config` (spec §6.7)
+
+    def wants(self, change_type: str) -> bool:
+        event = self.params.event
+        return event == "*" or event == change_type
+
+    @property
+    def claims(self) -> dict[str, Any]:
+        return self.channel.claims
+
+    @property
+    def role(self) -> str:
+        role = self.channel.claims.get("role")
+        return role if isinstance(role, str) else ""
+
+
+class Registry:
+    """Subscriptions of one database, indexed by (schema, table)."""
+
+    __slots__ = ("_by_channel", "_exact", "_wildcard")
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[str, str], list[Subscription]] = {}
+        self._wildcard: list[Subscription] = []
+        self._by_channel: dict[Channel, list[Subscription]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(subs) for subs in self._by_channel.values())
+
+    def channels(self) -> int:
+        return len(self._by_channel)
+
+    def add(self, subscriptions: Iterable[Subscription]) -> None:
+        for sub in subscriptions:
+            p = sub.params
+            if p.schema == "*" or p.table == "*":
+                self._wildcard.append(sub)
+            else:
+                self._exact.setdefault((p.schema, p.table), []).append(sub)
+            self._by_channel.setdefault(sub.channel, []).append(sub)
+
+    def remove_channel(self, channel: Channel) -> list[Subscription]:
+        """Forget every subscription of `channel`; return them (their rows are to be deleted)."""
+        subs = self._by_channel.pop(channel, [])
+        if not subs:
+            return subs
+        gone = {id(s) for s in subs}
+        for sub in subs:
+            p = sub.params
+            if p.schema == "*" or p.table == "*":
+                continue
+            key = (p.schema, p.table)
+            remaining = [s for s in self._exact.get(key, ()) if id(s) not in gone]
+            if remaining:
+                self._exact[key] = remaining
+            else:
+                self._exact.pop(key, None)
+        if any(s.params.schema == "*" or s.params.table == "*" for s in subs):
+            self._wildcard = [s for s in self._wildcard if id(s) not in gone]
+        return subs
+
+    def for_channel(self, channel: Channel) -> list[Subscription]:
+        return list(self._by_channel.get(channel, ()))
+
+    def for_relation(self, schema: str, table: str) -> list[Subscription]:
+        """Every subscription that may want changes of schema.table."""
+        exact = self._exact.get((schema, table))
+        if not self._wildcard:
+            return exact or []
+        wild = [
+            s
+            for s in self._wildcard
+            if (s.params.schema == "*" or s.params.schema == schema)
+            and (s.params.table == "*" or s.params.table == table)
+        ]
+        return (exact or []) + wild if wild else exact or []
+
+
+def _inspect_condition(c: Condition) -> str:
+    op = f"not.{c.op}" if c.negate else c.op
+    return f'{{"{c.column}", "{op}", "{c.stored_value}"}}'
+
+
+def describe_params(p: SubscriptionParams) -> str:
+    """The params as upstream logs them in its error texts (an Elixir keyword list)."""
+    filters = "[" + ", ".join(_inspect_condition(c) for c in p.filters) + "]"
+    select = "nil" if p.select is None else "[" + ", ".join(f'"{c}"' for c in p.select) + "]"
+    return f"[event: {p.event}, schema: {p.schema}, table: {p.table}, filters: {filters}, select: {select}]"
