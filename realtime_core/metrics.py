@@ -53,5 +53,29 @@ class Metrics:
         for name, kind, help_text, value in rows:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
         for tenant in app.tenants:
-            lines.append(f'realtime_tenant_users{{tenant="{tenant.external_id}"}} {tenant.users}')
+            lines.append(f'realtime_tenant_users{{tenant="{_label(tenant.external_id)}"}} {tenant.users}')
+        for tenant_id, cdc in app.cdc.items():
+            label = f'tenant="{_label(tenant_id)}"'
+            stats = cdc.stats()
+            health = cdc.slot_health
+            for name, value in (
+                ("realtime_postgres_changes_subscriptions", stats["subscriptions"]),
+                ("realtime_postgres_changes_seen_total", stats["changes_seen"]),
+                ("realtime_postgres_changes_dispatched_total", stats["changes_dispatched"]),
+                ("realtime_channel_db_events_total", stats["messages_sent"]),
+                ("realtime_postgres_changes_rls_errors_total", stats["rls_errors"]),
+                ("realtime_replication_connected", int(stats["streaming"])),
+                ("realtime_replication_reconnects_total", stats["reconnects"]),
+                ("realtime_replication_slot_lag_bytes", health.get("lag_bytes")),
+                ("realtime_replication_slot_retained_wal_bytes", health.get("retained_wal_bytes")),
+                ("realtime_replication_slot_safe_wal_size_bytes", health.get("safe_wal_size")),
+                ("realtime_replication_slot_lag_alert", int(cdc.lag_alert)),
+            ):
+                if value is not None:
+                    lines.append(f"{name}{{{label}}} {value}")
         return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jwt as pyjwt
 import psycopg
@@ -202,6 +203,25 @@ def server_factory(pg_dsn: str) -> Iterator[object]:
         with contextlib.suppress(Exception):
             srv.stop()
             srv.drop_slots()
+
+
+CDC_ENV = {"REALTIME_POSTGRES_CHANGES": "true"}
+
+
+@pytest.fixture(scope="module")
+def cdc(pg_dsn: str) -> Iterator[ServerProcess]:
+    """A server streaming Postgres Changes from a database of its own (one per test module)."""
+    server = start_server(_create_database(pg_dsn), CDC_ENV)
+    yield server
+    server.stop()
+    server.drop_slots()
+
+
+@pytest.fixture(scope="module")
+def db(cdc: ServerProcess) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the `cdc` server's database."""
+    with psycopg.connect(cdc.database_url, autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture

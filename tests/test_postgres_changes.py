@@ -9,33 +9,17 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import MS, ServerProcess, _create_database, make_token, start_server
+from conftest import CDC_ENV, MS, _create_database, make_token, start_server
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient
 
 pytestmark = pytest.mark.pg
 
-CDC_ENV = {"REALTIME_POSTGRES_CHANGES": "true"}
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-@pytest.fixture(scope="module")
-def cdc(pg_dsn: str) -> Iterator[ServerProcess]:
-    server = start_server(_create_database(pg_dsn), CDC_ENV)
-    yield server
-    server.stop()
-    server.drop_slots()
-
-
-@pytest.fixture(scope="module")
-def db(cdc: ServerProcess) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(cdc.database_url, autocommit=True) as conn:
-        yield conn
 
 
 def new_table(db: psycopg.Connection[Any], columns: str, *, publish: bool = True, identity_full: bool = False) -> str:
