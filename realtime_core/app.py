@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
 
-from . import db, rest_api
+from . import db, messages, rest_api
+from .authorization import Authorizer
 from .config import Settings
+from .db_broadcast import DatabaseBroadcast
 from .errors import ConnectError, JwtError
 from .jwt import clean_token, verify
 from .metrics import Metrics
@@ -61,6 +64,10 @@ class App:
         rest_api.register(self, self.http)
         self.pool: AsyncConnectionPool | None = None
         self.cdc: dict[str, PostgresChanges] = {}
+        self.authorizers: dict[str, Authorizer] = {}
+        self.db_broadcasts: dict[str, DatabaseBroadcast] = {}
+        self.janitor: messages.Janitor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.server: Server | None = None
         self.port: int | None = None
         self.shutting_down = False
@@ -84,6 +91,8 @@ class App:
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
         default = self.tenants.get(settings.tenant_name)
+        if default is not None:
+            await self._start_tenant_database(default, settings.database_url)
         if default is not None and settings.postgres_changes:
             from .postgres_changes.cdc import PostgresChanges
 
@@ -101,11 +110,40 @@ class App:
         self.port = await self.server.listen(settings.host, settings.port)
         return self.port
 
+    async def _start_tenant_database(self, tenant: Tenant, dsn: str) -> None:
+        """Private channels, broadcast from the database and the partition janitor of one database."""
+        settings = self.settings
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            await messages.ensure_partitions(conn)  # before any authorization probe needs today's
+        authorizer = Authorizer(dsn, pool_size=settings.authorization_pool_size)
+        await authorizer.open()
+        self.authorizers[tenant.external_id] = authorizer
+        if settings.janitor:
+            self.janitor = messages.Janitor(
+                self.pool,
+                interval=settings.janitor_interval_ms / 1000,
+                retention=timedelta(hours=settings.message_retention_hours),
+            )
+            self.janitor.start()
+        if settings.db_broadcast:
+            stream = DatabaseBroadcast(self, tenant, dsn, slot=settings.cdc.messages_slot, mode=settings.cdc.mode)
+            stream.start()
+            self.db_broadcasts[tenant.external_id] = stream
+
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), close the pool."""
         self.shutting_down = True
         if self.server is not None:
             await self.server.close(CloseCode.SERVICE_RESTART)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.janitor is not None:
+            await self.janitor.stop()
+        for stream in self.db_broadcasts.values():
+            await stream.stop()
+        for authorizer in self.authorizers.values():
+            await authorizer.close()
         for cdc in self.cdc.values():
             await cdc.stop()
         if self.pool is not None:
@@ -143,6 +181,23 @@ class App:
             self, tenant, codec, token, claims, x_headers, level if level in _LOG_LEVELS else "error"
         )
         return socket, socket.attach
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` as a task the app keeps until it ends (and cancels at stop)."""
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
+        """The RLS authorizer of a tenant's database, if it has one."""
+        return self.authorizers.get(tenant.external_id)
+
+    async def replay(self, tenant: Tenant, topic: str, since_ms: int, limit: int) -> list[messages.ReplayRow]:
+        """Stored private broadcasts of `topic` since `since_ms` (spec §4.6)."""
+        if self.pool is None or tenant.external_id not in self.authorizers:
+            return []
+        async with self.pool.connection() as conn:
+            return await messages.replay(conn, topic, since_ms, limit)
 
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None:
         """The Postgres Changes of a tenant's database, if it has one."""

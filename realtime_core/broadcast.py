@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .authorization import BROADCAST
 from .protocol import Codec, Message, UserBroadcast
 from .router import StreamKey
 
@@ -33,6 +34,12 @@ def _user_frame(codec: Codec, topic: str, message: UserBroadcast) -> bytes | Non
 
 def from_client(channel: Channel, msg: Message) -> None:
     """Fan out one client broadcast on the channel's stream; ack it when asked to."""
+    if channel.private:
+        allowed = channel.allowed_to_write(BROADCAST, msg)
+        if not allowed:
+            # None: held until the write policy is known. False: denied
+            # broadcasts are dropped silently, without an ack (spec §4.1).
+            return
     socket = channel.socket
     app = socket.app
     tenant = socket.tenant

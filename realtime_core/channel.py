@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import broadcast
+from .authorization import BROADCAST, PRESENCE, Policies
 from .errors import (
     ChannelRateLimitReached,
     ClientJoinRateLimitReached,
@@ -33,11 +34,14 @@ from .errors import (
 from .jwt import expires_in, verify
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
-from .protocol import Message
+from .protocol import BINARY, Message, UserBroadcast
 from .router import StreamKey
 
 if TYPE_CHECKING:
+    from .app import App
+    from .messages import ReplayRow
     from .socket import RealtimeSocket
+    from .tenants import Tenant
 
 __all__ = ["Channel", "ChannelState", "UnableToReplayMessages", "join"]
 
@@ -90,16 +94,26 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
         raise ChannelRateLimitReached("Too many channels")
     token = _join_token(config, socket.token)
     claims = verify(token, tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators)
+    policies: Policies | None = None
     if config.private:
-        # Private channels are authorised by RLS policies on realtime.messages;
-        # until those are evaluated, nothing is readable.
-        raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
+        policies = await _read_policies(socket, tenant, sub_topic, claims)
+        presence_counts = config.presence_enabled or tenant.presence_enabled
+        if not (policies.broadcast_read or (presence_counts and policies.presence_read)):
+            raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
+    replay: list[ReplayRow] | None = None
     if config.replay_invalid:
         raise UnableToReplayMessages("Replay params are not valid")
     if config.replay is not None:
-        raise UnableToReplayMessages("Replay is not allowed for public channels")
+        if policies is None:
+            raise UnableToReplayMessages("Replay is not allowed for public channels")
+        if not policies.broadcast_read:
+            raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
+        replay = await _replay(app, tenant, sub_topic, config.replay.since, config.replay.limit)
 
     channel = Channel(socket, msg.topic, sub_topic, msg.join_ref, config, token, claims)
+    if policies is not None:
+        channel.set_policies(policies)
+    channel.replay_rows = replay
     ids = [postgres_change_id(params) for params in config.postgres_changes]
     if config.new_api:
         channel.postgres_changes = list(zip(ids, config.postgres_changes, strict=True))
@@ -113,6 +127,23 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
         channel.legacy = True
     changes = [{**params, "id": cid} for cid, params in zip(ids, config.postgres_changes, strict=True)]
     return channel, {"postgres_changes": changes}
+
+
+async def _read_policies(socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any]) -> Policies:
+    """Evaluate the read policies of a private topic (spec §7); both extensions, one transaction."""
+    authorizer = socket.app.authorizer_for(tenant)
+    if authorizer is None:
+        raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
+    read = await authorizer.read(sub_topic, claims, socket.x_headers, (BROADCAST, PRESENCE))
+    return Policies(broadcast_read=read[BROADCAST], presence_read=read[PRESENCE])
+
+
+async def _replay(app: App, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
+    try:
+        return await app.replay(tenant, sub_topic, since, limit)
+    except Exception:
+        log.exception("UnableToReplayMessages on %s", sub_topic)
+        raise UnableToReplayMessages("Realtime was unable to replay messages") from None
 
 
 def _join_token(config: JoinPayload, connect_token: str) -> str:
@@ -132,6 +163,7 @@ class Channel:
 
     __slots__ = (
         "_expiry",
+        "_pending",
         "_presence_calls",
         "ack",
         "claims",
@@ -140,10 +172,15 @@ class Channel:
         "join_ref",
         "key",
         "legacy",
+        "policies",
         "postgres_changes",
         "presence_enabled",
         "presence_key",
         "private",
+        "reads_broadcast",
+        "reads_presence",
+        "replay_rows",
+        "replayed",
         "self_broadcast",
         "socket",
         "state",
@@ -181,18 +218,33 @@ class Channel:
         self._presence_calls = WindowCounter()
         self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
         self.legacy = False
+        # Private channels: policies, and what they let the channel receive (router.py reads these).
+        self.policies: Policies | None = None
+        self.reads_broadcast = True
+        self.reads_presence = True
+        self.replay_rows: list[ReplayRow] | None = None
+        self.replayed: set[str] | None = None  # ids sent as replay: their live copies are skipped
+        self._pending: dict[str, list[Message]] = {}  # messages waiting for a write check
 
     def __repr__(self) -> str:
         return f"<Channel {self.topic} join_ref={self.join_ref}>"
 
     # Lifecycle
 
+    def set_policies(self, policies: Policies) -> None:
+        self.policies = policies
+        self.reads_broadcast = bool(policies.broadcast_read)
+        self.reads_presence = bool(policies.presence_read)
+
     def start(self) -> None:
         """Subscribe and send what follows the join reply (spec §10.8: reply first)."""
         app = self.socket.app
         app.router.subscribe(self.key, self)
         self._schedule_token_check()
-        if self.presence_enabled:
+        if self.replay_rows:
+            self._send_replay(self.replay_rows)
+        self.replay_rows = None
+        if self.presence_enabled and self.reads_presence:
             self._push_presence_state()
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
@@ -245,6 +297,56 @@ class Channel:
             if diff is not None:
                 self._fan_out_presence_diff(diff)
 
+    def _send_replay(self, rows: list[ReplayRow]) -> None:
+        """Replayed messages, oldest first, as channel pushes (spec §4.6)."""
+        self.replayed = {row.id for row in rows}
+        codec = self.codec
+        for row in rows:
+            meta = {"replayed": True, "id": row.id}
+            if row.binary_payload is not None:
+                frame = codec.user_broadcast(
+                    self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
+                )
+                if codec.vsn == "2.0.0" and frame is not None:
+                    self.conn.send(frame)  # V1 receivers never get binary payloads
+                continue
+            payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
+            self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
+
+    def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
+        """The write policy for `extension` on a private channel; None while it is being
+        evaluated, in which case `msg` is held and handled again once it is known."""
+        policies = self.policies
+        if policies is None:
+            return True
+        allowed = policies.broadcast_write if extension == BROADCAST else policies.presence_write
+        if allowed is not None:
+            return allowed
+        queue = self._pending.setdefault(extension, [])
+        queue.append(msg)
+        if len(queue) == 1:
+            self.socket.app.spawn(self._check_write(extension))
+        return None
+
+    async def _check_write(self, extension: str) -> None:
+        app = self.socket.app
+        authorizer = app.authorizer_for(self.socket.tenant)
+        allowed = False
+        if authorizer is not None:
+            try:
+                result = await authorizer.write(self.sub_topic, self.claims, self.socket.x_headers, (extension,))
+                allowed = result[extension]
+            except RealtimeError as exc:
+                log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+        if self.policies is not None:
+            if extension == BROADCAST:
+                self.policies.broadcast_write = allowed
+            else:
+                self.policies.presence_write = allowed
+        for msg in self._pending.pop(extension, []):
+            if self.state is ChannelState.JOINED:
+                self.handle_in(msg)
+
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
@@ -277,6 +379,16 @@ class Channel:
         if event is None:
             self.reply(msg.ref, "ok", {})
             return
+        kind = str(event).lower()
+        if kind in ("track", "untrack") and self.private:
+            # Checked before the rate limits: a held message is handled (and counted) once.
+            allowed = self.allowed_to_write(PRESENCE, msg)
+            if allowed is None:
+                return  # handled again once the write policy is known
+            if not allowed:
+                log.info("UnableToHandlePresence on %s: presence write denied", self.topic)
+                self.reply(msg.ref, "error", {})
+                return
         app = self.socket.app
         tenant = self.socket.tenant
         limits = tenant.limits
@@ -289,7 +401,6 @@ class Channel:
             self.shutdown("Too many presence messages per second")
             return
         tenant.presence_events.add(1, now)
-        kind = str(event).lower()
         if kind == "track":
             tracked = payload.get("payload", {})
             if not isinstance(tracked, dict):
@@ -326,7 +437,7 @@ class Channel:
         topic = self.topic
         now = app.now()
         delivered = app.router.publish(
-            tenant, self.key, lambda codec: codec.broadcast_json(topic, "presence_diff", payload), now
+            tenant, self.key, lambda codec: codec.broadcast_json(topic, "presence_diff", payload), now, presence=True
         )
         tenant.presence_events.add(delivered, now)
 
@@ -349,10 +460,27 @@ class Channel:
             return
         self.token, self.claims = token, claims
         self._schedule_token_check()
+        if self.private:
+            app.spawn(self._recheck_read())
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
             if cdc is not None:
                 cdc.refresh(self)
+
+    async def _recheck_read(self) -> None:
+        """spec §7: read policies again after a new token; a revoked read closes the channel."""
+        before = self.policies
+        try:
+            after = await _read_policies(self.socket, self.socket.tenant, self.sub_topic, self.claims)
+        except RealtimeError as exc:
+            log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            after = Policies(broadcast_read=False, presence_read=False)
+        if self.state is not ChannelState.JOINED or before is None:
+            return
+        if (before.broadcast_read and not after.broadcast_read) or (before.presence_read and not after.presence_read):
+            self.shutdown(f"You no longer have permission to read from this Channel topic: {self.sub_topic}")
+            return
+        self.set_policies(after)  # write permissions are unknown again
 
     def _schedule_token_check(self) -> None:
         if self._expiry is not None:

@@ -63,6 +63,7 @@ def _cdc_settings(env: Mapping[str, str]) -> CdcSettings:
         raise ValueError(f"REALTIME_SLOT_LAG_POLICY must be 'keep' or 'drop', got {policy!r}")
     return CdcSettings(
         slot=(env.get("REALTIME_SLOT_NAME") or d.slot) + (f"_{suffix}" if suffix else ""),
+        messages_slot=d.messages_slot + (f"_{suffix}" if suffix else ""),
         publication=env.get("REALTIME_PUBLICATION") or d.publication,
         mode=mode,
         poll_interval=_int(env, "REALTIME_POLL_INTERVAL_MS", int(d.poll_interval * 1000)) / 1000,
@@ -121,6 +122,13 @@ class Settings:
     flush_chunk: int = 512
     postgres_changes: bool = True
     cdc: CdcSettings = field(default_factory=CdcSettings)
+    # Private channels: the authorization pool (upstream's DB_POOL_SIZE).
+    authorization_pool_size: int = 5
+    # Broadcast from the database, and the realtime.messages partition janitor (spec §4.5).
+    db_broadcast: bool = True
+    janitor: bool = True
+    janitor_interval_ms: int = 4 * 3600 * 1000
+    message_retention_hours: int = 72
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -157,6 +165,11 @@ class Settings:
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
             postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
             cdc=_cdc_settings(env),
+            authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),
+            db_broadcast=env.get("REALTIME_DB_BROADCAST", "true").lower() != "false",
+            janitor=env.get("RUN_JANITOR", "true").lower() != "false",
+            janitor_interval_ms=max(1000, _int(env, "JANITOR_SCHEDULE_TIMER_IN_MS", d.janitor_interval_ms)),
+            message_retention_hours=max(1, _int(env, "REALTIME_MESSAGE_RETENTION_HOURS", d.message_retention_hours)),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -14,7 +14,8 @@ from urllib.parse import unquote
 import orjson
 
 from . import broadcast
-from .errors import JwtError
+from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
+from .errors import JwtError, RealtimeError, Unauthorized
 from .jwt import KeySet, clean_token, verify
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
@@ -166,15 +167,39 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
         return json_response(429, {"message": "You have exceeded your rate limit"})
     if current + len(messages) > limit:
         return json_response(429, {"message": "Too many messages to broadcast, please reduce the batch size"})
+    # Private messages need the caller's write policy on their topic; denied
+    # ones are dropped silently, still answered 202 (spec §4.2). One check per topic.
+    writable: dict[str, bool] = {}
+    for topic in {item["topic"] for item in messages if item.get("private", False)}:
+        try:
+            writable[topic] = await _may_write(app, tenant, topic, claims, request)
+        except RealtimeError:
+            writable[topic] = False
     for item in messages:
         tenant.events.add(1, now)
-        if item.get("private", False):
-            # Private messages need the caller's write policy on the topic
-            # (RLS on realtime.messages); without a granted policy they are
-            # dropped silently, still answered 202 (spec §4.2).
+        private = bool(item.get("private", False))
+        if private and not writable[item["topic"]]:
             continue
-        broadcast.publish_json(app, tenant, item["topic"], False, item["event"], item["payload"], item.get("id"))
+        broadcast.publish_json(app, tenant, item["topic"], private, item["event"], item["payload"], item.get("id"))
     return Response(202)
+
+
+async def _may_write(app: App, tenant: Tenant, topic: str, claims: dict[str, Any], request: Request) -> bool:
+    """The broadcast write policy of `topic` for the caller (all request headers reach the policy)."""
+    authorizer = app.authorizer_for(tenant)
+    if authorizer is None:
+        return False
+    result = await authorizer.write(topic, claims, request.headers, (BROADCAST,))
+    return result[BROADCAST]
+
+
+# spec §4.3: authorization failures of a private single-event request.
+_AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
+    Unauthorized: (422, "RLS policy error"),
+    QueryCanceled: (422, "Query canceled"),
+    MissingPartition: (422, "Missing messages partition"),
+    IncreaseConnectionPool: (429, "Connection pool exhausted"),
+}
 
 
 async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
@@ -195,14 +220,20 @@ async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], re
         if not isinstance(payload, dict):
             return json_response(422, {"errors": {"payload": ["is invalid"]}})
         message = UserBroadcast(event=event, data=orjson.dumps(payload), encoding=JSON)
-    if request.query.get("private", "").lower() == "true":
-        # Write permission comes from RLS policies on realtime.messages; none is granted.
-        return json_response(403, {"message": "Unauthorized"})
+    private = request.query.get("private", "").lower() == "true"
+    if private:
+        try:
+            allowed = await _may_write(app, tenant, sub_topic, claims, request)
+        except RealtimeError as exc:
+            status, text = _AUTH_ERRORS.get(type(exc), (500, "Unable to authorize broadcast"))
+            return json_response(status, {"message": text})
+        if not allowed:
+            return json_response(403, {"message": "Unauthorized"})
     if tenant.payload_too_large(len(message.data)):
         return json_response(422, {"errors": {"payload": ["Payload size exceeds tenant limit"]}})
     now = app.now()
     if tenant.events.reached(tenant.limits.max_events_per_second, now):
         return json_response(429, {"message": "You have exceeded your rate limit"})
     tenant.events.add(1, now)
-    broadcast.publish_user(app, tenant, sub_topic, False, message)
+    broadcast.publish_user(app, tenant, sub_topic, private, message)
     return Response(202)

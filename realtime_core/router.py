@@ -58,12 +58,22 @@ class Router:
         return len(self._streams)
 
     def publish(
-        self, tenant: Tenant, key: StreamKey, encode: Encode, now: float, exclude: Channel | None = None
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        encode: Encode,
+        now: float,
+        exclude: Channel | None = None,
+        *,
+        presence: bool = False,
+        message_id: str | None = None,
     ) -> int:
         """Deliver one message to every subscriber of `key` but `exclude`; return how many got it.
 
-        While the tenant's events/s limit is reached, receivers are shut down
-        instead (spec §9.2: "Too many messages per second")."""
+        Private channels whose read policy denies broadcast (or, with
+        `presence`, presence) are skipped (spec §7); so are channels that
+        already got `message_id` as a replay (spec §4.4). While the tenant's
+        events/s limit is reached, receivers are shut down instead (spec §9.2)."""
         subs = self._streams.get(key)
         if not subs:
             return 0
@@ -78,6 +88,10 @@ class Router:
         delivered = 0
         for channel in subs:
             if channel is exclude:
+                continue
+            if channel.private and not (channel.reads_presence if presence else channel.reads_broadcast):
+                continue
+            if message_id is not None and channel.replayed is not None and message_id in channel.replayed:
                 continue
             codec = channel.codec
             try:

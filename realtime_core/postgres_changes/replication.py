@@ -278,6 +278,16 @@ class ReplicationStream:
                 "%s, null, %s, 'proto_version', '1', 'publication_names', %s)"
             )
             while True:
+                # The peek decodes every record that starts before the WAL end
+                # it reads when it starts, which is at or past `flushed`: when it
+                # stops short of its row limit, every transaction committed before
+                # `flushed` is in `rows`, published or not. Once those are
+                # dispatched the slot may move there, so writes to tables outside
+                # the publication do not pile up WAL behind an idle slot (as
+                # keepalives let the stream do).
+                cur = await conn.execute(_FLUSHED)
+                row = await cur.fetchone()
+                flushed = pgoutput.parse_lsn(row[0]) if row is not None and row[0] else 0
                 cur = await conn.execute(peek, (self.slot, self.poll_max_changes, _quote_ident(self.publication)))
                 rows = await cur.fetchall()
                 done: list[Transaction] = []
@@ -285,17 +295,28 @@ class ReplicationStream:
                 for lsn_text, data in rows:
                     self.received_lsn = max(self.received_lsn, pgoutput.parse_lsn(lsn_text))
                     self._collect(pgoutput.decode(data), done)
+                target = 0
                 if done:
                     await self.on_batch(done)
                     last = done[-1].commit
                     assert last is not None
+                    target = last.end_lsn
+                if len(rows) < self.poll_max_changes:
+                    target = max(target, flushed)
+                if target > self.confirmed_lsn:
                     await conn.execute(
                         "select pg_replication_slot_advance(%s, %s::pg_lsn)",
-                        (self.slot, pgoutput.format_lsn(last.end_lsn)),
+                        (self.slot, pgoutput.format_lsn(target)),
                     )
-                    self.confirmed_lsn = max(self.confirmed_lsn, last.end_lsn)
+                    self.confirmed_lsn = target
                 if len(rows) < self.poll_max_changes:
                     await asyncio.sleep(self.poll_interval)
+
+
+# The WAL end a peek reads up to (on a standby: what was replayed).
+_FLUSHED = (
+    "select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_flush_lsn() end)::text"
+)
 
 
 def _quote_ident(name: str) -> str:

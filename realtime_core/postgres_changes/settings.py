@@ -10,6 +10,8 @@ __all__ = ["CdcSettings"]
 @dataclass(slots=True, frozen=True)
 class CdcSettings:
     slot: str = "supabase_realtime_replication_slot"
+    # Broadcast from the database (db_broadcast.py) streams its own durable slot.
+    messages_slot: str = "supabase_realtime_messages_replication_slot"
     publication: str = "supabase_realtime"
     mode: str = "stream"  # or "poll" (pg_logical_slot_peek_binary_changes), for poolers
     poll_interval: float = 0.1

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .filters import Condition, SubscriptionParams
+from .filters import Condition, SubscriptionParams, elixir_inspect
 
 if TYPE_CHECKING:
     from ..channel import Channel
@@ -106,13 +106,13 @@ class Registry:
         return (exact or []) + wild if wild else exact or []
 
 
-def _inspect_condition(c: Condition) -> str:
-    op = f"not.{c.op}" if c.negate else c.op
-    return f'{{"{c.column}", "{op}", "{c.stored_value}"}}'
+def _condition_term(c: Condition) -> tuple[str, str, str]:
+    return (c.column, f"not.{c.op}" if c.negate else c.op, c.stored_value)
 
 
 def describe_params(p: SubscriptionParams) -> str:
     """The params as upstream logs them in its error texts (an Elixir keyword list)."""
-    filters = "[" + ", ".join(_inspect_condition(c) for c in p.filters) + "]"
-    select = "nil" if p.select is None else "[" + ", ".join(f'"{c}"' for c in p.select) + "]"
+    # Lists go through inspect/1 upstream, so their strings are escaped ("a\"b").
+    filters = elixir_inspect([_condition_term(c) for c in p.filters])
+    select = "nil" if p.select is None else elixir_inspect(list(p.select))
     return f"[event: {p.event}, schema: {p.schema}, table: {p.table}, filters: {filters}, select: {select}]"

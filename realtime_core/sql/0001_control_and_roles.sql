@@ -27,19 +27,28 @@ create table if not exists _realtime.tenants (
 
 do $$
 begin
-    create role anon nologin noinherit;
+    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
+    if not exists (select from pg_roles where rolname = 'anon') then
+        create role anon nologin noinherit;
+    end if;
 exception when duplicate_object then null;
 end $$;
 
 do $$
 begin
-    create role authenticated nologin noinherit;
+    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
+    if not exists (select from pg_roles where rolname = 'authenticated') then
+        create role authenticated nologin noinherit;
+    end if;
 exception when duplicate_object then null;
 end $$;
 
 do $$
 begin
-    create role service_role nologin noinherit bypassrls;
+    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
+    if not exists (select from pg_roles where rolname = 'service_role') then
+        create role service_role nologin noinherit bypassrls;
+    end if;
 exception when duplicate_object then null;
 end $$;
 

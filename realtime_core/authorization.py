@@ -1,0 +1,206 @@
+"""Private channels: RLS policies on realtime.messages decide who reads and writes (spec §7).
+
+channel.join() asks read() for a private topic; broadcast.py and the presence
+handler ask write() lazily, at a channel's first broadcast or track; the REST
+API asks write() per request. Each check runs in one transaction, as the
+client's role with its claims and headers set transaction-locally, on a small
+pool of its own, and is rolled back: nothing it inserts is ever visible."""
+
+from __future__ import annotations
+
+import bisect
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .errors import RealtimeError, Unauthorized
+
+__all__ = [
+    "BROADCAST",
+    "PRESENCE",
+    "Authorizer",
+    "IncreaseConnectionPool",
+    "LatencyHistogram",
+    "MissingPartition",
+    "Policies",
+    "QueryCanceled",
+]
+
+BROADCAST = "broadcast"
+PRESENCE = "presence"
+
+# Bucket upper bounds (ms) of the authorization latency histogram.
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class MissingPartition(RealtimeError, code="MissingPartition"):
+    """Today's realtime.messages partition does not exist."""
+
+
+class QueryCanceled(RealtimeError, code="QueryCanceled"):
+    """The policy query was cancelled (statement timeout)."""
+
+
+class IncreaseConnectionPool(RealtimeError, code="IncreaseConnectionPool"):
+    """No authorization connection became free in time."""
+
+
+@dataclass(slots=True)
+class Policies:
+    """What one channel may do; None means not evaluated yet."""
+
+    broadcast_read: bool | None = None
+    broadcast_write: bool | None = None
+    presence_read: bool | None = None
+    presence_write: bool | None = None
+
+
+class LatencyHistogram:
+    """Cumulative-bucket latency histogram in milliseconds (Prometheus style)."""
+
+    __slots__ = ("buckets", "count", "sum_ms")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)  # last one is +Inf
+        self.count = 0
+        self.sum_ms = 0.0
+
+    def observe(self, ms: float) -> None:
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, ms)] += 1
+        self.count += 1
+        self.sum_ms += ms
+
+    def render(self, name: str, labels: str) -> list[str]:
+        lines = []
+        running = 0
+        for bound, n in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.buckets, strict=True):
+            running += n
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+        lines.append(f"{name}_sum{{{labels}}} {self.sum_ms:.3f}")
+        lines.append(f"{name}_count{{{labels}}} {self.count}")
+        return lines
+
+
+_SET_CONFIG = (
+    "select set_config('role', %s, true), set_config('realtime.topic', %s, true),"
+    " set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim.sub', %s, true),"
+    " set_config('request.jwt.claim.role', %s, true), set_config('request.headers', %s, true)"
+)
+
+
+class Authorizer:
+    """Evaluates realtime.messages policies for one tenant database."""
+
+    def __init__(self, dsn: str, *, pool_size: int = 5, timeout: float = 5.0) -> None:
+        self.pool = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True, "application_name": "realtime_authorization"},
+            name="realtime_authorization",
+            timeout=timeout,
+        )
+        self.read_latency = LatencyHistogram()
+        self.write_latency = LatencyHistogram()
+        self.errors = 0
+
+    async def open(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def read(
+        self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
+    ) -> dict[str, bool]:
+        """Which of `extensions` the client may read on `topic` (spec §7, read check)."""
+        probes = {ext: uuid.uuid4() for ext in extensions}
+        started = time.perf_counter()
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction(force_rollback=True):
+                        # Probe rows are inserted before switching role, so any
+                        # policy can only decide whether they are visible.
+                        for ext, probe in probes.items():
+                            await conn.execute(
+                                "insert into realtime.messages (id, topic, extension, inserted_at, updated_at)"
+                                " values (%s, %s, %s, timezone('utc', now()), timezone('utc', now()))",
+                                (probe, topic, ext),
+                            )
+                        await self._set_config(conn, topic, claims, headers)
+                        cur = await conn.execute(
+                            "select id from realtime.messages where id = any(%s)", (list(probes.values()),)
+                        )
+                        visible = {row[0] for row in await cur.fetchall()}
+                except psycopg.Error as exc:
+                    raise self._error(exc, topic) from None
+        except PoolTimeout:
+            self.errors += 1
+            raise IncreaseConnectionPool("Please increase your connection pool size") from None
+        finally:
+            self.read_latency.observe((time.perf_counter() - started) * 1000)
+        return {ext: probe in visible for ext, probe in probes.items()}
+
+    async def write(
+        self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
+    ) -> dict[str, bool]:
+        """Which of `extensions` the client may write on `topic` (spec §7, write check)."""
+        result: dict[str, bool] = {}
+        started = time.perf_counter()
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction(force_rollback=True):
+                        await self._set_config(conn, topic, claims, headers)
+                        for ext in extensions:
+                            try:
+                                async with conn.transaction():  # a savepoint per extension
+                                    await conn.execute(
+                                        "insert into realtime.messages (topic, extension, inserted_at, updated_at)"
+                                        " values (%s, %s, timezone('utc', now()), timezone('utc', now()))",
+                                        (topic, ext),
+                                    )
+                                result[ext] = True
+                            except psycopg.errors.InsufficientPrivilege:
+                                result[ext] = False  # 42501: the policy's WITH CHECK said no
+                except psycopg.Error as exc:
+                    raise self._error(exc, topic) from None
+        except PoolTimeout:
+            self.errors += 1
+            raise IncreaseConnectionPool("Please increase your connection pool size") from None
+        finally:
+            self.write_latency.observe((time.perf_counter() - started) * 1000)
+        return result
+
+    async def _set_config(
+        self, conn: psycopg.AsyncConnection[Any], topic: str, claims: dict[str, Any], headers: dict[str, str]
+    ) -> None:
+        role = claims.get("role")
+        await conn.execute(
+            _SET_CONFIG,
+            (
+                role if isinstance(role, str) else "",
+                topic,
+                orjson.dumps(claims).decode(),
+                str(claims.get("sub") or ""),
+                role if isinstance(role, str) else "",
+                orjson.dumps(headers).decode(),
+            ),
+        )
+
+    def _error(self, exc: psycopg.Error, topic: str) -> RealtimeError:
+        self.errors += 1
+        if isinstance(exc, psycopg.errors.CheckViolation):
+            return MissingPartition("Realtime was unable to find the expected messages partition")
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return QueryCanceled(str(exc.diag.message_primary or exc))
+        # Any other failure (a bad role, a raising policy) is an RLS policy error.
+        return Unauthorized(f"You do not have permissions to read from this Channel topic: {topic}")

@@ -1,0 +1,371 @@
+"""Private channels authorised by RLS on realtime.messages, broadcast from the database, replay (spec §4.4–4.6, §7).
+
+Every test writes its own policies on topics no other test uses, in the
+database of the module's `cdc` server, and talks to it over the wire."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from conftest import MS, make_token
+from psycopg import sql
+from wire import V1, V2, Frame, RawClient, parse_kind4
+
+pytestmark = pytest.mark.pg
+
+
+def prefix() -> str:
+    """A topic prefix no other test's policies match."""
+    return f"p{secrets.token_hex(4)}"
+
+
+def policy(db: psycopg.Connection[Any], command: str, using: str, role: str = "authenticated") -> None:
+    clause = "with check" if command == "insert" else "using"
+    name = f"pol_{secrets.token_hex(4)}"
+    db.execute(
+        sql.SQL(
+            "create policy {} on realtime.messages for " + command + " to " + role + " " + clause + " (" + using + ")"
+        ).format(sql.Identifier(name))
+    )
+
+
+def user(sub: str = "alice", **claims: Any) -> str:
+    return make_token("authenticated", sub=sub, **claims)
+
+
+async def join_private(client: RawClient, topic: str, *, expect_ok: bool = True, **config: Any) -> Frame:
+    return await client.join(f"realtime:{topic}", {"private": True, **config}, expect_ok=expect_ok)
+
+
+def is_broadcast(frame: Any) -> bool:
+    return (isinstance(frame, Frame) and frame.event == "broadcast") or isinstance(frame, bytes)
+
+
+async def broadcast_of(client: RawClient, timeout: float = 3000 * MS) -> dict[str, Any]:
+    """The next broadcast as realtime-js would see its payload: {type, event, payload, meta?}."""
+    frame = await client.expect(is_broadcast, timeout)
+    if isinstance(frame, bytes):
+        k4 = parse_kind4(frame)
+        out = {
+            "type": "broadcast",
+            "event": k4.event,
+            "payload": json.loads(k4.payload) if k4.encoding == 1 else k4.payload,
+        }
+        if k4.metadata:
+            out["meta"] = json.loads(k4.metadata)
+        return out
+    return frame.payload
+
+
+@pytest.mark.parametrize("vsn", [V2, V1])
+async def test_a_read_policy_on_the_topic_decides_the_join(cdc, db, vsn):
+    p = prefix()
+    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    async with await RawClient.open(cdc.socket_url(user(), vsn), vsn) as client:
+        await join_private(client, f"{p}:room")
+        reply = await join_private(client, "elsewhere", expect_ok=False)
+        assert reply.response == {
+            "reason": "Unauthorized: You do not have permissions to read from this Channel topic: elsewhere"
+        }
+
+
+async def test_anon_without_a_policy_for_its_role_is_refused(cdc, db):
+    p = prefix()
+    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    async with await RawClient.open(cdc.socket_url(make_token("anon"), V2)) as client:
+        reply = await join_private(client, f"{p}:room", expect_ok=False)
+        assert reply.response["reason"].startswith("Unauthorized: ")
+
+
+async def test_public_and_private_streams_of_one_topic_never_mix(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    policy(db, "insert", f"realtime.topic() = '{topic}'")
+    token = user()
+    async with (
+        await RawClient.open(cdc.socket_url(token, V2)) as private_a,
+        await RawClient.open(cdc.socket_url(token, V2)) as private_b,
+        await RawClient.open(cdc.socket_url(token, V2)) as public_a,
+        await RawClient.open(cdc.socket_url(token, V2)) as public_b,
+    ):
+        pa = await join_private(private_a, topic)
+        await join_private(private_b, topic)
+        ua = await public_a.join(f"realtime:{topic}", {"private": False})
+        await public_b.join(f"realtime:{topic}", {"private": False})
+        await private_a.push(
+            f"realtime:{topic}",
+            "broadcast",
+            {"type": "broadcast", "event": "e", "payload": {"s": "private"}},
+            join_ref=pa.join_ref,
+        )
+        await public_a.push(
+            f"realtime:{topic}",
+            "broadcast",
+            {"type": "broadcast", "event": "e", "payload": {"s": "public"}},
+            join_ref=ua.join_ref,
+        )
+        assert (await broadcast_of(private_b))["payload"] == {"s": "private"}
+        assert (await broadcast_of(public_b))["payload"] == {"s": "public"}
+        await private_b.quiet(300 * MS, match=is_broadcast)
+        await public_b.quiet(300 * MS, match=is_broadcast)
+
+
+async def test_a_denied_broadcast_is_dropped_without_an_ack(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}'")  # read, but no insert policy
+    async with (
+        await RawClient.open(cdc.socket_url(user(), V2)) as sender,
+        await RawClient.open(cdc.socket_url(user("bob"), V2)) as receiver,
+    ):
+        joined = await join_private(sender, topic, broadcast={"ack": True})
+        await join_private(receiver, topic)
+        ref = await sender.push(
+            f"realtime:{topic}",
+            "broadcast",
+            {"type": "broadcast", "event": "e", "payload": {}},
+            join_ref=joined.join_ref,
+        )
+        await sender.quiet(500 * MS, match=lambda f: isinstance(f, Frame) and f.ref == ref)
+        await receiver.quiet(300 * MS, match=is_broadcast)
+
+
+async def test_an_allowed_broadcast_is_acked_and_delivered(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'broadcast'")
+    async with (
+        await RawClient.open(cdc.socket_url(user(), V2)) as sender,
+        await RawClient.open(cdc.socket_url(user("bob"), V2)) as receiver,
+    ):
+        joined = await join_private(sender, topic, broadcast={"ack": True})
+        await join_private(receiver, topic)
+        for i in range(3):  # the first waits for the write check; order is kept
+            ref = await sender.push(
+                f"realtime:{topic}",
+                "broadcast",
+                {"type": "broadcast", "event": "e", "payload": {"i": i}},
+                join_ref=joined.join_ref,
+            )
+        reply = await sender.reply_to(ref, f"realtime:{topic}")
+        assert reply.status == "ok"
+        assert [(await broadcast_of(receiver))["payload"]["i"] for _ in range(3)] == [0, 1, 2]
+
+
+async def test_a_presence_only_policy_allows_presence_but_no_broadcasts(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        refused = await join_private(client, topic, expect_ok=False)  # presence not enabled: broadcast read decides
+        assert refused.response["reason"].startswith("Unauthorized")
+        joined = await join_private(client, topic, presence={"enabled": True, "key": "alice"})
+        state = await client.expect_event(f"realtime:{topic}", "presence_state")
+        assert state.payload == {}
+        ref = await client.push(
+            f"realtime:{topic}",
+            "presence",
+            {"type": "presence", "event": "track", "payload": {"online": True}},
+            join_ref=joined.join_ref,
+        )
+        assert (await client.reply_to(ref, f"realtime:{topic}")).status == "ok"
+        diff = await client.expect_event(f"realtime:{topic}", "presence_diff")
+        assert list(diff.payload["joins"]) == ["alice"]
+
+
+async def test_a_denied_track_is_answered_with_an_error(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        joined = await join_private(client, topic, presence={"enabled": True})
+        ref = await client.push(
+            f"realtime:{topic}",
+            "presence",
+            {"type": "presence", "event": "track", "payload": {}},
+            join_ref=joined.join_ref,
+        )
+        reply = await client.reply_to(ref, f"realtime:{topic}")
+        assert (reply.status, reply.response) == ("error", {})
+
+
+async def test_x_headers_reach_policies_as_request_headers(cdc, db):
+    p = prefix()
+    policy(
+        db,
+        "select",
+        f"realtime.topic() like '{p}:%' and current_setting('request.headers', true)::jsonb ->> 'x-team' = 'blue'",
+    )
+    async with await RawClient.open(cdc.socket_url(user(), V2), headers={"X-Team": "blue"}) as blue:
+        await join_private(blue, f"{p}:room")
+    async with await RawClient.open(cdc.socket_url(user(), V2), headers={"X-Team": "red"}) as red:
+        assert (await join_private(red, f"{p}:room", expect_ok=False)).status == "error"
+
+
+async def test_a_token_refresh_that_revokes_read_closes_the_channel(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    sub = "current_setting('request.jwt.claims', true)::jsonb ->> 'sub'"
+    policy(db, "select", f"realtime.topic() = '{topic}' and {sub} = 'alice'")
+    async with await RawClient.open(cdc.socket_url(user("alice"), V2)) as client:
+        joined = await join_private(client, topic)
+        await client.push(f"realtime:{topic}", "access_token", {"access_token": user("bob")}, join_ref=joined.join_ref)
+        system = await client.expect_event(f"realtime:{topic}", "system")
+        assert system.payload == {
+            "extension": "system",
+            "status": "error",
+            "message": f"You no longer have permission to read from this Channel topic: {topic}",
+            "channel": topic,
+        }
+        close = await client.expect_event(f"realtime:{topic}", "phx_close")
+        assert close.ref == joined.join_ref
+
+
+@pytest.mark.parametrize("vsn", [V2, V1])
+async def test_realtime_send_reaches_private_subscribers_with_its_id(cdc, db, vsn):
+    p = prefix()
+    topic = f"{p}:notes"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    async with await RawClient.open(cdc.socket_url(user(), vsn), vsn) as client:
+        await join_private(client, topic)
+        db.execute("select realtime.send(jsonb_build_object('text', 'hi'), 'note', %s)", (topic,))
+        message = await broadcast_of(client)
+        message_id = message["meta"]["id"]
+        assert message == {
+            "type": "broadcast",
+            "event": "note",
+            "payload": {"text": "hi", "id": message_id},
+            "meta": {"id": message_id},
+        }
+
+
+async def test_realtime_send_with_private_false_reaches_public_channels_only(cdc, db):
+    p = prefix()
+    topic = f"{p}:public"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    async with (
+        await RawClient.open(cdc.socket_url(user(), V2)) as public,
+        await RawClient.open(cdc.socket_url(user(), V2)) as private,
+    ):
+        await public.join(f"realtime:{topic}", {})
+        await join_private(private, topic)
+        db.execute("select realtime.send('{\"n\": 1}'::jsonb, 'e', %s, false)", (topic,))
+        assert (await broadcast_of(public))["payload"]["n"] == 1
+        await private.quiet(300 * MS, match=is_broadcast)
+
+
+async def test_a_broadcast_changes_trigger_sends_the_documented_payload(cdc, db):
+    p = prefix()
+    table = f"chat_{secrets.token_hex(3)}"
+    db.execute(sql.SQL("create table {} (id int primary key, room int, body text)").format(sql.Identifier(table)))
+    db.execute(
+        sql.SQL(
+            "create function {f}() returns trigger language plpgsql security definer as $$ begin "
+            "perform realtime.broadcast_changes('{p}:' || coalesce(new.room, old.room)::text, tg_op, tg_op, "
+            "tg_table_name, tg_table_schema, new, old); return null; end $$"
+        ).format(f=sql.Identifier(f"{table}_fn"), p=sql.SQL(p))
+    )
+    db.execute(
+        sql.SQL("create trigger t after insert or update or delete on {t} for each row execute function {f}()").format(
+            t=sql.Identifier(table), f=sql.Identifier(f"{table}_fn")
+        )
+    )
+    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        await join_private(client, f"{p}:1")
+        db.execute(sql.SQL("insert into {} values (1, 1, 'hello')").format(sql.Identifier(table)))
+        db.execute(sql.SQL("update {} set body = 'bye' where id = 1").format(sql.Identifier(table)))
+        db.execute(sql.SQL("delete from {} where id = 1").format(sql.Identifier(table)))
+        insert, update, delete = [(await broadcast_of(client))["payload"] for _ in range(3)]
+        for payload, op in ((insert, "INSERT"), (update, "UPDATE"), (delete, "DELETE")):
+            assert payload["operation"] == op and payload["table"] == table and payload["schema"] == "public"
+            assert isinstance(payload["id"], str)
+        assert insert["record"] == {"id": 1, "room": 1, "body": "hello"} and insert["old_record"] is None
+        assert update["record"]["body"] == "bye" and update["old_record"]["body"] == "hello"
+        assert delete["record"] is None and delete["old_record"]["body"] == "bye"
+
+
+async def test_replay_sends_the_latest_messages_oldest_first_and_skips_their_live_copies(cdc, db):
+    p = prefix()
+    topic = f"{p}:replay"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    since = int(time.time() * 1000) - 60_000
+    for i in range(4):
+        db.execute("select realtime.send(jsonb_build_object('i', %s), 'e', %s)", (i, topic))
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        joined = await join_private(client, topic, broadcast={"replay": {"since": since, "limit": 2}})
+        replayed = [await client.expect_event(f"realtime:{topic}", "broadcast") for _ in range(2)]
+        assert [f.payload["payload"]["i"] for f in replayed] == [2, 3]
+        for frame in replayed:
+            assert frame.join_ref == joined.join_ref and frame.ref is None
+            assert frame.payload["meta"]["replayed"] is True
+        await client.quiet(300 * MS, match=is_broadcast)
+
+
+async def test_replay_errors_carry_the_upstream_texts(cdc, db):
+    p = prefix()
+    policy(db, "select", f"realtime.topic() = '{p}:bad'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        public = await client.join("realtime:replay-public", {"broadcast": {"replay": {"since": 0}}}, expect_ok=False)
+        assert public.response == {"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}
+        invalid = await join_private(client, f"{p}:bad", broadcast={"replay": {"since": "x"}}, expect_ok=False)
+        assert invalid.response == {"reason": "UnableToReplayMessages: Replay params are not valid"}
+
+
+async def test_rest_private_messages_need_the_write_policy(cdc, db):
+    p = prefix()
+    allowed, denied = f"{p}:ok", f"{p}:no"
+    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    policy(db, "insert", f"realtime.topic() = '{allowed}'")
+    token = user()
+    headers = {"Authorization": f"Bearer {token}"}
+    async with (
+        await RawClient.open(cdc.socket_url(token, V2)) as ok_client,
+        await RawClient.open(cdc.socket_url(token, V2)) as no_client,
+        httpx.AsyncClient(base_url=cdc.http_url) as http,
+    ):
+        await join_private(ok_client, allowed)
+        await join_private(no_client, denied)
+        batch = {
+            "messages": [{"topic": t, "event": "e", "payload": {"t": t}, "private": True} for t in (allowed, denied)]
+        }
+        assert (await http.post("/api/broadcast", json=batch, headers=headers)).status_code == 202
+        assert (await broadcast_of(ok_client))["payload"] == {"t": allowed}
+        await no_client.quiet(300 * MS, match=is_broadcast)
+        single_ok = await http.post(f"/api/broadcast/{allowed}/events/e?private=true", json={"x": 1}, headers=headers)
+        assert single_ok.status_code == 202
+        assert (await broadcast_of(ok_client))["payload"] == {"x": 1}
+        single_no = await http.post(f"/api/broadcast/{denied}/events/e?private=true", json={"x": 1}, headers=headers)
+        assert (single_no.status_code, single_no.json()) == (403, {"message": "Unauthorized"})
+
+
+async def test_service_role_bypasses_policies(cdc, db):
+    p = prefix()
+    topic = f"{p}:svc"
+    async with await RawClient.open(cdc.socket_url(make_token("service_role"), V2)) as client:
+        await join_private(client, topic)
+        db.execute("select realtime.send('{\"a\": 1}'::jsonb, 'e', %s)", (topic,))
+        assert (await broadcast_of(client))["payload"]["a"] == 1
+
+
+async def test_database_broadcasts_survive_a_slow_start(cdc, db):
+    """Messages sent right after a join are never lost to the stream's start-up."""
+    p = prefix()
+    topic = f"{p}:burst"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        await join_private(client, topic)
+        with db.transaction():
+            for i in range(50):
+                db.execute("select realtime.send(jsonb_build_object('i', %s), 'e', %s)", (i, topic))
+        got = [(await broadcast_of(client))["payload"]["i"] for _ in range(50)]
+        assert got == list(range(50))
