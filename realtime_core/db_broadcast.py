@@ -54,11 +54,10 @@ class DatabaseBroadcast:
                     columns = self._columns.get(msg.relation_oid)
                     if columns is not None:
                         self._deliver(columns, msg.new)
-                elif isinstance(msg, Relation):
+                elif isinstance(msg, Relation) and msg.namespace == "realtime" and msg.name.startswith("messages"):
                     # publish_via_partition_root makes partitions arrive as
                     # realtime.messages; older setups may name a partition.
-                    if msg.namespace == "realtime" and msg.name.startswith("messages"):
-                        self._columns[msg.oid] = {c.name: i for i, c in enumerate(msg.columns)}
+                    self._columns[msg.oid] = {c.name: i for i, c in enumerate(msg.columns)}
 
     def _deliver(self, columns: dict[str, int], values: tuple[Any, ...]) -> None:
         row = {name: values[i] for name, i in columns.items()}
