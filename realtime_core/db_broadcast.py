@@ -48,8 +48,16 @@ class DatabaseBroadcast:
         await self.stream.stop()
 
     async def on_batch(self, transactions: list[Transaction]) -> None:
+        live_from = self.stream.first_start_lsn
         for txn in transactions:
+            # Rows committed before this process started were delivered by the
+            # previous one (or had no subscriber): channels joined since must
+            # not get them again. Reconnects keep the first position, so
+            # nothing committed during an outage is skipped.
+            skip = txn.commit is not None and txn.commit.commit_lsn < live_from
             for msg in txn.messages:
+                if skip and isinstance(msg, Insert):
+                    continue
                 if isinstance(msg, Insert):
                     columns = self._columns.get(msg.relation_oid)
                     if columns is not None:

@@ -73,6 +73,16 @@ class Metrics:
             ):
                 if value is not None:
                     lines.append(f"{name}{{{label}}} {value}")
+        for tenant_id, authorizer in app.authorizers.items():
+            label = f'tenant="{_label(tenant_id)}"'
+            lines += authorizer.read_latency.render("realtime_tenants_read_authorization_check", label)
+            lines += authorizer.write_latency.render("realtime_tenants_write_authorization_check", label)
+            lines.append(f"realtime_authorization_errors_total{{{label}}} {authorizer.errors}")
+        for tenant_id, stream in app.db_broadcasts.items():
+            label = f'tenant="{_label(tenant_id)}"'
+            lines.append(f"realtime_db_broadcast_delivered_total{{{label}}} {stream.delivered}")
+            lines.append(f"realtime_db_broadcast_dropped_total{{{label}}} {stream.dropped}")
+            lines.append(f"realtime_db_broadcast_connected{{{label}}} {int(stream.stream.connected)}")
         return "\n".join(lines) + "\n"
 
 

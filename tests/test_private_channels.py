@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import MS, make_token
+from conftest import MS, _create_database, make_token, start_server
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient, parse_kind4
 
@@ -369,3 +369,27 @@ async def test_database_broadcasts_survive_a_slow_start(cdc, db):
                 db.execute("select realtime.send(jsonb_build_object('i', %s), 'e', %s)", (i, topic))
         got = [(await broadcast_of(client))["payload"]["i"] for _ in range(50)]
         assert got == list(range(50))
+
+
+@pytest.mark.slow
+async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_ones_not_replayed(pg_dsn):
+    url = _create_database(pg_dsn)
+    service = make_token("service_role")
+    server = start_server(url)
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+            async with await RawClient.open(server.socket_url(service, V2)) as client:
+                await join_private(client, "restart:room")
+                db.execute("select realtime.send('{\"n\": 1}'::jsonb, 'e', 'restart:room')")
+                assert (await broadcast_of(client))["payload"]["n"] == 1
+            server.stop()
+            db.execute("select realtime.send('{\"n\": 2}'::jsonb, 'e', 'restart:room')")  # nobody listening
+            server = start_server(url)
+            async with await RawClient.open(server.socket_url(service, V2)) as client:
+                await join_private(client, "restart:room")
+                db.execute("select realtime.send('{\"n\": 3}'::jsonb, 'e', 'restart:room')")
+                assert (await broadcast_of(client))["payload"]["n"] == 3
+                await client.quiet(500 * MS, match=is_broadcast)
+    finally:
+        server.stop()
+        server.drop_slots()

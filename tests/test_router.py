@@ -30,10 +30,22 @@ class Conn:
 class Subscriber:
     """What Router.publish() needs of a Channel."""
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(
+        self,
+        codec: Codec,
+        *,
+        private: bool = False,
+        reads_broadcast: bool = True,
+        reads_presence: bool = True,
+        replayed: set[str] | None = None,
+    ) -> None:
         self.codec = codec
         self.conn = Conn()
         self.shutdowns: list[str] = []
+        self.private = private
+        self.reads_broadcast = reads_broadcast
+        self.reads_presence = reads_presence
+        self.replayed = replayed
 
     def shutdown(self, text: str) -> None:
         self.shutdowns.append(text)
@@ -249,3 +261,37 @@ class TestEventsLimit:
         router.publish(self.limited_tenant(), ROOM, CountingEncode(), NOW + BUCKET_SECONDS)
         assert [sub.shutdowns for sub in subs] == [[TOO_MANY_MESSAGES]] * 3
         assert router.stream_count() == 0
+
+
+class TestPrivateReceivers:
+    """spec §7: what a private channel receives follows its read policies."""
+
+    PRIVATE = StreamKey("t", True, "room")
+
+    def test_broadcasts_skip_private_channels_without_broadcast_read(self):
+        router = Router()
+        reader = Subscriber(V2, private=True)
+        presence_only = Subscriber(V2, private=True, reads_broadcast=False)
+        for sub in (reader, presence_only):
+            router.subscribe(self.PRIVATE, sub)  # type: ignore[arg-type]
+        assert router.publish(make_tenant(), self.PRIVATE, CountingEncode(), NOW) == 1
+        assert reader.conn.frames and not presence_only.conn.frames
+
+    def test_presence_diffs_skip_private_channels_without_presence_read(self):
+        router = Router()
+        reader = Subscriber(V2, private=True, reads_presence=False)
+        presence = Subscriber(V2, private=True, reads_broadcast=False)
+        for sub in (reader, presence):
+            router.subscribe(self.PRIVATE, sub)  # type: ignore[arg-type]
+        assert router.publish(make_tenant(), self.PRIVATE, CountingEncode(), NOW, presence=True) == 1
+        assert presence.conn.frames and not reader.conn.frames
+
+    def test_a_message_already_replayed_to_a_channel_is_not_delivered_again(self):
+        router = Router()
+        replayed = Subscriber(V2, private=True, replayed={"m1"})
+        fresh = Subscriber(V2, private=True)
+        for sub in (replayed, fresh):
+            router.subscribe(self.PRIVATE, sub)  # type: ignore[arg-type]
+        assert router.publish(make_tenant(), self.PRIVATE, CountingEncode(), NOW, message_id="m1") == 1
+        assert fresh.conn.frames and not replayed.conn.frames
+        assert router.publish(make_tenant(), self.PRIVATE, CountingEncode(), NOW, message_id="m2") == 2

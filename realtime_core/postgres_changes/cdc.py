@@ -29,6 +29,7 @@ from .filters import (
     parse_params,
     validate_subscription,
 )
+from .pgoutput import parse_lsn
 from .replication import SESSION_OPTIONS, ReplicationStream
 from .settings import CdcSettings
 from .subscriptions import Registry, Subscription, describe_params
@@ -244,6 +245,11 @@ class PostgresChanges:
                         f"check your connect parameters: {described}. Exception: {message}"
                     ) from None
                 subs.append(Subscription(channel, cid, subscription_id, params, legacy))
+            cur = await conn.execute("select pg_current_wal_lsn()::text")
+            row = await cur.fetchone()
+        start_lsn = parse_lsn(row[0]) if row is not None else 0
+        for sub in subs:
+            sub.start_lsn = start_lsn
         return subs
 
     async def _rewrite_claims(self, subs: list[Subscription]) -> None:
@@ -296,6 +302,10 @@ class PostgresChanges:
         }
 
     async def _watch_slot(self) -> None:
+        # Read once the slot exists: a first read racing its creation would
+        # report no slot until health_interval later (and a slot of the same
+        # name in another database is not ours to report).
+        await self.stream.ready.wait()
         while True:
             try:
                 health = self.slot_health = await self.read_slot_health()

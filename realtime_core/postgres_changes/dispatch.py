@@ -101,6 +101,7 @@ class Dispatcher:
         for txn in transactions:
             assert txn.commit is not None
             commit_time = txn.commit.commit_time_us
+            commit_lsn = txn.commit.commit_lsn
             for msg in txn.messages:
                 kind = _TYPES.get(type(msg))
                 if kind is None:
@@ -114,7 +115,7 @@ class Dispatcher:
                 candidates = self.registry.for_relation(relation.namespace, relation.name)
                 if not candidates:
                     continue  # nobody listens: consumed and dropped (documented)
-                candidates = [s for s in candidates if s.wants(kind)]
+                candidates = [s for s in candidates if s.wants(kind, commit_lsn)]
                 if candidates:
                     changes.append(_change(relation, kind, msg, commit_time, candidates))
         if not changes:

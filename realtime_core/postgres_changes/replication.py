@@ -85,6 +85,7 @@ class ReplicationStream:
         self.connected = False
         self.confirmed_lsn = 0
         self.received_lsn = 0
+        self.first_start_lsn = 0  # the server's WAL position when this process first reached the slot
         self.last_error: str | None = None
         self.reconnects = 0
         self._task: asyncio.Task[None] | None = None
@@ -144,6 +145,10 @@ class ReplicationStream:
                     f"replication slot {self.slot} belongs to database {row[1]!r} (plugin {row[2]}); "
                     "give this server its own slot with SLOT_NAME_SUFFIX or REALTIME_SLOT_NAME"
                 )
+            if not self.first_start_lsn:
+                cur = await conn.execute("select pg_current_wal_lsn()::text")
+                lsn_row = await cur.fetchone()
+                self.first_start_lsn = pgoutput.parse_lsn(lsn_row[0]) if lsn_row else 0
             if row is None:
                 with contextlib.suppress(psycopg.errors.DuplicateObject):
                     await conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (self.slot,))
@@ -208,6 +213,10 @@ class ReplicationStream:
             self.connected = False
             if feedback is not None:
                 feedback.cancel()
+                # Report the last confirmed position, so that a clean restart
+                # does not read again what was already dispatched.
+                with contextlib.suppress(Exception):
+                    self._send_feedback(pgconn)
             loop.remove_reader(fd)
             await conn.close()
 

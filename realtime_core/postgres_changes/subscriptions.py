@@ -29,10 +29,15 @@ class Subscription:
     subscription_id: uuid.UUID
     params: SubscriptionParams
     legacy: bool = False  # joined without `config` (spec §6.7)
+    # WAL insert position when the subscription went live: only transactions
+    # committed at or after it are delivered, so a stream re-reading older WAL
+    # (after a restart) never hands a new subscriber what came before its
+    # `Subscribed to PostgreSQL` message.
+    start_lsn: int = 0
 
-    def wants(self, change_type: str) -> bool:
+    def wants(self, change_type: str, commit_lsn: int) -> bool:
         event = self.params.event
-        return event == "*" or event == change_type
+        return (event == "*" or event == change_type) and commit_lsn >= self.start_lsn
 
     @property
     def claims(self) -> dict[str, Any]:
