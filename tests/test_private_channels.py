@@ -5,6 +5,7 @@ database of the module's `cdc` server, and talks to it over the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -15,6 +16,7 @@ import psycopg
 import pytest
 from conftest import MS, _create_database, make_token, start_server
 from psycopg import sql
+from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import V1, V2, Frame, RawClient, parse_kind4
 
 pytestmark = pytest.mark.pg
@@ -393,3 +395,26 @@ async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_on
     finally:
         server.stop()
         server.drop_slots()
+
+
+async def test_the_python_client_joins_a_private_channel_and_gets_database_broadcasts(cdc, db):
+    p = prefix()
+    topic = f"{p}:py"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    client = AsyncRealtimeClient(cdc.ws_url, user())
+    await client.connect()
+    try:
+        received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        subscribed = asyncio.Event()
+        channel = client.channel(topic, {"config": {"private": True}})
+        channel.on_broadcast("note", received.put_nowait)
+        await channel.subscribe(
+            lambda state, error: subscribed.set() if state == RealtimeSubscribeStates.SUBSCRIBED else None
+        )
+        await asyncio.wait_for(subscribed.wait(), 5000 * MS)
+        db.execute("select realtime.send(jsonb_build_object('text', 'hi'), 'note', %s)", (topic,))
+        message = await asyncio.wait_for(received.get(), 5000 * MS)
+        assert message["event"] == "note"
+        assert message["payload"]["text"] == "hi"
+    finally:
+        await client.close()
