@@ -19,6 +19,8 @@ import orjson
 
 from ..errors import MalformedMessage
 from ..net.frames import text_frame
+from ._common import preview as _preview
+from ._common import ref as _ref
 from .message import BINARY, JSON, Message, ReplyStatus, UserBroadcast
 
 __all__ = ["V1", "V1Codec"]
@@ -28,21 +30,6 @@ _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
 _REQUIRED = ("topic", "event", "payload", "ref")
-_PREVIEW = 200  # characters of a bad frame quoted in a MalformedMessage
-
-
-def _preview(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _PREVIEW else text[:_PREVIEW] + "..."
-
-
-def _ref(value: object, key: str) -> str | None:
-    """Return a ref as a string: clients send strings, but a few send numbers."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):  # True is not a ref
-        return str(value)
-    raise MalformedMessage(f"expected {key!r} to be a string or null, got: {_preview(value)}")
 
 
 class V1Codec:

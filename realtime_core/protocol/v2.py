@@ -26,6 +26,8 @@ import orjson
 
 from ..errors import MalformedMessage
 from ..net.frames import binary_frame, text_frame
+from ._common import preview as _preview
+from ._common import ref as _ref
 from .message import BINARY, JSON, Message, ReplyStatus, UserBroadcast
 
 __all__ = ["MAX_FIELD_BYTES", "V2", "V2Codec"]
@@ -50,21 +52,6 @@ _USER_BROADCAST_PUSH_HEAD = struct.Struct("!6B")
 _pack_user_broadcast_head = struct.Struct("!5B").pack
 
 _KIND3 = "binary user broadcast push (kind 3)"
-_PREVIEW = 200  # characters of a bad frame quoted in a MalformedMessage
-
-
-def _preview(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _PREVIEW else text[:_PREVIEW] + "..."
-
-
-def _ref(value: object, key: str) -> str | None:
-    """Return a ref as a string: clients send strings, but a few send numbers."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):  # True is not a ref
-        return str(value)
-    raise MalformedMessage(f"expected {key} to be a string or null, got: {_preview(value)}")
 
 
 def _text(data: bytes, start: int, end: int, field: str) -> str:
