@@ -130,6 +130,9 @@ class App:
             stream = DatabaseBroadcast(self, tenant, dsn, slot=settings.cdc.messages_slot, mode=settings.cdc.mode)
             stream.start()
             self.db_broadcasts[tenant.external_id] = stream
+            # Listen only once the slot exists: a message sent by a client that
+            # joined right after start must be in it.
+            await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
 
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), close the pool."""

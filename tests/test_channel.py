@@ -3,96 +3,38 @@ channel (§5), shutdowns (§3.6, §9.2) and token expiry (§8.4).
 
 Channels are driven through a RealtimeSocket of a real App (built without
 start(): no database, no listener) and a connection stand-in that records
-frames. Joins run as tasks, so tests let the loop turn with settle()."""
+frames (tests/fakes.py). Joins run as tasks, so tests let the loop turn with
+settle()."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from typing import Any
 
-import orjson
+import fakes
 import pytest
-from websockets.frames import CloseCode, Frame, Opcode
-from websockets.streams import StreamReader
+from conftest import MS
+from fakes import SECRET, TENANT, TOPIC, close_sockets, decode, make_app, make_token, phx_close, settle
 
 from realtime_core.app import App
 from realtime_core.channel import ChannelState
-from realtime_core.config import Limits, Settings
-from realtime_core.jwt import KeySet, sign
+from realtime_core.jwt import sign
 from realtime_core.limits import BUCKET_SECONDS, RateCounter
-from realtime_core.protocol import V1, V2, Codec
+from realtime_core.protocol import V1
 from realtime_core.protocol.v1 import V1Codec
 from realtime_core.protocol.v2 import V2Codec
-from realtime_core.socket import RealtimeSocket
 from realtime_core.tenants import Tenant
 
-MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
-SECRET = "channel-test-secret-" + "x" * 32
-TENANT = "realtime-dev"
-TOPIC = "realtime:room"
 T0 = 10_000.0  # the fake clock's start, for tests that control app.now
 
 
 # -- harness --
 
 
-def make_token(exp_in: float = 3600, secret: str = SECRET, **claims: Any) -> str:
-    return sign({"role": "anon", "exp": int(time.time() + exp_in), **claims}, secret)
-
-
-def decode(frame: bytes) -> Any:
-    """The JSON value of one complete server text frame, parsed by websockets."""
-    reader = StreamReader()
-    reader.feed_data(frame)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-    with pytest.raises(StopIteration) as stop:
-        next(parser)
-    assert not reader.buffer, "one frame per send()"
-    parsed = stop.value.value
-    assert parsed.opcode is Opcode.TEXT
-    return orjson.loads(parsed.data)
-
-
-class FakeConnection:
-    """Records what the socket writes; stands for net/websocket.WebSocketConnection."""
-
-    peer = "127.0.0.1:50000"
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.closed_with: tuple[int, str] | None = None
-
-    def send(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        self.closed_with = (code, reason)
-
-
-class Client:
-    """One socket of the app, written to as a V2 client would, read back as decoded messages."""
-
-    def __init__(self, app: App, codec: Codec = V2, token: str | None = None) -> None:
-        self.conn = FakeConnection()
-        tenant = app.tenants.get(TENANT)
-        assert tenant is not None
-        self.socket = RealtimeSocket(app, tenant, codec, token or make_token(), {"role": "anon"}, {}, "error")
-        self.socket.attach(self.conn)  # type: ignore[arg-type]
-
-    def push(self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any) -> None:
-        if self.socket.codec is V1:
-            msg = {"join_ref": join_ref, "ref": ref, "topic": topic, "event": event, "payload": payload}
-            self.socket.on_text(orjson.dumps(msg))
-        else:
-            self.socket.on_text(orjson.dumps([join_ref, ref, topic, event, payload]))
-
-    def join(self, topic: str = TOPIC, join_ref: str = "1", **payload: Any) -> None:
-        payload.setdefault("config", {})
-        self.push(join_ref, join_ref, topic, "phx_join", payload)
+class Client(fakes.Client):
+    """A socket of the app, as in tests/fakes.py, that also tracks presence and reaches its channels."""
 
     def presence(self, ref: str, payload: Any, topic: str = TOPIC) -> None:
         self.push(None, ref, topic, "presence", payload)
@@ -100,19 +42,8 @@ class Client:
     def track(self, ref: str, meta: Any, topic: str = TOPIC) -> None:
         self.presence(ref, {"type": "presence", "event": "track", "payload": meta}, topic)
 
-    def received(self) -> list[Any]:
-        """Every message sent since the last call, decoded, oldest first."""
-        frames, self.conn.frames = self.conn.frames, []
-        return [decode(frame) for frame in frames]
-
     def channel(self, topic: str = TOPIC):
         return self.socket.channels[topic]
-
-
-async def settle() -> None:
-    """Let tasks started by the socket (joins) run to their end."""
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def ok(join_ref: str | None, ref: str | None, response: Any, topic: str = TOPIC) -> list[Any]:
@@ -126,27 +57,17 @@ def system_error(join_ref: str, text: str, topic: str = TOPIC) -> list[Any]:
     return [join_ref, None, topic, "system", payload]
 
 
-def phx_close(join_ref: str, topic: str = TOPIC) -> list[Any]:
-    return [join_ref, join_ref, topic, "phx_close", {}]
-
-
 def assert_shut_down(client: Client, join_ref: str, text: str) -> None:
     """The channel pushed a system error with `text`, then phx_close, and is gone."""
     assert client.received() == [system_error(join_ref, text), phx_close(join_ref)]
     assert TOPIC not in client.socket.channels
 
 
-def make_tenant(**limits: int) -> Tenant:
-    return Tenant(id="1", external_id=TENANT, name=TENANT, limits=Limits(**limits), keys=KeySet(secret=SECRET))
-
-
 @pytest.fixture
 async def app():
-    app = App(Settings(channel_error_backoff_ms=0))
-    app.tenants.put(make_tenant())
+    app = make_app()
     yield app
-    for socket in list(app.sockets):
-        socket.on_close()  # cancels the channels' token timers
+    close_sockets(app)
 
 
 @pytest.fixture

@@ -58,6 +58,14 @@ async def presence_state(js: JsDriver, channel: str) -> dict[str, list[dict[str,
     return await js.request({"op": "presenceState", "channel": channel})
 
 
+async def alice_online_as_bob_sees_it(js: JsDriver, url: str, token: str, topic: str, vsn: str) -> dict[str, Any]:
+    """alice and bob on `topic`, then alice tracked {"status": "online"}: the `join` payload bob got for her."""
+    await join(js, "alice", url, token, topic, vsn)
+    await join(js, "bob", url, token, topic, vsn)
+    assert await track(js, "alice", {"status": "online"}) == "ok"
+    return (await presence_event(js, "bob", "join", "alice"))["payload"]
+
+
 @VSNS
 async def test_subscribing_with_presence_listeners_syncs_an_empty_state(server, token, topic, vsn):
     async with JsDriver() as js:
@@ -108,10 +116,7 @@ async def test_late_joiner_receives_the_current_state(server, token, topic, vsn)
 @VSNS
 async def test_untrack_announces_a_leave(server, token, topic, vsn):
     async with JsDriver() as js:
-        await join(js, "alice", server.ws_url, token, topic, vsn)
-        await join(js, "bob", server.ws_url, token, topic, vsn)
-        assert await track(js, "alice", {"status": "online"}) == "ok"
-        joined = (await presence_event(js, "bob", "join", "alice"))["payload"]
+        joined = await alice_online_as_bob_sees_it(js, server.ws_url, token, topic, vsn)
         start = js.mark()
         assert await js.request({"op": "untrack", "channel": "alice"}) == "ok"
         left = (await presence_event(js, "bob", "leave", "alice", since=start))["payload"]
@@ -125,10 +130,7 @@ async def test_untrack_announces_a_leave(server, token, topic, vsn):
 @VSNS
 async def test_disconnect_of_the_tracker_announces_a_leave(server, token, topic, vsn):
     async with JsDriver() as js:
-        await join(js, "alice", server.ws_url, token, topic, vsn)
-        await join(js, "bob", server.ws_url, token, topic, vsn)
-        assert await track(js, "alice", {"status": "online"}) == "ok"
-        joined = (await presence_event(js, "bob", "join", "alice"))["payload"]
+        joined = await alice_online_as_bob_sees_it(js, server.ws_url, token, topic, vsn)
         start = js.mark()
         await js.request({"op": "disconnect", "client": "alice"})
         left = (await presence_event(js, "bob", "leave", "alice", since=start))["payload"]
@@ -139,10 +141,7 @@ async def test_disconnect_of_the_tracker_announces_a_leave(server, token, topic,
 @VSNS
 async def test_tracking_again_replaces_the_meta_with_a_leave_and_a_join(server, token, topic, vsn):
     async with JsDriver() as js:
-        await join(js, "alice", server.ws_url, token, topic, vsn)
-        await join(js, "bob", server.ws_url, token, topic, vsn)
-        assert await track(js, "alice", {"status": "online"}) == "ok"
-        first = (await presence_event(js, "bob", "join", "alice"))["payload"]["newPresences"]
+        first = (await alice_online_as_bob_sees_it(js, server.ws_url, token, topic, vsn))["newPresences"]
         start = js.mark()
         assert await track(js, "alice", {"status": "away"}) == "ok"
         joined = (await presence_event(js, "bob", "join", "alice", since=start))["payload"]

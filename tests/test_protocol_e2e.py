@@ -46,6 +46,12 @@ def system(topic: str, message: str, status: str = "error") -> dict:
     return {"extension": "system", "status": status, "message": message, "channel": topic}
 
 
+async def assert_shut_down(client: RawClient, join_ref: str, topic: str, text: str) -> None:
+    """spec §3.6: the channel's next frames are a system error with `text`, then phx_close."""
+    assert (await client.recv()).raw == [join_ref, None, rt(topic), "system", system(topic, text)]
+    assert (await client.recv()).raw == [join_ref, join_ref, rt(topic), "phx_close", {}]
+
+
 # -- §1.4 connect-time checks ---------------------------------------------------
 
 
@@ -712,14 +718,7 @@ async def test_deliveries_while_over_the_events_per_second_limit_shut_the_receiv
             assert (await receiver.recv()).event == "broadcast"
         await asyncio.sleep(max(5.5, 5500 * MS))  # the server's bucket is 5 s whatever MS is
         await sender.send([sender_ref, "99", rt(topic), "broadcast", msg])
-        assert (await receiver.recv()).raw == [
-            receiver_ref,
-            None,
-            rt(topic),
-            "system",
-            system(topic, "Too many messages per second"),
-        ]
-        assert (await receiver.recv()).raw == [receiver_ref, receiver_ref, rt(topic), "phx_close", {}]
+        await assert_shut_down(receiver, receiver_ref, topic, "Too many messages per second")
 
 
 # -- §5 presence ------------------------------------------------------------------
@@ -888,14 +887,7 @@ async def test_presence_track_over_the_payload_limit_shuts_the_channel(server_fa
         await client.send(
             [join_ref, "1", rt(topic), "presence", {"type": "presence", "event": "track", "payload": {"b": "x" * 2000}}]
         )
-        assert (await client.recv()).raw == [
-            join_ref,
-            None,
-            rt(topic),
-            "system",
-            system(topic, "Track message size exceeded"),
-        ]
-        assert (await client.recv()).raw == [join_ref, join_ref, rt(topic), "phx_close", {}]
+        await assert_shut_down(client, join_ref, topic, "Track message size exceeded")
 
 
 async def test_unknown_client_event_on_a_joined_topic_gets_no_reply(server, topic):
@@ -947,8 +939,7 @@ async def test_access_token_refresh_with_an_invalid_token_shuts_the_channel(serv
     client, join_ref = await joined(server, topic)
     async with client:
         await client.send([join_ref, "5", rt(topic), "access_token", {"access_token": new_token}])
-        assert (await client.recv()).raw == [join_ref, None, rt(topic), "system", system(topic, text)]
-        assert (await client.recv()).raw == [join_ref, join_ref, rt(topic), "phx_close", {}]
+        await assert_shut_down(client, join_ref, topic, text)
         # The channel is gone: the topic is no longer joined.
         await client.send([join_ref, "6", rt(topic), "broadcast", {"type": "broadcast", "event": "e", "payload": {}}])
         assert (await client.recv()).raw == [

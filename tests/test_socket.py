@@ -3,112 +3,25 @@ refused join is answered (spec §3.3, §3.5).
 
 Each test drives a RealtimeSocket of a real App (built without start(): no
 database, no listener) through a connection stand-in that records the frames
-the socket sends and the close it asks for. Joins run as tasks, so tests let
-the loop turn with settle()."""
+the socket sends and the close it asks for (tests/fakes.py). Joins run as
+tasks, so tests let the loop turn with settle()."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import time
 from typing import Any
 
-import orjson
 import pytest
-from websockets.frames import CloseCode, Frame, Opcode
-from websockets.streams import StreamReader
+from conftest import MS
+from fakes import TENANT, TOPIC, Client, close_sockets, make_app, phx_close, settle
+from websockets.frames import CloseCode
 
 from realtime_core.app import App
-from realtime_core.config import Limits, Settings
-from realtime_core.jwt import KeySet, sign
 from realtime_core.limits import RateCounter
 from realtime_core.payloads import postgres_change_id
-from realtime_core.protocol import V1, V2, Codec
-from realtime_core.socket import RealtimeSocket
-from realtime_core.tenants import Tenant
-
-MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
-SECRET = "socket-test-secret-" + "x" * 32
-TENANT = "realtime-dev"
-TOPIC = "realtime:room"
-
+from realtime_core.protocol import V1
 
 # -- harness --
-
-
-def make_token(exp_in: float = 3600, **claims: Any) -> str:
-    return sign({"role": "anon", "exp": int(time.time() + exp_in), **claims}, SECRET)
-
-
-def unframe_all(data: bytes) -> list[Frame]:
-    """Parse the complete server frames in `data` with websockets' own parser."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    frames = []
-    while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-        with pytest.raises(StopIteration) as stop:
-            next(parser)
-        frames.append(stop.value.value)
-    return frames
-
-
-def decode(frame: bytes) -> Any:
-    """The JSON value of one server text frame (a V2 array or a V1 object)."""
-    [parsed] = unframe_all(frame)
-    assert parsed.opcode is Opcode.TEXT
-    return orjson.loads(parsed.data)
-
-
-class FakeConnection:
-    """Records what the socket writes; stands for net/websocket.WebSocketConnection."""
-
-    peer = "127.0.0.1:50000"
-
-    def __init__(self) -> None:
-        self.frames: list[bytes] = []
-        self.closed_with: tuple[int, str] | None = None
-
-    def send(self, frame: bytes) -> None:
-        self.frames.append(frame)
-
-    def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
-        self.closed_with = (code, reason)
-
-
-class Client:
-    """One socket of the app, written to as a client would, read back as decoded messages."""
-
-    def __init__(self, app: App, codec: Codec = V2, token: str | None = None) -> None:
-        self.conn = FakeConnection()
-        tenant = app.tenants.get(TENANT)
-        assert tenant is not None
-        self.token = token or make_token()
-        self.socket = RealtimeSocket(app, tenant, codec, self.token, {"role": "anon"}, {}, "error")
-        self.socket.attach(self.conn)  # type: ignore[arg-type]
-
-    def push(self, join_ref: str | None, ref: str | None, topic: str, event: str, payload: Any) -> None:
-        if self.socket.codec is V1:
-            msg = {"join_ref": join_ref, "ref": ref, "topic": topic, "event": event, "payload": payload}
-            self.socket.on_text(orjson.dumps(msg))
-        else:
-            self.socket.on_text(orjson.dumps([join_ref, ref, topic, event, payload]))
-
-    def join(self, topic: str = TOPIC, join_ref: str = "1", ref: str | None = None, **payload: Any) -> None:
-        payload.setdefault("config", {})
-        self.push(join_ref, ref or join_ref, topic, "phx_join", payload)
-
-    def received(self) -> list[Any]:
-        """Every message sent since the last call, decoded, oldest first."""
-        frames, self.conn.frames = self.conn.frames, []
-        return [decode(frame) for frame in frames]
-
-
-async def settle() -> None:
-    """Let tasks started by the socket (joins) run to their end."""
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def ok(join_ref: str | None, ref: str | None, topic: str, response: Any) -> list[Any]:
@@ -119,21 +32,11 @@ def error(join_ref: str | None, ref: str | None, topic: str, response: Any) -> l
     return [join_ref, ref, topic, "phx_reply", {"status": "error", "response": response}]
 
 
-def phx_close(join_ref: str, topic: str = TOPIC) -> list[Any]:
-    return [join_ref, join_ref, topic, "phx_close", {}]
-
-
-def make_tenant(**limits: int) -> Tenant:
-    return Tenant(id="1", external_id=TENANT, name=TENANT, limits=Limits(**limits), keys=KeySet(secret=SECRET))
-
-
 @pytest.fixture
 async def app():
-    app = App(Settings(channel_error_backoff_ms=0))
-    app.tenants.put(make_tenant())
+    app = make_app()
     yield app
-    for socket in list(app.sockets):
-        socket.on_close()  # cancels the channels' token timers
+    close_sockets(app)
 
 
 @pytest.fixture

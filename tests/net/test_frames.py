@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
+from websockets.frames import Opcode
 
 from realtime_core.net.frames import OP_BINARY, OP_TEXT, binary_frame, text_frame
 
-
-def parse(frame: bytes) -> Frame:
-    """Parse one server frame with websockets' own parser; fail on leftover bytes."""
-    reader = StreamReader()
-    reader.feed_data(frame)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-    with pytest.raises(StopIteration) as stop:
-        next(parser)  # the whole frame is buffered, so the parser finishes at once
-    assert not reader.buffer, "bytes left over after one frame"
-    return stop.value.value
-
+from .fakes import server_frame
 
 # (payload length, expected header after the first byte)
 HEADERS = [
@@ -66,7 +54,7 @@ class TestParsedByWebsockets:
     @pytest.mark.parametrize("length", [length for length, _ in HEADERS])
     def test_text_frame_parses_back(self, length: int) -> None:
         data = ("é" * (length // 2) + "a" * (length % 2)).encode()
-        frame = parse(text_frame(data))
+        frame = server_frame(text_frame(data))
         assert frame.opcode is Opcode.TEXT
         assert frame.fin
         assert not (frame.rsv1 or frame.rsv2 or frame.rsv3)
@@ -75,7 +63,7 @@ class TestParsedByWebsockets:
     @pytest.mark.parametrize("length", [length for length, _ in HEADERS])
     def test_binary_frame_parses_back(self, length: int) -> None:
         data = bytes(i % 256 for i in range(length))
-        frame = parse(binary_frame(data))
+        frame = server_frame(binary_frame(data))
         assert frame.opcode is Opcode.BINARY
         assert frame.fin
         assert frame.data == data

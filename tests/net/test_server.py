@@ -1,9 +1,10 @@
 """Tests for realtime_core.net.server: HTTP/1.1 on HttpProtocol and the WebSocket upgrade (spec §1.1, §1.4).
 
 In uvicorn's style: raw requests are module constants, fed to
-HttpProtocol.data_received() over a MockTransport that records what is
-written, closed, paused and handed over with set_protocol(). Handlers and the
-upgrade run as tasks, so tests let the loop turn with settle()."""
+HttpProtocol.data_received() over a MockTransport (tests/net/fakes.py) that
+records what is written, closed, paused and handed over with set_protocol().
+Handlers and the upgrade run as tasks, so tests let the loop turn with
+settle()."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import os
 from typing import Any
 
 import httptools
 import orjson
 import pytest
-from websockets.frames import Close, CloseCode, Frame, Opcode
-from websockets.streams import StreamReader
+from conftest import MS
+from websockets.frames import Close, CloseCode, Opcode
 
 from realtime_core.errors import ConnectError
 from realtime_core.net import server as server_module
@@ -27,7 +27,8 @@ from realtime_core.net.http import Request, Response, Router, json_response
 from realtime_core.net.server import MAX_PIPELINED, HttpProtocol, Server
 from realtime_core.net.websocket import WebSocketConnection
 
-MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+from .fakes import MockTransport, client_frame, server_frames
+
 MAX_BODY = 64
 SWEEP = 0.12 * max(1.0, MS * 1000)  # a little over two sweeps at the fastest interval, 50 ms
 
@@ -79,54 +80,7 @@ def upgrade(
 UPGRADE = upgrade()
 
 
-def client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
-    """A masked client frame (RFC 6455 §5.3: clients mask)."""
-    return Frame(opcode, data, fin=fin).serialize(mask=True)
-
-
 # -- fakes --
-
-
-class MockTransport:
-    """Records what a protocol does to its transport."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.closed = False
-        self.aborted = False
-        self.read_paused = False
-        self.protocol: Any = None
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 54321)}.get(name, default)
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.buffer += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        self.read_paused = True
-
-    def resume_reading(self) -> None:
-        self.read_paused = False
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
-
-    def get_protocol(self) -> Any:
-        return self.protocol
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class RecordingSession:
@@ -243,19 +197,6 @@ def handshake_response(data: bytes) -> tuple[list[str], bytes]:
     head, sep, rest = data.partition(b"\r\n\r\n")
     assert sep, f"incomplete response head: {data!r}"
     return head.decode("latin-1").split("\r\n"), rest
-
-
-def server_frames(data: bytes) -> list[Frame]:
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    frames = []
-    while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-        with pytest.raises(StopIteration) as stop:
-            next(parser)
-        frames.append(stop.value.value)
-    return frames
 
 
 async def settle(turns: int = 10) -> None:
@@ -628,7 +569,7 @@ class TestSweeper:
         protocol.connection_made(transport)  # type: ignore[arg-type]
         protocol.data_received(UPGRADE)
         await settle()
-        transport.buffer = b""
+        transport.writes.clear()  # drop the handshake response
         return transport.protocol, transport
 
     async def test_an_idle_websocket_is_closed_with_1000(self, sweeping):

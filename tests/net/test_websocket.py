@@ -1,9 +1,9 @@
 """Tests for realtime_core.net.websocket: coalesced writes, slow consumers, and the RFC 6455 duties
 the connection shares with websockets' ServerProtocol (fragmentation §5.4, ping §5.5.2, close §5.5.1).
 
-A WebSocketConnection is built over a MockTransport with a ServerProtocol
-already OPEN (as net/server.py leaves it after the handshake); client frames
-are masked bytes fed to data_received()."""
+A WebSocketConnection is built over a MockTransport (tests/net/fakes.py) with
+a ServerProtocol already OPEN (as net/server.py leaves it after the handshake);
+client frames are masked bytes fed to data_received()."""
 
 from __future__ import annotations
 
@@ -14,39 +14,13 @@ import pytest
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
-from websockets.streams import StreamReader
 
 from realtime_core.net.frames import binary_frame, text_frame
 from realtime_core.net.websocket import WebSocketConnection, Writer
 
+from .fakes import MockTransport, client_frame, server_frames
+
 MAX_BUFFER = 1_000
-
-
-class MockTransport:
-    """Records writes, one entry per transport.write() call."""
-
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-        self.aborted = False
-        self.write_buffer_size = 0
-
-    def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
-        self.writes.append(data)
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return self.write_buffer_size
-
-    @property
-    def data(self) -> bytes:
-        return b"".join(self.writes)
 
 
 class RecordingSession:
@@ -73,27 +47,8 @@ class FailingSession(RecordingSession):
         super().on_text(data)
 
 
-def client_frame(opcode: Opcode, data: bytes = b"", fin: bool = True) -> bytes:
-    """A masked client frame (RFC 6455 §5.3)."""
-    return Frame(opcode, data, fin=fin).serialize(mask=True)
-
-
 def client_close(code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
     return client_frame(Opcode.CLOSE, Close(code, reason).serialize())
-
-
-def server_frames(data: bytes) -> list[Frame]:
-    """Parse every complete server frame in `data`; server frames are unmasked."""
-    reader = StreamReader()
-    reader.feed_data(data)
-    reader.feed_eof()
-    frames = []
-    while reader.buffer:
-        parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-        with pytest.raises(StopIteration) as stop:
-            next(parser)
-        frames.append(stop.value.value)
-    return frames
 
 
 async def tick() -> None:
@@ -125,11 +80,11 @@ async def conn_and_transport(writer):
 
 
 def assert_frames_sent(transport: MockTransport, *expected: tuple[Opcode, bytes]) -> None:
-    assert [(f.opcode, f.data) for f in server_frames(transport.data)] == list(expected)
+    assert [(f.opcode, f.data) for f in server_frames(transport.buffer)] == list(expected)
 
 
 def assert_close_sent(transport: MockTransport, code: int, reason: str = "") -> None:
-    frames = server_frames(transport.data)
+    frames = server_frames(transport.buffer)
     assert frames, "nothing sent"
     last = frames[-1]
     assert last.opcode is Opcode.CLOSE
@@ -353,7 +308,7 @@ class TestClose:
         conn, transport = conn_and_transport
         conn.send(text_frame(b"last words"))
         conn.close(CloseCode.GOING_AWAY, "Too many joins per second")
-        frames = server_frames(transport.data)
+        frames = server_frames(transport.buffer)
         assert [f.opcode for f in frames] == [Opcode.TEXT, Opcode.CLOSE]
         assert_close_sent(transport, CloseCode.GOING_AWAY, "Too many joins per second")
         assert conn.closing
@@ -364,13 +319,13 @@ class TestClose:
         conn.close(CloseCode.SERVICE_RESTART, "drain")
         conn.data_received(client_close(CloseCode.SERVICE_RESTART, "drain"))
         assert transport.closed
-        assert len([f for f in server_frames(transport.data) if f.opcode is Opcode.CLOSE]) == 1
+        assert len([f for f in server_frames(transport.buffer) if f.opcode is Opcode.CLOSE]) == 1
 
     async def test_close_twice_sends_one_close_frame(self, conn_and_transport):
         conn, transport = conn_and_transport
         conn.close(CloseCode.GOING_AWAY)
         conn.close(CloseCode.NORMAL_CLOSURE)
-        assert [f.opcode for f in server_frames(transport.data)] == [Opcode.CLOSE]
+        assert [f.opcode for f in server_frames(transport.buffer)] == [Opcode.CLOSE]
 
     async def test_no_data_frame_follows_a_close_frame(self, conn_and_transport):
         """§5.5.1: after sending a Close frame, the endpoint MUST NOT send any further data frames."""
@@ -378,14 +333,14 @@ class TestClose:
         conn.close(CloseCode.GOING_AWAY, "bye")
         conn.send(text_frame(b"too late"))
         await tick()
-        assert [f.opcode for f in server_frames(transport.data)] == [Opcode.CLOSE]
+        assert [f.opcode for f in server_frames(transport.buffer)] == [Opcode.CLOSE]
 
     async def test_nothing_is_written_after_the_connection_closed(self, conn_and_transport):
         conn, transport = conn_and_transport
         conn.data_received(client_close())
         conn.send(text_frame(b"too late"))
         await tick()
-        assert [f.opcode for f in server_frames(transport.data)] == [Opcode.CLOSE]
+        assert [f.opcode for f in server_frames(transport.buffer)] == [Opcode.CLOSE]
 
     async def test_a_protocol_error_closes_with_1002(self, conn_and_transport):
         conn, transport = conn_and_transport
@@ -405,8 +360,8 @@ class TestClose:
         )
         conn.session = RecordingSession()
         conn.data_received(client_frame(Opcode.TEXT, b"x" * 11))
-        assert server_frames(transport.data)[-1].opcode is Opcode.CLOSE
-        assert Close.parse(server_frames(transport.data)[-1].data).code == CloseCode.MESSAGE_TOO_BIG
+        assert server_frames(transport.buffer)[-1].opcode is Opcode.CLOSE
+        assert Close.parse(server_frames(transport.buffer)[-1].data).code == CloseCode.MESSAGE_TOO_BIG
         assert conn.session.messages == []
 
 

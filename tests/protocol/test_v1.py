@@ -6,8 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
-from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
+from fakes import decode, server_frame
+from websockets.frames import Opcode
 
 from realtime_core.errors import MalformedMessage
 from realtime_core.protocol import V1, codec_for
@@ -17,28 +17,11 @@ from realtime_core.protocol.v1 import V1Codec
 TOPIC = "realtime:room1"
 
 
-def unframe(frame: bytes) -> Frame:
-    """Parse one complete server frame; fail on leftover bytes."""
-    reader = StreamReader()
-    reader.feed_data(frame)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-    with pytest.raises(StopIteration) as stop:
-        next(parser)
-    assert not reader.buffer
-    return stop.value.value
-
-
 def text(frame: bytes) -> bytes:
     """Return the payload of a server text frame."""
-    parsed = unframe(frame)
+    parsed = server_frame(frame)
     assert parsed.opcode is Opcode.TEXT
     return parsed.data
-
-
-def decoded(frame: bytes) -> Any:
-    """Return the JSON value a server text frame carries."""
-    return orjson.loads(text(frame))
 
 
 def test_codec_identity() -> None:
@@ -138,7 +121,7 @@ class TestEncode:
 
     def test_reply_carries_request_ref_and_no_join_ref(self) -> None:
         frame = V1.reply("1", "2", TOPIC, "ok", {"postgres_changes": []})
-        assert decoded(frame) == {
+        assert decode(frame) == {
             "topic": TOPIC,
             "event": "phx_reply",
             "payload": {"status": "ok", "response": {"postgres_changes": []}},
@@ -156,34 +139,33 @@ class TestEncode:
     def test_error_reply_may_carry_a_bare_string(self) -> None:
         # spec §4.1: an oversize ack answers {"status":"error","response":"payload_size_exceeded"}
         frame = V1.reply("1", "5", TOPIC, "error", "payload_size_exceeded")
-        assert decoded(frame)["payload"] == {"status": "error", "response": "payload_size_exceeded"}
+        assert decode(frame)["payload"] == {"status": "error", "response": "payload_size_exceeded"}
 
     def test_push_has_null_ref(self) -> None:
         payload = {"extension": "system", "status": "ok", "message": "hi", "channel": "room1"}
         frame = V1.push("1", TOPIC, "system", payload)
-        assert decoded(frame) == {"topic": TOPIC, "event": "system", "payload": payload, "ref": None}
+        assert decode(frame) == {"topic": TOPIC, "event": "system", "payload": payload, "ref": None}
 
     @pytest.mark.parametrize("event", ["phx_close", "phx_error"])
     def test_control_has_ref_equal_to_join_ref_and_empty_payload(self, event: str) -> None:
         frame = V1.control("4", TOPIC, event)
-        assert decoded(frame) == {"topic": TOPIC, "event": event, "payload": {}, "ref": "4"}
+        assert decode(frame) == {"topic": TOPIC, "event": event, "payload": {}, "ref": "4"}
 
     def test_broadcast_has_null_ref(self) -> None:
         payload = {"type": "broadcast", "event": "msg", "payload": {"n": 1}}
         frame = V1.broadcast(TOPIC, "broadcast", payload)
-        assert decoded(frame) == {"topic": TOPIC, "event": "broadcast", "payload": payload, "ref": None}
+        assert decode(frame) == {"topic": TOPIC, "event": "broadcast", "payload": payload, "ref": None}
 
     def test_broadcast_json_splices_payload_bytes(self) -> None:
         # the spacing survives: the payload is not re-encoded
         frame = V1.broadcast_json(TOPIC, "presence_diff", b'{"joins": {}, "leaves": {}}')
         assert text(frame) == (
-            b'{"topic":"realtime:room1","event":"presence_diff",'
-            b'"payload":{"joins": {}, "leaves": {}},"ref":null}'
+            b'{"topic":"realtime:room1","event":"presence_diff","payload":{"joins": {}, "leaves": {}},"ref":null}'
         )
 
     def test_broadcast_json_escapes_topic_and_event(self) -> None:
         frame = V1.broadcast_json('realtime:"q"', "é\n", b"[]")
-        assert decoded(frame) == {"topic": 'realtime:"q"', "event": "é\n", "payload": [], "ref": None}
+        assert decode(frame) == {"topic": 'realtime:"q"', "event": "é\n", "payload": [], "ref": None}
 
     @pytest.mark.parametrize(
         "frame",
@@ -198,7 +180,7 @@ class TestEncode:
     )
     def test_output_never_has_join_ref(self, frame: bytes | None) -> None:
         assert frame is not None
-        assert set(decoded(frame)) == {"topic", "event", "payload", "ref"}
+        assert set(decode(frame)) == {"topic", "event", "payload", "ref"}
 
 
 class TestUserBroadcast:
@@ -207,7 +189,7 @@ class TestUserBroadcast:
     def test_json_payload_becomes_a_broadcast_with_type(self) -> None:
         frame = V1.user_broadcast(TOPIC, UserBroadcast(event="msg", data=b'{"n":1}', encoding=JSON))
         assert frame is not None
-        assert decoded(frame) == {
+        assert decode(frame) == {
             "topic": TOPIC,
             "event": "broadcast",
             "payload": {"event": "msg", "payload": {"n": 1}, "type": "broadcast"},
@@ -219,7 +201,7 @@ class TestUserBroadcast:
         message = UserBroadcast(event="msg", data=b"[1,2]", encoding=JSON, metadata=metadata)
         frame = V1.user_broadcast(TOPIC, message)
         assert frame is not None
-        assert decoded(frame)["payload"] == {
+        assert decode(frame)["payload"] == {
             "event": "msg",
             "payload": [1, 2],
             "type": "broadcast",
@@ -229,7 +211,7 @@ class TestUserBroadcast:
     def test_empty_metadata_is_still_sent(self) -> None:
         frame = V1.user_broadcast(TOPIC, UserBroadcast(event="msg", data=b"1", encoding=JSON, metadata={}))
         assert frame is not None
-        assert decoded(frame)["payload"]["meta"] == {}
+        assert decode(frame)["payload"]["meta"] == {}
 
     def test_payload_bytes_are_spliced_not_reencoded(self) -> None:
         data = b'{ "n" : 1.50, "s": "\\u00e9" }'  # orjson would write {"n":1.5,"s":"é"}

@@ -6,8 +6,8 @@ from typing import Any, NamedTuple
 
 import orjson
 import pytest
-from websockets.frames import Frame, Opcode
-from websockets.streams import StreamReader
+from fakes import decode, server_frame
+from websockets.frames import Opcode
 
 from realtime_core.errors import MalformedMessage
 from realtime_core.protocol import V2, codec_for
@@ -20,25 +20,6 @@ TOPIC = "realtime:room1"
 # -- helpers --
 
 
-def unframe(frame: bytes) -> Frame:
-    """Parse one complete server frame; fail on leftover bytes."""
-    reader = StreamReader()
-    reader.feed_data(frame)
-    reader.feed_eof()
-    parser = Frame.parse(reader.read_exact, mask=False, max_size=None)
-    with pytest.raises(StopIteration) as stop:
-        next(parser)
-    assert not reader.buffer
-    return stop.value.value
-
-
-def decoded(frame: bytes) -> Any:
-    """Return the JSON value a server text frame carries."""
-    parsed = unframe(frame)
-    assert parsed.opcode is Opcode.TEXT
-    return orjson.loads(parsed.data)
-
-
 class Kind4(NamedTuple):
     topic: str
     user_event: str
@@ -49,7 +30,7 @@ class Kind4(NamedTuple):
 
 def parse_kind4(frame: bytes) -> Kind4:
     """Read a binary frame the way realtime-js does (JS serializer.ts _decodeUserBroadcast)."""
-    parsed = unframe(frame)
+    parsed = server_frame(frame)
     assert parsed.opcode is Opcode.BINARY
     data = bytes(parsed.data)
     assert data[0] == 4, "realtime-js decodes only binary kind 4 (spec §2.3)"
@@ -208,16 +189,12 @@ class TestDecodeUserBroadcastPush:
 
     def test_json_payload_with_metadata(self) -> None:
         msg = V2.decode_binary(KIND3_JSON_WITH_METADATA)
-        assert msg.payload == UserBroadcast(
-            event="msg", data=b"[1,2,3]", encoding=JSON, metadata={"replayed": 1}
-        )
+        assert msg.payload == UserBroadcast(event="msg", data=b"[1,2,3]", encoding=JSON, metadata={"replayed": 1})
         assert (msg.topic, msg.event, msg.join_ref, msg.ref) == (TOPIC, "broadcast", "5", "6")
 
     def test_binary_payload_is_kept_as_bytes(self) -> None:
         msg = V2.decode_binary(KIND3_BINARY)
-        assert msg.payload == UserBroadcast(
-            event="file", data=b"\x00\x01\xfe\xff", encoding=BINARY, metadata=None
-        )
+        assert msg.payload == UserBroadcast(event="file", data=b"\x00\x01\xfe\xff", encoding=BINARY, metadata=None)
         assert type(msg.payload.data) is bytes
 
     def test_empty_binary_payload(self) -> None:
@@ -339,7 +316,7 @@ class TestEncodeText:
 
     def test_reply_echoes_join_ref_and_ref(self) -> None:
         frame = V2.reply("1", "2", TOPIC, "ok", {"postgres_changes": []})
-        assert decoded(frame) == [
+        assert decode(frame) == [
             "1",
             "2",
             TOPIC,
@@ -350,7 +327,7 @@ class TestEncodeText:
     def test_unmatched_topic_reply_has_null_join_ref(self) -> None:
         # spec §2.4: the reply to an unjoined topic carries the ref and join_ref null
         frame = V2.reply(None, "3", "realtime", "error", {"reason": "unmatched topic"})
-        assert decoded(frame) == [
+        assert decode(frame) == [
             None,
             "3",
             "realtime",
@@ -360,25 +337,25 @@ class TestEncodeText:
 
     def test_push_carries_join_ref_and_null_ref(self) -> None:
         frame = V2.push("1", TOPIC, "presence_state", {})
-        assert decoded(frame) == ["1", None, TOPIC, "presence_state", {}]
+        assert decode(frame) == ["1", None, TOPIC, "presence_state", {}]
 
     @pytest.mark.parametrize("event", ["phx_close", "phx_error"])
     def test_control_has_ref_equal_to_join_ref(self, event: str) -> None:
         frame = V2.control("4", TOPIC, event)
-        assert decoded(frame) == ["4", "4", TOPIC, event, {}]
+        assert decode(frame) == ["4", "4", TOPIC, event, {}]
 
     def test_broadcast_has_null_refs(self) -> None:
         payload = {"type": "broadcast", "event": "msg", "payload": {"n": 1}}
         frame = V2.broadcast(TOPIC, "broadcast", payload)
-        assert decoded(frame) == [None, None, TOPIC, "broadcast", payload]
+        assert decode(frame) == [None, None, TOPIC, "broadcast", payload]
 
     def test_broadcast_json_splices_payload_bytes(self) -> None:
         frame = V2.broadcast_json(TOPIC, "postgres_changes", b'{"ids": [1, 2]}')
-        assert unframe(frame).data == b'[null,null,"realtime:room1","postgres_changes",{"ids": [1, 2]}]'
+        assert server_frame(frame).data == b'[null,null,"realtime:room1","postgres_changes",{"ids": [1, 2]}]'
 
     def test_broadcast_json_escapes_topic_and_event(self) -> None:
         frame = V2.broadcast_json('realtime:"q"', "é\n", b"[]")
-        assert decoded(frame) == [None, None, 'realtime:"q"', "é\n", []]
+        assert decode(frame) == [None, None, 'realtime:"q"', "é\n", []]
 
 
 class TestEncodeUserBroadcast:
@@ -386,7 +363,7 @@ class TestEncodeUserBroadcast:
 
     def test_json_payload_bytes(self) -> None:
         frame = V2.user_broadcast(TOPIC, UserBroadcast(event="msg", data=b'{"n": 1}', encoding=JSON))
-        assert unframe(frame).data == (
+        assert server_frame(frame).data == (
             b"\x04"  # kind: 4 user_broadcast
             b"\x0e"  # topic_len: 14
             b"\x03"  # user_event_len: 3
@@ -414,7 +391,7 @@ class TestEncodeUserBroadcast:
     @pytest.mark.parametrize("encoding", [BINARY, JSON])
     def test_is_always_kind_4(self, encoding: int) -> None:
         frame = V2.user_broadcast(TOPIC, UserBroadcast(event="e", data=b"1", encoding=encoding))
-        parsed = unframe(frame)
+        parsed = server_frame(frame)
         assert parsed.opcode is Opcode.BINARY
         assert parsed.data[0] == 4
 
@@ -430,7 +407,7 @@ class TestEncodeUserBroadcast:
     )
     def test_other_output_is_text(self, frame: bytes) -> None:
         # spec §2.3: kinds 0/1/2 would reach realtime-js as `undefined`
-        assert unframe(frame).opcode is Opcode.TEXT
+        assert server_frame(frame).opcode is Opcode.TEXT
 
     @pytest.mark.parametrize(
         ("topic", "event", "metadata"),
