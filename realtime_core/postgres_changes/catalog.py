@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 
 __all__ = ["Catalog", "TableInfo"]
@@ -77,9 +78,15 @@ class Catalog:
         cached = self._selectable.get(key)
         if cached is not None and now - cached[0] < PRIVILEGE_TTL:
             return cached[1]
-        cur = await conn.execute("select to_regrole(%s) is not null", (role,))
-        row = await cur.fetchone()
-        if not role or row is None or not row[0]:
+        if not role:
+            return None
+        try:
+            async with conn.transaction():  # a savepoint when the caller is in a transaction
+                cur = await conn.execute("select to_regrole(%s) is not null", (role,))
+                row = await cur.fetchone()
+        except psycopg.errors.InvalidName:
+            return None  # PostgreSQL < 16 raises for names it cannot parse
+        if row is None or not row[0]:
             return None
         cur = await conn.execute(_SELECTABLE, (oid, role))
         names = frozenset(r[0] for r in await cur.fetchall())
