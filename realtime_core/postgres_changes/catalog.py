@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 
-__all__ = ["Catalog", "TableInfo"]
+__all__ = ["Catalog", "TableInfo", "as_text", "select_by_keys"]
 
 PRIVILEGE_TTL = 5.0  # seconds a role's column privileges are trusted
 
@@ -97,3 +97,37 @@ class Catalog:
         """Drop cached privileges of a table whose definition changed."""
         for key in [k for k in self._selectable if k[1] == oid]:
             del self._selectable[key]
+
+
+def as_text(column: sql.Composable) -> sql.Composed:
+    """A column as the text its type's output function writes, as in the WAL.
+
+    (`v::text` differs for bool and inet; format() turns NULL into '', hence the case.)"""
+    return sql.SQL("case when {c} is null then null else format('%%s', {c}) end").format(c=column)
+
+
+def select_by_keys(schema: str, table: str, info: TableInfo, out: list[sql.Composable]) -> sql.Composed:
+    """`select <out> from schema.table t` for the rows whose primary key is among the
+    parameters: one text[] per key column, in key order.
+
+    The arrays are cast to the key's own types as a whole, so the comparison
+    is the type's own (leakproof) equality and the primary key index is used
+    even under RLS; a cast per element is not leakproof and makes PostgreSQL
+    evaluate the policy on every row of the table (measured: 73 ms against
+    0.25 ms on 300k rows)."""
+    columns = [sql.Identifier(name) for name in info.primary_key]
+    types = [sql.SQL("{}[]").format(sql.Identifier(*type_name)) for type_name in info.key_types]
+    target = sql.SQL("select {out} from {table} t").format(
+        out=sql.SQL(", ").join(out), table=sql.Identifier(schema, table)
+    )
+    if len(columns) == 1:
+        return sql.SQL("{target} where t.{c} = any(%s::text[]::{t})").format(target=target, c=columns[0], t=types[0])
+    aliases = [sql.Identifier(f"k{i}") for i in range(len(columns))]
+    return sql.SQL("{target} join unnest({arrays}) as k({aliases}) on {join}").format(
+        target=target,
+        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]::{}").format(t) for t in types),
+        aliases=sql.SQL(", ").join(aliases),
+        join=sql.SQL(" and ").join(
+            sql.SQL("t.{c} = k.{a}").format(c=c, a=a) for c, a in zip(columns, aliases, strict=True)
+        ),
+    )

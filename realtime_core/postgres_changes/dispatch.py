@@ -4,19 +4,26 @@ The ReplicationStream awaits Dispatcher.on_batch() with each batch of
 transactions. Work runs in two phases so that every subscriber receives
 changes in commit order while the database work is batched:
 
-1. decide (async, batched per table): fill unchanged TOAST values, evaluate
-   filters for all changes of a table in one query, read column privileges,
-   and check RLS visibility with one query per (role, claims) group;
+1. decide (async, batched per table): wait until the batch's transactions
+   are visible to new snapshots (the walsender sends a commit before the
+   committing backend makes it visible), fill unchanged TOAST values,
+   evaluate filters for all changes of a table in one query, read column
+   privileges, and check RLS visibility with one query per (role, claims)
+   group, the groups spread over the pool's connections;
 2. emit (sync, in commit order): build each data object once per shape
    (role columns × select list) and queue one frame per channel.
-When on_batch returns, every frame is queued: the stream may confirm the LSN."""
+When on_batch returns, every frame is queued: the stream may confirm the LSN.
+
+Per-batch work is organised so that it grows with deliveries, not with
+changes × subscribers: subscriber lists, their variants and their channel
+groupings are computed once per batch and shared by every change they fit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -26,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..router import TOO_MANY_MESSAGES
 from . import records, rls
-from .catalog import Catalog, TableInfo
+from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters import FilterEvaluator, load_columns
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update
 from .records import RecordShape
@@ -35,6 +42,7 @@ from .subscriptions import Registry, Subscription
 from .values import TypeCatalog
 
 if TYPE_CHECKING:
+    from ..channel import Channel
     from ..tenants import Tenant
 
 __all__ = ["Dispatcher"]
@@ -42,6 +50,11 @@ __all__ = ["Dispatcher"]
 log = logging.getLogger(__name__)
 
 _TYPES = {Insert: "INSERT", Update: "UPDATE", Delete: "DELETE"}
+# How long a batch waits for its committed transactions to become visible.
+VISIBILITY_TIMEOUT = 5.0
+
+Variant = tuple[Any, ...]  # ("shape", role, select) or ("error", text)
+Deliveries = list[tuple[Variant, list[Subscription]]]
 
 
 @dataclass(slots=True)
@@ -54,10 +67,10 @@ class _Change:
     old: list[Any] | None
     old_indexes: frozenset[int] | None
     commit_time_us: int
+    xid: int
     candidates: list[Subscription]
-    matched: list[Subscription] = field(default_factory=list)
-    # variant key → subscriptions that get the change in that variant
-    variants: dict[tuple[Any, ...], list[Subscription]] = field(default_factory=dict)
+    matched: list[Subscription] | None = None
+    deliveries: Deliveries | None = None
 
 
 class Dispatcher:
@@ -98,32 +111,39 @@ class Dispatcher:
 
     async def on_batch(self, transactions: list[Transaction]) -> None:
         changes: list[_Change] = []
+        # (relation oid, type) → (subscriptions wanting it, the latest start_lsn among them)
+        wanted: dict[tuple[int, str], tuple[list[Subscription], int]] = {}
         for txn in transactions:
             assert txn.commit is not None
             commit_time = txn.commit.commit_time_us
             commit_lsn = txn.commit.commit_lsn
+            xid = txn.begin.xid
             for msg in txn.messages:
                 kind = _TYPES.get(type(msg))
                 if kind is None:
                     if isinstance(msg, Relation):
                         self._relation_changed(msg)
+                        wanted.clear()
                     continue  # Truncate is never delivered (spec §6.4); Type/Origin/Message carry nothing
                 self.changes_seen += 1
                 relation = self.relations.get(msg.relation_oid)  # type: ignore[attr-defined]
                 if relation is None:
                     continue
-                candidates = self.registry.for_relation(relation.namespace, relation.name)
-                if not candidates:
-                    continue  # nobody listens: consumed and dropped (documented)
-                candidates = [s for s in candidates if s.wants(kind, commit_lsn)]
+                entry = wanted.get((relation.oid, kind))
+                if entry is None:
+                    subs = [s for s in self.registry.for_relation(relation.namespace, relation.name) if s.wants(kind)]
+                    entry = wanted[(relation.oid, kind)] = (subs, max((s.start_lsn for s in subs), default=0))
+                candidates, latest_start = entry
+                if latest_start > commit_lsn:  # some subscription went live after this commit
+                    candidates = [s for s in candidates if s.live_at(commit_lsn)]
                 if candidates:
-                    changes.append(_change(relation, kind, msg, commit_time, candidates))
+                    changes.append(_change(relation, kind, msg, commit_time, xid, candidates))
         if not changes:
             return
         try:
             async with self.pool.connection() as conn:
                 await self._decide(conn, changes)
-        except psycopg.Error as exc:
+        except psycopg.OperationalError as exc:
             # The database is unreachable: raise so the stream reconnects and
             # re-reads from the last confirmed LSN (nothing is lost).
             self.last_error = str(exc)
@@ -154,6 +174,13 @@ class Dispatcher:
             by_relation.setdefault(ch.relation.oid, []).append(ch)
         tables = self._tables = await self.catalog.tables(conn, list(by_relation))
         self._selectable = {}
+        reads_rows = any(
+            (tables.get(oid) is not None and tables[oid].rls and any(ch.type != "DELETE" for ch in group))
+            or any(ch.new is not None and UNCHANGED in ch.new for ch in group)
+            for oid, group in by_relation.items()
+        )
+        if reads_rows:
+            await self._await_visible(conn, {ch.xid for ch in changes})
         for oid, group in by_relation.items():
             table = tables.get(oid)
             if table is None:
@@ -161,6 +188,27 @@ class Dispatcher:
             await self._fill_unchanged(conn, table, group)
             await self._filter(conn, group)
             await self._authorize(conn, table, group)
+
+    async def _await_visible(self, conn: psycopg.AsyncConnection[Any], xids: set[int]) -> None:
+        """Wait until every transaction in `xids` is visible to a new snapshot.
+
+        A commit record reaches the walsender before the committing backend
+        leaves the proc array; a row read in between (RLS, TOAST) is not found
+        yet. Without this wait such a change was silently lost."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VISIBILITY_TIMEOUT
+        while True:
+            cur = await conn.execute("select pg_current_snapshot()::text")
+            row = await cur.fetchone()
+            assert row is not None
+            if all(_visible_in(row[0], xid) for xid in xids):
+                return
+            if loop.time() > deadline:
+                log.warning(
+                    "transactions %s not visible after %.0fs; checking anyway", sorted(xids), VISIBILITY_TIMEOUT
+                )
+                return
+            await asyncio.sleep(0.001)
 
     async def _fill_unchanged(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
         """Unchanged TOAST values: from the old tuple when there is one, else from the current row."""
@@ -179,46 +227,31 @@ class Dispatcher:
             return
         relation = wanted[0].relation
         names = [c.name for c in relation.columns]
-        index = {name: i for i, name in enumerate(names)}
-        pk_idx = [index[name] for name in table.primary_key]
+        pk_idx = [names.index(name) for name in table.primary_key]
+        out = [as_text(sql.SQL("t.{}").format(sql.Identifier(n))) for n in (*table.primary_key, *names)]
+        query = select_by_keys(relation.namespace, relation.name, table, out)
         keys = [tuple(ch.new[i] for i in pk_idx) for ch in wanted if ch.new is not None]
-        arrays = [[k[j] for k in keys] for j in range(len(pk_idx))]
-        aliases = [sql.Identifier(f"k{j}") for j in range(len(pk_idx))]
-        pk_cols = [sql.Identifier(name) for name in table.primary_key]
-        query = sql.SQL("select {keys}, {cols} from {table} t join unnest({arrays}) as k({aliases}) on {join}").format(
-            keys=sql.SQL(", ").join(sql.SQL("format('%%s', t.{})").format(c) for c in pk_cols),
-            # format('%s', v) is the type's output function, as in the WAL
-            # (v::text differs for bool and inet); it turns NULL into ''.
-            cols=sql.SQL(", ").join(
-                sql.SQL("case when t.{c} is null then null else format('%%s', t.{c}) end").format(c=sql.Identifier(n))
-                for n in names
-            ),
-            table=sql.Identifier(relation.namespace, relation.name),
-            arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in pk_cols),
-            aliases=sql.SQL(", ").join(aliases),
-            join=sql.SQL(" and ").join(
-                sql.SQL("t.{c} = k.{a}::{t}").format(c=c, a=a, t=sql.Identifier(*tn))
-                for c, a, tn in zip(pk_cols, aliases, table.key_types, strict=True)
-            ),
-        )
-        cur = await conn.execute(query, arrays)
+        cur = await conn.execute(query, [[k[j] for k in keys] for j in range(len(pk_idx))])
         current = {tuple(row[: len(pk_idx)]): row[len(pk_idx) :] for row in await cur.fetchall()}
         for ch in wanted:
             assert ch.new is not None
-            row = current.get(tuple(ch.new[i] for i in pk_idx))
-            ch.new = [(row[i] if row is not None else None) if v is UNCHANGED else v for i, v in enumerate(ch.new)]
+            found = current.get(tuple(ch.new[i] for i in pk_idx))
+            ch.new = [(found[i] if found is not None else None) if v is UNCHANGED else v for i, v in enumerate(ch.new)]
 
     async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[_Change]) -> None:
-        """Keep, per change, the candidates whose filters all hold (spec §6.3)."""
+        """Keep, per change, the candidates whose filters all hold (spec §6.3).
+
+        Changes without filtered candidates keep their candidate list itself
+        (matched is candidates), which later phases use to share work."""
         relation = group[0].relation
         conditions: dict[Any, int] = {}
-        for ch in group:
-            for sub in ch.candidates:
+        for candidates in {id(ch.candidates): ch.candidates for ch in group}.values():
+            for sub in candidates:
                 for cond in sub.params.filters:
                     conditions.setdefault(cond, len(conditions))
         if not conditions:
             for ch in group:
-                ch.matched = list(ch.candidates)
+                ch.matched = ch.candidates
             return
         columns = self._columns.get(relation.oid)
         if columns is None:
@@ -245,72 +278,88 @@ class Dispatcher:
             ch.matched = [sub for sub in ch.candidates if all(result[conditions[cond]] for cond in sub.params.filters)]
 
     async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
-        """Sort each change's matched subscribers into variants: a shape, or an error (spec §6.4)."""
+        """Give each change its deliveries: (variant, subscriptions), where a variant is
+        a record shape or an error (spec §6.4)."""
         relation = group[0].relation
-        names = [c.name for c in relation.columns]
-        roles = {sub.role for ch in group for sub in ch.matched}
-        selectable = {role: await self.catalog.selectable(conn, role, relation.oid) for role in roles}
-        for role, cols in selectable.items():
+        subs = {id(s): s for lst in {id(ch.matched): ch.matched for ch in group}.values() for s in lst or ()}
+        roles = {s.role for s in subs.values()}
+        selectable: dict[str, frozenset[str] | None] = {}
+        for role in roles:
+            selectable[role] = cols = await self.catalog.selectable(conn, role, relation.oid)
             if cols is not None:
                 self._selectable[(role, relation.oid)] = cols
-        needs_rls = table.rls and any(ch.type != "DELETE" and ch.matched for ch in group)
+        # A subscription's variant is the same for every change of the batch.
+        variant_of: dict[int, Variant | None] = {}
+        write_variant_of: dict[int, Variant | None] = {}  # INSERT/UPDATE: key and privileges apply
+        for key, sub in subs.items():
+            cols = selectable.get(sub.role)
+            shape: Variant | None = None if cols is None else ("shape", sub.role, sub.params.select)
+            variant_of[key] = shape
+            if not table.primary_key:
+                write_variant_of[key] = ("error", records.ERROR_NO_PRIMARY_KEY)
+            elif cols is None or not all(name in cols for name in table.primary_key):
+                write_variant_of[key] = ("error", records.ERROR_UNAUTHORIZED)
+            else:
+                write_variant_of[key] = shape
+        names = [c.name for c in relation.columns]
         pk_idx = [names.index(name) for name in table.primary_key if name in names]
+        checked = table.rls and bool(table.primary_key)
         visible: dict[str, set[tuple[str, ...]] | None] = {}
-        if needs_rls and table.primary_key:
-            visible = await self._visible(table, relation, group, selectable, pk_idx)
+        if checked and any(ch.type != "DELETE" for ch in group):
+            visible = await self._visible(table, relation, group, write_variant_of, pk_idx)
+        shared: dict[tuple[int, bool], Deliveries] = {}
         for ch in group:
-            for sub in ch.matched:
-                role = sub.role
-                cols = selectable.get(role)
-                if ch.type != "DELETE":
-                    if not table.primary_key:
-                        ch.variants.setdefault(("error", records.ERROR_NO_PRIMARY_KEY), []).append(sub)
-                        continue
-                    if cols is None or not all(name in cols for name in table.primary_key):
-                        ch.variants.setdefault(("error", records.ERROR_UNAUTHORIZED), []).append(sub)
-                        continue
-                    if table.rls:
-                        keys = visible.get(_group_key(sub))
-                        assert ch.new is not None
-                        if keys is None or tuple(ch.new[i] for i in pk_idx) not in keys:
-                            continue  # not visible, or the group's policy failed
-                elif cols is None:
-                    continue
-                ch.variants.setdefault(("shape", role, sub.params.select), []).append(sub)
+            matched = ch.matched or []
+            writes = ch.type != "DELETE"
+            if not (writes and checked):
+                cache_key = (id(matched), writes)
+                deliveries = shared.get(cache_key)
+                if deliveries is None:
+                    table_of = write_variant_of if writes else variant_of
+                    deliveries = shared[cache_key] = _group_by_variant(matched, table_of)
+                ch.deliveries = deliveries
+                continue
+            assert ch.new is not None
+            key = tuple(ch.new[i] for i in pk_idx)
+            allowed = [
+                s
+                for s in matched
+                if (v := write_variant_of[id(s)]) is not None
+                and (v[0] == "error" or key in (visible.get(s.group_key) or ()))
+            ]
+            ch.deliveries = _group_by_variant(allowed, write_variant_of)
 
     async def _visible(
         self,
         table: TableInfo,
         relation: Relation,
         group: list[_Change],
-        selectable: dict[str, frozenset[str] | None],
+        write_variant_of: dict[int, Variant | None],
         pk_idx: list[int],
     ) -> dict[str, set[tuple[str, ...]] | None]:
-        """Visible keys per (role, claims) group, one query per group, groups run concurrently."""
-        groups: dict[str, tuple[Subscription, set[tuple[Any, ...]]]] = {}
+        """Visible keys per (role, claims) group: one query per group for all the batch's keys,
+        the groups spread over the pool's connections."""
+        keys = {tuple(ch.new[i] for i in pk_idx) for ch in group if ch.type != "DELETE" and ch.new is not None}
+        groups: dict[str, Subscription] = {}
         for ch in group:
-            if ch.type == "DELETE" or ch.new is None:
-                continue
-            key = tuple(ch.new[i] for i in pk_idx)
-            for sub in ch.matched:
-                cols = selectable.get(sub.role)
-                if cols is None or not all(n in cols for n in table.primary_key):
-                    continue
-                entry = groups.setdefault(_group_key(sub), (sub, set()))
-                entry[1].add(key)
+            for sub in ch.matched or ():
+                variant = write_variant_of[id(sub)]
+                if variant is not None and variant[0] == "shape":
+                    groups.setdefault(sub.group_key, sub)
+        visible: dict[str, set[tuple[str, ...]] | None] = {}
+        key_list = list(keys)
 
-        async def check(group_key: str, sub: Subscription, keys: set[tuple[Any, ...]]) -> None:
+        async def check(group_key: str, sub: Subscription) -> None:
             async with self._rls_slots, self.pool.connection() as conn:
                 try:
-                    result = await rls.visible_keys(
+                    visible[group_key] = await rls.visible_keys(
                         conn,
                         schema=relation.namespace,
                         table=relation.name,
-                        primary_key=table.primary_key,
-                        key_types=table.key_types,
+                        info=table,
                         role=sub.role,
                         claims=sub.claims,
-                        keys=list(keys),
+                        keys=key_list,
                     )
                 except psycopg.OperationalError:
                     raise
@@ -323,11 +372,8 @@ class Dispatcher:
                     )
                     log.warning("RlsPolicyError: %s", self.last_error)
                     visible[group_key] = None
-                    return
-                visible[group_key] = result
 
-        visible: dict[str, set[tuple[str, ...]] | None] = {}
-        await asyncio.gather(*(check(k, sub, keys) for k, (sub, keys) in groups.items()))
+        await asyncio.gather(*(check(k, sub) for k, sub in groups.items()))
         return visible
 
     # Phase 2: emit
@@ -337,40 +383,41 @@ class Dispatcher:
         now = self.now()
         over_limit = tenant.events.reached(tenant.limits.max_events_per_second, now)
         shapes: dict[tuple[Any, ...], RecordShape] = {}
+        # id(subscription list) → its channels with their ids (shared by the changes that share the list)
+        per_channel_cache: dict[int, list[tuple[Channel, tuple[int, ...], bool]]] = {}
         sent = 0
         for ch in changes:
-            if not ch.variants:
+            if not ch.deliveries:
                 continue
             self.changes_dispatched += 1
             frames: dict[tuple[Any, ...], bytes] = {}
-            for variant, subs in ch.variants.items():
+            for variant, subs in ch.deliveries:
                 data = self._data(ch, variant, shapes)
-                per_channel: dict[Any, list[Subscription]] = {}
-                for sub in subs:
-                    per_channel.setdefault(sub.channel, []).append(sub)
-                for channel, channel_subs in per_channel.items():
+                targets = per_channel_cache.get(id(subs))
+                if targets is None:
+                    targets = per_channel_cache[id(subs)] = _by_channel(subs)
+                for channel, ids, legacy in targets:
                     if channel.state != 1:  # ChannelState.JOINED
                         continue
                     if over_limit:
                         channel.shutdown(TOO_MANY_MESSAGES)
                         continue
-                    legacy = channel_subs[0].legacy
-                    ids = tuple(sorted({s.id for s in channel_subs}))
-                    key = (channel.codec, channel.topic, ids, legacy, variant)
+                    codec = channel.codec
+                    key = (codec, channel.topic, ids, legacy, variant)
                     frame = frames.get(key)
                     if frame is None:
                         if legacy:
-                            frame = channel.codec.broadcast_json(channel.topic, ch.type, data)
+                            frame = codec.broadcast_json(channel.topic, ch.type, data)
                         else:
-                            payload = b'{"ids":' + orjson.dumps(list(ids)) + b',"data":' + data + b"}"
-                            frame = channel.codec.broadcast_json(channel.topic, "postgres_changes", payload)
+                            payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
+                            frame = codec.broadcast_json(channel.topic, "postgres_changes", payload)
                         frames[key] = frame
                     channel.conn.send(frame)
                     sent += 1
         self.messages_sent += sent
         tenant.events.add(sent, now)
 
-    def _data(self, ch: _Change, variant: tuple[Any, ...], shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
+    def _data(self, ch: _Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
         relation = ch.relation
         if variant[0] == "error":
             return records.error_data(relation.namespace, relation.name, ch.type, variant[1])
@@ -404,11 +451,40 @@ class Dispatcher:
         return RecordShape(relation.namespace, relation.name, columns, frozenset(key_indexes), self.max_record_bytes)
 
 
-def _group_key(sub: Subscription) -> str:
-    return sub.role + "\0" + orjson.dumps(sub.claims, option=orjson.OPT_SORT_KEYS).decode()
+def _visible_in(snapshot: str, xid: int) -> bool:
+    """Whether the 32-bit `xid` is visible to `snapshot` (pg_current_snapshot()'s text, xid8s)."""
+    xmin_text, xmax_text, xip_text = snapshot.split(":")
+    xmin, xmax = int(xmin_text), int(xmax_text)
+    full = (xmax >> 32 << 32) | xid  # the xid in xmax's epoch, or the one before
+    if full >= xmax:
+        full -= 1 << 32
+    if full < xmin:
+        return True
+    return full < xmax and str(full) not in xip_text.split(",")
 
 
-def _change(relation: Relation, kind: str, msg: Any, commit_time_us: int, candidates: list[Subscription]) -> _Change:
+def _group_by_variant(subs: list[Subscription], variant_of: dict[int, Variant | None]) -> Deliveries:
+    grouped: dict[Variant, list[Subscription]] = {}
+    for sub in subs:
+        variant = variant_of[id(sub)]
+        if variant is not None:
+            grouped.setdefault(variant, []).append(sub)
+    return list(grouped.items())
+
+
+def _by_channel(subs: list[Subscription]) -> list[tuple[Channel, tuple[int, ...], bool]]:
+    """The channels of `subs`, each with the sorted ids of its subscriptions among them."""
+    ids: dict[Channel, set[int]] = {}
+    legacy: dict[Channel, bool] = {}
+    for sub in subs:
+        ids.setdefault(sub.channel, set()).add(sub.id)
+        legacy[sub.channel] = sub.legacy
+    return [(channel, tuple(sorted(found)), legacy[channel]) for channel, found in ids.items()]
+
+
+def _change(
+    relation: Relation, kind: str, msg: Any, commit_time_us: int, xid: int, candidates: list[Subscription]
+) -> _Change:
     new = list(msg.new) if kind != "DELETE" else None
     old = list(msg.old) if getattr(msg, "old", None) is not None else None
     old_indexes: frozenset[int] | None = None
@@ -417,4 +493,4 @@ def _change(relation: Relation, kind: str, msg: Any, commit_time_us: int, candid
             old_indexes = frozenset(i for i, col in enumerate(relation.columns) if col.is_key)
         else:
             old_indexes = frozenset(range(len(relation.columns)))
-    return _Change(relation, kind, new, old, old_indexes, commit_time_us, candidates)
+    return _Change(relation, kind, new, old, old_indexes, commit_time_us, xid, candidates)

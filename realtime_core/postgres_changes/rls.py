@@ -9,11 +9,12 @@ affects only its own group."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from psycopg import AsyncConnection, sql
+
+from .catalog import TableInfo, as_text, select_by_keys
 
 __all__ = ["visible_keys"]
 
@@ -23,8 +24,7 @@ async def visible_keys(
     *,
     schema: str,
     table: str,
-    primary_key: Sequence[str],
-    key_types: Sequence[tuple[str, str]],
+    info: TableInfo,
     role: str,
     claims: dict[str, Any],
     keys: list[tuple[str | None, ...]],
@@ -32,23 +32,11 @@ async def visible_keys(
     """The primary keys (as text tuples) among `keys` that `role` with `claims` may select.
 
     Runs in its own transaction on `conn` (role and settings are
-    transaction-local) and raises the database error of a failing policy."""
-    columns = [sql.Identifier(name) for name in primary_key]
-    # Keys travel as text arrays cast to the key's own type, so the lookup
-    # uses the primary key index; rows come back as text, the form the WAL
-    # values we compare them with were written in.
-    arrays = [[k[i] for k in keys] for i in range(len(primary_key))]
-    aliases = [sql.Identifier(f"k{i}") for i in range(len(primary_key))]
-    query = sql.SQL("select {out} from {table} t join unnest({arrays}) as k({aliases}) on {join}").format(
-        out=sql.SQL(", ").join(sql.SQL("format('%%s', t.{})").format(c) for c in columns),
-        table=sql.Identifier(schema, table),
-        arrays=sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in columns),
-        aliases=sql.SQL(", ").join(aliases),
-        join=sql.SQL(" and ").join(
-            sql.SQL("t.{c} = k.{a}::{t}").format(c=c, a=a, t=sql.Identifier(*type_name))
-            for c, a, type_name in zip(columns, aliases, key_types, strict=True)
-        ),
-    )
+    transaction-local) and raises the database error of a failing policy.
+    Keys are compared as the text the WAL carries."""
+    out: list[sql.Composable] = [as_text(sql.SQL("t.{}").format(sql.Identifier(c))) for c in info.primary_key]
+    query = select_by_keys(schema, table, info, out)
+    arrays = [[k[i] for k in keys] for i in range(len(info.primary_key))]
     claims_json = orjson.dumps(claims).decode()
     async with conn.transaction():
         await conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))

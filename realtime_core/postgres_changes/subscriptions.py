@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from .filters import Condition, SubscriptionParams, elixir_inspect
 
@@ -34,14 +36,32 @@ class Subscription:
     # (after a restart) never hands a new subscriber what came before its
     # `Subscribed to PostgreSQL` message.
     start_lsn: int = 0
+    _group_claims: dict[str, Any] | None = field(default=None, repr=False)
+    _group_key: str = field(default="", repr=False)
 
-    def wants(self, change_type: str, commit_lsn: int) -> bool:
+    def wants(self, change_type: str) -> bool:
+        """Whether this subscription's event takes `change_type`."""
         event = self.params.event
-        return (event == "*" or event == change_type) and commit_lsn >= self.start_lsn
+        return event == "*" or event == change_type
+
+    def live_at(self, commit_lsn: int) -> bool:
+        """Whether a transaction committed at `commit_lsn` came after this subscription went live."""
+        return commit_lsn >= self.start_lsn
 
     @property
     def claims(self) -> dict[str, Any]:
         return self.channel.claims
+
+    @property
+    def group_key(self) -> str:
+        """Subscriptions with the same role and claims see the same rows (RLS is checked per group).
+
+        Cached until the channel's claims change (an access_token refresh replaces them)."""
+        claims = self.channel.claims
+        if self._group_claims is not claims:
+            self._group_claims = claims
+            self._group_key = self.role + "\0" + orjson.dumps(claims, option=orjson.OPT_SORT_KEYS).decode()
+        return self._group_key
 
     @property
     def role(self) -> str:

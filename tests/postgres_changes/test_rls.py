@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from realtime_core.postgres_changes.catalog import TableInfo
 from realtime_core.postgres_changes.replication import SESSION_OPTIONS
 from realtime_core.postgres_changes.rls import visible_keys
 
@@ -93,8 +94,7 @@ async def visible(conn, table: str, key: list[tuple[str, str, str]], sub: str, k
         conn,
         schema="public",
         table=table,
-        primary_key=[c for c, _, _ in key],
-        key_types=[(s, t) for _, s, t in key],
+        info=TableInfo(0, tuple(c for c, _, _ in key), tuple((s, t) for _, s, t in key), True),
         role=ROLE,
         claims={"role": ROLE, "sub": sub},
         keys=keys,
@@ -187,8 +187,7 @@ class TestIsolation:
                 conn,
                 schema="public",
                 table="items",
-                primary_key=["id"],
-                key_types=[("pg_catalog", "int4")],
+                info=TableInfo(0, ("id",), (("pg_catalog", "int4"),), True),
                 role="no such; role",
                 claims={},
                 keys=[("1",)],

@@ -145,14 +145,14 @@ class TestSubscription:
     )
     def test_wants(self, event, wanted):
         s = sub(FakeChannel(), {"event": event, "table": "t"})
-        assert {t for t in ("INSERT", "UPDATE", "DELETE") if s.wants(t, 0)} == wanted
+        assert {t for t in ("INSERT", "UPDATE", "DELETE") if s.wants(t)} == wanted
 
     def test_only_transactions_committed_after_it_went_live_are_wanted(self):
         s = sub(FakeChannel(), {"event": "*", "table": "t"})
         s.start_lsn = 0x1000
-        assert not s.wants("INSERT", 0x0FFF)
-        assert s.wants("INSERT", 0x1000)
-        assert s.wants("INSERT", 0x2000)
+        assert not s.live_at(0x0FFF)
+        assert s.live_at(0x1000)
+        assert s.live_at(0x2000)
 
     def test_claims_and_role_are_read_live_from_the_channel(self):
         channel = FakeChannel({"role": "authenticated", "sub": "alice"})
