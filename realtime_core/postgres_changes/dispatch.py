@@ -96,7 +96,7 @@ class Dispatcher:
         self.relations: dict[int, Relation] = {}
         self._columns: dict[int, dict[str, Any]] = {}  # relation oid → filters.ColumnInfo by name
         self._evaluators: dict[tuple[int, tuple[Any, ...]], FilterEvaluator] = {}
-        self._rls_slots = asyncio.Semaphore(rls_concurrency)
+        self.rls_concurrency = rls_concurrency
         # Facts read in phase 1 of the current batch, used by phase 2.
         self._tables: dict[int, TableInfo] = {}
         self._selectable: dict[tuple[str, int], frozenset[str]] = {}
@@ -349,31 +349,36 @@ class Dispatcher:
         visible: dict[str, set[tuple[str, ...]] | None] = {}
         key_list = list(keys)
 
-        async def check(group_key: str, sub: Subscription) -> None:
-            async with self._rls_slots, self.pool.connection() as conn:
-                try:
-                    visible[group_key] = await rls.visible_keys(
-                        conn,
-                        schema=relation.namespace,
-                        table=relation.name,
-                        info=table,
-                        role=sub.role,
-                        claims=sub.claims,
-                        keys=key_list,
-                    )
-                except psycopg.OperationalError:
-                    raise
-                except psycopg.Error as exc:
-                    # A raising policy costs only its own group the change
-                    # (upstream loses delivery for everyone: supabase/realtime#2093).
-                    self.rls_errors += 1
-                    self.last_error = (
-                        f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {exc}"
-                    )
-                    log.warning("RlsPolicyError: %s", self.last_error)
-                    visible[group_key] = None
+        async def check(chunk: list[tuple[str, Subscription]]) -> None:
+            # One connection per worker for all its groups: acquiring one per
+            # group cost more than the query itself.
+            async with self.pool.connection() as conn:
+                for group_key, sub in chunk:
+                    try:
+                        visible[group_key] = await rls.visible_keys(
+                            conn,
+                            schema=relation.namespace,
+                            table=relation.name,
+                            info=table,
+                            role=sub.role,
+                            claims=sub.claims,
+                            keys=key_list,
+                        )
+                    except psycopg.OperationalError:
+                        raise
+                    except psycopg.Error as exc:
+                        # A raising policy costs only its own group the change
+                        # (upstream loses delivery for everyone: supabase/realtime#2093).
+                        self.rls_errors += 1
+                        self.last_error = (
+                            f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {exc}"
+                        )
+                        log.warning("RlsPolicyError: %s", self.last_error)
+                        visible[group_key] = None
 
-        await asyncio.gather(*(check(k, sub) for k, sub in groups.items()))
+        items = list(groups.items())
+        workers = max(1, min(self.rls_concurrency, len(items)))
+        await asyncio.gather(*(check(items[i::workers]) for i in range(workers)))
         return visible
 
     # Phase 2: emit

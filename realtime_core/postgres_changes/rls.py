@@ -38,12 +38,16 @@ async def visible_keys(
     query = select_by_keys(schema, table, info, out)
     arrays = [[k[i] for k in keys] for i in range(len(info.primary_key))]
     claims_json = orjson.dumps(claims).decode()
-    async with conn.transaction():
-        await conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
-        await conn.execute(
-            "select set_config('request.jwt.claims', %s, true), set_config('request.jwt.claim.sub', %s, true),"
-            " set_config('request.jwt.claim.role', %s, true)",
-            (claims_json, str(claims.get("sub", "")), role),
-        )
-        cur = await conn.execute(query, arrays)
+    # Pipelined: BEGIN, the settings, the lookup and COMMIT cost one round trip.
+    async with conn.pipeline():
+        async with conn.transaction():
+            await conn.execute(_SETTINGS, (role, claims_json, str(claims.get("sub", "")), role))
+            cur = await conn.execute(query, arrays)
         return {tuple(row) for row in await cur.fetchall()}
+
+
+# set_config('role', r, true) is SET LOCAL ROLE r.
+_SETTINGS = (
+    "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
+    " set_config('request.jwt.claim.sub', %s, true), set_config('request.jwt.claim.role', %s, true)"
+)
