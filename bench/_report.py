@@ -1,0 +1,205 @@
+"""Figures of bench/fanout.py: the summary table, ratios, targets and warnings.
+
+summarize() turns the list of runs into the rows that print_summary() shows
+and that go to the JSON file beside every run. The targets live here and
+nowhere else: unit tests never assert a speed."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+__all__ = ["TARGET_KB_PER_CONN", "TARGET_RATIO_AT_1000", "print_run", "print_summary", "summarize"]
+
+TARGET_RATIO_AT_1000 = 1.2  # ours / Node ws deliveries per second at S = 1000
+TARGET_KB_PER_CONN = 10.0  # RSS growth per idle joined connection
+WARN_CPU_PCT = 90.0  # a process using this share of one core may be the bottleneck
+WARN_IDLE_CORE_PCT = 85.0  # a server core less busy than this was not the limit
+WARN_FOREIGN_PCT = 15.0  # CPU of unrelated processes that makes a window suspect
+HEADROOM_OK = 0.85  # with part of its core taken away, the generator still reached this share
+
+Run = dict[str, Any]
+
+
+def _fmt(v: Any, spec: str = ".0f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_run(r: Run) -> None:
+    """Print one line per run, as it finishes."""
+    kind = r["phase"] + (f" burn {r['burn']:g}" if r.get("burn") else "")
+    lat = (
+        f"p50 {_fmt(r.get('p50_ms'), '.2f')} ms p99 {_fmt(r.get('p99_ms'), '.2f')} ms "
+        if r["phase"] == "latency"
+        else ""
+    )
+    print(
+        f"  {r['server']:<9} S={r['subscribers']:<5} {kind:<19} {r['deliveries_per_s']:>10.0f}/s {lat}"
+        f"server {_fmt(r.get('server_cpu_pct'))}% (core {_fmt(r.get('server_core_busy_pct'))}%) "
+        f"gen {_fmt(r.get('generator_cpu_pct'))}% (core {_fmt(r.get('generator_core_busy_pct'))}%) "
+        f"others {_fmt(r.get('foreign_cpu_pct'))}%"
+        + (f" missing {r['missing_deliveries']}" if r.get("missing_deliveries") else "")
+        + (f" closed {r['subscribers_closed']}" if r.get("subscribers_closed") else ""),
+        flush=True,
+    )
+
+
+def _select(runs: list[Run], server: str, s_count: int, phase: str, burn: bool = False) -> list[Run]:
+    return [
+        r
+        for r in runs
+        if r["server"] == server and r["subscribers"] == s_count and r["phase"] == phase and bool(r.get("burn")) == burn
+    ]
+
+
+def _row(runs: list[Run], server: str, s_count: int) -> Run | None:
+    thr = _select(runs, server, s_count, "throughput")
+    lat = _select(runs, server, s_count, "latency")
+    burned = _select(runs, server, s_count, "throughput", burn=True)
+    if not thr and not lat:
+        return None
+    values = [r["deliveries_per_s"] for r in thr]
+    median = statistics.median(values) if values else None
+    mid = min(thr, key=lambda r: abs(r["deliveries_per_s"] - median)) if thr else {}
+    first_lat = lat[0] if lat else {}
+    headroom = None
+    headroom_noisy = False
+    if burned and median:
+        headroom = round(burned[0]["deliveries_per_s"] / median, 3)
+        # Other processes' load moves a single run by more than the burn does.
+        headroom_noisy = any((r.get("foreign_cpu_pct") or 0) >= WARN_FOREIGN_PCT for r in (burned[0], mid))
+    every = thr + lat + burned
+    return {
+        "server": server,
+        "subscribers": s_count,
+        "deliveries_per_s": median,
+        "deliveries_per_s_min": min(values, default=None),
+        "deliveries_per_s_max": max(values, default=None),
+        "throughput_runs": len(values),
+        "server_cpu_pct": mid.get("server_cpu_pct"),
+        "server_core_busy_pct": mid.get("server_core_busy_pct"),
+        "generator_cpu_pct": max((r["generator_cpu_pct"] for r in thr), default=None),
+        "generator_core_busy_pct": mid.get("generator_core_busy_pct"),
+        "foreign_cpu_pct_max": max((r.get("foreign_cpu_pct") or 0 for r in thr), default=None),
+        "window_peak_deliveries": mid.get("window_peak_deliveries"),
+        "generator_headroom": headroom,
+        "generator_headroom_noisy": headroom_noisy,
+        "latency_rate_per_s": first_lat.get("rate"),
+        "latency_deliveries_per_s": first_lat.get("deliveries_per_s"),
+        "p50_ms": first_lat.get("p50_ms"),
+        "p99_ms": first_lat.get("p99_ms"),
+        "missing_deliveries": sum(r.get("missing_deliveries", 0) for r in every),
+        "subscribers_closed": max((r.get("subscribers_closed", 0) for r in every), default=0),
+    }
+
+
+def _warnings(runs: list[Run], rows: list[Run], burn: float) -> list[str]:
+    out = []
+    for r in runs:
+        where = f"{r['server']} S={r['subscribers']} {r['phase']}" + (" (burn)" if r.get("burn") else "")
+        gen = r.get("generator_cpu_pct") or 0.0
+        srv_core = r.get("server_core_busy_pct")
+        foreign = r.get("foreign_cpu_pct") or 0.0
+        if r["phase"] == "throughput" and not r.get("burn"):
+            if gen >= WARN_CPU_PCT:
+                out.append(f"{where}: the generator used {gen:.0f}% of a core: it may be the bottleneck")
+            elif srv_core is not None and srv_core < WARN_IDLE_CORE_PCT and foreign < WARN_FOREIGN_PCT:
+                out.append(
+                    f"{where}: the server's core was only {srv_core:.0f}% busy: the generator "
+                    f"({gen:.0f}% CPU) or the in-flight window limited this run"
+                )
+        if foreign >= WARN_FOREIGN_PCT:
+            top = ", ".join(r.get("foreign_top", []))
+            out.append(f"{where}: other processes used {foreign:.0f}% of a core meanwhile ({top}): figures may be low")
+        if r.get("missing_deliveries") or r.get("subscribers_closed"):
+            out.append(
+                f"{where}: {r.get('missing_deliveries', 0)} deliveries missing after the drain, "
+                f"{r.get('subscribers_closed', 0)} subscribers closed by the server"
+            )
+    for row in rows:
+        h = row["generator_headroom"]
+        if h is not None and h < HEADROOM_OK and row["generator_headroom_noisy"]:
+            out.append(
+                f"{row['server']} S={row['subscribers']}: the generator headroom check is inconclusive "
+                f"({h:.0%} with {burn:.0%} of its core taken away, but other processes loaded the machine)"
+            )
+        elif h is not None and h < HEADROOM_OK:
+            out.append(
+                f"{row['server']} S={row['subscribers']}: with {burn:.0%} of the generator's core taken away the "
+                f"rate fell to {h:.0%} of the median (its core was {_fmt(row['generator_core_busy_pct'])}% busy, "
+                "kernel network work included): the generator may be limiting this server"
+            )
+    return out
+
+
+def summarize(
+    runs: list[Run], servers: list[str], subscribers: list[int], idle: dict[str, Run], burn: float
+) -> dict[str, Any]:
+    """Return {table, ratios, ratios_best, targets, warnings} for the JSON file and print_summary."""
+    rows = [row for s in subscribers for name in servers if (row := _row(runs, name, s)) is not None]
+    by = {(r["server"], r["subscribers"]): r for r in rows}
+    ratios: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for s in subscribers:
+        ours, ref = by.get(("ours", s)), by.get(("reference", s))
+        if ours and ref and ours["deliveries_per_s"] and ref["deliveries_per_s"]:
+            ratios[str(s)] = round(ours["deliveries_per_s"] / ref["deliveries_per_s"], 3)
+            best[str(s)] = round(ours["deliveries_per_s_max"] / ref["deliveries_per_s_max"], 3)
+    targets: dict[str, Any] = {}
+    if "1000" in ratios:
+        v = ratios["1000"]
+        targets["deliveries_ratio_at_1000"] = {
+            "target": TARGET_RATIO_AT_1000,
+            "value": v,
+            "met": v >= TARGET_RATIO_AT_1000,
+        }
+    if "ours" in idle:
+        v = idle["ours"]["kb_per_connection"]
+        targets["idle_kb_per_connection"] = {"target": TARGET_KB_PER_CONN, "value": v, "met": v <= TARGET_KB_PER_CONN}
+    return {
+        "table": rows,
+        "ratios": ratios,
+        "ratios_best": best,
+        "targets": targets,
+        "warnings": _warnings(runs, rows, burn),
+    }
+
+
+def print_summary(summary: dict[str, Any], idle: dict[str, Run]) -> None:
+    """Print the table, the ratios, idle memory, targets and warnings."""
+    print()
+    head = (
+        f"{'server':<10} {'S':>5} {'deliveries/s':>13} {'(min-max)':>19} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'gen CPU%':>9} {'srv CPU%':>9} {'headroom':>9}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in summary["table"]:
+        span = f"{_fmt(r['deliveries_per_s_min'])}-{_fmt(r['deliveries_per_s_max'])}"
+        print(
+            f"{r['server']:<10} {r['subscribers']:>5} {_fmt(r['deliveries_per_s']):>13} {span:>19} "
+            f"{_fmt(r['p50_ms'], '.2f'):>8} {_fmt(r['p99_ms'], '.2f'):>8} "
+            f"{_fmt(r['generator_cpu_pct']):>9} {_fmt(r['server_cpu_pct']):>9} "
+            f"{_fmt(r['generator_headroom'], '.2f'):>9}"
+        )
+    print(
+        "(deliveries/s: median of the runs; p50/p99: latency at the same moderate rate for every server; "
+        "headroom: rate with part of the generator's core taken away / median)"
+    )
+    if summary["ratios"]:
+        print()
+        for s, ratio in summary["ratios"].items():
+            print(f"ratio ours/reference at S={s}: {ratio:.2f}x (median), {summary['ratios_best'][s]:.2f}x (best runs)")
+    if idle:
+        print()
+        for name, m in idle.items():
+            print(
+                f"idle memory {name}: {m['kb_per_connection']:.2f} KB per connection "
+                f"(RSS {m['rss_before_kb']} -> {m['rss_after_kb']} KB over {m['connections']} connections)"
+            )
+    if summary["targets"]:
+        print()
+    for name, t in summary["targets"].items():
+        print(f"target {name}: {t['value']} (target {t['target']}) {'met' if t['met'] else 'MISSED'}")
+    for w in summary["warnings"]:
+        print(f"warning: {w}")

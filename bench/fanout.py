@@ -1,0 +1,502 @@
+"""The fan-out benchmark: realtime-core against a reference Node `ws` server.
+
+Run as ``python -m bench.fanout`` or ``realtime-core bench fanout`` (which
+calls main() with the remaining arguments). It reproduces the measurements of
+design.md section 2 on this machine:
+
+- deliveries per second with S subscribers on one topic and one publisher
+  sending ~100-byte broadcasts (binary kind 3 in, kind 4 out, spec 2.3) as
+  fast as a bounded in-flight window allows (bench/js/loadgen.js);
+- p50/p99 latency at a moderate rate, the same for every server: a fraction
+  (default 25 %) of the slower server's median deliveries/s;
+- idle memory per connection: the server process's RSS growth over N idle,
+  joined connections (bench/js/idle.js).
+
+The same generator drives realtime-core and bench/js/ws_server.js, a fair,
+idiomatic `ws` fan-out that frames each broadcast once. Servers run on one
+core and the generator on another (taskset) when there are two. At the start
+and end of every measured window the generator prints a mark, and this
+module reads /proc: the server's CPU, each core's busy time, and the CPU of
+unrelated processes (the machine may be shared). Runs of the servers are
+interleaved so such noise falls on both alike. A last run per server and S
+takes part of the generator's core away (--headroom-burn): if the rate holds,
+the generator was not the bottleneck.
+
+The targets (>= 1.2x the reference's deliveries/s at S = 1000, <= 10 KB per
+idle connection) live in bench/_report.py only: they are printed and written
+to the JSON file, and never asserted by unit tests. ``--check-targets`` turns
+a missed target into exit status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import secrets
+import shlex
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench._proc import ProcessTree, Snapshot, rss_kb
+from bench._report import print_run, print_summary, summarize
+from bench._servers import BenchError, OurServer, Pinning, ReferenceServer, Server, free_port, our_command, pinning
+
+__all__ = ["main"]
+
+BENCH_DIR = Path(__file__).resolve().parent
+JS_DIR = BENCH_DIR / "js"
+DEFAULT_JSON = BENCH_DIR / "results" / "fanout.json"
+
+# Tenant limits raised so that they never throttle the bench (spec 9.1 names).
+OUR_ENV = {
+    "TENANT_MAX_CONCURRENT_USERS": "100000",
+    "TENANT_MAX_EVENTS_PER_SECOND": "100000000",
+    "TENANT_MAX_JOINS_PER_SECOND": "100000",
+    "TENANT_MAX_CHANNELS_PER_CLIENT": "100",
+    "LOG_LEVEL": "warning",
+}
+IDLE_WARMUP_CONNECTIONS = 100  # opened and closed first: one-time costs stay out of the figure
+IDLE_SETTLE_S = 2.0
+MAX_CONSECUTIVE_FAILURES = 2
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="realtime-core bench fanout",
+        description="Fan-out throughput, latency and idle memory: realtime-core against Node ws.",
+    )
+    p.add_argument("--subscribers", default="100,1000,5000", help="comma-separated S values")
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each window")
+    p.add_argument("--repeat", type=int, default=3, help="throughput runs per server and S (the median is kept)")
+    p.add_argument(
+        "--latency-fraction",
+        type=float,
+        default=0.25,
+        help="latency-phase rate as a fraction of the slower server's deliveries/s",
+    )
+    p.add_argument(
+        "--latency-deliveries",
+        type=float,
+        default=0.0,
+        help="fixed latency-phase deliveries/s for every S (overrides --latency-fraction)",
+    )
+    p.add_argument("--idle-connections", type=int, default=5000, help="0 skips the memory measurement")
+    p.add_argument(
+        "--window-deliveries",
+        type=int,
+        default=50000,
+        help="throughput phase: least deliveries in flight (the window grows to 250 ms of deliveries)",
+    )
+    p.add_argument(
+        "--headroom-burn",
+        type=float,
+        # Against Node ws, which writes every frame apart, the generator
+        # spends 4-7 us per delivery (one read per frame), 45-95 % of its
+        # core at the reference's rates: half would always fail.
+        default=0.25,
+        help="share of the generator's core taken away in one extra run per server and S (0: no such run)",
+    )
+    p.add_argument("--client", choices=("raw", "ws"), default="raw", help="the generator's WebSocket client")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
+    p.add_argument("--skip-reference", action="store_true", help="do not run the Node ws server")
+    p.add_argument("--skip-ours", action="store_true", help="do not run realtime-core")
+    p.add_argument(
+        "--server-cmd",
+        help="command line of our server; {host} and {port} are substituted, and "
+        "'--host 127.0.0.1 --port N' is appended when it has no {port}",
+    )
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers and generator to cores")
+    p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
+    args = p.parse_args(argv)
+    try:
+        args.subscribers = [int(s) for s in args.subscribers.split(",") if s.strip()]
+    except ValueError:
+        p.error("--subscribers takes comma-separated integers, e.g. 100,1000,5000")
+    if not args.subscribers or min(args.subscribers) < 1:
+        p.error("--subscribers needs at least one positive count")
+    if args.skip_ours and args.skip_reference:
+        p.error("--skip-ours and --skip-reference leave nothing to measure")
+    return args
+
+
+# ------------------------------------------------------------ environment
+
+
+def _raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit, for us and every child; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _ensure_node_modules() -> str:
+    """Return the node executable, running `npm ci` in bench/js if node_modules is missing."""
+    node = shutil.which("node")
+    if node is None:
+        raise BenchError("node is not on PATH: the generator and the reference server need Node >= 18")
+    if not (JS_DIR / "node_modules" / "ws").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise BenchError(f"{JS_DIR}/node_modules is missing and npm is not on PATH")
+        print(f"installing the bench's Node dependencies (npm ci in {JS_DIR}) ...", flush=True)
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"npm ci failed in {JS_DIR}:\n{done.stderr[-2000:]}")
+    return node
+
+
+def _token(secret: str) -> str:
+    import jwt  # PyJWT, a dependency of realtime-core
+
+    claims = {"role": "anon", "exp": int(time.time()) + 3600, "iss": "bench"}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _environment(node: str, pin: Pinning) -> dict[str, Any]:
+    def output(*cmd: str) -> str | None:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=BENCH_DIR)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() or None
+
+    model = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    lock = json.loads((JS_DIR / "package-lock.json").read_text())
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": output("git", "rev-parse", "--short", "HEAD"),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": output(node, "--version"),
+        "ws": lock["packages"]["node_modules/ws"]["version"],
+        "pinning": pin.description,
+    }
+
+
+# ------------------------------------------------------------------- runs
+
+
+class Bench:
+    """Runs the generator against the servers and collects every figure."""
+
+    def __init__(self, args: argparse.Namespace, node: str, pin: Pinning) -> None:
+        self.args = args
+        self.node = node
+        self.pin = pin
+        self.servers: dict[str, Server] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.idle: dict[str, dict[str, Any]] = {}
+        self.errors: list[str] = []
+        self._failures: dict[str, int] = {}  # consecutive failed runs per server
+
+    def _node(self, script: str, *opts: object) -> list[str]:
+        return [*self.pin.generator, self.node, str(JS_DIR / script), *(str(o) for o in opts)]
+
+    # -- one generator run
+
+    def loadgen(self, server: Server, subscribers: int, phase: str, **opts: object) -> dict[str, Any]:
+        """Run one loadgen.js phase; return its result with the /proc figures of its window."""
+        a = self.args
+        extra = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", v)]
+        cmd = self._node(
+            "loadgen.js",
+            *("--url", server.url, "--subscribers", subscribers, "--phase", phase),
+            *("--duration", a.duration, "--warmup", a.warmup, "--client", a.client),
+            *extra,
+        )
+        others = {name: ProcessTree(s.pid) for name, s in self.servers.items() if s.alive()}
+        result: dict[str, Any] | None = None
+        window: dict[str, Any] = {}
+        with tempfile.TemporaryFile() as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            assert proc.stdout is not None
+            gen = ProcessTree(proc.pid)
+            timeout = 120 + 4 * (a.duration + a.warmup) + subscribers / 50
+            watchdog = threading.Timer(timeout, proc.kill)
+            watchdog.start()
+            start: Snapshot | None = None
+            try:
+                for line in proc.stdout:  # loadgen.js prints JSON lines only
+                    msg = json.loads(line)
+                    if msg.get("name") == "measure_start":
+                        start = Snapshot.take()
+                    elif msg.get("name") == "measure_end" and start is not None:
+                        window = start.usage(Snapshot.take(), servers=others, generator=gen, ignore=[os.getpid()])
+                    elif msg.get("event") in ("result", "error"):
+                        result = msg
+                proc.wait()
+            finally:
+                watchdog.cancel()
+            err.seek(0)
+            stderr = err.read().decode("utf-8", "replace")[-2000:]
+        if result is None:
+            result = {"event": "error", "error": f"loadgen exited with status {proc.returncode}: {stderr}"}
+        if result["event"] == "error":
+            tail = server.stderr_tail()[-1500:]
+            tail = f"\n{server.name} server stderr (tail):\n{tail}" if tail else ""
+            raise BenchError(f"{server.name}, S={subscribers}, {phase}: {result.get('error')}{tail}")
+        del result["event"]
+        # The measured server's own figures, and the other server idling meanwhile.
+        window["server_cpu_pct"] = window.pop(f"{server.name}_cpu_pct", None)
+        window["server_children_cpu_pct"] = window.pop(f"{server.name}_children_cpu_pct", None)
+        for name in others:
+            if name != server.name:
+                window[f"idle_{name}_cpu_pct"] = window.pop(f"{name}_cpu_pct", None)
+                window.pop(f"{name}_children_cpu_pct", None)
+        cores = window.get("core_busy_pct", {})
+        window["server_core_busy_pct"] = cores.get(f"cpu{self.pin.server_cpu}")
+        window["generator_core_busy_pct"] = cores.get(f"cpu{self.pin.generator_cpu}")
+        return {"server": server.name, **result, **window}
+
+    # -- idle memory
+
+    def measure_idle(self, server: Server) -> dict[str, Any]:
+        """Return the server process's RSS growth over N idle joined connections, in KB each."""
+        n = self.args.idle_connections
+        self._hold_idle(server, min(IDLE_WARMUP_CONNECTIONS, n), "realtime:idle-warmup")
+        time.sleep(1.0)
+        before = rss_kb(server.pid)
+
+        def after() -> int:
+            time.sleep(IDLE_SETTLE_S)
+            return rss_kb(server.pid)
+
+        rss_after, info = self._hold_idle(server, n, "realtime:idle", after)
+        result = {
+            "connections": n,
+            "rss_before_kb": before,
+            "rss_after_kb": rss_after,
+            "kb_per_connection": round((rss_after - before) / n, 2),
+            **info,
+        }
+        print(
+            f"  {server.name:<9} idle memory: {result['kb_per_connection']:.2f} KB per connection "
+            f"(RSS {before} -> {rss_after} KB, {n} connections joined in {info['connect_s']} s)",
+            flush=True,
+        )
+        return result
+
+    def _hold_idle(
+        self, server: Server, n: int, topic: str, during: Callable[[], int] | None = None
+    ) -> tuple[int | None, dict[str, Any]]:
+        cmd = self._node("idle.js", "--url", server.url, "--connections", n, "--topic", topic)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None and proc.stdin is not None
+        watchdog = threading.Timer(120 + n / 20, proc.kill)
+        watchdog.start()
+        try:
+            line = proc.stdout.readline()
+            ready = json.loads(line) if line else {"event": "error", "error": "idle.js exited without a word"}
+            if ready.get("event") != "ready":
+                proc.kill()
+                proc.wait()
+                tail = server.stderr_tail()[-1500:]
+                tail = f"\n{server.name} server stderr (tail):\n{tail}" if tail else ""
+                raise BenchError(f"{server.name}: idle connections failed: {ready.get('error')}{tail}")
+            value = during() if during is not None else None
+            proc.stdin.close()
+            line = proc.stdout.readline()
+            done = json.loads(line) if line else {}
+            proc.wait()
+        finally:
+            watchdog.cancel()
+        return value, {
+            "connect_s": ready.get("connect_s"),
+            "closed_by_server": done.get("closed_by_server"),
+            "notes": done.get("notes", []),
+        }
+
+    # -- the whole sequence
+
+    def run(self) -> None:
+        """Idle memory on fresh servers, then throughput, headroom and latency runs."""
+        a = self.args
+        names = list(self.servers)
+        if a.idle_connections > 0:
+            for name in names:
+                server = self.servers[name]
+                self._guard(server, "idle memory", lambda s=server: self.idle.__setitem__(s.name, self.measure_idle(s)))
+        for s_count in a.subscribers:
+            # Servers alternate inside each repeat: load from other processes
+            # on a shared machine then falls on both alike.
+            for rep in range(a.repeat):
+                for name in names:
+                    self._measure(name, s_count, "throughput", rep, window_deliveries=a.window_deliveries)
+            if a.headroom_burn > 0:
+                for name in names:
+                    self._measure(
+                        name, s_count, "throughput", 0, window_deliveries=a.window_deliveries, burn=a.headroom_burn
+                    )
+        for s_count in a.subscribers:
+            rate = self.latency_rate(s_count)
+            if rate is not None:
+                for name in names:
+                    self._measure(name, s_count, "latency", 0, rate=rate)
+
+    def _measure(self, name: str, s_count: int, phase: str, rep: int, **opts: object) -> None:
+        server = self.servers[name]
+
+        def once() -> None:
+            result = self.loadgen(server, s_count, phase, **opts)
+            result["repeat"] = rep
+            self.runs.append(result)
+            print_run(result)
+
+        self._guard(server, f"{phase} S={s_count}", once)
+
+    def _guard(self, server: Server, what: str, fn: Callable[[], None]) -> None:
+        """Run fn, keeping a failure as an error; skip it once the server is dead or failed twice in a row."""
+        failures = self._failures.get(server.name, 0)
+        if not server.alive() or failures >= MAX_CONSECUTIVE_FAILURES:
+            return
+        try:
+            fn()
+            self._failures[server.name] = 0
+        except BenchError as e:
+            self.errors.append(str(e))
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            self._failures[server.name] = failures + 1
+            if failures + 1 == MAX_CONSECUTIVE_FAILURES:
+                msg = f"the {server.name} server failed {failures + 1} runs in a row: skipping its other runs"
+                self.errors.append(msg)
+                print(f"error: {msg}", file=sys.stderr, flush=True)
+        if not server.alive():
+            code = server.proc.returncode if server.proc is not None else None
+            msg = f"the {server.name} server died during {what} (status {code}); stderr (tail):\n{server.stderr_tail()}"
+            self.errors.append(msg)
+            print(f"error: {msg}", file=sys.stderr, flush=True)
+
+    def latency_rate(self, s_count: int) -> float | None:
+        """Return the latency phase's broadcasts/s for S subscribers, the same for every server."""
+        if self.args.latency_deliveries > 0:
+            return round(max(self.args.latency_deliveries / s_count, 0.2), 3)
+        medians = []
+        for name in self.servers:
+            values = [
+                r["deliveries_per_s"]
+                for r in self.runs
+                if r["server"] == name
+                and r["subscribers"] == s_count
+                and r["phase"] == "throughput"
+                and not r.get("burn")
+            ]
+            if values:
+                medians.append(statistics.median(values))
+        if not medians:
+            return None
+        return round(max(self.args.latency_fraction * min(medians) / s_count, 0.2), 3)
+
+
+# ------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fan-out bench with command-line arguments `argv`; return the exit status."""
+    args = _parse_args(argv)
+    try:
+        return _run(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    nofile = _raise_nofile()
+    need = max(max(args.subscribers), args.idle_connections) + 200
+    if nofile < need:
+        raise BenchError(f"the open-files limit is {nofile}, below the {need} sockets this run needs")
+    node = _ensure_node_modules()
+    pin = pinning(args.no_pin)
+    secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
+    token = _token(secret)
+    print(f"fan-out bench: S={args.subscribers}, {args.duration:g} s windows, {pin.description}", flush=True)
+
+    bench = Bench(args, node, pin)
+    with tempfile.TemporaryDirectory(prefix="rt-bench-") as tmp:
+        work = Path(tmp)
+        try:
+            if not args.skip_ours:
+                port = free_port()
+                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret}
+                if not env.get("DATABASE_URL"):
+                    # our server then starts its own embedded PostgreSQL there
+                    env["REALTIME_DATA_DIR"] = str(work / "data")
+                ours = OurServer("ours", [*pin.server, *our_command(args.server_cmd, port)], env, work)
+                print(f"starting ours: {shlex.join(ours.cmd)}", flush=True)
+                bench.servers["ours"] = ours
+                ours.start(port, token)
+            if not args.skip_reference:
+                port = free_port()
+                cmd = [*pin.server, node, str(JS_DIR / "ws_server.js"), str(port)]
+                ref = ReferenceServer("reference", cmd, dict(os.environ), work)
+                bench.servers["reference"] = ref
+                ref.start(port, token)
+            bench.run()
+        finally:
+            for server in bench.servers.values():
+                server.stop()
+        # kept before the temporary folder goes: what the servers logged
+        logs = {name: server.stderr_tail()[-4000:] for name, server in bench.servers.items()}
+
+    summary = summarize(bench.runs, list(bench.servers), args.subscribers, bench.idle, args.headroom_burn)
+    print_summary(summary, bench.idle)
+    report = {
+        "environment": _environment(node, pin),
+        "config": {
+            "subscribers": args.subscribers,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeat": args.repeat,
+            "window_deliveries": args.window_deliveries,
+            "headroom_burn": args.headroom_burn,
+            "latency_fraction": args.latency_fraction,
+            "latency_deliveries": args.latency_deliveries or None,
+            "idle_connections": args.idle_connections,
+            "client": args.client,
+            "payload_bytes": 100,
+        },
+        **summary,
+        "idle_memory": bench.idle,
+        "runs": bench.runs,
+        "errors": bench.errors,
+        "server_stderr_tail": logs,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    for e in bench.errors:
+        print(f"error: {e}", file=sys.stderr)
+    if bench.errors:
+        return 1
+    if args.check_targets and not all(t["met"] for t in summary["targets"].values()):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
