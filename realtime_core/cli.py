@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -85,6 +86,20 @@ def _run(coro):  # type: ignore[no-untyped-def]
     return uvloop.run(coro)
 
 
+def _tune_gc() -> None:
+    """Keep the cyclic GC off the fan-out path.
+
+    A fan-out to S sockets allocates S small lists per tick; with CPython's
+    default thresholds (700, 10, 10) that ran a full collection every few
+    dozen messages, 33–36 ms each with 1000 connections: the p99 latency of
+    the fan-out benchmark. Objects alive after start-up are frozen (never
+    scanned again) and collections run far less often; the server creates
+    few reference cycles, so memory is not held longer in practice."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-untyped-def]
     from .app import App
 
@@ -98,6 +113,7 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
     except Exception:
         await app.stop()
         raise
+    _tune_gc()
     url = f"http://{settings.host}:{port}"
     print(f"realtime-core {__version__} listening on {url}", flush=True)
     print(f"  websocket: ws://{settings.host}:{port}/socket  (supabase-js: {url}/realtime/v1)", flush=True)
