@@ -12,7 +12,7 @@ import streamlit as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from console.client import AdminClient  # noqa: E402
+from console.client import AdminClient
 
 st.set_page_config(page_title="realtime-core console", layout="wide")
 if "client" not in st.session_state:

@@ -23,7 +23,7 @@ def live() -> None:
     cols[2].metric("Active topics", int(values.get("realtime_streams", 0)))
     cols[3].metric("Slow consumers dropped", int(values.get("realtime_slow_consumers_total", 0)))
     st.subheader("All metrics")
-    st.dataframe(metrics, hide_index=True, use_container_width=True)
+    st.dataframe(metrics, hide_index=True, width="stretch")
 
 
 live()
