@@ -228,13 +228,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.name == "fanout":
-        from bench import fanout
+BENCHMARKS = {"fanout": "bench.fanout", "postgres-changes": "bench.postgres_changes", "private": "bench.private"}
 
-        return fanout.main(args.rest)
-    print(f"unknown benchmark {args.name!r}", file=sys.stderr)
-    return 2
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib
+
+    try:
+        module = importlib.import_module(BENCHMARKS[args.name])
+    except ImportError:
+        print("The benchmarks run from a source checkout (bench/ beside realtime_core/).", file=sys.stderr)
+        return 2
+    return int(module.main(args.rest))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_console)
 
     p = sub.add_parser("bench", help="run a benchmark (see bench/)")
-    p.add_argument("name", choices=["fanout"])
+    p.add_argument("name", choices=sorted(BENCHMARKS))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_bench)
     return parser
