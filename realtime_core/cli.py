@@ -166,20 +166,22 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console_command(server_url: str, port: int) -> list[str] | None:
+def _console_command(host: str, port: int) -> list[str] | None:
     if shutil.which("streamlit") is None:
         with contextlib.suppress(ImportError):
             import streamlit  # noqa: F401
 
-            return [sys.executable, "-m", "streamlit", "run", *_console_args(port)]
+            return [sys.executable, "-m", "streamlit", "run", *_console_args(host, port)]
         return None
-    return ["streamlit", "run", *_console_args(port)]
+    return ["streamlit", "run", *_console_args(host, port)]
 
 
-def _console_args(port: int) -> list[str]:
+def _console_args(host: str, port: int) -> list[str]:
     app_path = Path(__file__).resolve().parent.parent / "console" / "app.py"
     return [
         str(app_path),
+        "--server.address",
+        host,  # the server's host: a local console is not published on every interface
         "--server.port",
         str(port),
         "--server.headless",
@@ -190,7 +192,7 @@ def _console_args(port: int) -> list[str]:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    command = _console_command(args.server, args.console_port)
+    command = _console_command(args.console_host, args.console_port)
     if command is None:
         print("The console needs the console extras: pip install -e '.[console]'", file=sys.stderr)
         return 1
@@ -207,7 +209,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     def on_ready(port: int) -> None:
         nonlocal console
         server_url = f"http://{settings.host}:{port}"
-        command = _console_command(server_url, args.console_port)
+        command = _console_command(settings.host, args.console_port)
         if command is None:
             print("  console:   not started (pip install -e '.[console]' to get it)", flush=True)
         else:
@@ -272,6 +274,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("console", help="run the Streamlit console against a running server")
     p.add_argument("--server", default="http://127.0.0.1:4000")
+    p.add_argument("--console-host", default="127.0.0.1")
     p.add_argument("--console-port", type=int, default=8501)
     p.set_defaults(func=cmd_console)
 
