@@ -126,20 +126,23 @@ class Authorizer:
         try:
             async with self.pool.connection() as conn:
                 try:
-                    async with conn.transaction(force_rollback=True):
+                    # Pipelined: BEGIN, the probes, the settings, the select and
+                    # ROLLBACK cost one round trip (psycopg's per-statement wait
+                    # was two thirds of a private join's server time).
+                    async with conn.pipeline(), conn.transaction(force_rollback=True):
                         # Probe rows are inserted before switching role, so any
                         # policy can only decide whether they are visible.
-                        for ext, probe in probes.items():
-                            await conn.execute(
-                                "insert into realtime.messages (id, topic, extension, inserted_at, updated_at)"
-                                " values (%s, %s, %s, timezone('utc', now()), timezone('utc', now()))",
-                                (probe, topic, ext),
-                            )
+                        await conn.execute(
+                            "insert into realtime.messages (id, topic, extension, inserted_at, updated_at)"
+                            " select unnest(%s::uuid[]), %s, unnest(%s::text[]),"
+                            " timezone('utc', now()), timezone('utc', now())",
+                            (list(probes.values()), topic, list(probes)),
+                        )
                         await self._set_config(conn, topic, claims, headers)
                         cur = await conn.execute(
                             "select id from realtime.messages where id = any(%s)", (list(probes.values()),)
                         )
-                        visible = {row[0] for row in await cur.fetchall()}
+                    visible = {row[0] for row in await cur.fetchall()}
                 except psycopg.Error as exc:
                     raise self._error(exc, topic) from None
         except PoolTimeout:

@@ -12,6 +12,7 @@ import asyncio
 import enum
 import logging
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -96,8 +97,8 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
     claims = verify(token, tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators)
     policies: Policies | None = None
     if config.private:
-        policies = await _read_policies(socket, tenant, sub_topic, claims)
         presence_counts = config.presence_enabled or tenant.presence_enabled
+        policies = await _read_policies(socket, tenant, sub_topic, claims, presence_counts)
         if not (policies.broadcast_read or (presence_counts and policies.presence_read)):
             raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     replay: list[ReplayRow] | None = None
@@ -129,13 +130,18 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
     return channel, {"postgres_changes": changes}
 
 
-async def _read_policies(socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any]) -> Policies:
+async def _read_policies(
+    socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
+) -> Policies:
     """Evaluate the read policies of a private topic (spec §7); both extensions, one transaction."""
     authorizer = socket.app.authorizer_for(tenant)
     if authorizer is None:
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
-    read = await authorizer.read(sub_topic, claims, socket.x_headers, (BROADCAST, PRESENCE))
-    return Policies(broadcast_read=read[BROADCAST], presence_read=read[PRESENCE])
+    # spec §7: presence is probed only when the channel enabled it; otherwise
+    # at its first track.
+    extensions = (BROADCAST, PRESENCE) if presence else (BROADCAST,)
+    read = await authorizer.read(sub_topic, claims, socket.x_headers, extensions)
+    return Policies(broadcast_read=read[BROADCAST], presence_read=read.get(PRESENCE))
 
 
 async def _replay(app: App, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
@@ -165,6 +171,7 @@ class Channel:
         "_expiry",
         "_pending",
         "_presence_calls",
+        "_presence_key",
         "ack",
         "claims",
         "codec",
@@ -175,7 +182,6 @@ class Channel:
         "policies",
         "postgres_changes",
         "presence_enabled",
-        "presence_key",
         "private",
         "reads_broadcast",
         "reads_presence",
@@ -210,7 +216,7 @@ class Channel:
         self.ack = config.ack
         self.self_broadcast = config.self_broadcast
         self.presence_enabled = config.presence_enabled or socket.tenant.presence_enabled
-        self.presence_key = config.resolved_presence_key()
+        self._presence_key = config.presence_key  # "" until needed: see presence_key
         self.token = token
         self.claims = claims
         self.state = ChannelState.JOINED
@@ -225,6 +231,13 @@ class Channel:
         self.replay_rows: list[ReplayRow] | None = None
         self.replayed: set[str] | None = None  # ids sent as replay: their live copies are skipped
         self._pending: dict[str, list[Message]] = {}  # messages waiting for a write check
+
+    @property
+    def presence_key(self) -> str:
+        """The client's key, or a UUID v1 made at first use (spec §5.1): most channels never track."""
+        if not self._presence_key:
+            self._presence_key = str(uuid.uuid1())
+        return self._presence_key
 
     def __repr__(self) -> str:
         return f"<Channel {self.topic} join_ref={self.join_ref}>"
@@ -336,6 +349,11 @@ class Channel:
             try:
                 result = await authorizer.write(self.sub_topic, self.claims, self.socket.x_headers, (extension,))
                 allowed = result[extension]
+                if extension == PRESENCE and self.policies is not None and self.policies.presence_read is None:
+                    # spec §5.1: the first track also evaluates presence read.
+                    read = await authorizer.read(self.sub_topic, self.claims, self.socket.x_headers, (PRESENCE,))
+                    self.policies.presence_read = read[PRESENCE]
+                    self.reads_presence = read[PRESENCE]
             except RealtimeError as exc:
                 log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
         if self.policies is not None:
@@ -471,7 +489,13 @@ class Channel:
         """spec §7: read policies again after a new token; a revoked read closes the channel."""
         before = self.policies
         try:
-            after = await _read_policies(self.socket, self.socket.tenant, self.sub_topic, self.claims)
+            after = await _read_policies(
+                self.socket,
+                self.socket.tenant,
+                self.sub_topic,
+                self.claims,
+                before is not None and before.presence_read is not None,
+            )
         except RealtimeError as exc:
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
             after = Policies(broadcast_read=False, presence_read=False)

@@ -6,7 +6,6 @@ InvalidJoinPayload). channel.join() is the only caller."""
 
 from __future__ import annotations
 
-import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,7 +122,3 @@ class JoinPayload:
             self.replay_invalid = True
             return
         self.replay = Replay(since=since, limit=max(1, min(25, limit)))
-
-    def resolved_presence_key(self) -> str:
-        """The presence key: the client's, or a fresh UUID v1 (spec §5.1)."""
-        return self.presence_key or str(uuid.uuid1())

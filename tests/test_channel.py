@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import uuid
 from typing import Any
 
 import fakes
@@ -268,6 +269,28 @@ class TestPresenceState:
         [meta] = state[4]["alice"]["metas"]
         assert meta["name"] == "Alice"
         assert isinstance(meta["phx_ref"], str)
+
+
+class TestPresenceKey:
+    """spec §5.1: the client's key, or a UUID v1 of the channel's own, made when first needed."""
+
+    async def test_a_channel_without_a_key_tracks_under_a_uuid_v1(self, app):
+        alice = await joined(app, config={"presence": {"enabled": True}})
+        alice.received()
+        alice.track("2", {"n": 1})
+        [_, diff] = alice.received()
+        [key] = diff[4]["joins"]
+        assert uuid.UUID(key).version == 1 and str(uuid.UUID(key)) == key
+        assert alice.channel().presence_key == key  # the same key from then on
+
+    async def test_two_channels_without_keys_get_different_keys(self, app):
+        first = await joined(app, "1")
+        second = await joined(app, "7")
+        assert first.channel().presence_key != second.channel().presence_key
+
+    async def test_the_clients_key_is_used_as_given(self, app):
+        alice = await joined(app, config=WITH_PRESENCE)
+        assert alice.channel().presence_key == "alice"
 
 
 class TestPresenceTrack:

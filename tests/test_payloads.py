@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -23,12 +22,6 @@ def assert_problem_about(parsed: JoinPayload, field: str) -> None:
     assert any(field in problem for problem in parsed.problems), (
         f"expected a problem about {field!r}, got {parsed.problems}"
     )
-
-
-def assert_is_uuid_v1(text: str) -> None:
-    assert isinstance(text, str)
-    assert uuid.UUID(text).version == 1, f"{text!r} is not a UUID v1"
-    assert str(uuid.UUID(text)) == text, "expected the canonical hyphenated form"
 
 
 class TestFlexibleBoolean:
@@ -128,26 +121,17 @@ class TestConfigAndLegacy:
 
 
 class TestPresenceKey:
-    """spec §5.1: config.presence.key, or a UUID v1 when missing or ""."""
+    """spec §5.1: config.presence.key; "" when missing (the channel then makes a UUID v1)."""
 
     def test_a_string_key_is_kept(self):
         parsed = parse_config({"presence": {"key": "user-1"}})
         assert parsed.presence_key == "user-1"
-        assert parsed.resolved_presence_key() == "user-1"
 
     @pytest.mark.parametrize("presence", [{}, {"key": ""}, {"key": None}, {"enabled": True}])
-    def test_a_missing_or_empty_key_resolves_to_a_uuid_v1(self, presence):
+    def test_a_missing_or_empty_key_is_left_empty(self, presence):
         parsed = parse_config({"presence": presence})
         assert parsed.presence_key == ""
-        assert_is_uuid_v1(parsed.resolved_presence_key())
         assert_no_problems(parsed)
-
-    def test_each_join_without_a_key_gets_its_own_uuid(self):
-        parsed = parse_config({})
-        assert parsed.resolved_presence_key() != parsed.resolved_presence_key()
-
-    def test_a_legacy_join_also_gets_a_uuid(self):
-        assert_is_uuid_v1(JoinPayload.parse({}).resolved_presence_key())
 
     @pytest.mark.parametrize(
         ("key", "expected"),
@@ -156,7 +140,6 @@ class TestPresenceKey:
     def test_a_non_string_json_key_becomes_its_json_text(self, key, expected):
         parsed = parse_config({"presence": {"key": key}})
         assert parsed.presence_key == expected
-        assert parsed.resolved_presence_key() == expected
         assert_no_problems(parsed)
 
     def test_presence_enabled(self):

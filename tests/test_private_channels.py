@@ -418,3 +418,21 @@ async def test_the_python_client_joins_a_private_channel_and_gets_database_broad
         assert message["payload"]["text"] == "hi"
     finally:
         await client.close()
+
+
+async def test_the_first_track_evaluates_presence_read_when_the_join_did_not(cdc, db):
+    p = prefix()
+    topic = f"{p}:room"
+    policy(db, "select", f"realtime.topic() = '{topic}'")
+    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
+        joined = await join_private(client, topic, presence={"key": "alice"})  # presence not enabled
+        ref = await client.push(
+            f"realtime:{topic}",
+            "presence",
+            {"type": "presence", "event": "track", "payload": {}},
+            join_ref=joined.join_ref,
+        )
+        assert (await client.reply_to(ref, f"realtime:{topic}")).status == "ok"
+        diff = await client.expect_event(f"realtime:{topic}", "presence_diff")  # read evaluated: diffs flow
+        assert list(diff.payload["joins"]) == ["alice"]
