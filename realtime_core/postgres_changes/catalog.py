@@ -99,11 +99,14 @@ class Catalog:
             del self._selectable[key]
 
 
-def as_text(column: sql.Composable) -> sql.Composed:
+def as_text(column: sql.Composable, *, for_execute: bool = True) -> sql.Composed:
     """A column as the text its type's output function writes, as in the WAL.
 
-    (`v::text` differs for bool and inet; format() turns NULL into '', hence the case.)"""
-    return sql.SQL("case when {c} is null then null else format('%%s', {c}) end").format(c=column)
+    (`v::text` differs for bool and inet; format() turns NULL into '', hence
+    the case.) `for_execute` escapes the % for psycopg's execute(); SQL that
+    is rendered to text and run by the database itself must not be escaped."""
+    percent = "%%s" if for_execute else "%s"
+    return sql.SQL("case when {c} is null then null else format('" + percent + "', {c}) end").format(c=column)
 
 
 def select_by_keys(schema: str, table: str, info: TableInfo, out: list[sql.Composable]) -> sql.Composed:

@@ -97,6 +97,7 @@ class Dispatcher:
         self._columns: dict[int, dict[str, Any]] = {}  # relation oid → filters.ColumnInfo by name
         self._evaluators: dict[tuple[int, tuple[Any, ...]], FilterEvaluator] = {}
         self.rls_concurrency = rls_concurrency
+        self._group_queries: dict[int, str] = {}  # relation oid → realtime.visible_keys_by_group query
         # Facts read in phase 1 of the current batch, used by phase 2.
         self._tables: dict[int, TableInfo] = {}
         self._selectable: dict[tuple[str, int], frozenset[str]] = {}
@@ -153,6 +154,7 @@ class Dispatcher:
     def _relation_changed(self, relation: Relation) -> None:
         self.relations[relation.oid] = relation
         self._columns.pop(relation.oid, None)
+        self._group_queries.pop(relation.oid, None)
         for key in [k for k in self._evaluators if k[0] == relation.oid]:
             del self._evaluators[key]
         self.catalog.forget(relation.oid)
@@ -308,6 +310,34 @@ class Dispatcher:
         if checked and any(ch.type != "DELETE" for ch in group):
             visible = await self._visible(table, relation, group, write_variant_of, pk_idx)
         shared: dict[tuple[int, bool], Deliveries] = {}
+        # RLS: which groups see each key (inverted once), and per candidate list
+        # its error subscriptions and its members by group, so that a change
+        # costs what it delivers, not one test per subscriber.
+        key_groups: dict[tuple[str, ...], list[str]] = {}
+        for group_key, found in visible.items():
+            for found_key in found or ():
+                key_groups.setdefault(found_key, []).append(group_key)
+        errors_cache: dict[int, list[Subscription]] = {}
+        members_cache: dict[int, dict[str, list[Subscription]]] = {}
+
+        def errors_in(lst: list[Subscription]) -> list[Subscription]:
+            found = errors_cache.get(id(lst))
+            if found is None:
+                found = errors_cache[id(lst)] = [
+                    s for s in lst if (v := write_variant_of[id(s)]) is not None and v[0] == "error"
+                ]
+            return found
+
+        def members_in(lst: list[Subscription]) -> dict[str, list[Subscription]]:
+            found = members_cache.get(id(lst))
+            if found is None:
+                found = members_cache[id(lst)] = {}
+                for s in lst:
+                    v = write_variant_of[id(s)]
+                    if v is not None and v[0] == "shape":
+                        found.setdefault(s.group_key, []).append(s)
+            return found
+
         for ch in group:
             matched = ch.matched or []
             writes = ch.type != "DELETE"
@@ -320,13 +350,14 @@ class Dispatcher:
                 ch.deliveries = deliveries
                 continue
             assert ch.new is not None
-            key = tuple(ch.new[i] for i in pk_idx)
-            allowed = [
-                s
-                for s in matched
-                if (v := write_variant_of[id(s)]) is not None
-                and (v[0] == "error" or key in (visible.get(s.group_key) or ()))
-            ]
+            groups_here = key_groups.get(tuple(ch.new[i] for i in pk_idx), ())
+            if matched is ch.candidates:  # no filters: every group member matched
+                allowed = errors_in(matched) + [s for gk in groups_here for s in members_in(matched).get(gk, ())]
+            else:
+                keep = {id(s) for s in matched}
+                allowed = [s for s in errors_in(matched) if id(s) in keep] + [
+                    s for gk in groups_here for s in members_in(ch.candidates).get(gk, ()) if id(s) in keep
+                ]
             ch.deliveries = _group_by_variant(allowed, write_variant_of)
 
     async def _visible(
@@ -348,10 +379,43 @@ class Dispatcher:
                     groups.setdefault(sub.group_key, sub)
         visible: dict[str, set[tuple[str, ...]] | None] = {}
         key_list = list(keys)
+        items = list(groups.items())
+        workers = max(1, min(self.rls_concurrency, len(items)))
+
+        def failed(group_key: str, sub: Subscription, error: object) -> None:
+            # A raising policy costs only its own group the change
+            # (upstream loses delivery for everyone: supabase/realtime#2093).
+            self.rls_errors += 1
+            self.last_error = f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {error}"
+            log.warning("RlsPolicyError: %s", self.last_error)
+            visible[group_key] = None
+
+        if len(table.primary_key) == 1:
+            # All groups of a chunk in one statement (sql/0004_rls_batches.sql).
+            query = self._group_queries.get(relation.oid)
+            if query is None:
+                query = self._group_queries[relation.oid] = rls.group_query(
+                    relation.namespace, relation.name, table
+                ).as_string(None)
+            flat = [k[0] for k in key_list]
+
+            async def check_chunk(chunk: list[tuple[str, Subscription]]) -> None:
+                async with self.pool.connection() as conn:
+                    results = await rls.visible_keys_by_group(
+                        conn, query, flat, [(sub.role, sub.claims) for _, sub in chunk]
+                    )
+                for (group_key, sub), result in zip(chunk, results, strict=True):
+                    if isinstance(result, str):
+                        failed(group_key, sub, result)
+                    else:
+                        visible[group_key] = {(k,) for k in result}
+
+            await asyncio.gather(*(check_chunk(items[i::workers]) for i in range(workers)))
+            return visible
 
         async def check(chunk: list[tuple[str, Subscription]]) -> None:
-            # One connection per worker for all its groups: acquiring one per
-            # group cost more than the query itself.
+            # Composite keys: one pipelined transaction per group, one
+            # connection per worker for all its groups.
             async with self.pool.connection() as conn:
                 for group_key, sub in chunk:
                     try:
@@ -367,17 +431,8 @@ class Dispatcher:
                     except psycopg.OperationalError:
                         raise
                     except psycopg.Error as exc:
-                        # A raising policy costs only its own group the change
-                        # (upstream loses delivery for everyone: supabase/realtime#2093).
-                        self.rls_errors += 1
-                        self.last_error = (
-                            f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {exc}"
-                        )
-                        log.warning("RlsPolicyError: %s", self.last_error)
-                        visible[group_key] = None
+                        failed(group_key, sub, exc)
 
-        items = list(groups.items())
-        workers = max(1, min(self.rls_concurrency, len(items)))
         await asyncio.gather(*(check(items[i::workers]) for i in range(workers)))
         return visible
 

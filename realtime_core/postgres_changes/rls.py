@@ -16,7 +16,7 @@ from psycopg import AsyncConnection, sql
 
 from .catalog import TableInfo, as_text, select_by_keys
 
-__all__ = ["visible_keys"]
+__all__ = ["group_query", "visible_keys", "visible_keys_by_group"]
 
 
 async def visible_keys(
@@ -51,3 +51,45 @@ _SETTINGS = (
     "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
     " set_config('request.jwt.claim.sub', %s, true), set_config('request.jwt.claim.role', %s, true)"
 )
+
+
+def group_query(schema: str, table: str, info: TableInfo) -> sql.Composed:
+    """The lookup realtime.visible_keys_by_group() runs per group: ($1 = group index, $2 = keys).
+
+    Single-column primary keys only; the key array is cast to the key's type as a
+    whole so the primary key index is used under RLS (see catalog.select_by_keys)."""
+    [column] = [sql.Identifier(c) for c in info.primary_key]
+    [type_name] = info.key_types
+    return sql.SQL("select $1::int, {out}, null::text from {table} t where t.{c} = any($2::text[]::{t}[])").format(
+        out=as_text(sql.SQL("t.{}").format(column), for_execute=False),
+        table=sql.Identifier(schema, table),
+        c=column,
+        t=sql.Identifier(*type_name),
+    )
+
+
+async def visible_keys_by_group(
+    conn: AsyncConnection[Any], query: str, keys: list[str], groups: list[tuple[str, dict[str, Any]]]
+) -> list[set[str] | str]:
+    """For each (role, claims) group, the keys among `keys` it may select, or the text of
+    the error its policy raised. One statement for all groups (sql/0004_rls_batches.sql)."""
+    payload = orjson.dumps(
+        [
+            {"role": role, "claims": orjson.dumps(claims).decode(), "sub": str(claims.get("sub") or "")}
+            for role, claims in groups
+        ]
+    ).decode()
+    results: list[set[str] | str] = [set() for _ in groups]
+    async with conn.transaction():  # role and settings are transaction-local
+        cur = await conn.execute(
+            "select group_index, key, error from realtime.visible_keys_by_group(%s, %s::text[], %s::jsonb)",
+            (query, keys, payload),
+        )
+        for index, key, error in await cur.fetchall():
+            if error is not None:
+                results[index] = error
+            else:
+                found = results[index]
+                if isinstance(found, set):
+                    found.add(key)
+    return results
