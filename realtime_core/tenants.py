@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -115,11 +115,21 @@ class TenantRegistry:
         return tenant
 
 
-_COLUMNS = (
-    "id, external_id, name, jwt_secret, jwt_jwks, "
-    + ", ".join(_LIMIT_FIELDS)
-    + ", private_only, suspend, presence_enabled"
+_COLUMNS = sql.SQL(", ").join(
+    sql.Identifier(name)
+    for name in (
+        "id",
+        "external_id",
+        "name",
+        "jwt_secret",
+        "jwt_jwks",
+        *_LIMIT_FIELDS,
+        "private_only",
+        "suspend",
+        "presence_enabled",
+    )
 )
+_TENANTS = sql.Identifier("_realtime", "tenants")
 
 
 class TenantStore:
@@ -132,7 +142,7 @@ class TenantStore:
 
     async def load_all(self, now: float) -> list[Tenant]:
         async with self._conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(f"select {_COLUMNS} from _realtime.tenants order by inserted_at")
+            await cur.execute(sql.SQL("select {} from {} order by inserted_at").format(_COLUMNS, _TENANTS))
             return [Tenant.from_row(row, now) for row in await cur.fetchall()]
 
     async def ensure_default(self, settings: Settings, secret: str) -> None:
@@ -142,15 +152,21 @@ class TenantStore:
         # Limits named in the environment win at every start; the others are
         # only defaults for a new tenant, so an operator's later change stays.
         update = [name for name in _LIMIT_FIELDS if name in settings.limits_set]
-        sets = ", ".join(f"{name} = excluded.{name}" for name in update)
         jwks = Jsonb(settings.jwt_jwks) if settings.jwt_jwks else None
+        inserted = ("external_id", "name", "jwt_secret", "jwt_jwks", *_LIMIT_FIELDS, "presence_enabled", "private_only")
+        updated = ("jwt_secret", "jwt_jwks", *update)
+        query = sql.SQL(
+            "insert into {table} ({columns}) values ({values})"
+            " on conflict (external_id) do update set {sets}, updated_at = now()"
+        ).format(
+            table=_TENANTS,
+            columns=sql.SQL(", ").join(map(sql.Identifier, inserted)),
+            values=sql.SQL(", ").join(sql.Placeholder() * len(inserted)),
+            sets=sql.SQL(", ").join(sql.SQL("{0} = excluded.{0}").format(sql.Identifier(c)) for c in updated),
+        )
         async with self._conn.transaction():
             await self._conn.execute(
-                f"insert into _realtime.tenants (external_id, name, jwt_secret, jwt_jwks, "
-                f"{', '.join(_LIMIT_FIELDS)}, presence_enabled, private_only) "
-                f"values (%s, %s, %s, %s, {', '.join(['%s'] * len(_LIMIT_FIELDS))}, %s, %s) "
-                f"on conflict (external_id) do update set jwt_secret = excluded.jwt_secret, "
-                f"jwt_jwks = excluded.jwt_jwks, updated_at = now()" + (f", {sets}" if sets else ""),
+                query,
                 (
                     settings.tenant_name,
                     settings.tenant_name,

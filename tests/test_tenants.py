@@ -131,3 +131,32 @@ class TestFromRow:
         assert tenant.keys.secret == "s3cret"
         assert tenant.keys.jwks == {"keys": []}
         assert tenant.users == 0
+
+
+@pytest.mark.pg
+class TestTenantStore:
+    """The default tenant in _realtime.tenants: created once, env-named limits applied at every start."""
+
+    async def test_env_limits_win_at_every_start_and_others_only_seed_a_new_tenant(self, pg_dsn):
+        import psycopg
+        from conftest import _create_database
+
+        from realtime_core import db
+        from realtime_core.config import Settings
+        from realtime_core.tenants import TenantStore
+
+        async with await psycopg.AsyncConnection.connect(_create_database(pg_dsn), autocommit=True) as conn:
+            await db.migrate(conn)
+            store = TenantStore(conn)
+            first = Settings.from_env({"TENANT_MAX_EVENTS_PER_SECOND": "50", "TENANT_MAX_CHANNELS_PER_CLIENT": "7"})
+            await store.ensure_default(first, "secret-1")
+            # An operator lowers the joins limit by hand; the env does not name it.
+            await conn.execute("update _realtime.tenants set max_joins_per_second = 3")
+            second = Settings.from_env({"TENANT_MAX_EVENTS_PER_SECOND": "60"})
+            await store.ensure_default(second, "secret-2")
+            [tenant] = await store.load_all(0.0)
+        assert tenant.external_id == "realtime-dev"
+        assert tenant.limits.max_events_per_second == 60  # named again: updated
+        assert tenant.limits.max_channels_per_client == 7  # not named any more: kept
+        assert tenant.limits.max_joins_per_second == 3  # the operator's change stays
+        assert tenant.keys.secret == "secret-2"

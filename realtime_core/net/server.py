@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Protocol
 
 import httptools
@@ -352,6 +352,3 @@ class HttpProtocol(asyncio.Protocol):
         for chunk in chunks:
             if chunk:
                 self.transport.write(chunk)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
