@@ -1,21 +1,34 @@
 """What the kernel says about processes and cores, read from /proc.
 
-bench/fanout.py takes a Snapshot at the start and at the end of every
+Every benchmark takes a Snapshot at the start and at the end of each
 measured window (the load generator prints a mark at each) and compares the
 two with Snapshot.usage(): the server's CPU, each core's busy time, and the
 CPU that processes outside the bench used meanwhile. The machine is shared
-with other work, so that last figure says how much to trust a window."""
+with other work, so that last figure says how much to trust a window.
+raise_nofile() lifts the open-files limit first: a bench opens thousands of
+sockets."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import resource
 import time
 from collections.abc import Iterable
 
-__all__ = ["ProcessTree", "Snapshot", "listener_pid", "rss_kb"]
+__all__ = ["ProcessTree", "Snapshot", "listener_pid", "raise_nofile", "rss_kb"]
 
 _TICK = os.sysconf("SC_CLK_TCK")  # jiffies per second, usually 100
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit, for us and every child; return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 def rss_kb(pid: int) -> int:

@@ -1,15 +1,47 @@
-"""Figures of bench/fanout.py: the summary table, ratios, targets and warnings.
+"""What the benchmarks print and write: figures, the JSON report, the exit status.
 
-summarize() turns the list of runs into the rows that print_summary() shows
-and that go to the JSON file beside every run. The targets live here and
-nowhere else: unit tests never assert a speed."""
+Every benchmark's main() goes through run_main(), and its run ends with
+finish(): the JSON file, the errors once more, and exit status 1 after an
+error or 3 for a missed target under --check-targets. environment() opens
+each JSON report; fmt(), percentile() and rounded() shape the figures.
+
+The rest is bench/fanout.py's: summarize() turns its list of runs into the
+rows that print_summary() shows and that go to the JSON file beside every
+run. The targets live in each benchmark's report code and nowhere else:
+unit tests never assert a speed."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import platform
 import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGET_KB_PER_CONN", "TARGET_RATIO_AT_1000", "print_run", "print_summary", "summarize"]
+from bench._servers import BenchError
+
+__all__ = [
+    "TARGET_KB_PER_CONN",
+    "TARGET_RATIO_AT_1000",
+    "WARN_CPU_PCT",
+    "WARN_FOREIGN_PCT",
+    "WARN_IDLE_CORE_PCT",
+    "environment",
+    "finish",
+    "fmt",
+    "percentile",
+    "print_run",
+    "print_summary",
+    "rounded",
+    "run_main",
+    "summarize",
+]
 
 TARGET_RATIO_AT_1000 = 1.2  # ours / Node ws deliveries per second at S = 1000
 TARGET_KB_PER_CONN = 10.0  # RSS growth per idle joined connection
@@ -18,26 +50,114 @@ WARN_IDLE_CORE_PCT = 85.0  # a server core less busy than this was not the limit
 WARN_FOREIGN_PCT = 15.0  # CPU of unrelated processes that makes a window suspect
 HEADROOM_OK = 0.85  # with part of its core taken away, the generator still reached this share
 
+_BENCH_DIR = Path(__file__).resolve().parent
+
 Run = dict[str, Any]
 
 
-def _fmt(v: Any, spec: str = ".0f") -> str:
+# ------------------------------------------------------------ every bench
+
+
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Return run(args), or 1 after a BenchError (printed), or 130 after Ctrl-C."""
+    try:
+        return run(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def finish(
+    path: Path,
+    report: dict[str, Any],
+    errors: list[str],
+    targets: dict[str, dict[str, Any]],
+    check_targets: bool,
+    elapsed_s: float | None = None,
+) -> int:
+    """Write `report` to `path`, print `errors` again, and return the exit status.
+
+    The status is 1 after any error, 3 when `check_targets` is set and a
+    target was missed, 0 otherwise. `elapsed_s` goes into the closing line.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {path}" + ("" if elapsed_s is None else f" ({elapsed_s:.0f} s)"))
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if errors:
+        return 1
+    if check_targets and not all(t["met"] for t in targets.values()):
+        return 3
+    return 0
+
+
+def _output(*cmd: str) -> str | None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=_BENCH_DIR)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def environment(node: str) -> dict[str, Any]:
+    """Return the machine part of a report's environment: time, commit, CPU, kernel, Python and Node.
+
+    Each bench adds its own entries (versions, pinning) after these.
+    """
+    model = None
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "commit": _output("git", "rev-parse", "--short", "HEAD"),
+        "cpu_model": model,
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "node": _output(node, "--version"),
+    }
+
+
+def fmt(v: Any, spec: str = ".0f") -> str:
+    """Format a figure for a table; "-" when it was not measured."""
     return "-" if v is None else format(v, spec)
+
+
+def rounded(v: float | None, digits: int) -> float | None:
+    """round(), passing None through."""
+    return None if v is None else round(v, digits)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Return the value below which a share `q` of `values` falls (nearest rank), None if empty."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# ------------------------------------------------------- bench/fanout.py
 
 
 def print_run(r: Run) -> None:
     """Print one line per run, as it finishes."""
     kind = r["phase"] + (f" burn {r['burn']:g}" if r.get("burn") else "")
     lat = (
-        f"p50 {_fmt(r.get('p50_ms'), '.2f')} ms p99 {_fmt(r.get('p99_ms'), '.2f')} ms "
+        f"p50 {fmt(r.get('p50_ms'), '.2f')} ms p99 {fmt(r.get('p99_ms'), '.2f')} ms "
         if r["phase"] == "latency"
         else ""
     )
     print(
         f"  {r['server']:<9} S={r['subscribers']:<5} {kind:<19} {r['deliveries_per_s']:>10.0f}/s {lat}"
-        f"server {_fmt(r.get('server_cpu_pct'))}% (core {_fmt(r.get('server_core_busy_pct'))}%) "
-        f"gen {_fmt(r.get('generator_cpu_pct'))}% (core {_fmt(r.get('generator_core_busy_pct'))}%) "
-        f"others {_fmt(r.get('foreign_cpu_pct'))}%"
+        f"server {fmt(r.get('server_cpu_pct'))}% (core {fmt(r.get('server_core_busy_pct'))}%) "
+        f"gen {fmt(r.get('generator_cpu_pct'))}% (core {fmt(r.get('generator_core_busy_pct'))}%) "
+        f"others {fmt(r.get('foreign_cpu_pct'))}%"
         + (f" missing {r['missing_deliveries']}" if r.get("missing_deliveries") else "")
         + (f" closed {r['subscribers_closed']}" if r.get("subscribers_closed") else ""),
         flush=True,
@@ -126,7 +246,7 @@ def _warnings(runs: list[Run], rows: list[Run], burn: float) -> list[str]:
         elif h is not None and h < HEADROOM_OK:
             out.append(
                 f"{row['server']} S={row['subscribers']}: with {burn:.0%} of the generator's core taken away the "
-                f"rate fell to {h:.0%} of the median (its core was {_fmt(row['generator_core_busy_pct'])}% busy, "
+                f"rate fell to {h:.0%} of the median (its core was {fmt(row['generator_core_busy_pct'])}% busy, "
                 "kernel network work included): the generator may be limiting this server"
             )
     return out
@@ -175,12 +295,12 @@ def print_summary(summary: dict[str, Any], idle: dict[str, Run]) -> None:
     print(head)
     print("-" * len(head))
     for r in summary["table"]:
-        span = f"{_fmt(r['deliveries_per_s_min'])}-{_fmt(r['deliveries_per_s_max'])}"
+        span = f"{fmt(r['deliveries_per_s_min'])}-{fmt(r['deliveries_per_s_max'])}"
         print(
-            f"{r['server']:<10} {r['subscribers']:>5} {_fmt(r['deliveries_per_s']):>13} {span:>19} "
-            f"{_fmt(r['p50_ms'], '.2f'):>8} {_fmt(r['p99_ms'], '.2f'):>8} "
-            f"{_fmt(r['generator_cpu_pct']):>9} {_fmt(r['server_cpu_pct']):>9} "
-            f"{_fmt(r['generator_headroom'], '.2f'):>9}"
+            f"{r['server']:<10} {r['subscribers']:>5} {fmt(r['deliveries_per_s']):>13} {span:>19} "
+            f"{fmt(r['p50_ms'], '.2f'):>8} {fmt(r['p99_ms'], '.2f'):>8} "
+            f"{fmt(r['generator_cpu_pct']):>9} {fmt(r['server_cpu_pct']):>9} "
+            f"{fmt(r['generator_headroom'], '.2f'):>9}"
         )
     print(
         "(deliveries/s: median of the runs; p50/p99: latency at the same moderate rate for every server; "

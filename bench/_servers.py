@@ -2,23 +2,29 @@
 
 bench/fanout.py builds one OurServer (realtime-core serve) and one
 ReferenceServer (bench/js/ws_server.js), calls start() on each, measures
-through `url` and `pid`, and calls stop() at the end, whatever happened."""
+through `url` and `pid`, and calls stop() at the end, whatever happened.
+bench/_harness.py does the same with one OurServer on a database of its
+own. new_secret() and token() make the JWT secret each run gives our server
+and the tokens its clients present."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
 import os
+import secrets
 import shlex
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from bench._proc import listener_pid
 
@@ -29,8 +35,10 @@ __all__ = [
     "ReferenceServer",
     "Server",
     "free_port",
+    "new_secret",
     "our_command",
     "pinning",
+    "token",
 ]
 
 READY_TIMEOUT_S = 60.0
@@ -68,6 +76,18 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def new_secret() -> str:
+    """Return a random JWT secret of 40 letters and digits, new for each run."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
+
+
+def token(secret: str, claims: dict[str, Any]) -> str:
+    """Return an HS256 JWT with `claims`, issued by "bench", valid for an hour."""
+    import jwt  # PyJWT, a dependency of realtime-core
+
+    return jwt.encode({"exp": int(time.time()) + 3600, "iss": "bench", **claims}, secret, algorithm="HS256")
 
 
 def _tail(path: Path, limit: int = 3000) -> str:

@@ -1,9 +1,10 @@
 'use strict';
 /*
- * The bench's WebSocket clients, shared by loadgen.js and idle.js.
+ * What every script of bench/js shares: the WebSocket clients, and the
+ * plumbing of a script driven by a Python orchestrator.
  *
- * Two implementations with one interface (open, join, sendText, sendBinary,
- * bufferedAmount, count, closed):
+ * Two client implementations with one interface (open, join, request,
+ * sendText, sendBinary, bufferedAmount, count, closed):
  *
  * - RawClient speaks RFC 6455 itself on a net.Socket. Its receive loop reads
  *   two header bytes per frame, counts kind-4 frames and reads nothing else
@@ -22,11 +23,22 @@
  * into a shared `sink`: {delivered, latency, wake}. Text frames are V2 JSON
  * arrays [join_ref, ref, topic, event, payload] (spec 2.2); replies resolve
  * pending requests by ref, anything unexpected is kept in `notes` so the
- * report can show what the server sent.
+ * report can show what the server sent. A script that reads more of each
+ * delivery extends a client and overrides one hook: RawClient._onBroadcast
+ * (private_subscribers.js), WsClient._onTextFrame and _onMessage
+ * (pg_subscribers.js).
+ *
+ * The plumbing: a script prints JSON lines on stdout (emit) and progress on
+ * stderr (logger); scriptOptions() parses --key value options and runMain()
+ * turns a failure into {"event":"error"}. Long-lived scripts answer stdin
+ * commands through serveCommands() (bench/_node.py's NodeProcess is the
+ * other end). usageProbe()/cpuSince() measure the script's own CPU, and
+ * percentiles() summarises latency samples.
  */
 
 const net = require('net');
 const crypto = require('crypto');
+const readline = require('readline');
 const { performance } = require('perf_hooks');
 const WebSocket = require('ws');
 
@@ -37,6 +49,65 @@ const KIND_USER_BROADCAST = 4;
 const TS_OFFSET = 6;
 const TS_DIGITS = 16;
 const MAX_NOTES = 5;
+
+// What loadgen.js and idle.js join with: public, no presence, broadcast self false.
+const BROADCAST_JOIN = {
+  config: {
+    broadcast: { self: false, ack: false },
+    presence: { enabled: false },
+    private: false,
+  },
+};
+
+// ------------------------------------------------------------------ script
+
+/** Print one JSON line on stdout, the only thing a script writes there. */
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+/** Return a function that prints `<name>: <msg>` on stderr. */
+function logger(name) {
+  return (msg) => process.stderr.write(`${name}: ${msg}\n`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Parse the script's options (see parseArgs) and check that the `required`
+ * ones are set. On a failure print {"event":"error"} and return null: the
+ * script's main() then returns exit status 2.
+ */
+function scriptOptions(defaults, required = ['url']) {
+  let opt;
+  try {
+    opt = parseArgs(process.argv.slice(2), defaults);
+  } catch (err) {
+    emit({ event: 'error', error: err.message });
+    return null;
+  }
+  if (required.some((key) => !opt[key])) {
+    const names = required.map((key) => '--' + key.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()));
+    emit({ event: 'error', error: `${names.join(' and ')} ${names.length > 1 ? 'are' : 'is'} required` });
+    return null;
+  }
+  return opt;
+}
+
+/**
+ * Run the script's async main(), which resolves to an exit status. A thrown
+ * error is printed as {"event":"error"} with its stack, exit status 1.
+ * lingerMs > 0 waits that long before exiting, so close frames go out.
+ */
+function runMain(main, lingerMs = 0) {
+  main().then(
+    (code) => (lingerMs > 0 ? setTimeout(() => process.exit(code), lingerMs) : process.exit(code)),
+    (err) => {
+      emit({ event: 'error', error: String((err && err.stack) || err) });
+      process.exit(1);
+    },
+  );
+}
 
 // ---------------------------------------------------------------- payloads
 
@@ -114,20 +185,49 @@ class LatencyRecorder {
 
   /** Return {count, p50_ms, p90_ms, p99_ms, p999_ms, max_ms, mean_ms}. */
   summary() {
-    const a = this.samples.subarray(0, this.n).sort();
-    const q = (p) => (this.n ? a[Math.min(this.n - 1, Math.floor(p * this.n))] / 1000 : null);
-    let sum = 0;
-    for (let i = 0; i < this.n; i++) sum += a[i];
-    return {
-      count: this.n,
-      p50_ms: q(0.5),
-      p90_ms: q(0.9),
-      p99_ms: q(0.99),
-      p999_ms: q(0.999),
-      max_ms: this.n ? a[this.n - 1] / 1000 : null,
-      mean_ms: this.n ? sum / this.n / 1000 : null,
-    };
+    const out = percentiles(this.samples.subarray(0, this.n).sort(), 1000);
+    delete out.min_ms; // loadgen.js's result has none
+    return out;
   }
+}
+
+/**
+ * Summarise `sorted` (a Float64Array sorted ascending) as {count, p50_ms,
+ * p90_ms, p99_ms, p999_ms, max_ms, min_ms, mean_ms}, every value divided by
+ * `divisor` (1000 turns microseconds into ms). Empty: null figures.
+ */
+function percentiles(sorted, divisor = 1) {
+  const n = sorted.length;
+  const q = (p) => (n ? sorted[Math.min(n - 1, Math.floor(p * n))] / divisor : null);
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += sorted[i];
+  return {
+    count: n,
+    p50_ms: q(0.5),
+    p90_ms: q(0.9),
+    p99_ms: q(0.99),
+    p999_ms: q(0.999),
+    max_ms: n ? sorted[n - 1] / divisor : null,
+    min_ms: n ? sorted[0] / divisor : null,
+    mean_ms: n ? sum / n / divisor : null,
+  };
+}
+
+// ------------------------------------------------------------- own usage
+
+/** Snapshot of wall time, this process's CPU and its event-loop use. */
+function usageProbe() {
+  return { t: performance.now(), cpu: process.cpuUsage(), elu: performance.eventLoopUtilization() };
+}
+
+/** This process's CPU (% of one core) and event-loop utilisation between two probes. */
+function cpuSince(a, b) {
+  const wallMs = b.t - a.t;
+  const cpuMs = (b.cpu.user - a.cpu.user + b.cpu.system - a.cpu.system) / 1000;
+  return {
+    generator_cpu_pct: wallMs > 0 ? (100 * cpuMs) / wallMs : null,
+    generator_elu: performance.eventLoopUtilization(b.elu, a.elu).utilization,
+  };
 }
 
 // ------------------------------------------------------------ shared logic
@@ -166,6 +266,11 @@ class BaseClient {
       this._note('text frame is not a V2 array: ' + text.slice(0, 200));
       return;
     }
+    this._onMessage(msg, text);
+  }
+
+  /** Handle one V2 message: resolve the request it replies to; note anything else. */
+  _onMessage(msg, text) {
     const ref = msg[1];
     const event = msg[3];
     if (event === 'phx_reply' && ref !== null && this._pending.has(ref)) {
@@ -276,6 +381,7 @@ class RawClient extends BaseClient {
     this.socket = null;
     this._onHead = null; // handshake reader until the 101 response is complete
     this._rest = null; // bytes of an incomplete frame
+    this._now = -1; // the receive time of the current read, once a hook read the clock
   }
 
   /** Connect and complete the opening handshake; reject with the HTTP answer if refused. */
@@ -356,7 +462,7 @@ class RawClient extends BaseClient {
   }
 
   /**
-   * The receive loop: count kind-4 frames, read their timestamps when asked.
+   * The receive loop: count kind-4 frames and hand each to _onBroadcast.
    * `chunk` may be READ_BUFFER itself: keep nothing of it past this call.
    */
   _onData(chunk) {
@@ -366,11 +472,10 @@ class RawClient extends BaseClient {
       this._rest = null;
     }
     const sink = this.sink;
-    const lat = sink.latency;
     const n = buf.length;
     let i = 0;
     let count = 0;
-    let now = -1;
+    this._now = -1; // one clock reading per read serves every frame in it
     while (i + 2 <= n) {
       const b0 = buf[i];
       let len = buf[i + 1];
@@ -389,29 +494,39 @@ class RawClient extends BaseClient {
       }
       if (p + len > n) break;
       const op = b0 & 0x0f;
+      const end = p + len;
       if (b0 === 0x82 && buf[p] === KIND_USER_BROADCAST) {
         count++;
-        if (lat !== null) {
-          // payload = after kind, 3 lengths, encoding, topic, event, metadata
-          const ts = readTimestamp(buf, p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3] + TS_OFFSET);
-          if (ts >= lat.fromUs) {
-            if (now < 0) now = nowUs();
-            lat.push(now - ts);
-          }
-        }
+        this._onBroadcast(buf, p, end);
       } else if ((b0 & 0x80) === 0 || op === 0) {
         this._protocolError('fragmented frames are not supported by the bench client');
         return;
       } else {
-        this._onControl(op, Buffer.from(buf.subarray(p, p + len)));
+        this._onControl(op, Buffer.from(buf.subarray(p, end)));
       }
-      i = p + len;
+      i = end;
     }
     if (i < n) this._rest = Buffer.from(buf.subarray(i)); // a copy: buf is reused
     if (count !== 0) {
       this.count += count;
       sink.delivered += count;
       if (sink.wake !== null) sink.wake();
+    }
+  }
+
+  /**
+   * One kind-4 frame at buf[p, end), already counted: record its latency
+   * when the sink asks for it. Subclasses read more of it; like _onData they
+   * keep nothing of `buf`.
+   */
+  _onBroadcast(buf, p) {
+    const lat = this.sink.latency;
+    if (lat === null) return;
+    // payload = after kind, 3 lengths, encoding, topic, event, metadata
+    const ts = readTimestamp(buf, p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3] + TS_OFFSET);
+    if (ts >= lat.fromUs) {
+      if (this._now < 0) this._now = nowUs();
+      lat.push(this._now - ts);
     }
   }
 
@@ -491,32 +606,41 @@ class WsClient extends BaseClient {
         this.ws = ws;
         resolve(this);
       });
-      ws.on('close', (code) => {
-        this.closed = true;
-        this.closeCode = code;
-        this._failPending(new Error(`socket closed (code ${code})`));
+      ws.on('close', (code, reason) => {
+        this._onClose(code, reason);
         fail(new Error(`socket closed during handshake (code ${code})`));
       });
-      ws.on('message', (data, isBinary) => {
-        if (!isBinary) {
-          this._onText(data.toString('utf8'));
-          return;
-        }
-        if (data[0] !== KIND_USER_BROADCAST) {
-          this._note(`binary frame of kind ${data[0]} (${data.length} bytes)`);
-          return;
-        }
-        const sink = this.sink;
-        const lat = sink.latency;
-        if (lat !== null) {
-          const ts = readTimestamp(data, 5 + data[1] + data[2] + data[3] + TS_OFFSET);
-          if (ts >= lat.fromUs) lat.push(nowUs() - ts);
-        }
-        this.count++;
-        sink.delivered++;
-        if (sink.wake !== null) sink.wake();
-      });
+      ws.on('message', (data, isBinary) => (isBinary ? this._onBinaryFrame(data) : this._onTextFrame(data)));
     });
+  }
+
+  /** The socket closed: fail the pending requests. */
+  _onClose(code) {
+    this.closed = true;
+    this.closeCode = code;
+    this._failPending(new Error(`socket closed (code ${code})`));
+  }
+
+  /** One text frame, a Buffer. */
+  _onTextFrame(data) {
+    this._onText(data.toString('utf8'));
+  }
+
+  /** One binary frame: count a kind-4 delivery, recording its latency when the sink asks for it. */
+  _onBinaryFrame(data) {
+    if (data[0] !== KIND_USER_BROADCAST) {
+      this._note(`binary frame of kind ${data[0]} (${data.length} bytes)`);
+      return;
+    }
+    const sink = this.sink;
+    const lat = sink.latency;
+    if (lat !== null) {
+      const ts = readTimestamp(data, 5 + data[1] + data[2] + data[3] + TS_OFFSET);
+      if (ts >= lat.fromUs) lat.push(nowUs() - ts);
+    }
+    this.count++;
+    sink.delivered++;
+    if (sink.wake !== null) sink.wake();
   }
 
   sendText(text) {
@@ -553,6 +677,45 @@ async function pool(n, concurrency, worker) {
 }
 
 /**
+ * Run worker(i) as pool() does, skipping the rest once one failed. Return
+ * null, or the first failure as `<what> <i>: <message>`.
+ */
+async function poolUntilError(n, concurrency, what, worker) {
+  let firstError = null;
+  await pool(n, concurrency, async (i) => {
+    if (firstError !== null) return;
+    try {
+      await worker(i);
+    } catch (err) {
+      if (firstError === null) firstError = `${what} ${i}: ${err.message}`;
+    }
+  });
+  return firstError;
+}
+
+/** Open client `c` on `url` and join `topic`; close it and rethrow when either fails. */
+async function openJoined(c, url, topic, payload, timeoutMs) {
+  try {
+    await c.open(url, timeoutMs);
+    await c.join(topic, payload, timeoutMs);
+  } catch (err) {
+    c.close();
+    throw err;
+  }
+  return c;
+}
+
+/** Resolve true once done() holds (checked every stepMs), false after timeoutMs. */
+async function waitUntil(done, timeoutMs, stepMs) {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    if (done()) return true;
+    if (performance.now() > deadline) return false;
+    await sleep(stepMs);
+  }
+}
+
+/**
  * Send a heartbeat on every open client whose last one is older than
  * intervalMs, checking once a second so heartbeats stay spread out.
  * Returns the timer; clear it with clearInterval.
@@ -569,6 +732,51 @@ function startHeartbeats(clients, intervalMs) {
       }
     }
   }, 1000);
+}
+
+/**
+ * Answer the orchestrator's commands, one per stdin line, until `quit` or
+ * the end of stdin; then stop the timers (closing the clients is the
+ * caller's). Meanwhile print {"event":"progress","delivered":n} every
+ * progressMs while sink.delivered moves, and send a heartbeat on every
+ * client every heartbeatMs (spec 1.5).
+ *
+ * `mark <name>` prints {"event":"mark", name, delivered, generator_cpu_pct,
+ * generator_elu}, CPU since the previous mark. `<cmd> <arg>` prints what
+ * `await commands[cmd](arg)` returns; other commands go to `log`.
+ */
+async function serveCommands({ sink, clients, progressMs, heartbeatMs, commands, log }) {
+  let lastProgress = -1;
+  const progress = setInterval(() => {
+    if (sink.delivered !== lastProgress) {
+      lastProgress = sink.delivered;
+      emit({ event: 'progress', delivered: sink.delivered });
+    }
+  }, progressMs);
+  const hb = setInterval(() => {
+    for (const c of clients) c.heartbeat();
+  }, heartbeatMs);
+  let markProbe = usageProbe();
+  const rl = readline.createInterface({ input: process.stdin });
+  for await (const line of rl) {
+    const [cmd, ...rest] = line.trim().split(' ');
+    const arg = rest.join(' ');
+    if (cmd === 'mark') {
+      const now = usageProbe();
+      // CPU since the previous mark
+      emit({ event: 'mark', name: arg, delivered: sink.delivered, ...cpuSince(markProbe, now) });
+      markProbe = now;
+    } else if (cmd === 'quit') {
+      break;
+    } else if (Object.hasOwn(commands, cmd)) {
+      emit(await commands[cmd](arg));
+    } else if (cmd !== '') {
+      log(`unknown command ${cmd}`);
+    }
+  }
+  clearInterval(progress);
+  clearInterval(hb);
+  rl.close();
 }
 
 /** Parse --key value / --flag arguments into an object with camelCase keys. */
@@ -595,15 +803,28 @@ function parseArgs(argv, defaults) {
 const CLIENTS = { raw: RawClient, ws: WsClient };
 
 module.exports = {
+  BROADCAST_JOIN,
   CLIENTS,
   LatencyRecorder,
   RawClient,
   WsClient,
+  cpuSince,
+  emit,
+  logger,
   makePayload,
   makeUserBroadcast,
   nowUs,
+  openJoined,
   parseArgs,
+  percentiles,
   pool,
+  poolUntilError,
+  runMain,
+  scriptOptions,
+  serveCommands,
+  sleep,
   startHeartbeats,
+  usageProbe,
+  waitUntil,
   writeTimestamp,
 };

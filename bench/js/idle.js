@@ -11,7 +11,7 @@
  * the server closed meanwhile. On failure it prints {"event":"error", ...}.
  */
 
-const { CLIENTS, parseArgs, pool, startHeartbeats } = require('./client');
+const { BROADCAST_JOIN, CLIENTS, emit, openJoined, parseArgs, poolUntilError, startHeartbeats } = require('./client');
 
 const DEFAULTS = {
   url: '',
@@ -23,18 +23,6 @@ const DEFAULTS = {
   client: 'raw',
 };
 
-const JOIN_PAYLOAD = {
-  config: {
-    broadcast: { self: false, ack: false },
-    presence: { enabled: false },
-    private: false,
-  },
-};
-
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
-
 async function main() {
   const opt = parseArgs(process.argv.slice(2), DEFAULTS);
   if (!opt.url) throw new Error('--url is required');
@@ -43,23 +31,13 @@ async function main() {
   const conns = new Array(opt.connections);
   const timeoutMs = opt.connectTimeout * 1000;
   const t0 = Date.now();
-  let firstError = null;
   let joined = 0;
-  await pool(opt.connections, opt.joinConcurrency, async (i) => {
-    if (firstError !== null) return;
-    const c = new Client(sink);
-    try {
-      await c.open(opt.url, timeoutMs);
-      await c.join(opt.topic, JOIN_PAYLOAD, timeoutMs);
-      conns[i] = c;
-      joined++;
-    } catch (err) {
-      c.close();
-      if (firstError === null) firstError = `connection ${i}: ${err.message}`;
-    }
+  const failure = await poolUntilError(opt.connections, opt.joinConcurrency, 'connection', async (i) => {
+    conns[i] = await openJoined(new Client(sink), opt.url, opt.topic, BROADCAST_JOIN, timeoutMs);
+    joined++;
   });
-  if (firstError !== null) {
-    emit({ event: 'error', error: `${firstError} (${joined} of ${opt.connections} joined)`, joined });
+  if (failure !== null) {
+    emit({ event: 'error', error: `${failure} (${joined} of ${opt.connections} joined)`, joined });
     process.exit(1);
   }
   const hb = startHeartbeats(conns, opt.heartbeatInterval * 1000);

@@ -34,14 +34,22 @@
 
 const { performance } = require('perf_hooks');
 const {
+  BROADCAST_JOIN,
   CLIENTS,
   LatencyRecorder,
+  emit,
+  logger,
   makePayload,
   makeUserBroadcast,
   nowUs,
-  parseArgs,
-  pool,
+  openJoined,
+  poolUntilError,
+  runMain,
+  scriptOptions,
+  sleep,
   startHeartbeats,
+  usageProbe,
+  waitUntil,
   writeTimestamp,
 } = require('./client');
 
@@ -72,32 +80,11 @@ const DEFAULTS = {
   burn: 0, // throughput phase: share of the generator's core to waste (headroom check)
 };
 
-const JOIN_PAYLOAD = {
-  config: {
-    broadcast: { self: false, ack: false },
-    presence: { enabled: false },
-    private: false,
-  },
-};
+const log = logger('loadgen');
 
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
-
-function log(msg) {
-  process.stderr.write(`loadgen: ${msg}\n`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Snapshot of wall time, this process's CPU and event-loop use. */
+/** Snapshot of wall time, this process's CPU and event-loop use, and the deliveries so far. */
 function probe(sink) {
-  return {
-    t: performance.now(),
-    cpu: process.cpuUsage(),
-    elu: performance.eventLoopUtilization(),
-    delivered: sink.delivered,
-  };
+  return { ...usageProbe(), delivered: sink.delivered };
 }
 
 function usage(a, b) {
@@ -120,30 +107,20 @@ async function connectAll(opt, sink) {
   const timeoutMs = opt.connectTimeout * 1000;
   const t0 = performance.now();
   let joined = 0;
-  let firstError = null;
-  await pool(opt.subscribers, opt.joinConcurrency, async (i) => {
-    if (firstError !== null) return;
-    const c = new Client(sink);
-    try {
-      await c.open(opt.url, timeoutMs);
-      await c.join(opt.topic, JOIN_PAYLOAD, timeoutMs);
-      subs[i] = c;
-      joined++;
-    } catch (err) {
-      c.close();
-      if (firstError === null) firstError = `subscriber ${i}: ${err.message}`;
-    }
+  const failure = await poolUntilError(opt.subscribers, opt.joinConcurrency, 'subscriber', async (i) => {
+    subs[i] = await openJoined(new Client(sink), opt.url, opt.topic, BROADCAST_JOIN, timeoutMs);
+    joined++;
   });
-  if (firstError !== null) {
+  if (failure !== null) {
     for (const c of subs) if (c !== undefined) c.close();
-    const e = new Error(`${firstError} (${joined} of ${opt.subscribers} joined)`);
+    const e = new Error(`${failure} (${joined} of ${opt.subscribers} joined)`);
     e.joined = joined;
     throw e;
   }
   const pubSink = { delivered: 0, latency: null, wake: null };
   const pub = new Client(pubSink);
   await pub.open(opt.url, timeoutMs);
-  const joinRef = await pub.join(opt.topic, JOIN_PAYLOAD, timeoutMs);
+  const joinRef = await pub.join(opt.topic, BROADCAST_JOIN, timeoutMs);
   return { subs, pub, joinRef, connectS: (performance.now() - t0) / 1000 };
 }
 
@@ -179,17 +156,8 @@ function frameBytes(opt) {
 }
 
 /** Wait until every open subscriber has received `sent` messages, or timeout. */
-async function drain(subs, sent, timeoutMs) {
-  const deadline = performance.now() + timeoutMs;
-  while (performance.now() < deadline) {
-    let expected = 0;
-    for (const c of subs) if (!c.closed) expected += sent;
-    let got = 0;
-    for (const c of subs) if (!c.closed) got += Math.min(c.count, sent);
-    if (got >= expected) return true;
-    await sleep(10);
-  }
-  return false;
+function drain(subs, sent, timeoutMs) {
+  return waitUntil(() => subs.every((c) => c.closed || c.count >= sent), timeoutMs, 10);
 }
 
 async function runThroughput(opt, ctx, sink) {
@@ -352,17 +320,8 @@ async function runLatency(opt, ctx, sink) {
 }
 
 async function main() {
-  let opt;
-  try {
-    opt = parseArgs(process.argv.slice(2), DEFAULTS);
-  } catch (err) {
-    emit({ event: 'error', error: err.message });
-    return 2;
-  }
-  if (!opt.url) {
-    emit({ event: 'error', error: '--url is required' });
-    return 2;
-  }
+  const opt = scriptOptions(DEFAULTS);
+  if (opt === null) return 2;
   const sink = { delivered: 0, latency: null, wake: null };
   let ctx;
   try {
@@ -400,10 +359,4 @@ async function main() {
   return 0;
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    emit({ event: 'error', error: String((err && err.stack) || err) });
-    process.exit(1);
-  },
-);
+runMain(main);

@@ -23,7 +23,18 @@
  */
 
 const { performance } = require('perf_hooks');
-const { RawClient, parseArgs, pool } = require('./client');
+const {
+  RawClient,
+  cpuSince,
+  emit,
+  logger,
+  percentiles,
+  poolUntilError,
+  runMain,
+  scriptOptions,
+  sleep,
+  usageProbe,
+} = require('./client');
 
 const DEFAULTS = {
   url: '', // ws://127.0.0.1:PORT/socket/websocket?apikey=<jwt>&vsn=2.0.0
@@ -38,72 +49,28 @@ const DEFAULTS = {
 
 const MAX_REASONS = 5;
 
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
+const log = logger('private_joins');
 
-function log(msg) {
-  process.stderr.write(`private_joins: ${msg}\n`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function usageProbe() {
-  return { t: performance.now(), cpu: process.cpuUsage(), elu: performance.eventLoopUtilization() };
-}
-
-function cpuSince(a, b) {
-  const wallMs = b.t - a.t;
-  const cpuMs = (b.cpu.user - a.cpu.user + b.cpu.system - a.cpu.system) / 1000;
-  return {
-    generator_cpu_pct: wallMs > 0 ? (100 * cpuMs) / wallMs : null,
-    generator_elu: performance.eventLoopUtilization(b.elu, a.elu).utilization,
-  };
-}
-
-function percentiles(values) {
-  const a = Float64Array.from(values).sort();
-  const n = a.length;
-  const q = (p) => (n ? a[Math.min(n - 1, Math.floor(p * n))] : null);
-  let sum = 0;
-  for (let i = 0; i < n; i++) sum += a[i];
-  return {
-    count: n,
-    p50_ms: q(0.5),
-    p90_ms: q(0.9),
-    p99_ms: q(0.99),
-    max_ms: n ? a[n - 1] : null,
-    mean_ms: n ? sum / n : null,
-  };
+/** The join round trip's figures, in ms (bench/private.py reports no p999 or min). */
+function roundtrip(latencies) {
+  const out = percentiles(Float64Array.from(latencies).sort());
+  delete out.p999_ms;
+  delete out.min_ms;
+  return out;
 }
 
 async function main() {
-  let opt;
-  try {
-    opt = parseArgs(process.argv.slice(2), DEFAULTS);
-  } catch (err) {
-    emit({ event: 'error', error: err.message });
-    return 2;
-  }
-  if (!opt.url) {
-    emit({ event: 'error', error: '--url is required' });
-    return 2;
-  }
+  const opt = scriptOptions(DEFAULTS);
+  if (opt === null) return 2;
   const sink = { delivered: 0, latency: null, wake: null };
   const clients = [];
-  let openError = null;
-  await pool(opt.connections, 20, async (i) => {
-    if (openError !== null) return;
+  const failure = await poolUntilError(opt.connections, 20, 'connection', async (i) => {
     const c = new RawClient(sink);
-    try {
-      await c.open(opt.url, opt.connectTimeout * 1000);
-      clients[i] = c;
-    } catch (err) {
-      if (openError === null) openError = `connection ${i}: ${err.message}`;
-    }
+    await c.open(opt.url, opt.connectTimeout * 1000);
+    clients[i] = c;
   });
-  if (openError !== null) {
-    emit({ event: 'error', stage: 'connect', error: openError });
+  if (failure !== null) {
+    emit({ event: 'error', stage: 'connect', error: failure });
     for (const c of clients) if (c) c.close();
     return 1;
   }
@@ -188,7 +155,7 @@ async function main() {
     total,
     ok_per_s: win.ok / ((p1.t - p0.t) / 1000),
     ok_per_second: perSecond.slice(0, fullSeconds),
-    join_roundtrip: percentiles(latencies),
+    join_roundtrip: roundtrip(latencies),
     reasons,
     notes,
     connections_closed: closed,
@@ -199,10 +166,4 @@ async function main() {
   return 0;
 }
 
-main().then(
-  (code) => setTimeout(() => process.exit(code), 100),
-  (err) => {
-    emit({ event: 'error', error: String((err && err.stack) || err) });
-    process.exit(1);
-  },
-);
+runMain(main, 100);

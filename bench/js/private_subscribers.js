@@ -36,9 +36,20 @@
  * Every --progress-ms it prints {"event":"progress","delivered":n}.
  */
 
-const readline = require('readline');
 const { performance } = require('perf_hooks');
-const { RawClient, parseArgs, pool } = require('./client');
+const {
+  RawClient,
+  emit,
+  logger,
+  openJoined,
+  percentiles,
+  poolUntilError,
+  runMain,
+  scriptOptions,
+  serveCommands,
+  sleep,
+  waitUntil,
+} = require('./client');
 
 const DEFAULTS = {
   url: '',
@@ -52,20 +63,11 @@ const DEFAULTS = {
   heartbeatInterval: 25, // seconds (spec 1.5)
 };
 
-const KIND_USER_BROADCAST = 4;
-const MAX_NOTES = 5;
+const PRIVATE_JOIN = { config: { private: true, broadcast: { self: false, ack: false } } };
 const KEY_I = Buffer.from('"i":');
 const KEY_T = Buffer.from('"t":');
 
-function emit(obj) {
-  process.stdout.write(JSON.stringify(obj) + '\n');
-}
-
-function log(msg) {
-  process.stderr.write(`private_subscribers: ${msg}\n`);
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const log = logger('private_subscribers');
 
 /** The non-negative integer whose digits follow `key` (and spaces) at or after `from`; -1 if none. */
 function intAfter(buf, key, from, end) {
@@ -149,71 +151,28 @@ class Subscriber extends RawClient {
     this.checkedFirst = false;
   }
 
-  /** The receive loop of RawClient, reading "i" (and "t") of each kind-4 frame. */
-  _onData(chunk) {
-    let buf = chunk;
-    if (this._rest !== null) {
-      buf = Buffer.concat([this._rest, chunk]);
-      this._rest = null;
+  /** Read "i" (and "t") of one kind-4 frame: mark i seen, record the delay since t. */
+  _onBroadcast(buf, p, end) {
+    const payloadAt = p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3];
+    if (!this.checkedFirst) {
+      this.checkedFirst = true;
+      this.checkFull(buf, p, end);
     }
-    const n = buf.length;
-    let i = 0;
-    let count = 0;
-    let now = -1;
-    while (i + 2 <= n) {
-      const b0 = buf[i];
-      let len = buf[i + 1];
-      let p = i + 2;
-      if (len === 126) {
-        if (i + 4 > n) break;
-        len = (buf[i + 2] << 8) | buf[i + 3];
-        p = i + 4;
-      } else if (len === 127) {
-        if (i + 10 > n) break;
-        len = buf.readUInt32BE(i + 2) * 2 ** 32 + buf.readUInt32BE(i + 6);
-        p = i + 10;
-      } else if (len > 127) {
-        this._protocolError('server frame is masked');
-        return;
-      }
-      if (p + len > n) break;
-      const op = b0 & 0x0f;
-      const end = p + len;
-      if (b0 === 0x82 && buf[p] === KIND_USER_BROADCAST) {
-        count++;
-        const payloadAt = p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3];
-        if (!this.checkedFirst) {
-          this.checkedFirst = true;
-          this.checkFull(buf, p, end);
-        }
-        const seq = intAfter(buf, KEY_I, payloadAt, end);
-        if (seq < 0) {
-          this.badFrames++;
-          this._note('delivery without "i": ' + buf.toString('utf8', payloadAt, Math.min(end, payloadAt + 200)));
-        } else {
-          this.seen.add(seq);
-          if (seq > this.maxI) this.maxI = seq;
-        }
-        const lat = this.latency;
-        if (lat !== null) {
-          const t = intAfter(buf, KEY_T, payloadAt, end);
-          if (t >= 0) {
-            if (now < 0) now = Number(process.hrtime.bigint());
-            lat.push(t, now - t);
-          }
-        }
-      } else if ((b0 & 0x80) === 0 || op === 0) {
-        this._protocolError('fragmented frames are not supported by the bench client');
-        return;
-      } else {
-        this._onControl(op, Buffer.from(buf.subarray(p, end)));
-      }
-      i = end;
+    const seq = intAfter(buf, KEY_I, payloadAt, end);
+    if (seq < 0) {
+      this.badFrames++;
+      this._note('delivery without "i": ' + buf.toString('utf8', payloadAt, Math.min(end, payloadAt + 200)));
+    } else {
+      this.seen.add(seq);
+      if (seq > this.maxI) this.maxI = seq;
     }
-    if (i < n) this._rest = Buffer.from(buf.subarray(i)); // a copy: buf is reused
-    if (count !== 0) {
-      this.count += count;
-      this.sink.delivered += count;
+    const lat = this.latency;
+    if (lat !== null) {
+      const t = intAfter(buf, KEY_T, payloadAt, end);
+      if (t >= 0) {
+        if (this._now < 0) this._now = Number(process.hrtime.bigint()); // ns, the writer's clock
+        lat.push(t, this._now - t);
+      }
     }
   }
 
@@ -270,59 +229,63 @@ class Samples {
     this.n++;
   }
 
+  /** The `latency` command's figures, in ms, over messages whose t lies in [fromNs, toNs]. */
   summary(fromNs, toNs) {
     const picked = [];
     for (let k = 0; k < this.n; k++) if (this.t[k] >= fromNs && this.t[k] <= toNs) picked.push(this.d[k] / 1e6);
-    const a = Float64Array.from(picked).sort();
-    const n = a.length;
-    const q = (p) => (n ? a[Math.min(n - 1, Math.floor(p * n))] : null);
-    let sum = 0;
-    for (let k = 0; k < n; k++) sum += a[k];
-    return {
-      count: n,
-      p50_ms: q(0.5),
-      p90_ms: q(0.9),
-      p99_ms: q(0.99),
-      p999_ms: q(0.999),
-      max_ms: n ? a[n - 1] : null,
-      min_ms: n ? a[0] : null,
-      mean_ms: n ? sum / n : null,
-    };
+    return percentiles(Float64Array.from(picked).sort());
   }
 }
 
-function usageProbe() {
-  return { t: performance.now(), cpu: process.cpuUsage(), elu: performance.eventLoopUtilization() };
-}
-
-async function waitAll(subs, total, timeoutMs) {
-  const deadline = performance.now() + timeoutMs;
-  for (;;) {
-    let done = true;
-    for (const s of subs) {
-      if (!s.closed && s.seen.unique < total) {
-        done = false;
-        break;
-      }
+/** The `expect` command: wait until every open socket holds each i in [0, total), then report the gaps. */
+async function expect(subs, sink, arg) {
+  const { total, timeout_s: timeoutS } = JSON.parse(arg);
+  const t = performance.now();
+  const drained = await waitUntil(() => subs.every((s) => s.closed || s.seen.unique >= total), timeoutS * 1000, 20);
+  const drainS = (performance.now() - t) / 1000;
+  await sleep(200); // anything arriving now would be a duplicate or out of range
+  let missing = 0;
+  let short = 0;
+  let duplicates = 0;
+  let outOfRange = 0;
+  let badFrames = 0;
+  let closed = 0;
+  const notes = [];
+  for (let i = 0; i < subs.length; i++) {
+    const s = subs[i];
+    const m = s.seen.missing(total);
+    if (m > 0) {
+      missing += m;
+      short++;
+      if (notes.length < 10) notes.push(`#${i}: ${m} missing, first ${s.seen.firstMissing(total, 5).join(',')}`);
     }
-    if (done) return true;
-    if (performance.now() > deadline) return false;
-    await sleep(20);
+    duplicates += s.seen.duplicates;
+    outOfRange += Math.max(0, s.seen.unique - (total - m));
+    badFrames += s.badFrames;
+    if (s.closed) closed++;
+    for (const note of s.notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
   }
+  return {
+    event: 'result',
+    drained,
+    drain_s: drainS,
+    delivered: sink.delivered,
+    expected: total * subs.length,
+    missing,
+    subscribers_short: short,
+    duplicates,
+    out_of_range: outOfRange,
+    bad_frames: badFrames,
+    subscribers_closed: closed,
+    per_subscriber_min: Math.min(...subs.map((s) => s.count)),
+    per_subscriber_max: Math.max(...subs.map((s) => s.count)),
+    notes,
+  };
 }
 
 async function main() {
-  let opt;
-  try {
-    opt = parseArgs(process.argv.slice(2), DEFAULTS);
-  } catch (err) {
-    emit({ event: 'error', error: err.message });
-    return 2;
-  }
-  if (!opt.url) {
-    emit({ event: 'error', error: '--url is required' });
-    return 2;
-  }
+  const opt = scriptOptions(DEFAULTS);
+  if (opt === null) return 2;
   const sink = { delivered: 0, latency: null, wake: null };
   const samples = new Samples();
   const subs = [];
@@ -330,119 +293,36 @@ async function main() {
     subs.push(new Subscriber(i, sink, opt, i < opt.latencySubscribers ? samples : null));
   }
   const t0 = performance.now();
-  let firstError = null;
   let joined = 0;
   const timeoutMs = opt.connectTimeout * 1000;
-  await pool(subs.length, opt.joinConcurrency, async (i) => {
-    if (firstError !== null) return;
-    try {
-      await subs[i].open(opt.url, timeoutMs);
-      await subs[i].join(opt.topic, { config: { private: true, broadcast: { self: false, ack: false } } }, timeoutMs);
-      joined++;
-    } catch (err) {
-      if (firstError === null) firstError = `subscriber ${i}: ${err.message}`;
-    }
+  const failure = await poolUntilError(subs.length, opt.joinConcurrency, 'subscriber', async (i) => {
+    await openJoined(subs[i], opt.url, opt.topic, PRIVATE_JOIN, timeoutMs);
+    joined++;
   });
-  if (firstError !== null) {
-    emit({ event: 'error', stage: 'subscribe', error: `${firstError} (${joined} of ${subs.length} joined)` });
+  if (failure !== null) {
+    emit({ event: 'error', stage: 'subscribe', error: `${failure} (${joined} of ${subs.length} joined)` });
     for (const s of subs) s.close();
     return 1;
   }
   const subscribeS = (performance.now() - t0) / 1000;
   log(`${subs.length} subscribers joined ${opt.topic} (private) in ${subscribeS.toFixed(2)} s`);
   emit({ event: 'ready', subscribers: subs.length, subscribe_s: subscribeS, hrtime_ns: process.hrtime.bigint().toString() });
-
-  let lastProgress = -1;
-  const progress = setInterval(() => {
-    if (sink.delivered !== lastProgress) {
-      lastProgress = sink.delivered;
-      emit({ event: 'progress', delivered: sink.delivered });
-    }
-  }, opt.progressMs);
-  const hb = setInterval(() => {
-    for (const s of subs) s.heartbeat();
-  }, opt.heartbeatInterval * 1000);
-
-  let markProbe = usageProbe();
-  const rl = readline.createInterface({ input: process.stdin });
-  for await (const line of rl) {
-    const [cmd, ...rest] = line.trim().split(' ');
-    const arg = rest.join(' ');
-    if (cmd === 'mark') {
-      const now = usageProbe();
-      const wallMs = now.t - markProbe.t;
-      const cpuMs = (now.cpu.user - markProbe.cpu.user + now.cpu.system - markProbe.cpu.system) / 1000;
-      emit({
-        event: 'mark',
-        name: arg,
-        delivered: sink.delivered,
-        generator_cpu_pct: wallMs > 0 ? (100 * cpuMs) / wallMs : null,
-        generator_elu: performance.eventLoopUtilization(now.elu, markProbe.elu).utilization,
-      });
-      markProbe = now;
-    } else if (cmd === 'expect') {
-      const { total, timeout_s: timeoutS } = JSON.parse(arg);
-      const t = performance.now();
-      const drained = await waitAll(subs, total, timeoutS * 1000);
-      const drainS = (performance.now() - t) / 1000;
-      await sleep(200); // anything arriving now would be a duplicate or out of range
-      let missing = 0;
-      let short = 0;
-      let duplicates = 0;
-      let outOfRange = 0;
-      let badFrames = 0;
-      let closed = 0;
-      const notes = [];
-      for (let i = 0; i < subs.length; i++) {
-        const s = subs[i];
-        const m = s.seen.missing(total);
-        if (m > 0) {
-          missing += m;
-          short++;
-          if (notes.length < 10) notes.push(`#${i}: ${m} missing, first ${s.seen.firstMissing(total, 5).join(',')}`);
-        }
-        duplicates += s.seen.duplicates;
-        outOfRange += Math.max(0, s.seen.unique - (total - m));
-        badFrames += s.badFrames;
-        if (s.closed) closed++;
-        for (const note of s.notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
-      }
-      emit({
-        event: 'result',
-        drained,
-        drain_s: drainS,
-        delivered: sink.delivered,
-        expected: total * subs.length,
-        missing,
-        subscribers_short: short,
-        duplicates,
-        out_of_range: outOfRange,
-        bad_frames: badFrames,
-        subscribers_closed: closed,
-        per_subscriber_min: Math.min(...subs.map((s) => s.count)),
-        per_subscriber_max: Math.max(...subs.map((s) => s.count)),
-        notes,
-      });
-    } else if (cmd === 'latency') {
-      const { from_ns: fromNs, to_ns: toNs } = JSON.parse(arg);
-      emit({ event: 'latency', ...samples.summary(fromNs, toNs) });
-    } else if (cmd === 'quit') {
-      break;
-    } else if (cmd !== '') {
-      log(`unknown command ${cmd}`);
-    }
-  }
-  clearInterval(progress);
-  clearInterval(hb);
-  rl.close();
+  await serveCommands({
+    sink,
+    clients: subs,
+    progressMs: opt.progressMs,
+    heartbeatMs: opt.heartbeatInterval * 1000,
+    commands: {
+      expect: (arg) => expect(subs, sink, arg),
+      latency: (arg) => {
+        const { from_ns: fromNs, to_ns: toNs } = JSON.parse(arg);
+        return { event: 'latency', ...samples.summary(fromNs, toNs) };
+      },
+    },
+    log,
+  });
   for (const s of subs) s.close();
   return 0;
 }
 
-main().then(
-  (code) => setTimeout(() => process.exit(code), 100),
-  (err) => {
-    emit({ event: 'error', error: String((err && err.stack) || err) });
-    process.exit(1);
-  },
-);
+runMain(main, 100);
