@@ -9,9 +9,10 @@ pool of its own, and is rolled back: nothing it inserts is ever visible."""
 from __future__ import annotations
 
 import bisect
+import contextlib
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,34 +123,24 @@ class Authorizer:
     ) -> dict[str, bool]:
         """Which of `extensions` the client may read on `topic` (spec §7, read check)."""
         probes = {ext: uuid.uuid4() for ext in extensions}
-        started = time.perf_counter()
-        try:
-            async with self.pool.connection() as conn:
-                try:
-                    # Pipelined: BEGIN, the probes, the settings, the select and
-                    # ROLLBACK cost one round trip (psycopg's per-statement wait
-                    # was two thirds of a private join's server time).
-                    async with conn.pipeline(), conn.transaction(force_rollback=True):
-                        # Probe rows are inserted before switching role, so any
-                        # policy can only decide whether they are visible.
-                        await conn.execute(
-                            "insert into realtime.messages (id, topic, extension, inserted_at, updated_at)"
-                            " select unnest(%s::uuid[]), %s, unnest(%s::text[]),"
-                            " timezone('utc', now()), timezone('utc', now())",
-                            (list(probes.values()), topic, list(probes)),
-                        )
-                        await self._set_config(conn, topic, claims, headers)
-                        cur = await conn.execute(
-                            "select id from realtime.messages where id = any(%s)", (list(probes.values()),)
-                        )
-                    visible = {row[0] for row in await cur.fetchall()}
-                except psycopg.Error as exc:
-                    raise self._error(exc, topic) from None
-        except PoolTimeout:
-            self.errors += 1
-            raise IncreaseConnectionPool("Please increase your connection pool size") from None
-        finally:
-            self.read_latency.observe((time.perf_counter() - started) * 1000)
+        async with self._connection(topic, self.read_latency) as conn:
+            # Pipelined: BEGIN, the probes, the settings, the select and
+            # ROLLBACK cost one round trip (psycopg's per-statement wait
+            # was two thirds of a private join's server time).
+            async with conn.pipeline(), conn.transaction(force_rollback=True):
+                # Probe rows are inserted before switching role, so any
+                # policy can only decide whether they are visible.
+                await conn.execute(
+                    "insert into realtime.messages (id, topic, extension, inserted_at, updated_at)"
+                    " select unnest(%s::uuid[]), %s, unnest(%s::text[]),"
+                    " timezone('utc', now()), timezone('utc', now())",
+                    (list(probes.values()), topic, list(probes)),
+                )
+                await self._set_config(conn, topic, claims, headers)
+                cur = await conn.execute(
+                    "select id from realtime.messages where id = any(%s)", (list(probes.values()),)
+                )
+            visible = {row[0] for row in await cur.fetchall()}
         return {ext: probe in visible for ext, probe in probes.items()}
 
     async def write(
@@ -157,31 +148,37 @@ class Authorizer:
     ) -> dict[str, bool]:
         """Which of `extensions` the client may write on `topic` (spec §7, write check)."""
         result: dict[str, bool] = {}
+        async with self._connection(topic, self.write_latency) as conn, conn.transaction(force_rollback=True):
+            await self._set_config(conn, topic, claims, headers)
+            for ext in extensions:
+                try:
+                    async with conn.transaction():  # a savepoint per extension
+                        await conn.execute(
+                            "insert into realtime.messages (topic, extension, inserted_at, updated_at)"
+                            " values (%s, %s, timezone('utc', now()), timezone('utc', now()))",
+                            (topic, ext),
+                        )
+                    result[ext] = True
+                except psycopg.errors.InsufficientPrivilege:
+                    result[ext] = False  # 42501: the policy's WITH CHECK said no
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _connection(self, topic: str, latency: LatencyHistogram) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection for one check: its time goes to `latency`, its failures
+        become the upstream errors (spec §7)."""
         started = time.perf_counter()
         try:
             async with self.pool.connection() as conn:
                 try:
-                    async with conn.transaction(force_rollback=True):
-                        await self._set_config(conn, topic, claims, headers)
-                        for ext in extensions:
-                            try:
-                                async with conn.transaction():  # a savepoint per extension
-                                    await conn.execute(
-                                        "insert into realtime.messages (topic, extension, inserted_at, updated_at)"
-                                        " values (%s, %s, timezone('utc', now()), timezone('utc', now()))",
-                                        (topic, ext),
-                                    )
-                                result[ext] = True
-                            except psycopg.errors.InsufficientPrivilege:
-                                result[ext] = False  # 42501: the policy's WITH CHECK said no
+                    yield conn
                 except psycopg.Error as exc:
                     raise self._error(exc, topic) from None
         except PoolTimeout:
             self.errors += 1
             raise IncreaseConnectionPool("Please increase your connection pool size") from None
         finally:
-            self.write_latency.observe((time.perf_counter() - started) * 1000)
-        return result
+            latency.observe((time.perf_counter() - started) * 1000)
 
     async def _set_config(
         self, conn: psycopg.AsyncConnection[Any], topic: str, claims: dict[str, Any], headers: dict[str, str]

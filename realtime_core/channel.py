@@ -466,15 +466,8 @@ class Channel:
         if not isinstance(token, str) or token.startswith("sb_") or token == self.token:
             return
         app = self.socket.app
-        try:
-            claims = verify(
-                token,
-                self.socket.tenant.keys,
-                now=time.time(),
-                claim_validators=app.settings.jwt_claim_validators,
-            )
-        except JwtError as exc:
-            self.shutdown(exc.message)
+        claims = self._verify(token)
+        if claims is None:
             return
         self.token, self.claims = token, claims
         self._schedule_token_check()
@@ -506,6 +499,19 @@ class Channel:
             return
         self.set_policies(after)  # write permissions are unknown again
 
+    def _verify(self, token: str) -> dict[str, Any] | None:
+        """The claims of `token`, or None after shutting the channel with its error (spec §8.3)."""
+        try:
+            return verify(
+                token,
+                self.socket.tenant.keys,
+                now=time.time(),
+                claim_validators=self.socket.app.settings.jwt_claim_validators,
+            )
+        except JwtError as exc:
+            self.shutdown(exc.message)
+            return None
+
     def _schedule_token_check(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
@@ -517,15 +523,8 @@ class Channel:
         self._expiry = None
         if self.state is ChannelState.CLOSED:
             return
-        app = self.socket.app
-        try:
-            self.claims = verify(
-                self.token,
-                self.socket.tenant.keys,
-                now=time.time(),
-                claim_validators=app.settings.jwt_claim_validators,
-            )
-        except JwtError as exc:
-            self.shutdown(exc.message)
+        claims = self._verify(self.token)
+        if claims is None:
             return
+        self.claims = claims
         self._schedule_token_check()
