@@ -255,7 +255,9 @@ class HttpProtocol(asyncio.Protocol):
                 response = await self._dispatch(request)
                 if self.closed or self.transport is None:
                     return
-                self.transport.write(response.head(keep_alive) + response.body)
+                # RFC 9110 §9.3.2: HEAD is GET without the content (the length stays).
+                body = b"" if request.method == "HEAD" else response.body
+                self.transport.write(response.head(keep_alive) + body)
                 if not keep_alive:
                     self.transport_close()
                     return
@@ -266,7 +268,8 @@ class HttpProtocol(asyncio.Protocol):
             self.last_seen = self.loop.time()
 
     async def _dispatch(self, request: Request) -> Response:
-        handler, params, path_known = self.server.app.http.match(request.method, request.path)
+        method = "GET" if request.method == "HEAD" else request.method
+        handler, params, path_known = self.server.app.http.match(method, request.path)
         if handler is None:
             if path_known:
                 return json_response(405, {"error": "Method not allowed"})

@@ -273,6 +273,16 @@ class TestRequests:
         assert response["headers"]["content-type"] == "text/plain; charset=utf-8"
         assert not transport.closed, "HTTP/1.1 keeps the connection alive"
 
+    async def test_head_answers_like_get_without_the_body(self, protocol, transport):
+        """RFC 9110 §9.3.2; on a kept-alive connection a body would garble the next response."""
+        protocol.data_received(GET_HEALTHCHECK.replace(b"GET ", b"HEAD ", 1) + GET_HEALTHCHECK)
+        await settle()
+        head, _, rest = transport.buffer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert b"content-length: 2" in head
+        assert rest.startswith(b"HTTP/1.1 200 "), "the HEAD response carried no body"
+        assert_response(rest, 200, b"ok")
+
     async def test_a_request_split_across_reads(self, protocol, transport):
         for i in range(0, len(GET_HEALTHCHECK), 7):
             protocol.data_received(GET_HEALTHCHECK[i : i + 7])
