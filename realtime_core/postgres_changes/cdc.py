@@ -96,7 +96,13 @@ class PostgresChanges:
             name="realtime_rls",
         )
         self.dispatcher = Dispatcher(
-            tenant, self.pool, self.registry, max_record_bytes=settings.max_record_bytes, now=now
+            tenant,
+            self.pool,
+            self.registry,
+            max_record_bytes=settings.max_record_bytes,
+            now=now,
+            # The batch itself holds one connection while the RLS workers run.
+            rls_concurrency=max(1, settings.pool_size - 1),
         )
         self.stream = ReplicationStream(
             dsn,

@@ -16,7 +16,7 @@ class CdcSettings:
     mode: str = "stream"  # or "poll" (pg_logical_slot_peek_binary_changes), for poolers
     poll_interval: float = 0.1
     max_record_bytes: int = 1_048_576
-    pool_size: int = 4
+    pool_size: int = 5
     # ReplicationSlotLagTooHigh past this many retained WAL bytes; policy "keep" alerts only,
     # "drop" recreates the slot (losing what it retained).
     slot_lag_alert_bytes: int = 1024**3
