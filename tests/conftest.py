@@ -69,13 +69,26 @@ def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
-def _create_database(admin_dsn: str) -> str:
-    name = f"rt_test_{uuid.uuid4().hex[:12]}"
+def _create_database(admin_dsn: str, prefix: str = "rt_test") -> str:
+    """Create a database named `prefix` plus a unique suffix; return its DSN (admin_dsn's, other dbname)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
     params = conninfo_to_dict(admin_dsn)
     params["dbname"] = name
     return make_conninfo(**params)
+
+
+@contextlib.contextmanager
+def scratch_database(admin_dsn: str, prefix: str = "rt_test") -> Iterator[str]:
+    """A fresh database (see _create_database) for the with block: yields its DSN, drops it with (force) on exit."""
+    dsn = _create_database(admin_dsn, prefix)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            name = conninfo_to_dict(dsn)["dbname"]
+            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
 
 
 @dataclass
@@ -179,13 +192,22 @@ def start_server(database_url: str, env: dict[str, str] | None = None, timeout: 
     return ServerProcess(proc, port[0], database_url, full_env, output, reader)
 
 
+@contextlib.contextmanager
+def serving(admin_dsn: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A server on a fresh database for the with block; stopped and its replication slots dropped on exit."""
+    server = start_server(_create_database(admin_dsn), env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.drop_slots()
+
+
 @pytest.fixture(scope="session")
 def server(pg_dsn: str) -> Iterator[ServerProcess]:
     """One server for the tests that need no special settings."""
-    srv = start_server(_create_database(pg_dsn))
-    yield srv
-    srv.stop()
-    srv.drop_slots()
+    with serving(pg_dsn) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -211,10 +233,8 @@ CDC_ENV = {"REALTIME_POSTGRES_CHANGES": "true"}
 @pytest.fixture(scope="module")
 def cdc(pg_dsn: str) -> Iterator[ServerProcess]:
     """A server streaming Postgres Changes from a database of its own (one per test module)."""
-    server = start_server(_create_database(pg_dsn), CDC_ENV)
-    yield server
-    server.stop()
-    server.drop_slots()
+    with serving(pg_dsn, CDC_ENV) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ they get unique names and are dropped at the end."""
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import scratch_database
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from realtime_core.postgres_changes import catalog as catalog_module
 from realtime_core.postgres_changes.catalog import PRIVILEGE_TTL, Catalog, TableInfo
@@ -44,17 +43,11 @@ grant select (id, b) on wide to {PARTIAL};
 
 @pytest.fixture(scope="module")
 def db_dsn(pg_dsn: str) -> Iterator[str]:
-    name = f"rt_catalog_{uuid.uuid4().hex[:10]}"
+    with scratch_database(pg_dsn, "rt_catalog") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        yield dsn
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
         for role in (READER, PARTIAL, NOBODY):
             conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
 

@@ -20,9 +20,8 @@ import httpx
 import jwt as pyjwt
 import psycopg
 import pytest
-from conftest import JWT_SECRET, MS, ServerProcess, _create_database, make_token, start_server
+from conftest import JWT_SECRET, MS, ServerProcess, make_token, scratch_database, serving
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from test_postgres_changes import TIMESTAMP, new_table, next_change, no_change, run, subscribe
 from wire import V2, RawClient
 
@@ -38,10 +37,8 @@ POLL_ENV = {"REALTIME_POSTGRES_CHANGES": "true", "REALTIME_REPLICATION_MODE": "p
 @pytest.fixture(scope="module")
 def poll_server(pg_dsn: str) -> Iterator[ServerProcess]:
     """One poll-mode server for the module (as server_factory(POLL_ENV) would start it)."""
-    server = start_server(_create_database(pg_dsn), POLL_ENV)
-    yield server
-    server.stop()
-    server.drop_slots()
+    with serving(pg_dsn, POLL_ENV) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -237,26 +234,23 @@ class TestSlotHealth:
 @pytest.fixture
 async def cdc(pg_dsn: str) -> AsyncIterator[PostgresChanges]:
     """A PostgresChanges on a database of its own, pool open, stream not started."""
-    dsn = _create_database(pg_dsn)
-    dbname = conninfo_to_dict(dsn)["dbname"]
     slot = f"rt_cdc_health_{secrets.token_hex(4)}"
     tenant = types.SimpleNamespace(external_id="health")  # the dispatcher only keeps it
-    cdc = PostgresChanges(tenant, dsn, CdcSettings(slot=slot, mode="stream"), now=lambda: 0.0)  # type: ignore[arg-type]
-    await cdc.pool.open(wait=True, timeout=30)
-    yield cdc
-    await cdc.stream.stop()
-    await cdc.pool.close()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for _ in range(100):
-            row = conn.execute("select active from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
-            if row is None or not row[0]:
-                break
-            await asyncio.sleep(20 * MS)
-        conn.execute(
-            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s", (slot,)
-        )
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(dbname)))
+    with scratch_database(pg_dsn) as dsn:
+        cdc = PostgresChanges(tenant, dsn, CdcSettings(slot=slot, mode="stream"), now=lambda: 0.0)  # type: ignore[arg-type]
+        await cdc.pool.open(wait=True, timeout=30)
+        yield cdc
+        await cdc.stream.stop()
+        await cdc.pool.close()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for _ in range(100):
+                row = conn.execute("select active from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+                if row is None or not row[0]:
+                    break
+                await asyncio.sleep(20 * MS)
+            conn.execute(
+                "select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s", (slot,)
+            )
 
 
 async def test_read_slot_health_reports_a_missing_slot(cdc):

@@ -8,14 +8,12 @@ from Elixir itself."""
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from conftest import scratch_database
 
 from realtime_core.postgres_changes.filters import (
     ColumnInfo,
@@ -550,17 +548,10 @@ create table items (
 
 @pytest.fixture(scope="module")
 def db_dsn(pg_dsn: str) -> Iterator[str]:
-    name = f"rt_filters_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    yield dsn
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn, "rt_filters") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        yield dsn
 
 
 @pytest.fixture

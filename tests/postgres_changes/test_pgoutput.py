@@ -10,13 +10,11 @@ import copy
 import pickle
 import secrets
 import struct
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from conftest import scratch_database
 
 from realtime_core.postgres_changes.pgoutput import (
     UNCHANGED,
@@ -523,14 +521,8 @@ class TestLsn:
 @pytest.fixture(scope="module")
 def db_dsn(pg_dsn: str) -> Iterator[str]:
     """A database of this module's own, dropped at the end."""
-    name = f"rt_pgoutput_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn, "rt_pgoutput") as dsn:
+        yield dsn
 
 
 @pytest.mark.pg

@@ -12,15 +12,14 @@ import asyncio
 import inspect
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from conftest import MS
+from conftest import MS, _create_database
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 from realtime_core.postgres_changes.pgoutput import Begin, Commit, Delete, Insert, Relation, Update, parse_lsn
 from realtime_core.postgres_changes.replication import ReplicationStream, SlotConflict, Transaction
@@ -35,12 +34,8 @@ WAIT = 5000 * MS
 
 
 def _database(admin_dsn: str, prefix: str) -> tuple[str, str]:
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(admin_dsn)
-    params["dbname"] = name
-    return name, make_conninfo(**params)
+    dsn = _create_database(admin_dsn, prefix)
+    return conninfo_to_dict(dsn)["dbname"], dsn
 
 
 def _drop_database(admin_dsn: str, name: str) -> None:

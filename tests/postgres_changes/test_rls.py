@@ -6,14 +6,13 @@ cluster-wide, so they get unique names and are dropped at the end."""
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from conftest import scratch_database
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from realtime_core.postgres_changes.catalog import TableInfo
 from realtime_core.postgres_changes.replication import SESSION_OPTIONS
@@ -49,35 +48,29 @@ grant select on all tables in schema public to {ROLE};
 
 @pytest.fixture(scope="module")
 def db_dsn(pg_dsn: str) -> Iterator[str]:
-    name = f"rt_rls_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    dsn = make_conninfo(**params)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-        for table in ("items", "pairs", "words", "flags", "things"):
-            conn.execute(sql.SQL("alter table {} enable row level security").format(sql.Identifier(table)))
-            conn.execute(
-                sql.SQL("create policy own on {} for select using (owner = " + OWNER + ")").format(
-                    sql.Identifier(table)
+    with scratch_database(pg_dsn, "rt_rls") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+            for table in ("items", "pairs", "words", "flags", "things"):
+                conn.execute(sql.SQL("alter table {} enable row level security").format(sql.Identifier(table)))
+                conn.execute(
+                    sql.SQL("create policy own on {} for select using (owner = " + OWNER + ")").format(
+                        sql.Identifier(table)
+                    )
                 )
+            conn.execute("alter table boom enable row level security")
+            conn.execute(
+                "create policy boom on boom for select using ("
+                f" case when {OWNER} = 'mallory' then id / (id - id) = 1 else owner = {OWNER} end)"
             )
-        conn.execute("alter table boom enable row level security")
-        conn.execute(
-            "create policy boom on boom for select using ("
-            f" case when {OWNER} = 'mallory' then id / (id - id) = 1 else owner = {OWNER} end)"
-        )
-        conn.execute("alter table legacy enable row level security")
-        conn.execute(
-            "create policy legacy on legacy for select using ("
-            " owner = current_setting('request.jwt.claim.sub', true)"
-            f" and current_setting('request.jwt.claim.role', true) = '{ROLE}')"
-        )
-    yield dsn
+            conn.execute("alter table legacy enable row level security")
+            conn.execute(
+                "create policy legacy on legacy for select using ("
+                " owner = current_setting('request.jwt.claim.sub', true)"
+                f" and current_setting('request.jwt.claim.role', true) = '{ROLE}')"
+            )
+        yield dsn
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("drop role {}").format(sql.Identifier(ROLE)))
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import psycopg
 import pytest
+from conftest import scratch_database
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from realtime_core.postgres_changes.values import SQL_LOOKUP, PgType, TypeCatalog
 
@@ -198,14 +197,8 @@ class TestCatalog:
 @pytest.fixture(scope="module")
 def db_dsn(pg_dsn: str) -> Iterator[str]:
     """A database of this module's own, dropped at the end."""
-    name = f"rt_values_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    params = conninfo_to_dict(pg_dsn)
-    params["dbname"] = name
-    yield make_conninfo(**params)
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    with scratch_database(pg_dsn, "rt_values") as dsn:
+        yield dsn
 
 
 # (type, literal): what to_jsonb must agree with.
