@@ -445,6 +445,13 @@ class Channel:
             self.reply(msg.ref, "error", {})
 
     def _push_presence_state(self) -> None:
+        tenant = self.socket.tenant
+        now = self.socket.app.now()
+        # spec §5.3: the tenant presence rate is checked for the initial state
+        # too (only track calls and diff deliveries count towards it).
+        if tenant.presence_events.reached(tenant.limits.max_presence_events_per_second, now):
+            self.shutdown("Too many presence messages per second")
+            return
         topic = self.socket.app.presences.get(self.key)
         self.push("presence_state", topic.state() if topic is not None else {})
 

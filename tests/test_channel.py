@@ -484,9 +484,20 @@ class TestPresenceLimits:
         tenant.limits.max_presence_events_per_second = 1
         tenant.presence_events.add(5, T0)
         clock[0] = T0 + BUCKET_SECONDS
-        alice = await joined(app, config=WITH_PRESENCE)
+        alice = await joined(app, config={"presence": {"key": "alice"}})  # no presence_state at join
         alice.track("2", {})
         assert_shut_down(alice, "1", "Too many presence messages per second")
+
+    async def test_tenant_presence_rate_applies_to_the_initial_presence_state(self, app, tenant, clock):
+        tenant.limits.max_presence_events_per_second = 1
+        tenant.presence_events.add(5, T0)
+        clock[0] = T0 + BUCKET_SECONDS
+        alice = Client(app)
+        alice.join(TOPIC, "1", config=WITH_PRESENCE)
+        await settle()
+        [reply, system, close] = alice.received()
+        assert reply[4]["status"] == "ok"  # the reply comes first (spec §10.8), then the shutdown
+        assert [system, close] == [system_error("1", "Too many presence messages per second"), phx_close("1")]
 
     async def test_track_and_its_deliveries_count_as_presence_events(self, app, tenant, clock):
         alice = await joined(app, config=WITH_PRESENCE)
