@@ -41,6 +41,7 @@ __all__ = [
     "rounded",
     "run_main",
     "summarize",
+    "target",
 ]
 
 TARGET_RATIO_AT_1000 = 1.2  # ours / Node ws deliveries per second at S = 1000
@@ -124,6 +125,11 @@ def environment(node: str) -> dict[str, Any]:
     }
 
 
+def target(want: Any, value: Any, met: bool) -> dict[str, Any]:
+    """Return one entry of a report's targets: what was wanted, what was measured, whether it was met."""
+    return {"target": want, "value": value, "met": met}
+
+
 def fmt(v: Any, spec: str = ".0f") -> str:
     """Format a figure for a table; "-" when it was not measured."""
     return "-" if v is None else format(v, spec)
@@ -149,9 +155,7 @@ def print_run(r: Run) -> None:
     """Print one line per run, as it finishes."""
     kind = r["phase"] + (f" burn {r['burn']:g}" if r.get("burn") else "")
     lat = (
-        f"p50 {fmt(r.get('p50_ms'), '.2f')} ms p99 {fmt(r.get('p99_ms'), '.2f')} ms "
-        if r["phase"] == "latency"
-        else ""
+        f"p50 {fmt(r.get('p50_ms'), '.2f')} ms p99 {fmt(r.get('p99_ms'), '.2f')} ms " if r["phase"] == "latency" else ""
     )
     print(
         f"  {r['server']:<9} S={r['subscribers']:<5} {kind:<19} {r['deliveries_per_s']:>10.0f}/s {lat}"
@@ -268,14 +272,10 @@ def summarize(
     targets: dict[str, Any] = {}
     if "1000" in ratios:
         v = ratios["1000"]
-        targets["deliveries_ratio_at_1000"] = {
-            "target": TARGET_RATIO_AT_1000,
-            "value": v,
-            "met": v >= TARGET_RATIO_AT_1000,
-        }
+        targets["deliveries_ratio_at_1000"] = target(TARGET_RATIO_AT_1000, v, v >= TARGET_RATIO_AT_1000)
     if "ours" in idle:
         v = idle["ours"]["kb_per_connection"]
-        targets["idle_kb_per_connection"] = {"target": TARGET_KB_PER_CONN, "value": v, "met": v <= TARGET_KB_PER_CONN}
+        targets["idle_kb_per_connection"] = target(TARGET_KB_PER_CONN, v, v <= TARGET_KB_PER_CONN)
     return {
         "table": rows,
         "ratios": ratios,

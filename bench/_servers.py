@@ -124,10 +124,10 @@ class Server:
     def stderr_tail(self) -> str:
         return _tail(self._err)
 
-    def start(self, port: int, token: str) -> None:
+    def start(self, port: int, apikey: str) -> None:
         """Start the server on `port` and wait until it is ready; raise BenchError if it is not."""
         self.port = port
-        self.url = f"ws://127.0.0.1:{port}/socket/websocket?apikey={token}&vsn=2.0.0"
+        self.url = f"ws://127.0.0.1:{port}/socket/websocket?apikey={apikey}&vsn=2.0.0"
         with open(self._out, "wb") as out, open(self._err, "wb") as err:
             self.proc = subprocess.Popen(
                 self.cmd,

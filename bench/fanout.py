@@ -33,13 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
-import secrets
 import shlex
-import shutil
 import statistics
-import string
 import subprocess
 import sys
 import tempfile
@@ -49,15 +44,25 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._proc import ProcessTree, Snapshot, rss_kb
-from bench._report import print_run, print_summary, summarize
-from bench._servers import BenchError, OurServer, Pinning, ReferenceServer, Server, free_port, our_command, pinning
+from bench._node import JS_DIR, ensure_node
+from bench._proc import ProcessTree, Snapshot, raise_nofile, rss_kb
+from bench._report import environment, finish, print_run, print_summary, run_main, summarize
+from bench._servers import (
+    BenchError,
+    OurServer,
+    Pinning,
+    ReferenceServer,
+    Server,
+    free_port,
+    new_secret,
+    our_command,
+    pinning,
+    token,
+)
 
 __all__ = ["main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
-JS_DIR = BENCH_DIR / "js"
-DEFAULT_JSON = BENCH_DIR / "results" / "fanout.json"
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "fanout.json"
 
 # Tenant limits raised so that they never throttle the bench (spec 9.1 names).
 OUR_ENV = {
@@ -130,70 +135,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.skip_ours and args.skip_reference:
         p.error("--skip-ours and --skip-reference leave nothing to measure")
     return args
-
-
-# ------------------------------------------------------------ environment
-
-
-def _raise_nofile() -> int:
-    """Raise RLIMIT_NOFILE to its hard limit, for us and every child; return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
-
-
-def _ensure_node_modules() -> str:
-    """Return the node executable, running `npm ci` in bench/js if node_modules is missing."""
-    node = shutil.which("node")
-    if node is None:
-        raise BenchError("node is not on PATH: the generator and the reference server need Node >= 18")
-    if not (JS_DIR / "node_modules" / "ws").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise BenchError(f"{JS_DIR}/node_modules is missing and npm is not on PATH")
-        print(f"installing the bench's Node dependencies (npm ci in {JS_DIR}) ...", flush=True)
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise BenchError(f"npm ci failed in {JS_DIR}:\n{done.stderr[-2000:]}")
-    return node
-
-
-def _token(secret: str) -> str:
-    import jwt  # PyJWT, a dependency of realtime-core
-
-    claims = {"role": "anon", "exp": int(time.time()) + 3600, "iss": "bench"}
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _environment(node: str, pin: Pinning) -> dict[str, Any]:
-    def output(*cmd: str) -> str | None:
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=BENCH_DIR)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() or None
-
-    model = None
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    lock = json.loads((JS_DIR / "package-lock.json").read_text())
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": output("git", "rev-parse", "--short", "HEAD"),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "node": output(node, "--version"),
-        "ws": lock["packages"]["node_modules/ws"]["version"],
-        "pinning": pin.description,
-    }
 
 
 # ------------------------------------------------------------------- runs
@@ -415,25 +356,18 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the fan-out bench with command-line arguments `argv`; return the exit status."""
-    args = _parse_args(argv)
-    try:
-        return _run(args)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_main(_run, _parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
-    nofile = _raise_nofile()
+    nofile = raise_nofile()
     need = max(max(args.subscribers), args.idle_connections) + 200
     if nofile < need:
         raise BenchError(f"the open-files limit is {nofile}, below the {need} sockets this run needs")
-    node = _ensure_node_modules()
+    node = ensure_node("the generator and the reference server")
     pin = pinning(args.no_pin)
-    secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
-    token = _token(secret)
+    secret = new_secret()
+    anon = token(secret, {"role": "anon"})
     print(f"fan-out bench: S={args.subscribers}, {args.duration:g} s windows, {pin.description}", flush=True)
 
     bench = Bench(args, node, pin)
@@ -449,13 +383,13 @@ def _run(args: argparse.Namespace) -> int:
                 ours = OurServer("ours", [*pin.server, *our_command(args.server_cmd, port)], env, work)
                 print(f"starting ours: {shlex.join(ours.cmd)}", flush=True)
                 bench.servers["ours"] = ours
-                ours.start(port, token)
+                ours.start(port, anon)
             if not args.skip_reference:
                 port = free_port()
                 cmd = [*pin.server, node, str(JS_DIR / "ws_server.js"), str(port)]
                 ref = ReferenceServer("reference", cmd, dict(os.environ), work)
                 bench.servers["reference"] = ref
-                ref.start(port, token)
+                ref.start(port, anon)
             bench.run()
         finally:
             for server in bench.servers.values():
@@ -465,8 +399,13 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = summarize(bench.runs, list(bench.servers), args.subscribers, bench.idle, args.headroom_burn)
     print_summary(summary, bench.idle)
+    lock = json.loads((JS_DIR / "package-lock.json").read_text())
     report = {
-        "environment": _environment(node, pin),
+        "environment": {
+            **environment(node),
+            "ws": lock["packages"]["node_modules/ws"]["version"],
+            "pinning": pin.description,
+        },
         "config": {
             "subscribers": args.subscribers,
             "duration_s": args.duration,
@@ -486,16 +425,7 @@ def _run(args: argparse.Namespace) -> int:
         "errors": bench.errors,
         "server_stderr_tail": logs,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.json}")
-    for e in bench.errors:
-        print(f"error: {e}", file=sys.stderr)
-    if bench.errors:
-        return 1
-    if args.check_targets and not all(t["met"] for t in summary["targets"].values()):
-        return 3
-    return 0
+    return finish(args.json, report, bench.errors, summary["targets"], args.check_targets)
 
 
 if __name__ == "__main__":

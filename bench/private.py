@@ -49,6 +49,10 @@ also waits before each run until the cores are idle. ``--profile`` runs
 py-spy on the server during the (1) and (2) windows and prints where its
 time goes.
 
+What the benchmarks share (the database, the server, the Node process, the
+writer threads, /proc and py-spy) lives in bench/_harness.py and the modules
+it names; this module holds the policy, the phases and their report.
+
 The targets (>= 1,000 private joins/s with no error; >= 10,000 database
 broadcasts/s delivered, each to all --subscribers) live here only: printed,
 written to the JSON file, never asserted by unit tests. ``--check-targets``
@@ -58,42 +62,29 @@ turns a miss into exit status 3.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import json
-import os
-import platform
-import queue
-import resource
-import secrets
-import shlex
-import shutil
-import string
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 
-from bench._proc import ProcessTree, Snapshot
-from bench._servers import BenchError, OurServer, Pinning, free_port, our_command, pinning
-
-# The Postgres Changes bench's database handling (embedded or DATABASE_URL)
-# and py-spy summary. Its private helpers change under it; the few small
-# ones needed here are below.
-from bench.postgres_changes import Database, summarize_profile
+from bench._harness import DatabaseBench, add_server_options
+from bench._node import NodeProcess
+from bench._proc import Snapshot
+from bench._profile import print_profiles
+from bench._report import WARN_CPU_PCT, WARN_IDLE_CORE_PCT, fmt, percentile, rounded, run_main, target
+from bench._servers import BenchError, Pinning, token
+from bench._writers import PacedWriter, ThrottledWriter, join_all
 
 __all__ = ["main"]
 
-BENCH_DIR = Path(__file__).resolve().parent
-JS_DIR = BENCH_DIR / "js"
-DEFAULT_JSON = BENCH_DIR / "results" / "private.json"
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "private.json"
 
 TARGET_JOINS_PER_S = 1_000.0  # (1) ok replies to private joins per second
 TARGET_DB_BROADCASTS_PER_S = 10_000.0  # (2) realtime.send messages/s delivered to every subscriber
@@ -116,82 +107,12 @@ EVENT = "e"
 READ_CHECK = "realtime_tenants_read_authorization_check"
 
 MIN_LEAD_DELIVERIES = 20_000  # (2): deliveries the writers may always be ahead by
-WARN_CPU_PCT = 90.0  # a process using this share of one core may be the bottleneck
-WARN_IDLE_CORE_PCT = 85.0  # a server core less busy than this was not the limit
 # Core time not spent by the bench's processes (foreign, short-lived, kernel)
 # that makes a window suspect; ~5-10 % is the kernel's share of our traffic.
 WARN_OTHER_PCT = 20.0
 QUIET_PCT = 15.0  # --wait-quiet: busy time of every core together, in % of one, between runs
 
-
-# ------------------------------------------------------------ environment
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _node() -> str:
-    """Return the node executable, running `npm ci` in bench/js if node_modules is missing."""
-    node = shutil.which("node")
-    if node is None:
-        raise BenchError("node is not on PATH: the generators need Node >= 18")
-    if not (JS_DIR / "node_modules" / "ws").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise BenchError(f"{JS_DIR}/node_modules is missing and npm is not on PATH")
-        print(f"installing the bench's Node dependencies (npm ci in {JS_DIR}) ...", flush=True)
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise BenchError(f"npm ci failed in {JS_DIR}:\n{done.stderr[-2000:]}")
-    return node
-
-
-def _token(secret: str, claims: dict[str, Any]) -> str:
-    import jwt  # PyJWT, a dependency of realtime-core
-
-    return jwt.encode({"exp": int(time.time()) + 3600, "iss": "bench", **claims}, secret, algorithm="HS256")
-
-
-def _output(*cmd: str) -> str | None:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=BENCH_DIR)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def _environment(node: str, pin: Pinning, pg_version: str, embedded: bool) -> dict[str, Any]:
-    model = None
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "commit": _output("git", "rev-parse", "--short", "HEAD"),
-        "cpu_model": model,
-        "cpus": os.cpu_count(),
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "node": _output(node, "--version"),
-        "postgres": pg_version,
-        "postgres_source": "embedded" if embedded else "DATABASE_URL",
-        "pinning": pin.description,
-        "clock": "CLOCK_MONOTONIC (Python time.monotonic_ns, Node process.hrtime.bigint)",
-    }
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
+_PROFILE_HEADING = "profile of the server during {name} ({samples} samples, py-spy --gil: CPU only):"
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -233,13 +154,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{QUIET_PCT:.0f}%% of one (the machine may be shared; 0: do not wait)",
     )
     p.add_argument("--db-pool-size", type=int, help="DB_POOL_SIZE of the server (its authorization pool)")
-    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
-    p.add_argument(
-        "--server-cmd",
-        help="command line of the server; {host} and {port} are substituted, and "
-        "'--host 127.0.0.1 --port N' is appended when it has no {port}",
-    )
-    p.add_argument("--no-pin", action="store_true", help="do not pin the server and the generator to cores")
+    add_server_options(p, DEFAULT_JSON)
     p.add_argument(
         "--pg-anywhere",
         action="store_true",
@@ -286,6 +201,11 @@ def _metric(m: dict[str, float], name: str) -> float | None:
     return sum(values) if values else None
 
 
+def _increase(before: dict[str, float], after: dict[str, float], name: str) -> float:
+    """How much the counter `name` grew between two scrapes (0 where it is missing)."""
+    return (_metric(after, name) or 0) - (_metric(before, name) or 0)
+
+
 def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict[str, Any] | None:
     """The Prometheus histogram `name` observed between two scrapes: counts per bucket and estimates.
 
@@ -320,93 +240,6 @@ def histogram_delta(before: dict[str, float], after: dict[str, float], name: str
     }
 
 
-# ---------------------------------------------------------------- generator
-
-
-class NodeProcess:
-    """One Node script of bench/js, pinned to the generator's core, talking JSON lines."""
-
-    def __init__(self, node: str, pin: Pinning, script: str, args: list[str], work: Path, tag: str) -> None:
-        cmd = [*pin.generator, node, str(JS_DIR / script), *args]
-        self.name = script
-        self.delivered = 0
-        self._history: collections.deque[tuple[float, int]] = collections.deque()
-        self._lock = threading.Lock()
-        self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._err_path = work / f"{tag}.stderr"
-        self._err = open(self._err_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
-        self.pid = self.proc.pid
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if msg.get("event") == "progress":
-                now = time.monotonic()
-                with self._lock:
-                    self.delivered = msg["delivered"]
-                    self._history.append((now, self.delivered))
-                    while len(self._history) > 2 and now - self._history[0][0] > 0.5:
-                        self._history.popleft()
-            else:
-                self._replies.put(msg)
-        self._replies.put({"event": "error", "error": f"{self.name} exited with status {self.proc.wait()}"})
-
-    def rate(self) -> float:
-        """Deliveries per second over the last ~0.5 s (0 when nothing arrived lately)."""
-        with self._lock:
-            if len(self._history) < 2:
-                return 0.0
-            (t0, d0), (t1, d1) = self._history[0], self._history[-1]
-        if time.monotonic() - t1 > 0.5:
-            return 0.0  # progress lines stop when deliveries do
-        return (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
-
-    def reply(self, timeout: float, what: str, event: str) -> dict[str, Any]:
-        """The next JSON line that is not progress; raise BenchError unless its event is `event`."""
-        try:
-            msg = self._replies.get(timeout=timeout)
-        except queue.Empty:
-            raise BenchError(f"{self.name}: no {what} within {timeout:.0f} s{self._stderr()}") from None
-        if msg.get("event") != event:
-            raise BenchError(f"{self.name}: expected {what}, got {json.dumps(msg)[:500]}{self._stderr()}")
-        return msg
-
-    def _stderr(self) -> str:
-        self._err.flush()
-        try:
-            tail = self._err_path.read_bytes()[-1500:].decode("utf-8", "replace").strip()
-        except OSError:
-            tail = ""
-        return f"\nstderr (tail):\n{tail}" if tail else ""
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((line + "\n").encode())
-        self.proc.stdin.flush()
-
-    def command(self, line: str, timeout: float, event: str) -> dict[str, Any]:
-        self.send(line)
-        return self.reply(timeout, f"a reply to {line.split(' ', 1)[0]}", event)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(OSError):
-                self.send("quit")
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._err.close()
-
-
 # ------------------------------------------------------------------ writers
 
 
@@ -439,115 +272,87 @@ _SEND_BATCH = (
 _SEND_ONE = "select realtime.send(jsonb_build_object('i', %s::bigint, 't', %s::bigint), %s, %s)"
 
 
-class _Writer(threading.Thread):
-    def __init__(self, dsn: str, name: str) -> None:
-        super().__init__(daemon=True, name=name)
-        self.dsn = dsn
-        self.sent = 0  # messages in committed statements
-        self.warnings = 0  # WarnSendingBroadcastMessage notices: realtime.send swallowed an error
-        self.first_warning: str | None = None
-        self.error: BaseException | None = None
+class _SendWarnings:
+    """WarnSendingBroadcastMessage notices on one connection: realtime.send swallowed an error."""
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(self.dsn, autocommit=True, application_name="bench_private_writer")
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
 
-        def notice(diag: psycopg.errors.Diagnostic) -> None:
-            text = diag.message_primary or ""
-            if "WarnSendingBroadcastMessage" in text:
-                self.warnings += 1
-                if self.first_warning is None:
-                    self.first_warning = text
-
-        conn.add_notice_handler(notice)
-        return conn
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        text = diag.message_primary or ""
+        if "WarnSendingBroadcastMessage" in text:
+            self.count += 1
+            if self.first is None:
+                self.first = text
 
 
-class BulkWriter(_Writer):
+def _connect(dsn: str, warnings: _SendWarnings) -> psycopg.Connection[Any]:
+    """A writer's connection, named for pg_stat_activity, counting realtime.send's warnings."""
+    conn = psycopg.connect(dsn, autocommit=True, application_name="bench_private_writer")
+    conn.add_notice_handler(warnings)
+    return conn
+
+
+class BulkWriter(ThrottledWriter):
     """--batch realtime.send calls per statement, as fast as the database takes them, within the allowed lead."""
 
     def __init__(
         self, dsn: str, numbers: Numbers, batch: int, allowed: Callable[[], bool], stop: threading.Event, k: int
     ) -> None:
-        super().__init__(dsn, f"bulk writer {k}")
-        self.numbers, self.batch, self.allowed, self.stop_event = numbers, batch, allowed, stop
-        self.throttled_s = 0.0
+        super().__init__(dsn, f"bulk writer {k}", allowed, stop)
+        self.numbers, self.batch = numbers, batch
+        self.sent = 0  # messages in committed statements
+        self.warnings = _SendWarnings()
         self.statement_s: list[float] = []
 
-    def run(self) -> None:
-        try:
-            with self._connect() as conn:
-                while not self.stop_event.is_set():
-                    if not self.allowed():
-                        t = time.monotonic()
-                        time.sleep(0.002)
-                        self.throttled_s += time.monotonic() - t
-                        continue
-                    start = self.numbers.take(self.batch)
-                    t0 = time.monotonic_ns()
-                    conn.execute(_SEND_BATCH, (start, t0, EVENT, ROOM, self.batch - 1))
-                    self.statement_s.append((time.monotonic_ns() - t0) / 1e9)
-                    self.sent += self.batch
-        except BaseException as exc:  # reported by the phase
-            self.error = exc
+    def connect(self) -> psycopg.Connection[Any]:
+        return _connect(self.dsn, self.warnings)
+
+    def send_batch(self, conn: psycopg.Connection[Any]) -> None:
+        start = self.numbers.take(self.batch)
+        t0 = time.monotonic_ns()
+        conn.execute(_SEND_BATCH, (start, t0, EVENT, ROOM, self.batch - 1))
+        self.statement_s.append((time.monotonic_ns() - t0) / 1e9)
+        self.sent += self.batch
 
 
-class PacedWriter(_Writer):
+class LatencyWriter(PacedWriter):
     """One realtime.send per statement at a fixed rate; records each statement's round trip."""
 
     def __init__(self, dsn: str, numbers: Numbers, rate: float, seconds: float) -> None:
-        super().__init__(dsn, "paced writer")
-        self.numbers, self.rate, self.seconds = numbers, rate, seconds
+        super().__init__(dsn, "paced writer", rate, seconds)
+        self.numbers = numbers
+        self.sent = 0  # messages in committed statements
+        self.warnings = _SendWarnings()
         self.roundtrip_ms: list[float] = []
-        self.late = 0  # statements that started more than 5 ms behind schedule
 
-    def run(self) -> None:
-        try:
-            with self._connect() as conn:
-                total = int(self.rate * self.seconds)
-                start = time.monotonic()
-                for k in range(total):
-                    wait = start + k / self.rate - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
-                    elif wait < -0.005:
-                        self.late += 1
-                    n = self.numbers.take(1)
-                    t0 = time.monotonic_ns()
-                    conn.execute(_SEND_ONE, (n, t0, EVENT, ROOM))
-                    self.roundtrip_ms.append((time.monotonic_ns() - t0) / 1e6)
-                    self.sent += 1
-        except BaseException as exc:
-            self.error = exc
+    def connect(self) -> psycopg.Connection[Any]:
+        return _connect(self.dsn, self.warnings)
+
+    def send_one(self, conn: psycopg.Connection[Any]) -> None:
+        n = self.numbers.take(1)
+        t0 = time.monotonic_ns()
+        conn.execute(_SEND_ONE, (n, t0, EVENT, ROOM))
+        self.roundtrip_ms.append((time.monotonic_ns() - t0) / 1e6)
+        self.sent += 1
 
 
 # --------------------------------------------------------------------- bench
 
 
-def _fmt(v: Any, spec: str = ".0f") -> str:
-    return "-" if v is None else format(v, spec)
-
-
-def _r(v: float | None, digits: int = 1) -> float | None:
-    return None if v is None else round(v, digits)
-
-
-class Bench:
+class Bench(DatabaseBench):
     """The server, its database and the phases; every figure ends up in `phases`."""
 
+    # Blocking sampling (no --nonblocking): reading a running process
+    # truncated two thirds of the stacks here, which hides where the
+    # time goes. Pausing 100 times a second costs the server a little.
+    profile_rate: ClassVar[int] = 100
+    profile_nonblocking: ClassVar[bool] = False
+
     def __init__(self, args: argparse.Namespace, node: str, pin: Pinning, work: Path) -> None:
-        self.args = args
-        self.node = node
-        self.pin = pin
-        self.work = work
-        self.secret = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
-        self.token = _token(self.secret, {"role": "authenticated", "sub": "bench"})
-        self.db = Database(work)
-        self.server: OurServer | None = None
-        self.port = 0
-        self.url = ""
-        self.phases: dict[str, dict[str, Any]] = {}
-        self.errors: list[str] = []
-        self.profiles: dict[str, Any] = {}
+        super().__init__(args, node, pin, work)
+        self.token = token(self.secret, {"role": "authenticated", "sub": "bench"})
         self.numbers = Numbers()
         self.subscribers: NodeProcess | None = None  # shared by (2) and (3)
         self.pg_pinned = 0  # PostgreSQL processes moved to the generator's core
@@ -555,21 +360,10 @@ class Bench:
     # -- lifecycle
 
     def start(self) -> None:
-        self.db.start()
-        self.port = free_port()
-        env = {
-            **os.environ,
-            **SERVER_ENV,
-            "DATABASE_URL": self.db.dsn,
-            "SLOT_NAME_SUFFIX": self.db.name,  # slot names are cluster-wide
-            "REALTIME_JWT_SECRET": self.secret,
-        }
+        env = dict(SERVER_ENV)
         if self.args.db_pool_size:
             env["DB_POOL_SIZE"] = str(self.args.db_pool_size)
-        cmd = [*self.pin.server, *our_command(self.args.server_cmd, self.port)]
-        self.server = OurServer("server", cmd, env, self.work)
-        print(f"starting the server: {shlex.join(cmd)}", flush=True)
-        self.server.start(self.port, _token(self.secret, {"role": "anon"}))
+        self.start_server(env)
         self.url = f"ws://127.0.0.1:{self.port}/socket/websocket?apikey={self.token}&vsn=2.0.0"
         # The server's migrations made realtime.messages, its partitions and the roles.
         with psycopg.connect(self.db.dsn, autocommit=True) as conn:
@@ -577,135 +371,54 @@ class Bench:
                 "create policy bench_read on realtime.messages for select to authenticated"
                 f" using (realtime.topic() like '{TOPIC_PREFIX}%')"
             )
-        # Writers (threads of this process, started from now on) stay off the
-        # server's core.
-        if self.pin.generator_cpu is not None:
-            os.sched_setaffinity(0, {self.pin.generator_cpu})
-            if not self.args.pg_anywhere:
-                self.pg_pinned = self._pin_postgres(self.pin.generator_cpu)
-
-    def _pin_postgres(self, cpu: int) -> int:
-        """Move the embedded PostgreSQL (postmaster and every backend) to `cpu`; return how many processes moved.
-
-        Backends forked later inherit the postmaster's affinity."""
-        if self.db.pg_pid is None:
-            return 0
-        moved = 0
-        snap = Snapshot.take()
-        for pid in ProcessTree(self.db.pg_pid).members(snap.procs):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, {cpu})
-                moved += 1
-        return moved
+        self.pin_writers()
+        if self.pin.generator_cpu is not None and not self.args.pg_anywhere:
+            self.pg_pinned = self.db.pin_to(self.pin.generator_cpu)
 
     def stop(self) -> None:
         if self.subscribers is not None:
             self.subscribers.close()
             self.subscribers = None
-        if self.server is not None:
-            self.server.stop()
-        self.db.stop()
+        super().stop()
 
     # -- measuring
 
-    def _usage(self, gen_pid: int, a: Snapshot, b: Snapshot) -> dict[str, Any]:
-        assert self.server is not None
-        trees = {"server": ProcessTree(self.server.pid), "bench": ProcessTree(os.getpid())}
-        if self.db.pg_pid is not None:
-            trees["postgres"] = ProcessTree(self.db.pg_pid)
-        gen = ProcessTree(gen_pid)
-        u = a.usage(b, servers=trees, generator=gen)
-        cores = u.get("core_busy_pct", {})
-        wall = max(b.t - a.t, 1e-9)
-        gen_ticks = sum(
-            (b.procs[p][2] - (a.procs[p][2] if p in a.procs else 0)) for p in gen.members(b.procs) if p in b.procs
-        )
-        pg = None
-        if "postgres_cpu_pct" in u:
-            pg = round(u["postgres_cpu_pct"] + u["postgres_children_cpu_pct"], 1)
-        gen_pct = round(100.0 * gen_ticks / os.sysconf("SC_CLK_TCK") / wall, 1)
-        ours = u["server_cpu_pct"] + (pg or 0.0) + gen_pct + u["bench_cpu_pct"]
-        return {
-            "server_cpu_pct": u.get("server_cpu_pct"),
-            "postgres_cpu_pct": pg,
-            "generator_cpu_pct": gen_pct,
-            "writer_cpu_pct": u.get("bench_cpu_pct"),
-            "server_core_busy_pct": cores.get(f"cpu{self.pin.server_cpu}"),
-            "generator_core_busy_pct": cores.get(f"cpu{self.pin.generator_cpu}"),
-            "core_busy_pct": cores,
-            "foreign_cpu_pct": u.get("foreign_cpu_pct"),
-            "foreign_top": u.get("foreign_top"),
-            # Every core's busy time not spent by the bench's processes: the
-            # other processes above, those that started and ended within the
-            # window (a test suite's), and the kernel (softirqs of our own
-            # loopback traffic too, a few %).
-            "other_load_pct": round(max(0.0, sum(cores.values()) - ours), 1),
-        }
-
-    def _profile_start(self, name: str, seconds: float) -> subprocess.Popen[bytes] | None:
-        """Start py-spy on the server for `seconds`; _finish_profile() summarises it."""
-        if not self.args.profile or self.server is None:
-            return None
-        exe = shutil.which("py-spy")
-        if exe is None:
-            print("  (no py-spy on PATH: pip install py-spy; profile skipped)", flush=True)
-            return None
-        out = self.work / f"{name}.raw"
-        # Blocking sampling (no --nonblocking): reading a running process
-        # truncated two thirds of the stacks here, which hides where the
-        # time goes. Pausing 100 times a second costs the server a little.
-        cmd = [exe, "record", "--pid", str(self.server.pid), "--duration", str(max(1, int(seconds)))]
-        cmd += ["--rate", "100", "--format", "raw", "--gil", "-o", str(out)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        proc.out_path = out  # type: ignore[attr-defined]
-        return proc
-
-    def _profile_finish(self, name: str, proc: subprocess.Popen[bytes] | None) -> None:
-        if proc is None:
-            return
-        try:
-            _, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        out: Path = proc.out_path  # type: ignore[attr-defined]
-        if out.exists():
-            self.profiles[name] = summarize_profile(out.read_text())
-        else:
-            self.profiles[name] = {"error": err.decode("utf-8", "replace")[-500:]}
+    def _usage(self, gen: NodeProcess, a: Snapshot, b: Snapshot) -> dict[str, Any]:
+        u = self.window_usage(gen.pid, a, b)
+        ours = u["server_cpu_pct"] + (u["postgres_cpu_pct"] or 0.0) + u["generator_cpu_pct"] + u["writer_cpu_pct"]
+        # Every core's busy time not spent by the bench's processes: the
+        # other processes above, those that started and ended within the
+        # window (a test suite's), and the kernel (softirqs of our own
+        # loopback traffic too, a few %).
+        u["other_load_pct"] = round(max(0.0, sum(u["core_busy_pct"].values()) - ours), 1)
+        return u
 
     def joins_phase(self, run: int) -> dict[str, Any]:
         """(1): private joins as fast as replies come; ok and error replies per second."""
         a = self.args
         prefix = f"{TOPIC_PREFIX}{run}-"  # every run joins topics no earlier run used
-        gen = NodeProcess(
-            self.node,
-            self.pin,
+        gen = self.node_process(
             "private_joins.js",
             [
                 *("--url", self.url, "--connections", str(a.connections), "--outstanding", str(a.outstanding)),
                 *("--duration", str(a.duration), "--warmup", str(a.warmup), "--prefix", prefix),
             ],
-            self.work,
             f"private_joins.{run}",
         )
         profile = None
         try:
             gen.reply(60, "the measure_start mark", "mark")
             m0, s0 = scrape_metrics(self.port), Snapshot.take()
-            profile = self._profile_start(f"joins.{run}", a.duration)
+            profile = self.start_profile(f"joins.{run}", a.duration)
             gen.reply(a.duration + 30, "the measure_end mark", "mark")
             m1, s1 = scrape_metrics(self.port), Snapshot.take()
             result = gen.reply(60, "the result", "result")
         finally:
             gen.close()
-            self._profile_finish(f"joins.{run}", profile)
+            self.finish_profile(f"joins.{run}", profile)
         win = result["window"]
         total = result["total"]
         errors_total = total["error"] + total["timeout"] + total["closed"]
-        server_errors = (_metric(m1, "realtime_channel_join_errors_total") or 0) - (
-            _metric(m0, "realtime_channel_join_errors_total") or 0
-        )
         return {
             "phase": "joins",
             "connections": result["connections"],
@@ -718,44 +431,31 @@ class Bench:
             "errors_window": win["error"] + win["timeout"] + win["closed"],
             "errors_total": errors_total,
             "error_reasons": result["reasons"],
-            "server_join_errors": int(server_errors),
-            "join_roundtrip": {k: _r(v, 2) if isinstance(v, float) else v for k, v in result["join_roundtrip"].items()},
+            "server_join_errors": int(_increase(m0, m1, "realtime_channel_join_errors_total")),
+            "join_roundtrip": {
+                k: rounded(v, 2) if isinstance(v, float) else v for k, v in result["join_roundtrip"].items()
+            },
             "read_check": histogram_delta(m0, m1, READ_CHECK),
             "channels_joined_at_end": _metric(m1, "realtime_channels_joined"),
             "connections_closed": result["connections_closed"],
             "notes": result["notes"],
-            "generator_elu": _r(result.get("generator_elu"), 3),
-            **self._usage(gen.pid, s0, s1),
+            "generator_elu": rounded(result.get("generator_elu"), 3),
+            **self._usage(gen, s0, s1),
         }
 
     def _open_subscribers(self) -> NodeProcess:
         if self.subscribers is not None:
             return self.subscribers
         a = self.args
-        gen = NodeProcess(
-            self.node,
-            self.pin,
+        gen = self.node_process(
             "private_subscribers.js",
             [
                 *("--url", self.url, "--subscribers", str(a.subscribers), "--topic", f"realtime:{ROOM}"),
                 *("--event", EVENT, "--latency-subscribers", str(min(a.latency_subscribers, a.subscribers))),
             ],
-            self.work,
             "private_subscribers",
         )
-        try:
-            ready = gen.reply(60 + a.subscribers / 10, "the ready line", "ready")
-        except BaseException:
-            gen.close()
-            raise
-        skew_ms = (time.monotonic_ns() - int(ready["hrtime_ns"])) / 1e6
-        if not -1.0 < skew_ms < 1000.0:
-            gen.close()
-            raise BenchError(
-                f"Node's process.hrtime and Python's time.monotonic_ns differ by {skew_ms:.1f} ms: "
-                "they are not the same clock here, latency cannot be measured"
-            )
-        gen.ready = ready  # type: ignore[attr-defined]
+        gen.wait_ready(60 + a.subscribers / 10)
         self.subscribers = gen
         return gen
 
@@ -789,7 +489,7 @@ class Bench:
             if a.max_lag <= 0:
                 return True
             behind = sum(w.sent for w in writers) - (gen.delivered - delivered_before) / n
-            return behind < max(floor, a.max_lag * gen.rate() / n)
+            return behind < max(floor, a.max_lag * gen.rate(stale_after=0.5) / n)
 
         profile = None
         pg_m0 = scrape_metrics(self.port)
@@ -798,79 +498,69 @@ class Bench:
             for w in writers:
                 w.start()
             time.sleep(a.warmup)
-            profile = self._profile_start(f"broadcast.{run}", a.duration)
+            profile = self.start_profile(f"broadcast.{run}", a.duration)
             sent0, thr0 = sum(w.sent for w in writers), sum(w.throttled_s for w in writers)
-            mk0, m0, s0 = gen.command("mark start", 30, "mark"), scrape_metrics(self.port), Snapshot.take()
+            mk0, m0, s0 = gen.mark("start"), scrape_metrics(self.port), Snapshot.take()
             t0_ns = time.monotonic_ns()
             time.sleep(a.duration)
-            mk1, m1, s1 = gen.command("mark end", 30, "mark"), scrape_metrics(self.port), Snapshot.take()
+            mk1, m1, s1 = gen.mark("end"), scrape_metrics(self.port), Snapshot.take()
             t1_ns = time.monotonic_ns()
             sent1, thr1 = sum(w.sent for w in writers), sum(w.throttled_s for w in writers)
             stop.set()
-            for w in writers:
-                w.join(60)
-            failed = [w.error for w in writers if w.error is not None]
-            if failed:
-                raise BenchError(f"a writer failed: {failed[0]}")
+            if (error := join_all(writers, 60)) is not None:
+                raise BenchError(f"a writer failed: {error}")
             wall = (t1_ns - t0_ns) / 1e9
             rate = (mk1["delivered"] - mk0["delivered"]) / wall
             result, drain_s = self._expect_all(gen, rate)
-            latency = gen.command("latency " + json.dumps({"from_ns": t0_ns, "to_ns": t1_ns}), 30, "latency")
+            latency = _latency(gen, t0_ns, t1_ns)
         finally:
             stop.set()
-            self._profile_finish(f"broadcast.{run}", profile)
+            self.finish_profile(f"broadcast.{run}", profile)
         pg_m1 = scrape_metrics(self.port)
         statements = [s for w in writers for s in w.statement_s]
-        server_delivered = (_metric(m1, "realtime_db_broadcast_delivered_total") or 0) - (
-            _metric(m0, "realtime_db_broadcast_delivered_total") or 0
-        )
         issued = self.numbers.issued
         db_rows = self._db_rows()
-        warnings_ = sum(w.warnings for w in writers)
         return {
             "phase": "broadcast",
             "subscribers": n,
             "writers": a.writers,
             "batch": a.batch,
             "window_s": round(wall, 3),
-            "subscribe_s": round(gen.ready["subscribe_s"], 2),  # type: ignore[attr-defined]
+            "subscribe_s": round(gen.ready["subscribe_s"], 2),
             "inserts_per_s": round((sent1 - sent0) / wall, 1),
             "deliveries_per_s": round(rate, 1),
             "delivered_messages_per_s": round(rate / n, 1),
-            "server_deliveries_per_s": round(server_delivered / wall, 1),
+            "server_deliveries_per_s": round(_increase(m0, m1, "realtime_db_broadcast_delivered_total") / wall, 1),
             "writer_throttled_pct": round(100.0 * (thr1 - thr0) / (wall * a.writers), 1),
-            "statement_ms_p50": _r(_ms(_pct(statements, 0.5)), 2),
-            "statement_ms_p99": _r(_ms(_pct(statements, 0.99)), 2),
-            "send_to_client": _round_all(latency),
+            "statement_ms_p50": rounded(_ms(percentile(statements, 0.5)), 2),
+            "statement_ms_p99": rounded(_ms(percentile(statements, 0.99)), 2),
+            "send_to_client": latency,
             "messages_issued": issued,
             "db_rows": db_rows,
-            "send_warnings": warnings_,
-            "send_first_warning": next((w.first_warning for w in writers if w.first_warning), None),
-            "dropped_by_server": int(
-                (_metric(pg_m1, "realtime_db_broadcast_dropped_total") or 0)
-                - (_metric(pg_m0, "realtime_db_broadcast_dropped_total") or 0)
-            ),
+            "send_warnings": sum(w.warnings.count for w in writers),
+            "send_first_warning": next((w.warnings.first for w in writers if w.warnings.first), None),
+            "dropped_by_server": int(_increase(pg_m0, pg_m1, "realtime_db_broadcast_dropped_total")),
             "drain_s": round(drain_s, 2),
-            "generator_elu": _r(mk1.get("generator_elu"), 3),
+            "generator_elu": rounded(mk1.get("generator_elu"), 3),
             **_correctness(result, issued, db_rows),
-            **self._usage(gen.pid, s0, s1),
+            **self._usage(gen, s0, s1),
         }
 
     def latency_phase(self, run: int) -> dict[str, Any]:
         """(3): single sends at --latency-rate; send -> client percentiles over every recording subscriber."""
         a = self.args
         gen = self._open_subscribers()
-        writer = PacedWriter(self.db.dsn, self.numbers, a.latency_rate, a.latency_duration)
-        mk0, s0 = gen.command("mark start", 30, "mark"), Snapshot.take()
+        writer = LatencyWriter(self.db.dsn, self.numbers, a.latency_rate, a.latency_duration)
+        mk0, s0 = gen.mark("start"), Snapshot.take()
         t0_ns = time.monotonic_ns()
         writer.start()
-        writer.join(a.latency_duration + 60)
-        mk1, s1 = gen.command("mark end", 30, "mark"), Snapshot.take()
+        error = join_all([writer], a.latency_duration + 60)
+        mk1, s1 = gen.mark("end"), Snapshot.take()
         t1_ns = time.monotonic_ns()
-        if writer.error is not None:
-            raise BenchError(f"the writer failed: {writer.error}")
+        if error is not None:
+            raise BenchError(f"the writer failed: {error}")
         result, drain_s = self._expect_all(gen, 0.0)
-        latency = gen.command("latency " + json.dumps({"from_ns": t0_ns, "to_ns": t1_ns}), 30, "latency")
+        latency = _latency(gen, t0_ns, t1_ns)
         issued = self.numbers.issued
         db_rows = self._db_rows()
         wall = (t1_ns - t0_ns) / 1e9
@@ -881,16 +571,16 @@ class Bench:
             "sends": writer.sent,
             "late_sends": writer.late,
             "deliveries_per_s": round((mk1["delivered"] - mk0["delivered"]) / wall, 1),
-            "send_to_client": _round_all(latency),
-            "statement_ms_p50": _r(_pct(writer.roundtrip_ms, 0.5), 2),
-            "statement_ms_p99": _r(_pct(writer.roundtrip_ms, 0.99), 2),
+            "send_to_client": latency,
+            "statement_ms_p50": rounded(percentile(writer.roundtrip_ms, 0.5), 2),
+            "statement_ms_p99": rounded(percentile(writer.roundtrip_ms, 0.99), 2),
             "messages_issued": issued,
             "db_rows": db_rows,
-            "send_warnings": writer.warnings,
-            "send_first_warning": writer.first_warning,
+            "send_warnings": writer.warnings.count,
+            "send_first_warning": writer.warnings.first,
             "drain_s": round(drain_s, 2),
             **_correctness(result, issued, db_rows),
-            **self._usage(gen.pid, s0, s1),
+            **self._usage(gen, s0, s1),
         }
 
     def run(self) -> None:
@@ -911,25 +601,12 @@ class Bench:
         """Run one phase once; return its figures, or None after recording the error."""
         if self.args.repeat > 1 and key != "latency":
             label = f"{label}, run {k + 1} of {self.args.repeat}"
-        if self.server is None or not self.server.alive():
-            self.errors.append(f"{label}: skipped, the server is not running")
+        if self.server_down(label):
             return None
         quiet = self._wait_quiet()
-        print(f"{label} ...", flush=True)
-        try:
-            r = fn(k)
-        except BenchError as e:
-            msg = f"{label}: {e}"
-            if self.server is not None:
-                tail = self.server.stderr_tail()
-                if "Traceback" in tail or "ERROR" in tail:
-                    msg += f"\nserver stderr (tail):\n{tail[-1500:]}"
-            self.errors.append(msg)
-            print(f"error: {msg}", file=sys.stderr, flush=True)
-            if self.server is not None and not self.server.alive():
-                self.errors.append(f"the server died; stderr (tail):\n{self.server.stderr_tail()}")
+        r = self.attempt(label, lambda: fn(k))
+        if r is None:
             return None
-        r["label"] = label
         if quiet is not None:
             r["cores_busy_pct_before"] = quiet
         _print_phase(r)
@@ -989,8 +666,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000
 
 
-def _round_all(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items() if k != "event"}
+def _latency(gen: NodeProcess, from_ns: int, to_ns: int) -> dict[str, Any]:
+    """Send -> client percentiles of the messages sent between two instants (private_subscribers.js `latency`)."""
+    latency = gen.command("latency " + json.dumps({"from_ns": from_ns, "to_ns": to_ns}), 30, "latency")
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in latency.items() if k != "event"}
 
 
 def _correctness(result: dict[str, Any], issued: int, db_rows: int) -> dict[str, Any]:
@@ -1033,9 +712,9 @@ def _correctness_text(r: dict[str, Any]) -> str:
 
 def _cpu_text(r: dict[str, Any]) -> str:
     return (
-        f"server {_fmt(r['server_cpu_pct'])}% (core {_fmt(r['server_core_busy_pct'])}%) "
-        f"pg {_fmt(r['postgres_cpu_pct'])}% gen {_fmt(r['generator_cpu_pct'])}% "
-        f"writers {_fmt(r['writer_cpu_pct'])}% other load {_fmt(r['other_load_pct'])}%"
+        f"server {fmt(r['server_cpu_pct'])}% (core {fmt(r['server_core_busy_pct'])}%) "
+        f"pg {fmt(r['postgres_cpu_pct'])}% gen {fmt(r['generator_cpu_pct'])}% "
+        f"writers {fmt(r['writer_cpu_pct'])}% other load {fmt(r['other_load_pct'])}%"
     )
 
 
@@ -1045,8 +724,8 @@ def _print_phase(r: dict[str, Any]) -> None:
         rt = r["join_roundtrip"]
         print(
             f"  {r['joins_ok_per_s']:.0f} ok joins/s, {r['errors_window']} errors in the window "
-            f"({r['errors_total']} in all); join round trip p50 {_fmt(rt['p50_ms'], '.1f')} "
-            f"p99 {_fmt(rt['p99_ms'], '.1f')} ms; read check mean {_fmt(rc.get('mean_ms'), '.2f')} ms "
+            f"({r['errors_total']} in all); join round trip p50 {fmt(rt['p50_ms'], '.1f')} "
+            f"p99 {fmt(rt['p99_ms'], '.1f')} ms; read check mean {fmt(rc.get('mean_ms'), '.2f')} ms "
             f"p99 <= {rc.get('p99_le_ms', '-')} ms",
             flush=True,
         )
@@ -1055,14 +734,14 @@ def _print_phase(r: dict[str, Any]) -> None:
         print(
             f"  {r['inserts_per_s']:.0f} inserts/s, {r['deliveries_per_s']:.0f} deliveries/s "
             f"({r['delivered_messages_per_s']:.0f} messages/s to all {r['subscribers']}); writers waited "
-            f"{r['writer_throttled_pct']:.0f}% of the time; send->client p50 {_fmt(lat['p50_ms'], '.1f')} "
-            f"p99 {_fmt(lat['p99_ms'], '.1f')} ms; {_correctness_text(r)}",
+            f"{r['writer_throttled_pct']:.0f}% of the time; send->client p50 {fmt(lat['p50_ms'], '.1f')} "
+            f"p99 {fmt(lat['p99_ms'], '.1f')} ms; {_correctness_text(r)}",
             flush=True,
         )
     else:
         lat = r["send_to_client"]
         print(
-            f"  send->client p50 {_fmt(lat['p50_ms'], '.2f')} p99 {_fmt(lat['p99_ms'], '.2f')} ms "
+            f"  send->client p50 {fmt(lat['p50_ms'], '.2f')} p99 {fmt(lat['p99_ms'], '.2f')} ms "
             f"({lat['count']} samples); {_correctness_text(r)}",
             flush=True,
         )
@@ -1075,30 +754,23 @@ def targets(phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     j = phases.get("joins")
     if j is not None:
         v = j["joins_ok_per_s"]
-        out["private_joins_per_s"] = {
-            "target": f">= {TARGET_JOINS_PER_S:.0f}",
-            "value": v,
-            "met": v >= TARGET_JOINS_PER_S,
-        }
+        out["private_joins_per_s"] = target(f">= {TARGET_JOINS_PER_S:.0f}", v, v >= TARGET_JOINS_PER_S)
         errors = j.get("errors_total_all_runs", j["errors_total"])
-        out["private_join_errors"] = {"target": "0", "value": errors, "met": errors == 0}
+        out["private_join_errors"] = target("0", errors, errors == 0)
     b = phases.get("broadcast")
     if b is not None:
         v = b["delivered_messages_per_s"]
-        out["db_broadcasts_delivered_per_s"] = {
-            "target": f">= {TARGET_DB_BROADCASTS_PER_S:.0f} (each to all {b['subscribers']} subscribers)",
-            "value": v,
-            "met": v >= TARGET_DB_BROADCASTS_PER_S,
-        }
+        want = f">= {TARGET_DB_BROADCASTS_PER_S:.0f} (each to all {b['subscribers']} subscribers)"
+        out["db_broadcasts_delivered_per_s"] = target(want, v, v >= TARGET_DB_BROADCASTS_PER_S)
     for key in ("broadcast", "latency"):
         r = phases.get(key)
         if r is not None:
             ok = r.get("correct_all_runs", r["correct"])
-            out[f"{key}_complete"] = {
-                "target": "no loss (every subscriber gets every message once)",
-                "value": _correctness_text(r) if ok or not r["correct"] else "a run lost or repeated messages",
-                "met": ok,
-            }
+            out[f"{key}_complete"] = target(
+                "no loss (every subscriber gets every message once)",
+                _correctness_text(r) if ok or not r["correct"] else "a run lost or repeated messages",
+                ok,
+            )
     return out
 
 
@@ -1146,9 +818,9 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
     print(head)
     print("-" * len(head))
 
-    def row(name: str, value: str, target: dict[str, Any] | None = None) -> None:
-        mark = "" if target is None else ("PASS" if target["met"] else "FAIL")
-        want = "" if target is None else target["target"].split(" (")[0]
+    def row(name: str, value: str, goal: dict[str, Any] | None = None) -> None:
+        mark = "" if goal is None else ("PASS" if goal["met"] else "FAIL")
+        want = "" if goal is None else goal["target"].split(" (")[0]
         print(f"{name:<50} {value:>24}  {want:<9} {mark}")
 
     j = phases.get("joins")
@@ -1156,32 +828,32 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
         rt, rc = j["join_roundtrip"], j.get("read_check") or {}
         row(
             "(1) private joins/s (ok replies)",
-            _fmt(j["joins_ok_per_s"]) + _spread(j, "joins_ok_per_s"),
+            fmt(j["joins_ok_per_s"]) + _spread(j, "joins_ok_per_s"),
             tgt["private_joins_per_s"],
         )
         row("(1) join errors", str(tgt["private_join_errors"]["value"]), tgt["private_join_errors"])
-        row("(1) join round trip p50 / p99 ms", f"{_fmt(rt['p50_ms'])} / {_fmt(rt['p99_ms'])}")
+        row("(1) join round trip p50 / p99 ms", f"{fmt(rt['p50_ms'])} / {fmt(rt['p99_ms'])}")
         if rc:
             row(
                 "(1) server read check mean ms, p50 / p99 bucket",
-                f"{_fmt(rc['mean_ms'], '.1f')}, <= {rc['p50_le_ms']} / <= {rc['p99_le_ms']}",
+                f"{fmt(rc['mean_ms'], '.1f')}, <= {rc['p50_le_ms']} / <= {rc['p99_le_ms']}",
             )
         row(
             "(1) CPU % server / pg / generator",
-            f"{_fmt(j['server_cpu_pct'])} / {_fmt(j['postgres_cpu_pct'])} / {_fmt(j['generator_cpu_pct'])}",
+            f"{fmt(j['server_cpu_pct'])} / {fmt(j['postgres_cpu_pct'])} / {fmt(j['generator_cpu_pct'])}",
         )
     b = phases.get("broadcast")
     if b is not None:
         lat = b["send_to_client"]
         row(
             f"(2) db broadcasts delivered/s, each to all {b['subscribers']}",
-            _fmt(b["delivered_messages_per_s"]) + _spread(b, "delivered_messages_per_s"),
+            fmt(b["delivered_messages_per_s"]) + _spread(b, "delivered_messages_per_s"),
             tgt["db_broadcasts_delivered_per_s"],
         )
-        row("(2) deliveries/s at the subscribers", _fmt(b["deliveries_per_s"]))
-        row("(2) inserts/s through realtime.send", _fmt(b["inserts_per_s"]))
-        row("(2) writers waiting for deliveries, % of time", _fmt(b["writer_throttled_pct"]))
-        row("(2) send -> client p50 / p99 ms, saturated", f"{_fmt(lat['p50_ms'])} / {_fmt(lat['p99_ms'])}")
+        row("(2) deliveries/s at the subscribers", fmt(b["deliveries_per_s"]))
+        row("(2) inserts/s through realtime.send", fmt(b["inserts_per_s"]))
+        row("(2) writers waiting for deliveries, % of time", fmt(b["writer_throttled_pct"]))
+        row("(2) send -> client p50 / p99 ms, saturated", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])}")
         row(
             "(2) every subscriber got every message once",
             tgt["broadcast_complete"]["value"][:24],
@@ -1189,17 +861,17 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
         )
         row(
             "(2) CPU % server / pg / generator / writers",
-            f"{_fmt(b['server_cpu_pct'])} / {_fmt(b['postgres_cpu_pct'])} / "
-            f"{_fmt(b['generator_cpu_pct'])} / {_fmt(b['writer_cpu_pct'])}",
+            f"{fmt(b['server_cpu_pct'])} / {fmt(b['postgres_cpu_pct'])} / "
+            f"{fmt(b['generator_cpu_pct'])} / {fmt(b['writer_cpu_pct'])}",
         )
     lt = phases.get("latency")
     if lt is not None:
         lat = lt["send_to_client"]
         row(
             f"(3) send -> client p50 / p99 ms at {lt['rate']:g}/s",
-            f"{_fmt(lat['p50_ms'], '.2f')} / {_fmt(lat['p99_ms'], '.2f')}",
+            f"{fmt(lat['p50_ms'], '.2f')} / {fmt(lat['p99_ms'], '.2f')}",
         )
-        row("(3) statement round trip p50 ms", _fmt(lt["statement_ms_p50"], ".2f"))
+        row("(3) statement round trip p50 ms", fmt(lt["statement_ms_p50"], ".2f"))
         row(
             "(3) every subscriber got every message once",
             tgt["latency_complete"]["value"][:24],
@@ -1218,95 +890,45 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
 _ROOT_FRAMES = ("(cli.py)", "(runners.py)", "run (__init__.py)", "(realtime-core)", "(__main__.py)")
 
 
-def print_profiles(profiles: dict[str, Any]) -> None:
-    for name, prof in profiles.items():
-        print()
-        if not prof.get("samples"):
-            print(f"profile {name}: no samples {prof.get('error', '')}")
-            continue
-        print(f"profile of the server during {name} ({prof['samples']} samples, py-spy --gil: CPU only):")
-        print("  self time:")
-        for f, p in prof["self"][:15]:
-            print(f"    {p:5.1f}%  {f}")
-        print("  inclusive:")
-        shown = [(f, p) for f, p in prof["inclusive"] if not f.endswith(_ROOT_FRAMES)]
-        for f, p in shown[:30]:
-            print(f"    {p:5.1f}%  {f}")
-
-
 # --------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the private-channel bench with command-line arguments `argv`; return the exit status."""
-    args = _parse_args(argv)
-    try:
-        return _run(args)
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return run_main(_run, _parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> int:
-    _raise_nofile()
-    node = _node()
-    pin = pinning(args.no_pin)
-    print(f"private bench: {args.duration:g} s windows, {args.subscribers} subscribers, {pin.description}", flush=True)
-    t0 = time.monotonic()
-    pg_version = "?"
-    with tempfile.TemporaryDirectory(prefix="rt-bench-private-") as tmp:
-        bench = Bench(args, node, pin, Path(tmp))
-        try:
-            bench.start()
-            pg_version = bench.db.version()
-            bench.run()
-        finally:
-            bench.stop()
+    bench = Bench.measure(
+        args,
+        node_users="the generators",
+        banner=f"private bench: {args.duration:g} s windows, {args.subscribers} subscribers",
+        folder_prefix="rt-bench-private-",
+    )
     tgt = targets(bench.phases)
     warn = warnings(bench.phases)
     print_summary(bench.phases, tgt, warn)
-    print_profiles(bench.profiles)
-    report = {
-        "environment": _environment(node, pin, pg_version, bench.db.embedded is not None),
-        "config": {
-            "duration_s": args.duration,
-            "warmup_s": args.warmup,
-            "connections": args.connections,
-            "outstanding_per_connection": args.outstanding,
-            "subscribers": args.subscribers,
-            "batch": args.batch,
-            "writers": args.writers,
-            "max_lag_s": args.max_lag,
-            "latency_rate": args.latency_rate,
-            "latency_duration_s": args.latency_duration,
-            "db_pool_size": args.db_pool_size,
-            "phases": args.phases,
-            "profile": args.profile,
-            "repeat": args.repeat,
-            "postgres_cpu": (
-                f"cpu{pin.generator_cpu} ({bench.pg_pinned} processes moved)" if bench.pg_pinned else "any"
-            ),
-            "server_env": SERVER_ENV,
-        },
-        "phases": bench.phases,
-        "targets": tgt,
-        "warnings": warn,
-        "profiles": bench.profiles,
-        "errors": bench.errors,
-        "elapsed_s": round(time.monotonic() - t0, 1),
+    print_profiles(bench.profiles, _PROFILE_HEADING, hide=_ROOT_FRAMES)
+    pin = bench.pin
+    config = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "outstanding_per_connection": args.outstanding,
+        "subscribers": args.subscribers,
+        "batch": args.batch,
+        "writers": args.writers,
+        "max_lag_s": args.max_lag,
+        "latency_rate": args.latency_rate,
+        "latency_duration_s": args.latency_duration,
+        "db_pool_size": args.db_pool_size,
+        "phases": args.phases,
+        "profile": args.profile,
+        "repeat": args.repeat,
+        "postgres_cpu": f"cpu{pin.generator_cpu} ({bench.pg_pinned} processes moved)" if bench.pg_pinned else "any",
+        "server_env": SERVER_ENV,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.json} ({report['elapsed_s']:.0f} s)")
-    for e in bench.errors:
-        print(f"error: {e}", file=sys.stderr)
-    if bench.errors:
-        return 1
-    if args.check_targets and not all(t["met"] for t in tgt.values()):
-        return 3
-    return 0
+    return bench.finish(config, tgt, warn)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ const TS_OFFSET = 6;
 const TS_DIGITS = 16;
 const MAX_NOTES = 5;
 
+// The options serveCommands() reads, for a script's DEFAULTS.
+const SERVE_DEFAULTS = {
+  progressMs: 50,
+  heartbeatInterval: 25, // seconds (spec 1.5)
+};
+
 // What loadgen.js and idle.js join with: public, no presence, broadcast self false.
 const BROADCAST_JOIN = {
   config: {
@@ -705,6 +711,23 @@ async function openJoined(c, url, topic, payload, timeoutMs) {
   return c;
 }
 
+/**
+ * Open every client of `clients` on opt.url and join it to opt.topic with
+ * `payload`, at most opt.joinConcurrency at a time, each handshake and join
+ * within opt.connectTimeout seconds, stopping at the first failure. Returns
+ * {joined, failure}: how many joined, and null or the first failure as
+ * `<what> <i>: <message>`.
+ */
+async function joinAll(clients, what, payload, opt) {
+  const timeoutMs = opt.connectTimeout * 1000;
+  let joined = 0;
+  const failure = await poolUntilError(clients.length, opt.joinConcurrency, what, async (i) => {
+    await openJoined(clients[i], opt.url, opt.topic, payload, timeoutMs);
+    joined++;
+  });
+  return { joined, failure };
+}
+
 /** Resolve true once done() holds (checked every stepMs), false after timeoutMs. */
 async function waitUntil(done, timeoutMs, stepMs) {
   const deadline = performance.now() + timeoutMs;
@@ -736,26 +759,26 @@ function startHeartbeats(clients, intervalMs) {
 
 /**
  * Answer the orchestrator's commands, one per stdin line, until `quit` or
- * the end of stdin; then stop the timers (closing the clients is the
- * caller's). Meanwhile print {"event":"progress","delivered":n} every
- * progressMs while sink.delivered moves, and send a heartbeat on every
- * client every heartbeatMs (spec 1.5).
+ * the end of stdin; then close every client. Meanwhile print
+ * {"event":"progress","delivered":n} every opt.progressMs while
+ * sink.delivered moves, and send a heartbeat on every client every
+ * opt.heartbeatInterval seconds (spec 1.5); see SERVE_DEFAULTS.
  *
  * `mark <name>` prints {"event":"mark", name, delivered, generator_cpu_pct,
  * generator_elu}, CPU since the previous mark. `<cmd> <arg>` prints what
  * `await commands[cmd](arg)` returns; other commands go to `log`.
  */
-async function serveCommands({ sink, clients, progressMs, heartbeatMs, commands, log }) {
+async function serveCommands(opt, { sink, clients, commands, log }) {
   let lastProgress = -1;
   const progress = setInterval(() => {
     if (sink.delivered !== lastProgress) {
       lastProgress = sink.delivered;
       emit({ event: 'progress', delivered: sink.delivered });
     }
-  }, progressMs);
+  }, opt.progressMs);
   const hb = setInterval(() => {
     for (const c of clients) c.heartbeat();
-  }, heartbeatMs);
+  }, opt.heartbeatInterval * 1000);
   let markProbe = usageProbe();
   const rl = readline.createInterface({ input: process.stdin });
   for await (const line of rl) {
@@ -777,6 +800,7 @@ async function serveCommands({ sink, clients, progressMs, heartbeatMs, commands,
   clearInterval(progress);
   clearInterval(hb);
   rl.close();
+  for (const c of clients) c.close();
 }
 
 /** Parse --key value / --flag arguments into an object with camelCase keys. */
@@ -805,11 +829,13 @@ const CLIENTS = { raw: RawClient, ws: WsClient };
 module.exports = {
   BROADCAST_JOIN,
   CLIENTS,
+  SERVE_DEFAULTS,
   LatencyRecorder,
   RawClient,
   WsClient,
   cpuSince,
   emit,
+  joinAll,
   logger,
   makePayload,
   makeUserBroadcast,

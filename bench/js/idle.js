@@ -11,7 +11,7 @@
  * the server closed meanwhile. On failure it prints {"event":"error", ...}.
  */
 
-const { BROADCAST_JOIN, CLIENTS, emit, openJoined, parseArgs, poolUntilError, startHeartbeats } = require('./client');
+const { BROADCAST_JOIN, CLIENTS, emit, joinAll, parseArgs, startHeartbeats } = require('./client');
 
 const DEFAULTS = {
   url: '',
@@ -28,14 +28,9 @@ async function main() {
   if (!opt.url) throw new Error('--url is required');
   const Client = CLIENTS[opt.client];
   const sink = { delivered: 0, latency: null, wake: null };
-  const conns = new Array(opt.connections);
-  const timeoutMs = opt.connectTimeout * 1000;
+  const conns = Array.from({ length: opt.connections }, () => new Client(sink));
   const t0 = Date.now();
-  let joined = 0;
-  const failure = await poolUntilError(opt.connections, opt.joinConcurrency, 'connection', async (i) => {
-    conns[i] = await openJoined(new Client(sink), opt.url, opt.topic, BROADCAST_JOIN, timeoutMs);
-    joined++;
-  });
+  const { joined, failure } = await joinAll(conns, 'connection', BROADCAST_JOIN, opt);
   if (failure !== null) {
     emit({ event: 'error', error: `${failure} (${joined} of ${opt.connections} joined)`, joined });
     process.exit(1);

@@ -41,9 +41,8 @@ const {
   logger,
   makePayload,
   makeUserBroadcast,
+  joinAll,
   nowUs,
-  openJoined,
-  poolUntilError,
   runMain,
   scriptOptions,
   sleep,
@@ -103,16 +102,12 @@ function usage(a, b) {
 async function connectAll(opt, sink) {
   const Client = CLIENTS[opt.client];
   if (Client === undefined) throw new Error(`--client must be raw or ws, not ${opt.client}`);
-  const subs = new Array(opt.subscribers);
+  const subs = Array.from({ length: opt.subscribers }, () => new Client(sink));
   const timeoutMs = opt.connectTimeout * 1000;
   const t0 = performance.now();
-  let joined = 0;
-  const failure = await poolUntilError(opt.subscribers, opt.joinConcurrency, 'subscriber', async (i) => {
-    subs[i] = await openJoined(new Client(sink), opt.url, opt.topic, BROADCAST_JOIN, timeoutMs);
-    joined++;
-  });
+  const { joined, failure } = await joinAll(subs, 'subscriber', BROADCAST_JOIN, opt);
   if (failure !== null) {
-    for (const c of subs) if (c !== undefined) c.close();
+    for (const c of subs) c.close();
     const e = new Error(`${failure} (${joined} of ${opt.subscribers} joined)`);
     e.joined = joined;
     throw e;

@@ -2,12 +2,13 @@
 /*
  * The Postgres Changes subscribers driven by bench/postgres_changes.py.
  *
- * Opens N V2 connections (WsClient of client.js, the `ws` library), one JWT each (read from
- * --tokens, one per line: connection i uses line i), joins every connection
- * to --topic with config.postgres_changes = [{event, schema, table}] and its
- * token as access_token (spec §6.2), and waits for the `system` message
- * `Subscribed to PostgreSQL` on every connection. Then it prints
- * {"event":"ready"} and counts `postgres_changes` deliveries (spec §6.6).
+ * Opens N V2 connections with the `ws` library (WsClient from client.js),
+ * one JWT each (read from --tokens, one per line: connection i uses line
+ * i), joins every connection to --topic with config.postgres_changes =
+ * [{event, schema, table}] and its token as access_token (spec §6.2), and
+ * waits for the `system` message `Subscribed to PostgreSQL` on every
+ * connection. Then it prints {"event":"ready"} and counts
+ * `postgres_changes` deliveries (spec §6.6).
  *
  * Per delivery, without parsing the JSON (the frame is a V2 array with a
  * fixed prefix, spec 2.2; the record's fields come in attnum order):
@@ -39,6 +40,7 @@
 const fs = require('fs');
 const { performance } = require('perf_hooks');
 const {
+  SERVE_DEFAULTS,
   WsClient,
   emit,
   logger,
@@ -62,8 +64,7 @@ const DEFAULTS = {
   ownerCheck: false,
   joinConcurrency: 50,
   connectTimeout: 30, // seconds, per handshake, join reply and system message
-  progressMs: 50,
-  heartbeatInterval: 25, // seconds (spec 1.5)
+  ...SERVE_DEFAULTS,
 };
 
 const log = logger('pg_subscribers');
@@ -330,15 +331,8 @@ async function main() {
     // CLOCK_MONOTONIC now, for the orchestrator's clock check
     hrtime_ns: process.hrtime.bigint().toString(),
   });
-  await serveCommands({
-    sink,
-    clients: subs,
-    progressMs: opt.progressMs,
-    heartbeatMs: opt.heartbeatInterval * 1000,
-    commands: { expect: (arg) => expect(subs, sink, samples, arg) },
-    log,
-  });
-  for (const s of subs) s.close();
+  const commands = { expect: (arg) => expect(subs, sink, samples, arg) };
+  await serveCommands(opt, { sink, clients: subs, commands, log });
   return 0;
 }
 

@@ -39,11 +39,11 @@
 const { performance } = require('perf_hooks');
 const {
   RawClient,
+  SERVE_DEFAULTS,
   emit,
+  joinAll,
   logger,
-  openJoined,
   percentiles,
-  poolUntilError,
   runMain,
   scriptOptions,
   serveCommands,
@@ -59,8 +59,7 @@ const DEFAULTS = {
   latencySubscribers: 5,
   joinConcurrency: 50,
   connectTimeout: 30, // seconds, per handshake and join reply
-  progressMs: 50,
-  heartbeatInterval: 25, // seconds (spec 1.5)
+  ...SERVE_DEFAULTS,
 };
 
 const PRIVATE_JOIN = { config: { private: true, broadcast: { self: false, ack: false } } };
@@ -293,12 +292,7 @@ async function main() {
     subs.push(new Subscriber(i, sink, opt, i < opt.latencySubscribers ? samples : null));
   }
   const t0 = performance.now();
-  let joined = 0;
-  const timeoutMs = opt.connectTimeout * 1000;
-  const failure = await poolUntilError(subs.length, opt.joinConcurrency, 'subscriber', async (i) => {
-    await openJoined(subs[i], opt.url, opt.topic, PRIVATE_JOIN, timeoutMs);
-    joined++;
-  });
+  const { joined, failure } = await joinAll(subs, 'subscriber', PRIVATE_JOIN, opt);
   if (failure !== null) {
     emit({ event: 'error', stage: 'subscribe', error: `${failure} (${joined} of ${subs.length} joined)` });
     for (const s of subs) s.close();
@@ -307,21 +301,14 @@ async function main() {
   const subscribeS = (performance.now() - t0) / 1000;
   log(`${subs.length} subscribers joined ${opt.topic} (private) in ${subscribeS.toFixed(2)} s`);
   emit({ event: 'ready', subscribers: subs.length, subscribe_s: subscribeS, hrtime_ns: process.hrtime.bigint().toString() });
-  await serveCommands({
-    sink,
-    clients: subs,
-    progressMs: opt.progressMs,
-    heartbeatMs: opt.heartbeatInterval * 1000,
-    commands: {
-      expect: (arg) => expect(subs, sink, arg),
-      latency: (arg) => {
-        const { from_ns: fromNs, to_ns: toNs } = JSON.parse(arg);
-        return { event: 'latency', ...samples.summary(fromNs, toNs) };
-      },
+  const commands = {
+    expect: (arg) => expect(subs, sink, arg),
+    latency: (arg) => {
+      const { from_ns: fromNs, to_ns: toNs } = JSON.parse(arg);
+      return { event: 'latency', ...samples.summary(fromNs, toNs) };
     },
-    log,
-  });
-  for (const s of subs) s.close();
+  };
+  await serveCommands(opt, { sink, clients: subs, commands, log });
   return 0;
 }
 
