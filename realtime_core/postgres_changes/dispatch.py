@@ -512,15 +512,21 @@ class Dispatcher:
 
 
 def _visible_in(snapshot: str, xid: int) -> bool:
-    """Whether the 32-bit `xid` is visible to `snapshot` (pg_current_snapshot()'s text, xid8s)."""
+    """Whether the 32-bit `xid` is visible to `snapshot` (pg_current_snapshot()'s text, xid8s).
+
+    xmax is the first xid not yet completed; the newest transaction, still
+    finishing, is at or past it without being listed in xip. So an xid at or
+    ahead of xmax (modulo 2^32) is not visible yet; one behind it is, unless
+    listed as in progress."""
     xmin_text, xmax_text, xip_text = snapshot.split(":")
     xmin, xmax = int(xmin_text), int(xmax_text)
-    full = (xmax >> 32 << 32) | xid  # the xid in xmax's epoch, or the one before
-    if full >= xmax:
-        full -= 1 << 32
+    ahead = (xid - xmax) & 0xFFFFFFFF
+    if ahead < 1 << 31:
+        return False
+    full = xmax - ((1 << 32) - ahead)  # the xid8, behind xmax
     if full < xmin:
         return True
-    return full < xmax and str(full) not in xip_text.split(",")
+    return str(full) not in xip_text.split(",")
 
 
 def _group_by_variant(subs: list[Subscription], variant_of: dict[int, Variant | None]) -> Deliveries:
