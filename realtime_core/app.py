@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -26,15 +26,13 @@ from .metrics import Metrics
 from .net.http import Request, Router
 from .net.server import Server
 from .net.websocket import WebSocketConnection
+from .postgres_changes.cdc import PostgresChanges
 from .presence import PresenceTopic
 from .protocol import codec_for
 from .router import Router as StreamRouter
 from .router import StreamKey
 from .socket import RealtimeSocket
 from .tenants import Tenant, TenantRegistry, TenantStore
-
-if TYPE_CHECKING:
-    from .postgres_changes.cdc import PostgresChanges
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -93,12 +91,6 @@ class App:
         default = self.tenants.get(settings.tenant_name)
         if default is not None:
             await self._start_tenant_database(default, settings.database_url)
-        if default is not None and settings.postgres_changes:
-            from .postgres_changes.cdc import PostgresChanges
-
-            cdc = PostgresChanges(default, settings.database_url, settings.cdc, self.now)
-            await cdc.start()
-            self.cdc[default.external_id] = cdc
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -111,7 +103,8 @@ class App:
         return self.port
 
     async def _start_tenant_database(self, tenant: Tenant, dsn: str) -> None:
-        """Private channels, broadcast from the database and the partition janitor of one database."""
+        """Private channels, broadcast from the database, the partition janitor and
+        Postgres Changes of one tenant database."""
         settings = self.settings
         assert self.pool is not None
         async with self.pool.connection() as conn:
@@ -133,6 +126,10 @@ class App:
             # Listen only once the slot exists: a message sent by a client that
             # joined right after start must be in it.
             await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
+        if settings.postgres_changes:
+            cdc = PostgresChanges(tenant, dsn, settings.cdc, self.now)
+            await cdc.start()
+            self.cdc[tenant.external_id] = cdc
 
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), close the pool."""
