@@ -86,9 +86,25 @@ def scratch_database(admin_dsn: str, prefix: str = "rt_test") -> Iterator[str]:
     try:
         yield dsn
     finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            name = conninfo_to_dict(dsn)["dbname"]
-            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+        _drop_database(admin_dsn, dsn)
+
+
+def _drop_database(admin_dsn: str, dsn: str) -> None:
+    """Drop the database of `dsn`, and first its replication slots (they block the drop)."""
+    name = conninfo_to_dict(dsn)["dbname"]
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(
+            "select pg_drop_replication_slot(slot_name) from pg_replication_slots where database = %s and not active",
+            (name,),
+        )
+        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def fresh_database(pg_dsn: str) -> Iterator[str]:
+    """The DSN of a database of the test's own, dropped after it."""
+    with scratch_database(pg_dsn) as url:
+        yield url
 
 
 @dataclass
@@ -195,12 +211,12 @@ def start_server(database_url: str, env: dict[str, str] | None = None, timeout: 
 @contextlib.contextmanager
 def serving(admin_dsn: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
     """A server on a fresh database for the with block; stopped and its replication slots dropped on exit."""
-    server = start_server(_create_database(admin_dsn), env)
-    try:
-        yield server
-    finally:
-        server.stop()
-        server.drop_slots()
+    with scratch_database(admin_dsn) as url:
+        server = start_server(url, env)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -213,18 +229,21 @@ def server(pg_dsn: str) -> Iterator[ServerProcess]:
 @pytest.fixture
 def server_factory(pg_dsn: str) -> Iterator[object]:
     """Start servers with extra environment (limits, timeouts), each on a fresh database."""
-    started: list[ServerProcess] = []
+    started: list[tuple[ServerProcess, bool]] = []
 
     def factory(env: dict[str, str] | None = None, database_url: str | None = None) -> ServerProcess:
         srv = start_server(database_url or _create_database(pg_dsn), env)
-        started.append(srv)
+        started.append((srv, database_url is None))
         return srv
 
     yield factory
-    for srv in started:
+    for srv, own_database in started:
         with contextlib.suppress(Exception):
             srv.stop()
-            srv.drop_slots()
+            if own_database:
+                _drop_database(pg_dsn, srv.database_url)
+            else:
+                srv.drop_slots()
 
 
 CDC_ENV = {"REALTIME_POSTGRES_CHANGES": "true"}

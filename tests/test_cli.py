@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, _create_database
+from conftest import ROOT
 
 from realtime_core.jwt import KeySet, verify
 
@@ -50,8 +50,8 @@ def test_keys_use_realtime_jwt_secret_when_it_is_set(tmp_path: Path):
 
 
 @pytest.mark.pg
-def test_migrate_applies_every_migration_once(pg_dsn: str):
-    env = {"DATABASE_URL": _create_database(pg_dsn)}
+def test_migrate_applies_every_migration_once(pg_dsn: str, fresh_database):
+    env = {"DATABASE_URL": fresh_database}
     first = run("migrate", env=env)
     assert first.returncode == 0, first.stderr
     applied = first.stdout.strip().removeprefix("applied: ").split(", ")

@@ -295,9 +295,7 @@ def test_falls_back_to_nobody_without_user_namespaces(
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root modes only")
-def test_says_why_when_root_has_no_way_to_run_postgres(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_says_why_when_root_has_no_way_to_run_postgres(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(embedded_pg, "_CLONE_NEWUSER", 1)
     pg = EmbeddedPostgres(tmp_path / "data")  # tmp_path is 0700 root: nobody cannot enter it
     with pytest.raises(EmbeddedPostgresError) as info:

@@ -22,9 +22,7 @@ SIGNER_TEXT = "Failed to generate JWT signer, check your JWT secret or JWKS conf
 
 
 def signer_kid_text(kid: str) -> str:
-    return (
-        f'Failed to generate JWT signer for key ID (kid) "{kid}", check your JWT secret or JWKS configuration'
-    )
+    return f'Failed to generate JWT signer for key ID (kid) "{kid}", check your JWT secret or JWKS configuration'
 
 
 def b64(data: bytes) -> str:
@@ -359,9 +357,7 @@ def test_expired_token_reports_seconds_since_expiry():
 
 def test_token_expiring_at_now_is_expired():
     token = sign({"role": "anon", "exp": NOW}, SECRET)
-    assert_fails(
-        token, KEYS, InvalidJWTToken, "InvalidJWTToken: Token has expired 0 seconds ago", "Token has expired"
-    )
+    assert_fails(token, KEYS, InvalidJWTToken, "InvalidJWTToken: Token has expired 0 seconds ago", "Token has expired")
 
 
 def test_expiry_is_checked_against_the_now_passed_in():
@@ -410,9 +406,7 @@ def test_non_numeric_exp_is_invalid(exp):
 
 def test_non_numeric_iat_is_an_invalid_claim():
     token = sign({**CLAIMS, "iat": "yesterday"}, SECRET)
-    assert_fails(
-        token, KEYS, InvalidJWTToken, "InvalidJWTToken: Invalid claim: iat", "Error connecting to Realtime"
-    )
+    assert_fails(token, KEYS, InvalidJWTToken, "InvalidJWTToken: Invalid claim: iat", "Error connecting to Realtime")
 
 
 def test_claim_validator_match_is_accepted():

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 import pytest
-from conftest import MS, _create_database
+from conftest import MS, scratch_database
 from psycopg import sql
 
 from realtime_core import db, messages
@@ -36,13 +36,13 @@ async def _connect(dsn: str) -> psycopg.AsyncConnection[Any]:
 
 
 @pytest.fixture(scope="module")
-async def dsn(pg_dsn: str) -> str:
+async def dsn(pg_dsn: str) -> AsyncIterator[str]:
     """A fresh database with every migration applied and today's partitions."""
-    url = _create_database(pg_dsn)
-    async with await _connect(url) as conn:
-        await db.migrate(conn)
-        await messages.ensure_partitions(conn)
-    return url
+    with scratch_database(pg_dsn) as url:
+        async with await _connect(url) as conn:
+            await db.migrate(conn)
+            await messages.ensure_partitions(conn)
+        yield url
 
 
 @pytest.fixture
@@ -154,9 +154,9 @@ def test_migration_has_the_documented_table(conn: psycopg.Connection[Any]) -> No
     ).fetchone() == (1,)  # no overload: untyped literals must resolve
 
 
-async def test_migration_upgrades_an_upstream_database(pg_dsn: str) -> None:
+async def test_migration_upgrades_an_upstream_database(pg_dsn: str, fresh_database) -> None:
     """A database with an older upstream realtime.messages, send() and publication is brought up to date."""
-    url = _create_database(pg_dsn)
+    url = fresh_database
     with psycopg.connect(url, autocommit=True) as c:
         c.execute(
             """
@@ -202,7 +202,7 @@ async def test_migration_upgrades_an_upstream_database(pg_dsn: str) -> None:
         ).fetchall() == [("realtime", "messages")]
 
 
-async def test_migration_by_a_non_superuser_warns_and_goes_on(pg_dsn: str, dsn: str) -> None:
+async def test_migration_by_a_non_superuser_warns_and_goes_on(pg_dsn: str, dsn: str, fresh_database) -> None:
     """A database owner that may not hand objects to supabase_realtime_admin keeps them itself."""
     role = f"rt_migrator_{secrets.token_hex(4)}"
     with psycopg.connect(pg_dsn, autocommit=True) as admin:
@@ -212,7 +212,7 @@ async def test_migration_by_a_non_superuser_warns_and_goes_on(pg_dsn: str, dsn: 
         # 0001 runs `create role service_role ... bypassrls` and relies on
         # duplicate_object, which PostgreSQL checks after these attributes.
         admin.execute(sql.SQL("create role {} login createrole bypassrls").format(sql.Identifier(role)))
-        url = _create_database(pg_dsn)
+        url = fresh_database
         name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
         admin.execute(sql.SQL("alter database {} owner to {}").format(sql.Identifier(name), sql.Identifier(role)))
     params = psycopg.conninfo.conninfo_to_dict(url)

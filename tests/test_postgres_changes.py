@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import CDC_ENV, MS, _create_database, make_token, start_server
+from conftest import CDC_ENV, MS, make_token, start_server
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient
 
@@ -458,8 +458,8 @@ async def test_leaving_removes_the_subscription_rows(cdc, db):
 
 
 @pytest.mark.slow
-async def test_a_server_restart_loses_nothing_committed_after_the_rejoin(pg_dsn):
-    url = _create_database(pg_dsn)
+async def test_a_server_restart_loses_nothing_committed_after_the_rejoin(pg_dsn, fresh_database):
+    url = fresh_database
     server = start_server(url, CDC_ENV)
     with psycopg.connect(url, autocommit=True) as db:
         table = new_table(db, "id int primary key")

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import MS, _create_database, make_token, start_server
+from conftest import MS, make_token, start_server
 from psycopg import sql
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import V1, V2, Frame, RawClient, parse_kind4
@@ -374,8 +374,8 @@ async def test_database_broadcasts_survive_a_slow_start(cdc, db):
 
 
 @pytest.mark.slow
-async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_ones_not_replayed(pg_dsn):
-    url = _create_database(pg_dsn)
+async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_ones_not_replayed(pg_dsn, fresh_database):
+    url = fresh_database
     service = make_token("service_role")
     server = start_server(url)
     try:

@@ -137,15 +137,14 @@ class TestFromRow:
 class TestTenantStore:
     """The default tenant in _realtime.tenants: created once, env-named limits applied at every start."""
 
-    async def test_env_limits_win_at_every_start_and_others_only_seed_a_new_tenant(self, pg_dsn):
+    async def test_env_limits_win_at_every_start_and_others_only_seed_a_new_tenant(self, fresh_database):
         import psycopg
-        from conftest import _create_database
 
         from realtime_core import db
         from realtime_core.config import Settings
         from realtime_core.tenants import TenantStore
 
-        async with await psycopg.AsyncConnection.connect(_create_database(pg_dsn), autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(fresh_database, autocommit=True) as conn:
             await db.migrate(conn)
             store = TenantStore(conn)
             first = Settings.from_env({"TENANT_MAX_EVENTS_PER_SECOND": "50", "TENANT_MAX_CHANNELS_PER_CLIENT": "7"})
