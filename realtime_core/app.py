@@ -210,9 +210,6 @@ class App:
 
     # Introspection (metrics, admin)
 
-    def connection_count(self) -> int:
-        return len(self.sockets)
-
     def stats(self) -> dict[str, Any]:
         return {
             "connections": len(self.sockets),
