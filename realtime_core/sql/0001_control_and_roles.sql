@@ -26,30 +26,19 @@ create table if not exists _realtime.tenants (
 );
 
 do $$
+declare
+    r record;
 begin
-    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
-    if not exists (select from pg_roles where rolname = 'anon') then
-        create role anon nologin noinherit;
-    end if;
-exception when duplicate_object then null;
-end $$;
-
-do $$
-begin
-    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
-    if not exists (select from pg_roles where rolname = 'authenticated') then
-        create role authenticated nologin noinherit;
-    end if;
-exception when duplicate_object then null;
-end $$;
-
-do $$
-begin
-    -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
-    if not exists (select from pg_roles where rolname = 'service_role') then
-        create role service_role nologin noinherit bypassrls;
-    end if;
-exception when duplicate_object then null;
+    for r in select * from (values ('anon', ''), ('authenticated', ''), ('service_role', ' bypassrls')) v(name, extra)
+    loop
+        -- Checked first: CREATE ROLE needs CREATEROLE even when the role exists.
+        if not exists (select from pg_roles where rolname = r.name) then
+            begin
+                execute format('create role %I nologin noinherit', r.name) || r.extra;
+            exception when duplicate_object then null;
+            end;
+        end if;
+    end loop;
 end $$;
 
 -- The server switches to these roles (`set local role`) to evaluate RLS as
