@@ -118,10 +118,10 @@ def _tenant_route(app: App, controller: Any) -> Handler:
     return handler
 
 
-def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], int]:
-    """Ecto-style errors for one batch message, and its payload size."""
+def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], bytes]:
+    """Ecto-style errors for one batch message, and its payload as JSON (measured, then delivered)."""
     if not isinstance(item, dict):
-        return {"message": ["is invalid"]}, 0
+        return {"message": ["is invalid"]}, b""
     errors: dict[str, list[str]] = {}
     for name in ("topic", "event"):
         value = item.get(name)
@@ -130,20 +130,20 @@ def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], 
         elif not isinstance(value, str):
             errors[name] = ["is invalid"]
     payload = item.get("payload")
-    size = 0
+    encoded = b""
     if payload is None:
         errors["payload"] = ["can't be blank"]
     elif not isinstance(payload, dict):
         errors["payload"] = ["is invalid"]
     else:
-        size = len(orjson.dumps(payload))
-        if tenant.payload_too_large(size):
+        encoded = orjson.dumps(payload)
+        if tenant.payload_too_large(len(encoded)):
             errors["payload"] = ["Payload size exceeds tenant limit"]
     if "private" in item and not isinstance(item["private"], bool):
         errors["private"] = ["is invalid"]
     if item.get("id") is not None and not isinstance(item["id"], str):
         errors["id"] = ["is invalid"]
-    return errors, size
+    return errors, encoded
 
 
 async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
@@ -175,12 +175,13 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
             writable[topic] = await _may_write(app, tenant, topic, claims, request)
         except RealtimeError:
             writable[topic] = False
-    for item in messages:
+    for item, (_, encoded) in zip(messages, results, strict=True):
         tenant.events.add(1, now)
         private = bool(item.get("private", False))
         if private and not writable[item["topic"]]:
             continue
-        broadcast.publish_json(app, tenant, item["topic"], private, item["event"], item["payload"], item.get("id"))
+        payload = orjson.Fragment(encoded)  # encoded once, by the size check
+        broadcast.publish_json(app, tenant, item["topic"], private, item["event"], payload, item.get("id"))
     return Response(202)
 
 
