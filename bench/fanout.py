@@ -12,6 +12,13 @@ design.md section 2 on this machine:
 - idle memory per connection: the server process's RSS growth over N idle,
   joined connections (bench/js/idle.js).
 
+Every broadcast carries a sequence number and every run checks that each
+subscriber received exactly 1 .. sent, once each, in order, and that the
+server closed none (bench/js/loadgen.js, bench/_verify.py); the idle
+connections must all stay open. A run that fails this is an error with a
+"FAILED: ..." diagnosis, gives no figure, and the bench exits with status 1
+without scoring the targets.
+
 The same generator drives realtime-core and bench/js/ws_server.js, a fair,
 idiomatic `ws` fan-out that frames each broadcast once. Servers run on one
 core and the generator on another (taskset) when there are two. At the start
@@ -59,6 +66,7 @@ from bench._servers import (
     pinning,
     token,
 )
+from bench._verify import diagnose
 
 __all__ = ["main"]
 
@@ -75,6 +83,8 @@ OUR_ENV = {
 IDLE_WARMUP_CONNECTIONS = 100  # opened and closed first: one-time costs stay out of the figure
 IDLE_SETTLE_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 2
+PROBLEMS_KEPT = 20  # per failed run, the per-subscriber summaries kept in the JSON file
+FAULTS = ("duplicate", "drop", "reorder", "close")  # js/ws_server.js --fault
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -124,6 +134,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "'--host 127.0.0.1 --port N' is appended when it has no {port}",
     )
     p.add_argument("--no-pin", action="store_true", help="do not pin servers and generator to cores")
+    p.add_argument(
+        "--reference-fault",
+        choices=FAULTS,
+        help="break the reference server on purpose (the bench's own tests: every run must then fail)",
+    )
+    p.add_argument(
+        "--grace-ms", type=int, default=250, help="after the last broadcast reached everyone: wait for late extras"
+    )
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
     args = p.parse_args(argv)
     try:
@@ -150,6 +168,7 @@ class Bench:
         self.servers: dict[str, Server] = {}
         self.runs: list[dict[str, Any]] = []
         self.idle: dict[str, dict[str, Any]] = {}
+        self.failed: list[dict[str, Any]] = []  # runs that did not deliver exactly what was sent
         self.errors: list[str] = []
         self._failures: dict[str, int] = {}  # consecutive failed runs per server
 
@@ -165,7 +184,7 @@ class Bench:
         cmd = self._node(
             "loadgen.js",
             *("--url", server.url, "--subscribers", subscribers, "--phase", phase),
-            *("--duration", a.duration, "--warmup", a.warmup, "--client", a.client),
+            *("--duration", a.duration, "--warmup", a.warmup, "--client", a.client, "--grace-ms", a.grace_ms),
             *extra,
         )
         others = {name: ProcessTree(s.pid) for name, s in self.servers.items() if s.alive()}
@@ -200,6 +219,7 @@ class Bench:
             tail = f"\n{server.name} server stderr (tail):\n{tail}" if tail else ""
             raise BenchError(f"{server.name}, S={subscribers}, {phase}: {result.get('error')}{tail}")
         del result["event"]
+        self._verify(server, subscribers, phase, result)
         # The measured server's own figures, and the other server idling meanwhile.
         window["server_cpu_pct"] = window.pop(f"{server.name}_cpu_pct", None)
         window["server_children_cpu_pct"] = window.pop(f"{server.name}_children_cpu_pct", None)
@@ -211,6 +231,28 @@ class Bench:
         window["server_core_busy_pct"] = cores.get(f"cpu{self.pin.server_cpu}")
         window["generator_core_busy_pct"] = cores.get(f"cpu{self.pin.generator_cpu}")
         return {"server": server.name, **result, **window}
+
+    def _verify(self, server: Server, subscribers: int, phase: str, result: dict[str, Any]) -> None:
+        """Raise BenchError with a diagnosis unless every subscriber received exactly 1 .. sent, in order."""
+        v = result["verification"]
+        problems = v.pop("problems")
+        if v["exact"]:
+            return
+        lines = diagnose(problems, "seq")
+        if v["publisher_received"]:
+            lines.append(
+                f"FAILED: the publisher received {v['publisher_received']} of its own broadcasts (self: false)"
+            )
+        if v["publisher_closed"]:
+            lines.append("FAILED: the server closed the publisher")
+        v["diagnosis"] = lines
+        v["problems"] = problems[:PROBLEMS_KEPT]
+        self.failed.append({"server": server.name, **result})
+        where = f"{server.name}, S={subscribers}, {phase}"
+        raise BenchError(
+            f"{where}: the subscribers did not receive exactly the {v['sent']} broadcasts sent "
+            f"({v['subscribers_exact']} of {v['subscribers']} did); no figure\n" + "\n".join(lines)
+        )
 
     # -- idle memory
 
@@ -264,6 +306,14 @@ class Bench:
             proc.wait()
         finally:
             watchdog.cancel()
+        if done.get("event") != "done":
+            raise BenchError(f"{server.name}: idle.js ended without its count of closed connections")
+        if done["closed_by_server"]:
+            notes = "; ".join(done.get("notes", [])[:3])
+            raise BenchError(
+                f"{server.name}: idle memory: no figure\nFAILED: {done['closed_by_server']} of {n} idle "
+                f"connections closed by the server ({notes})"
+            )
         return value, {
             "connect_s": ready.get("connect_s"),
             "closed_by_server": done.get("closed_by_server"),
@@ -387,6 +437,8 @@ def _run(args: argparse.Namespace) -> int:
             if not args.skip_reference:
                 port = free_port()
                 cmd = [*pin.server, node, str(JS_DIR / "ws_server.js"), str(port)]
+                if args.reference_fault:
+                    cmd += ["--fault", args.reference_fault]
                 ref = ReferenceServer("reference", cmd, dict(os.environ), work)
                 bench.servers["reference"] = ref
                 ref.start(port, anon)
@@ -398,6 +450,8 @@ def _run(args: argparse.Namespace) -> int:
         logs = {name: server.stderr_tail()[-4000:] for name, server in bench.servers.items()}
 
     summary = summarize(bench.runs, list(bench.servers), args.subscribers, bench.idle, args.headroom_burn)
+    if bench.errors:
+        summary["targets"] = {}  # a figure beside a failed run proves nothing
     print_summary(summary, bench.idle)
     lock = json.loads((JS_DIR / "package-lock.json").read_text())
     report = {
@@ -418,10 +472,14 @@ def _run(args: argparse.Namespace) -> int:
             "idle_connections": args.idle_connections,
             "client": args.client,
             "payload_bytes": 100,
+            "grace_ms": args.grace_ms,
+            "reference_fault": args.reference_fault,
         },
+        "exact": not bench.failed and not bench.errors,
         **summary,
         "idle_memory": bench.idle,
         "runs": bench.runs,
+        "failed_runs": bench.failed,
         "errors": bench.errors,
         "server_stderr_tail": logs,
     }

@@ -44,10 +44,15 @@ const WebSocket = require('ws');
 
 const WS_GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 const KIND_USER_BROADCAST = 4;
-// Offset of the 16 timestamp digits inside the broadcast payload, which
-// starts with {"t":"  (see makePayload).
+// Offsets of the 16 timestamp digits and of the 10 sequence-number digits
+// inside the broadcast payload, {"t":"<t>","s":"<seq>","p":"xx.."} (see
+// makePayload).
 const TS_OFFSET = 6;
 const TS_DIGITS = 16;
+const SEQ_OFFSET = TS_OFFSET + TS_DIGITS + 7;
+const SEQ_DIGITS = 10;
+// A StreamCheck key this far past the first is garbage, not a sequence number.
+const MAX_KEY_SPAN = 2 ** 31;
 const MAX_NOTES = 5;
 
 // The options serveCommands() reads, for a script's DEFAULTS.
@@ -118,26 +123,31 @@ function runMain(main, lingerMs = 0) {
 // ---------------------------------------------------------------- payloads
 
 /**
- * Return a JSON payload of `size` bytes whose first field is a 16-digit
- * timestamp in microseconds: {"t":"0000001234567890","p":"xxxx..."}.
- * The digits sit at a fixed offset so receivers read them without parsing
- * JSON; writeTimestamp() overwrites them in place.
+ * Return a JSON payload of `size` bytes whose first fields are a 16-digit
+ * timestamp in microseconds and a 10-digit sequence number:
+ * {"t":"0000001234567890","s":"0000000017","p":"xxxx..."}. The digits sit at
+ * fixed offsets so receivers read them without parsing JSON;
+ * writeTimestamp() and writeDigits() overwrite them in place.
  */
 function makePayload(size) {
-  const head = '{"t":"' + '0'.repeat(TS_DIGITS) + '","p":"';
+  const head = '{"t":"' + '0'.repeat(TS_DIGITS) + '","s":"' + '0'.repeat(SEQ_DIGITS) + '","p":"';
   const tail = '"}';
   const pad = Math.max(0, size - head.length - tail.length);
   return Buffer.from(head + 'x'.repeat(pad) + tail, 'utf8');
 }
 
-/** Write `us` (a non-negative integer) as 16 zero-padded digits at buf[offset]. */
-function writeTimestamp(buf, offset, us) {
-  let v = us;
-  for (let i = offset + TS_DIGITS - 1; i >= offset; i--) {
+/** Write `v` (a non-negative integer) as `digits` zero-padded digits at buf[offset]. */
+function writeDigits(buf, offset, v, digits) {
+  for (let i = offset + digits - 1; i >= offset; i--) {
     const d = v % 10;
     buf[i] = 48 + d;
     v = (v - d) / 10;
   }
+}
+
+/** Write `us` (a non-negative integer) as 16 zero-padded digits at buf[offset]. */
+function writeTimestamp(buf, offset, us) {
+  writeDigits(buf, offset, us, TS_DIGITS);
 }
 
 /** Read the 16 digits written by writeTimestamp. */
@@ -147,6 +157,31 @@ function readTimestamp(buf, offset) {
   return v;
 }
 
+/** The sequence number of the payload at buf[payloadAt, end) (see makePayload); -1 when it has none. */
+function readSeq(buf, payloadAt, end) {
+  const at = payloadAt + SEQ_OFFSET;
+  if (at + SEQ_DIGITS > end) return -1;
+  // Two 5-digit halves, each checked once: a byte outside '0'..'9' makes
+  // some (byte - 48) negative or (57 - byte) negative, so the OR is negative.
+  const a0 = buf[at] - 48;
+  const a1 = buf[at + 1] - 48;
+  const a2 = buf[at + 2] - 48;
+  const a3 = buf[at + 3] - 48;
+  const a4 = buf[at + 4] - 48;
+  const b0 = buf[at + 5] - 48;
+  const b1 = buf[at + 6] - 48;
+  const b2 = buf[at + 7] - 48;
+  const b3 = buf[at + 8] - 48;
+  const b4 = buf[at + 9] - 48;
+  const bad =
+    a0 | a1 | a2 | a3 | a4 | b0 | b1 | b2 | b3 | b4 |
+    (9 - a0) | (9 - a1) | (9 - a2) | (9 - a3) | (9 - a4) | (9 - b0) | (9 - b1) | (9 - b2) | (9 - b3) | (9 - b4);
+  if (bad < 0) return -1;
+  const high = ((((a0 * 10 + a1) * 10 + a2) * 10 + a3) * 10 + a4);
+  const low = ((((b0 * 10 + b1) * 10 + b2) * 10 + b3) * 10 + b4);
+  return high * 100000 + low;
+}
+
 /** Microseconds on the process's monotonic clock (the same clock for every socket). */
 function nowUs() {
   return Math.round(performance.now() * 1000);
@@ -154,8 +189,9 @@ function nowUs() {
 
 /**
  * Build a kind-3 user_broadcast_push frame body (spec 2.3) with an empty
- * metadata field and encoding 1 (JSON). Returns {buf, tsOffset}: overwrite
- * the timestamp at tsOffset before each send.
+ * metadata field and encoding 1 (JSON) around a makePayload() payload.
+ * Returns {buf, tsOffset, seqOffset}: overwrite the timestamp at tsOffset
+ * and the sequence number at seqOffset before each send.
  */
 function makeUserBroadcast(joinRef, ref, topic, event, payload) {
   const jr = Buffer.from(joinRef, 'utf8');
@@ -167,7 +203,214 @@ function makeUserBroadcast(joinRef, ref, topic, event, payload) {
   }
   const head = Buffer.from([3, jr.length, rf.length, tp.length, ev.length, 0, 1]);
   const buf = Buffer.concat([head, jr, rf, tp, ev, payload]);
-  return { buf, tsOffset: buf.length - payload.length + TS_OFFSET };
+  const at = buf.length - payload.length;
+  return { buf, tsOffset: at + TS_OFFSET, seqOffset: at + SEQ_OFFSET };
+}
+
+// ------------------------------------------------------------ stream check
+
+/**
+ * What one subscriber received of a numbered stream: keys first, first+1,
+ * ... sent in increasing order on each lane (a lane is one sender whose
+ * order is defined: the fan-out's publisher, one database writer).
+ * summary(count) says whether exactly the keys first .. first+count-1
+ * arrived, each once, in order on every lane, and if not, what went wrong.
+ *
+ * As long as every key is the next one (fan-out: a correct server), add()
+ * costs one comparison. The first key out of that order switches to a
+ * bitmap of the keys seen, which also tells duplicates from late arrivals.
+ */
+class StreamCheck {
+  constructor(first) {
+    this.first = first;
+    this.next = first; // in order so far: keys first .. next-1 arrived, once each; NaN once not
+    this.bits = null; // after the order broke: bit k set when key first+k arrived
+    this.unique = 0; // keys in the bitmap
+    this.high = first - 1; // the bitmap's highest key seen (in order: next - 1)
+    this.laneHigh = []; // the bitmap's highest key seen per lane
+    this.inOrder = 0; // once the bitmap exists: the keys that had arrived in order before it
+    this.slow = 0; // arrivals that took the bitmap path (or had no key)
+    this.duplicates = 0; // extra copies of keys already seen
+    this.firstDuplicate = null; // {key, copies}
+    this.outOfOrder = 0; // keys below the highest already seen on their lane
+    this.firstOutOfOrder = null; // {key, after}
+    this.invalid = 0; // arrivals without a usable key (below first, garbage)
+    this.firstInvalid = null;
+  }
+
+  /** Record the arrival of `key` (-1: the frame had none) on the only lane. */
+  add(key) {
+    if (key === this.next) {
+      this.next++;
+      return;
+    }
+    this._add(key, 0);
+  }
+
+  /** Record the arrival of `key` on `lane` (one of several senders): always the bitmap. */
+  addOnLane(key, lane) {
+    this._add(key, lane);
+  }
+
+  _add(key, lane) {
+    this.slow++;
+    if (!Number.isInteger(key) || key < this.first || key - this.first >= MAX_KEY_SPAN) {
+      this.invalid++;
+      if (this.firstInvalid === null) this.firstInvalid = key;
+      return;
+    }
+    if (this.bits === null) this._toBitmap();
+    const k = key - this.first;
+    const byte = k >>> 3;
+    if (byte >= this.bits.length) {
+      let size = this.bits.length;
+      while (size <= byte) size *= 2;
+      const bigger = new Uint8Array(size);
+      bigger.set(this.bits);
+      this.bits = bigger;
+    }
+    const mask = 1 << (k & 7);
+    if (this.bits[byte] & mask) {
+      this.duplicates++;
+      if (this.firstDuplicate === null) this.firstDuplicate = { key, copies: 2 };
+      else if (this.firstDuplicate.key === key) this.firstDuplicate.copies++;
+      return;
+    }
+    this.bits[byte] |= mask;
+    this.unique++;
+    if (key > this.high) this.high = key;
+    const laneHigh = this.laneHigh[lane];
+    if (laneHigh !== undefined && key < laneHigh) {
+      this.outOfOrder++;
+      if (this.firstOutOfOrder === null) this.firstOutOfOrder = { key, after: laneHigh };
+    } else {
+      this.laneHigh[lane] = key;
+    }
+  }
+
+  /** Leave the in-order fast path: mark first .. next-1 in a new bitmap. */
+  _toBitmap() {
+    const n = this.next - this.first;
+    if (n > 0) {
+      this.high = this.next - 1;
+      this.laneHigh[0] = this.high; // only add() takes the fast path, on lane 0
+    }
+    this.bits = new Uint8Array(Math.max(8192, 2 * ((n >>> 3) + 1)));
+    this.bits.fill(0xff, 0, n >>> 3);
+    for (let k = n & ~7; k < n; k++) this.bits[k >>> 3] |= 1 << (k & 7);
+    this.unique = n;
+    this.inOrder = n;
+    this.next = NaN; // never equal to a key: every add() takes the bitmap path from now on
+  }
+
+  /** Keys received: in order so far, then every later arrival. */
+  get received() {
+    return (this.bits === null ? this.next - this.first : this.inOrder) + this.slow;
+  }
+
+  /** The highest key seen. */
+  get highest() {
+    return this.bits === null ? this.next - 1 : this.high;
+  }
+
+  _has(k) {
+    if (this.bits === null) return k < this.next - this.first;
+    const byte = k >>> 3;
+    return byte < this.bits.length && (this.bits[byte] & (1 << (k & 7))) !== 0;
+  }
+
+  /**
+   * Compare with the keys first .. first+count-1, each expected once:
+   * {received, missing, first_missing, duplicates, first_duplicate,
+   * out_of_order, first_out_of_order, unexpected, first_unexpected}.
+   * `unexpected` counts keys never sent (past the last, or garbage).
+   */
+  summary(count) {
+    let have = 0;
+    if (this.bits === null) {
+      have = Math.min(this.next - this.first, count);
+    } else {
+      const bits = this.bits;
+      const full = Math.min(count >>> 3, bits.length);
+      for (let b = 0; b < full; b++) {
+        let v = bits[b];
+        while (v) {
+          v &= v - 1;
+          have++;
+        }
+      }
+      for (let k = full * 8; k < count; k++) if (this._has(k)) have++;
+    }
+    const firstMissing = [];
+    for (let k = 0; k < count && firstMissing.length < 5 && have + firstMissing.length < count; k++) {
+      if (!this._has(k)) firstMissing.push(this.first + k);
+    }
+    const unique = this.bits === null ? this.next - this.first : this.unique;
+    const beyond = unique - have; // keys past the last one sent
+    let firstUnexpected = this.firstInvalid;
+    if (beyond > 0) {
+      let k = count;
+      while (!this._has(k)) k++; // ends: `beyond` keys past count are in the bitmap
+      firstUnexpected = this.first + k;
+    }
+    return {
+      received: this.received,
+      missing: count - have,
+      first_missing: firstMissing,
+      duplicates: this.duplicates,
+      first_duplicate: this.firstDuplicate,
+      out_of_order: this.outOfOrder,
+      first_out_of_order: this.firstOutOfOrder,
+      unexpected: beyond + this.invalid,
+      first_unexpected: firstUnexpected,
+    };
+  }
+}
+
+/** Whether a StreamCheck summary shows exactly what was expected. */
+function exact(summary) {
+  return summary.missing === 0 && summary.duplicates === 0 && summary.out_of_order === 0 && summary.unexpected === 0;
+}
+
+/**
+ * The verification of one run: how many `clients` received exactly keys
+ * first .. first+count-1 (StreamCheck `stream` of each), per-subscriber
+ * extremes and totals, and one entry per subscriber that did not (or that
+ * the server closed): its index, close code and summary. bench/_verify.py
+ * turns those entries into diagnosis lines.
+ */
+function verifyStreams(clients, count) {
+  let min = Infinity;
+  let max = 0;
+  let closed = 0;
+  let exactCount = 0;
+  const totals = { missing: 0, duplicates: 0, out_of_order: 0, unexpected: 0 };
+  const problems = [];
+  for (let i = 0; i < clients.length; i++) {
+    const c = clients[i];
+    const s = c.stream.summary(count);
+    if (s.received < min) min = s.received;
+    if (s.received > max) max = s.received;
+    for (const key of Object.keys(totals)) totals[key] += s[key];
+    if (c.closed) closed++;
+    if (exact(s) && !c.closed) {
+      exactCount++;
+    } else {
+      const close = c.closed ? c.notes.find((n) => n.startsWith('close')) || `code ${c.closeCode}` : null;
+      problems.push({ subscriber: i, closed: c.closed, close, ...s });
+    }
+  }
+  return {
+    exact: exactCount === clients.length,
+    expected_per_subscriber: count,
+    subscribers: clients.length,
+    subscribers_exact: exactCount,
+    subscribers_closed: closed,
+    received_per_subscriber_min: clients.length ? min : 0,
+    received_per_subscriber_max: max,
+    ...totals,
+    problems,
+  };
 }
 
 // ----------------------------------------------------------- latency store
@@ -242,6 +485,7 @@ class BaseClient {
   constructor(sink) {
     this.sink = sink; // {delivered, latency: LatencyRecorder|null, wake: function|null}
     this.count = 0; // kind-4 frames received by this socket
+    this.stream = new StreamCheck(1); // the sequence numbers of loadgen.js's broadcasts (makePayload)
     this.closed = false;
     this.closeCode = null;
     this.error = null;
@@ -521,15 +765,17 @@ class RawClient extends BaseClient {
   }
 
   /**
-   * One kind-4 frame at buf[p, end), already counted: record its latency
-   * when the sink asks for it. Subclasses read more of it; like _onData they
-   * keep nothing of `buf`.
+   * One kind-4 frame at buf[p, end), already counted: check its sequence
+   * number, and record its latency when the sink asks for it. Subclasses
+   * read other payloads; like _onData they keep nothing of `buf`.
    */
-  _onBroadcast(buf, p) {
+  _onBroadcast(buf, p, end) {
+    // payload = after kind, 3 lengths, encoding, topic, event, metadata
+    const payloadAt = p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3];
+    this.stream.add(readSeq(buf, payloadAt, end));
     const lat = this.sink.latency;
     if (lat === null) return;
-    // payload = after kind, 3 lengths, encoding, topic, event, metadata
-    const ts = readTimestamp(buf, p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3] + TS_OFFSET);
+    const ts = readTimestamp(buf, payloadAt + TS_OFFSET);
     if (ts >= lat.fromUs) {
       if (this._now < 0) this._now = nowUs();
       lat.push(this._now - ts);
@@ -632,16 +878,18 @@ class WsClient extends BaseClient {
     this._onText(data.toString('utf8'));
   }
 
-  /** One binary frame: count a kind-4 delivery, recording its latency when the sink asks for it. */
+  /** One binary frame: count a kind-4 delivery, check its sequence number, record its latency when asked. */
   _onBinaryFrame(data) {
     if (data[0] !== KIND_USER_BROADCAST) {
       this._note(`binary frame of kind ${data[0]} (${data.length} bytes)`);
       return;
     }
+    const payloadAt = 5 + data[1] + data[2] + data[3];
+    this.stream.add(readSeq(data, payloadAt, data.length));
     const sink = this.sink;
     const lat = sink.latency;
     if (lat !== null) {
-      const ts = readTimestamp(data, 5 + data[1] + data[2] + data[3] + TS_OFFSET);
+      const ts = readTimestamp(data, payloadAt + TS_OFFSET);
       if (ts >= lat.fromUs) lat.push(nowUs() - ts);
     }
     this.count++;
@@ -832,6 +1080,7 @@ module.exports = {
   SERVE_DEFAULTS,
   LatencyRecorder,
   RawClient,
+  StreamCheck,
   WsClient,
   cpuSince,
   emit,
@@ -851,6 +1100,8 @@ module.exports = {
   sleep,
   startHeartbeats,
   usageProbe,
+  verifyStreams,
   waitUntil,
+  writeDigits,
   writeTimestamp,
 };

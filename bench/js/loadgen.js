@@ -22,6 +22,15 @@
  * Publisher and subscribers live in this one process, so the send and
  * receive timestamps come from the same clock.
  *
+ * Every broadcast carries a sequence number, 1, 2, ... (makePayload in
+ * client.js). After the window the generator waits until every open
+ * subscriber has seen the last one (or the drain timeout), then --grace-ms
+ * more for late extras, and checks that each subscriber received exactly
+ * 1 .. sent, once each, in order (StreamCheck in client.js), and that the
+ * publisher (broadcast self: false) received none. The result's
+ * `verification` holds the outcome and one entry per subscriber that did
+ * not; bench/fanout.py makes a run that is not exact an error.
+ *
  * Stdout carries JSON lines only: {"event":"mark","name":"measure_start"}
  * and {"event":"mark","name":"measure_end"} around the measured window (the
  * orchestrator samples the server's CPU there), then one result object
@@ -48,9 +57,13 @@ const {
   sleep,
   startHeartbeats,
   usageProbe,
+  verifyStreams,
   waitUntil,
+  writeDigits,
   writeTimestamp,
 } = require('./client');
+
+const SEQ_DIGITS = 10;
 
 const DEFAULTS = {
   url: '',
@@ -74,6 +87,7 @@ const DEFAULTS = {
   joinConcurrency: 200,
   connectTimeout: 60, // seconds, per handshake and per join reply
   drainTimeout: 5, // seconds to wait for in-flight deliveries after the window
+  graceMs: 250, // after the drain: how long late extra copies have to show up
   heartbeatInterval: 25, // seconds (spec 1.5, realtime-js HEARTBEAT_INTERVAL)
   client: 'raw', // raw | ws
   burn: 0, // throughput phase: share of the generator's core to waste (headroom check)
@@ -119,30 +133,16 @@ async function connectAll(opt, sink) {
   return { subs, pub, joinRef, connectS: (performance.now() - t0) / 1000 };
 }
 
-/** Count per-subscriber outcomes after the run. */
-function tally(subs, sent) {
-  let open = 0;
-  let closed = 0;
-  let min = Infinity;
-  let max = 0;
-  let missing = 0;
+/** Check what every subscriber received against 1 .. sent after the run (see the header). */
+function tally(subs, pub, sent) {
   const notes = [];
-  for (const c of subs) {
-    if (c.closed) closed++;
-    else open++;
-    if (c.count < min) min = c.count;
-    if (c.count > max) max = c.count;
-    if (!c.closed && c.count < sent) missing += sent - c.count;
-    for (const n of c.notes) if (notes.length < 5) notes.push(n);
-  }
-  return {
-    subscribers_open: open,
-    subscribers_closed: closed,
-    per_subscriber_min: subs.length ? min : 0,
-    per_subscriber_max: max,
-    missing_deliveries: missing,
-    notes,
-  };
+  for (const c of subs) for (const n of c.notes) if (notes.length < 5) notes.push(n);
+  const verification = { sent, ...verifyStreams(subs, sent) };
+  // broadcast self: false, so the publisher's own messages are excess
+  verification.publisher_received = pub.count;
+  verification.publisher_closed = pub.closed;
+  if (pub.count !== 0 || pub.closed) verification.exact = false;
+  return { verification, notes };
 }
 
 /** Bytes of one kind-4 payload (spec 2.3) as subscribers receive it, without the WebSocket header. */
@@ -150,9 +150,15 @@ function frameBytes(opt) {
   return 5 + Buffer.byteLength(opt.topic) + Buffer.byteLength(opt.event) + opt.payloadBytes;
 }
 
-/** Wait until every open subscriber has received `sent` messages, or timeout. */
-function drain(subs, sent, timeoutMs) {
-  return waitUntil(() => subs.every((c) => c.closed || c.count >= sent), timeoutMs, 10);
+/**
+ * Wait until every open subscriber has seen sequence number `sent`, the
+ * last one (or timeout), then graceMs more so that late extra copies are
+ * counted too. Resolves whether the last one reached them all.
+ */
+async function drain(subs, sent, timeoutMs, graceMs) {
+  const done = await waitUntil(() => subs.every((c) => c.closed || c.stream.highest >= sent), timeoutMs, 10);
+  await sleep(graceMs);
+  return done;
 }
 
 async function runThroughput(opt, ctx, sink) {
@@ -180,9 +186,10 @@ async function runThroughput(opt, ctx, sink) {
     if (!running || pub.closed) return;
     const limit = Math.min(sink.delivered / S + window, minOpen + 2 * window);
     while (sent < limit && pub.bufferedAmount < opt.maxBuffered) {
+      sent++;
+      writeDigits(frame.buf, frame.seqOffset, sent, SEQ_DIGITS);
       writeTimestamp(frame.buf, frame.tsOffset, nowUs());
       pub.sendBinary(frame.buf);
-      sent++;
     }
   };
   sink.wake = () => {
@@ -235,7 +242,7 @@ async function runThroughput(opt, ctx, sink) {
   const rate = ((b.delivered - a.delivered) * 1000) / (b.t - a.t);
   const inFlight = sent * S - sink.delivered;
   const drainMs = Math.max(opt.drainTimeout * 1000, rate > 0 ? (3000 * inFlight) / rate : 0);
-  const drained = await drain(subs, sent, drainMs);
+  const drained = await drain(subs, sent, drainMs, opt.graceMs);
   return {
     window_broadcasts: window,
     window_peak_broadcasts: windowPeak,
@@ -245,7 +252,7 @@ async function runThroughput(opt, ctx, sink) {
     sent_per_s: ((sentB - sentA) * 1000) / (b.t - a.t),
     drained,
     ...usage(a, b),
-    ...tally(subs, sent),
+    ...tally(subs, pub, sent),
   };
 }
 
@@ -287,6 +294,7 @@ async function runLatency(opt, ctx, sink) {
       while (sent < due && !pub.closed) {
         const now = nowUs();
         if (now - t0 - (sent / rate) * 1e6 > 5000) late++;
+        writeDigits(frame.buf, frame.seqOffset, sent + 1, SEQ_DIGITS);
         writeTimestamp(frame.buf, frame.tsOffset, now);
         pub.sendBinary(frame.buf);
         sent++;
@@ -296,7 +304,7 @@ async function runLatency(opt, ctx, sink) {
     };
     tick();
   });
-  const drained = await drain(subs, sent, opt.drainTimeout * 1000);
+  const drained = await drain(subs, sent, opt.drainTimeout * 1000, opt.graceMs);
   const lat = sink.latency.summary();
   sink.latency = null;
   return {
@@ -310,7 +318,7 @@ async function runLatency(opt, ctx, sink) {
     p50_ms: lat.p50_ms,
     p99_ms: lat.p99_ms,
     ...usage(a, b),
-    ...tally(subs, sent),
+    ...tally(subs, pub, sent),
   };
 }
 

@@ -15,13 +15,33 @@
  * No authentication, presence or database: it is the cost of the fan-out
  * alone.
  *
- * Usage: node ws_server.js PORT [HOST]   (prints "listening <port>" when ready)
+ * --fault NAME breaks it on purpose, so that tests/test_bench_checks.py can
+ * show that bench/fanout.py rejects a server that does not deliver exactly
+ * what was sent (the counts of broadcasts are over the whole process):
+ *   duplicate  every broadcast goes twice to every member;
+ *   drop       broadcast 17 goes to nobody;
+ *   reorder    broadcast 17 goes out after broadcast 18 (or 20 ms later);
+ *   close      the 3rd, 13th, 23rd ... joined socket is closed (1011) 50 ms
+ *              after its join reply.
+ *
+ * Usage: node ws_server.js PORT [HOST] [--fault NAME]   (prints "listening <port>" when ready)
  */
 
 const { WebSocketServer } = require('ws');
 
-const port = Number(process.argv[2] || 0);
-const host = process.argv[3] || '127.0.0.1';
+const argv = process.argv.slice(2);
+const faultAt = argv.indexOf('--fault');
+const fault = faultAt >= 0 ? argv.splice(faultAt, 2)[1] : null;
+if (fault !== null && !['duplicate', 'drop', 'reorder', 'close'].includes(fault)) {
+  process.stderr.write(`ws_server: unknown fault ${fault}\n`);
+  process.exit(2);
+}
+const port = Number(argv[0] || 0);
+const host = argv[1] || '127.0.0.1';
+const FAULT_AT = 17; // the broadcast that drop and reorder act on
+let broadcasts = 0; // kind-3 broadcasts fanned out so far
+let joins = 0; // phx_join requests answered so far
+let held = null; // reorder: {members, out, sender, timer} of the broadcast held back
 
 const topics = new Map(); // topic -> Set of sockets
 const OK_JOIN = { status: 'ok', response: { postgres_changes: [] } };
@@ -49,6 +69,7 @@ function onText(ws, data) {
     members.add(ws);
     ws.joined.add(topic);
     reply(ws, joinRef, ref, topic, OK_JOIN);
+    if (fault === 'close' && ++joins % 10 === 3) setTimeout(() => ws.close(1011, 'fault: close'), 50);
   } else if (event === 'phx_leave') {
     leave(ws, topic);
     reply(ws, joinRef, ref, topic, OK_EMPTY);
@@ -86,9 +107,39 @@ function onBinary(ws, data) {
   data.copy(out, 5, topicAt, topicAt + topicLen + eventLen);
   data.copy(out, 5 + topicLen + eventLen, payloadAt);
 
-  for (const peer of members) {
-    if (peer !== ws && peer.readyState === 1) peer.send(out, SEND_OPTS);
+  if (fault === null) {
+    for (const peer of members) {
+      if (peer !== ws && peer.readyState === 1) peer.send(out, SEND_OPTS);
+    }
+  } else {
+    faultySend(members, out, ws);
   }
+}
+
+/** The fan-out of one broadcast under --fault (see the header). */
+function faultySend(members, out, sender) {
+  broadcasts++;
+  if (fault === 'drop' && broadcasts === FAULT_AT) return;
+  if (fault === 'reorder' && broadcasts === FAULT_AT) {
+    held = { members: [...members], out, sender, timer: setTimeout(release, 20) };
+    return;
+  }
+  for (const peer of members) {
+    if (peer === sender || peer.readyState !== 1) continue;
+    peer.send(out, SEND_OPTS);
+    if (fault === 'duplicate') peer.send(out, SEND_OPTS);
+  }
+  if (held !== null) release();
+}
+
+/** reorder: send the broadcast held back. */
+function release() {
+  if (held === null) return;
+  clearTimeout(held.timer);
+  for (const peer of held.members) {
+    if (peer !== held.sender && peer.readyState === 1) peer.send(held.out, SEND_OPTS);
+  }
+  held = null;
 }
 
 function leave(ws, topic) {
