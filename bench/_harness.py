@@ -66,6 +66,7 @@ class DatabaseBench:
         self.port = 0
         self.url = ""
         self.phases: dict[str, dict[str, Any]] = {}
+        self.failed: dict[str, dict[str, Any]] = {}  # phases that did not deliver exactly what was sent
         self.errors: list[str] = []
         self.profiles: dict[str, Any] = {}
 
@@ -210,9 +211,12 @@ class DatabaseBench:
     def finish(self, config: dict[str, Any], targets: dict[str, dict[str, Any]], warnings: list[str]) -> int:
         """Write the JSON report to --json and return the exit status (see bench._report.finish).
 
-        The report holds the environment, `config`, the phases, `targets`,
-        `warnings`, the profiles, the errors and elapsed_s.
+        The report holds the environment, `config`, whether every phase was
+        exact, the phases, the failed phases, `targets` (none after an
+        error), `warnings`, the profiles, the errors and elapsed_s.
         """
+        if self.errors:
+            targets = {}  # a figure beside a failed phase proves nothing
         report = {
             "environment": {
                 **environment(self.node),
@@ -222,7 +226,9 @@ class DatabaseBench:
                 "clock": CLOCK,
             },
             "config": config,
+            "exact": not self.errors and not self.failed,
             "phases": self.phases,
+            "failed_phases": self.failed,
             "targets": targets,
             "warnings": warnings,
             "profiles": self.profiles,

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["check_stream", "diagnose", "is_exact", "runs_to_ids"]
+__all__ = ["check_stream", "diagnose", "is_exact", "runs_to_ids", "verify_subscribers"]
 
 GROUPS_SHOWN = 3  # per kind of problem, the largest groups of subscribers named in full
 
@@ -93,6 +93,54 @@ def runs_to_ids(runs: Sequence[int]) -> list[int]:
     return out
 
 
+def verify_subscribers(
+    observed: Sequence[Mapping[str, Any]],
+    expected: Sequence[set[int]],
+    lane_of: Mapping[int, int] | None,
+    noun: str,
+) -> dict[str, Any]:
+    """Check every subscriber's keys against its expected set; return the run's verification.
+
+    observed[i] is what subscriber i got: {"ids": runs (see runs_to_ids),
+    "closed", "close", "bad_frames"}; expected[i] its set (subscribers that
+    may see the same rows share one set object: an identical stream is then
+    checked once). The result holds exact, per-subscriber extremes, totals,
+    the summaries of the subscribers that failed ("problems") and the
+    diagnosis lines.
+    """
+    memo: dict[tuple[int, tuple[int, ...]], Summary] = {}
+    problems: list[Summary] = []
+    totals = dict.fromkeys(("missing", "duplicates", "out_of_order", "unexpected", "bad_frames"), 0)
+    received: list[int] = []
+    closed = 0
+    for i, (o, want) in enumerate(zip(observed, expected, strict=True)):
+        key = (id(want), tuple(o["ids"]))
+        s = memo.get(key)
+        if s is None:
+            s = memo[key] = check_stream(runs_to_ids(o["ids"]), want, lane_of)
+        s = {**s, "bad_frames": o.get("bad_frames", 0)}
+        received.append(s["received"])
+        for k in totals:
+            totals[k] += s[k]
+        closed += bool(o.get("closed"))
+        if o.get("closed") or s["bad_frames"] or not is_exact(s):
+            problems.append({"subscriber": i, "closed": bool(o.get("closed")), "close": o.get("close"), **s})
+    sizes = [len(e) for e in expected]
+    return {
+        "exact": not problems,
+        "subscribers": len(observed),
+        "subscribers_exact": len(observed) - len(problems),
+        "subscribers_closed": closed,
+        "expected_per_subscriber_min": min(sizes, default=0),
+        "expected_per_subscriber_max": max(sizes, default=0),
+        "received_per_subscriber_min": min(received, default=0),
+        "received_per_subscriber_max": max(received, default=0),
+        **totals,
+        "problems": problems,
+        "diagnosis": diagnose(problems, noun),
+    }
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -118,8 +166,10 @@ def diagnose(problems: Iterable[Summary], noun: str) -> list[str]:
             groups[("out_of_order", (o.get("key"), o.get("after")))].append(p)
         if p["unexpected"]:
             groups[("unexpected", p["first_unexpected"])].append(p)
+        if p.get("bad_frames"):
+            groups[("bad_frames", None)].append(p)
     lines: list[str] = []
-    for kind in ("closed", "duplicates", "missing", "out_of_order", "unexpected"):
+    for kind in ("closed", "duplicates", "missing", "out_of_order", "unexpected", "bad_frames"):
         mine = sorted(((k, v) for (g, k), v in groups.items() if g == kind), key=lambda kv: -len(kv[1]))
         for key, subs in mine[:GROUPS_SHOWN]:
             lines.append("FAILED: " + _line(kind, key, subs, noun))
@@ -134,6 +184,7 @@ _IN_ALL = {
     "missing": "missing",
     "out_of_order": "out of order",
     "unexpected": "such deliveries",
+    "bad_frames": "malformed frames",
 }
 
 
@@ -151,4 +202,6 @@ def _line(kind: str, key: Any, subs: list[Summary], noun: str) -> str:
     if kind == "out_of_order":
         k, after = key
         return f"{who} received {noun} {k} after {noun} {after}{in_all}"
+    if kind == "bad_frames":
+        return f"{who} received malformed frames{in_all}"
     return f"{who} received {noun} {key}, which was not sent to them{in_all}"

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from bench._verify import check_stream, diagnose, is_exact, runs_to_ids
+from bench._verify import check_stream, diagnose, is_exact, runs_to_ids, verify_subscribers
+from bench.postgres_changes import expected_rows, writer_lanes
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_JS = ROOT / "bench" / "js" / "client.js"
@@ -118,6 +119,70 @@ def test_diagnose_names_every_kind_of_problem() -> None:
 
 def test_diagnose_of_nothing_is_empty() -> None:
     assert diagnose([], "seq") == []
+
+
+# ------------------------------------------ Postgres Changes observations
+
+
+ROWS = [(1, "user0", "w0"), (2, "user1", "w0"), (3, "user0", "w1"), (4, "user1", "w1"), (5, "user2", "w0")]
+
+
+def _observed(ids: list[int], **kw: Any) -> dict[str, Any]:
+    runs = [x for i in ids for x in (i, 1)]
+    return {"ids": runs, "closed": False, "close": None, "bad_frames": 0} | kw
+
+
+def test_expected_rows_follow_the_policy() -> None:
+    every = expected_rows(ROWS, 3, rls=False)
+    assert every == [{1, 2, 3, 4, 5}] * 3
+    assert every[0] is every[2]  # one set: identical streams are checked once
+    assert expected_rows(ROWS, 3, rls=True) == [{1, 3}, {2, 4}, {5}]
+    assert writer_lanes(ROWS) == {1: 0, 2: 0, 3: 1, 4: 1, 5: 0}
+    assert writer_lanes([(1, "user0", "1733400000000")]) is None
+
+
+def test_verify_subscribers_rejects_a_duplicate_plus_a_loss_that_keeps_the_count() -> None:
+    expected = expected_rows(ROWS, 2, rls=True)  # {1, 3} and {2, 4}
+    v = verify_subscribers([_observed([1, 3]), _observed([2, 2])], expected, writer_lanes(ROWS), "id")
+    assert v["received_per_subscriber_min"] == v["received_per_subscriber_max"] == 2  # the counts all match
+    assert not v["exact"]
+    assert v["subscribers_exact"] == 1
+    assert v["diagnosis"] == [
+        "FAILED: 1 subscriber received 2 copies of id 2",
+        "FAILED: 1 subscriber never received id 4",
+    ]
+
+
+def test_verify_subscribers_rejects_a_reorder_inside_one_writers_rows() -> None:
+    expected = expected_rows(ROWS, 2, rls=False)
+    lanes = writer_lanes(ROWS)
+    # writer 1's rows (3, 4) may come before writer 0's (1, 2, 5), but not 2 before 1
+    v = verify_subscribers([_observed([3, 4, 1, 2, 5]), _observed([3, 2, 1, 4, 5])], expected, lanes, "id")
+    assert v["subscribers_exact"] == 1
+    assert v["diagnosis"] == ["FAILED: 1 subscriber received id 1 after id 2"]
+
+
+def test_verify_subscribers_rejects_rows_of_another_owner_closed_sockets_and_bad_frames() -> None:
+    expected = expected_rows(ROWS, 3, rls=True)
+    observed = [
+        _observed([1, 3, 2]),
+        _observed([2, 4], closed=True, close="closed 1011 slow consumer"),
+        _observed([5], bad_frames=1),
+    ]
+    v = verify_subscribers(observed, expected, writer_lanes(ROWS), "id")
+    assert v["subscribers_exact"] == 0 and v["subscribers_closed"] == 1
+    assert v["diagnosis"] == [
+        "FAILED: 1 subscriber closed by the server (closed 1011 slow consumer)",
+        "FAILED: 1 subscriber received id 2, which was not sent to them",
+        "FAILED: 1 subscriber received malformed frames",
+    ]
+
+
+def test_verify_subscribers_accepts_exact_streams() -> None:
+    expected = expected_rows(ROWS, 2, rls=False)
+    v = verify_subscribers([_observed([1, 2, 3, 4, 5])] * 2, expected, writer_lanes(ROWS), "id")
+    assert v["exact"] and v["problems"] == [] and v["diagnosis"] == []
+    assert v["expected_per_subscriber_max"] == 5
 
 
 # ----------------------------------------------------- StreamCheck (Node)
@@ -248,3 +313,33 @@ def test_fanout_idle_memory_rejects_connections_the_server_closed(tmp_path: Path
     assert "idle memory: no figure" in output
     assert "idle connections closed by the server" in output
     assert report["idle_memory"] == {}
+
+
+# ------------------------------- bench postgres-changes, falsified subscriber
+
+
+@pytest.mark.slow
+@pytest.mark.pg
+@needs_node
+@pytest.mark.parametrize(
+    ("fault", "diagnosis"),
+    [
+        ("duplicate-loss", ["FAILED: 1 subscriber received 2 copies of id ", "FAILED: 1 subscriber never received id"]),
+        ("reorder", ["FAILED: 1 subscriber received id "]),
+    ],
+)
+def test_postgres_changes_rejects_what_a_faulty_server_would_deliver(
+    tmp_path: Path, fault: str, diagnosis: list[str]
+) -> None:
+    """pg_subscribers.js --fault falsifies subscriber 0's record as a faulty server would: the phase fails."""
+    out = tmp_path / "pg.json"
+    cmd = [sys.executable, "-m", "bench.postgres_changes", "--phases", "a", "--duration", "1", "--warmup", "0.3"]
+    cmd += ["--subscriber-fault", fault, "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    for line in diagnosis:
+        assert line in output
+    report = json.loads(out.read_text())
+    assert report["exact"] is False and report["phases"] == {} and report["targets"] == {}
+    assert report["failed_phases"]["a"]["verification"]["exact"] is False

@@ -11,12 +11,14 @@
  * `postgres_changes` deliveries (spec §6.6).
  *
  * Per delivery, without parsing the JSON (the frame is a V2 array with a
- * fixed prefix, spec 2.2; the record's fields come in attnum order):
+ *   fixed prefix, spec 2.2; the record's fields come in attnum order, id
+ *   first):
  *   - the frame must start with [null,null,"<topic>","postgres_changes",
  *     {"ids":[<this connection's subscription id>],"data":
- *   - with --owner-check, record.owner must be this connection's `sub`
- *     ("user<i>"): an RLS table whose policy shows each subscriber its own
- *     rows;
+ *   - record.id is kept, in arrival order, for the `expect` command: the
+ *     orchestrator checks that each connection received exactly the ids of
+ *     the rows it may see, once each, in each writer's commit order
+ *     (bench/_verify.py check_stream);
  *   - with --latency, record.body holds the writer's CLOCK_MONOTONIC time in
  *     ns (Python time.monotonic_ns()); the receive time is
  *     process.hrtime.bigint(), the same kernel clock, so no anchoring or
@@ -25,12 +27,20 @@
  * checked (ids, schema, table, type, record fields) as a cross-check of the
  * byte-level reading.
  *
+ * --fault NAME falsifies what connection 0 records, for the bench's own
+ * tests (tests/test_bench_checks.py), as a faulty server would have sent it:
+ *   duplicate-loss  its 3rd delivery is taken for a second copy of its 2nd
+ *                   (the count stays right, one row is lost);
+ *   reorder         its 2nd and 3rd deliveries swap places.
+ *
  * Stdin takes one command per line:
  *   mark <name>      print {"event":"mark", name, delivered, cpu, elu}
- *   expect <json>    {"counts": [per connection], "timeout_s": s}: wait until
- *                    every open connection received its count (or the
- *                    timeout), then print {"event":"result", ...} with the
- *                    shortfall, excess, wrong owners and latency samples
+ *   expect <json>    {"counts": [per connection], "timeout_s": s, "grace_ms": g}:
+ *                    wait until every open connection received its count
+ *                    (or the timeout), then g ms more for late extras, and
+ *                    print {"event":"result", ...} with each connection's
+ *                    record ids as runs [first, length, ...], whether the
+ *                    server closed it, malformed frames, latency samples
  *   quit             close every connection and exit
  * Stdout carries JSON lines only; every --progress-ms it prints
  * {"event":"progress","delivered":n} so the writer can bound its lead.
@@ -61,7 +71,7 @@ const DEFAULTS = {
   table: 'items',
   event: 'INSERT',
   latency: false,
-  ownerCheck: false,
+  fault: '', // '' | duplicate-loss | reorder (see above)
   joinConcurrency: 50,
   connectTimeout: 30, // seconds, per handshake, join reply and system message
   ...SERVE_DEFAULTS,
@@ -75,9 +85,20 @@ function startsAt(buf, prefix, at) {
   return buf.compare(prefix, 0, prefix.length, at, at + prefix.length) === 0;
 }
 
-const OWNER = Buffer.from('"owner":"');
 const BODY = Buffer.from('"body":"');
-const RECORD = Buffer.from('"record":{');
+const RECORD_ID = Buffer.from('"record":{"id":');
+
+/** The non-negative integer whose digits start at buf[at]; -1 if none. */
+function intAt(buf, at) {
+  let v = 0;
+  let i = at;
+  for (; i < buf.length; i++) {
+    const d = buf[i] - 48;
+    if (d < 0 || d > 9) break;
+    v = v * 10 + d;
+  }
+  return i > at ? v : -1;
+}
 
 /** One connection subscribed to the table; reads its deliveries without JSON.parse. */
 class Subscriber extends WsClient {
@@ -87,10 +108,10 @@ class Subscriber extends WsClient {
     this.token = token;
     this.opt = opt;
     this.samples = samples; // shared [body, delay ns] pairs, or null without --latency
-    this.ownerValue = Buffer.from(`user${index}"`);
+    this.ids = new Float64Array(1024); // record.id of every delivery, in arrival order
+    this.nIds = 0;
     this.id = null; // the subscription id from the join reply
     this.deliveryPrefix = null; // bytes every delivery to this connection starts with
-    this.wrongOwner = 0;
     this.badFrames = 0; // postgres_changes frames whose ids or shape were wrong
     this.checkedFirst = false;
     this._subscribed = null; // {resolve, reject} until the system message
@@ -186,32 +207,60 @@ class Subscriber extends WsClient {
       this.checkedFirst = true;
       this.checkFull(data);
     }
+    const at = data.indexOf(RECORD_ID, dataAt);
+    const id = at < 0 ? this.parseId(data) : intAt(data, at + RECORD_ID.length);
+    if (id < 0) {
+      this.badFrames++;
+      this._note('delivery without record.id: ' + data.toString('utf8', 0, 300));
+      return;
+    }
+    if (this.nIds === this.ids.length) {
+      const bigger = new Float64Array(this.ids.length * 2);
+      bigger.set(this.ids);
+      this.ids = bigger;
+    }
+    this.ids[this.nIds++] = id;
+    if (this.index === 0 && this.nIds === 3 && this.opt.fault !== '') this.falsify();
     const samples = this.samples;
-    let at = dataAt;
-    if (this.opt.ownerCheck || samples !== null) {
-      at = data.indexOf(RECORD, at);
-      if (at < 0) {
-        this.badFrames++;
-        this._note('delivery without record: ' + data.toString('utf8', 0, 300));
-        return;
-      }
-    }
-    if (this.opt.ownerCheck) {
-      const o = data.indexOf(OWNER, at);
-      if (o < 0 || !startsAt(data, this.ownerValue, o + OWNER.length)) {
-        this.wrongOwner++;
-        if (this.wrongOwner === 1) this._note(`row of another owner: ${data.toString('utf8', 0, 400)}`);
-      }
-    }
     if (samples !== null) {
       const recv = process.hrtime.bigint();
-      const b = data.indexOf(BODY, at);
+      const b = data.indexOf(BODY, dataAt);
       if (b < 0) return;
       const start = b + BODY.length;
       const end = data.indexOf(0x22, start); // closing quote
       const digits = data.toString('latin1', start, end);
       if (/^\d+$/.test(digits)) samples.push([digits, Number(recv - BigInt(digits))]);
     }
+  }
+
+  /** --fault: rewrite the first three ids recorded as the fault says. */
+  falsify() {
+    const ids = this.ids;
+    if (this.opt.fault === 'duplicate-loss') ids[2] = ids[1];
+    else if (this.opt.fault === 'reorder') [ids[1], ids[2]] = [ids[2], ids[1]];
+  }
+
+  /** record.id by JSON.parse, when it is not the record's first field; -1 without one. */
+  parseId(data) {
+    try {
+      const record = JSON.parse(data.toString('utf8'))[4].data.record;
+      return Number.isInteger(record.id) && record.id >= 0 ? record.id : -1;
+    } catch (e) {
+      return -1;
+    }
+  }
+
+  /** The record ids received, as runs of consecutive ids: [first, length, first, length, ...]. */
+  idRuns() {
+    const out = [];
+    const ids = this.ids;
+    for (let k = 0; k < this.nIds; ) {
+      let j = k + 1;
+      while (j < this.nIds && ids[j] === ids[j - 1] + 1) j++;
+      out.push(ids[k], j - k);
+      k = j;
+    }
+    return out;
   }
 
   /** JSON.parse one delivery and check the data object (spec §6.5, §6.6). */
@@ -249,47 +298,28 @@ class Subscriber extends WsClient {
 
 /** The `expect` command: wait until every open connection got its count, then report what each got. */
 async function expect(subs, sink, samples, arg) {
-  const { counts, timeout_s: timeoutS } = JSON.parse(arg);
+  const { counts, timeout_s: timeoutS, grace_ms: graceMs } = JSON.parse(arg);
   const t = performance.now();
   const drained = await waitUntil(
     () => subs.every((s, i) => s.closed || s.count >= counts[i]),
     timeoutS * 1000,
     20,
   );
-  // Anything still arriving after the drain would be excess: give it a moment.
-  await sleep(200);
-  let shortfall = 0;
-  let excess = 0;
-  let short = 0;
-  let closed = 0;
-  let wrongOwner = 0;
-  let badFrames = 0;
+  const drainS = (performance.now() - t) / 1000;
+  await sleep(graceMs); // anything arriving now is an extra copy or a row not expected
   const notes = [];
-  for (let i = 0; i < subs.length; i++) {
-    const s = subs[i];
-    if (s.count < counts[i]) {
-      shortfall += counts[i] - s.count;
-      short++;
-    } else if (s.count > counts[i]) excess += s.count - counts[i];
-    if (s.closed) closed++;
-    wrongOwner += s.wrongOwner;
-    badFrames += s.badFrames;
-    for (const note of s.notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
-  }
+  for (let i = 0; i < subs.length; i++) for (const note of subs[i].notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
   return {
     event: 'result',
     drained,
-    drain_s: (performance.now() - t) / 1000,
+    drain_s: drainS,
     delivered: sink.delivered,
-    expected: counts.reduce((a, b) => a + b, 0),
-    shortfall,
-    subscribers_short: short,
-    excess,
-    wrong_owner: wrongOwner,
-    bad_frames: badFrames,
-    subscribers_closed: closed,
-    per_subscriber_min: Math.min(...subs.map((s) => s.count)),
-    per_subscriber_max: Math.max(...subs.map((s) => s.count)),
+    subscribers: subs.map((s) => ({
+      ids: s.idRuns(),
+      closed: s.closed,
+      close: s.closed ? s.notes.find((n) => n.startsWith('closed')) || `code ${s.closeCode}` : null,
+      bad_frames: s.badFrames,
+    })),
     notes,
     latency_samples: samples,
   };
@@ -298,6 +328,10 @@ async function expect(subs, sink, samples, arg) {
 async function main() {
   const opt = scriptOptions(DEFAULTS, ['url', 'tokens']);
   if (opt === null) return 2;
+  if (!['', 'duplicate-loss', 'reorder'].includes(opt.fault)) {
+    emit({ event: 'error', error: `unknown --fault ${opt.fault}` });
+    return 2;
+  }
   const tokens = fs.readFileSync(opt.tokens, 'utf8').split('\n').filter((l) => l.trim() !== '');
   const n = opt.subscribers > 0 ? opt.subscribers : tokens.length;
   if (n > tokens.length) {
