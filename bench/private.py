@@ -31,8 +31,10 @@ with a database on another machine:
   transaction each) as fast as the database takes them, never more than
   --max-lag seconds of deliveries ahead of the subscribers. Inserts/s and
   deliveries/s (frames received, summed over subscribers) are counted over
-  the window. After the writers stop, every subscriber must hold every n
-  (a bitmap per socket: missing and duplicated messages are reported).
+  the window. After the writers stop, every subscriber must have received
+  exactly every n sent, once each, and each writer's numbers in the order
+  it sent them (every message names its writer; StreamCheck in
+  bench/js/client.js), and the database must hold every message.
   ``t`` is the writer's CLOCK_MONOTONIC before its statement, and Node reads
   the same clock, so "send -> client" needs no clock anchoring.
 - (3) latency: the same subscribers; single-message statements at
@@ -52,6 +54,12 @@ time goes.
 What the benchmarks share (the database, the server, the Node process, the
 writer threads, /proc and py-spy) lives in bench/_harness.py and the modules
 it names; this module holds the policy, the phases and their report.
+
+A run of (2) or (3) that does not deliver exactly what was sent (a message
+lost, repeated, out of its writer's order or never sent, a malformed frame,
+a subscriber closed by the server) is an error with a "FAILED: ..."
+diagnosis (bench/_verify.py): it gives no figure, and the bench exits with
+status 1 without scoring the targets.
 
 The targets (>= 1,000 private joins/s with no error; >= 10,000 database
 broadcasts/s delivered, each to all --subscribers) live here only: printed,
@@ -80,6 +88,7 @@ from bench._proc import Snapshot
 from bench._profile import print_profiles
 from bench._report import WARN_CPU_PCT, WARN_IDLE_CORE_PCT, fmt, percentile, rounded, run_main, target
 from bench._servers import BenchError, Pinning, token
+from bench._verify import diagnose
 from bench._writers import PacedWriter, ThrottledWriter, join_all
 
 __all__ = ["main"]
@@ -106,6 +115,8 @@ ROOM = "bench:room"
 EVENT = "e"
 READ_CHECK = "realtime_tenants_read_authorization_check"
 
+LATENCY_LANE = 1000  # (3)'s writer; (2)'s writers are lanes 0 .. --writers - 1
+PROBLEMS_KEPT = 20  # per failed run, the per-subscriber summaries kept in the JSON file
 MIN_LEAD_DELIVERIES = 20_000  # (2): deliveries the writers may always be ahead by
 # Core time not spent by the bench's processes (foreign, short-lived, kernel)
 # that makes a window suspect; ~5-10 % is the kernel's share of our traffic.
@@ -138,6 +149,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--latency-duration", type=float, default=3.0, help="(3): seconds")
     p.add_argument("--latency-subscribers", type=int, default=5, help="sockets that record latency samples")
     p.add_argument("--drain-timeout", type=float, default=20.0, help="least seconds to wait for the last deliveries")
+    p.add_argument("--grace-ms", type=int, default=250, help="after the last deliveries arrived: wait for late extras")
+    p.add_argument(
+        "--subscriber-fault",
+        choices=("duplicate-loss",),
+        help="falsify what the first subscriber records (the bench's own tests: (2) and (3) must then fail)",
+    )
     p.add_argument("--phases", default="joins,broadcast,latency", help="comma-separated: joins, broadcast, latency")
     p.add_argument(
         "--repeat",
@@ -262,14 +279,14 @@ class Numbers:
             return self._next
 
 
-# Every message carries its number and the writer's CLOCK_MONOTONIC before the
-# statement; realtime.send adds "id". The database makes the rows: the
-# writers' own CPU stays out of the way.
+# Every message carries its number, the writer's CLOCK_MONOTONIC before the
+# statement and the writer's lane (its numbers grow); realtime.send adds
+# "id". The database makes the rows: the writers' own CPU stays out of the way.
 _SEND_BATCH = (
-    "select realtime.send(jsonb_build_object('i', %s::bigint + g, 't', %s::bigint), %s, %s)"
+    "select realtime.send(jsonb_build_object('i', %s::bigint + g, 't', %s::bigint, 'w', %s::int), %s, %s)"
     " from generate_series(0, %s) g"
 )
-_SEND_ONE = "select realtime.send(jsonb_build_object('i', %s::bigint, 't', %s::bigint), %s, %s)"
+_SEND_ONE = "select realtime.send(jsonb_build_object('i', %s::bigint, 't', %s::bigint, 'w', %s::int), %s, %s)"
 
 
 class _SendWarnings:
@@ -301,7 +318,7 @@ class BulkWriter(ThrottledWriter):
         self, dsn: str, numbers: Numbers, batch: int, allowed: Callable[[], bool], stop: threading.Event, k: int
     ) -> None:
         super().__init__(dsn, f"bulk writer {k}", allowed, stop)
-        self.numbers, self.batch = numbers, batch
+        self.numbers, self.batch, self.lane = numbers, batch, k
         self.sent = 0  # messages in committed statements
         self.warnings = _SendWarnings()
         self.statement_s: list[float] = []
@@ -312,7 +329,7 @@ class BulkWriter(ThrottledWriter):
     def send_batch(self, conn: psycopg.Connection[Any]) -> None:
         start = self.numbers.take(self.batch)
         t0 = time.monotonic_ns()
-        conn.execute(_SEND_BATCH, (start, t0, EVENT, ROOM, self.batch - 1))
+        conn.execute(_SEND_BATCH, (start, t0, self.lane, EVENT, ROOM, self.batch - 1))
         self.statement_s.append((time.monotonic_ns() - t0) / 1e9)
         self.sent += self.batch
 
@@ -333,7 +350,7 @@ class LatencyWriter(PacedWriter):
     def send_one(self, conn: psycopg.Connection[Any]) -> None:
         n = self.numbers.take(1)
         t0 = time.monotonic_ns()
-        conn.execute(_SEND_ONE, (n, t0, EVENT, ROOM))
+        conn.execute(_SEND_ONE, (n, t0, LATENCY_LANE, EVENT, ROOM))
         self.roundtrip_ms.append((time.monotonic_ns() - t0) / 1e6)
         self.sent += 1
 
@@ -452,6 +469,7 @@ class Bench(DatabaseBench):
             [
                 *("--url", self.url, "--subscribers", str(a.subscribers), "--topic", f"realtime:{ROOM}"),
                 *("--event", EVENT, "--latency-subscribers", str(min(a.latency_subscribers, a.subscribers))),
+                *(("--fault", a.subscriber_fault) if a.subscriber_fault else ()),
             ],
             "private_subscribers",
         )
@@ -465,7 +483,8 @@ class Bench(DatabaseBench):
         backlog = total * self.args.subscribers - gen.delivered
         timeout = max(self.args.drain_timeout, 3.0 * backlog / rate if rate > 0 else 0.0)
         t = time.monotonic()
-        result = gen.command("expect " + json.dumps({"total": total, "timeout_s": timeout}), timeout + 30, "result")
+        arg = json.dumps({"total": total, "timeout_s": timeout, "grace_ms": self.args.grace_ms})
+        result = gen.command("expect " + arg, timeout + 30 + self.args.grace_ms / 1000, "result")
         return result, time.monotonic() - t
 
     def _db_rows(self) -> int:
@@ -542,7 +561,7 @@ class Bench(DatabaseBench):
             "dropped_by_server": int(_increase(pg_m0, pg_m1, "realtime_db_broadcast_dropped_total")),
             "drain_s": round(drain_s, 2),
             "generator_elu": rounded(mk1.get("generator_elu"), 3),
-            **_correctness(result, issued, db_rows),
+            "verification": _verification(result, issued, db_rows),
             **self._usage(gen, s0, s1),
         }
 
@@ -579,7 +598,7 @@ class Bench(DatabaseBench):
             "send_warnings": writer.warnings.count,
             "send_first_warning": writer.warnings.first,
             "drain_s": round(drain_s, 2),
-            **_correctness(result, issued, db_rows),
+            "verification": _verification(result, issued, db_rows),
             **self._usage(gen, s0, s1),
         }
 
@@ -606,6 +625,16 @@ class Bench(DatabaseBench):
         quiet = self._wait_quiet()
         r = self.attempt(label, lambda: fn(k))
         if r is None:
+            return None
+        v = r.get("verification")
+        if v is not None and not v["exact"]:
+            self.failed[f"{key}.{k}"] = r  # no figure
+            msg = (
+                f"{label}: the subscribers did not receive exactly the {v['messages_issued']} messages sent "
+                f"({v['subscribers_exact']} of {v['subscribers']} did); no figure\n" + "\n".join(v["diagnosis"])
+            )
+            self.errors.append(msg)
+            print(f"error: {msg}", file=sys.stderr, flush=True)
             return None
         if quiet is not None:
             r["cores_busy_pct_before"] = quiet
@@ -654,11 +683,9 @@ def _median_run(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
         mid["clean_runs"] = len(clean)
         mid[f"{key}_all"] = [r[key] for r in runs]
         mid[f"{key}_clean"] = [r[key] for r in clean]
-        # A shared machine makes some runs slow: totals of errors and losses cover every run.
-        for name in ("errors_total", "missing", "duplicates", "bad_frames"):
-            if name in mid:
-                mid[f"{name}_all_runs"] = sum(r.get(name, 0) for r in runs)
-        mid["correct_all_runs"] = all(r.get("correct", True) for r in runs)
+        # A shared machine makes some runs slow: the total of join errors covers every run.
+        if "errors_total" in mid:
+            mid["errors_total_all_runs"] = sum(r["errors_total"] for r in runs)
     return mid
 
 
@@ -672,42 +699,31 @@ def _latency(gen: NodeProcess, from_ns: int, to_ns: int) -> dict[str, Any]:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in latency.items() if k != "event"}
 
 
-def _correctness(result: dict[str, Any], issued: int, db_rows: int) -> dict[str, Any]:
-    ok = (
-        result["drained"]
-        and result["missing"] == 0
-        and result["duplicates"] == 0
-        and result["out_of_range"] == 0
-        and result["bad_frames"] == 0
-        and result["subscribers_closed"] == 0
-        and db_rows == issued
+def _verification(result: dict[str, Any], issued: int, db_rows: int) -> dict[str, Any]:
+    """The run's verification (private_subscribers.js `expect`), with the database's count and the diagnosis."""
+    v = dict(result["verification"])
+    problems = v.pop("problems")
+    lines = diagnose(problems, "message")
+    if db_rows != issued:
+        lines.append(f"FAILED: the database holds {db_rows} broadcast rows of the {issued} messages sent")
+    v.update(
+        exact=v["exact"] and db_rows == issued,
+        messages_issued=issued,
+        db_rows=db_rows,
+        drained=result["drained"],
+        diagnosis=lines,
+        problems=problems[:PROBLEMS_KEPT],
+        notes=result["notes"],
     )
-    return {
-        "correct": bool(ok),
-        "missing": result["missing"],
-        "subscribers_short": result["subscribers_short"],
-        "duplicates": result["duplicates"],
-        "out_of_range": result["out_of_range"],
-        "bad_frames": result["bad_frames"],
-        "subscribers_closed": result["subscribers_closed"],
-        "notes": result["notes"],
-    }
+    return v
 
 
 # ------------------------------------------------------------------ report
 
 
-def _correctness_text(r: dict[str, Any]) -> str:
-    if r.get("correct"):
-        return "ok"
-    parts = [
-        f"{key.replace('_', ' ')} {r[key]}"
-        for key in ("missing", "duplicates", "out_of_range", "bad_frames", "subscribers_closed")
-        if r.get(key)
-    ]
-    if "db_rows" in r and r["db_rows"] != r["messages_issued"]:
-        parts.append(f"db rows {r['db_rows']} of {r['messages_issued']} sent")
-    return ", ".join(parts) or "not drained"
+def _exact_text(r: dict[str, Any]) -> str:
+    v = r["verification"]
+    return f"exact ({v['messages_issued']} x {v['subscribers']})"
 
 
 def _cpu_text(r: dict[str, Any]) -> str:
@@ -735,14 +751,14 @@ def _print_phase(r: dict[str, Any]) -> None:
             f"  {r['inserts_per_s']:.0f} inserts/s, {r['deliveries_per_s']:.0f} deliveries/s "
             f"({r['delivered_messages_per_s']:.0f} messages/s to all {r['subscribers']}); writers waited "
             f"{r['writer_throttled_pct']:.0f}% of the time; send->client p50 {fmt(lat['p50_ms'], '.1f')} "
-            f"p99 {fmt(lat['p99_ms'], '.1f')} ms; {_correctness_text(r)}",
+            f"p99 {fmt(lat['p99_ms'], '.1f')} ms; {_exact_text(r)}",
             flush=True,
         )
     else:
         lat = r["send_to_client"]
         print(
             f"  send->client p50 {fmt(lat['p50_ms'], '.2f')} p99 {fmt(lat['p99_ms'], '.2f')} ms "
-            f"({lat['count']} samples); {_correctness_text(r)}",
+            f"({lat['count']} samples); {_exact_text(r)}",
             flush=True,
         )
     print(f"  CPU: {_cpu_text(r)}", flush=True)
@@ -762,15 +778,6 @@ def targets(phases: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         v = b["delivered_messages_per_s"]
         want = f">= {TARGET_DB_BROADCASTS_PER_S:.0f} (each to all {b['subscribers']} subscribers)"
         out["db_broadcasts_delivered_per_s"] = target(want, v, v >= TARGET_DB_BROADCASTS_PER_S)
-    for key in ("broadcast", "latency"):
-        r = phases.get(key)
-        if r is not None:
-            ok = r.get("correct_all_runs", r["correct"])
-            out[f"{key}_complete"] = target(
-                "no loss (every subscriber gets every message once)",
-                _correctness_text(r) if ok or not r["correct"] else "a run lost or repeated messages",
-                ok,
-            )
     return out
 
 
@@ -829,9 +836,9 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
         row(
             "(1) private joins/s (ok replies)",
             fmt(j["joins_ok_per_s"]) + _spread(j, "joins_ok_per_s"),
-            tgt["private_joins_per_s"],
+            tgt.get("private_joins_per_s"),
         )
-        row("(1) join errors", str(tgt["private_join_errors"]["value"]), tgt["private_join_errors"])
+        row("(1) join errors", str(j.get("errors_total_all_runs", j["errors_total"])), tgt.get("private_join_errors"))
         row("(1) join round trip p50 / p99 ms", f"{fmt(rt['p50_ms'])} / {fmt(rt['p99_ms'])}")
         if rc:
             row(
@@ -848,17 +855,13 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
         row(
             f"(2) db broadcasts delivered/s, each to all {b['subscribers']}",
             fmt(b["delivered_messages_per_s"]) + _spread(b, "delivered_messages_per_s"),
-            tgt["db_broadcasts_delivered_per_s"],
+            tgt.get("db_broadcasts_delivered_per_s"),
         )
         row("(2) deliveries/s at the subscribers", fmt(b["deliveries_per_s"]))
         row("(2) inserts/s through realtime.send", fmt(b["inserts_per_s"]))
         row("(2) writers waiting for deliveries, % of time", fmt(b["writer_throttled_pct"]))
         row("(2) send -> client p50 / p99 ms, saturated", f"{fmt(lat['p50_ms'])} / {fmt(lat['p99_ms'])}")
-        row(
-            "(2) every subscriber got every message once",
-            tgt["broadcast_complete"]["value"][:24],
-            tgt["broadcast_complete"],
-        )
+        row("(2) every subscriber got every message once", _exact_text(b)[:24])
         row(
             "(2) CPU % server / pg / generator / writers",
             f"{fmt(b['server_cpu_pct'])} / {fmt(b['postgres_cpu_pct'])} / "
@@ -872,11 +875,7 @@ def print_summary(phases: dict[str, dict[str, Any]], tgt: dict[str, dict[str, An
             f"{fmt(lat['p50_ms'], '.2f')} / {fmt(lat['p99_ms'], '.2f')}",
         )
         row("(3) statement round trip p50 ms", fmt(lt["statement_ms_p50"], ".2f"))
-        row(
-            "(3) every subscriber got every message once",
-            tgt["latency_complete"]["value"][:24],
-            tgt["latency_complete"],
-        )
+        row("(3) every subscriber got every message once", _exact_text(lt)[:24])
     print(
         "(CPU in % of one core over the window: server = realtime-core, pg = PostgreSQL and its backends, "
         "generator = the Node process, writers = this process. Read check: the server's histogram, pool wait "
@@ -905,7 +904,7 @@ def _run(args: argparse.Namespace) -> int:
         banner=f"private bench: {args.duration:g} s windows, {args.subscribers} subscribers",
         folder_prefix="rt-bench-private-",
     )
-    tgt = targets(bench.phases)
+    tgt = {} if bench.errors else targets(bench.phases)
     warn = warnings(bench.phases)
     print_summary(bench.phases, tgt, warn)
     print_profiles(bench.profiles, _PROFILE_HEADING, hide=_ROOT_FRAMES)
@@ -925,6 +924,8 @@ def _run(args: argparse.Namespace) -> int:
         "phases": args.phases,
         "profile": args.profile,
         "repeat": args.repeat,
+        "grace_ms": args.grace_ms,
+        "subscriber_fault": args.subscriber_fault,
         "postgres_cpu": f"cpu{pin.generator_cpu} ({bench.pg_pinned} processes moved)" if bench.pg_pinned else "any",
         "server_env": SERVER_ENV,
     }

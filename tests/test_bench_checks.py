@@ -343,3 +343,24 @@ def test_postgres_changes_rejects_what_a_faulty_server_would_deliver(
     report = json.loads(out.read_text())
     assert report["exact"] is False and report["phases"] == {} and report["targets"] == {}
     assert report["failed_phases"]["a"]["verification"]["exact"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.pg
+@needs_node
+def test_private_rejects_what_a_faulty_server_would_deliver(tmp_path: Path) -> None:
+    """private_subscribers.js --fault falsifies socket 0's record as a faulty server would: (2) and (3) fail."""
+    out = tmp_path / "private.json"
+    cmd = [sys.executable, "-m", "bench.private", "--phases", "broadcast,latency", "--repeat", "1"]
+    cmd += ["--duration", "1", "--warmup", "0.3", "--subscribers", "10", "--latency-duration", "0.5"]
+    cmd += ["--drain-timeout", "2", "--subscriber-fault", "duplicate-loss", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "FAILED: 1 subscriber received 2 copies of message " in output
+    assert "FAILED: 1 subscriber never received message " in output
+    report = json.loads(out.read_text())
+    assert report["exact"] is False and report["phases"] == {} and report["targets"] == {}
+    assert set(report["failed_phases"]) == {"broadcast.0", "latency.0"}
+    v = report["failed_phases"]["broadcast.0"]["verification"]
+    assert v["subscribers_exact"] == 9 and v["missing"] == 1 and v["duplicates"] == 1

@@ -374,7 +374,8 @@ function exact(summary) {
 
 /**
  * The verification of one run: how many `clients` received exactly keys
- * first .. first+count-1 (StreamCheck `stream` of each), per-subscriber
+ * first .. first+count-1 (StreamCheck `stream` of each) and no malformed
+ * frame (`badFrames`, where a script counts them), per-subscriber
  * extremes and totals, and one entry per subscriber that did not (or that
  * the server closed): its index, close code and summary. bench/_verify.py
  * turns those entries into diagnosis lines.
@@ -384,16 +385,16 @@ function verifyStreams(clients, count) {
   let max = 0;
   let closed = 0;
   let exactCount = 0;
-  const totals = { missing: 0, duplicates: 0, out_of_order: 0, unexpected: 0 };
+  const totals = { missing: 0, duplicates: 0, out_of_order: 0, unexpected: 0, bad_frames: 0 };
   const problems = [];
   for (let i = 0; i < clients.length; i++) {
     const c = clients[i];
-    const s = c.stream.summary(count);
+    const s = { ...c.stream.summary(count), bad_frames: c.badFrames || 0 };
     if (s.received < min) min = s.received;
     if (s.received > max) max = s.received;
     for (const key of Object.keys(totals)) totals[key] += s[key];
     if (c.closed) closed++;
-    if (exact(s) && !c.closed) {
+    if (exact(s) && s.bad_frames === 0 && !c.closed) {
       exactCount++;
     } else {
       const close = c.closed ? c.notes.find((n) => n.startsWith('close')) || `code ${c.closeCode}` : null;

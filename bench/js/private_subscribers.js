@@ -11,25 +11,34 @@
  *
  * A delivery is a binary kind-4 frame (spec §2.3: 4, topic_len, event_len,
  * metadata_len, encoding, topic, event, metadata, payload). The bench writer
- * sends jsonb_build_object('i', <sequence number>, 't', <CLOCK_MONOTONIC ns>),
- * which PostgreSQL prints as {"i": 12, "t": 2460000000000, "id": "<uuid>"}
- * (jsonb orders keys by length, then bytes). Per delivery the receive loop
- * reads only the digits of "i" (and of "t" on the first --latency-subscribers
- * sockets) without parsing the JSON, and marks i in a per-socket bitmap, so
- * the report knows every missing and duplicated message of every socket. The
- * first delivery of each socket is JSON.parse'd in full and checked (topic,
- * event, encoding, meta.id equal to payload.id).
+ * sends jsonb_build_object('i', <sequence number>, 't', <CLOCK_MONOTONIC ns>,
+ * 'w', <writer>), which PostgreSQL prints as {"i": 12, "t": 2460000000000,
+ * "w": 0, "id": "<uuid>"} (jsonb orders keys by length, then bytes). Per
+ * delivery the receive loop reads only the digits of "i" and "w" (and of "t"
+ * on the first --latency-subscribers sockets) without parsing the JSON, and
+ * gives i to the socket's StreamCheck (client.js) on lane w: each writer
+ * sends its numbers in increasing order, one transaction after the other, so
+ * the report knows every missing, repeated, unexpected and out-of-order
+ * message of every socket. The first delivery of each socket is
+ * JSON.parse'd in full and checked (topic, event, encoding, meta.id equal to
+ * payload.id).
  *
  * Latency: "t" is the writer's time.monotonic_ns() before its statement; the
  * receive time is process.hrtime.bigint(), the same kernel clock, so the
  * difference needs no anchoring.
  *
+ * --fault duplicate-loss falsifies what socket 0 records, for the bench's
+ * own tests (tests/test_bench_checks.py): its 3rd delivery is taken for a
+ * second copy of its 2nd, as if the server had repeated one message and lost
+ * another.
+ *
  * Stdin takes one command per line:
  *   mark <name>         print {"event":"mark", name, delivered, generator_cpu_pct, generator_elu}
- *   expect <json>       {"total": n, "timeout_s": s}: wait until every open
- *                       socket holds each i in [0, n) (or the timeout), then
- *                       print {"event":"result", ...}: missing, duplicates,
- *                       out of range, bad frames, closed sockets
+ *   expect <json>       {"total": n, "timeout_s": s, "grace_ms": g}: wait until
+ *                       every open socket holds each i in [0, n) (or the
+ *                       timeout), then g ms more for late extras, and print
+ *                       {"event":"result", ...} with the verification
+ *                       (verifyStreams in client.js)
  *   latency <json>      {"from_ns": a, "to_ns": b}: print {"event":"latency", ...}
  *                       percentiles over messages whose "t" lies in [a, b]
  *   quit                close every socket and exit
@@ -40,6 +49,7 @@ const { performance } = require('perf_hooks');
 const {
   RawClient,
   SERVE_DEFAULTS,
+  StreamCheck,
   emit,
   joinAll,
   logger,
@@ -48,6 +58,7 @@ const {
   scriptOptions,
   serveCommands,
   sleep,
+  verifyStreams,
   waitUntil,
 } = require('./client');
 
@@ -57,6 +68,7 @@ const DEFAULTS = {
   topic: 'realtime:bench:room',
   event: 'e',
   latencySubscribers: 5,
+  fault: '', // '' | duplicate-loss (see above)
   joinConcurrency: 50,
   connectTimeout: 30, // seconds, per handshake and join reply
   ...SERVE_DEFAULTS,
@@ -65,6 +77,7 @@ const DEFAULTS = {
 const PRIVATE_JOIN = { config: { private: true, broadcast: { self: false, ack: false } } };
 const KEY_I = Buffer.from('"i":');
 const KEY_T = Buffer.from('"t":');
+const KEY_W = Buffer.from('"w":');
 
 const log = logger('private_subscribers');
 
@@ -84,86 +97,37 @@ function intAfter(buf, key, from, end) {
   return i > start ? v : -1;
 }
 
-/** A growable bitmap of sequence numbers: which messages a socket received. */
-class Seen {
-  constructor() {
-    this.bits = new Uint8Array(1 << 16);
-    this.unique = 0;
-    this.duplicates = 0;
-  }
-
-  add(i) {
-    const byte = i >>> 3;
-    if (byte >= this.bits.length) {
-      let size = this.bits.length;
-      while (size <= byte) size *= 2;
-      const bigger = new Uint8Array(size);
-      bigger.set(this.bits);
-      this.bits = bigger;
-    }
-    const mask = 1 << (i & 7);
-    if (this.bits[byte] & mask) this.duplicates++;
-    else {
-      this.bits[byte] |= mask;
-      this.unique++;
-    }
-  }
-
-  /** Count of i in [0, total) that were not received. */
-  missing(total) {
-    let have = 0;
-    const full = total >>> 3;
-    const bits = this.bits;
-    for (let b = 0; b < full && b < bits.length; b++) {
-      let v = bits[b];
-      while (v) {
-        v &= v - 1;
-        have++;
-      }
-    }
-    for (let i = full * 8; i < total; i++) if (this.has(i)) have++;
-    return total - have;
-  }
-
-  has(i) {
-    const byte = i >>> 3;
-    return byte < this.bits.length && (this.bits[byte] & (1 << (i & 7))) !== 0;
-  }
-
-  /** The first few missing i in [0, total). */
-  firstMissing(total, limit) {
-    const out = [];
-    for (let i = 0; i < total && out.length < limit; i++) if (!this.has(i)) out.push(i);
-    return out;
-  }
-}
-
 class Subscriber extends RawClient {
   constructor(index, sink, opt, latency) {
     super(sink);
     this.index = index;
     this.opt = opt;
     this.latency = latency; // null, or the shared sample arrays {t, d, n}
-    this.seen = new Seen();
-    this.maxI = -1;
+    this.stream = new StreamCheck(0);
     this.badFrames = 0;
+    this.seen = 0; // deliveries read so far
+    this.previous = null; // --fault: the [i, w] of the delivery before
     this.checkedFirst = false;
   }
 
-  /** Read "i" (and "t") of one kind-4 frame: mark i seen, record the delay since t. */
+  /** Read "i", "w" (and "t") of one kind-4 frame: check i on lane w, record the delay since t. */
   _onBroadcast(buf, p, end) {
     const payloadAt = p + 5 + buf[p + 1] + buf[p + 2] + buf[p + 3];
     if (!this.checkedFirst) {
       this.checkedFirst = true;
       this.checkFull(buf, p, end);
     }
-    const seq = intAfter(buf, KEY_I, payloadAt, end);
-    if (seq < 0) {
+    let seq = intAfter(buf, KEY_I, payloadAt, end);
+    let lane = intAfter(buf, KEY_W, payloadAt, end);
+    if (this.index === 0 && this.opt.fault === 'duplicate-loss') {
+      if (++this.seen === 3) [seq, lane] = this.previous;
+      this.previous = [seq, lane];
+    }
+    if (seq < 0 || lane < 0) {
       this.badFrames++;
-      this._note('delivery without "i": ' + buf.toString('utf8', payloadAt, Math.min(end, payloadAt + 200)));
+      this._note('delivery without "i" or "w": ' + buf.toString('utf8', payloadAt, Math.min(end, payloadAt + 200)));
     } else {
-      this.seen.add(seq);
-      if (seq > this.maxI) this.maxI = seq;
+      this.stream.addOnLane(seq, lane);
     }
     const lat = this.latency;
     if (lat !== null) {
@@ -195,7 +159,7 @@ class Subscriber extends RawClient {
       const payload = JSON.parse(payloadText);
       if (typeof meta.id !== 'string' || meta.id.length !== 36) problems.push('meta.id');
       if (payload.id !== meta.id) problems.push('payload.id != meta.id');
-      if (!Number.isInteger(payload.i) || !Number.isInteger(payload.t)) problems.push('payload i/t');
+      if (![payload.i, payload.t, payload.w].every(Number.isInteger)) problems.push('payload i/t/w');
     } catch (e) {
       problems.push('bad JSON');
     }
@@ -236,48 +200,22 @@ class Samples {
   }
 }
 
-/** The `expect` command: wait until every open socket holds each i in [0, total), then report the gaps. */
+/** The `expect` command: wait until every open socket holds each i in [0, total), then verify every socket. */
 async function expect(subs, sink, arg) {
-  const { total, timeout_s: timeoutS } = JSON.parse(arg);
+  const { total, timeout_s: timeoutS, grace_ms: graceMs } = JSON.parse(arg);
   const t = performance.now();
-  const drained = await waitUntil(() => subs.every((s) => s.closed || s.seen.unique >= total), timeoutS * 1000, 20);
+  const drained = await waitUntil(() => subs.every((s) => s.closed || s.stream.unique >= total), timeoutS * 1000, 20);
   const drainS = (performance.now() - t) / 1000;
-  await sleep(200); // anything arriving now would be a duplicate or out of range
-  let missing = 0;
-  let short = 0;
-  let duplicates = 0;
-  let outOfRange = 0;
-  let badFrames = 0;
-  let closed = 0;
+  await sleep(graceMs); // anything arriving now is an extra copy or was never sent
   const notes = [];
-  for (let i = 0; i < subs.length; i++) {
-    const s = subs[i];
-    const m = s.seen.missing(total);
-    if (m > 0) {
-      missing += m;
-      short++;
-      if (notes.length < 10) notes.push(`#${i}: ${m} missing, first ${s.seen.firstMissing(total, 5).join(',')}`);
-    }
-    duplicates += s.seen.duplicates;
-    outOfRange += Math.max(0, s.seen.unique - (total - m));
-    badFrames += s.badFrames;
-    if (s.closed) closed++;
-    for (const note of s.notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
-  }
+  for (let i = 0; i < subs.length; i++) for (const note of subs[i].notes) if (notes.length < 10) notes.push(`#${i}: ${note}`);
   return {
     event: 'result',
     drained,
     drain_s: drainS,
     delivered: sink.delivered,
     expected: total * subs.length,
-    missing,
-    subscribers_short: short,
-    duplicates,
-    out_of_range: outOfRange,
-    bad_frames: badFrames,
-    subscribers_closed: closed,
-    per_subscriber_min: Math.min(...subs.map((s) => s.count)),
-    per_subscriber_max: Math.max(...subs.map((s) => s.count)),
+    verification: verifyStreams(subs, total),
     notes,
   };
 }
@@ -285,6 +223,10 @@ async function expect(subs, sink, arg) {
 async function main() {
   const opt = scriptOptions(DEFAULTS);
   if (opt === null) return 2;
+  if (!['', 'duplicate-loss'].includes(opt.fault)) {
+    emit({ event: 'error', error: `unknown --fault ${opt.fault}` });
+    return 2;
+  }
   const sink = { delivered: 0, latency: null, wake: null };
   const samples = new Samples();
   const subs = [];
