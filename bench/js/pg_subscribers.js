@@ -11,8 +11,8 @@
  * `postgres_changes` deliveries (spec §6.6).
  *
  * Per delivery, without parsing the JSON (the frame is a V2 array with a
- *   fixed prefix, spec 2.2; the record's fields come in attnum order, id
- *   first):
+ * fixed prefix, spec 2.2; the record's fields come in attnum order, id
+ * first):
  *   - the frame must start with [null,null,"<topic>","postgres_changes",
  *     {"ids":[<this connection's subscription id>],"data":
  *   - record.id is kept, in arrival order, for the `expect` command: the
