@@ -108,8 +108,9 @@ class Subscriber extends WsClient {
     this.token = token;
     this.opt = opt;
     this.samples = samples; // shared [body, delay ns] pairs, or null without --latency
-    this.ids = new Float64Array(1024); // record.id of every delivery, in arrival order
-    this.nIds = 0;
+    this.runs = []; // record.id of every delivery, in arrival order, as runs: [first, length, ...]
+    this.faultSeen = 0; // --fault: deliveries seen by falsify()
+    this.held = -1; // --fault: the id falsify() holds back or repeats
     this.id = null; // the subscription id from the join reply
     this.deliveryPrefix = null; // bytes every delivery to this connection starts with
     this.badFrames = 0; // postgres_changes frames whose ids or shape were wrong
@@ -214,13 +215,8 @@ class Subscriber extends WsClient {
       this._note('delivery without record.id: ' + data.toString('utf8', 0, 300));
       return;
     }
-    if (this.nIds === this.ids.length) {
-      const bigger = new Float64Array(this.ids.length * 2);
-      bigger.set(this.ids);
-      this.ids = bigger;
-    }
-    this.ids[this.nIds++] = id;
-    if (this.index === 0 && this.nIds === 3 && this.opt.fault !== '') this.falsify();
+    if (this.index === 0 && this.opt.fault !== '') this.falsify(id);
+    else this.record(id);
     const samples = this.samples;
     if (samples !== null) {
       const recv = process.hrtime.bigint();
@@ -233,11 +229,26 @@ class Subscriber extends WsClient {
     }
   }
 
-  /** --fault: rewrite the first three ids recorded as the fault says. */
-  falsify() {
-    const ids = this.ids;
-    if (this.opt.fault === 'duplicate-loss') ids[2] = ids[1];
-    else if (this.opt.fault === 'reorder') [ids[1], ids[2]] = [ids[2], ids[1]];
+  /** Keep `id`, extending the last run when it follows it. */
+  record(id) {
+    const runs = this.runs;
+    const n = runs.length;
+    if (n !== 0 && runs[n - 2] + runs[n - 1] === id) runs[n - 1]++;
+    else runs.push(id, 1);
+  }
+
+  /** --fault: record the 2nd and 3rd deliveries as the fault says. */
+  falsify(id) {
+    const n = ++this.faultSeen;
+    if (this.opt.fault === 'duplicate-loss') {
+      if (n === 2) this.held = id;
+      this.record(n === 3 ? this.held : id);
+    } else if (n === 2) {
+      this.held = id; // reorder: after the 3rd
+    } else {
+      this.record(id);
+      if (n === 3) this.record(this.held);
+    }
   }
 
   /** record.id by JSON.parse, when it is not the record's first field; -1 without one. */
@@ -248,19 +259,6 @@ class Subscriber extends WsClient {
     } catch (e) {
       return -1;
     }
-  }
-
-  /** The record ids received, as runs of consecutive ids: [first, length, first, length, ...]. */
-  idRuns() {
-    const out = [];
-    const ids = this.ids;
-    for (let k = 0; k < this.nIds; ) {
-      let j = k + 1;
-      while (j < this.nIds && ids[j] === ids[j - 1] + 1) j++;
-      out.push(ids[k], j - k);
-      k = j;
-    }
-    return out;
   }
 
   /** JSON.parse one delivery and check the data object (spec §6.5, §6.6). */
@@ -315,7 +313,7 @@ async function expect(subs, sink, samples, arg) {
     drain_s: drainS,
     delivered: sink.delivered,
     subscribers: subs.map((s) => ({
-      ids: s.idRuns(),
+      ids: s.runs,
       closed: s.closed,
       close: s.closed ? s.notes.find((n) => n.startsWith('closed')) || `code ${s.closeCode}` : null,
       bad_frames: s.badFrames,
