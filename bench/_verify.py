@@ -175,8 +175,18 @@ def diagnose(problems: Iterable[Summary], noun: str) -> list[str]:
             lines.append("FAILED: " + _line(kind, key, subs, noun))
         rest = sum(len(v) for _, v in mine[GROUPS_SHOWN:])
         if rest:
-            lines.append(f"FAILED: {_plural(rest, 'more subscriber')} with {kind.replace('_', ' ')} {noun}s")
+            lines.append(f"FAILED: {_plural(rest, 'more subscriber')} {_REST[kind].format(noun=noun)}")
     return lines
+
+
+_REST = {
+    "closed": "closed by the server",
+    "duplicates": "received repeated {noun}s",
+    "missing": "never received some {noun}s",
+    "out_of_order": "received {noun}s out of order",
+    "unexpected": "received {noun}s not sent to them",
+    "bad_frames": "received malformed frames",
+}
 
 
 _IN_ALL = {

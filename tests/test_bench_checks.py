@@ -117,6 +117,16 @@ def test_diagnose_names_every_kind_of_problem() -> None:
     ]
 
 
+def test_diagnose_names_the_largest_groups_and_counts_the_rest() -> None:
+    problems = [_summary(missing=1, first_missing=[k]) for k in (5, 5, 5, 6, 6, 7, 8, 9)]
+    assert diagnose(problems, "seq") == [
+        "FAILED: 3 subscribers never received seq 5",
+        "FAILED: 2 subscribers never received seq 6",
+        "FAILED: 1 subscriber never received seq 7",
+        "FAILED: 2 more subscribers never received some seqs",
+    ]
+
+
 def test_diagnose_of_nothing_is_empty() -> None:
     assert diagnose([], "seq") == []
 
