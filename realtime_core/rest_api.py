@@ -15,11 +15,11 @@ import orjson
 
 from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
-from .errors import JwtError, RealtimeError, Unauthorized
+from .errors import JwtError, RealtimeError, TenantNotFound, Unauthorized
 from .jwt import KeySet, clean_token, verify
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
-from .tenants import Tenant
+from .tenants import MissingHost, Tenant
 
 if TYPE_CHECKING:
     from .app import App
@@ -82,8 +82,11 @@ def _tenant_route(app: App, controller: Any) -> Handler:
     """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (spec §4.2)."""
 
     async def handler(request: Request) -> Response:
-        tenant = app.tenants.resolve(request.headers.get("host"))
-        if tenant is None:
+        try:
+            tenant = app.tenants.resolve(request.headers.get("host"))
+        except MissingHost as exc:
+            return json_response(400, {"message": str(exc)}, list(_CORS))
+        except TenantNotFound:  # upstream assign_tenant.ex: 401, not 404
             return json_response(401, {"message": "Tenant not found in database"}, list(_CORS))
         token = _bearer(request) or request.headers.get("apikey")
         try:
