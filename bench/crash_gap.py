@@ -107,6 +107,7 @@ class CrashGap:
         self.delivered: dict[int, int] = {}
         self.subscribed_at: list[float] = []
         self.crashes: list[Crash] = []
+        self.totals: dict[str, int] = {}
         self.errors: list[str] = []
 
     # -- server
