@@ -20,7 +20,7 @@ from . import db, messages, rest_api
 from .authorization import Authorizer
 from .config import Settings
 from .db_broadcast import DatabaseBroadcast
-from .errors import ConnectError, JwtError
+from .errors import ConnectError, JwtError, TenantNotFound
 from .jwt import clean_token, verify
 from .metrics import Metrics
 from .net.http import Request, Router
@@ -32,7 +32,7 @@ from .protocol import codec_for
 from .router import Router as StreamRouter
 from .router import StreamKey
 from .socket import RealtimeSocket
-from .tenants import Tenant, TenantRegistry, TenantStore
+from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -53,7 +53,7 @@ class App:
         self.settings = settings
         self.loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self.loop.time
-        self.tenants = TenantRegistry()
+        self.tenants = TenantRegistry(default=settings.tenant_name)
         self.router = StreamRouter()
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.sockets: set[RealtimeSocket] = set()
@@ -156,9 +156,12 @@ class App:
         codec = codec_for(query.get("vsn"))
         if codec is None:
             raise ConnectError(403, "")  # unsupported vsn: 403, empty body, no backoff
-        tenant = self.tenants.resolve(request.headers.get("host"))
-        if tenant is None:
-            raise ConnectError(404, "Tenant not found")
+        try:
+            tenant = self.tenants.resolve(request.headers.get("host"))
+        except MissingHost as exc:
+            raise ConnectError(400, str(exc)) from None
+        except TenantNotFound:
+            raise ConnectError(404, "Tenant not found") from None  # upstream user_socket.ex error_response/1
         if tenant.suspend:
             raise ConnectError(403, "Realtime was disabled for this tenant")
         token = request.headers.get("x-api-key") or query.get("apikey")

@@ -118,6 +118,10 @@ class Settings:
     # A subscriber whose unsent backlog passes this is disconnected (design §2).
     max_write_buffer_bytes: int = 4 * 1024 * 1024
     max_http_body_bytes: int = 10 * 1024 * 1024
+    # POST /api/broadcast: messages per request, and distinct private topics
+    # (each a write-policy probe) per request. Upstream has no such bounds.
+    batch_max_messages: int = 10_000
+    batch_max_private_topics: int = 5_000
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
     postgres_changes: bool = True
@@ -163,6 +167,8 @@ class Settings:
             channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
             idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
+            batch_max_messages=max(1, _int(env, "REALTIME_BATCH_MAX_MESSAGES", d.batch_max_messages)),
+            batch_max_private_topics=max(1, _int(env, "REALTIME_BATCH_MAX_PRIVATE_TOPICS", d.batch_max_private_topics)),
             postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
             cdc=_cdc_settings(env),
             authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),

@@ -1,12 +1,14 @@
 """Tenants (projects): their settings from the control table, and their live counters.
 
 app.App loads every tenant at start through TenantStore and keeps them in a
-TenantRegistry. The socket and the REST API resolve a tenant from the Host
-header (spec §1.3) with TenantRegistry.resolve()."""
+TenantRegistry. The WebSocket upgrade and the REST API resolve a tenant from the
+Host header with TenantRegistry.resolve(), the one place that rule lives; each
+turns its failures into its own upstream answer."""
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,10 +18,11 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from .config import Limits, Settings
+from .errors import RealtimeError, TenantNotFound
 from .jwt import KeySet
 from .limits import RateCounter
 
-__all__ = ["Tenant", "TenantRegistry", "TenantStore", "external_id_from_host"]
+__all__ = ["MissingHost", "Tenant", "TenantRegistry", "TenantStore", "external_id_from_host", "is_local_host"]
 
 _LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 
@@ -34,6 +37,31 @@ def external_id_from_host(host: str | None) -> str:
     if host.startswith("["):  # [::1]:4000
         return host[1:].split("]", 1)[0]
     return host.split(":", 1)[0].split(".", 1)[0]
+
+
+def is_local_host(host: str) -> bool:
+    """True for `localhost` and for an IP literal (v4, or v6 bracketed or bare), with or without a port.
+
+    Such a Host names no tenant: it is how the self-host quickstart is reached."""
+    host = host.strip().lower()
+    if host.startswith("["):  # [::1]:4000
+        name = host[1:].split("]", 1)[0]
+    elif host.count(":") > 1:  # a bare IPv6 literal has no port
+        name = host
+    else:
+        name = host.split(":", 1)[0]
+    name = name.removesuffix(".")
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class MissingHost(RealtimeError, code="MissingHost"):
+    """The request has no Host header, so it names no tenant."""
 
 
 @dataclass(slots=True, eq=False)
@@ -85,12 +113,13 @@ class Tenant:
 
 
 class TenantRegistry:
-    """The tenants this process serves, by external_id."""
+    """The tenants this process serves, by external_id; `default` is the self-host tenant's."""
 
-    __slots__ = ("_by_id",)
+    __slots__ = ("_by_id", "default")
 
-    def __init__(self, tenants: list[Tenant] | None = None) -> None:
+    def __init__(self, tenants: list[Tenant] | None = None, default: str | None = None) -> None:
         self._by_id: dict[str, Tenant] = {t.external_id: t for t in tenants or ()}
+        self.default = default
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -107,11 +136,20 @@ class TenantRegistry:
     def remove(self, external_id: str) -> Tenant | None:
         return self._by_id.pop(external_id, None)
 
-    def resolve(self, host: str | None) -> Tenant | None:
-        """The tenant for a Host header; the only tenant when there is just one (design §5)."""
-        tenant = self._by_id.get(external_id_from_host(host))
-        if tenant is None and len(self._by_id) == 1:
-            tenant = next(iter(self._by_id.values()))
+    def resolve(self, host: str | None) -> Tenant:
+        """The tenant a Host header names: its first label (upstream database.ex get_external_id/1).
+
+        `localhost` and IP literals name the default tenant, and while only one tenant
+        exists every Host reaches it. Raises MissingHost without a Host header and
+        TenantNotFound when the label names no tenant."""
+        if not host or not host.strip():
+            raise MissingHost("Host header is missing")
+        if len(self._by_id) == 1:
+            return next(iter(self._by_id.values()))
+        external_id = self.default if is_local_host(host) else external_id_from_host(host)
+        tenant = self._by_id.get(external_id or "")
+        if tenant is None:
+            raise TenantNotFound("Tenant not found")
         return tenant
 
 
@@ -144,6 +182,18 @@ class TenantStore:
         async with self._conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(sql.SQL("select {} from {} order by inserted_at").format(_COLUMNS, _TENANTS))
             return [Tenant.from_row(row, now) for row in await cur.fetchall()]
+
+    async def create(self, external_id: str, jwt_secret: str, limits: Limits | None = None) -> None:
+        """Add a tenant (HS secret, `limits` or the defaults); a process loads it at start."""
+        limits = limits or Limits()
+        columns = ("external_id", "name", "jwt_secret", *_LIMIT_FIELDS)
+        query = sql.SQL("insert into {table} ({columns}) values ({values})").format(
+            table=_TENANTS,
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        )
+        values = [getattr(limits, name) for name in _LIMIT_FIELDS]
+        await self._conn.execute(query, (external_id, external_id, jwt_secret, *values))
 
     async def ensure_default(self, settings: Settings, secret: str) -> None:
         """Create the self-host tenant, or bring its secret and env-given settings up to date."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from realtime_core.config import Limits
+from realtime_core.errors import TenantNotFound
 from realtime_core.jwt import KeySet
-from realtime_core.tenants import Tenant, TenantRegistry, external_id_from_host
+from realtime_core.tenants import MissingHost, Tenant, TenantRegistry, external_id_from_host
 
 
 def make_tenant(external_id: str, **limits: int) -> Tenant:
@@ -48,22 +49,59 @@ class TestExternalIdFromHost:
 
 
 class TestRegistry:
+    """Resolution by Host with several tenants; `realtime-dev` is the default (self-host) tenant."""
+
+    @staticmethod
+    def registry() -> TenantRegistry:
+        return TenantRegistry([make_tenant("realtime-dev"), make_tenant("foo"), make_tenant("bar")], "realtime-dev")
+
     def test_resolve_finds_the_tenant_of_the_host(self):
-        registry = TenantRegistry([make_tenant("foo"), make_tenant("bar")])
-        assert registry.resolve("bar.supabase.co").external_id == "bar"
+        assert self.registry().resolve("bar.supabase.co").external_id == "bar"
+        assert self.registry().resolve("foo.localhost:4000").external_id == "foo"
+
+    @pytest.mark.parametrize(
+        "host",
+        [
+            "localhost",
+            "localhost:4000",
+            "LOCALHOST.",
+            "127.0.0.1",
+            "127.0.0.1:4000",
+            "10.1.2.3:80",
+            "[::1]",
+            "[::1]:4000",
+            "::1",
+            "[fe80::1%eth0]:4000",
+        ],
+    )
+    def test_localhost_and_ip_literals_reach_the_default_tenant(self, host):
+        assert self.registry().resolve(host).external_id == "realtime-dev"
+
+    @pytest.mark.parametrize("host", ["nosuch.localhost", "nosuch.example.com:443", "127.0.0.1.nip.io", "foo-x"])
+    def test_a_host_naming_no_tenant_is_tenant_not_found(self, host):
+        with pytest.raises(TenantNotFound):
+            self.registry().resolve(host)
+
+    @pytest.mark.parametrize("host", [None, "", "  "])
+    def test_a_missing_host_is_missing_host(self, host):
+        with pytest.raises(MissingHost, match="Host header is missing"):
+            self.registry().resolve(host)
 
     def test_the_only_tenant_serves_every_host(self):
-        registry = TenantRegistry([make_tenant("realtime-dev")])
-        for host in ("localhost:4000", "127.0.0.1", None, "other.example.com"):
+        registry = TenantRegistry([make_tenant("realtime-dev")], "realtime-dev")
+        for host in ("localhost:4000", "127.0.0.1", "other.example.com"):
             assert registry.resolve(host).external_id == "realtime-dev", host
+        with pytest.raises(MissingHost):
+            registry.resolve(None)
 
-    def test_with_two_tenants_an_unknown_host_resolves_to_none(self):
-        registry = TenantRegistry([make_tenant("foo"), make_tenant("bar")])
-        assert registry.resolve("localhost:4000") is None
-        assert registry.resolve(None) is None
+    def test_without_the_default_tenant_local_hosts_name_no_tenant(self):
+        registry = TenantRegistry([make_tenant("foo"), make_tenant("bar")], "realtime-dev")
+        with pytest.raises(TenantNotFound):
+            registry.resolve("localhost:4000")
 
     def test_an_empty_registry_resolves_nothing(self):
-        assert TenantRegistry().resolve("foo.supabase.co") is None
+        with pytest.raises(TenantNotFound):
+            TenantRegistry().resolve("foo.supabase.co")
 
     def test_put_get_remove(self):
         registry = TenantRegistry()
