@@ -117,6 +117,10 @@ class Settings:
     max_frame_bytes: int = 5_000_000
     # A subscriber whose unsent backlog passes this is disconnected (design §2).
     max_write_buffer_bytes: int = 4 * 1024 * 1024
+    # Client messages held behind a join or a write-policy check: past either
+    # bound the socket stops reading until they are handled (socket.py).
+    max_queued_input_messages: int = 1_000
+    max_queued_input_bytes: int = 1024 * 1024
     max_http_body_bytes: int = 10 * 1024 * 1024
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
@@ -163,6 +167,8 @@ class Settings:
             channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
             idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
+            max_queued_input_messages=_int(env, "REALTIME_MAX_QUEUED_INPUT_MESSAGES", d.max_queued_input_messages),
+            max_queued_input_bytes=_int(env, "REALTIME_MAX_QUEUED_INPUT_BYTES", d.max_queued_input_bytes),
             postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
             cdc=_cdc_settings(env),
             authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),
