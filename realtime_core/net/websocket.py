@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 
 OP_TEXT, OP_BINARY, OP_CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 
+# Input one connection may hand over in one loop turn; then it waits for the
+# next. uvloop (libuv) reads a busy socket up to 32 times per turn, so a single
+# flooding client held the loop for a second; this keeps it to one full read,
+# which is what asyncio's own selector loop reads per turn.
+READ_BUDGET = 256 * 1024
+
 
 class Session(Protocol):
     """What a WebSocketConnection drives: one Phoenix socket (socket.py)."""
@@ -50,15 +56,38 @@ class Writer:
     reschedules itself for the rest (design §2: p99 stays low for big topics).
     """
 
-    __slots__ = ("_chunk", "_dirty", "_loop", "_scheduled", "max_buffer", "slow_consumers")
+    __slots__ = (
+        "_chunk",
+        "_dirty",
+        "_loop",
+        "_scheduled",
+        "_turn",
+        "_turn_scheduled",
+        "max_buffer",
+        "slow_consumers",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, chunk: int, max_buffer: int) -> None:
         self._loop = loop
         self._chunk = chunk
         self._dirty: list[WebSocketConnection] = []
         self._scheduled = False
+        self._turn = 0
+        self._turn_scheduled = False
         self.max_buffer = max_buffer
         self.slow_consumers = 0
+
+    def turn(self) -> int:
+        """A number that changes once the loop has run its other callbacks: connections
+        count their input per turn with it (READ_BUDGET)."""
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._next_turn)
+        return self._turn
+
+    def _next_turn(self) -> None:
+        self._turn += 1
+        self._turn_scheduled = False
 
     def mark(self, conn: WebSocketConnection) -> None:
         """Schedule `conn`'s queue for the next flush (call once per new queue)."""
@@ -92,6 +121,9 @@ class WebSocketConnection(asyncio.Protocol):
         "_out",
         "_proto",
         "_read_paused",
+        "_throttled",
+        "_turn",
+        "_turn_bytes",
         "_writer",
         "closed",
         "last_seen",
@@ -117,6 +149,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._frag_opcode = OP_TEXT
         self._read_paused = False  # the session asked to stop reading
         self._backlog: list[Frame] | None = None  # frames parsed but not handled while paused
+        self._turn = -1  # the Writer's turn of the last read, and the bytes read in it
+        self._turn_bytes = 0
+        self._throttled = False  # reading waits for the next turn (READ_BUDGET)
         self.session: Session | None = None
         self.closed = False
         self.last_seen = loop.time()
@@ -190,6 +225,11 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._loop.time()
+        turn = self._writer.turn()
+        if turn != self._turn:
+            self._turn, self._turn_bytes = turn, len(data)
+        else:
+            self._turn_bytes += len(data)
         proto = self._proto
         # Data frames are handled until we send a close frame; a close from the
         # client in this same read still lets the messages before it through.
@@ -202,6 +242,16 @@ class WebSocketConnection(asyncio.Protocol):
             else:
                 self._handle(events)
         self._write_protocol_output()
+        if self._turn_bytes >= READ_BUDGET and not self._throttled and not self.closed:
+            # This client had its share of the turn: let the others be read first.
+            self._throttled = True
+            self.transport.pause_reading()
+            self._loop.call_soon(self._end_throttle)
+
+    def _end_throttle(self) -> None:
+        self._throttled = False
+        if not self._read_paused and self._backlog is None and not self.closed:
+            self.transport.resume_reading()
 
     def _handle(self, events: list[Frame]) -> None:
         session = self.session
@@ -281,7 +331,8 @@ class WebSocketConnection(asyncio.Protocol):
     def _resume_transport(self) -> None:
         # Time spent paused by us is not the client's idleness.
         self.last_seen = self._loop.time()
-        self.transport.resume_reading()
+        if not self._throttled:  # otherwise _end_throttle() resumes
+            self.transport.resume_reading()
 
     @property
     def reading_paused(self) -> bool:

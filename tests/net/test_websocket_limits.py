@@ -12,7 +12,7 @@ import pytest
 from websockets.frames import CloseCode, Opcode
 
 from realtime_core.net.frames import text_frame
-from realtime_core.net.websocket import Writer
+from realtime_core.net.websocket import READ_BUDGET, Writer
 
 from .fakes import client_frame, server_frames
 from .test_websocket import MAX_BUFFER, assert_close_sent, assert_frames_sent, client_close, open_connection, tick
@@ -228,3 +228,37 @@ class TestPauseReading:
         conn.send(text_frame(b"reply"))
         await tick()
         assert_frames_sent(transport, (Opcode.TEXT, b"reply"))
+
+
+class TestReadBudget:
+    """A connection that hands over READ_BUDGET bytes in one loop turn waits for the next turn."""
+
+    async def test_a_busy_connection_waits_one_turn(self, conn_and_transport):
+        conn, transport = conn_and_transport
+        half = client_frame(Opcode.BINARY, b"x" * (READ_BUDGET // 2))
+        conn.data_received(half)
+        assert not transport.read_paused
+        conn.data_received(half)
+        assert transport.read_paused, "the others are read first"
+        assert len(conn.session.messages) == 2, "what was read is handled"
+        await tick()
+        assert not transport.read_paused
+        conn.data_received(half)
+        assert not transport.read_paused, "a new turn, a new budget"
+
+    async def test_the_turn_ends_without_resuming_a_session_pause(self, writer):
+        conn, transport, _ = paused_connection(writer)
+        conn.data_received(texts(b"pause", b"x" * READ_BUDGET))
+        await tick()
+        assert transport.read_paused, "the session still holds too much"
+        conn.resume_reading()
+        await tick()
+        assert not transport.read_paused
+
+    async def test_a_session_resume_during_the_turn_leaves_the_wait_to_the_turn(self, writer):
+        conn, transport, _ = paused_connection(writer)
+        conn.data_received(texts(b"pause") + client_frame(Opcode.BINARY, b"x" * READ_BUDGET))
+        conn.resume_reading()
+        assert transport.read_paused
+        await tick()
+        assert not transport.read_paused
