@@ -211,9 +211,9 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._proto.send_close(code, reason)
         self._write_protocol_output()
-        self._backlog = None
-        if self._read_paused:
-            self._read_paused = False
+        held = self.reading_paused
+        self._read_paused, self._backlog = False, None
+        if held:
             self._resume_transport()
 
     def _abort(self) -> None:

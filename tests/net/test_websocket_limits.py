@@ -203,6 +203,15 @@ class TestPauseReading:
         assert transport.closed
         assert [f.opcode for f in server_frames(transport.buffer)] == [Opcode.CLOSE]
 
+    async def test_a_server_close_between_resume_and_the_held_frames_still_reads(self, writer):
+        conn, transport, session = paused_connection(writer)
+        conn.data_received(texts(b"pause", b"held"))
+        conn.resume_reading()  # the held frames are due on the next turn
+        conn.close(CloseCode.GOING_AWAY, "bye")
+        await tick()
+        assert not transport.read_paused, "the client's close must be read"
+        assert session.messages == [b"pause"]
+
     async def test_a_closing_connection_is_not_paused(self, writer):
         conn, transport, _ = paused_connection(writer)
         conn.close()
