@@ -54,6 +54,7 @@ class Writer:
     queue with one transport.write(). Flushing thousands of sockets in one
     callback would stall the loop, so each callback writes `chunk` sockets and
     reschedules itself for the rest (design §2: p99 stays low for big topics).
+    It also numbers the loop's turns, by which connections share out reading.
     """
 
     __slots__ = (
