@@ -231,6 +231,18 @@ class TestPauseReading:
         await tick()
         assert session.messages == [b"pause"]
 
+    async def test_a_paused_client_that_does_not_read_is_still_cut_off(self, writer):
+        conn, transport, session = paused_connection(writer)
+        conn.data_received(texts(b"pause", b"held"))
+        transport.write_buffer_size = MAX_BUFFER + 1
+        conn.send(text_frame(b"push"))
+        await tick()
+        assert transport.aborted
+        assert writer.slow_consumers == 1
+        conn.resume_reading()
+        await tick()
+        assert session.messages == [b"pause"], "nothing is handled for a connection that is gone"
+
     async def test_sending_is_not_affected_by_a_pause(self, writer):
         conn, transport, _ = paused_connection(writer)
         conn.data_received(texts(b"pause"))
