@@ -337,6 +337,7 @@ class Channel:
             return allowed
         queue = self._pending.setdefault(extension, [])
         queue.append(msg)
+        self.socket.hold(msg)
         if len(queue) == 1:
             self.socket.app.spawn(self._check_write(extension))
         return None
@@ -361,7 +362,9 @@ class Channel:
                 self.policies.broadcast_write = allowed
             else:
                 self.policies.presence_write = allowed
-        for msg in self._pending.pop(extension, []):
+        held = self._pending.pop(extension, [])
+        self.socket.release(len(held), sum(msg.size for msg in held))
+        for msg in held:
             if self.state is ChannelState.JOINED:
                 self.handle_in(msg)
 

@@ -117,6 +117,10 @@ class Settings:
     max_frame_bytes: int = 5_000_000
     # A subscriber whose unsent backlog passes this is disconnected (design §2).
     max_write_buffer_bytes: int = 4 * 1024 * 1024
+    # Client messages held behind a join or a write-policy check: past either
+    # bound the socket stops reading until they are handled (socket.py).
+    max_queued_input_messages: int = 1_000
+    max_queued_input_bytes: int = 1024 * 1024
     max_http_body_bytes: int = 10 * 1024 * 1024
     # POST /api/broadcast: messages per request, and distinct private topics
     # (each a write-policy probe) per request. Upstream has no such bounds.
@@ -169,6 +173,8 @@ class Settings:
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
             batch_max_messages=max(1, _int(env, "REALTIME_BATCH_MAX_MESSAGES", d.batch_max_messages)),
             batch_max_private_topics=max(1, _int(env, "REALTIME_BATCH_MAX_PRIVATE_TOPICS", d.batch_max_private_topics)),
+            max_queued_input_messages=_int(env, "REALTIME_MAX_QUEUED_INPUT_MESSAGES", d.max_queued_input_messages),
+            max_queued_input_bytes=_int(env, "REALTIME_MAX_QUEUED_INPUT_BYTES", d.max_queued_input_bytes),
             postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
             cdc=_cdc_settings(env),
             authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),

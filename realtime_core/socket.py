@@ -4,7 +4,12 @@ net/websocket.py calls on_text() / on_binary() with each complete message and
 on_close() once. Messages are handled in arrival order: a join that has to
 wait (an error reply's backoff is not a wait; an async pipeline step is) holds
 the following messages in an inbox until it finishes, as Phoenix's socket
-process does. The routing follows Phoenix's `handle_in` (spec §2.4)."""
+process does. The routing follows Phoenix's `handle_in` (spec §2.4).
+
+What the inbox and the channels' write checks hold is bounded: past
+max_queued_input_messages or max_queued_input_bytes the connection stops
+reading until they are handled, so a client that floods behind a slow join
+waits in TCP as it does behind upstream's blocking join, instead of in memory."""
 
 from __future__ import annotations
 
@@ -35,7 +40,10 @@ class RealtimeSocket:
 
     __slots__ = (
         "_busy",
+        "_held_bytes",
+        "_held_messages",
         "_inbox",
+        "_paused",
         "app",
         "channels",
         "claims",
@@ -72,6 +80,11 @@ class RealtimeSocket:
         self.closed = False
         self._busy = False
         self._inbox: deque[Message] = deque()
+        # Messages held in the inbox and in the channels' write checks, and
+        # whether that stopped reading.
+        self._held_messages = 0
+        self._held_bytes = 0
+        self._paused = False
 
     def attach(self, conn: WebSocketConnection) -> None:
         self.conn = conn
@@ -85,6 +98,7 @@ class RealtimeSocket:
         except MalformedMessage as exc:
             self._malformed(exc)
             return
+        msg.size = len(data)
         self.receive(msg)
 
     def on_binary(self, data: bytes) -> None:
@@ -93,6 +107,7 @@ class RealtimeSocket:
         except MalformedMessage as exc:
             self._malformed(exc)
             return
+        msg.size = len(data)
         self.receive(msg)
 
     def _malformed(self, exc: MalformedMessage) -> None:
@@ -104,6 +119,7 @@ class RealtimeSocket:
         """Handle one decoded message, or queue it behind a join still running."""
         if self._busy:
             self._inbox.append(msg)
+            self.hold(msg)
             return
         self._dispatch(msg)
 
@@ -178,7 +194,39 @@ class RealtimeSocket:
     def _drain_inbox(self) -> None:
         inbox = self._inbox
         while inbox and not self._busy and not self.closed:
-            self._dispatch(inbox.popleft())
+            msg = inbox.popleft()
+            self.release(1, msg.size)
+            self._dispatch(msg)
+
+    # Input bounds
+
+    def hold(self, msg: Message) -> None:
+        """Count `msg` as held for later; stop reading once the held messages pass a bound."""
+        self._held_messages += 1
+        self._held_bytes += msg.size
+        if not self._paused:
+            settings = self.app.settings
+            if (
+                self._held_messages > settings.max_queued_input_messages
+                or self._held_bytes > settings.max_queued_input_bytes
+            ):
+                self._paused = True
+                self.conn.pause_reading()
+
+    def release(self, messages: int, size: int) -> None:
+        """`messages` held ones (`size` bytes) are handled now; read again once within the bounds."""
+        if self.closed:
+            return
+        self._held_messages -= messages
+        self._held_bytes -= size
+        if self._paused:
+            settings = self.app.settings
+            if (
+                self._held_messages <= settings.max_queued_input_messages
+                and self._held_bytes <= settings.max_queued_input_bytes
+            ):
+                self._paused = False
+                self.conn.resume_reading()
 
     # Output
 
@@ -202,6 +250,7 @@ class RealtimeSocket:
             return
         self.closed = True
         self._inbox.clear()
+        self._held_messages = self._held_bytes = 0
         for channel in list(self.channels.values()):
             channel.close()
         if self.counted:

@@ -98,9 +98,19 @@ class FakeConnection:
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.closed_with: tuple[int, str] | None = None
+        self.reading_paused = False
+        self.pauses = 0  # pause_reading() calls that stopped reading
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused:
+            self.pauses += 1
+        self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
 
     def close(self, code: CloseCode = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
         self.closed_with = (code, reason)

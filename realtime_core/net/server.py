@@ -113,7 +113,7 @@ class Server:
                     started = closing_since.setdefault(ws, now)
                     if now - started > CLOSE_TIMEOUT:
                         ws.transport.abort()
-                elif now - ws.last_seen > self.idle_timeout:
+                elif now - ws.last_seen > self.idle_timeout and not ws.reading_paused:
                     self.idle_closed += 1
                     ws.close(CloseCode.NORMAL_CLOSURE, "idle timeout")
                     closing_since[ws] = now
@@ -347,7 +347,8 @@ class HttpProtocol(asyncio.Protocol):
         attach(conn)
         if trailing:
             conn.data_received(trailing)
-        transport.resume_reading()
+        if not conn.reading_paused:  # the session may already hold too much
+            transport.resume_reading()
 
     def _write_all(self, chunks: list[bytes]) -> None:
         if self.transport is None or self.closed:

@@ -37,10 +37,12 @@ class Message:
     """One decoded client frame.
 
     `payload` is the decoded JSON value, a UserBroadcast (binary kind 3), or
-    bytes (binary kind 0 push)."""
+    bytes (binary kind 0 push). `size` is the length of the frame it came
+    from, set by its receiver (socket.py bounds what it holds by it)."""
 
     topic: str
     event: str
     payload: Any
     ref: str | None = None
     join_ref: str | None = None
+    size: int = 0

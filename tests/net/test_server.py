@@ -84,7 +84,8 @@ UPGRADE = upgrade()
 
 
 class RecordingSession:
-    """A Session (socket.py's role) that records what the connection delivers."""
+    """A Session (socket.py's role) that records what the connection delivers; the text
+    b"pause" makes it stop the connection's reading, as socket.py does when it holds too much."""
 
     def __init__(self) -> None:
         self.texts: list[bytes] = []
@@ -97,6 +98,8 @@ class RecordingSession:
 
     def on_text(self, data: bytes) -> None:
         self.texts.append(data)
+        if data == b"pause" and self.conn is not None:
+            self.conn.pause_reading()
 
     def on_binary(self, data: bytes) -> None:
         self.binaries.append(data)
@@ -453,6 +456,16 @@ class TestUpgrade:
         await settle()
         assert app.sessions[0].texts == [b"early"]
 
+    async def test_a_pause_by_the_bytes_of_the_upgrade_read_is_kept(self, app, protocol, transport):
+        protocol.data_received(UPGRADE + client_frame(Opcode.TEXT, b"pause") + client_frame(Opcode.TEXT, b"later"))
+        await settle()
+        assert app.sessions[0].texts == [b"pause"]
+        assert transport.read_paused, "the upgrade does not resume what the session paused"
+        app.sessions[0].conn.resume_reading()
+        await settle()
+        assert app.sessions[0].texts == [b"pause", b"later"]
+        assert not transport.read_paused
+
     async def test_the_supabase_js_path_is_a_socket_path(self, app, protocol, transport):
         protocol.data_received(upgrade("/realtime/v1/websocket?apikey=key"))
         await settle()
@@ -604,6 +617,17 @@ class TestSweeper:
             conn.data_received(client_frame(Opcode.PING, b"x"))
             await asyncio.sleep(SWEEP / 4)
         assert all(f.opcode is Opcode.PONG for f in server_frames(transport.buffer))
+        assert sweeping.idle_closed == 0
+
+    async def test_a_websocket_the_server_stopped_reading_is_not_idle(self, sweeping):
+        conn, transport = await self.open_websocket(sweeping)
+        conn.pause_reading()
+        conn.last_seen -= 100
+        await asyncio.sleep(SWEEP)
+        assert transport.writes == [], "its silence is ours"
+        conn.resume_reading()
+        await asyncio.sleep(SWEEP)
+        assert transport.writes == [], "the idle time starts again when reading resumes"
         assert sweeping.idle_closed == 0
 
     async def test_an_idle_http_connection_is_closed(self, sweeping, monkeypatch):
