@@ -281,6 +281,14 @@ class Channel:
         """A duplicate join on the socket: phx_close for this join_ref (spec §2.4)."""
         self._close_with_phx_close()
 
+    def crashed(self, exc: BaseException | None = None) -> None:
+        """An unexpected failure in the channel's own work (already logged): phx_error, then
+        the channel is gone, as when upstream's channel process crashes; clients rejoin."""
+        if self.state is ChannelState.CLOSED:
+            return
+        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.close()
+
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
@@ -338,7 +346,7 @@ class Channel:
         queue = self._pending.setdefault(extension, [])
         queue.append(msg)
         if len(queue) == 1:
-            self.socket.app.spawn(self._check_write(extension))
+            self.socket.app.spawn(self._check_write(extension), on_error=self.crashed)
         return None
 
     async def _check_write(self, extension: str) -> None:
@@ -479,7 +487,7 @@ class Channel:
         self.token, self.claims = token, claims
         self._schedule_token_check()
         if self.private:
-            app.spawn(self._recheck_read())
+            app.spawn(self._recheck_read(), on_error=self.crashed)
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
             if cdc is not None:

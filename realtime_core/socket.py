@@ -17,6 +17,7 @@ from websockets.frames import CloseCode
 from .channel import TOPIC_PREFIX, Channel, join
 from .errors import MalformedMessage, RealtimeError
 from .protocol import Codec, Message
+from .tasks import spawn
 
 if TYPE_CHECKING:
     from .app import App
@@ -119,7 +120,7 @@ class RealtimeSocket:
             if channel is not None:
                 channel.replaced()  # duplicate join: the old one closes first
             self._busy = True
-            self.app.loop.create_task(self._join(msg))
+            spawn(self._join(msg), name=f"join {topic}")
         elif channel is None:
             if event == "phx_leave":
                 self._reply(msg, "ok", {})
@@ -150,7 +151,11 @@ class RealtimeSocket:
                 self.counted = True
                 self.tenant.users += 1
             self._reply(msg, "ok", response)
-            channel.start()
+            try:
+                channel.start()
+            except Exception:
+                log.exception("channel %s failed to start", msg.topic)
+                channel.crashed()
         finally:
             self._busy = False
             self._drain_inbox()
