@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from websockets.frames import CloseCode
 
 from .channel import TOPIC_PREFIX, Channel, join
-from .errors import MalformedMessage, RealtimeError
+from .errors import MalformedMessage, RealtimeError, UnknownErrorOnChannel
 from .protocol import Codec, Message
 from .tasks import spawn
 
@@ -163,7 +163,7 @@ class RealtimeSocket:
     def _join_failed(self, msg: Message, exc: RealtimeError | None) -> None:
         reason = exc.reason if exc is not None else "Unknown Error on Channel"
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.app.metrics.join_errors += 1
+        self.app.metrics.join_refused(exc.code if exc is not None else UnknownErrorOnChannel.code)
         close = exc is not None and exc.closes_socket
 
         def send() -> None:

@@ -4,14 +4,19 @@
   usual subscription error instead of killing the subscribe task;
 - a token whose `exp` is out of range is refused with upstream's text, not
   "Unknown Error on Channel";
+- a private join while the tenant database is unreachable answers
+  UnableToConnectToProject (transient), counted by code on /metrics.
 
 Each test also checks that the server logged no lost task exception."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 from typing import Any
 
+import httpx
 import jwt as pyjwt
 import psycopg
 import pytest
@@ -114,3 +119,61 @@ async def test_a_connect_token_with_an_out_of_range_exp_is_refused(cdc):
     token = pyjwt.encode({"role": "anon", "exp": 2**70}, JWT_SECRET, algorithm="HS256")
     refused = await connect_refused(cdc.socket_url(token, V2))
     assert (refused.status, refused.json()) == (401, {"error": "The token provided is not a valid JWT"})
+
+
+# An unreachable tenant database
+
+
+def channel_errors(server: Any) -> dict[str, float]:
+    """realtime_channel_global_error by code, from GET /metrics."""
+    out = {}
+    for line in httpx.get(f"{server.http_url}/metrics").text.splitlines():
+        if line.startswith("realtime_channel_global_error{"):
+            labels, value = line.split("} ")
+            out[json.loads(labels.split("code=", 1)[1])] = float(value)
+    return out
+
+
+async def private_join(client: RawClient, topic: str) -> Frame:
+    """A private join whose reply may wait for the authorization pool's 5 s timeout."""
+    ref = client.next_ref()
+    await client.push(topic, "phx_join", {"config": {"private": True}}, ref=ref, join_ref=ref)
+    return await client.reply_to(ref, topic, 10_000 * MS)
+
+
+@pytest.mark.slow
+async def test_a_private_join_while_the_database_is_unreachable_is_a_transient_error(server_factory, pg_dsn):
+    server = server_factory()
+    dbname = psycopg.conninfo.conninfo_to_dict(server.database_url)["dbname"]
+    with psycopg.connect(server.database_url, autocommit=True) as conn:
+        conn.execute("create policy everyone on realtime.messages for select to authenticated using (true)")
+    token = make_token("authenticated")
+    async with await RawClient.open(server.socket_url(token, V2)) as client:
+        await client.join("realtime:before", {"private": True})
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("alter database {} allow_connections false").format(sql.Identifier(dbname)))
+            try:
+                admin.execute(
+                    "select pg_terminate_backend(pid) from pg_stat_activity"
+                    " where datname = %s and pid <> pg_backend_pid()",
+                    (dbname,),
+                )
+                # The pooled connection is gone (the first join finds it broken), then no
+                # new one can be made (the second waits for the pool, in vain).
+                for topic in ("realtime:down-1", "realtime:down-2"):
+                    reply = await private_join(client, topic)
+                    assert reply.response == {
+                        "reason": "UnableToConnectToProject: Realtime was unable to connect to the project database"
+                    }
+                assert channel_errors(server).get("UnableToConnectToProject") == 2
+            finally:
+                admin.execute(sql.SQL("alter database {} allow_connections true").format(sql.Identifier(dbname)))
+        # Transient: once the database is back, private joins work again.
+        deadline = asyncio.get_running_loop().time() + 30_000 * MS
+        while True:
+            reply = await private_join(client, "realtime:after")
+            if reply.status == "ok":
+                break
+            assert reply.response["reason"].startswith("UnableToConnectToProject: "), reply.raw
+            assert asyncio.get_running_loop().time() < deadline, "private joins did not recover"
+    assert LOST_TASK not in server.log(), server.log()
