@@ -198,6 +198,12 @@ class App:
         async with self.pool.connection() as conn:
             return await messages.replay(conn, topic, since_ms, limit)
 
+    def replication_connected(self, tenant: Tenant) -> bool:
+        """Whether the tenant's replication connection (broadcast from the database, as
+        upstream's Connect replication_conn) is streaming."""
+        stream = self.db_broadcasts.get(tenant.external_id)
+        return stream is not None and stream.stream.connected
+
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None:
         """The Postgres Changes of a tenant's database, if it has one."""
         return self.cdc.get(tenant.external_id)

@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "realtime:"
 # spec §8.4: the token is re-checked at least this often.
 TOKEN_RECHECK_SECONDS = 300.0
+# broadcast.replication_ready: the replication connection is checked this often
+# (RT realtime_channel.ex @replication_ready_check_interval).
+REPLICATION_CHECK_SECONDS = 0.5
+REPLICATION_READY = "Replication connection established"
+REPLICATION_NOT_READY = "Replication connection was not established in time"
 
 
 class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
@@ -172,6 +177,8 @@ class Channel:
         "_pending",
         "_presence_calls",
         "_presence_key",
+        "_replication_deadline",
+        "_replication_timer",
         "ack",
         "claims",
         "codec",
@@ -221,6 +228,11 @@ class Channel:
         self.claims = claims
         self.state = ChannelState.JOINED
         self._expiry: asyncio.TimerHandle | None = None
+        self._replication_timer: asyncio.TimerHandle | None = None
+        # Set when the client asked for broadcast.replication_ready.
+        self._replication_deadline: float | None = None
+        if config.replication_ready:
+            self._replication_deadline = socket.app.now() + socket.app.settings.replication_ready_timeout_ms / 1000
         self._presence_calls = WindowCounter()
         self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
         self.legacy = False
@@ -257,6 +269,10 @@ class Channel:
         if self.replay_rows:
             self._send_replay(self.replay_rows)
         self.replay_rows = None
+        if self._replication_deadline is not None:
+            self._check_replication()
+            if self.state is ChannelState.CLOSED:
+                return
         if self.presence_enabled and self.reads_presence:
             self._push_presence_state()
         if self.postgres_changes:
@@ -309,6 +325,9 @@ class Channel:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._replication_timer is not None:
+            self._replication_timer.cancel()
+            self._replication_timer = None
         self.socket.channel_closed(self)
         topic = app.presences.get(self.key)
         if topic is not None:
@@ -317,6 +336,25 @@ class Channel:
                 del app.presences[self.key]
             if diff is not None:
                 self._fan_out_presence_diff(diff)
+
+    def _check_replication(self) -> None:
+        """broadcast.replication_ready (RT realtime_channel.ex handle_info(:notify_replication_ready)):
+        a system message once the replication connection is up, checked now and every 500 ms;
+        a shutdown once the deadline has passed without it."""
+        self._replication_timer = None
+        if self.state is ChannelState.CLOSED or self._replication_deadline is None:
+            return
+        app = self.socket.app
+        if app.replication_connected(self.socket.tenant):
+            self._replication_deadline = None
+            self.push(
+                "system",
+                {"extension": "system", "status": "ok", "message": REPLICATION_READY, "channel": self.sub_topic},
+            )
+        elif app.now() >= self._replication_deadline:
+            self.shutdown(REPLICATION_NOT_READY)
+        else:
+            self._replication_timer = app.loop.call_later(REPLICATION_CHECK_SECONDS, self._check_replication)
 
     def _send_replay(self, rows: list[ReplayRow]) -> None:
         """Replayed messages, oldest first, as channel pushes (spec §4.6)."""
