@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import broadcast
-from .authorization import BROADCAST, PRESENCE, Policies
+from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
     ClientJoinRateLimitReached,
@@ -30,6 +30,7 @@ from .errors import (
     RealtimeRestarting,
     TenantNotFound,
     TopicNameRequired,
+    UnableToConnectToProject,
     Unauthorized,
 )
 from .jwt import expires_in, verify
@@ -542,6 +543,12 @@ class Channel:
                 self.claims,
                 before is not None and before.presence_read is not None,
             )
+        except (UnableToConnectToProject, MissingPartition, QueryCanceled) as exc:
+            # Transient: RT realtime_channel.ex handle_in("access_token") shuts down with these texts.
+            log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            cancelled = isinstance(exc, QueryCanceled)
+            self.shutdown("Query was cancelled, please try again" if cancelled else UNREACHABLE_TEXT)
+            return
         except RealtimeError as exc:
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
             after = Policies(broadcast_read=False, presence_read=False)

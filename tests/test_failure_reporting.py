@@ -20,13 +20,11 @@ import httpx
 import jwt as pyjwt
 import psycopg
 import pytest
-from conftest import JWT_SECRET, MS, make_token
+from conftest import JWT_SECRET, LOST_TASK, MS, make_token
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient, connect_refused
 
 pytestmark = pytest.mark.pg
-
-LOST_TASK = "Task exception was never retrieved"
 
 
 def assert_clean_log(server: Any) -> None:

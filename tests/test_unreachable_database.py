@@ -1,19 +1,28 @@
-"""Refused joins on GET /metrics: the total, and upstream's realtime_channel_global_error by code."""
+"""An unreachable tenant database as the channel sees it: join refusals counted by code on
+/metrics (upstream's realtime_channel_global_error), and a token refresh that cannot re-check
+the read policies shutting the channel down with upstream's transient text."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from fakes import Client, close_sockets, make_app, settle
+from fakes import TOPIC, Client, close_sockets, make_app, make_token, phx_close, settle
 
 from realtime_core.authorization import UNREACHABLE_TEXT
 from realtime_core.errors import UnableToConnectToProject
 
 
 class UnreachableAuthorizer:
+    """Reads fail as a pool with no way to the database does, once `down`."""
+
+    def __init__(self, down: bool = True) -> None:
+        self.down = down
+
     async def read(self, topic: str, claims: Any, headers: Any, extensions: Any) -> dict[str, bool]:
-        raise UnableToConnectToProject(UNREACHABLE_TEXT)
+        if self.down:
+            raise UnableToConnectToProject(UNREACHABLE_TEXT)
+        return dict.fromkeys(extensions, True)
 
 
 @pytest.fixture
@@ -44,3 +53,17 @@ async def test_refused_joins_are_counted_by_code(app):
         'realtime_channel_global_error{code="TopicNameRequired"} 2',
         'realtime_channel_global_error{code="UnableToConnectToProject"} 1',
     ]
+
+
+async def test_a_token_refresh_while_the_database_is_unreachable_shuts_down_with_the_transient_text(app):
+    authorizer = UnreachableAuthorizer(down=False)
+    app.authorizers["realtime-dev"] = authorizer  # type: ignore[assignment]
+    client = Client(app)
+    client.join(config={"private": True})
+    await settle()
+    assert client.received()[0][4]["status"] == "ok"
+    authorizer.down = True
+    client.push("1", "2", TOPIC, "access_token", {"access_token": make_token(exp_in=7200)})
+    await settle()
+    payload = {"extension": "system", "status": "error", "message": UNREACHABLE_TEXT, "channel": "room"}
+    assert client.received() == [["1", None, TOPIC, "system", payload], phx_close("1")]
