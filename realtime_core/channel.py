@@ -4,7 +4,8 @@ socket.py calls join() for a phx_join (spec §3.3) and, once the channel exists,
 Channel.handle_in() for every message on its topic. A channel ends in one of
 three ways, each sending phx_close with ref = join_ref (spec §2.4): leave()
 (phx_leave), shutdown() (a system error first, spec §3.6), or replaced() (a
-duplicate join). close() is the common cleanup."""
+duplicate join); or, after an unexpected failure of its own work, crashed()
+sends phx_error instead. close() is the common cleanup."""
 
 from __future__ import annotations
 
