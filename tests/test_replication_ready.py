@@ -40,16 +40,30 @@ def _payload(status: str, message: str, channel: str) -> dict[str, str]:
 
 
 class Replication:
-    """Stands for the tenant's replication connection: counts the checks, answers `up`."""
+    """Stands for the tenant's replication connection: records when it is checked; up from
+    check number `up_from` on (never when None)."""
 
-    def __init__(self, app: App, up: bool) -> None:
-        self.up = up
-        self.checks = 0
+    def __init__(self, app: App, up_from: int | None) -> None:
+        self.up_from = up_from
+        self.times: list[float] = []
         app.replication_connected = self.connected  # type: ignore[method-assign]
 
+    @property
+    def checks(self) -> int:
+        return len(self.times)
+
     def connected(self, tenant: Any) -> bool:
-        self.checks += 1
-        return self.up
+        self.times.append(time.monotonic())
+        return self.up_from is not None and self.checks >= self.up_from
+
+
+async def frames_of(client: Client, timeout: float = 5000 * MS) -> list[Any]:
+    """The next messages the client gets, waiting for at least one."""
+    deadline = time.monotonic() + timeout
+    while not (frames := client.received()):
+        assert time.monotonic() < deadline, "nothing arrived"
+        await asyncio.sleep(10 * MS)
+    return frames
 
 
 @pytest.fixture
@@ -60,7 +74,7 @@ async def app():
 
 
 async def test_a_ready_connection_is_announced_right_after_the_join_reply_and_once(app):
-    replication = Replication(app, up=True)
+    replication = Replication(app, up_from=1)
     client = Client(app)
     client.join(config={"broadcast": {"replication_ready": True}})
     await settle()
@@ -71,41 +85,38 @@ async def test_a_ready_connection_is_announced_right_after_the_join_reply_and_on
 
 
 async def test_the_message_comes_once_the_connection_is_up_checked_every_500_ms(app):
-    replication = Replication(app, up=False)
+    replication = Replication(app, up_from=3)
     client = Client(app)
+    joined_at = time.monotonic()
     client.join(config={"broadcast": {"replication_ready": True}})
     await settle()
-    client.received()
-    started = time.monotonic()
-    await asyncio.sleep(700 * MS)
-    assert client.received() == [] and replication.checks == 2  # at the join, then 500 ms later
-    replication.up = True
-    while not (frames := client.received()):
-        await asyncio.sleep(20 * MS)
-    assert frames == [system("ok", READY)]
-    assert replication.checks == 3 and time.monotonic() - started >= 1.0 - 0.05
+    assert [m[3] for m in client.received()] == ["phx_reply"] and replication.checks == 1  # at the join
+    assert await frames_of(client) == [system("ok", READY)]
+    assert replication.checks == 3
+    gaps = [b - a for a, b in zip([joined_at, *replication.times], replication.times, strict=False)]
+    assert gaps[0] < 0.2 and all(gap >= 0.49 for gap in gaps[1:]), gaps
 
 
 async def test_without_the_connection_the_channel_is_shut_down_after_the_timeout():
     app = App(Settings(channel_error_backoff_ms=0, replication_ready_timeout_ms=50))
     app.tenants.put(make_app().tenants.get("realtime-dev"))
-    Replication(app, up=False)
+    replication = Replication(app, up_from=None)
     client = Client(app)
     try:
+        joined_at = time.monotonic()
         client.join(config={"broadcast": {"replication_ready": True}})
         await settle()
         client.received()
-        await asyncio.sleep(300 * MS)
-        assert client.received() == []  # the deadline is only looked at on the next check
-        await asyncio.sleep(400 * MS)
-        assert client.received() == [system("error", NOT_READY), phx_close("1")]
+        assert await frames_of(client) == [system("error", NOT_READY), phx_close("1")]
+        # The deadline (50 ms) is looked at only by the next check, 500 ms after the join.
+        assert time.monotonic() - joined_at >= 0.49 and replication.checks == 2
         assert TOPIC not in client.socket.channels
     finally:
         close_sockets(app)
 
 
 async def test_a_channel_that_did_not_opt_in_is_never_checked(app):
-    replication = Replication(app, up=True)
+    replication = Replication(app, up_from=1)
     client = Client(app)
     client.join(config={"broadcast": {"replication_ready": False}})
     await settle()
@@ -114,7 +125,7 @@ async def test_a_channel_that_did_not_opt_in_is_never_checked(app):
 
 
 async def test_leaving_stops_the_checks(app):
-    replication = Replication(app, up=False)
+    replication = Replication(app, up_from=None)
     client = Client(app)
     client.join(config={"broadcast": {"replication_ready": True}})
     await settle()
