@@ -101,6 +101,17 @@ async def test_a_nul_in_a_legacy_topic_is_reported(cdc, db):
     assert_clean_log(cdc)
 
 
+async def test_a_nul_in_a_private_topic_is_refused_like_any_topic_the_policies_deny(cdc):
+    # Upstream's probe insert fails in PostgreSQL, an RLS policy error: Unauthorized.
+    async with await RawClient.open(cdc.socket_url(make_token("authenticated"), V2)) as client:
+        reply = await client.join("realtime:a\x00b", {"private": True}, expect_ok=False)
+        assert reply.response == {
+            "reason": "Unauthorized: You do not have permissions to read from this Channel topic: a\x00b"
+        }
+        await client.join("realtime:public-still-works")
+    assert_clean_log(cdc)
+
+
 # Out-of-range numeric claims
 
 
