@@ -182,9 +182,9 @@ class Authorizer:
 
     @contextlib.asynccontextmanager
     async def _connection(self, topic: str, latency: LatencyHistogram) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection for one check: its time goes to `latency`, its failures
-        become the upstream errors (spec §7). No connection, because the database
-        cannot be reached, is UnableToConnectToProject (transient, as upstream's
+        """A pooled connection for one check: its time goes to `latency`, its failures become
+        the upstream errors (RT authorization.ex handle_policies_result). No connection because
+        the database cannot be reached is UnableToConnectToProject (transient, upstream's
         tenant_database_unavailable); all connections busy is IncreaseConnectionPool."""
         started = time.perf_counter()
         try:
