@@ -16,7 +16,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
 
-from . import db, messages, rest_api
+from . import db, messages, rest_api, tasks
 from .authorization import Authorizer
 from .config import Settings
 from .db_broadcast import DatabaseBroadcast
@@ -185,11 +185,10 @@ class App:
         )
         return socket, socket.attach
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` as a task the app keeps until it ends (and cancels at stop)."""
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Run `coro` as a task the app keeps until it ends (and cancels at stop); an
+        exception escaping it is logged and passed to `on_error` (tasks.spawn)."""
+        tasks.spawn(coro, on_error=on_error, group=self._tasks)
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
         """The RLS authorizer of a tenant's database, if it has one."""
@@ -201,6 +200,12 @@ class App:
             return []
         async with self.pool.connection() as conn:
             return await messages.replay(conn, topic, since_ms, limit)
+
+    def replication_connected(self, tenant: Tenant) -> bool:
+        """Whether the tenant's replication connection (broadcast from the database, as
+        upstream's Connect replication_conn) is streaming."""
+        stream = self.db_broadcasts.get(tenant.external_id)
+        return stream is not None and stream.stream.connected
 
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None:
         """The Postgres Changes of a tenant's database, if it has one."""

@@ -21,7 +21,7 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from .errors import RealtimeError, Unauthorized
+from .errors import RealtimeError, UnableToConnectToProject, Unauthorized
 
 __all__ = [
     "BROADCAST",
@@ -39,6 +39,11 @@ PRESENCE = "presence"
 
 # Bucket upper bounds (ms) of the authorization latency histogram.
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+# RT realtime_channel.ex join/3, for {:error, :tenant_database_unavailable}.
+UNREACHABLE_TEXT = "Realtime was unable to connect to the project database"
+# SQLSTATEs of a server that is going away or not letting us in yet (class 08
+# is every connection exception).
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 
 
 class MissingPartition(RealtimeError, code="MissingPartition"):
@@ -108,13 +113,25 @@ class Authorizer:
             kwargs={"autocommit": True, "application_name": "realtime_authorization"},
             name="realtime_authorization",
             timeout=timeout,
+            configure=self._connected,
         )
         self.read_latency = LatencyHistogram()
         self.write_latency = LatencyHistogram()
         self.errors = 0
+        # The pool's count of failed connection attempts when it last connected:
+        # a higher count now means its latest attempts failed.
+        self._failed_attempts_seen = 0
 
     async def open(self) -> None:
         await self.pool.open(wait=True, timeout=30)
+
+    async def _connected(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._failed_attempts_seen = self.pool.get_stats().get("connections_errors", 0)
+
+    @property
+    def unreachable(self) -> bool:
+        """Whether the pool's latest attempt to connect to the database failed."""
+        return self.pool.get_stats().get("connections_errors", 0) > self._failed_attempts_seen
 
     async def close(self) -> None:
         await self.pool.close()
@@ -194,17 +211,21 @@ class Authorizer:
 
     @contextlib.asynccontextmanager
     async def _connection(self, topic: str, latency: LatencyHistogram) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection for one check: its time goes to `latency`, its failures
-        become the upstream errors (spec §7)."""
+        """A pooled connection for one check: its time goes to `latency`, its failures become
+        the upstream errors (RT authorization.ex handle_policies_result). No connection because
+        the database cannot be reached is UnableToConnectToProject (transient, upstream's
+        tenant_database_unavailable); all connections busy is IncreaseConnectionPool."""
         started = time.perf_counter()
         try:
             async with self.pool.connection() as conn:
                 try:
                     yield conn
                 except psycopg.Error as exc:
-                    raise self._error(exc, topic) from None
+                    raise self._error(exc, topic, conn) from None
         except PoolTimeout:
             self.errors += 1
+            if self.unreachable:
+                raise UnableToConnectToProject(UNREACHABLE_TEXT) from None
             raise IncreaseConnectionPool("Please increase your connection pool size") from None
         finally:
             latency.observe((time.perf_counter() - started) * 1000)
@@ -225,8 +246,11 @@ class Authorizer:
             ),
         )
 
-    def _error(self, exc: psycopg.Error, topic: str) -> RealtimeError:
+    def _error(self, exc: psycopg.Error, topic: str, conn: psycopg.AsyncConnection[Any]) -> RealtimeError:
         self.errors += 1
+        sqlstate = exc.sqlstate or ""
+        if conn.broken or sqlstate.startswith("08") or sqlstate in _SERVER_GONE:
+            return UnableToConnectToProject(UNREACHABLE_TEXT)
         if isinstance(exc, psycopg.errors.CheckViolation):
             return MissingPartition("Realtime was unable to find the expected messages partition")
         if isinstance(exc, psycopg.errors.QueryCanceled):

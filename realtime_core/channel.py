@@ -4,7 +4,8 @@ socket.py calls join() for a phx_join (spec §3.3) and, once the channel exists,
 Channel.handle_in() for every message on its topic. A channel ends in one of
 three ways, each sending phx_close with ref = join_ref (spec §2.4): leave()
 (phx_leave), shutdown() (a system error first, spec §3.6), or replaced() (a
-duplicate join). close() is the common cleanup."""
+duplicate join); or, after an unexpected failure of its own work, crashed()
+sends phx_error instead. close() is the common cleanup."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import broadcast
-from .authorization import BROADCAST, PRESENCE, Policies
+from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
     ClientJoinRateLimitReached,
@@ -30,6 +31,7 @@ from .errors import (
     RealtimeRestarting,
     TenantNotFound,
     TopicNameRequired,
+    UnableToConnectToProject,
     Unauthorized,
 )
 from .jwt import expires_in, verify
@@ -51,6 +53,11 @@ log = logging.getLogger(__name__)
 TOPIC_PREFIX = "realtime:"
 # spec §8.4: the token is re-checked at least this often.
 TOKEN_RECHECK_SECONDS = 300.0
+# broadcast.replication_ready: the replication connection is checked this often
+# (RT realtime_channel.ex @replication_ready_check_interval).
+REPLICATION_CHECK_SECONDS = 0.5
+REPLICATION_READY = "Replication connection established"
+REPLICATION_NOT_READY = "Replication connection was not established in time"
 
 
 class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
@@ -172,6 +179,8 @@ class Channel:
         "_pending",
         "_presence_calls",
         "_presence_key",
+        "_replication_deadline",
+        "_replication_timer",
         "ack",
         "claims",
         "codec",
@@ -221,6 +230,11 @@ class Channel:
         self.claims = claims
         self.state = ChannelState.JOINED
         self._expiry: asyncio.TimerHandle | None = None
+        self._replication_timer: asyncio.TimerHandle | None = None
+        # Set when the client asked for broadcast.replication_ready.
+        self._replication_deadline: float | None = None
+        if config.replication_ready:
+            self._replication_deadline = socket.app.now() + socket.app.settings.replication_ready_timeout_ms / 1000
         self._presence_calls = WindowCounter()
         self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
         self.legacy = False
@@ -257,6 +271,10 @@ class Channel:
         if self.replay_rows:
             self._send_replay(self.replay_rows)
         self.replay_rows = None
+        if self._replication_deadline is not None:
+            self._check_replication()
+            if self.state is ChannelState.CLOSED:
+                return
         if self.presence_enabled and self.reads_presence:
             self._push_presence_state()
         if self.postgres_changes:
@@ -281,6 +299,14 @@ class Channel:
         """A duplicate join on the socket: phx_close for this join_ref (spec §2.4)."""
         self._close_with_phx_close()
 
+    def crashed(self, exc: BaseException | None = None) -> None:
+        """An unexpected failure in the channel's own work (already logged): phx_error, then
+        the channel is gone, as when upstream's channel process crashes; clients rejoin."""
+        if self.state is ChannelState.CLOSED:
+            return
+        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.close()
+
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
@@ -301,6 +327,9 @@ class Channel:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._replication_timer is not None:
+            self._replication_timer.cancel()
+            self._replication_timer = None
         self.socket.channel_closed(self)
         topic = app.presences.get(self.key)
         if topic is not None:
@@ -309,6 +338,25 @@ class Channel:
                 del app.presences[self.key]
             if diff is not None:
                 self._fan_out_presence_diff(diff)
+
+    def _check_replication(self) -> None:
+        """broadcast.replication_ready (RT realtime_channel.ex handle_info(:notify_replication_ready)):
+        a system message once the replication connection is up, checked now and every 500 ms;
+        a shutdown once the deadline has passed without it."""
+        self._replication_timer = None
+        if self.state is ChannelState.CLOSED or self._replication_deadline is None:
+            return
+        app = self.socket.app
+        if app.replication_connected(self.socket.tenant):
+            self._replication_deadline = None
+            self.push(
+                "system",
+                {"extension": "system", "status": "ok", "message": REPLICATION_READY, "channel": self.sub_topic},
+            )
+        elif app.now() >= self._replication_deadline:
+            self.shutdown(REPLICATION_NOT_READY)
+        else:
+            self._replication_timer = app.loop.call_later(REPLICATION_CHECK_SECONDS, self._check_replication)
 
     def _send_replay(self, rows: list[ReplayRow]) -> None:
         """Replayed messages, oldest first, as channel pushes (spec §4.6)."""
@@ -339,7 +387,7 @@ class Channel:
         queue.append(msg)
         self.socket.hold(msg)
         if len(queue) == 1:
-            self.socket.app.spawn(self._check_write(extension))
+            self.socket.app.spawn(self._check_write(extension), on_error=self.crashed)
         return None
 
     async def _check_write(self, extension: str) -> None:
@@ -482,7 +530,7 @@ class Channel:
         self.token, self.claims = token, claims
         self._schedule_token_check()
         if self.private:
-            app.spawn(self._recheck_read())
+            app.spawn(self._recheck_read(), on_error=self.crashed)
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
             if cdc is not None:
@@ -499,6 +547,12 @@ class Channel:
                 self.claims,
                 before is not None and before.presence_read is not None,
             )
+        except (UnableToConnectToProject, MissingPartition, QueryCanceled) as exc:
+            # Transient: RT realtime_channel.ex handle_in("access_token") shuts down with these texts.
+            log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            cancelled = isinstance(exc, QueryCanceled)
+            self.shutdown("Query was cancelled, please try again" if cancelled else UNREACHABLE_TEXT)
+            return
         except RealtimeError as exc:
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
             after = Policies(broadcast_read=False, presence_read=False)

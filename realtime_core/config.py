@@ -113,6 +113,9 @@ class Settings:
     channel_error_backoff_ms: int = 5_000
     # spec §1.5: Cowboy's idle timeout.
     idle_timeout_ms: int = 60_000
+    # broadcast.replication_ready: how long a channel waits for the replication
+    # connection before it is shut down (upstream's replication_ready_timeout).
+    replication_ready_timeout_ms: int = 60_000
     # spec §1.1: maximum WebSocket frame.
     max_frame_bytes: int = 5_000_000
     # A subscriber whose unsent backlog passes this is disconnected (design §2).
@@ -170,6 +173,9 @@ class Settings:
             connect_error_backoff_ms=_int(env, "CONNECT_ERROR_BACKOFF_MS", d.connect_error_backoff_ms),
             channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
             idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
+            replication_ready_timeout_ms=_int(
+                env, "REALTIME_REPLICATION_READY_TIMEOUT_MS", d.replication_ready_timeout_ms
+            ),
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
             batch_max_messages=max(1, _int(env, "REALTIME_BATCH_MAX_MESSAGES", d.batch_max_messages)),
             batch_max_private_topics=max(1, _int(env, "REALTIME_BATCH_MAX_PRIVATE_TOPICS", d.batch_max_private_topics)),

@@ -45,6 +45,10 @@ _NO_SIGNER_KID = "Failed to generate JWT signer for key ID (kid) {kid}, check yo
 _EXPIRED_CONNECT = "Token has expired"
 _MISSING_CLAIMS = "Fields `role` and `exp` are required in JWT"
 _EXP_INVALID = "Token expiration time is invalid"
+# exp and iat are rounded to integers, which must lie in [-2**63, 2**63).
+# Floats this large are whole numbers, so rounding cannot cross the bounds.
+_INT64_MIN: Final = -(2**63)
+_INT64_END: Final = 2**63
 # spec §1.4: a failed custom claim validator answers the connect with 500 and this text.
 _CLAIM_CONNECT = CONNECT_ERROR_TEXT
 
@@ -187,8 +191,18 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_time(value: object) -> bool:
+    """A number that rounds into PostgreSQL's bigint (and orjson's integer) range.
+
+    JSON integers past 64 bits decode as floats; rounded, they would be
+    integers orjson cannot encode, and policies cast these claims to bigint."""
+    return _is_number(value) and _INT64_MIN <= value < _INT64_END  # type: ignore[operator]
+
+
 def _round(value: float) -> int:
-    """Round half away from zero, as Elixir's round/1 does."""
+    """Round half away from zero, as Elixir's round/1 does; integers stay exact."""
+    if isinstance(value, int):
+        return value
     return int(math.copysign(math.floor(abs(value) + 0.5), value))
 
 
@@ -245,7 +259,7 @@ def _validate_claims(claims: dict[str, Any], now: float, validators: dict[str, o
     """Apply RT JwtAuthToken's validators (only to claims present), then round exp/iat."""
     if "exp" in claims:
         exp = claims["exp"]
-        if not _is_number(exp):
+        if not _is_time(exp):
             raise InvalidJWTToken(_EXP_INVALID)
         # Upstream compares the raw exp with Joken.current_time(), whole seconds;
         # for a whole-second exp this is exactly `exp > now`.
@@ -254,7 +268,7 @@ def _validate_claims(claims: dict[str, Any], now: float, validators: dict[str, o
         claims["exp"] = _round(exp)
     if "iat" in claims:
         iat = claims["iat"]
-        if not _is_number(iat):
+        if not _is_time(iat):
             raise InvalidJWTToken("Invalid claim: iat", _CLAIM_CONNECT)
         claims["iat"] = _round(iat)
     if validators:

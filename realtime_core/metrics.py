@@ -20,6 +20,12 @@ class Metrics:
         self._app = app
         self.malformed_messages = 0
         self.join_errors = 0
+        self.join_errors_by_code: dict[str, int] = {}
+
+    def join_refused(self, code: str) -> None:
+        """Count one refused join under its upstream error code."""
+        self.join_errors += 1
+        self.join_errors_by_code[code] = self.join_errors_by_code.get(code, 0) + 1
 
     def render(self) -> str:
         app = self._app
@@ -52,6 +58,13 @@ class Metrics:
         lines: list[str] = []
         for name, kind, help_text, value in rows:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        # Upstream's name: realtime_channel_global_error, a counter tagged by code.
+        lines += [
+            "# HELP realtime_channel_global_error Refused joins by error code",
+            "# TYPE realtime_channel_global_error counter",
+        ]
+        for code, count in sorted(self.join_errors_by_code.items()):
+            lines.append(f'realtime_channel_global_error{{code="{_label(code)}"}} {count}')
         for tenant in app.tenants:
             lines.append(f'realtime_tenant_users{{tenant="{_label(tenant.external_id)}"}} {tenant.users}')
         for tenant_id, cdc in app.cdc.items():

@@ -76,7 +76,11 @@ class JoinPayload:
         broadcast = out._object(config, "broadcast")
         out.ack = out._bool(broadcast, "ack", "broadcast.ack")
         out.self_broadcast = out._bool(broadcast, "self", "broadcast.self")
-        out.replication_ready = out._bool(broadcast, "replication_ready", "broadcast.replication_ready")
+        out._bool(broadcast, "replication_ready", "broadcast.replication_ready")  # validated only:
+        # RT realtime_channel.ex join/3 opts in with `!!get_in(params, [...])`, so
+        # any value but null and false does, even the string "false".
+        ready = broadcast.get("replication_ready")
+        out.replication_ready = ready is not None and ready is not False
         if broadcast.get("replay") is not None:
             out._parse_replay(broadcast["replay"])
         presence = out._object(config, "presence")

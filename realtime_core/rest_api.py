@@ -15,7 +15,7 @@ import orjson
 
 from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
-from .errors import JwtError, RealtimeError, TenantNotFound, Unauthorized
+from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
 from .jwt import KeySet, clean_token, verify
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
@@ -214,6 +214,7 @@ _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
     QueryCanceled: (422, "Query canceled"),
     MissingPartition: (422, "Missing messages partition"),
     IncreaseConnectionPool: (429, "Connection pool exhausted"),
+    UnableToConnectToProject: (422, "Tenant database unavailable"),
 }
 
 

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from websockets.frames import CloseCode
 
 from .channel import TOPIC_PREFIX, Channel, join
-from .errors import MalformedMessage, RealtimeError
+from .errors import MalformedMessage, RealtimeError, UnknownErrorOnChannel
 from .protocol import Codec, Message
+from .tasks import spawn
 
 if TYPE_CHECKING:
     from .app import App
@@ -135,7 +136,7 @@ class RealtimeSocket:
             if channel is not None:
                 channel.replaced()  # duplicate join: the old one closes first
             self._busy = True
-            self.app.loop.create_task(self._join(msg))
+            spawn(self._join(msg), name=f"join {topic}")
         elif channel is None:
             if event == "phx_leave":
                 self._reply(msg, "ok", {})
@@ -166,7 +167,11 @@ class RealtimeSocket:
                 self.counted = True
                 self.tenant.users += 1
             self._reply(msg, "ok", response)
-            channel.start()
+            try:
+                channel.start()
+            except Exception:
+                log.exception("channel %s failed to start", msg.topic)
+                channel.crashed()
         finally:
             self._busy = False
             self._drain_inbox()
@@ -174,7 +179,7 @@ class RealtimeSocket:
     def _join_failed(self, msg: Message, exc: RealtimeError | None) -> None:
         reason = exc.reason if exc is not None else "Unknown Error on Channel"
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.app.metrics.join_errors += 1
+        self.app.metrics.join_refused(exc.code if exc is not None else UnknownErrorOnChannel.code)
         close = exc is not None and exc.closes_socket
 
         def send() -> None:

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
 JWT_SECRET = "test-secret-" + "x" * 32
 
+LOST_TASK = "Task exception was never retrieved"
+
 # Settings every test server gets unless a test overrides them: short error
 # backoffs so that refused joins answer quickly.
 BASE_ENV = {
@@ -138,6 +140,11 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.output)
 
+    def lost_task_errors(self) -> list[str]:
+        """asyncio's report of a task whose exception nobody retrieved: each is a bug
+        (the server must log a task's failure itself and answer the client)."""
+        return [line for line in self.output if LOST_TASK in line]
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -217,6 +224,7 @@ def serving(admin_dsn: str, env: dict[str, str] | None = None) -> Iterator[Serve
             yield server
         finally:
             server.stop()
+        assert not server.lost_task_errors(), server.log()
 
 
 @pytest.fixture(scope="session")
@@ -244,6 +252,8 @@ def server_factory(pg_dsn: str) -> Iterator[object]:
                 _drop_database(pg_dsn, srv.database_url)
             else:
                 srv.drop_slots()
+    for srv, _ in started:
+        assert not srv.lost_task_errors(), srv.log()
 
 
 CDC_ENV = {"REALTIME_POSTGRES_CHANGES": "true"}

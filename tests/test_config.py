@@ -40,6 +40,11 @@ class TestDefaults:
         assert settings.channel_error_backoff_ms == 5_000
         assert settings.idle_timeout_ms == 60_000
 
+    def test_replication_ready_timeout_is_upstreams_minute_unless_set(self):
+        assert Settings.from_env({}).replication_ready_timeout_ms == 60_000
+        env = {"REALTIME_REPLICATION_READY_TIMEOUT_MS": "300"}
+        assert Settings.from_env(env).replication_ready_timeout_ms == 300
+
     def test_from_env_reads_os_environ_by_default(self, monkeypatch):
         monkeypatch.setenv("PORT", "4321")
         assert Settings.from_env().port == 4321

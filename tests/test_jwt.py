@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 
 import jwt as pyjwt
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from realtime_core.errors import InvalidJWTToken, JwtSignatureError, JwtSignerError, MalformedJWT
@@ -407,6 +412,66 @@ def test_non_numeric_exp_is_invalid(exp):
 def test_non_numeric_iat_is_an_invalid_claim():
     token = sign({**CLAIMS, "iat": "yesterday"}, SECRET)
     assert_fails(token, KEYS, InvalidJWTToken, "InvalidJWTToken: Invalid claim: iat", "Error connecting to Realtime")
+
+
+def json_token(claims_json: str) -> str:
+    """An HS256 token whose claims are exactly `claims_json` (numbers orjson and PyJWT would rewrite)."""
+    header = b64(b'{"alg":"HS256","typ":"JWT"}')
+    signing_input = f"{header}.{b64(claims_json.encode())}"
+    signature = hmac.new(SECRET.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+@pytest.mark.parametrize("exp", ["1e308", str(2**70), str(2**63), "18446744073709551615", str(-(2**64)), "-1e308"])
+def test_exp_beyond_the_bigint_range_is_invalid(exp):
+    assert_fails(
+        json_token(f'{{"role": "anon", "exp": {exp}}}'),
+        KEYS,
+        InvalidJWTToken,
+        "InvalidJWTToken: Token expiration time is invalid",
+        "The token provided is not a valid JWT",
+    )
+
+
+@pytest.mark.parametrize("iat", ["1e308", str(2**70), str(2**63), str(-(2**64))])
+def test_iat_beyond_the_bigint_range_is_an_invalid_claim(iat):
+    token = json_token(f'{{"role": "anon", "exp": {NOW + 60}, "iat": {iat}}}')
+    assert_fails(token, KEYS, InvalidJWTToken, "InvalidJWTToken: Invalid claim: iat", "Error connecting to Realtime")
+
+
+def test_exp_and_iat_at_the_bigint_bounds_are_accepted_and_encode():
+    claims = verify(json_token(f'{{"role": "anon", "exp": {2**63 - 1}, "iat": {-(2**63)}}}'), KEYS, now=NOW)
+    assert (claims["exp"], claims["iat"]) == (2**63 - 1, -(2**63))
+    assert orjson.loads(orjson.dumps(claims)) == claims
+
+
+@pytest.mark.parametrize("nbf", ["1e308", str(2**70), str(-(2**70))])
+def test_nbf_is_not_validated_and_any_nbf_encodes(nbf):
+    # Upstream's JwtAuthToken validates exp and iat only; nbf passes through to policies as sent.
+    claims = verify(json_token(f'{{"role": "anon", "exp": {NOW + 60}, "nbf": {nbf}}}'), KEYS, now=NOW)
+    assert claims["nbf"] == float(nbf)
+    orjson.dumps(claims)
+
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**80), max_value=2**80).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(exp=_JSON_NUMBERS, iat=_JSON_NUMBERS, nbf=_JSON_NUMBERS)
+def test_verified_claims_always_encode_for_postgresql(exp, iat, nbf):
+    """Whatever numbers a signed token carries, verify() refuses it or returns claims that
+    orjson encodes and whose exp/iat fit a bigint (policies cast them)."""
+    token = json_token(f'{{"role": "anon", "exp": {exp}, "iat": {iat}, "nbf": {nbf}}}')
+    try:
+        claims = verify(token, KEYS, now=NOW)
+    except InvalidJWTToken:
+        return
+    orjson.dumps(claims)
+    for name in ("exp", "iat"):
+        assert type(claims[name]) is int and -(2**63) <= claims[name] < 2**63, claims
 
 
 def test_claim_validator_match_is_accepted():

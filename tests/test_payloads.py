@@ -66,6 +66,11 @@ class TestFlexibleBoolean:
     def test_replication_ready_is_a_flexible_boolean(self):
         assert parse_config({"broadcast": {"replication_ready": "true"}}).replication_ready is True
 
+    @pytest.mark.parametrize(("value", "opted_in"), [(True, True), ("false", True), (1, True), (False, False)])
+    def test_any_replication_ready_but_false_opts_in_as_upstream(self, value, opted_in):
+        assert parse_config({"broadcast": {"replication_ready": value}}).replication_ready is opted_in
+        assert parse_config({"broadcast": {}}).replication_ready is False
+
 
 class TestConfigAndLegacy:
     """spec §3.1: "New API" means the payload has a `config` key."""

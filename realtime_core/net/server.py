@@ -25,7 +25,8 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from ..errors import ConnectError
+from ..errors import CONNECT_ERROR_TEXT, ConnectError
+from ..tasks import spawn
 from .http import Request, Response, Router, json_response
 from .websocket import Session, WebSocketConnection, Writer
 
@@ -83,7 +84,7 @@ class Server:
         self._server = await self.loop.create_server(
             lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True
         )
-        self._sweeper = self.loop.create_task(self._sweep_forever())
+        self._sweeper = spawn(self._sweep_forever(), name="idle sweeper")
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self, code: CloseCode = CloseCode.SERVICE_RESTART) -> None:
@@ -228,7 +229,7 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         if not self.busy:
             self.busy = True
-            self.loop.create_task(self._serve_queue())
+            spawn(self._serve_queue(), name=f"http {self.peer}", on_error=lambda _: self.transport_close())
 
     def _build_request(self) -> Request:
         url = httptools.parse_url(self._url)
@@ -301,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrading = True
         assert self.transport is not None
         self.transport.pause_reading()
-        self.loop.create_task(self._upgrade(request, trailing))
+        spawn(self._upgrade(request, trailing), name=f"upgrade {self.peer}", on_error=self._upgrade_failed)
 
     async def _upgrade(self, request: Request, trailing: bytes) -> None:
         server = self.server
@@ -349,6 +350,13 @@ class HttpProtocol(asyncio.Protocol):
             conn.data_received(trailing)
         if not conn.reading_paused:  # the session may already hold too much
             transport.resume_reading()
+
+    def _upgrade_failed(self, _: BaseException) -> None:
+        """An unexpected failure in _upgrade (spawn logged it): 500 before the protocol switch."""
+        if self.transport is not None and self.transport.get_protocol() is self:
+            self._send_and_close(json_response(500, {"error": CONNECT_ERROR_TEXT}))
+        elif self.transport is not None:
+            self.transport.abort()
 
     def _write_all(self, chunks: list[bytes]) -> None:
         if self.transport is None or self.closed:

@@ -20,6 +20,7 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from ..tasks import spawn
 from .dispatch import Dispatcher
 from .filters import (
     FilterError,
@@ -43,6 +44,9 @@ __all__ = ["CdcSettings", "PostgresChanges"]
 log = logging.getLogger(__name__)
 
 SUBSCRIBED = "Subscribed to PostgreSQL"
+# PostgreSQL's answer to a text parameter holding NUL, which upstream reports
+# for such params (psycopg refuses to send them at all).
+_NUL_TEXT = 'invalid byte sequence for encoding "UTF8": 0x00'
 _DELETE_CHUNK = 1000  # spec §3.7: subscriptions are deleted in batches of up to 1000 rows
 
 
@@ -126,7 +130,7 @@ class PostgresChanges:
             # clients recreate theirs (spec §6.2).
             await conn.execute("delete from realtime.subscription")
         self.stream.start()
-        self._health_task = asyncio.get_running_loop().create_task(self._watch_slot())
+        self._health_task = spawn(self._watch_slot(), name=f"slot health {self.settings.slot}")
 
     async def stop(self) -> None:
         if self._health_task is not None:
@@ -137,16 +141,19 @@ class PostgresChanges:
         await self._flush_deletes()
         await self.pool.close()
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Any, on_error: Any = None) -> None:
+        spawn(coro, on_error=on_error, group=self._tasks)
 
     # Channel API
 
     def subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
-        """Start creating `channel`'s subscriptions; the outcome arrives as a system message."""
-        self._spawn(self._subscribe(channel, entries, legacy))
+        """Start creating `channel`'s subscriptions; the outcome arrives as a system message,
+        an unexpected failure too (as upstream's rescue in realtime_channel.ex does)."""
+
+        def failed(exc: BaseException) -> None:
+            _system(channel, "error", f"UnableToSubscribeToPostgres: {type(exc).__name__}: {exc}")
+
+        self._spawn(self._subscribe(channel, entries, legacy), failed)
 
     def unsubscribe(self, channel: Channel) -> None:
         gone = self.registry.remove_channel(channel)
@@ -201,12 +208,19 @@ class PostgresChanges:
         subs: list[Subscription] = []
         async with self.pool.connection() as conn:
             for cid, params in parsed:
-                cur = await conn.execute(
-                    _TABLES,
-                    (self.settings.publication, params.schema, params.schema, params.table, params.table),
-                )
-                tables = await cur.fetchall()
                 described = describe_params(params)
+                if _has_nul(params):
+                    raise _SubscribeError(_exception_text(described, _NUL_TEXT))
+                try:
+                    cur = await conn.execute(
+                        _TABLES,
+                        (self.settings.publication, params.schema, params.schema, params.table, params.table),
+                    )
+                    tables = await cur.fetchall()
+                except psycopg.errors.DatabaseError as exc:
+                    if isinstance(exc, psycopg.OperationalError):
+                        raise
+                    raise _SubscribeError(_exception_text(described, _error_text(exc))) from None
                 if not tables:
                     raise _SubscribeError(
                         "Unable to subscribe to changes with given parameters. Please check Realtime is enabled "
@@ -245,11 +259,7 @@ class PostgresChanges:
                 except (FilterError, psycopg.errors.DatabaseError) as exc:
                     if isinstance(exc, psycopg.OperationalError):
                         raise
-                    message = exc.diag.message_primary if isinstance(exc, psycopg.Error) and exc.diag else str(exc)
-                    raise _SubscribeError(
-                        "Unable to subscribe to changes with given parameters. An exception happened so please "
-                        f"check your connect parameters: {described}. Exception: {message}"
-                    ) from None
+                    raise _SubscribeError(_exception_text(described, _error_text(exc))) from None
                 subs.append(Subscription(channel, cid, subscription_id, params, legacy))
             cur = await conn.execute("select pg_current_wal_lsn()::text")
             row = await cur.fetchone()
@@ -361,6 +371,29 @@ class PostgresChanges:
             "received_lsn": self.stream.received_lsn,
             "reconnects": self.stream.reconnects,
         }
+
+
+def _has_nul(params: SubscriptionParams) -> bool:
+    """Whether any text of `params` sent to PostgreSQL holds a NUL character."""
+    texts = [params.schema, params.table, *(params.select or ())]
+    for c in params.filters:
+        texts += (c.column, c.stored_value)
+    return any("\x00" in text for text in texts)
+
+
+def _error_text(exc: Exception) -> str:
+    """The primary message of a PostgreSQL error; the text of anything else."""
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return str(exc)
+
+
+def _exception_text(described: str, error: str) -> str:
+    """Upstream's text for params whose insert failed (subscriptions.ex create/5)."""
+    return (
+        "Unable to subscribe to changes with given parameters. An exception happened so please "
+        f"check your connect parameters: {described}. Exception: {error}"
+    )
 
 
 def _system(channel: Channel, status: str, message: str) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import pq, sql
 
+from ..tasks import spawn
 from . import pgoutput
 from .pgoutput import Begin, Commit, Keepalive, XLogData
 
@@ -181,7 +182,6 @@ class ReplicationStream:
             options=SESSION_OPTIONS,
             application_name="realtime_replication_connection",
         )
-        loop = asyncio.get_running_loop()
         pgconn = conn.pgconn
         feedback: asyncio.Task[None] | None = None
         try:
@@ -203,7 +203,7 @@ class ReplicationStream:
             self.connected = True
             self.last_error = None
             log.info("streaming slot %s from %s", self.slot, pgoutput.format_lsn(self.confirmed_lsn))
-            feedback = loop.create_task(self._feedback_forever(pgconn))
+            feedback = spawn(self._feedback_forever(pgconn), name=f"feedback {self.slot}")
             await self._read_forever(pgconn)
         finally:
             self.connected = False

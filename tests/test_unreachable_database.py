@@ -1,0 +1,69 @@
+"""An unreachable tenant database as the channel sees it: join refusals counted by code on
+/metrics (upstream's realtime_channel_global_error), and a token refresh that cannot re-check
+the read policies shutting the channel down with upstream's transient text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fakes import TOPIC, Client, close_sockets, make_app, make_token, phx_close, settle
+
+from realtime_core.authorization import UNREACHABLE_TEXT
+from realtime_core.errors import UnableToConnectToProject
+
+
+class UnreachableAuthorizer:
+    """Reads fail as a pool with no way to the database does, once `down`."""
+
+    def __init__(self, down: bool = True) -> None:
+        self.down = down
+
+    async def read(self, topic: str, claims: Any, headers: Any, extensions: Any) -> dict[str, bool]:
+        if self.down:
+            raise UnableToConnectToProject(UNREACHABLE_TEXT)
+        return dict.fromkeys(extensions, True)
+
+
+@pytest.fixture
+async def app():
+    app = make_app()
+    yield app
+    close_sockets(app)
+
+
+async def test_refused_joins_are_counted_by_code(app):
+    app.authorizers["realtime-dev"] = UnreachableAuthorizer()  # type: ignore[assignment]
+    client = Client(app)
+    client.join("realtime:", "1")
+    client.join("realtime:", "2")
+    client.join("realtime:private", "3", config={"private": True})
+    await settle()
+    reasons = [message[4]["response"]["reason"] for message in client.received()]
+    assert reasons == [
+        "TopicNameRequired: You must provide a topic name",
+        "TopicNameRequired: You must provide a topic name",
+        "UnableToConnectToProject: Realtime was unable to connect to the project database",
+    ]
+    del app.authorizers["realtime-dev"]  # its latency histograms are not what this test reads
+    lines = app.metrics.render().splitlines()
+    assert "realtime_channel_join_errors_total 3" in lines
+    assert "# TYPE realtime_channel_global_error counter" in lines
+    assert [line for line in lines if line.startswith("realtime_channel_global_error{")] == [
+        'realtime_channel_global_error{code="TopicNameRequired"} 2',
+        'realtime_channel_global_error{code="UnableToConnectToProject"} 1',
+    ]
+
+
+async def test_a_token_refresh_while_the_database_is_unreachable_shuts_down_with_the_transient_text(app):
+    authorizer = UnreachableAuthorizer(down=False)
+    app.authorizers["realtime-dev"] = authorizer  # type: ignore[assignment]
+    client = Client(app)
+    client.join(config={"private": True})
+    await settle()
+    assert client.received()[0][4]["status"] == "ok"
+    authorizer.down = True
+    client.push("1", "2", TOPIC, "access_token", {"access_token": make_token(exp_in=7200)})
+    await settle()
+    payload = {"extension": "system", "status": "error", "message": UNREACHABLE_TEXT, "channel": "room"}
+    assert client.received() == [["1", None, TOPIC, "system", payload], phx_close("1")]
