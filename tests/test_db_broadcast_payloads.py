@@ -41,6 +41,7 @@ async def next_broadcast(client: RawClient) -> Frame | Kind4:
     return parse_kind4(frame) if isinstance(frame, bytes) else frame
 
 
+@pytest.mark.js
 async def test_send_binary_reaches_v2_and_realtime_js_as_bytes_and_is_skipped_for_v1(cdc, db, topic):
     token = make_token()
     wire_topic = f"realtime:{topic}"

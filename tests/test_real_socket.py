@@ -121,6 +121,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_counted_while_others_g
         slow.close()
 
 
+@pytest.mark.js
 async def test_sigterm_closes_realtime_js_and_python_clients_with_1012_and_exits_0(server_factory, topic):
     srv = server_factory()
     token = make_token()
