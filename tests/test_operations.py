@@ -132,6 +132,8 @@ async def test_slot_lag_past_the_threshold_alerts_and_keeps_the_slot_and_its_cha
             await subscribe(client, table)
             await eventually(lambda: labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 0)
             assert not alert_logged(srv)
+            assert 0 <= labelled(srv.http_url, "realtime_replication_slot_retained_wal_bytes") < ALERT_BYTES
+            assert labelled(srv.http_url, "realtime_replication_slot_lag_bytes") is not None
             restart_before = slot_row(srv.database_url, slot)
             assert restart_before is not None
 
