@@ -21,7 +21,7 @@ from conftest import MS, make_token
 from jsclient import JsDriver
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from websockets.exceptions import ConnectionClosedError
-from wire import V1, V2, RawClient, metric
+from wire import V1, V2, RawClient, eventually, metric
 
 pytestmark = pytest.mark.pg
 
@@ -154,13 +154,14 @@ async def test_sigterm_closes_realtime_js_and_python_clients_with_1012_and_exits
                 lambda e: e["ev"] == "socket" and e["client"] == "js" and e["state"] == "close", 5_000 * MS, mark
             )
             assert js_close["code"] == SERVICE_RESTART, js_close
-            errored = [error for state, error in python_states if state == RealtimeSubscribeStates.CHANNEL_ERROR]
-            deadline = time.monotonic() + 5_000 * MS
-            while not errored and time.monotonic() < deadline:
-                await asyncio.sleep(10 * MS)
-                errored = [error for state, error in python_states if state == RealtimeSubscribeStates.CHANNEL_ERROR]
-            assert errored, f"the Python client saw no close: {python_states}"
-            assert isinstance(errored[0], ConnectionClosedError) and errored[0].code == SERVICE_RESTART, errored[0]
+
+            def python_errors() -> list[Exception | None]:
+                return [error for state, error in python_states if state == RealtimeSubscribeStates.CHANNEL_ERROR]
+
+            await eventually(lambda: bool(python_errors()), 5_000 * MS, "the Python client's CHANNEL_ERROR")
+            error = python_errors()[0]
+            assert isinstance(error, ConnectionClosedError), error
+            assert error.rcvd is not None and error.rcvd.code == SERVICE_RESTART, error
 
             returncode = await asyncio.to_thread(srv.proc.wait, 10)
             elapsed = time.monotonic() - started
