@@ -84,6 +84,7 @@ def drain_until_closed(sock: socket.socket, timeout: float) -> tuple[bool, int]:
     return False, total
 
 
+@pytest.mark.slow
 async def test_a_client_that_stops_reading_is_dropped_and_counted_while_others_get_everything(server_factory, topic):
     # 256 KiB of backlog in the server's transport is the limit. The kernel
     # buffers between the server and the silent client (its receive window, the
