@@ -15,6 +15,11 @@
 //       "accessToken": "<jwt>" installs an accessToken callback returning that token
 //       (change it later with {"op":"raw","client":"c1","expr":"setAccessToken('…')"}).
 //       Socket open/close/error and heartbeat statuses become events "socket" / "heartbeat".
+//   {"op":"supabase","name":"s1","url":"http://…","key":"<jwt>","options"?:{…}}
+//       createClient(url, key, options) from @supabase/supabase-js (imported on first use, so
+//       the other commands need only realtime-js). Its realtime client is client "s1" (same
+//       socket events as "client"), and channels of "s1" are made by supabase.channel().
+//       Without a global WebSocket (Node < 22) the ws package is passed as realtime.transport.
 //   {"op":"channel","client":"c1","name":"ch1","topic":"room","config":{…}}
 //   {"op":"on","channel":"ch1","type":"broadcast"|"presence"|"system"|"postgres_changes"|…,"filter":{…}}
 //       every callback call becomes {"ev":<type>,"channel":"ch1","filter":{…},"payload":…}
@@ -43,7 +48,7 @@ import WebSocket from 'ws'
 console.log = (...args) => console.error(...args)
 console.info = (...args) => console.error(...args)
 
-const clients = new Map() // name -> {client, setAccessToken}
+const clients = new Map() // name -> {client, setAccessToken, channelSource}
 const channels = new Map() // name -> {channel, client}
 
 function encodeValue(value, seen = new Set()) {
@@ -129,6 +134,27 @@ function makeClient(cmd) {
     clientOptions.accessToken = async () => currentToken
   }
   const client = new RealtimeClient(cmd.url, clientOptions)
+  register(name, client, client, (token) => {
+    currentToken = token
+  })
+  return null
+}
+
+async function makeSupabase(cmd) {
+  const name = cmd.name
+  if (clients.has(name)) throw new Error(`client ${name} already exists`)
+  const { createClient } = await import('@supabase/supabase-js')
+  const options = decodeValue(cmd.options ?? {})
+  if (typeof globalThis.WebSocket === 'undefined') {
+    options.realtime = { transport: WebSocket, ...options.realtime }
+  }
+  const supabase = createClient(cmd.url, cmd.key, options)
+  register(name, supabase.realtime, supabase, undefined)
+  return supabase.realtime.endpointURL()
+}
+
+// Socket events of `client` become "socket" events; channels are made by channelSource.channel().
+function register(name, client, channelSource, setAccessToken) {
   client.socketAdapter.onOpen(() => emit({ ev: 'socket', client: name, state: 'open' }))
   client.socketAdapter.onClose((event) =>
     emit({
@@ -143,19 +169,14 @@ function makeClient(cmd) {
   client.socketAdapter.onError((error) =>
     emit({ ev: 'socket', client: name, state: 'error', error: errorMessage(error) ?? 'error' })
   )
-  clients.set(name, {
-    client,
-    setAccessToken: (token) => {
-      currentToken = token
-    },
-  })
-  return null
+  clients.set(name, { client, setAccessToken, channelSource })
 }
 
 function makeChannel(cmd) {
   if (channels.has(cmd.name)) throw new Error(`channel ${cmd.name} already exists`)
   const client = getClient(cmd.client)
-  const channel = client.channel(cmd.topic, { config: decodeValue(cmd.config ?? {}) })
+  const { channelSource } = clients.get(cmd.client)
+  const channel = channelSource.channel(cmd.topic, { config: decodeValue(cmd.config ?? {}) })
   channels.set(cmd.name, { channel, client })
   return channel.topic
 }
@@ -200,6 +221,7 @@ async function raw(cmd) {
 
 const handlers = {
   client: makeClient,
+  supabase: makeSupabase,
   channel: makeChannel,
   on: listen,
   subscribe,
