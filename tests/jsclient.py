@@ -4,8 +4,8 @@
 `ready` event. Commands go out with send() (fire and forget) or request() (wait
 for the command's result: its value, or JsError with the driver's message).
 Every event the driver prints is kept, in order, in `js.events`; wait_for()
-returns the first event after a mark that matches a predicate, expect_none()
-checks that none arrives within a wait. The driver's protocol is described at
+returns the first event after a mark that matches a predicate,
+expect_nothing_before() checks that none arrives before a marker event. The driver's protocol is described at
 the top of driver.mjs. On exit the driver is asked to quit, then killed."""
 
 from __future__ import annotations
@@ -179,11 +179,20 @@ class JsDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def expect_none(self, predicate: Predicate, wait: float, since: int = 0) -> None:
-        """Wait `wait` s, then assert that no event from `since` on matches."""
-        await asyncio.sleep(wait)
-        found = self.matching(predicate, since)
-        assert not found, f"unexpected events: {found}{self._context()}"
+    async def expect_nothing_before(
+        self, marker: Predicate, unexpected: Predicate, since: int = 0, timeout: float = 5_000 * MS
+    ) -> Event:
+        """Wait for the first event from `since` on that matches `marker` and return it; fail if
+        an event between `since` and it matches `unexpected`.
+
+        This is how a test shows that something does NOT arrive: after the action it sends a
+        marker through the same ordered path (the same stream, or the same socket), which the
+        server must deliver after anything the action caused, however late. No wait for silence."""
+        marked = await self.wait_for(marker, timeout=timeout, since=since)
+        before = self.events[since : self.events.index(marked, since)]
+        found = [ev for ev in before if unexpected(ev)]
+        assert not found, f"unexpected events before the marker: {found}{self._context()}"
+        return marked
 
     def _context(self) -> str:
         tail = "\n".join(json.dumps(ev)[:500] for ev in self.events[-25:])
