@@ -259,7 +259,10 @@ class RawClient:
         return await self.expect(lambda f: isinstance(f, bytes), timeout)
 
     async def expect_nothing_before(
-        self, marker: Callable[[Any], bool], unexpected: Callable[[Any], bool] | None = None, timeout: float = RECV_TIMEOUT
+        self,
+        marker: Callable[[Any], bool],
+        unexpected: Callable[[Any], bool] | None = None,
+        timeout: float = RECV_TIMEOUT,
     ) -> Any:
         """Read frames until one matches `marker` and return it; fail on a frame before it
         that matches `unexpected` (on any frame when None).
