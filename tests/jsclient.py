@@ -180,19 +180,40 @@ class JsDriver:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     async def expect_nothing_before(
-        self, marker: Predicate, unexpected: Predicate, since: int = 0, timeout: float = 5_000 * MS
+        self,
+        marker: Predicate,
+        unexpected: Predicate,
+        since: int = 0,
+        timeout: float = 5_000 * MS,
+        marker_since: int | None = None,
     ) -> Event:
-        """Wait for the first event from `since` on that matches `marker` and return it; fail if
-        an event between `since` and it matches `unexpected`.
+        """Wait for the first event from `marker_since` (default `since`) on that matches `marker`
+        and return it; fail if an event between `since` and it matches `unexpected`.
 
         This is how a test shows that something does NOT arrive: after the action it sends a
         marker through the same ordered path (the same stream, or the same socket), which the
         server must deliver after anything the action caused, however late. No wait for silence."""
-        marked = await self.wait_for(marker, timeout=timeout, since=since)
-        before = self.events[since : self.events.index(marked, since)]
+        start = since if marker_since is None else marker_since
+        marked = await self.wait_for(marker, timeout=timeout, since=start)
+        before = self.events[since : self.events.index(marked, start)]
         found = [ev for ev in before if unexpected(ev)]
         assert not found, f"unexpected events before the marker: {found}{self._context()}"
         return marked
+
+    async def nothing_pending(self, client: str, unexpected: Predicate, since: int = 0) -> None:
+        """expect_nothing_before() the reply to a heartbeat that client `client` sends now: the
+        server answers a socket's frames in order, and realtime-js reports what it receives in
+        order, so whatever the server wrote in answer to earlier pushes is reported before it.
+        Only for clients with no heartbeat of their own pending (Phoenix treats a second one as a
+        timeout)."""
+        sent = self.mark()
+        await self.request({"op": "raw", "client": client, "expr": "client.sendHeartbeat()"})
+        await self.expect_nothing_before(
+            lambda ev: ev["ev"] == "heartbeat" and ev["client"] == client and ev["status"] == "ok",
+            unexpected,
+            since,
+            marker_since=sent,
+        )
 
     def _context(self) -> str:
         tail = "\n".join(json.dumps(ev)[:500] for ev in self.events[-25:])
