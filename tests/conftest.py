@@ -3,7 +3,8 @@
 PostgreSQL is the project's embedded one unless DATABASE_URL is set (then that
 server is used; it must have wal_level=logical). Each server process gets a
 fresh database of its own, so tests that change tenant settings or limits do
-not see each other. Waits are multiples of MS, scaled by REALTIME_TEST_TIMEOUT_FACTOR."""
+not see each other. Waits are multiples of MS and server timeouts go through
+server_ms(), both scaled by REALTIME_TEST_TIMEOUT_FACTOR."""
 
 from __future__ import annotations
 
@@ -29,14 +30,22 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
-MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+FACTOR = float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+MS = 0.001 * FACTOR
 JWT_SECRET = "test-secret-" + "x" * 32
+
+
+def server_ms(ms: float) -> str:
+    """A server setting of `ms` milliseconds for the environment, scaled by the same factor as the
+    tests' waits (MS), so that a slow machine stretches the server's timers and the waits alike."""
+    return str(round(ms * FACTOR))
+
 
 # Settings every test server gets unless a test overrides them: short error
 # backoffs so that refused joins answer quickly.
 BASE_ENV = {
-    "CHANNEL_ERROR_BACKOFF_MS": "50",
-    "CONNECT_ERROR_BACKOFF_MS": "50",
+    "CHANNEL_ERROR_BACKOFF_MS": server_ms(50),
+    "CONNECT_ERROR_BACKOFF_MS": server_ms(50),
     "LOG_LEVEL": "info",
 }
 
