@@ -154,13 +154,16 @@ async def test_set_auth_with_an_expired_token_while_joined_closes_the_channel(se
         }
         assert_expired_text(system["payload"]["message"], "", 30, 30 + int(DELIVERY) + 2)
         await wait_status(js, "a", "CLOSED", since=start)
+        # The heartbeat marks the end of what the server answered to the token: no error status,
+        # no rejoin.
+        await js.nothing_pending("a", lambda ev: ev["ev"] == "status" and ev["status"] != "CLOSED", start)
         assert status_events(js, "a", start) == [("CLOSED", None)]
 
 
 @VSNS
 async def test_token_expiring_while_joined_closes_the_channel(server, topic, vsn):
     async with JsDriver() as js:
-        await js.join("a", server.ws_url, make_token(exp_in=2), topic, vsn=vsn, listen=("system",))
+        await js.join("a", server.ws_url, make_token(exp_in=2_000 * MS), topic, vsn=vsn, listen=("system",))
         start = js.mark()
         system = await js.wait_for(lambda ev: ev["ev"] == "system", timeout=4_000 * MS, since=start)
         assert system["payload"]["status"] == "error"
@@ -192,8 +195,8 @@ async def test_access_token_callback_refresh_on_heartbeat_keeps_the_channel_past
     server, token, topic, vsn
 ):
     async with JsDriver() as js:
-        short = make_token(exp_in=2)
-        options = {"accessToken": short, "heartbeatIntervalMs": 400, "logger": True}
+        short = make_token(exp_in=2_000 * MS)
+        options = {"accessToken": short, "heartbeatIntervalMs": round(400 * MS * 1000), "logger": True}
         await js.client("a", server.ws_url, token, vsn, **options)
         # Connected first, so the join already carries the callback's token.
         await js.request({"op": "connect", "client": "a"})
@@ -237,8 +240,8 @@ async def test_access_token_callback_refresh_on_heartbeat_keeps_the_channel_past
 @VSNS
 async def test_access_token_callback_returning_the_same_token_lets_the_channel_expire(server, token, topic, vsn):
     async with JsDriver() as js:
-        short = make_token(exp_in=2)
-        await js.client("a", server.ws_url, token, vsn, accessToken=short, heartbeatIntervalMs=400)
+        short = make_token(exp_in=2_000 * MS)
+        await js.client("a", server.ws_url, token, vsn, accessToken=short, heartbeatIntervalMs=round(400 * MS * 1000))
         await js.request({"op": "connect", "client": "a"})
         await js.wait_for(lambda ev: ev["ev"] == "socket" and ev["state"] == "open", DELIVERY)
         await js.channel("a", "a", topic)
