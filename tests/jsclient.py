@@ -4,9 +4,10 @@
 `ready` event. Commands go out with send() (fire and forget) or request() (wait
 for the command's result: its value, or JsError with the driver's message).
 Every event the driver prints is kept, in order, in `js.events`; wait_for()
-returns the first event after a mark that matches a predicate,
-expect_nothing_before() checks that none arrives before a marker event. The driver's protocol is described at
-the top of driver.mjs. On exit the driver is asked to quit, then killed."""
+returns the first event after a mark that matches a predicate, and
+expect_nothing_before() checks that none arrives before a marker event. The
+driver's protocol is described at the top of driver.mjs. On exit the driver is
+asked to quit, then killed."""
 
 from __future__ import annotations
 
