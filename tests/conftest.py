@@ -154,7 +154,7 @@ class ServerProcess:
     def log(self) -> str:
         return "".join(self.output)
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10_000 * MS) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -177,7 +177,7 @@ class ServerProcess:
             )
 
 
-def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> ServerProcess:
+def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30_000 * MS) -> ServerProcess:
     """Start `realtime-core serve --port 0` and wait for its "listening on" line."""
     dbname = conninfo_to_dict(database_url).get("dbname", "postgres")
     full_env = {

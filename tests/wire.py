@@ -138,7 +138,7 @@ async def connect_refused(url: str, headers: dict[str, str] | None = None) -> Co
     """Open `url`, expecting the server to refuse the upgrade; return the HTTP answer."""
     started = time.monotonic()
     try:
-        ws = await connect(url, additional_headers=headers, open_timeout=10, ping_interval=None)
+        ws = await connect(url, additional_headers=headers, open_timeout=10_000 * MS, ping_interval=None)
     except InvalidStatus as exc:
         response = exc.response
         return ConnectRefused(response.status_code, response.body or b"", response.headers, time.monotonic() - started)
@@ -163,7 +163,9 @@ class RawClient:
         cls, url: str, vsn: str = V2, *, headers: dict[str, str] | None = None, max_size: int | None = None
     ) -> RawClient:
         # No client pings: they would count as input for the idle timeout.
-        ws = await connect(url, additional_headers=headers, ping_interval=None, max_size=max_size, open_timeout=10)
+        ws = await connect(
+            url, additional_headers=headers, ping_interval=None, max_size=max_size, open_timeout=10_000 * MS
+        )
         return cls(ws, vsn)
 
     async def __aenter__(self) -> RawClient:
