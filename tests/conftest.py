@@ -3,7 +3,8 @@
 PostgreSQL is the project's embedded one unless DATABASE_URL is set (then that
 server is used; it must have wal_level=logical). Each server process gets a
 fresh database of its own, so tests that change tenant settings or limits do
-not see each other. Waits are multiples of MS, scaled by REALTIME_TEST_TIMEOUT_FACTOR."""
+not see each other. Waits are multiples of MS and server timeouts go through
+server_ms(), both scaled by REALTIME_TEST_TIMEOUT_FACTOR."""
 
 from __future__ import annotations
 
@@ -28,17 +29,32 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from realtime_core.limits import BUCKET_SECONDS
+
 ROOT = Path(__file__).resolve().parent.parent
-MS = 0.001 * float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+FACTOR = float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
+MS = 0.001 * FACTOR
 JWT_SECRET = "test-secret-" + "x" * 32
 
 LOST_TASK = "Task exception was never retrieved"
 
+
+def server_ms(ms: float) -> str:
+    """A server setting of `ms` milliseconds for the environment, scaled by the same factor as the
+    tests' waits (MS), so that a slow machine stretches the server's timers and the waits alike."""
+    return str(round(ms * FACTOR))
+
+
+# Rate limits average finished buckets of a fixed length (realtime_core.limits), which the factor
+# does not change: a test that fills the first bucket waits for it to finish, and not much longer,
+# since every further (empty) bucket lowers the average.
+BUCKET_WAIT = BUCKET_SECONDS + 0.5
+
 # Settings every test server gets unless a test overrides them: short error
 # backoffs so that refused joins answer quickly.
 BASE_ENV = {
-    "CHANNEL_ERROR_BACKOFF_MS": "50",
-    "CONNECT_ERROR_BACKOFF_MS": "50",
+    "CHANNEL_ERROR_BACKOFF_MS": server_ms(50),
+    "CONNECT_ERROR_BACKOFF_MS": server_ms(50),
     "LOG_LEVEL": "info",
 }
 
@@ -145,7 +161,7 @@ class ServerProcess:
         (the server must log a task's failure itself and answer the client)."""
         return [line for line in self.output if LOST_TASK in line]
 
-    def stop(self, sig: int = signal.SIGINT, timeout: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 10_000 * MS) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -168,7 +184,7 @@ class ServerProcess:
             )
 
 
-def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30.0) -> ServerProcess:
+def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30_000 * MS) -> ServerProcess:
     """Start `realtime-core serve --port 0` and wait for its "listening on" line."""
     dbname = conninfo_to_dict(database_url).get("dbname", "postgres")
     full_env = {

@@ -143,6 +143,14 @@ class Client:
         frames, self.conn.frames = self.conn.frames, []
         return [decode(frame) for frame in frames]
 
+    async def next_received(self, timeout: float) -> list[Any]:
+        """received(), once the socket has sent something; fails after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.conn.frames:
+            assert time.monotonic() < deadline, f"nothing sent within {timeout:.2f}s"
+            await asyncio.sleep(0.001)
+        return self.received()
+
 
 async def settle() -> None:
     """Let tasks started by the socket (joins) run to their end."""

@@ -4,9 +4,10 @@
 `ready` event. Commands go out with send() (fire and forget) or request() (wait
 for the command's result: its value, or JsError with the driver's message).
 Every event the driver prints is kept, in order, in `js.events`; wait_for()
-returns the first event after a mark that matches a predicate, expect_none()
-checks that none arrives within a wait. The driver's protocol is described at
-the top of driver.mjs. On exit the driver is asked to quit, then killed."""
+returns the first event after a mark that matches a predicate, and
+expect_nothing_before() checks that none arrives before a marker event. The
+driver's protocol is described at the top of driver.mjs. On exit the driver is
+asked to quit, then killed."""
 
 from __future__ import annotations
 
@@ -179,11 +180,41 @@ class JsDriver:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
-    async def expect_none(self, predicate: Predicate, wait: float, since: int = 0) -> None:
-        """Wait `wait` s, then assert that no event from `since` on matches."""
-        await asyncio.sleep(wait)
-        found = self.matching(predicate, since)
-        assert not found, f"unexpected events: {found}{self._context()}"
+    async def expect_nothing_before(
+        self,
+        marker: Predicate,
+        unexpected: Predicate,
+        since: int = 0,
+        timeout: float = 5_000 * MS,
+        marker_since: int | None = None,
+    ) -> Event:
+        """Wait for the first event from `marker_since` (default `since`) on that matches `marker`
+        and return it; fail if an event between `since` and it matches `unexpected`.
+
+        This is how a test shows that something does NOT arrive: after the action it sends a
+        marker through the same ordered path (the same stream, or the same socket), which the
+        server must deliver after anything the action caused, however late. No wait for silence."""
+        start = since if marker_since is None else marker_since
+        marked = await self.wait_for(marker, timeout=timeout, since=start)
+        before = self.events[since : self.events.index(marked, start)]
+        found = [ev for ev in before if unexpected(ev)]
+        assert not found, f"unexpected events before the marker: {found}{self._context()}"
+        return marked
+
+    async def nothing_pending(self, client: str, unexpected: Predicate, since: int = 0) -> None:
+        """expect_nothing_before() the reply to a heartbeat that client `client` sends now: the
+        server answers a socket's frames in order, and realtime-js reports what it receives in
+        order, so whatever the server wrote in answer to earlier pushes is reported before it.
+        Only for clients with no heartbeat of their own pending (Phoenix treats a second one as a
+        timeout)."""
+        sent = self.mark()
+        await self.request({"op": "raw", "client": client, "expr": "client.sendHeartbeat()"})
+        await self.expect_nothing_before(
+            lambda ev: ev["ev"] == "heartbeat" and ev["client"] == client and ev["status"] == "ok",
+            unexpected,
+            since,
+            marker_since=sent,
+        )
 
     def _context(self) -> str:
         tail = "\n".join(json.dumps(ev)[:500] for ev in self.events[-25:])

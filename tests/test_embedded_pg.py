@@ -18,14 +18,15 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import FACTOR
 
 from realtime_core import embedded_pg
 from realtime_core.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 
 pytestmark = pytest.mark.pg
 
-# Every wait is a multiple of this unit; raise it on a slow machine.
-UNIT = float(os.environ.get("REALTIME_TEST_TIME_SCALE", "1"))
+# Every wait is a multiple of this unit: REALTIME_TEST_TIMEOUT_FACTOR, as for the other tests.
+UNIT = FACTOR
 ROOT = Path(__file__).resolve().parents[1]
 
 # Started by the subprocess tests: prints "<select 1> <postmaster pid> <euid>", then waits or stops.
@@ -248,7 +249,7 @@ def test_orphaned_postmaster_on_the_data_dir_is_stopped(cluster: Path) -> None:
     try:
         assert query(second.start(), "select 1") == 1
         assert second.pid != orphan.pid
-        assert orphan.wait(timeout=1) is not None
+        assert orphan.wait(timeout=UNIT) is not None
     finally:
         second.stop()
         first.stop()

@@ -32,6 +32,15 @@ async def listen(js: JsDriver, url: str, token: str, topic: str, vsn: str, bindi
     assert system["payload"]["status"] == "ok"
 
 
+def is_change(row_id: int, filter_event: str | None = None) -> Any:
+    """A predicate: a postgres_changes event whose new row has `row_id` (on the binding for `filter_event`)."""
+    return lambda ev: (
+        ev["ev"] == "postgres_changes"
+        and ev["payload"]["new"].get("id") == row_id
+        and (filter_event is None or ev["filter"]["event"] == filter_event)
+    )
+
+
 async def change(js: JsDriver, since: int, filter_event: str | None = None) -> dict[str, Any]:
     ev = await js.wait_for(
         lambda ev: ev["ev"] == "postgres_changes" and (filter_event is None or ev["filter"]["event"] == filter_event),
@@ -82,19 +91,12 @@ async def test_each_binding_gets_only_the_changes_its_filter_and_event_match(cdc
         mark = js.mark()
         run(db, "insert into {t} values (1, 'closed'), (2, 'open')", table)
         run(db, "update {t} set status = 'open' where id = 1", table)
+        run(db, "insert into {t} values (3, 'open')", table)  # the marker: changes arrive in commit order
         inserted = await change(js, mark, "INSERT")
         updated = await change(js, mark, "UPDATE")
         assert inserted["new"] == {"id": 2, "status": "open"}
         assert updated["new"] == {"id": 1, "status": "open"}
-        await js.expect_none(
-            lambda ev: (
-                ev["ev"] == "postgres_changes"
-                and ev["payload"]["new"].get("id") == 1
-                and ev["filter"]["event"] == "INSERT"
-            ),
-            300 * MS,
-            since=mark,
-        )
+        await js.expect_nothing_before(is_change(3, "INSERT"), is_change(1, "INSERT"), since=mark, timeout=DELIVERY)
 
 
 async def test_rls_shows_a_user_only_its_own_rows(cdc, db, topic):
@@ -111,5 +113,6 @@ async def test_rls_shows_a_user_only_its_own_rows(cdc, db, topic):
         await listen(js, cdc.ws_url, token, topic, "2.0.0", [{"event": "INSERT", "schema": "public", "table": table}])
         mark = js.mark()
         run(db, "insert into {t} values (1, 'bob'), (2, 'alice')", table)
+        run(db, "insert into {t} values (3, 'alice')", table)  # the marker: changes arrive in commit order
         assert (await change(js, mark))["new"] == {"id": 2, "owner": "alice"}
-        await js.expect_none(lambda ev: ev["ev"] == "postgres_changes" and ev["payload"]["new"]["id"] == 1, 300 * MS)
+        await js.expect_nothing_before(is_change(3), is_change(1), since=mark, timeout=DELIVERY)

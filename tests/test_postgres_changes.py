@@ -66,8 +66,16 @@ async def next_change(client: RawClient, timeout: float = 5000 * MS) -> dict[str
     return frame.payload
 
 
-async def no_change(client: RawClient, duration: float = 500 * MS) -> None:
-    await client.quiet(duration, match=lambda f: isinstance(f, Frame) and f.event == "postgres_changes")
+def is_change(frame: Any) -> bool:
+    return isinstance(frame, Frame) and frame.event == "postgres_changes"
+
+
+async def no_change_before(client: RawClient, marker_id: int, timeout: float = 5000 * MS) -> None:
+    """Assert that the next change is the insert of row `marker_id`, committed after the action
+    under test: changes reach a channel in commit order, so a wrong one would come first."""
+    await client.expect_nothing_before(
+        lambda f: is_change(f) and (f.payload["data"].get("record") or {}).get("id") == marker_id, is_change, timeout
+    )
 
 
 @pytest.mark.parametrize("vsn", [V2, V1])
@@ -127,7 +135,9 @@ async def test_event_filter_delivers_only_that_event(cdc, db):
         change = await next_change(client)
         assert change["data"]["type"] == "UPDATE"
         run(db, "delete from {t}", table)
-        await no_change(client)
+        run(db, "insert into {t} values (2, 1)", table)
+        run(db, "update {t} set v = 2 where id = 2", table)  # the marker: an UPDATE
+        await no_change_before(client, 2)
 
 
 async def test_changes_keep_commit_order_across_tables(cdc, db):
@@ -194,10 +204,11 @@ async def test_filters_use_postgres_semantics_of_the_column_type(cdc, db, column
         )
         run(db, "insert into {t} values (1, %s)", table, other)
         run(db, "insert into {t} values (2, %s)", table, matching)
+        run(db, "insert into {t} values (3, %s)", table, matching)  # the marker
         change = await next_change(client)
         assert change["ids"] == [sub_id]
         assert change["data"]["record"]["id"] == 2, change
-        await no_change(client, 300 * MS)
+        await no_change_before(client, 3)
 
 
 async def test_each_subscription_of_a_channel_is_matched_separately(cdc, db):
@@ -320,10 +331,11 @@ async def test_rls_delivers_each_subscriber_only_the_rows_its_policy_shows(cdc, 
         await subscribe(a, "rls", spec, token=alice)
         await subscribe(b, "rls", spec, token=bob)
         run(db, "insert into {t} values (1, 'alice', 'a1'), (2, 'bob', 'b1')", table)
+        run(db, "insert into {t} values (3, 'alice', 'marker'), (4, 'bob', 'marker')", table)
         assert (await next_change(a))["data"]["record"]["owner"] == "alice"
         assert (await next_change(b))["data"]["record"]["owner"] == "bob"
-        await no_change(a, 300 * MS)
-        await no_change(b, 300 * MS)
+        await no_change_before(a, 3)
+        await no_change_before(b, 4)
         # DELETE skips RLS and, with RLS on, carries only the primary key (spec §6.4, §6.5).
         run(db, "delete from {t} where id = 1", table)
         for client in (a, b):
@@ -335,7 +347,7 @@ async def test_a_raising_policy_costs_only_its_own_group_the_change(cdc, db):
     table = rls_table(
         db,
         "create policy boom on {t} for select to authenticated using ("
-        " case when current_setting('request.jwt.claims', true)::jsonb ->> 'sub' = 'mallory'"
+        " case when current_setting('request.jwt.claims', true)::jsonb ->> 'sub' = 'mallory' and body <> 'marker'"
         # row-dependent, so the planner cannot fold the division away for everyone
         " then (id / (id - id)) = 1 else false end)",
     )
@@ -352,7 +364,10 @@ async def test_a_raising_policy_costs_only_its_own_group_the_change(cdc, db):
             run(db, "insert into {t} values (%s, 'alice', 'x')", table, i)
         got = [(await next_change(a))["data"]["record"]["id"] for _ in range(3)]
         assert got == [0, 1, 2]
-        await no_change(m, 300 * MS)
+        # The marker is committed once alice got the rows, so that it is not in their batch: the
+        # group's visibility query covers a batch's keys, and raises for all of them at once.
+        run(db, "insert into {t} values (3, 'mallory', 'marker')", table)  # mallory sees it, no policy raises
+        await no_change_before(m, 3)
 
 
 async def test_access_token_refresh_changes_whose_rows_are_visible(cdc, db):
@@ -368,10 +383,13 @@ async def test_access_token_refresh_changes_whose_rows_are_visible(cdc, db):
             {"access_token": make_token("authenticated", sub="bob")},
             join_ref=reply.join_ref,
         )
-        await asyncio.sleep(200 * MS)
+        # The socket handles frames in order and the refresh replaces the claims at once: once the
+        # heartbeat is answered, changes are checked with bob's.
+        await client.nothing_pending()
         run(db, "insert into {t} values (1, 'alice', 'x'), (2, 'bob', 'y')", table)
+        run(db, "insert into {t} values (3, 'bob', 'marker')", table)
         assert (await next_change(client))["data"]["record"]["owner"] == "bob"
-        await no_change(client, 300 * MS)
+        await no_change_before(client, 3)
 
 
 async def test_table_without_primary_key_gets_error_400(cdc, db):
@@ -475,9 +493,10 @@ async def test_a_server_restart_loses_nothing_committed_after_the_rejoin(pg_dsn,
             async with await RawClient.open(server.socket_url(make_token(), V2)) as client:
                 await subscribe(client, "restart", spec)
                 run(db, "insert into {t} select generate_series(101, 300)", table)
+                run(db, "insert into {t} values (301)", table)  # a repeat of any row would come before this
                 got = [(await next_change(client))["data"]["record"]["id"] for _ in range(200)]
                 assert got == list(range(101, 301))
-                await no_change(client, 500 * MS)
+                await no_change_before(client, 301)
         finally:
             server.stop()
             server.drop_slots()

@@ -17,7 +17,7 @@ import pytest
 from conftest import MS, make_token, start_server
 from psycopg import sql
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-from wire import V1, V2, Frame, RawClient, parse_kind4
+from wire import V1, V2, Frame, RawClient, eventually, parse_kind4
 
 pytestmark = pytest.mark.pg
 
@@ -47,6 +47,31 @@ async def join_private(client: RawClient, topic: str, *, expect_ok: bool = True,
 
 def is_broadcast(frame: Any) -> bool:
     return (isinstance(frame, Frame) and frame.event == "broadcast") or isinstance(frame, bytes)
+
+
+def is_marker(frame: Any) -> bool:
+    """The broadcast a test sends with event "marker" after an action whose wrong effects it looks for."""
+    if isinstance(frame, bytes):
+        return frame[0] == 4 and parse_kind4(frame).event == "marker"
+    return isinstance(frame, Frame) and frame.event == "broadcast" and frame.payload.get("event") == "marker"
+
+
+def write_checks(cdc: Any) -> float:
+    """How many write checks the server has finished (the count of its write check latency histogram)."""
+    text = httpx.get(f"{cdc.http_url}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("realtime_tenants_write_authorization_check_count")
+    )
+
+
+async def send_marker(cdc: Any, topic: str) -> None:
+    """A service-role REST broadcast with event "marker" to the private stream of `topic`."""
+    headers = {"Authorization": f"Bearer {make_token('service_role')}"}
+    batch = {"messages": [{"topic": topic, "event": "marker", "payload": {}, "private": True}]}
+    async with httpx.AsyncClient(base_url=cdc.http_url) as http:
+        assert (await http.post("/api/broadcast", json=batch, headers=headers)).status_code == 202
 
 
 async def broadcast_of(client: RawClient, timeout: float = 3000 * MS) -> dict[str, Any]:
@@ -115,8 +140,16 @@ async def test_public_and_private_streams_of_one_topic_never_mix(cdc, db):
         )
         assert (await broadcast_of(private_b))["payload"] == {"s": "private"}
         assert (await broadcast_of(public_b))["payload"] == {"s": "public"}
-        await private_b.quiet(300 * MS, match=is_broadcast)
-        await public_b.quiet(300 * MS, match=is_broadcast)
+        # Both broadcasts have been fanned out (one publish queues every subscriber's copy), so a
+        # copy on the wrong stream would be queued before a marker sent on each stream now.
+        for sender, joined, receiver in ((private_a, pa, private_b), (public_a, ua, public_b)):
+            await sender.push(
+                f"realtime:{topic}",
+                "broadcast",
+                {"type": "broadcast", "event": "marker", "payload": {}},
+                join_ref=joined.join_ref,
+            )
+            await receiver.expect_nothing_before(is_marker, is_broadcast)
 
 
 async def test_a_denied_broadcast_is_dropped_without_an_ack(cdc, db):
@@ -129,14 +162,21 @@ async def test_a_denied_broadcast_is_dropped_without_an_ack(cdc, db):
     ):
         joined = await join_private(sender, topic, broadcast={"ack": True})
         await join_private(receiver, topic)
+        checks = write_checks(cdc)
         ref = await sender.push(
             f"realtime:{topic}",
             "broadcast",
             {"type": "broadcast", "event": "e", "payload": {}},
             join_ref=joined.join_ref,
         )
-        await sender.quiet(500 * MS, match=lambda f: isinstance(f, Frame) and f.ref == ref)
-        await receiver.quiet(300 * MS, match=is_broadcast)
+        # No broadcast of the sender's can mark this path: all are denied. The held broadcast is
+        # handled in the same step that ends the write check, so once /metrics counts the check,
+        # an ack or a copy would already be queued: before the heartbeat reply on the sender's
+        # socket, before a service-role marker on the receiver's stream.
+        await eventually(lambda: write_checks(cdc) > checks, what="the write check")
+        await sender.nothing_pending(lambda f: isinstance(f, Frame) and f.ref == ref)
+        await send_marker(cdc, topic)
+        await receiver.expect_nothing_before(is_marker, is_broadcast)
 
 
 async def test_an_allowed_broadcast_is_acked_and_delivered(cdc, db):
@@ -261,8 +301,10 @@ async def test_realtime_send_with_private_false_reaches_public_channels_only(cdc
         await public.join(f"realtime:{topic}", {})
         await join_private(private, topic)
         db.execute("select realtime.send('{\"n\": 1}'::jsonb, 'e', %s, false)", (topic,))
+        db.execute("select realtime.send('{}'::jsonb, 'marker', %s, true)", (topic,))
         assert (await broadcast_of(public))["payload"]["n"] == 1
-        await private.quiet(300 * MS, match=is_broadcast)
+        # Database broadcasts arrive in commit order: a wrong copy of the first comes before the marker.
+        await private.expect_nothing_before(is_marker, is_broadcast)
 
 
 async def test_a_broadcast_changes_trigger_sends_the_documented_payload(cdc, db):
@@ -310,7 +352,9 @@ async def test_replay_sends_the_latest_messages_oldest_first_and_skips_their_liv
         for frame in replayed:
             assert frame.join_ref == joined.join_ref and frame.ref is None
             assert frame.payload["meta"]["replayed"] is True
-        await client.quiet(300 * MS, match=is_broadcast)
+        # A live copy of a replayed message would come through the database stream, before this.
+        db.execute("select realtime.send('{}'::jsonb, 'marker', %s)", (topic,))
+        await client.expect_nothing_before(is_marker, is_broadcast)
 
 
 async def test_replay_errors_carry_the_upstream_texts(cdc, db):
@@ -342,7 +386,10 @@ async def test_rest_private_messages_need_the_write_policy(cdc, db):
         }
         assert (await http.post("/api/broadcast", json=batch, headers=headers)).status_code == 202
         assert (await broadcast_of(ok_client))["payload"] == {"t": allowed}
-        await no_client.quiet(300 * MS, match=is_broadcast)
+        # The batch is answered after its messages are published; a copy for the denied topic
+        # would be queued before this marker.
+        await send_marker(cdc, denied)
+        await no_client.expect_nothing_before(is_marker, is_broadcast)
         single_ok = await http.post(f"/api/broadcast/{allowed}/events/e?private=true", json={"x": 1}, headers=headers)
         assert single_ok.status_code == 202
         assert (await broadcast_of(ok_client))["payload"] == {"x": 1}
@@ -390,8 +437,10 @@ async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_on
             async with await RawClient.open(server.socket_url(service, V2)) as client:
                 await join_private(client, "restart:room")
                 db.execute("select realtime.send('{\"n\": 3}'::jsonb, 'e', 'restart:room')")
+                db.execute("select realtime.send('{}'::jsonb, 'marker', 'restart:room')")
+                # The stream delivers in commit order: n = 2 replayed or n = 3 twice would come first.
                 assert (await broadcast_of(client))["payload"]["n"] == 3
-                await client.quiet(500 * MS, match=is_broadcast)
+                await client.expect_nothing_before(is_marker, is_broadcast)
     finally:
         server.stop()
         server.drop_slots()

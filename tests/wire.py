@@ -40,10 +40,8 @@ __all__ = [
 V1 = "1.0.0"
 V2 = "2.0.0"
 
-# How long a frame that is expected may take, and how long to watch for one
-# that must not come.
+# How long a frame that is expected may take.
 RECV_TIMEOUT = 3000 * MS
-QUIET = 300 * MS
 
 
 @dataclass(frozen=True)
@@ -140,7 +138,7 @@ async def connect_refused(url: str, headers: dict[str, str] | None = None) -> Co
     """Open `url`, expecting the server to refuse the upgrade; return the HTTP answer."""
     started = time.monotonic()
     try:
-        ws = await connect(url, additional_headers=headers, open_timeout=10, ping_interval=None)
+        ws = await connect(url, additional_headers=headers, open_timeout=10_000 * MS, ping_interval=None)
     except InvalidStatus as exc:
         response = exc.response
         return ConnectRefused(response.status_code, response.body or b"", response.headers, time.monotonic() - started)
@@ -152,8 +150,8 @@ class RawClient:
     """One WebSocket speaking the Phoenix protocol by hand.
 
     send()/push() write frames; recv() returns the next decoded frame (Frame for
-    text, bytes for binary); expect() skips frames until one matches; quiet()
-    asserts that nothing (matching) arrives for a while."""
+    text, bytes for binary); expect() skips frames until one matches;
+    expect_nothing_before() asserts that nothing (matching) arrives before a marker."""
 
     def __init__(self, ws: ClientConnection, vsn: str) -> None:
         self.ws = ws
@@ -165,7 +163,9 @@ class RawClient:
         cls, url: str, vsn: str = V2, *, headers: dict[str, str] | None = None, max_size: int | None = None
     ) -> RawClient:
         # No client pings: they would count as input for the idle timeout.
-        ws = await connect(url, additional_headers=headers, ping_interval=None, max_size=max_size, open_timeout=10)
+        ws = await connect(
+            url, additional_headers=headers, ping_interval=None, max_size=max_size, open_timeout=10_000 * MS
+        )
         return cls(ws, vsn)
 
     async def __aenter__(self) -> RawClient:
@@ -260,18 +260,38 @@ class RawClient:
     async def expect_binary(self, timeout: float = RECV_TIMEOUT) -> bytes:
         return await self.expect(lambda f: isinstance(f, bytes), timeout)
 
-    async def quiet(self, duration: float = QUIET, match: Callable[[Any], bool] | None = None) -> None:
-        """Assert that no frame (or none matching) arrives within `duration`."""
-        deadline = asyncio.get_running_loop().time() + duration
+    async def expect_nothing_before(
+        self,
+        marker: Callable[[Any], bool],
+        unexpected: Callable[[Any], bool] | None = None,
+        timeout: float = RECV_TIMEOUT,
+    ) -> Any:
+        """Read frames until one matches `marker` and return it; fail on a frame before it
+        that matches `unexpected` (on any frame when None).
+
+        This is how a test shows that something does NOT arrive: after the action it sends a
+        marker through the same ordered path (the same stream, or this socket), which the server
+        must write after anything the action caused, however late. No wait for silence."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        seen = []
         while True:
             left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
             try:
-                frame = await self.recv(left)
+                frame = await self.recv(max(left, 0))
             except TimeoutError:
-                return
-            assert match is not None and not match(frame), f"unexpected frame: {frame!r}"
+                raise AssertionError(f"the marker did not arrive within {timeout:.2f}s; got {seen!r}") from None
+            if marker(frame):
+                return frame
+            assert unexpected is not None and not unexpected(frame), f"unexpected frame before the marker: {frame!r}"
+            seen.append(frame)
+
+    async def nothing_pending(self, unexpected: Callable[[Any], bool] | None = None) -> None:
+        """expect_nothing_before() a heartbeat reply: the marker for what the server writes on this
+        socket in answer to the frames sent so far (it handles a socket's frames in order)."""
+        ref = await self.push("phoenix", "heartbeat", {})
+        await self.expect_nothing_before(
+            lambda f: isinstance(f, Frame) and f.is_reply and f.ref == ref and f.topic == "phoenix", unexpected
+        )
 
     async def closed(self, timeout: float = RECV_TIMEOUT) -> ConnectionClosed:
         """Wait until the server closes the connection; return the closing exception."""

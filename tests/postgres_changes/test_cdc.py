@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from conftest import JWT_SECRET, MS, ServerProcess, make_token, scratch_database, serving
 from psycopg import sql
-from test_postgres_changes import TIMESTAMP, new_table, next_change, no_change, run, subscribe
+from test_postgres_changes import TIMESTAMP, new_table, next_change, no_change_before, run, subscribe
 from wire import V2, RawClient
 
 from realtime_core.postgres_changes.cdc import PostgresChanges
@@ -102,11 +102,11 @@ class TestPollMode:
         table = new_table(db, "id int primary key")
         async with await RawClient.open(poll_server.socket_url(make_token(), V2)) as client:
             await subscribe(client, "order", [{"event": "INSERT", "schema": "public", "table": table}])
-            for i in range(30):
+            for i in range(31):  # row 30 is the marker: a repeat of any earlier one would come before it
                 run(db, "insert into {t} values (%s)", table, i)
             got = [(await next_change(client))["data"]["record"]["id"] for _ in range(30)]
             assert got == list(range(30))
-            await no_change(client, 300 * MS)
+            await no_change_before(client, 30)
 
     async def test_filters_and_event_apply(self, poll_server, db):
         table = new_table(db, "id int primary key, v int")
@@ -117,9 +117,11 @@ class TestPollMode:
             run(db, "insert into {t} values (1, 1), (2, 2)", table)
             run(db, "update {t} set v = 3 where id = 1", table)
             run(db, "update {t} set v = 9 where id = 2", table)
+            run(db, "insert into {t} values (3, 1)", table)
+            run(db, "update {t} set v = 7 where id = 3", table)  # the marker
             data = (await next_change(client))["data"]
             assert (data["type"], data["record"]) == ("UPDATE", {"id": 2, "v": 9})
-            await no_change(client, 300 * MS)
+            await no_change_before(client, 3)
 
 
 class TestSubscriptionRows:
