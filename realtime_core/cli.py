@@ -127,8 +127,9 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    embedded = settings.database_url is None
     with _database(settings) as settings:
-        if not os.environ.get("DATABASE_URL"):
+        if embedded:
             print(f"  database:  {settings.database_url}", flush=True)
         _run(_serve(settings))
     return 0

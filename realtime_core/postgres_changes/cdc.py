@@ -114,7 +114,7 @@ class PostgresChanges:
             publication=settings.publication,
             on_batch=self.dispatcher.on_batch,
             mode=settings.mode,
-            poll_interval=settings.poll_interval,
+            poll_interval=settings.poll_interval_ms / 1000,
         )
         self.slot_health: dict[str, Any] = {}
         self.lag_alert = False
