@@ -48,7 +48,8 @@ class TestDefaults:
         assert settings.limits_set == frozenset()
 
     def test_upstream_timing_defaults(self):
-        """spec §1.4, §3.3 and §1.5: CONNECT 2000 ms, CHANNEL 5000 ms backoffs; 60 s idle timeout."""
+        """Upstream's CONNECT_ERROR_BACKOFF_MS 2000 and CHANNEL_ERROR_BACKOFF_MS 5000 (config/runtime.exs), and
+        Phoenix's 60 s websocket timeout, Cowboy's idle timeout (phoenix/transports/websocket.ex)."""
         settings = Settings.from_env({})
         assert settings.connect_error_backoff_ms == 2_000
         assert settings.channel_error_backoff_ms == 5_000

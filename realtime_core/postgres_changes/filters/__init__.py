@@ -11,12 +11,17 @@ with validate_subscription()). A FilterError is reported inside upstream's
 dispatch.py builds one FilterEvaluator per (table, distinct conditions) from
 load_columns(), and calls evaluate() once per batch of changes: one query
 computes every condition for every change with PostgreSQL's own operators on
-the column's type (spec §6.3, upstream `check_equality_op`), so `1.50 = 1.5`
+the column's type (upstream `check_equality_op`), so `1.50 = 1.5`
 on numeric, jsonb equality, enum order and time zones all hold. Conditions
 whose semantics a Python comparison reproduces exactly (integers, booleans,
 uuids, text equality) skip the database. Every value reaches SQL as a query
 parameter and every type name as a `psycopg.sql.Identifier`: no SQL text is
 ever built from a client string.
+
+One concern per module: errors, conditions (Condition and the operators),
+parsing (params and `filter` strings), elixir (upstream's inspect/1 texts),
+columns (the catalog), validation, execute (queries that keep the caller's
+transaction), evaluator (the SQL evaluation) and fast_path (its Python part).
 """
 
 from .columns import ColumnInfo, load_columns

@@ -19,7 +19,7 @@ class ColumnInfo:
     name: str
     type_oid: int
     type_schema: str  # pg_namespace.nspname of the type
-    typname: str  # pg_type.typname: int4, _int4, timestamptz, ... (the `type` of spec §6.5)
+    typname: str  # pg_type.typname: int4, _int4, timestamptz, ... (a payload column's `type`)
     type_name: str  # format_type(oid, NULL): integer, integer[], timestamp with time zone, ...
     category: str  # pg_type.typcategory
     attnum: int = 0

@@ -8,7 +8,8 @@ __all__ = ["FilterError", "FilterParseError", "SubscriptionParamsError"]
 class SubscriptionParamsError(ValueError):
     """Params upstream's parse_subscription_params/1 refuses; str() is the exact client text.
 
-    Pushed as a `postgres_changes` system error and not retried (spec §3.6)."""
+    Pushed as a `postgres_changes` system error and not retried (upstream
+    `realtime_channel.ex handle_info(:postgres_subscribe)`)."""
 
 
 class FilterParseError(SubscriptionParamsError):

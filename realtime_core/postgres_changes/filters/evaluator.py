@@ -57,8 +57,8 @@ class FilterEvaluator:
     Build it once per (table, distinct conditions) and keep it while the table
     and the set stand. evaluate() answers one tuple of booleans per change, in
     the order of `conditions`; conditions_match() ANDs a subscription's part of
-    it. A condition is true only if its column is present in the change (spec
-    §6.3) and PostgreSQL says TRUE: NULL counts as false."""
+    it. A condition is true only if its column is present in the change (upstream
+    `functions/is_visible_through_filters.sql`) and PostgreSQL says TRUE: NULL counts as false."""
 
     __slots__ = ("_batch", "_fast", "_refs", "_single", "columns", "conditions", "sql")
 
@@ -195,7 +195,7 @@ class FilterEvaluator:
         return [values]
 
     def _mask(self, row: Row, result: Sequence[bool]) -> tuple[bool, ...]:
-        # Spec §6.3: every filter column must be present in the change.
+        # Upstream is_visible_through_filters.sql: every filter column must be present in the change.
         return tuple(bool(r) and c.column in row for r, c in zip(result, self.conditions, strict=True))
 
     def indexes(self, conditions: Iterable[Condition]) -> tuple[int, ...]:
