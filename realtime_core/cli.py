@@ -50,7 +50,10 @@ def _keys(settings: Settings) -> dict[str, str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # bad configuration: its message names the variable; no traceback
+        raise SystemExit(f"realtime-core: {exc}") from None
     changes: dict[str, object] = {}
     if getattr(args, "host", None):
         changes["host"] = args.host

@@ -204,6 +204,24 @@ class TestDeclarations:
     def test_each_variable_is_declared_once(self):
         assert len(DECLARED) == len(set(DECLARED))
 
+    def test_from_env_reads_exactly_the_declared_variables(self):
+        class Recording(dict[str, str]):
+            def __init__(self) -> None:
+                super().__init__()
+                self.read: set[str] = set()
+
+            def get(self, key, default=None):  # type: ignore[override]
+                self.read.add(key)
+                return super().get(key, default)
+
+            def __getitem__(self, key):
+                self.read.add(key)
+                return super().__getitem__(key)
+
+        env = Recording()
+        Settings.from_env(env)
+        assert env.read == set(DECLARED)
+
     def test_readme_tables_are_generated_from_the_declarations(self):
         """Run scripts/config-readme after changing a declaration."""
         assert envvars.readme_blocks(README.read_text()) == readme_tables()
