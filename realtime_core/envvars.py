@@ -28,6 +28,10 @@ __all__ = [
     "markdown_table",
     "named",
     "optional_str_var",
+    "parse_bool",
+    "parse_choice",
+    "parse_int",
+    "parse_json_object",
     "path_var",
     "read",
     "readme_blocks",
@@ -182,10 +186,14 @@ def _shown(f: dataclasses.Field[Any], var: EnvVar) -> str:
     return f"`{default}`"
 
 
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # a bare | would end the table cell
+
+
 def markdown_table(fields: Iterable[tuple[dataclasses.Field[Any], EnvVar]], last_column: str) -> str:
     """A README table of declared fields: variable, default, and the doc under `last_column`."""
     rows = [f"| Variable | Default | {last_column} |", "|---|---|---|"]
-    rows += [f"| `{var.name}` | {_shown(f, var)} | {var.doc} |" for f, var in fields]
+    rows += [f"| `{var.name}` | {_cell(_shown(f, var))} | {_cell(var.doc)} |" for f, var in fields]
     return "\n".join(rows) + "\n"
 
 

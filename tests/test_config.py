@@ -236,6 +236,18 @@ class TestDeclarations:
         assert "max_frame_bytes" not in fields and "flush_chunk" not in fields
         assert {"port", "max_queued_input_bytes", "batch_max_messages", "slot_name", "pool_size"} <= fields
 
+    def test_a_new_setting_is_one_declaration(self):
+        @dataclasses.dataclass
+        class Tiny:
+            size: int = envvars.int_var("TINY_SIZE", 3, "a | b", minimum=1)
+
+        assert envvars.read(Tiny, {"TINY_SIZE": "4"}).size == 4
+        assert envvars.read(Tiny, {"TINY_SIZE": ""}).size == 3
+        with pytest.raises(ValueError, match=r"^TINY_SIZE must be at least 1, got 0$"):
+            envvars.read(Tiny, {"TINY_SIZE": "0"})
+        table = envvars.markdown_table(envvars.declared(Tiny), "Meaning").splitlines()
+        assert table[2] == "| `TINY_SIZE` | `3` | a \\| b |"
+
     def test_replace_blocks_rewrites_only_the_named_blocks(self):
         text = "a\n<!-- config:x -->\nold\n<!-- /config:x -->\nb\n<!-- config:y -->\nkeep\n<!-- /config:y -->\n"
         assert envvars.replace_blocks(text, {"x": "new\n"}) == (
