@@ -50,7 +50,10 @@ def _keys(settings: Settings) -> dict[str, str]:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # bad configuration: its message names the variable; no traceback
+        raise SystemExit(f"realtime-core: {exc}") from None
     changes: dict[str, object] = {}
     if getattr(args, "host", None):
         changes["host"] = args.host
@@ -127,8 +130,9 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    embedded = settings.database_url is None
     with _database(settings) as settings:
-        if not os.environ.get("DATABASE_URL"):
+        if embedded:
             print(f"  database:  {settings.database_url}", flush=True)
         _run(_serve(settings))
     return 0

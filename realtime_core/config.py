@@ -1,7 +1,10 @@
 """Settings of one server process, read once from the environment and flags.
 
 cli.py builds a Settings with from_env(), overrides what flags give, and hands
-it to app.App. Nothing else reads os.environ."""
+it to app.App. Nothing else reads os.environ. Each setting read from the
+environment is declared once, as a field naming its variable (envvars.py); the
+README's configuration tables are generated from these declarations
+(`python3 scripts/config-readme`)."""
 
 from __future__ import annotations
 
@@ -12,183 +15,180 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
-
+from . import envvars
+from .envvars import bool_var, int_var, json_object_var, optional_str_var, path_var, str_var
 from .postgres_changes.settings import CdcSettings
 
-__all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings"]
+__all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings", "readme_tables"]
 
 
 @dataclass(slots=True)
 class Limits:
-    """Per-tenant limits (spec §9.1), with our defaults.
+    """Per-tenant limits, under upstream's environment names, with our defaults.
 
     Upstream's self-host defaults (200 users, 100 events/s, 100 joins/s) are a
     known complaint: a single busy room hits them. Ours fit one server process
     on a small machine; operators lower them per tenant."""
 
-    max_concurrent_users: int = 10_000
-    max_events_per_second: int = 100_000
-    max_joins_per_second: int = 1_000
-    max_channels_per_client: int = 100
-    max_presence_events_per_second: int = 10_000
-    max_payload_size_in_kb: int = 3_000
-    max_client_presence_events_per_window: int = 5
-    client_presence_window_ms: int = 30_000
+    max_concurrent_users: int = int_var(
+        "TENANT_MAX_CONCURRENT_USERS", 10_000, "at connect and join: sockets that joined a channel"
+    )
+    max_events_per_second: int = int_var(
+        "TENANT_MAX_EVENTS_PER_SECOND",
+        100_000,
+        "every message sent or delivered; receivers are shut down with `Too many messages per second` while it is"
+        " exceeded (average over 60 s)",
+    )
+    max_joins_per_second: int = int_var("TENANT_MAX_JOINS_PER_SECOND", 1_000, "joins (average over 60 s)")
+    max_channels_per_client: int = int_var("TENANT_MAX_CHANNELS_PER_CLIENT", 100, "per socket")
+    max_presence_events_per_second: int = int_var(
+        "TENANT_MAX_PRESENCE_EVENTS_PER_SECOND", 10_000, "track calls and presence diffs"
+    )
+    max_payload_size_in_kb: int = int_var(
+        "TENANT_MAX_PAYLOAD_SIZE_IN_KB", 3_000, "broadcast and presence payloads, REST messages"
+    )
+    max_client_presence_events_per_window: int = int_var(
+        "CLIENT_PRESENCE_MAX_CALLS", 5, "presence calls per channel per `CLIENT_PRESENCE_WINDOW_MS`"
+    )
+    client_presence_window_ms: int = int_var(
+        "CLIENT_PRESENCE_WINDOW_MS", 30_000, "the window of `CLIENT_PRESENCE_MAX_CALLS`"
+    )
 
 
 DEFAULT_LIMITS = Limits()
 
 # Upstream's environment names for the default tenant's limits.
-LIMIT_ENV: dict[str, str] = {
-    "TENANT_MAX_CONCURRENT_USERS": "max_concurrent_users",
-    "TENANT_MAX_EVENTS_PER_SECOND": "max_events_per_second",
-    "TENANT_MAX_JOINS_PER_SECOND": "max_joins_per_second",
-    "TENANT_MAX_CHANNELS_PER_CLIENT": "max_channels_per_client",
-    "TENANT_MAX_PRESENCE_EVENTS_PER_SECOND": "max_presence_events_per_second",
-    "TENANT_MAX_PAYLOAD_SIZE_IN_KB": "max_payload_size_in_kb",
-    "CLIENT_PRESENCE_MAX_CALLS": "max_client_presence_events_per_window",
-    "CLIENT_PRESENCE_WINDOW_MS": "client_presence_window_ms",
-}
-
-
-def _cdc_settings(env: Mapping[str, str]) -> CdcSettings:
-    d = CdcSettings()
-    suffix = env.get("SLOT_NAME_SUFFIX", "")
-    mode = (env.get("REALTIME_REPLICATION_MODE") or d.mode).lower()
-    if mode not in ("stream", "poll"):
-        raise ValueError(f"REALTIME_REPLICATION_MODE must be 'stream' or 'poll', got {mode!r}")
-    policy = (env.get("REALTIME_SLOT_LAG_POLICY") or d.slot_lag_policy).lower()
-    if policy not in ("keep", "drop"):
-        raise ValueError(f"REALTIME_SLOT_LAG_POLICY must be 'keep' or 'drop', got {policy!r}")
-    return CdcSettings(
-        slot=(env.get("REALTIME_SLOT_NAME") or d.slot) + (f"_{suffix}" if suffix else ""),
-        messages_slot=d.messages_slot + (f"_{suffix}" if suffix else ""),
-        publication=env.get("REALTIME_PUBLICATION") or d.publication,
-        mode=mode,
-        poll_interval=_int(env, "REALTIME_POLL_INTERVAL_MS", int(d.poll_interval * 1000)) / 1000,
-        max_record_bytes=_int(env, "REALTIME_MAX_RECORD_BYTES", d.max_record_bytes),
-        pool_size=max(1, _int(env, "REALTIME_RLS_POOL_SIZE", d.pool_size)),
-        slot_lag_alert_bytes=_int(env, "REALTIME_SLOT_LAG_ALERT_BYTES", d.slot_lag_alert_bytes),
-        slot_lag_policy=policy,
-    )
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {value}")
-    return value
+LIMIT_ENV: dict[str, str] = {var.name: f.name for f, var in envvars.declared(Limits)}
 
 
 @dataclass(slots=True)
 class Settings:
     """Everything a server process is configured with."""
 
-    host: str = "127.0.0.1"
-    port: int = 4000
-    database_url: str | None = None
-    data_dir: Path = Path(".realtime")
-    jwt_secret: str | None = None
-    jwt_jwks: dict[str, object] | None = None
-    api_jwt_secret: str | None = None
-    metrics_jwt_secret: str | None = None
-    log_level: str = "info"
-    tenant_name: str = "realtime-dev"
+    host: str = str_var("REALTIME_HOST", "127.0.0.1", "the address to listen on (`--host`)")
+    port: int = int_var("PORT", 4000, "the port to listen on (`--port`)")
+    database_url: str | None = optional_str_var(
+        "DATABASE_URL",
+        "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
+        " the embedded PostgreSQL 18 in `REALTIME_DATA_DIR`",
+    )
+    data_dir: Path = path_var(
+        "REALTIME_DATA_DIR",
+        Path(".realtime"),
+        "embedded PostgreSQL data, generated JWT secret (`--data-dir`)",
+        shown="`./.realtime`",
+    )
+    jwt_secret: str | None = optional_str_var(
+        "REALTIME_JWT_SECRET",
+        "HS secret of the default tenant (`realtime-core keys` signs with it)",
+        shown="generated once, kept in the data dir",
+    )
+    jwt_jwks: dict[str, object] | None = json_object_var(
+        "REALTIME_JWT_JWKS", 'JSON `{"keys": [...]}` for asymmetric tokens'
+    )
+    api_jwt_secret: str | None = optional_str_var("API_JWT_SECRET", "admin API authentication")
+    metrics_jwt_secret: str | None = optional_str_var("METRICS_JWT_SECRET", "metrics authentication")
+    log_level: str = str_var(
+        "LOG_LEVEL",
+        "info",
+        "`debug`, `info`, `warning`, `error` or `critical`",
+        choices=("debug", "info", "warning", "error", "critical"),
+    )
+    tenant_name: str = str_var(
+        "SELF_HOST_TENANT_NAME",
+        "realtime-dev",
+        "the default tenant's id; with several tenants, a request's tenant is its Host's first label"
+        " (`tenantb.example.com` → `tenantb`), while `localhost` and IP addresses reach the default tenant",
+    )
     limits: Limits = field(default_factory=Limits)
     # The limits named in the environment: applied to the default tenant at
     # every start; the others only when the tenant is first created.
     limits_set: frozenset[str] = frozenset()
-    presence_enabled: bool = False
-    private_only: bool = False
-    jwt_claim_validators: dict[str, object] | None = None
-    # spec §1.4 and §3.3: failures are answered after these delays.
-    connect_error_backoff_ms: int = 2_000
-    channel_error_backoff_ms: int = 5_000
-    # spec §1.5: Cowboy's idle timeout.
-    idle_timeout_ms: int = 60_000
-    # broadcast.replication_ready: how long a channel waits for the replication
-    # connection before it is shut down (upstream's replication_ready_timeout).
-    replication_ready_timeout_ms: int = 60_000
-    # spec §1.1: maximum WebSocket frame.
+    presence_enabled: bool = bool_var(
+        "TENANT_PRESENCE_ENABLED",
+        False,
+        "every channel of the default tenant sends presence state after its join, as if joined with presence enabled",
+    )
+    private_only: bool = bool_var("TENANT_PRIVATE_ONLY", False, "the default tenant refuses public channels")
+    jwt_claim_validators: dict[str, object] | None = json_object_var(
+        "JWT_CLAIM_VALIDATORS", 'JSON of claims that must match exactly, e.g. `{"iss": "my-app"}`'
+    )
+    # Failures are answered after these delays, as upstream's user_socket.ex and realtime_channel.ex do.
+    connect_error_backoff_ms: int = int_var(
+        "CONNECT_ERROR_BACKOFF_MS", 2_000, "delay before a refused WebSocket upgrade is answered"
+    )
+    channel_error_backoff_ms: int = int_var("CHANNEL_ERROR_BACKOFF_MS", 5_000, "delay before a join error reply")
+    # Cowboy's idle timeout.
+    idle_timeout_ms: int = int_var(
+        "REALTIME_IDLE_TIMEOUT_MS",
+        60_000,
+        "a socket that sends nothing for this long is closed (clients heartbeat every 25 s); time the server itself"
+        " stopped reading it does not count",
+    )
+    # broadcast.replication_ready: upstream's replication_ready_timeout.
+    replication_ready_timeout_ms: int = int_var(
+        "REALTIME_REPLICATION_READY_TIMEOUT_MS",
+        60_000,
+        "a channel joined with `broadcast.replication_ready` is shut down when the replication connection is not up"
+        " by then",
+    )
+    # The largest WebSocket frame (upstream's Cowboy max_frame_size).
     max_frame_bytes: int = 5_000_000
-    # A subscriber whose unsent backlog passes this is disconnected (design §2).
-    max_write_buffer_bytes: int = 4 * 1024 * 1024
-    # Client messages held behind a join or a write-policy check: past either
-    # bound the socket stops reading until they are handled (socket.py).
-    max_queued_input_messages: int = 1_000
-    max_queued_input_bytes: int = 1024 * 1024
+    max_write_buffer_bytes: int = int_var(
+        "REALTIME_MAX_WRITE_BUFFER_BYTES",
+        4 * 1024 * 1024,
+        "a client that does not read is disconnected once this much is waiting for it (replies, pushes, pongs,"
+        " close frames alike)",
+    )
+    # Client messages held behind a join or a write-policy check (socket.py).
+    max_queued_input_messages: int = int_var(
+        "REALTIME_MAX_QUEUED_INPUT_MESSAGES",
+        1_000,
+        "messages a socket holds behind a running join or write-policy check; past it, the server stops reading that"
+        " socket until they are handled",
+    )
+    max_queued_input_bytes: int = int_var(
+        "REALTIME_MAX_QUEUED_INPUT_BYTES", 1024 * 1024, "the same bound, in bytes of those messages"
+    )
     max_http_body_bytes: int = 10 * 1024 * 1024
-    # POST /api/broadcast: messages per request, and distinct private topics
-    # (each a write-policy probe) per request. Upstream has no such bounds.
-    batch_max_messages: int = 10_000
-    batch_max_private_topics: int = 5_000
+    # Upstream has no such bounds.
+    batch_max_messages: int = int_var(
+        "REALTIME_BATCH_MAX_MESSAGES", 10_000, "messages per `POST /api/broadcast` request (422 beyond)", minimum=1
+    )
+    batch_max_private_topics: int = int_var(
+        "REALTIME_BATCH_MAX_PRIVATE_TOPICS",
+        5_000,
+        "distinct private topics per `POST /api/broadcast` request (422 beyond); they are checked in one statement"
+        " (2,000 topics ≈ 0.1 s)",
+        minimum=1,
+    )
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
-    postgres_changes: bool = True
+    postgres_changes: bool = bool_var("REALTIME_POSTGRES_CHANGES", True, "stream Postgres Changes")
     cdc: CdcSettings = field(default_factory=CdcSettings)
-    # Private channels: the authorization pool (upstream's DB_POOL_SIZE).
-    authorization_pool_size: int = 5
-    # Broadcast from the database, and the realtime.messages partition janitor (spec §4.5).
-    db_broadcast: bool = True
-    janitor: bool = True
-    janitor_interval_ms: int = 4 * 3600 * 1000
-    message_retention_hours: int = 72
+    authorization_pool_size: int = int_var(
+        "DB_POOL_SIZE", 5, "connections for private-channel authorization", minimum=1
+    )
+    db_broadcast: bool = bool_var(
+        "REALTIME_DB_BROADCAST", True, "stream `realtime.messages` (broadcast from the database)"
+    )
+    janitor: bool = bool_var("RUN_JANITOR", True, "create and drop the daily partitions of `realtime.messages`")
+    janitor_interval_ms: int = int_var(
+        "JANITOR_SCHEDULE_TIMER_IN_MS", 4 * 3600 * 1000, "how often the janitor runs", minimum=1000
+    )
+    message_retention_hours: int = int_var(
+        "REALTIME_MESSAGE_RETENTION_HOURS",
+        72,
+        "partitions of `realtime.messages` older than this are dropped",
+        minimum=1,
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read the documented environment variables (README, Configuration)."""
+        """Read the declared environment variables (README, Configuration); ValueError naming
+        the variable when one does not parse."""
         env = os.environ if env is None else env
-        d = cls()  # defaults (class attributes are slot descriptors)
-        limits = Limits()
-        limits_set = set()
-        for name, attr in LIMIT_ENV.items():
-            if env.get(name, "").strip():
-                setattr(limits, attr, _int(env, name, getattr(limits, attr)))
-                limits_set.add(attr)
-        jwks = env.get("REALTIME_JWT_JWKS") or None
-        validators = env.get("JWT_CLAIM_VALIDATORS") or None
-        return cls(
-            host=env.get("REALTIME_HOST", d.host),
-            port=_int(env, "PORT", d.port),
-            database_url=env.get("DATABASE_URL") or None,
-            data_dir=Path(env.get("REALTIME_DATA_DIR") or ".realtime"),
-            jwt_secret=env.get("REALTIME_JWT_SECRET") or None,
-            jwt_jwks=orjson.loads(jwks) if jwks else None,
-            api_jwt_secret=env.get("API_JWT_SECRET") or None,
-            metrics_jwt_secret=env.get("METRICS_JWT_SECRET") or None,
-            log_level=(env.get("LOG_LEVEL") or "info").lower(),
-            tenant_name=env.get("SELF_HOST_TENANT_NAME") or d.tenant_name,
-            limits=limits,
-            limits_set=frozenset(limits_set),
-            presence_enabled=env.get("TENANT_PRESENCE_ENABLED", "").lower() == "true",
-            private_only=env.get("TENANT_PRIVATE_ONLY", "").lower() == "true",
-            jwt_claim_validators=orjson.loads(validators) if validators else None,
-            connect_error_backoff_ms=_int(env, "CONNECT_ERROR_BACKOFF_MS", d.connect_error_backoff_ms),
-            channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
-            idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
-            replication_ready_timeout_ms=_int(
-                env, "REALTIME_REPLICATION_READY_TIMEOUT_MS", d.replication_ready_timeout_ms
-            ),
-            max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
-            batch_max_messages=max(1, _int(env, "REALTIME_BATCH_MAX_MESSAGES", d.batch_max_messages)),
-            batch_max_private_topics=max(1, _int(env, "REALTIME_BATCH_MAX_PRIVATE_TOPICS", d.batch_max_private_topics)),
-            max_queued_input_messages=_int(env, "REALTIME_MAX_QUEUED_INPUT_MESSAGES", d.max_queued_input_messages),
-            max_queued_input_bytes=_int(env, "REALTIME_MAX_QUEUED_INPUT_BYTES", d.max_queued_input_bytes),
-            postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
-            cdc=_cdc_settings(env),
-            authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),
-            db_broadcast=env.get("REALTIME_DB_BROADCAST", "true").lower() != "false",
-            janitor=env.get("RUN_JANITOR", "true").lower() != "false",
-            janitor_interval_ms=max(1000, _int(env, "JANITOR_SCHEDULE_TIMER_IN_MS", d.janitor_interval_ms)),
-            message_retention_hours=max(1, _int(env, "REALTIME_MESSAGE_RETENTION_HOURS", d.message_retention_hours)),
-        )
+        return envvars.read(cls, env, limits_set=envvars.named(Limits, env))
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
@@ -207,3 +207,13 @@ class Settings:
         with os.fdopen(fd, "w") as f:
             f.write(secret + "\n")
         return secret
+
+
+def readme_tables() -> dict[str, str]:
+    """The README's configuration tables, by the name of the README block that holds each:
+    the server's variables, and the default tenant's limits."""
+    server = [(f, var) for f, var in envvars.declared(Settings) if var.name not in LIMIT_ENV]
+    return {
+        "server": envvars.markdown_table(server, "Meaning"),
+        "limits": envvars.markdown_table(envvars.declared(Limits), "Enforced"),
+    }

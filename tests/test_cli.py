@@ -49,6 +49,21 @@ def test_keys_use_realtime_jwt_secret_when_it_is_set(tmp_path: Path):
     assert not (tmp_path / "jwt_secret").exists()
 
 
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PORT": "x"}, "PORT must be an integer, got 'x'"),
+        (
+            {"REALTIME_POSTGRES_CHANGES": "maybe"},
+            "REALTIME_POSTGRES_CHANGES must be one of true/false, 1/0, yes/no, on/off, got 'maybe'",
+        ),
+    ],
+)
+def test_bad_configuration_stops_with_a_message_naming_the_variable(tmp_path: Path, env, message):
+    result = run("keys", "--data-dir", str(tmp_path), env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"realtime-core: {message}\n")
+
+
 @pytest.mark.pg
 def test_migrate_applies_every_migration_once(pg_dsn: str, fresh_database):
     env = {"DATABASE_URL": fresh_database}

@@ -1,13 +1,27 @@
-"""Tests for realtime_core.config: settings from upstream's environment names (spec §9.1)."""
+"""Tests for realtime_core.config: settings from upstream's environment names, declared once."""
 
 from __future__ import annotations
 
+import dataclasses
 import stat
 from pathlib import Path
 
 import pytest
 
-from realtime_core.config import DEFAULT_LIMITS, LIMIT_ENV, Limits, Settings
+from realtime_core import envvars
+from realtime_core.config import DEFAULT_LIMITS, LIMIT_ENV, Limits, Settings, readme_tables
+from realtime_core.postgres_changes.settings import CdcSettings
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+DECLARED = [var.name for _, var in envvars.declared(Settings)]
+INTEGERS = [var.name for _, var in envvars.declared(Settings) if getattr(var.parse, "func", None) is envvars.parse_int]
+BOOLEANS = {
+    "TENANT_PRESENCE_ENABLED": "presence_enabled",
+    "TENANT_PRIVATE_ONLY": "private_only",
+    "REALTIME_POSTGRES_CHANGES": "postgres_changes",
+    "REALTIME_DB_BROADCAST": "db_broadcast",
+    "RUN_JANITOR": "janitor",
+}
 
 
 class TestDefaults:
@@ -34,7 +48,8 @@ class TestDefaults:
         assert settings.limits_set == frozenset()
 
     def test_upstream_timing_defaults(self):
-        """spec §1.4, §3.3 and §1.5: CONNECT 2000 ms, CHANNEL 5000 ms backoffs; 60 s idle timeout."""
+        """Upstream's CONNECT_ERROR_BACKOFF_MS 2000 and CHANNEL_ERROR_BACKOFF_MS 5000 (config/runtime.exs), and
+        Phoenix's 60 s websocket timeout, Cowboy's idle timeout (phoenix/transports/websocket.ex)."""
         settings = Settings.from_env({})
         assert settings.connect_error_backoff_ms == 2_000
         assert settings.channel_error_backoff_ms == 5_000
@@ -121,10 +136,56 @@ class TestFromEnv:
         Settings.from_env({"TENANT_MAX_EVENTS_PER_SECOND": "1"})
         assert DEFAULT_LIMITS.max_events_per_second == Limits().max_events_per_second
 
-    @pytest.mark.parametrize("value", ["", "false", "yes", "1"])
-    def test_flags_are_true_only_for_the_word_true(self, value):
-        settings = Settings.from_env({"TENANT_PRESENCE_ENABLED": value, "TENANT_PRIVATE_ONLY": value})
-        assert (settings.presence_enabled, settings.private_only) == (False, False)
+    @pytest.mark.parametrize("value", ["true", "TRUE", "1", "yes", "Yes", "on", " ON "])
+    @pytest.mark.parametrize("name", sorted(BOOLEANS))
+    def test_booleans_true(self, name, value):
+        assert getattr(Settings.from_env({name: value}), BOOLEANS[name]) is True
+
+    @pytest.mark.parametrize("value", ["false", "False", "0", "no", "NO", "off", "Off"])
+    @pytest.mark.parametrize("name", sorted(BOOLEANS))
+    def test_booleans_false(self, name, value):
+        assert getattr(Settings.from_env({name: value}), BOOLEANS[name]) is False
+
+    @pytest.mark.parametrize("name", sorted(BOOLEANS))
+    def test_a_blank_boolean_keeps_its_default(self, name):
+        assert getattr(Settings.from_env({name: " "}), BOOLEANS[name]) == getattr(Settings(), BOOLEANS[name])
+
+    def test_zero_turns_postgres_changes_off(self):
+        """It used to mean on: only the word false turned it off."""
+        assert Settings.from_env({"REALTIME_POSTGRES_CHANGES": "0"}).postgres_changes is False
+
+    def test_postgres_changes_settings(self):
+        cdc = Settings.from_env(
+            {
+                "REALTIME_SLOT_NAME": "my_slot",
+                "SLOT_NAME_SUFFIX": "b",
+                "REALTIME_PUBLICATION": "my_pub",
+                "REALTIME_REPLICATION_MODE": "POLL",
+                "REALTIME_POLL_INTERVAL_MS": "250",
+                "REALTIME_MAX_RECORD_BYTES": "99",
+                "REALTIME_RLS_POOL_SIZE": "3",
+                "REALTIME_SLOT_LAG_ALERT_BYTES": "1000",
+                "REALTIME_SLOT_LAG_POLICY": "Drop",
+            }
+        ).cdc
+        assert (cdc.slot, cdc.messages_slot) == ("my_slot_b", "supabase_realtime_messages_replication_slot_b")
+        assert (cdc.publication, cdc.mode, cdc.poll_interval_ms) == ("my_pub", "poll", 250)
+        assert (cdc.max_record_bytes, cdc.pool_size) == (99, 3)
+        assert (cdc.slot_lag_alert_bytes, cdc.slot_lag_policy) == (1000, "drop")
+
+    def test_slot_names_without_a_suffix(self):
+        cdc = Settings.from_env({}).cdc
+        assert (cdc.slot, cdc.messages_slot) == (
+            "supabase_realtime_replication_slot",
+            "supabase_realtime_messages_replication_slot",
+        )
+
+    def test_janitor_and_pools(self):
+        settings = Settings.from_env(
+            {"DB_POOL_SIZE": "2", "JANITOR_SCHEDULE_TIMER_IN_MS": "1000", "REALTIME_MESSAGE_RETENTION_HOURS": "1"}
+        )
+        assert (settings.authorization_pool_size, settings.janitor_interval_ms) == (2, 1000)
+        assert settings.message_retention_hours == 1
 
     def test_empty_strings_mean_unset(self):
         settings = Settings.from_env(
@@ -135,11 +196,119 @@ class TestFromEnv:
         assert settings.tenant_name == Settings().tenant_name
         assert settings.port == Settings().port
 
+    def test_every_declared_variable_blank_gives_the_defaults(self):
+        assert Settings.from_env(dict.fromkeys(DECLARED, "  ")) == Settings()
 
-class TestBadIntegers:
-    """A bad number stops the server at start with a message naming the variable."""
 
-    @pytest.mark.parametrize("name", ["PORT", "TENANT_MAX_EVENTS_PER_SECOND", "CHANNEL_ERROR_BACKOFF_MS"])
+class TestDeclarations:
+    def test_each_variable_is_declared_once(self):
+        assert len(DECLARED) == len(set(DECLARED))
+
+    def test_from_env_reads_exactly_the_declared_variables(self):
+        class Recording(dict[str, str]):
+            def __init__(self) -> None:
+                super().__init__()
+                self.read: set[str] = set()
+
+            def get(self, key, default=None):  # type: ignore[override]
+                self.read.add(key)
+                return super().get(key, default)
+
+            def __getitem__(self, key):
+                self.read.add(key)
+                return super().__getitem__(key)
+
+        env = Recording()
+        Settings.from_env(env)
+        assert env.read == set(DECLARED)
+
+    def test_readme_tables_are_generated_from_the_declarations(self):
+        """Run scripts/config-readme after changing a declaration."""
+        assert envvars.readme_blocks(README.read_text()) == readme_tables()
+
+    def test_the_readme_tables_list_every_declared_variable(self):
+        tables = "".join(readme_tables().values())
+        listed = [line.split("`")[1] for line in tables.splitlines() if line.startswith("| `")]
+        assert sorted(listed) == sorted(DECLARED)
+
+    def test_an_undeclared_field_keeps_its_default_and_a_declared_one_is_read(self):
+        fields = {f.name for f, _ in envvars.declared(Settings)}
+        assert "max_frame_bytes" not in fields and "flush_chunk" not in fields
+        assert {"port", "max_queued_input_bytes", "batch_max_messages", "slot_name", "pool_size"} <= fields
+
+    def test_a_new_setting_is_one_declaration(self):
+        @dataclasses.dataclass
+        class Tiny:
+            size: int = envvars.int_var("TINY_SIZE", 3, "a | b", minimum=1)
+
+        assert envvars.read(Tiny, {"TINY_SIZE": "4"}).size == 4
+        assert envvars.read(Tiny, {"TINY_SIZE": ""}).size == 3
+        with pytest.raises(ValueError, match=r"^TINY_SIZE must be at least 1, got 0$"):
+            envvars.read(Tiny, {"TINY_SIZE": "0"})
+        table = envvars.markdown_table(envvars.declared(Tiny), "Meaning").splitlines()
+        assert table[2] == "| `TINY_SIZE` | `3` | a \\| b |"
+
+    def test_replace_blocks_rewrites_only_the_named_blocks(self):
+        text = "a\n<!-- config:x -->\nold\n<!-- /config:x -->\nb\n<!-- config:y -->\nkeep\n<!-- /config:y -->\n"
+        assert envvars.replace_blocks(text, {"x": "new\n"}) == (
+            "a\n<!-- config:x -->\nnew\n<!-- /config:x -->\nb\n<!-- config:y -->\nkeep\n<!-- /config:y -->\n"
+        )
+        with pytest.raises(ValueError, match="z"):
+            envvars.replace_blocks(text, {"z": ""})
+
+    def test_cdc_settings_are_a_dataclass_of_declared_fields(self):
+        assert {f.name for f in dataclasses.fields(CdcSettings)} - {
+            f.name for f, _ in envvars.declared(CdcSettings)
+        } == {"health_interval"}
+
+
+class TestBadValues:
+    """A bad value stops the server at start with a message naming the variable."""
+
+    @pytest.mark.parametrize("value", ["maybe", "2", "t", "enabled", "tru e"])
+    @pytest.mark.parametrize("name", sorted(BOOLEANS))
+    def test_not_a_boolean(self, name, value):
+        with pytest.raises(
+            ValueError, match=rf"^{name} must be one of true/false, 1/0, yes/no, on/off, got '{value}'$"
+        ):
+            Settings.from_env({name: value})
+
+    @pytest.mark.parametrize(
+        ("name", "message"),
+        [
+            ("REALTIME_REPLICATION_MODE", "must be 'stream' or 'poll', got 'streaming'"),
+            ("REALTIME_SLOT_LAG_POLICY", "must be 'keep' or 'drop', got 'streaming'"),
+            ("LOG_LEVEL", "must be 'debug', 'info', 'warning', 'error', 'critical', got 'streaming'"),
+        ],
+    )
+    def test_not_one_of_the_choices(self, name, message):
+        with pytest.raises(ValueError, match=rf"^{name} {message}$"):
+            Settings.from_env({name: "Streaming"})
+
+    @pytest.mark.parametrize(
+        ("name", "minimum"),
+        [
+            ("DB_POOL_SIZE", 1),
+            ("REALTIME_RLS_POOL_SIZE", 1),
+            ("REALTIME_BATCH_MAX_MESSAGES", 1),
+            ("JANITOR_SCHEDULE_TIMER_IN_MS", 1000),
+        ],
+    )
+    def test_below_the_minimum(self, name, minimum):
+        with pytest.raises(ValueError, match=rf"^{name} must be at least {minimum}, got {minimum - 1}$"):
+            Settings.from_env({name: str(minimum - 1)})
+
+    @pytest.mark.parametrize("name", ["REALTIME_JWT_JWKS", "JWT_CLAIM_VALIDATORS"])
+    def test_not_json(self, name):
+        with pytest.raises(ValueError, match=rf"^{name} must be a JSON object: "):
+            Settings.from_env({name: "{keys"})
+
+    @pytest.mark.parametrize("name", ["REALTIME_JWT_JWKS", "JWT_CLAIM_VALIDATORS"])
+    def test_json_but_not_an_object(self, name):
+        with pytest.raises(ValueError, match=rf"^{name} must be a JSON object, got a JSON list$"):
+            Settings.from_env({name: "[1]"})
+
+    @pytest.mark.parametrize("name", INTEGERS)
     def test_not_an_integer(self, name):
         with pytest.raises(ValueError, match=rf"^{name} must be an integer, got 'ten'$"):
             Settings.from_env({name: "ten"})

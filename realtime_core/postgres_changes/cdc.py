@@ -22,14 +22,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ..tasks import spawn
 from .dispatch import Dispatcher
-from .filters import (
-    FilterError,
-    SubscriptionParams,
-    SubscriptionParamsError,
-    load_columns,
-    parse_params,
-    validate_subscription,
-)
+from .filters.columns import load_columns
+from .filters.errors import FilterError, SubscriptionParamsError
+from .filters.parsing import SubscriptionParams, parse_params
+from .filters.validation import validate_subscription
 from .pgoutput import parse_lsn
 from .replication import SESSION_OPTIONS, ReplicationStream
 from .settings import CdcSettings
@@ -114,7 +110,7 @@ class PostgresChanges:
             publication=settings.publication,
             on_batch=self.dispatcher.on_batch,
             mode=settings.mode,
-            poll_interval=settings.poll_interval,
+            poll_interval=settings.poll_interval_ms / 1000,
         )
         self.slot_health: dict[str, Any] = {}
         self.lag_alert = False

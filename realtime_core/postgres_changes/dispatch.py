@@ -34,7 +34,8 @@ from psycopg_pool import AsyncConnectionPool
 from ..router import TOO_MANY_MESSAGES
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
-from .filters import FilterEvaluator, load_columns
+from .filters.columns import load_columns
+from .filters.evaluator import FilterEvaluator
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update
 from .records import RecordShape
 from .replication import Transaction
@@ -94,7 +95,7 @@ class Dispatcher:
         self.max_record_bytes = max_record_bytes
         self.now = now
         self.relations: dict[int, Relation] = {}
-        self._columns: dict[int, dict[str, Any]] = {}  # relation oid → filters.ColumnInfo by name
+        self._columns: dict[int, dict[str, Any]] = {}  # relation oid → ColumnInfo by name
         self._evaluators: dict[tuple[int, tuple[Any, ...]], FilterEvaluator] = {}
         self.rls_concurrency = rls_concurrency
         self._group_queries: dict[int, str] = {}  # relation oid → realtime.visible_keys_by_group query

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .filters import Condition, SubscriptionParams, elixir_inspect
+from .filters.conditions import Condition
+from .filters.elixir import elixir_inspect
+from .filters.parsing import SubscriptionParams
 
 if TYPE_CHECKING:
     from ..channel import Channel

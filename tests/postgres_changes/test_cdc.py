@@ -239,7 +239,7 @@ async def cdc(pg_dsn: str) -> AsyncIterator[PostgresChanges]:
     slot = f"rt_cdc_health_{secrets.token_hex(4)}"
     tenant = types.SimpleNamespace(external_id="health")  # the dispatcher only keeps it
     with scratch_database(pg_dsn) as dsn:
-        cdc = PostgresChanges(tenant, dsn, CdcSettings(slot=slot, mode="stream"), now=lambda: 0.0)  # type: ignore[arg-type]
+        cdc = PostgresChanges(tenant, dsn, CdcSettings(slot_name=slot, mode="stream"), now=lambda: 0.0)  # type: ignore[arg-type]
         await cdc.pool.open(wait=True, timeout=30)
         yield cdc
         await cdc.stream.stop()

@@ -1,4 +1,4 @@
-"""Tests of postgres_changes/filters.py: params and filter parsing (pure), then
+"""Tests of the postgres_changes/filters package: params and filter parsing (pure), then
 validation and evaluation against a real PostgreSQL (marker `pg`).
 
 Expected texts are upstream's (RT lib/extensions/postgres_cdc_rls/subscriptions.ex,
