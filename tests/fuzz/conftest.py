@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile(
     "default",
-    max_examples=100,
+    max_examples=75,
     deadline=None,  # a loaded 2-core machine makes per-example timing meaningless
     database=None,  # nothing written into the worktree; failures print their @example
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
