@@ -22,7 +22,7 @@ from this process (pinned to the second core):
   read check takes 3 s) and floods broadcasts behind the pending join, a new
   join every --flood-batch messages, so that the socket's inbox keeps growing;
 - slow-consumer: a client joins the topic ``busy`` and stops reading while
-  another floods it with 1 KB broadcasts.
+  another sends it --busy-rate 1 KB broadcasts per second.
 
 During each attack two prober threads measure a second, well-behaved
 client: ``GET /api/ping`` on a new connection, and a Phoenix heartbeat
@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import http.client
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -81,6 +82,7 @@ SLOW_POLICY = (
 PROBE_TIMEOUT_S = 5.0
 RSS_INTERVAL_S = 0.05
 MB = 1 << 20
+NOT_READING_RCVBUF = 64 * 1024  # the kernel receive buffer of the clients that stop reading
 
 # Figures an attack must stay within to count as withstood (printed, and --check-targets).
 TARGET_WORST_MS = 1000.0  # the well-behaved client's worst ping and heartbeat
@@ -102,6 +104,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ping-mb", type=float, default=300.0, help="pings: bytes of pings")
     p.add_argument("--flood-mb", type=float, default=200.0, help="slow-join: bytes of broadcasts")
     p.add_argument("--flood-batch", type=int, default=2000, help="slow-join: broadcasts between two joins")
+    p.add_argument("--busy-rate", type=float, default=2000.0, help="slow-consumer: 1 KB broadcasts per second")
     p.add_argument("--probe-interval", type=float, default=0.1, help="seconds between two probes of a prober")
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when an attack misses a target")
     args = p.parse_args(argv)
@@ -109,8 +112,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.attacks) - set(ATTACKS)
     if unknown:
         p.error(f"unknown attacks {sorted(unknown)}: choose among {', '.join(ATTACKS)}")
-    if args.seconds <= 0 or args.tricklers < 1 or args.flood_batch < 1 or args.probe_interval <= 0:
-        p.error("--seconds, --tricklers, --flood-batch and --probe-interval must be positive")
+    if min(args.seconds, args.tricklers, args.flood_batch, args.probe_interval, args.busy_rate) <= 0:
+        p.error("--seconds, --tricklers, --flood-batch, --busy-rate and --probe-interval must be positive")
     return args
 
 
@@ -133,9 +136,23 @@ def text(message: dict[str, Any]) -> bytes:
     return ws_frame(0x1, orjson.dumps(message))
 
 
-async def ws_open(port: int, apikey: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A raw vsn 1.0.0 WebSocket: the handshake is checked, then the caller reads (or not) as it likes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 24)
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def ws_open(port: int, apikey: str, rcvbuf: int | None = None) -> Stream:
+    """A raw vsn 1.0.0 WebSocket: the handshake is checked, then the caller reads (or not) as it likes.
+
+    `rcvbuf` fixes the kernel's receive buffer: loopback otherwise grows it
+    to tcp_rmem's maximum (often 32 MB), which would hide a client that does
+    not read behind kernel memory instead of the server's."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    # asyncio's StreamReader reads ahead up to twice its limit: keep that small
+    # (frames here are a few KB), or a client that "never reads" would.
+    reader, writer = await asyncio.open_connection(sock=sock, limit=256 * 1024)
     writer.write(
         f"GET /socket/websocket?apikey={apikey}&vsn=1.0.0 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -467,7 +484,7 @@ class Bench(DatabaseBench):
     # -- c. pings, never reading the pongs
 
     async def attack_pings(self) -> dict[str, Any]:
-        reader, writer = await ws_open(self.port, self.anon)
+        reader, writer = await ws_open(self.port, self.anon, rcvbuf=NOT_READING_RCVBUF)
         blob = ws_frame(0x9, b"p" * 125) * 8000  # ~1 MB of pings
         limit = int(self.args.ping_mb * MB)
         deadline = time.monotonic() + self.args.seconds
@@ -538,7 +555,7 @@ class Bench(DatabaseBench):
         slow_before = self._slow_consumers()
         topic = "realtime:busy"
         join = {"topic": topic, "event": "phx_join", "payload": {"config": {"broadcast": {"self": False}}}, "ref": "j"}
-        s_reader, s_writer = await ws_open(self.port, self.anon)
+        s_reader, s_writer = await ws_open(self.port, self.anon, rcvbuf=NOT_READING_RCVBUF)
         s_writer.write(text(join))
         await s_writer.drain()
         await asyncio.sleep(0.2)  # the join is answered; from now on the subscriber reads nothing
@@ -547,14 +564,20 @@ class Bench(DatabaseBench):
         p_drain = asyncio.create_task(p_frames.run())
         p_writer.write(text(join))
         message = {"type": "broadcast", "event": "busy", "payload": {"fill": "b" * 1000}}
-        blob = text({"topic": topic, "event": "broadcast", "payload": message, "ref": None}) * 500
-        deadline = time.monotonic() + self.args.seconds
-        sent = 0
+        # Paced, so that the probers measure the slow consumer rather than the publisher's load.
+        tick = 0.05
+        per_tick = max(1, round(self.args.busy_rate * tick))
+        blob = text({"topic": topic, "event": "broadcast", "payload": message, "ref": None}) * per_tick
+        t0 = time.monotonic()
+        deadline = t0 + self.args.seconds
+        sent = ticks = 0
         with contextlib.suppress(TimeoutError, OSError):
             while time.monotonic() < deadline and not p_drain.done():
                 p_writer.write(blob)
                 await asyncio.wait_for(p_writer.drain(), max(0.001, deadline - time.monotonic()))
                 sent += len(blob)
+                ticks += 1
+                await asyncio.sleep(max(0.0, t0 + ticks * tick - time.monotonic()))
         p_drain.cancel()
         p_writer.close()
         frames = await after_the_fact(s_reader)
@@ -650,6 +673,7 @@ def _run(args: argparse.Namespace) -> int:
         "ping_mb": args.ping_mb,
         "flood_mb": args.flood_mb,
         "flood_batch": args.flood_batch,
+        "busy_rate": args.busy_rate,
         "probe_interval_s": args.probe_interval,
         "probe_timeout_s": PROBE_TIMEOUT_S,
         "slow_policy": SLOW_POLICY,
