@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from realtime_core.errors import MalformedMessage
-from realtime_core.protocol import V1, V2, Codec, Message, UserBroadcast
+from realtime_core.protocol import V1, V2, Codec, Message, UserBroadcast, codec_for
 from realtime_core.protocol.message import BINARY, JSON
 
 from .strategies import awkward_text, deep_depths, json_bytes, json_values, mutated, nested, scalars
@@ -197,3 +197,19 @@ def test_codecs_are_the_two_vsns() -> None:
     # The properties above cover every codec socket.py can pick.
     codecs: tuple[Codec, ...] = (V1, V2)
     assert {c.vsn for c in codecs} == {"1.0.0", "2.0.0"}
+
+
+# -- the vsn query value --
+
+vsns = st.one_of(
+    st.none(),
+    awkward_text,
+    st.from_regex(r"\A(0|[1-9][0-9]{0,5000})\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?\Z"),
+)
+
+
+@given(vsns)
+@example("9" * 5000 + ".0.0")  # int() refuses more than 4300 digits: the upgrade task raised ValueError
+def test_codec_for(vsn: str | None) -> None:
+    codec = codec_for(vsn)
+    assert codec is None or codec in (V1, V2)
