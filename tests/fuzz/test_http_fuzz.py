@@ -107,7 +107,7 @@ methods = st.one_of(
 )
 targets = st.one_of(
     st.sampled_from(
-        [b"/api/ping", b"/api/broadcast", b"/socket/websocket?vsn=2.0.0", b"*", b"http://h/api/ping", b"/"]
+        [b"/api/ping", b"/api/broadcast", b"/socket/websocket?vsn=2.0.0", b"*", b"http://h/api/ping", b"/", b"h:443"]
     ),
     st.binary(max_size=40),
     st.text(max_size=30).map(lambda s: ("/" + s).encode("utf-8", "surrogatepass")),
@@ -222,5 +222,7 @@ def chunked(draw: st.DrawFn) -> list[bytes]:
 @example([b"GET /api/ping HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n"])
 @example([b"POST /api/broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n"])
 @example([UPGRADE[:40], UPGRADE[40:]])
+@example([b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"])  # llhttp: an upgrade; parse_url() raised
+@example([b"CONNECT  HTTP/1.1\r\n\r\n"])
 def test_request_heads(chunks: list[bytes]) -> None:
     feed(chunks)
