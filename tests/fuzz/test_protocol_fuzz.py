@@ -15,7 +15,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from realtime_core.errors import MalformedMessage
-from realtime_core.protocol import V1, V2, Codec, Message, UserBroadcast, codec_for
+from realtime_core.protocol import V1, V2, Message, UserBroadcast, codec_for
 from realtime_core.protocol.message import BINARY, JSON
 
 from .strategies import awkward_text, deep_depths, json_bytes, json_values, mutated, nested, scalars
@@ -191,12 +191,6 @@ binary_frames = st.one_of(
 @example(bytes([3, 0, 0, 1, 1, 0, 1]) + b"te" + b"[" * 300 + b"]" * 300)  # deep JSON payload: spliced, not re-encoded
 def test_v2_binary(data: bytes) -> None:
     decode_or_refuse(V2.decode_binary, data)
-
-
-def test_codecs_are_the_two_vsns() -> None:
-    # The properties above cover every codec socket.py can pick.
-    codecs: tuple[Codec, ...] = (V1, V2)
-    assert {c.vsn for c in codecs} == {"1.0.0", "2.0.0"}
 
 
 # -- the vsn query value --
