@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httptools
 from hypothesis import example, given
 from hypothesis import strategies as st
 from net.fakes import MockTransport
@@ -50,13 +49,23 @@ class App:
         return 0.0
 
 
-class Responses:
-    def __init__(self) -> None:
-        self.statuses: list[int] = []
-        self.parser = httptools.HttpResponseParser(self)
+def statuses(out: bytes) -> list[int]:
+    """The status of every response in `out`, each a complete HTTP/1.1 response.
 
-    def on_headers_complete(self) -> None:
-        self.statuses.append(self.parser.get_status_code())
+    A response to HEAD carries a content-length but no body: a response is
+    taken to have its body when the next one (or the end) follows it."""
+    found: list[int] = []
+    pos = 0
+    while pos < len(out):
+        assert out.startswith(b"HTTP/1.1 ", pos), out[pos : pos + 300]
+        end = out.find(b"\r\n\r\n", pos)
+        assert end > 0, out[pos : pos + 300]
+        head = out[pos:end].decode("latin-1").split("\r\n")
+        found.append(int(head[0].split(" ", 2)[1]))
+        length = next((int(h.split(":", 1)[1]) for h in head[1:] if h.lower().startswith("content-length:")), 0)
+        with_body = end + 4 + length
+        pos = with_body if with_body == len(out) or out.startswith(b"HTTP/1.1 ", with_body) else end + 4
+    return found
 
 
 LOOP = asyncio.new_event_loop()
@@ -93,10 +102,8 @@ def feed(chunks: list[bytes]) -> None:
     out = transport.buffer
     if not out:
         return  # an incomplete head: nothing to answer yet
-    collected = Responses()
-    collected.parser.feed_data(out)
-    assert collected.statuses, out[:300]
-    assert set(collected.statuses) <= DOCUMENTED, (collected.statuses, out[:300])
+    found = statuses(out)
+    assert found and set(found) <= DOCUMENTED, (found, out[:300])
 
 
 # -- request heads --
@@ -224,5 +231,6 @@ def chunked(draw: st.DrawFn) -> list[bytes]:
 @example([UPGRADE[:40], UPGRADE[40:]])
 @example([b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n"])  # llhttp: an upgrade; parse_url() raised
 @example([b"CONNECT  HTTP/1.1\r\n\r\n"])
+@example([b"HEAD /api/ping HTTP/1.1\r\n\r\n", b"\x00"])  # a HEAD answer without its body, then a 400
 def test_request_heads(chunks: list[bytes]) -> None:
     feed(chunks)
