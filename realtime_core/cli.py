@@ -234,7 +234,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"fanout": "bench.fanout", "postgres-changes": "bench.postgres_changes", "private": "bench.private"}
+BENCHMARKS = {
+    "attacks": "bench.attacks",
+    "fanout": "bench.fanout",
+    "postgres-changes": "bench.postgres_changes",
+    "private": "bench.private",
+}
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -79,3 +79,9 @@ def test_an_unknown_benchmark_is_refused():
     result = run("bench", "nosuch")
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_the_attacks_benchmark_is_registered():
+    result = run("bench", "attacks", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "--tricklers" in result.stdout and "--ping-mb" in result.stdout

@@ -295,7 +295,13 @@ class HttpProtocol(asyncio.Protocol):
     # WebSocket upgrade
 
     def _on_upgrade(self, trailing: bytes) -> None:
-        request = self._build_request()
+        try:
+            request = self._build_request()
+        except httptools.HttpParserInvalidURLError as exc:
+            # llhttp takes CONNECT's authority form (`CONNECT host:443`) as an
+            # upgrade, and parse_url() refuses it.
+            self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
+            return
         if request.path not in self.server.app.socket_paths or request.method != "GET":
             self._send_and_close(json_response(404, {"error": "Not found"}))
             return

@@ -13,7 +13,7 @@ __all__ = ["BINARY", "JSON", "V1", "V2", "Codec", "Message", "UserBroadcast", "c
 
 # RT endpoint.ex picks a serializer by version requirement: V1 for "~> 1.0.0",
 # V2 for "~> 2.0.0" (PHX socket.ex negotiate_serializer), so 2.0.3 speaks V2 too.
-_CODECS: dict[int, Codec] = {1: V1, 2: V2}
+_CODECS: dict[str, Codec] = {"1": V1, "2": V2}  # by MAJOR as written (no leading zeros)
 # SemVer as Elixir's Version.parse/1 reads it: MAJOR.MINOR.PATCH[-pre][+build].
 _SEMVER = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?")
 
@@ -27,4 +27,4 @@ def codec_for(vsn: str | None) -> Codec | None:
     m = _SEMVER.fullmatch("1.0.0" if vsn is None else vsn)
     if m is None or m.group(2) != "0" or (m.group(3) == "0" and m.group(4)):
         return None
-    return _CODECS.get(int(m.group(1)))
+    return _CODECS.get(m.group(1))  # not int(): a MAJOR of 5000 digits would raise ValueError

@@ -19,6 +19,7 @@ import orjson
 
 from ..errors import MalformedMessage
 from ..net.frames import text_frame
+from ._common import check_depth as _check_depth
 from ._common import preview as _preview
 from ._common import ref as _ref
 from .message import BINARY, JSON, Message, ReplyStatus, UserBroadcast
@@ -47,7 +48,8 @@ class V1Codec:
         """Decode one text frame into a Message.
 
         Raises:
-            MalformedMessage: the frame is not JSON, not an object, lacks one of
+            MalformedMessage: the frame is not JSON, nests deeper than
+                MAX_DEPTH (protocol/_common.py), is not an object, lacks one of
                 topic/event/payload/ref, or a field has the wrong type. The
                 caller drops the frame and keeps the socket open (spec §1.5).
         """
@@ -55,6 +57,7 @@ class V1Codec:
             obj = _loads(data)
         except _JSONDecodeError as exc:
             raise MalformedMessage(f"expected a V1 JSON object, got invalid JSON: {exc}") from None
+        _check_depth(data, obj)
         if type(obj) is not dict:
             raise MalformedMessage(
                 f'expected a V1 JSON object {{"topic", "event", "payload", "ref"}}, got: {_preview(obj)}'

@@ -26,6 +26,7 @@ import orjson
 
 from ..errors import MalformedMessage
 from ..net.frames import binary_frame, text_frame
+from ._common import check_depth as _check_depth
 from ._common import preview as _preview
 from ._common import ref as _ref
 from .message import BINARY, JSON, Message, ReplyStatus, UserBroadcast
@@ -146,7 +147,8 @@ class V2Codec:
         Elements after the fifth are ignored (spec §2.2).
 
         Raises:
-            MalformedMessage: the frame is not JSON, not an array of at least
+            MalformedMessage: the frame is not JSON, nests deeper than
+                MAX_DEPTH (protocol/_common.py), is not an array of at least
                 five elements, or an element has the wrong type. The caller
                 drops the frame and keeps the socket open (spec §1.5).
         """
@@ -154,6 +156,7 @@ class V2Codec:
             arr = _loads(data)
         except _JSONDecodeError as exc:
             raise MalformedMessage(f"expected a V2 JSON array, got invalid JSON: {exc}") from None
+        _check_depth(data, arr)
         if type(arr) is not list or len(arr) < 5:
             raise MalformedMessage(f"expected V2 array [join_ref, ref, topic, event, payload], got: {_preview(arr)}")
         join_ref, ref, topic, event, payload = arr[:5]

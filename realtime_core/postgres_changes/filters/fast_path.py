@@ -26,8 +26,9 @@ def _int_key(oid: int) -> Callable[[str], Any]:
 
     def key(text: str) -> int:
         # int2in/int4in/int8in also take spaces, "+", leading zeros, "_" and
-        # 0x/0o/0b: the database decides those.
-        if not _CANONICAL_INT.match(text):
+        # 0x/0o/0b: the database decides those. Past 20 characters it is out of
+        # range anyway, and int() refuses more than 4300 digits.
+        if len(text) > 20 or not _CANONICAL_INT.match(text):
             raise Undecidable
         v = int(text)
         if not -bound <= v < bound:
