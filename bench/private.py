@@ -16,7 +16,7 @@ with a database on another machine:
 - (1) joins: bench/js/private_joins.js opens --connections sockets and keeps
   --outstanding phx_join requests in flight on each, every one to a topic
   never used before (``bench:<run>-<n>``) with ``{"config":{"private":true}}``,
-  so every join runs the server's RLS read check (spec §3.3 step 10, §7). Ok
+  so every join runs the server's RLS read check (docs/protocol.md §3.3 step 10, §7). Ok
   and error replies are counted over --duration seconds after --warmup;
   errors must be 0. The server handles one socket's joins one at a time
   (socket.py, as Phoenix does), so --connections is the server-side
@@ -98,7 +98,7 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "private.json"
 TARGET_JOINS_PER_S = 1_000.0  # (1) ok replies to private joins per second
 TARGET_DB_BROADCASTS_PER_S = 10_000.0  # (2) realtime.send messages/s delivered to every subscriber
 
-# Tenant limits raised so that they never throttle the bench (spec 9.1 names).
+# Tenant limits raised so that they never throttle the bench (docs/protocol.md §9.1 names).
 SERVER_ENV = {
     "TENANT_MAX_EVENTS_PER_SECOND": "100000000",
     "TENANT_MAX_CONCURRENT_USERS": "100000",

@@ -2,7 +2,7 @@
 
 cli.py creates an App, awaits start(), and awaits stop() on a signal. The
 network server calls open_socket() for each WebSocket upgrade (the connect-time
-checks of spec §1.4) and the HTTP router (rest_api.py) for everything else."""
+checks of docs/protocol.md §1.4) and the HTTP router (rest_api.py) for everything else."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ __all__ = ["SOCKET_PATHS", "App"]
 
 log = logging.getLogger(__name__)
 
-# spec §1.1: Phoenix's path, and supabase-js's path when there is no gateway.
+# docs/protocol.md §1.1: Phoenix's path, and supabase-js's path when there is no gateway.
 SOCKET_PATHS = frozenset({"/socket/websocket", "/realtime/v1/websocket"})
-# log_level query values upstream accepts; anything else means "error" (spec §1.2).
+# log_level query values upstream accepts; anything else means "error" (docs/protocol.md §1.2).
 _LOG_LEVELS = frozenset({"info", "warning", "error"})
 
 
@@ -149,7 +149,7 @@ class App:
         if self.pool is not None:
             await self.pool.close()
 
-    # Connect-time checks (spec §1.4), called by net/server.py
+    # Connect-time checks (docs/protocol.md §1.4), called by net/server.py
 
     async def open_socket(self, request: Request) -> tuple[RealtimeSocket, Callable[[WebSocketConnection], None]]:
         query = request.query
@@ -195,7 +195,7 @@ class App:
         return self.authorizers.get(tenant.external_id)
 
     async def replay(self, tenant: Tenant, topic: str, since_ms: int, limit: int) -> list[messages.ReplayRow]:
-        """Stored private broadcasts of `topic` since `since_ms` (spec §4.6)."""
+        """Stored private broadcasts of `topic` since `since_ms` (docs/protocol.md §4.6)."""
         if self.pool is None or tenant.external_id not in self.authorizers:
             return []
         async with self.pool.connection() as conn:

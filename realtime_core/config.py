@@ -21,7 +21,7 @@ __all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings"]
 
 @dataclass(slots=True)
 class Limits:
-    """Per-tenant limits (spec §9.1), with our defaults.
+    """Per-tenant limits (docs/protocol.md §9.1), with our defaults.
 
     Upstream's self-host defaults (200 users, 100 events/s, 100 joins/s) are a
     known complaint: a single busy room hits them. Ours fit one server process
@@ -108,17 +108,17 @@ class Settings:
     presence_enabled: bool = False
     private_only: bool = False
     jwt_claim_validators: dict[str, object] | None = None
-    # spec §1.4 and §3.3: failures are answered after these delays.
+    # docs/protocol.md §1.4 and §3.3: failures are answered after these delays.
     connect_error_backoff_ms: int = 2_000
     channel_error_backoff_ms: int = 5_000
-    # spec §1.5: Cowboy's idle timeout.
+    # docs/protocol.md §1.5: Cowboy's idle timeout.
     idle_timeout_ms: int = 60_000
     # broadcast.replication_ready: how long a channel waits for the replication
     # connection before it is shut down (upstream's replication_ready_timeout).
     replication_ready_timeout_ms: int = 60_000
-    # spec §1.1: maximum WebSocket frame.
+    # docs/protocol.md §1.1: maximum WebSocket frame.
     max_frame_bytes: int = 5_000_000
-    # A subscriber whose unsent backlog passes this is disconnected (design §2).
+    # A subscriber whose unsent backlog passes this is disconnected (docs/design.md §2).
     max_write_buffer_bytes: int = 4 * 1024 * 1024
     # Client messages held behind a join or a write-policy check: past either
     # bound the socket stops reading until they are handled (socket.py).
@@ -135,7 +135,7 @@ class Settings:
     cdc: CdcSettings = field(default_factory=CdcSettings)
     # Private channels: the authorization pool (upstream's DB_POOL_SIZE).
     authorization_pool_size: int = 5
-    # Broadcast from the database, and the realtime.messages partition janitor (spec §4.5).
+    # Broadcast from the database, and the realtime.messages partition janitor (docs/protocol.md §4.5).
     db_broadcast: bool = True
     janitor: bool = True
     janitor_interval_ms: int = 4 * 3600 * 1000

@@ -1,8 +1,8 @@
-"""HTTP endpoints: health, ping, metrics and the REST broadcast API (spec §4.2–4.3, §9.4).
+"""HTTP endpoints: health, ping, metrics and the REST broadcast API (docs/protocol.md §4.2–4.3, §9.4).
 
 app.App registers these on its Router. Every broadcast route exists both at
 /api/... and at /realtime/v1/api/..., the path supabase-js uses without a
-gateway (spec §1.1). Each handler runs the upstream plug order: tenant →
+gateway (docs/protocol.md §1.1). Each handler runs the upstream plug order: tenant →
 auth → rate limiter → controller."""
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def _tenant_route(app: App, controller: Any) -> Handler:
-    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (spec §4.2)."""
+    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (docs/protocol.md §4.2)."""
 
     async def handler(request: Request) -> Response:
         try:
@@ -150,7 +150,7 @@ def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], 
 
 
 async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
-    """POST /api/broadcast: validate every message first, deliver all or none (spec §4.2)."""
+    """POST /api/broadcast: validate every message first, deliver all or none (docs/protocol.md §4.2)."""
     try:
         body = orjson.loads(request.body) if request.body else None
     except orjson.JSONDecodeError:
@@ -208,7 +208,7 @@ async def _may_write(app: App, tenant: Tenant, topic: str, claims: dict[str, Any
     return result[BROADCAST]
 
 
-# spec §4.3: authorization failures of a private single-event request.
+# docs/protocol.md §4.3: authorization failures of a private single-event request.
 _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
     Unauthorized: (422, "RLS policy error"),
     QueryCanceled: (422, "Query canceled"),
@@ -219,7 +219,7 @@ _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
 
 
 async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
-    """POST /api/broadcast/:topic/events/:event: the raw body as a user broadcast (spec §4.3)."""
+    """POST /api/broadcast/:topic/events/:event: the raw body as a user broadcast (docs/protocol.md §4.3)."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type not in ("", "application/json", "application/octet-stream"):
         return json_response(415, {"error": _MEDIA_ERROR})

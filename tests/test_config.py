@@ -1,4 +1,4 @@
-"""Tests for realtime_core.config: settings from upstream's environment names (spec §9.1)."""
+"""Tests for realtime_core.config: settings from upstream's environment names (docs/protocol.md §9.1)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class TestDefaults:
         assert settings.limits_set == frozenset()
 
     def test_upstream_timing_defaults(self):
-        """spec §1.4, §3.3 and §1.5: CONNECT 2000 ms, CHANNEL 5000 ms backoffs; 60 s idle timeout."""
+        """docs/protocol.md §1.4, §3.3 and §1.5: CONNECT 2000 ms, CHANNEL 5000 ms backoffs; 60 s idle timeout."""
         settings = Settings.from_env({})
         assert settings.connect_error_backoff_ms == 2_000
         assert settings.channel_error_backoff_ms == 5_000

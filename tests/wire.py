@@ -82,7 +82,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class Kind4:
-    """A binary user broadcast (spec §2.3 kind 4), read as realtime-js reads it."""
+    """A binary user broadcast (docs/protocol.md §2.3 kind 4), read as realtime-js reads it."""
 
     topic: str
     event: str

@@ -11,7 +11,7 @@ with validate_subscription()). A FilterError is reported inside upstream's
 dispatch.py builds one FilterEvaluator per (table, distinct conditions) from
 load_columns(), and calls evaluate() once per batch of changes: one query
 computes every condition for every change with PostgreSQL's own operators on
-the column's type (spec §6.3, upstream `check_equality_op`), so `1.50 = 1.5`
+the column's type (docs/protocol.md §6.3, upstream `check_equality_op`), so `1.50 = 1.5`
 on numeric, jsonb equality, enum order and time zones all hold. Conditions
 whose semantics a Python comparison reproduces exactly (integers, booleans,
 uuids, text equality) skip the database. Every value reaches SQL as a query
@@ -95,7 +95,7 @@ _PG_SPACE = " \t\n\r\x0b\x0c"  # array_isspace() / boolin's isspace()
 class SubscriptionParamsError(ValueError):
     """Params upstream's parse_subscription_params/1 refuses; str() is the exact client text.
 
-    Pushed as a `postgres_changes` system error and not retried (spec §3.6)."""
+    Pushed as a `postgres_changes` system error and not retried (docs/protocol.md §3.6)."""
 
 
 class FilterParseError(SubscriptionParamsError):
@@ -529,7 +529,7 @@ class ColumnInfo:
     name: str
     type_oid: int
     type_schema: str  # pg_namespace.nspname of the type
-    typname: str  # pg_type.typname: int4, _int4, timestamptz, ... (the `type` of spec §6.5)
+    typname: str  # pg_type.typname: int4, _int4, timestamptz, ... (the `type` of docs/protocol.md §6.5)
     type_name: str  # format_type(oid, NULL): integer, integer[], timestamp with time zone, ...
     category: str  # pg_type.typcategory
     attnum: int = 0
@@ -790,8 +790,8 @@ class FilterEvaluator:
     Build it once per (table, distinct conditions) and keep it while the table
     and the set stand. evaluate() answers one tuple of booleans per change, in
     the order of `conditions`; conditions_match() ANDs a subscription's part of
-    it. A condition is true only if its column is present in the change (spec
-    §6.3) and PostgreSQL says TRUE: NULL counts as false."""
+    it. A condition is true only if its column is present in the change
+    (docs/protocol.md §6.3) and PostgreSQL says TRUE: NULL counts as false."""
 
     __slots__ = ("_batch", "_fast", "_refs", "_single", "columns", "conditions", "sql")
 
@@ -928,7 +928,7 @@ class FilterEvaluator:
         return [values]
 
     def _mask(self, row: Row, result: Sequence[bool]) -> tuple[bool, ...]:
-        # Spec §6.3: every filter column must be present in the change.
+        # docs/protocol.md §6.3: every filter column must be present in the change.
         return tuple(bool(r) and c.column in row for r, c in zip(result, self.conditions, strict=True))
 
     def indexes(self, conditions: Iterable[Condition]) -> tuple[int, ...]:
