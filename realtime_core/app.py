@@ -149,6 +149,14 @@ class App:
         if self.pool is not None:
             await self.pool.close()
 
+    def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]:
+        """The claims of a client's JWT for `tenant`, checked now: the one check of a socket
+        connect, a join, an `access_token` refresh or expiry re-check, and the REST broadcast API.
+
+        The token is cleaned, verified against the tenant's keys and JWT_CLAIM_VALIDATORS, and
+        must carry `role` and `exp` (docs/protocol.md §8.1). Raises JwtError."""
+        return verify(token, tenant.keys, now=time.time(), claim_validators=self.settings.jwt_claim_validators)
+
     # Connect-time checks (docs/protocol.md §1.4), called by net/server.py
 
     async def open_socket(self, request: Request) -> tuple[RealtimeSocket, Callable[[WebSocketConnection], None]]:
@@ -167,11 +175,11 @@ class App:
         token = request.headers.get("x-api-key") or query.get("apikey")
         if not token:
             raise ConnectError(401, "API key is missing")
-        token = clean_token(token)
         try:
-            claims = verify(token, tenant.keys, now=time.time(), claim_validators=self.settings.jwt_claim_validators)
+            claims = self.verify_token(tenant, token)
         except JwtError as exc:
             raise ConnectError(exc.connect_status, exc.connect_text) from None
+        token = clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
         limits = tenant.limits
         now = self.now()
         if tenant.users >= limits.max_concurrent_users:

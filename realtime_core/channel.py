@@ -34,7 +34,7 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .jwt import expires_in, verify
+from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
 from .protocol import BINARY, Message, UserBroadcast
@@ -101,7 +101,7 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
     if len(socket.channels) >= limits.max_channels_per_client:
         raise ChannelRateLimitReached("Too many channels")
     token = _join_token(config, socket.token)
-    claims = verify(token, tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators)
+    claims = app.verify_token(tenant, token)
     policies: Policies | None = None
     if config.private:
         presence_counts = config.presence_enabled or tenant.presence_enabled
@@ -566,12 +566,7 @@ class Channel:
     def _verify(self, token: str) -> dict[str, Any] | None:
         """The claims of `token`, or None after shutting the channel with its error (docs/protocol.md §8.3)."""
         try:
-            return verify(
-                token,
-                self.socket.tenant.keys,
-                now=time.time(),
-                claim_validators=self.socket.app.settings.jwt_claim_validators,
-            )
+            return self.socket.app.verify_token(self.socket.tenant, token)
         except JwtError as exc:
             self.shutdown(exc.message)
             return None

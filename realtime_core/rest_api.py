@@ -16,7 +16,7 @@ import orjson
 from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
 from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
-from .jwt import KeySet, clean_token, verify
+from .jwt import KeySet, verify
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
 from .tenants import MissingHost, Tenant
@@ -92,12 +92,7 @@ def _tenant_route(app: App, controller: Any) -> Handler:
         try:
             if not token:
                 raise JwtError("API key is missing")
-            claims = verify(
-                clean_token(token),
-                tenant.keys,
-                now=time.time(),
-                claim_validators=app.settings.jwt_claim_validators,
-            )
+            claims = app.verify_token(tenant, token)
         except JwtError:
             return json_response(401, {"message": "Unauthorized"}, list(_CORS))
         now = app.now()
