@@ -156,9 +156,10 @@ class RealtimeSocket:
             except RealtimeError as exc:
                 self._join_failed(msg, exc)
                 return
-            except Exception:
+            except Exception as exc:
                 log.exception("join of %s failed", msg.topic)
-                self._join_failed(msg, None)
+                # Upstream's catch-all: logged as UnknownErrorOnChannel, answered without a code.
+                self._join_failed(msg, UnknownErrorOnChannel(repr(exc)))
                 return
             if self.closed:
                 return
@@ -176,11 +177,11 @@ class RealtimeSocket:
             self._busy = False
             self._drain_inbox()
 
-    def _join_failed(self, msg: Message, exc: RealtimeError | None) -> None:
-        reason = exc.reason if exc is not None else "Unknown Error on Channel"
+    def _join_failed(self, msg: Message, exc: RealtimeError) -> None:
+        reason = exc.reason
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.app.metrics.join_refused(exc.code if exc is not None else UnknownErrorOnChannel.code)
-        close = exc is not None and exc.closes_socket
+        self.app.metrics.join_refused(exc.code)
+        close = exc.closes_socket
 
         def send() -> None:
             if self.closed:

@@ -379,6 +379,7 @@ class TestJoinErrors:
         assert client.received() == [error("1", "1", TOPIC, {"reason": "Unknown Error on Channel"})]
         assert client.conn.closed_with is None
         assert "boom" in caplog.text
+        assert app.metrics.join_errors_by_code == {"UnknownErrorOnChannel": 1}
 
 
 class TestMalformed:
