@@ -2,7 +2,7 @@
 
 Run as ``python -m bench.fanout`` or ``realtime-core bench fanout`` (which
 calls main() with the remaining arguments). It reproduces the measurements of
-design.md section 2 on this machine:
+docs/design.md §2 on this machine:
 
 - deliveries per second with S subscribers on one topic and one publisher
   sending ~100-byte broadcasts (binary kind 3 in, kind 4 out, docs/protocol.md §2.3) as

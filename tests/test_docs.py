@@ -28,7 +28,12 @@ _SECTION_IN_REST = re.compile(rf"(?:§|[–-])({_SECTION})")
 # References to documents outside the repository: the shared folder, and the old notes cited by
 # the words "spec"/"design" and a section number. The examples below are built from parts so that a
 # plain grep of the repository for these forms finds nothing.
-FORBIDDEN = re.compile(r"\.\./shared|/work/" r"shared|\b(?:spec|design),? (?:§|\d|open question)", re.IGNORECASE)
+FORBIDDEN = re.compile(
+    r"\.\./shared|/work/"
+    r"shared|\b(?:spec|design),? (?:§|\d|open question|section)"
+    r"|(?<!docs/)\bdesign\.md|realtime-protocol\.md",
+    re.IGNORECASE,
+)
 
 
 def _text_files(root: Path):
@@ -130,6 +135,8 @@ def test_resolving_citations_pass(text):
         ("as the Spec" + " 3.3 says", "forbidden reference"),
         ("design" + " 2: frames built once", "forbidden reference"),
         ("(spec" + ", open question 3)", "forbidden reference"),
+        ("design" + ".md section 2", "forbidden reference"),
+        ("see realtime-" + "protocol.md", "forbidden reference"),
         ("see ../" + "shared/design.md", "forbidden reference"),
     ],
 )
