@@ -7,6 +7,7 @@ dangling citation, and so is a cited section whose heading (`## N.` / `### N.M`)
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -42,15 +43,30 @@ FORBIDDEN = re.compile(
 )
 
 
+def _repository_files(root: Path) -> list[Path]:
+    """The files git tracks or would track (untracked but not ignored); every file without git."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        paths = []
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
+            paths += [Path(directory, name) for name in files]
+        return paths
+    return [root / name for name in listed.decode().split("\0") if name and (root / name).is_file()]
+
+
 def _text_files(root: Path):
-    for directory, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith(".egg-info")]
-        for name in files:
-            path = Path(directory, name)
-            try:
-                yield path, path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue  # binary files hold no citations
+    for path in _repository_files(root):
+        try:
+            yield path, path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue  # binary files hold no citations
 
 
 def _headings(doc: Path) -> set[str]:
