@@ -2,10 +2,10 @@
 
 Run as ``python -m bench.fanout`` or ``realtime-core bench fanout`` (which
 calls main() with the remaining arguments). It reproduces the measurements of
-design.md section 2 on this machine:
+docs/design.md §2 on this machine:
 
 - deliveries per second with S subscribers on one topic and one publisher
-  sending ~100-byte broadcasts (binary kind 3 in, kind 4 out, spec 2.3) as
+  sending ~100-byte broadcasts (binary kind 3 in, kind 4 out, docs/protocol.md §2.3) as
   fast as a bounded in-flight window allows (bench/js/loadgen.js);
 - p50/p99 latency at a moderate rate, the same for every server: a fraction
   (default 25 %) of the slower server's median deliveries/s;
@@ -72,7 +72,7 @@ __all__ = ["main"]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "fanout.json"
 
-# Tenant limits raised so that they never throttle the bench (spec 9.1 names).
+# Tenant limits raised so that they never throttle the bench (docs/protocol.md §9.1 names).
 OUR_ENV = {
     "TENANT_MAX_CONCURRENT_USERS": "100000",
     "TENANT_MAX_EVENTS_PER_SECOND": "100000000",

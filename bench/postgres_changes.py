@@ -88,7 +88,7 @@ TARGET_P50_MS = 5.0  # (a) commit -> client, one subscriber, 100 changes/s
 TARGET_P99_MS = 25.0
 TARGET_RLS_DELIVERED_PER_S = 20_000.0  # (b) 100 subscribers, RLS by `sub`
 
-# Tenant limits raised so that they never throttle the bench (spec 9.1 names).
+# Tenant limits raised so that they never throttle the bench (docs/protocol.md §9.1 names).
 SERVER_ENV = {
     "TENANT_MAX_EVENTS_PER_SECOND": "100000000",
     "TENANT_MAX_CONCURRENT_USERS": "100000",

@@ -16,7 +16,7 @@ with a database on another machine:
 - (1) joins: bench/js/private_joins.js opens --connections sockets and keeps
   --outstanding phx_join requests in flight on each, every one to a topic
   never used before (``bench:<run>-<n>``) with ``{"config":{"private":true}}``,
-  so every join runs the server's RLS read check (spec §3.3 step 10, §7). Ok
+  so every join runs the server's RLS read check (docs/protocol.md §3.3 step 10, §7). Ok
   and error replies are counted over --duration seconds after --warmup;
   errors must be 0. The server handles one socket's joins one at a time
   (socket.py, as Phoenix does), so --connections is the server-side
@@ -70,7 +70,6 @@ turns a miss into exit status 3.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import threading
@@ -90,6 +89,7 @@ from bench._report import WARN_CPU_PCT, WARN_IDLE_CORE_PCT, fmt, percentile, rou
 from bench._servers import BenchError, Pinning, token
 from bench._verify import diagnose
 from bench._writers import PacedWriter, ThrottledWriter, join_all
+from realtime_core.metrics import Sample, parse_samples
 
 __all__ = ["main"]
 
@@ -98,7 +98,7 @@ DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "private.json"
 TARGET_JOINS_PER_S = 1_000.0  # (1) ok replies to private joins per second
 TARGET_DB_BROADCASTS_PER_S = 10_000.0  # (2) realtime.send messages/s delivered to every subscriber
 
-# Tenant limits raised so that they never throttle the bench (spec 9.1 names).
+# Tenant limits raised so that they never throttle the bench (docs/protocol.md §9.1 names).
 SERVER_ENV = {
     "TENANT_MAX_EVENTS_PER_SECOND": "100000000",
     "TENANT_MAX_CONCURRENT_USERS": "100000",
@@ -195,46 +195,41 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------ metrics
 
 
-def scrape_metrics(port: int) -> dict[str, float]:
-    """GET /metrics; return {'name{labels}': value} (empty when unreachable)."""
+def scrape_metrics(port: int) -> list[Sample]:
+    """GET /metrics; return its samples (none when unreachable)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.rpartition(" ")
-        with contextlib.suppress(ValueError):
-            out[key] = float(value)
-    return out
+        return []
+    return parse_samples(text)
 
 
-def _metric(m: dict[str, float], name: str) -> float | None:
+def _metric(m: list[Sample], name: str) -> float | None:
     """Sum of `name` over its label sets (one tenant here)."""
-    values = [v for k, v in m.items() if k == name or k.startswith(name + "{")]
+    values = [s.value for s in m if s.name == name]
     return sum(values) if values else None
 
 
-def _increase(before: dict[str, float], after: dict[str, float], name: str) -> float:
+def _increase(before: list[Sample], after: list[Sample], name: str) -> float:
     """How much the counter `name` grew between two scrapes (0 where it is missing)."""
     return (_metric(after, name) or 0) - (_metric(before, name) or 0)
 
 
-def histogram_delta(before: dict[str, float], after: dict[str, float], name: str) -> dict[str, Any] | None:
+def histogram_delta(before: list[Sample], after: list[Sample], name: str) -> dict[str, Any] | None:
     """The Prometheus histogram `name` observed between two scrapes: counts per bucket and estimates.
 
     Quantiles are bucket upper bounds: "p99 <= 10 ms" means the 99th
     percentile fell in the bucket that ends at 10 ms."""
     buckets: dict[str, float] = {}
-    for key, value in after.items():
-        if key.startswith(name + "_bucket{"):
-            le = key.rsplit('le="', 1)[1].split('"', 1)[0]
-            buckets[le] = buckets.get(le, 0.0) + value - before.get(key, 0.0)
+    for s in after:
+        if s.name == name + "_bucket":
+            buckets[s.labels["le"]] = buckets.get(s.labels["le"], 0.0) + s.value
     if not buckets:
         return None
+    for s in before:
+        if s.name == name + "_bucket" and s.labels["le"] in buckets:
+            buckets[s.labels["le"]] -= s.value
     count = (_metric(after, name + "_count") or 0.0) - (_metric(before, name + "_count") or 0.0)
     total_ms = (_metric(after, name + "_sum") or 0.0) - (_metric(before, name + "_sum") or 0.0)
     order = sorted(buckets, key=lambda le: float("inf") if le == "+Inf" else float(le))

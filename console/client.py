@@ -9,30 +9,20 @@ Pages call these methods and only render; the same calls work in a notebook:
 from __future__ import annotations
 
 import json
-import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 import pandas as pd
 
-__all__ = ["AdminClient", "parse_prometheus"]
+from realtime_core.metrics import parse_samples
 
-_SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+__all__ = ["AdminClient", "parse_prometheus"]
 
 
 def parse_prometheus(text: str) -> pd.DataFrame:
     """Samples of a Prometheus text exposition as rows (metric, labels, value)."""
-    rows = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        labels = dict(_LABEL.findall(m.group("labels") or ""))
-        rows.append({"metric": m.group("name"), "labels": labels, "value": float(m.group("value"))})
+    rows = [{"metric": s.name, "labels": s.labels, "value": float(s.value)} for s in parse_samples(text)]
     return pd.DataFrame(rows, columns=["metric", "labels", "value"])
 
 

@@ -2,7 +2,7 @@
 
 cli.py creates an App, awaits start(), and awaits stop() on a signal. The
 network server calls open_socket() for each WebSocket upgrade (the connect-time
-checks of spec §1.4) and the HTTP router (rest_api.py) for everything else."""
+checks of docs/protocol.md §1.4) and the HTTP router (rest_api.py) for everything else."""
 
 from __future__ import annotations
 
@@ -38,9 +38,9 @@ __all__ = ["SOCKET_PATHS", "App"]
 
 log = logging.getLogger(__name__)
 
-# spec §1.1: Phoenix's path, and supabase-js's path when there is no gateway.
+# docs/protocol.md §1.1: Phoenix's path, and supabase-js's path when there is no gateway.
 SOCKET_PATHS = frozenset({"/socket/websocket", "/realtime/v1/websocket"})
-# log_level query values upstream accepts; anything else means "error" (spec §1.2).
+# log_level query values upstream accepts; anything else means "error" (docs/protocol.md §1.2).
 _LOG_LEVELS = frozenset({"info", "warning", "error"})
 
 
@@ -149,7 +149,15 @@ class App:
         if self.pool is not None:
             await self.pool.close()
 
-    # Connect-time checks (spec §1.4), called by net/server.py
+    def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]:
+        """The claims of a client's JWT for `tenant`, checked now: the one check of a socket
+        connect, a join, an `access_token` refresh or expiry re-check, and the REST broadcast API.
+
+        The token is cleaned, verified against the tenant's keys and JWT_CLAIM_VALIDATORS, and
+        must carry `role` and `exp` (docs/protocol.md §8.1). Raises JwtError."""
+        return verify(token, tenant.keys, now=time.time(), claim_validators=self.settings.jwt_claim_validators)
+
+    # Connect-time checks (docs/protocol.md §1.4), called by net/server.py
 
     async def open_socket(self, request: Request) -> tuple[RealtimeSocket, Callable[[WebSocketConnection], None]]:
         query = request.query
@@ -167,11 +175,11 @@ class App:
         token = request.headers.get("x-api-key") or query.get("apikey")
         if not token:
             raise ConnectError(401, "API key is missing")
-        token = clean_token(token)
         try:
-            claims = verify(token, tenant.keys, now=time.time(), claim_validators=self.settings.jwt_claim_validators)
+            claims = self.verify_token(tenant, token)
         except JwtError as exc:
             raise ConnectError(exc.connect_status, exc.connect_text) from None
+        token = clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
         limits = tenant.limits
         now = self.now()
         if tenant.users >= limits.max_concurrent_users:
@@ -195,7 +203,7 @@ class App:
         return self.authorizers.get(tenant.external_id)
 
     async def replay(self, tenant: Tenant, topic: str, since_ms: int, limit: int) -> list[messages.ReplayRow]:
-        """Stored private broadcasts of `topic` since `since_ms` (spec §4.6)."""
+        """Stored private broadcasts of `topic` since `since_ms` (docs/protocol.md §4.6)."""
         if self.pool is None or tenant.external_id not in self.authorizers:
             return []
         async with self.pool.connection() as conn:

@@ -1,4 +1,4 @@
-"""Private channels: RLS policies on realtime.messages decide who reads and writes (spec §7).
+"""Private channels: RLS policies on realtime.messages decide who reads and writes (docs/protocol.md §7).
 
 channel.join() asks read() for a private topic; broadcast.py and the presence
 handler ask write() lazily, at a channel's first broadcast or track; the REST
@@ -139,7 +139,7 @@ class Authorizer:
     async def read(
         self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
     ) -> dict[str, bool]:
-        """Which of `extensions` the client may read on `topic` (spec §7, read check)."""
+        """Which of `extensions` the client may read on `topic` (docs/protocol.md §7, read check)."""
         probes = {ext: uuid.uuid4() for ext in extensions}
         async with self._connection(topic, self.read_latency) as conn:
             # Pipelined: BEGIN, the probes, the settings, the select and
@@ -164,7 +164,7 @@ class Authorizer:
     async def write(
         self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
     ) -> dict[str, bool]:
-        """Which of `extensions` the client may write on `topic` (spec §7, write check)."""
+        """Which of `extensions` the client may write on `topic` (docs/protocol.md §7, write check)."""
         result: dict[str, bool] = {}
         async with self._connection(topic, self.write_latency) as conn, conn.transaction(force_rollback=True):
             await self._set_config(conn, topic, claims, headers)

@@ -1,4 +1,5 @@
-"""Broadcast: from a client over the socket (spec §4.1) and from the REST API (§4.2–4.3).
+"""Broadcast: from a client over the socket (docs/protocol.md §4.1) and from the REST API
+(docs/protocol.md §4.2–4.3).
 
 Channel.handle_in() calls from_client() for a `broadcast` event; rest_api.py
 calls publish_json() / publish_user() for each accepted message. All of them
@@ -38,7 +39,7 @@ def from_client(channel: Channel, msg: Message) -> None:
         allowed = channel.allowed_to_write(BROADCAST, msg)
         if not allowed:
             # None: held until the write policy is known. False: denied
-            # broadcasts are dropped silently, without an ack (spec §4.1).
+            # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
             return
     socket = channel.socket
     app = socket.app
@@ -49,7 +50,7 @@ def from_client(channel: Channel, msg: Message) -> None:
     topic = channel.topic
     if isinstance(payload, UserBroadcast):
         # Re-broadcast as a user broadcast: V2 receivers get the sender's bytes
-        # in a kind-4 frame, V1 receivers JSON, binary dropped for V1 (§2.3).
+        # in a kind-4 frame, V1 receivers JSON, binary dropped for V1 (docs/protocol.md §2.3).
         size = len(payload.data)
 
         def encode(codec: Codec) -> bytes | None:
@@ -58,7 +59,7 @@ def from_client(channel: Channel, msg: Message) -> None:
     elif isinstance(payload, bytes):
         return  # a kind-0 push named "broadcast" carries no user event: nothing to deliver
     else:
-        # JSON payloads are re-broadcast verbatim (§4.1).
+        # JSON payloads are re-broadcast verbatim (docs/protocol.md §4.1).
         payload_json = orjson.dumps(payload)
         size = len(payload_json)
 
@@ -67,7 +68,7 @@ def from_client(channel: Channel, msg: Message) -> None:
 
     if tenant.payload_too_large(size):
         if channel.ack:
-            # The response is a bare string (§4.1).
+            # The response is a bare string (docs/protocol.md §4.1).
             channel.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
         return
     exclude = None if channel.self_broadcast else channel
@@ -79,7 +80,7 @@ def from_client(channel: Channel, msg: Message) -> None:
 def publish_json(
     app: App, tenant: Tenant, sub_topic: str, private: bool, event: str, payload: Any, message_id: str | None
 ) -> int:
-    """Deliver a REST batch message as event `broadcast` {payload, event, type, meta?} (§4.2)."""
+    """Deliver a REST batch message as event `broadcast` {payload, event, type, meta?} (docs/protocol.md §4.2)."""
     body: dict[str, Any] = {"payload": payload, "event": event, "type": "broadcast"}
     if message_id is not None:
         body["meta"] = {"id": message_id}
@@ -92,7 +93,7 @@ def publish_json(
 
 
 def publish_user(app: App, tenant: Tenant, sub_topic: str, private: bool, message: UserBroadcast) -> int:
-    """Deliver a user broadcast (the REST single-event endpoint, §4.3)."""
+    """Deliver a user broadcast (the REST single-event endpoint, docs/protocol.md §4.3)."""
     topic = f"realtime:{sub_topic}"
     key = StreamKey(tenant.external_id, private, sub_topic)
     return app.router.publish(tenant, key, lambda codec: _user_frame(codec, topic, message), app.now())

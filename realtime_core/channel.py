@@ -1,9 +1,9 @@
 """The join pipeline and one joined channel's state machine.
 
-socket.py calls join() for a phx_join (spec §3.3) and, once the channel exists,
+socket.py calls join() for a phx_join (docs/protocol.md §3.3) and, once the channel exists,
 Channel.handle_in() for every message on its topic. A channel ends in one of
-three ways, each sending phx_close with ref = join_ref (spec §2.4): leave()
-(phx_leave), shutdown() (a system error first, spec §3.6), or replaced() (a
+three ways, each sending phx_close with ref = join_ref (docs/protocol.md §2.4): leave()
+(phx_leave), shutdown() (a system error first, docs/protocol.md §3.6), or replaced() (a
 duplicate join); or, after an unexpected failure of its own work, crashed()
 sends phx_error instead. close() is the common cleanup."""
 
@@ -34,7 +34,7 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .jwt import expires_in, verify
+from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
 from .protocol import BINARY, Message, UserBroadcast
@@ -51,7 +51,7 @@ __all__ = ["Channel", "ChannelState", "UnableToReplayMessages", "join"]
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "realtime:"
-# spec §8.4: the token is re-checked at least this often.
+# docs/protocol.md §8.4: the token is re-checked at least this often.
 TOKEN_RECHECK_SECONDS = 300.0
 # broadcast.replication_ready: the replication connection is checked this often
 # (RT realtime_channel.ex @replication_ready_check_interval).
@@ -61,7 +61,7 @@ REPLICATION_NOT_READY = "Replication connection was not established in time"
 
 
 class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
-    """Replay asked for where it cannot be served (spec §4.6)."""
+    """Replay asked for where it cannot be served (docs/protocol.md §4.6)."""
 
 
 class ChannelState(enum.IntEnum):
@@ -72,7 +72,7 @@ class ChannelState(enum.IntEnum):
 
 
 async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
-    """Run the join pipeline (spec §3.3) in order; return the channel and the reply's response.
+    """Run the join pipeline (docs/protocol.md §3.3) in order; return the channel and the reply's response.
 
     Raises RealtimeError with the upstream code and text on any refusal."""
     app = socket.app
@@ -101,7 +101,7 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
     if len(socket.channels) >= limits.max_channels_per_client:
         raise ChannelRateLimitReached("Too many channels")
     token = _join_token(config, socket.token)
-    claims = verify(token, tenant.keys, now=time.time(), claim_validators=app.settings.jwt_claim_validators)
+    claims = app.verify_token(tenant, token)
     policies: Policies | None = None
     if config.private:
         presence_counts = config.presence_enabled or tenant.presence_enabled
@@ -126,7 +126,7 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
     if config.new_api:
         channel.postgres_changes = list(zip(ids, config.postgres_changes, strict=True))
     else:
-        # spec §6.7: a join without `config` subscribes to `schema[:table[:filter]]`.
+        # docs/protocol.md §6.7: a join without `config` subscribes to `schema[:table[:filter]]`.
         parts = sub_topic.split(":", 2)
         legacy = {"schema": parts[0], "table": parts[1] if len(parts) > 1 else "*"}
         if len(parts) > 2:
@@ -140,11 +140,11 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
 async def _read_policies(
     socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
 ) -> Policies:
-    """Evaluate the read policies of a private topic (spec §7); both extensions, one transaction."""
+    """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
     authorizer = socket.app.authorizer_for(tenant)
     if authorizer is None:
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
-    # spec §7: presence is probed only when the channel enabled it; otherwise
+    # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
     # at its first track.
     extensions = (BROADCAST, PRESENCE) if presence else (BROADCAST,)
     read = await authorizer.read(sub_topic, claims, socket.x_headers, extensions)
@@ -160,7 +160,7 @@ async def _replay(app: App, tenant: Tenant, sub_topic: str, since: int, limit: i
 
 
 def _join_token(config: JoinPayload, connect_token: str) -> str:
-    """spec §3.2: user_token, then access_token, then the connect token; `sb_` keys defer to it."""
+    """docs/protocol.md §3.2: user_token, then access_token, then the connect token; `sb_` keys defer to it."""
     candidate = config.access_token if config.access_token is not None else config.user_token
     if isinstance(candidate, str) and candidate.startswith("sb_"):
         return connect_token
@@ -248,7 +248,7 @@ class Channel:
 
     @property
     def presence_key(self) -> str:
-        """The client's key, or a UUID v1 made at first use (spec §5.1): most channels never track."""
+        """The client's key, or a UUID v1 made at first use (docs/protocol.md §5.1): most channels never track."""
         if not self._presence_key:
             self._presence_key = str(uuid.uuid1())
         return self._presence_key
@@ -264,7 +264,7 @@ class Channel:
         self.reads_presence = bool(policies.presence_read)
 
     def start(self) -> None:
-        """Subscribe and send what follows the join reply (spec §10.8: reply first)."""
+        """Subscribe and send what follows the join reply (docs/protocol.md §10.8: reply first)."""
         app = self.socket.app
         app.router.subscribe(self.key, self)
         self._schedule_token_check()
@@ -283,12 +283,12 @@ class Channel:
                 cdc.subscribe(self, self.postgres_changes, self.legacy)
 
     def leave(self, ref: str | None) -> None:
-        """phx_leave: reply ok, then phx_close (spec §3.7)."""
+        """phx_leave: reply ok, then phx_close (docs/protocol.md §3.7)."""
         self.reply(ref, "ok", {})
         self._close_with_phx_close()
 
     def shutdown(self, text: str) -> None:
-        """Stop with a system error, then phx_close (spec §3.6, "Channel shutdown")."""
+        """Stop with a system error, then phx_close (docs/protocol.md §3.6, "Channel shutdown")."""
         if self.state is ChannelState.CLOSED:
             return
         log.info("ChannelShutdown %s: %s", self.topic, text)
@@ -296,7 +296,7 @@ class Channel:
         self._close_with_phx_close()
 
     def replaced(self) -> None:
-        """A duplicate join on the socket: phx_close for this join_ref (spec §2.4)."""
+        """A duplicate join on the socket: phx_close for this join_ref (docs/protocol.md §2.4)."""
         self._close_with_phx_close()
 
     def crashed(self, exc: BaseException | None = None) -> None:
@@ -359,7 +359,7 @@ class Channel:
             self._replication_timer = app.loop.call_later(REPLICATION_CHECK_SECONDS, self._check_replication)
 
     def _send_replay(self, rows: list[ReplayRow]) -> None:
-        """Replayed messages, oldest first, as channel pushes (spec §4.6)."""
+        """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
         for row in rows:
@@ -399,7 +399,7 @@ class Channel:
                 result = await authorizer.write(self.sub_topic, self.claims, self.socket.x_headers, (extension,))
                 allowed = result[extension]
                 if extension == PRESENCE and self.policies is not None and self.policies.presence_read is None:
-                    # spec §5.1: the first track also evaluates presence read.
+                    # docs/protocol.md §5.1: the first track also evaluates presence read.
                     read = await authorizer.read(self.sub_topic, self.claims, self.socket.x_headers, (PRESENCE,))
                     self.policies.presence_read = read[PRESENCE]
                     self.reads_presence = read[PRESENCE]
@@ -436,11 +436,11 @@ class Channel:
         elif event == "access_token":
             self._refresh_token(msg.payload)
         else:
-            # spec §9.2: unknown client events count against events/s.
+            # docs/protocol.md §9.2: unknown client events count against events/s.
             tenant = self.socket.tenant
             tenant.events.add(1, self.socket.app.now())
 
-    # Presence (spec §5)
+    # Presence (docs/protocol.md §5)
 
     def _handle_presence(self, msg: Message) -> None:
         payload = msg.payload if isinstance(msg.payload, dict) else {}
@@ -498,7 +498,7 @@ class Channel:
     def _push_presence_state(self) -> None:
         tenant = self.socket.tenant
         now = self.socket.app.now()
-        # spec §5.3: the tenant presence rate is checked for the initial state
+        # docs/protocol.md §5.3: the tenant presence rate is checked for the initial state
         # too (only track calls and diff deliveries count towards it).
         if tenant.presence_events.reached(tenant.limits.max_presence_events_per_second, now):
             self.shutdown("Too many presence messages per second")
@@ -517,7 +517,7 @@ class Channel:
         )
         tenant.presence_events.add(delivered, now)
 
-    # Tokens (spec §8.3, §8.4)
+    # Tokens (docs/protocol.md §8.3, §8.4)
 
     def _refresh_token(self, payload: Any) -> None:
         token = payload.get("access_token") if isinstance(payload, dict) else None
@@ -537,7 +537,7 @@ class Channel:
                 cdc.refresh(self)
 
     async def _recheck_read(self) -> None:
-        """spec §7: read policies again after a new token; a revoked read closes the channel."""
+        """docs/protocol.md §7: read policies again after a new token; a revoked read closes the channel."""
         before = self.policies
         try:
             after = await _read_policies(
@@ -564,14 +564,9 @@ class Channel:
         self.set_policies(after)  # write permissions are unknown again
 
     def _verify(self, token: str) -> dict[str, Any] | None:
-        """The claims of `token`, or None after shutting the channel with its error (spec §8.3)."""
+        """The claims of `token`, or None after shutting the channel with its error (docs/protocol.md §8.3)."""
         try:
-            return verify(
-                token,
-                self.socket.tenant.keys,
-                now=time.time(),
-                claim_validators=self.socket.app.settings.jwt_claim_validators,
-            )
+            return self.socket.app.verify_token(self.socket.tenant, token)
         except JwtError as exc:
             self.shutdown(exc.message)
             return None

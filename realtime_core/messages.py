@@ -4,8 +4,8 @@ sql/0003_messages.sql creates the partitioned table and the functions that
 write it. app.App calls ensure_partitions() when a tenant database starts
 (authorization probes and realtime.send() fail without today's partition),
 then runs a Janitor, which repeats ensure_partitions() and
-drop_old_partitions() every few hours (spec §4.5). A private channel's join
-calls replay() for `config.broadcast.replay` (spec §4.6).
+drop_old_partitions() every few hours (docs/protocol.md §4.5). A private channel's join
+calls replay() for `config.broadcast.replay` (docs/protocol.md §4.6).
 
 Times: `inserted_at` is a `timestamp without time zone` holding UTC. The
 table's defaults are `timezone('utc', now())`, partitions are named and
@@ -56,7 +56,7 @@ join pg_namespace n on n.oid = c.relnamespace
 where i.inhparent = 'realtime.messages'::regclass and n.nspname = 'realtime'
 """
 
-# spec §4.6 (upstream lib/realtime/messages.ex replay/5). The newest `limit`
+# docs/protocol.md §4.6 (upstream lib/realtime/messages.ex replay/5). The newest `limit`
 # rows, newest first; replay() reverses them. The upper bound keeps out rows
 # stamped in the future by a skewed writer, as upstream does. payload::text is
 # the stored jsonb's own text, which the caller sends without re-encoding.
@@ -176,8 +176,8 @@ async def replay(conn: psycopg.AsyncConnection[Any], topic: str, since_ms: int, 
     """Fetch up to `limit` private broadcasts of `topic` stored since `since_ms`, oldest first.
 
     `topic` is the sub_topic (no `realtime:` prefix) and `since_ms` Unix time
-    in milliseconds. The caller validates and clamps `limit` (1..25, spec
-    §4.6). Raises psycopg.Error when the query fails."""
+    in milliseconds. The caller validates and clamps `limit` (1..25,
+    docs/protocol.md §4.6). Raises psycopg.Error when the query fails."""
     cur = await conn.execute(_SQL_REPLAY, {"topic": topic, "since_ms": since_ms, "limit": limit})
     rows = await cur.fetchall()
     return [
@@ -199,7 +199,7 @@ class _ConnectionSource(Protocol):
 
 
 class Janitor:
-    """The background task that keeps realtime.messages' partitions (spec §4.5).
+    """The background task that keeps realtime.messages' partitions (docs/protocol.md §4.5).
 
     Call start() once the event loop runs; it runs ensure_partitions() and
     drop_old_partitions() at once, then every `interval` seconds plus up to

@@ -1,16 +1,29 @@
 """Counters and gauges of one process, in the Prometheus text format.
 
 Counters are plain attributes incremented where things happen (no locks: one
-event loop). rest_api.py serves render() at GET /metrics."""
+event loop). rest_api.py serves render() at GET /metrics; parse_samples() reads
+such text back for the console, the benchmarks and the tests."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 if TYPE_CHECKING:
     from .app import App
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "Sample", "parse_samples"]
+
+
+def parse_samples(text: str) -> list[Sample]:
+    """Every sample of a Prometheus text exposition, in order, with label values unescaped.
+
+    prometheus_client names counter samples the OpenMetrics way: a counter declared without the
+    `_total` suffix (upstream's `realtime_channel_global_error`) is read as `<name>_total`.
+    Raises ValueError on text that is not the Prometheus text format."""
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
 class Metrics:

@@ -1,4 +1,4 @@
-"""The phx_join payload, parsed leniently as upstream does (spec §3.1).
+"""The phx_join payload, parsed leniently as upstream does (docs/protocol.md §3.1).
 
 Validation errors never reject a join: the valid parts apply, the rest fall
 back to defaults, and `problems` lists what was ignored (logged as
@@ -31,7 +31,7 @@ class Replay:
 
 
 def postgres_change_id(params: dict[str, Any]) -> int:
-    """A stable non-negative integer for one postgres_changes params map (spec §3.4).
+    """A stable non-negative integer for one postgres_changes params map (docs/protocol.md §3.4).
 
     Upstream uses erlang:phash2/1 (27 bits); any stable integer does, as long
     as the same one is sent later in `ids`. Identical params give the same id."""
@@ -42,7 +42,7 @@ def postgres_change_id(params: dict[str, Any]) -> int:
 class JoinPayload:
     """What a client asked for when joining."""
 
-    new_api: bool = False  # the payload has a `config` key (spec §3.1)
+    new_api: bool = False  # the payload has a `config` key (docs/protocol.md §3.1)
     private: bool = False
     ack: bool = False
     self_broadcast: bool = False
@@ -112,7 +112,7 @@ class JoinPayload:
         return value
 
     def _parse_replay(self, replay: Any) -> None:
-        # spec §4.6: limit defaults to 25 and is clamped to 1..25.
+        # docs/protocol.md §4.6: limit defaults to 25 and is clamped to 1..25.
         if not isinstance(replay, dict):
             self.replay_invalid = True
             return

@@ -2,7 +2,7 @@
 
 channel.py calls track() / untrack() and fans out the diff they return as
 `presence_diff`; state() is what a joining channel gets as `presence_state`
-(spec §5.2). Each channel tracks at most one meta, under its presence key; an
+(docs/protocol.md §5.2). Each channel tracks at most one meta, under its presence key; an
 update is a leave of the old meta and a join of the new one, the new meta
 carrying `phx_ref_prev` (Phoenix.Presence)."""
 
@@ -17,7 +17,7 @@ __all__ = ["Diff", "PresenceTopic", "new_ref"]
 
 Diff = dict[str, dict[str, dict[str, list[dict[str, Any]]]]]  # {"joins": {key: {"metas": [...]}}, "leaves": ...}
 
-# phx_ref values are opaque unique strings (spec, open question 3): a random
+# phx_ref values are opaque unique strings (docs/protocol.md §5.2): a random
 # per-process prefix and a counter keep them unique across processes.
 _PREFIX = urlsafe_b64encode(os.urandom(6)).decode()
 _counter = itertools.count(1)

@@ -1,8 +1,8 @@
-"""HTTP endpoints: health, ping, metrics and the REST broadcast API (spec §4.2–4.3, §9.4).
+"""HTTP endpoints: health, ping, metrics and the REST broadcast API (docs/protocol.md §4.2–4.3, §9.4).
 
 app.App registers these on its Router. Every broadcast route exists both at
 /api/... and at /realtime/v1/api/..., the path supabase-js uses without a
-gateway (spec §1.1). Each handler runs the upstream plug order: tenant →
+gateway (docs/protocol.md §1.1). Each handler runs the upstream plug order: tenant →
 auth → rate limiter → controller."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import orjson
 from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
 from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
-from .jwt import KeySet, clean_token, verify
+from .jwt import KeySet, verify
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
 from .tenants import MissingHost, Tenant
@@ -79,7 +79,7 @@ def _bearer(request: Request) -> str | None:
 
 
 def _tenant_route(app: App, controller: Any) -> Handler:
-    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (spec §4.2)."""
+    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (docs/protocol.md §4.2)."""
 
     async def handler(request: Request) -> Response:
         try:
@@ -92,12 +92,7 @@ def _tenant_route(app: App, controller: Any) -> Handler:
         try:
             if not token:
                 raise JwtError("API key is missing")
-            claims = verify(
-                clean_token(token),
-                tenant.keys,
-                now=time.time(),
-                claim_validators=app.settings.jwt_claim_validators,
-            )
+            claims = app.verify_token(tenant, token)
         except JwtError:
             return json_response(401, {"message": "Unauthorized"}, list(_CORS))
         now = app.now()
@@ -150,7 +145,7 @@ def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], 
 
 
 async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
-    """POST /api/broadcast: validate every message first, deliver all or none (spec §4.2)."""
+    """POST /api/broadcast: validate every message first, deliver all or none (docs/protocol.md §4.2)."""
     try:
         body = orjson.loads(request.body) if request.body else None
     except orjson.JSONDecodeError:
@@ -208,7 +203,7 @@ async def _may_write(app: App, tenant: Tenant, topic: str, claims: dict[str, Any
     return result[BROADCAST]
 
 
-# spec §4.3: authorization failures of a private single-event request.
+# docs/protocol.md §4.3: authorization failures of a private single-event request.
 _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
     Unauthorized: (422, "RLS policy error"),
     QueryCanceled: (422, "Query canceled"),
@@ -219,7 +214,7 @@ _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
 
 
 async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
-    """POST /api/broadcast/:topic/events/:event: the raw body as a user broadcast (spec §4.3)."""
+    """POST /api/broadcast/:topic/events/:event: the raw body as a user broadcast (docs/protocol.md §4.3)."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type not in ("", "application/json", "application/octet-stream"):
         return json_response(415, {"error": _MEDIA_ERROR})

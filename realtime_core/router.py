@@ -1,7 +1,7 @@
 """Streams to local subscribers, and the encode-once fan-out.
 
 A stream is (tenant, private, sub_topic): public and private channels with the
-same name are separate streams (spec §3.3 step 12). Channels subscribe when
+same name are separate streams (docs/protocol.md §3.3 step 12). Channels subscribe when
 their join succeeds and unsubscribe when they close. publish() checks the
 tenant's events/s limit, builds each frame once per codec in use and queues the
 same bytes on every subscriber's connection (the Writer coalesces writes)."""
@@ -71,9 +71,9 @@ class Router:
         """Deliver one message to every subscriber of `key` but `exclude`; return how many got it.
 
         Private channels whose read policy denies broadcast (or, with
-        `presence`, presence) are skipped (spec §7); so are channels that
-        already got `message_id` as a replay (spec §4.4). While the tenant's
-        events/s limit is reached, receivers are shut down instead (spec §9.2)."""
+        `presence`, presence) are skipped (docs/protocol.md §7); so are channels that
+        already got `message_id` as a replay (docs/protocol.md §4.4). While the tenant's
+        events/s limit is reached, receivers are shut down instead (docs/protocol.md §9.2)."""
         subs = self._streams.get(key)
         if not subs:
             return 0
@@ -83,7 +83,7 @@ class Router:
                     channel.shutdown(TOO_MANY_MESSAGES)
             return 0
         # Nearly every stream has a single codec in use, so this loop builds
-        # one frame and then only queues bytes (design §2: frame built once).
+        # one frame and then only queues bytes (docs/design.md §2: frame built once).
         frames: dict[Codec, bytes | None] = {}
         delivered = 0
         for channel in subs:

@@ -4,7 +4,7 @@ net/websocket.py calls on_text() / on_binary() with each complete message and
 on_close() once. Messages are handled in arrival order: a join that has to
 wait (an error reply's backoff is not a wait; an async pipeline step is) holds
 the following messages in an inbox until it finishes, as Phoenix's socket
-process does. The routing follows Phoenix's `handle_in` (spec §2.4).
+process does. The routing follows Phoenix's `handle_in` (docs/protocol.md §2.4).
 
 What the inbox and the channels' write checks hold is bounded: past
 max_queued_input_messages or max_queued_input_bytes the connection stops
@@ -112,7 +112,7 @@ class RealtimeSocket:
         self.receive(msg)
 
     def _malformed(self, exc: MalformedMessage) -> None:
-        # spec §1.5: logged and dropped; the connection stays open.
+        # docs/protocol.md §1.5: logged and dropped; the connection stays open.
         self.app.metrics.malformed_messages += 1
         log.debug("MalformedWebSocketMessage from %s: %s", self.conn.peer, exc)
 
@@ -143,7 +143,7 @@ class RealtimeSocket:
             else:
                 self._reply_unmatched(msg)
         elif msg.join_ref is not None and msg.join_ref != channel.join_ref:
-            return  # a message for an older join of this topic (spec §2.4)
+            return  # a message for an older join of this topic (docs/protocol.md §2.4)
         elif event == "phx_leave":
             channel.leave(msg.ref)
         else:
@@ -156,9 +156,10 @@ class RealtimeSocket:
             except RealtimeError as exc:
                 self._join_failed(msg, exc)
                 return
-            except Exception:
+            except Exception as exc:
                 log.exception("join of %s failed", msg.topic)
-                self._join_failed(msg, None)
+                # Upstream's catch-all: logged as UnknownErrorOnChannel, answered without a code.
+                self._join_failed(msg, UnknownErrorOnChannel(repr(exc)))
                 return
             if self.closed:
                 return
@@ -176,11 +177,11 @@ class RealtimeSocket:
             self._busy = False
             self._drain_inbox()
 
-    def _join_failed(self, msg: Message, exc: RealtimeError | None) -> None:
-        reason = exc.reason if exc is not None else "Unknown Error on Channel"
+    def _join_failed(self, msg: Message, exc: RealtimeError) -> None:
+        reason = exc.reason
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.app.metrics.join_refused(exc.code if exc is not None else UnknownErrorOnChannel.code)
-        close = exc is not None and exc.closes_socket
+        self.app.metrics.join_refused(exc.code)
+        close = exc.closes_socket
 
         def send() -> None:
             if self.closed:
@@ -189,7 +190,7 @@ class RealtimeSocket:
             if close:
                 self.conn.close(CloseCode.GOING_AWAY, reason)
 
-        # spec §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS.
+        # docs/protocol.md §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS.
         delay = self.app.settings.channel_error_backoff_ms / 1000
         if delay > 0:
             self.app.loop.call_later(delay, send)
@@ -236,7 +237,7 @@ class RealtimeSocket:
     # Output
 
     def _reply(self, msg: Message, status: Literal["ok", "error"], response: Any) -> None:
-        """Reply to `msg`, echoing its join_ref and ref (spec §2.4)."""
+        """Reply to `msg`, echoing its join_ref and ref (docs/protocol.md §2.4)."""
         self.conn.send(self.codec.reply(msg.join_ref, msg.ref, msg.topic, status, response))
 
     def _reply_unmatched(self, msg: Message) -> None:

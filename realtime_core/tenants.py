@@ -81,10 +81,10 @@ class Tenant:
     joins: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     presence_events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     http_requests: RateCounter = field(default_factory=lambda: RateCounter(0.0))
-    users: int = 0  # sockets that joined at least one channel (spec §9.1)
+    users: int = 0  # sockets that joined at least one channel (docs/protocol.md §9.1)
 
     def payload_too_large(self, size: int) -> bool:
-        """True when `size` bytes exceed the tenant's payload limit (spec §4.1)."""
+        """True when `size` bytes exceed the tenant's payload limit (docs/protocol.md §4.1)."""
         return size > self.limits.max_payload_size_in_kb * 1000 + 500
 
     @classmethod

@@ -1,5 +1,6 @@
-"""Tests for realtime_core.channel: the join pipeline (spec §3.2, §3.3, §3.5), presence on a
-channel (§5), shutdowns (§3.6, §9.2) and token expiry (§8.4).
+"""Tests for realtime_core.channel: the join pipeline (docs/protocol.md §3.2, §3.3, §3.5), presence on a
+channel (docs/protocol.md §5), shutdowns (docs/protocol.md §3.6, §9.2) and token expiry
+(docs/protocol.md §8.4).
 
 Channels are driven through a RealtimeSocket of a real App (built without
 start(): no database, no listener) and a connection stand-in that records
@@ -52,7 +53,7 @@ def ok(join_ref: str | None, ref: str | None, response: Any, topic: str = TOPIC)
 
 
 def system_error(join_ref: str, text: str, topic: str = TOPIC) -> list[Any]:
-    """spec §3.6: the system push that precedes a shutdown's phx_close."""
+    """docs/protocol.md §3.6: the system push that precedes a shutdown's phx_close."""
     sub_topic = topic.removeprefix("realtime:")
     payload = {"extension": "system", "status": "error", "message": text, "channel": sub_topic}
     return [join_ref, None, topic, "system", payload]
@@ -113,7 +114,7 @@ WITH_PRESENCE = {"presence": {"enabled": True, "key": "alice"}}
 
 
 class TestJoinPipeline:
-    """spec §3.3 in order, with the reason texts of §3.5."""
+    """docs/protocol.md §3.3 in order, with the reason texts of docs/protocol.md §3.5."""
 
     async def test_an_empty_sub_topic_is_refused(self, app):
         assert await join_error(app, topic="realtime:") == "TopicNameRequired: You must provide a topic name"
@@ -188,7 +189,7 @@ class TestJoinPipeline:
         assert reason == "UnableToReplayMessages: Replay params are not valid"
 
     async def test_an_invalid_payload_does_not_refuse_the_join(self, app):
-        """spec §3.1: validation errors are logged (InvalidJoinPayload), the rest applies."""
+        """docs/protocol.md §3.1: validation errors are logged (InvalidJoinPayload), the rest applies."""
         client = Client(app)
         client.join(config={"broadcast": {"ack": "maybe", "self": True}, "postgres_changes": 5})
         await settle()
@@ -203,7 +204,7 @@ class TestJoinPipeline:
 
 
 class TestJoinToken:
-    """spec §3.2: user_token, then access_token, then the connect token; `sb_` keys defer to it."""
+    """docs/protocol.md §3.2: user_token, then access_token, then the connect token; `sb_` keys defer to it."""
 
     async def join_with(self, app, **payload: Any) -> str:
         client = Client(app)
@@ -235,7 +236,7 @@ class TestJoinToken:
 
 
 class TestPresenceState:
-    """spec §5.2: presence_state once, right after the join reply, only if presence is enabled."""
+    """docs/protocol.md §5.2: presence_state once, right after the join reply, only if presence is enabled."""
 
     async def test_no_presence_state_when_presence_is_disabled(self, app):
         client = Client(app)
@@ -272,7 +273,7 @@ class TestPresenceState:
 
 
 class TestPresenceKey:
-    """spec §5.1: the client's key, or a UUID v1 of the channel's own, made when first needed."""
+    """docs/protocol.md §5.1: the client's key, or a UUID v1 of the channel's own, made when first needed."""
 
     async def test_a_channel_without_a_key_tracks_under_a_uuid_v1(self, app):
         alice = await joined(app, config={"presence": {"enabled": True}})
@@ -294,7 +295,7 @@ class TestPresenceKey:
 
 
 class TestPresenceTrack:
-    """spec §5.1 and §5.2: track/untrack replies, and presence_diff to every subscriber."""
+    """docs/protocol.md §5.1 and §5.2: track/untrack replies, and presence_diff to every subscriber."""
 
     async def test_track_replies_ok_and_sends_a_diff_to_every_subscriber(self, app):
         alice = await joined(app, "1", config=WITH_PRESENCE)
@@ -403,7 +404,7 @@ class TestPresenceTrack:
 
 
 class TestPresenceLeaveOnClose:
-    """spec §3.7 and §5.2: when a channel ends its presence leaves, and the others are told."""
+    """docs/protocol.md §3.7 and §5.2: when a channel ends its presence leaves, and the others are told."""
 
     async def tracked_pair(self, app) -> tuple[Client, Client, dict[str, Any]]:
         alice = await joined(app, "1", config=WITH_PRESENCE)
@@ -453,7 +454,7 @@ class TestPresenceLeaveOnClose:
 
 
 class TestPresenceLimits:
-    """spec §5.3."""
+    """docs/protocol.md §5.3."""
 
     async def test_the_call_after_the_window_limit_shuts_the_channel_down(self, app, tenant, clock):
         tenant.limits.max_client_presence_events_per_window = 2
@@ -496,7 +497,7 @@ class TestPresenceLimits:
         alice.join(TOPIC, "1", config=WITH_PRESENCE)
         await settle()
         [reply, system, close] = alice.received()
-        assert reply[4]["status"] == "ok"  # the reply comes first (spec §10.8), then the shutdown
+        assert reply[4]["status"] == "ok"  # the reply comes first (docs/protocol.md §10.8), then the shutdown
         assert [system, close] == [system_error("1", "Too many presence messages per second"), phx_close("1")]
 
     async def test_track_and_its_deliveries_count_as_presence_events(self, app, tenant, clock):
@@ -508,7 +509,7 @@ class TestPresenceLimits:
 
 
 class TestEventsLimit:
-    """spec §9.2: a delivery while the events/s limit is triggered shuts the receiver down."""
+    """docs/protocol.md §9.2: a delivery while the events/s limit is triggered shuts the receiver down."""
 
     async def test_receivers_are_shut_down_with_too_many_messages(self, app, tenant, clock):
         sender = await joined(app, "1")
@@ -530,7 +531,7 @@ class TestEventsLimit:
 
 
 class TestFanOut:
-    """A broadcast reaches every other channel of the stream, framed once per codec (design §2)."""
+    """A broadcast reaches every other channel of the stream, framed once per codec (docs/design.md §2)."""
 
     async def test_one_frame_per_codec_whatever_the_number_of_receivers(self, app, monkeypatch):
         calls: list[str] = []
@@ -579,7 +580,7 @@ class TestFanOut:
 
 
 class TestShutdown:
-    """spec §3.6: system error push, then phx_close; a closed channel stays silent."""
+    """docs/protocol.md §3.6: system error push, then phx_close; a closed channel stays silent."""
 
     async def test_shutdown_pushes_system_then_phx_close(self, app):
         client = await joined(app, "4")
@@ -601,7 +602,7 @@ class TestShutdown:
 
 
 class TestTokenExpiry:
-    """spec §8.4: the channel re-checks its token at exp and shuts down once it has expired."""
+    """docs/protocol.md §8.4: the channel re-checks its token at exp and shuts down once it has expired."""
 
     async def test_an_expiring_token_shuts_the_channel_down(self, app):
         # Whole-second exp as in real tokens: valid now, expired within a second.
@@ -634,7 +635,7 @@ class TestTokenExpiry:
 
 
 class TestAccessTokenRefresh:
-    """spec §8.3: `access_token` swaps the channel's token, or shuts it down when invalid."""
+    """docs/protocol.md §8.3: `access_token` swaps the channel's token, or shuts it down when invalid."""
 
     async def test_a_valid_token_replaces_the_old_one_silently(self, app):
         client = await joined(app)

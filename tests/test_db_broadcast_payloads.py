@@ -10,12 +10,11 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from conftest import MS, make_token
 from jsclient import JsDriver, b64
-from wire import V1, V2, Frame, Kind4, RawClient, parse_kind4
+from wire import V1, V2, Frame, Kind4, RawClient, metric, parse_kind4
 
 pytestmark = pytest.mark.pg
 
@@ -26,10 +25,7 @@ DATA = bytes(range(256))
 
 
 def db_broadcast_counter(http_url: str, name: str) -> float:
-    for line in httpx.get(f"{http_url}/metrics").text.splitlines():
-        if line.startswith(f"realtime_db_broadcast_{name}_total{{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"realtime_db_broadcast_{name}_total not on /metrics")
+    return metric(http_url, f"realtime_db_broadcast_{name}_total")
 
 
 def send_json(db: psycopg.Connection[Any], topic: str, event: str, payload: dict[str, Any]) -> None:

@@ -12,7 +12,6 @@ Each test also checks that the server logged no lost task exception."""
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 from typing import Any
 
@@ -23,6 +22,8 @@ import pytest
 from conftest import JWT_SECRET, LOST_TASK, MS, make_token
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient, connect_refused
+
+from realtime_core.metrics import parse_samples
 
 pytestmark = pytest.mark.pg
 
@@ -135,12 +136,8 @@ async def test_a_connect_token_with_an_out_of_range_exp_is_refused(cdc):
 
 def channel_errors(server: Any) -> dict[str, float]:
     """realtime_channel_global_error by code, from GET /metrics."""
-    out = {}
-    for line in httpx.get(f"{server.http_url}/metrics").text.splitlines():
-        if line.startswith("realtime_channel_global_error{"):
-            labels, value = line.split("} ")
-            out[json.loads(labels.split("code=", 1)[1])] = float(value)
-    return out
+    samples = parse_samples(httpx.get(f"{server.http_url}/metrics").text)
+    return {s.labels["code"]: float(s.value) for s in samples if s.name == "realtime_channel_global_error_total"}
 
 
 async def private_join(client: RawClient, topic: str) -> Frame:

@@ -1,8 +1,8 @@
-"""Tokens as @supabase/realtime-js meets them (spec §1.4, §3.2, §3.5, §7, §8), on vsn 2.0.0 and 1.0.0.
+"""Tokens as @supabase/realtime-js meets them (docs/protocol.md §1.4, §3.2, §3.5, §7, §8), on vsn 2.0.0 and 1.0.0.
 
 A token set with `setAuth()` before `subscribe()` goes into the join payload as
-`access_token` (spec §3.1–3.2); set on a joined channel, it is pushed as an
-`access_token` message (spec §8.3). These tests check the statuses and the
+`access_token` (docs/protocol.md §3.1–3.2); set on a joined channel, it is pushed as an
+`access_token` message (docs/protocol.md §8.3). These tests check the statuses and the
 `system` messages realtime-js reports for each outcome. The HTTP answers at
 connect are checked byte for byte in test_protocol_e2e.py."""
 

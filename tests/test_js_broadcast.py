@@ -1,4 +1,4 @@
-"""Broadcast as @supabase/realtime-js sees it (spec §2.3, §4.1–4.3, §10.5), on vsn 2.0.0 and 1.0.0.
+"""Broadcast as @supabase/realtime-js sees it (docs/protocol.md §2.3, §4.1–4.3, §10.5), on vsn 2.0.0 and 1.0.0.
 
 Each test drives real realtime-js clients through tests/js/driver.mjs against a
 `realtime-core serve` process and checks what the library hands to the app:

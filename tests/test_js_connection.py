@@ -1,4 +1,4 @@
-"""The socket's life as @supabase/realtime-js lives it (spec §1.5, §10.3–10.4), on vsn 2.0.0 and 1.0.0.
+"""The socket's life as @supabase/realtime-js lives it (docs/protocol.md §1.5, §10.3–10.4), on vsn 2.0.0 and 1.0.0.
 
 realtime-js keeps its socket open with heartbeats; the server closes a socket
 that sends nothing for REALTIME_IDLE_TIMEOUT_MS. A client whose heartbeats are

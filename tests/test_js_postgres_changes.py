@@ -1,4 +1,4 @@
-"""Postgres Changes as @supabase/realtime-js sees them (spec §6.6, §10.2, §10.5), on vsn 2.0.0 and 1.0.0.
+"""Postgres Changes as @supabase/realtime-js sees them (docs/protocol.md §6.6, §10.2, §10.5), on vsn 2.0.0 and 1.0.0.
 
 The library pairs the join reply's ids with its bindings by index and hands the
 app `{schema, table, commit_timestamp, eventType, new, old, errors}`; a binding

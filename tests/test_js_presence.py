@@ -1,7 +1,7 @@
-"""Presence as @supabase/realtime-js sees it (spec §5), on vsn 2.0.0 and 1.0.0.
+"""Presence as @supabase/realtime-js sees it (docs/protocol.md §5), on vsn 2.0.0 and 1.0.0.
 
 realtime-js builds its presence state from `presence_state` and `presence_diff`
-(spec §5.4) and reports `sync`, `join` and `leave` events; these tests check
+(docs/protocol.md §5.4) and reports `sync`, `join` and `leave` events; these tests check
 those events and `presenceState()`. Presence refs are opaque, so they are
 compared with each other, never with fixed values."""
 

@@ -1,4 +1,4 @@
-"""Private channels as @supabase/realtime-js sees them, on vsn 2.0.0 and 1.0.0 (spec §4.4, §7)."""
+"""Private channels as @supabase/realtime-js sees them, on vsn 2.0.0 and 1.0.0 (docs/protocol.md §4.4, §7)."""
 
 from __future__ import annotations
 

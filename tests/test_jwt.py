@@ -1,4 +1,4 @@
-"""Tests for realtime_core.jwt: token checks of spec §8.1, texts of §1.4 and §3.5."""
+"""Tests for realtime_core.jwt: token checks of docs/protocol.md §8.1, texts of docs/protocol.md §1.4 and §3.5."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def jwks_keys(jwks) -> KeySet:
     return KeySet(secret=SECRET, jwks=jwks)
 
 
-# clean_token (spec §8.1) ------------------------------------------------------
+# clean_token (docs/protocol.md §8.1) ------------------------------------------------------
 
 
 def test_clean_token_url_decodes_and_strips_whitespace():
@@ -147,7 +147,7 @@ def test_hs_token_without_a_configured_secret_has_no_signer():
     assert_fails(token, KeySet(), JwtSignerError, f"JwtSignerError: {SIGNER_TEXT}", SIGNER_TEXT)
 
 
-# Signer selection by alg/kid (spec §8.1) --------------------------------------
+# Signer selection by alg/kid (docs/protocol.md §8.1) --------------------------------------
 
 
 def test_alg_none_has_no_signer():
@@ -329,7 +329,7 @@ def test_malformed_is_reported_before_signer_selection():
     assert_fails(token, KEYS, MalformedJWT, MALFORMED_REASON, MALFORMED_TEXT)
 
 
-# Claims (spec §8.1, §8.4) -------------------------------------------------------
+# Claims (docs/protocol.md §8.1, §8.4) -------------------------------------------------------
 
 REQUIRED_TEXT = "Fields `role` and `exp` are required in JWT"
 

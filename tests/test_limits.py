@@ -1,4 +1,5 @@
-"""Tests for realtime_core.limits: rate counters of spec §9.2 and the presence window of §5.3.
+"""Tests for realtime_core.limits: rate counters of docs/protocol.md §9.2 and the presence window
+of docs/protocol.md §5.3.
 
 Every test passes `now` explicitly: the counters never read a clock."""
 
@@ -15,7 +16,7 @@ def tick(n: int) -> float:
 
 
 class TestRateCounterAverage:
-    """spec §9.2: counters tick every 5 s; avg = sum of buckets / number of buckets / 5."""
+    """docs/protocol.md §9.2: counters tick every 5 s; avg = sum of buckets / number of buckets / 5."""
 
     def test_buckets_are_five_seconds_and_the_window_twelve(self):
         assert BUCKET_SECONDS == 5.0
@@ -59,7 +60,7 @@ class TestRateCounterAverage:
 
 
 class TestRateCounterWindow:
-    """spec §9.2: 12 buckets, i.e. events per second over up to the last 60 s."""
+    """docs/protocol.md §9.2: 12 buckets, i.e. events per second over up to the last 60 s."""
 
     def test_a_bucket_stays_in_the_window_for_twelve_ticks(self):
         counter = RateCounter(START)
@@ -106,7 +107,7 @@ class TestRateCounterWindow:
 
 
 class TestRateCounterReached:
-    """spec §9.2: a limit triggers when avg ≥ value and clears when avg < value."""
+    """docs/protocol.md §9.2: a limit triggers when avg ≥ value and clears when avg < value."""
 
     def test_not_reached_below_the_limit(self):
         counter = RateCounter(START)
@@ -137,7 +138,7 @@ class TestRateCounterReached:
 
 
 class TestWindowCounter:
-    """spec §5.3: at most N calls per window; the window starts at the first call."""
+    """docs/protocol.md §5.3: at most N calls per window; the window starts at the first call."""
 
     def test_n_calls_are_allowed_and_the_next_is_refused(self):
         window = WindowCounter()

@@ -350,7 +350,7 @@ def test_topic_reads_the_transaction_local_setting(conn: psycopg.Connection[Any]
 
 
 def test_policies_see_the_topic(conn: psycopg.Connection[Any]) -> None:
-    """The read check of spec §7: a probe row is visible only when the policy accepts the topic."""
+    """The read check of docs/protocol.md §7: a probe row is visible only when the policy accepts the topic."""
     conn.execute(
         "create policy read_rooms on realtime.messages for select to authenticated"
         " using (realtime.topic() like 'room:%')"

@@ -19,6 +19,8 @@ from conftest import JWT_SECRET, MS, make_token
 from psycopg import sql
 from wire import V2, Frame, RawClient, eventually
 
+from realtime_core.metrics import parse_samples
+
 pytestmark = pytest.mark.pg
 
 METRICS_SECRET = "metrics-secret-" + "m" * 32
@@ -64,10 +66,8 @@ async def test_metrics_are_open_without_a_metrics_secret(server):
 
 def labelled(http_url: str, name: str) -> float | None:
     """The value of `name{tenant=...}` on /metrics, or None when absent."""
-    for line in get_metrics(http_url).text.splitlines():
-        if line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+    found = [s.value for s in parse_samples(get_metrics(http_url).text) if s.name == name and s.labels]
+    return float(found[0]) if found else None
 
 
 def slot_row(dsn: str, slot: str) -> tuple[Any, ...] | None:

@@ -1,4 +1,5 @@
-"""Tests for realtime_core.payloads: the lenient phx_join payload of spec §3.1 and the ids of §3.4."""
+"""Tests for realtime_core.payloads: the lenient phx_join payload of docs/protocol.md §3.1 and the ids
+of docs/protocol.md §3.4."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def assert_problem_about(parsed: JoinPayload, field: str) -> None:
 
 
 class TestFlexibleBoolean:
-    """spec §3.1: true/false, or the strings "true"/"false" in any letter case."""
+    """docs/protocol.md §3.1: true/false, or the strings "true"/"false" in any letter case."""
 
     @pytest.mark.parametrize(
         ("value", "expected"),
@@ -73,7 +74,7 @@ class TestFlexibleBoolean:
 
 
 class TestConfigAndLegacy:
-    """spec §3.1: "New API" means the payload has a `config` key."""
+    """docs/protocol.md §3.1: "New API" means the payload has a `config` key."""
 
     def test_a_payload_with_config_is_the_new_api(self):
         parsed = parse_config({})
@@ -126,7 +127,7 @@ class TestConfigAndLegacy:
 
 
 class TestPresenceKey:
-    """spec §5.1: config.presence.key; "" when missing (the channel then makes a UUID v1)."""
+    """docs/protocol.md §5.1: config.presence.key; "" when missing (the channel then makes a UUID v1)."""
 
     def test_a_string_key_is_kept(self):
         parsed = parse_config({"presence": {"key": "user-1"}})
@@ -152,7 +153,7 @@ class TestPresenceKey:
 
 
 class TestPostgresChanges:
-    """spec §3.1: null entries are removed and `postgres_changes: null` is []."""
+    """docs/protocol.md §3.1: null entries are removed and `postgres_changes: null` is []."""
 
     def test_a_list_of_params_is_kept_in_order(self):
         changes = [{"event": "INSERT", "schema": "public", "table": "a"}, {"event": "*", "schema": "s"}]
@@ -182,7 +183,7 @@ class TestPostgresChanges:
 
 
 class TestReplay:
-    """spec §4.6: limit defaults to 25 and is clamped to 1..25; non-integer params are invalid."""
+    """docs/protocol.md §4.6: limit defaults to 25 and is clamped to 1..25; non-integer params are invalid."""
 
     @staticmethod
     def replay(value: Any) -> JoinPayload:
@@ -225,7 +226,7 @@ class TestReplay:
 
 
 class TestTokens:
-    """spec §3.2: access_token and user_token are read from the top level, with or without config."""
+    """docs/protocol.md §3.2: access_token and user_token are read from the top level, with or without config."""
 
     def test_access_token_and_user_token(self):
         parsed = parse_config({}, access_token="a.b.c", user_token="u.v.w")
@@ -245,7 +246,7 @@ class TestTokens:
 
 
 class TestPostgresChangeId:
-    """spec §3.4: a non-negative integer that depends only on the params map."""
+    """docs/protocol.md §3.4: a non-negative integer that depends only on the params map."""
 
     PARAMS = {"event": "UPDATE", "schema": "public", "table": "todos", "filter": "id=eq.1"}
 

@@ -1,8 +1,8 @@
 """Postgres Changes end to end: a real database, `realtime-core serve`, raw Phoenix clients.
 
 Each test makes its own tables (unique names) in the module's database, adds
-them to the `supabase_realtime` publication, subscribes over the wire (spec
-§6.2) and checks the delivered frames (spec §6.5–6.7)."""
+them to the `supabase_realtime` publication, subscribes over the wire
+(docs/protocol.md §6.2) and checks the delivered frames (docs/protocol.md §6.5–6.7)."""
 
 from __future__ import annotations
 
@@ -336,7 +336,7 @@ async def test_rls_delivers_each_subscriber_only_the_rows_its_policy_shows(cdc, 
         assert (await next_change(b))["data"]["record"]["owner"] == "bob"
         await no_change_before(a, 3)
         await no_change_before(b, 4)
-        # DELETE skips RLS and, with RLS on, carries only the primary key (spec §6.4, §6.5).
+        # DELETE skips RLS and, with RLS on, carries only the primary key (docs/protocol.md §6.4, §6.5).
         run(db, "delete from {t} where id = 1", table)
         for client in (a, b):
             data = (await next_change(client))["data"]

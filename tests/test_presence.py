@@ -1,4 +1,4 @@
-"""Tests for realtime_core.presence: tracking, diffs and state of spec §5.2 (Phoenix.Presence)."""
+"""Tests for realtime_core.presence: tracking, diffs and state of docs/protocol.md §5.2 (Phoenix.Presence)."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ class TestRefs:
 
 
 class TestTrack:
-    """spec §5.1 `track`; §5.2 `presence_diff`."""
+    """docs/protocol.md §5.1 `track`; docs/protocol.md §5.2 `presence_diff`."""
 
     def test_first_track_joins_the_payload_with_a_phx_ref(self):
         topic = PresenceTopic()
@@ -104,7 +104,7 @@ class TestTrack:
 
 
 class TestUntrack:
-    """spec §5.1 `untrack`; §3.7 leaves when a channel ends."""
+    """docs/protocol.md §5.1 `untrack`; docs/protocol.md §3.7 leaves when a channel ends."""
 
     def test_untrack_leaves_the_tracked_meta(self):
         topic, owner = PresenceTopic(), Owner("a")
@@ -138,7 +138,7 @@ class TestUntrack:
 
 
 class TestState:
-    """spec §5.2 `presence_state`: every presence grouped by key, {key: {"metas": [...]}}."""
+    """docs/protocol.md §5.2 `presence_state`: every presence grouped by key, {key: {"metas": [...]}}."""
 
     def test_an_empty_topic_has_an_empty_state(self):
         assert PresenceTopic().state() == {}

@@ -1,4 +1,5 @@
-"""Private channels authorised by RLS on realtime.messages, broadcast from the database, replay (spec §4.4–4.6, §7).
+"""Private channels authorised by RLS on realtime.messages, broadcast from the database, replay
+(docs/protocol.md §4.4–4.6, §7).
 
 Every test writes its own policies on topics no other test uses, in the
 database of the module's `cdc` server, and talks to it over the wire."""

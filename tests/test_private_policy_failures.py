@@ -12,12 +12,11 @@ import asyncio
 import secrets
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from conftest import MS, make_token
 from psycopg import sql
-from wire import V2, Frame, RawClient, eventually
+from wire import V2, Frame, RawClient, eventually, metric
 
 pytestmark = pytest.mark.pg
 
@@ -43,10 +42,7 @@ def user(sub: str = "alice") -> str:
 
 
 def authorization_errors(http_url: str) -> float:
-    for line in httpx.get(f"{http_url}/metrics").text.splitlines():
-        if line.startswith("realtime_authorization_errors_total{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError("realtime_authorization_errors_total not on /metrics")
+    return metric(http_url, "realtime_authorization_errors_total")
 
 
 def raising_on(p: str) -> str:

@@ -2,9 +2,9 @@
 
 Raw `websockets` clients (wire.RawClient) send hand-built V1 objects, V2 arrays
 and binary frames, and compare the server's frames as decoded JSON (or parsed
-bytes for binary kinds). Sections follow the spec: §1.4 connect-time answers,
-§1.5 heartbeat and idle, §2 framing and refs, §3 joins, §4.1 broadcast, §5
-presence, §8 tokens."""
+bytes for binary kinds). Sections follow docs/protocol.md §1.4, §1.5, §2, §3, §4.1, §5 and §8
+(connect-time answers, heartbeat and idle, framing and refs, joins, broadcast,
+presence, tokens)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,12 @@ def system(topic: str, message: str, status: str = "error") -> dict:
 
 
 async def assert_shut_down(client: RawClient, join_ref: str, topic: str, text: str) -> None:
-    """spec §3.6: the channel's next frames are a system error with `text`, then phx_close."""
+    """docs/protocol.md §3.6: the channel's next frames are a system error with `text`, then phx_close."""
     assert (await client.recv()).raw == [join_ref, None, rt(topic), "system", system(topic, text)]
     assert (await client.recv()).raw == [join_ref, join_ref, rt(topic), "phx_close", {}]
 
 
-# -- §1.4 connect-time checks ---------------------------------------------------
+# -- docs/protocol.md §1.4 connect-time checks ---------------------------------------------------
 
 
 async def test_connect_without_apikey_is_refused_with_401_api_key_missing(server):
@@ -216,7 +216,7 @@ async def test_both_socket_paths_accept_connections(server, path, topic):
         await client.join(rt(topic))
 
 
-# -- §1.5 heartbeat and idle ------------------------------------------------------
+# -- docs/protocol.md §1.5 heartbeat and idle ------------------------------------------------------
 
 
 async def test_heartbeat_reply_v2_is_an_array_on_phoenix_with_the_ref_and_null_join_ref(server):
@@ -239,7 +239,7 @@ async def test_heartbeat_reply_v1_is_an_object_with_the_ref_and_no_join_ref(serv
 
 
 async def test_heartbeat_with_a_null_ref_is_answered_with_a_null_ref(server):
-    """realtime-py sends its heartbeats with ref null (spec §1.5)."""
+    """realtime-py sends its heartbeats with ref null (docs/protocol.md §1.5)."""
     async with await open_client(server, V1) as client:
         await client.send({"topic": "phoenix", "event": "heartbeat", "payload": {}, "ref": None, "join_ref": None})
         frame = await client.recv()
@@ -276,7 +276,7 @@ async def test_connection_sending_heartbeats_is_not_closed_for_idleness(server_f
         assert (await client.heartbeat()).status == "ok"
 
 
-# -- §2 framing and refs ----------------------------------------------------------
+# -- docs/protocol.md §2 framing and refs ----------------------------------------------------------
 
 
 async def test_v2_refs_reply_echoes_join_ref_push_carries_join_ref_fanout_has_none_close_uses_join_ref(server, topic):
@@ -498,7 +498,7 @@ async def test_malformed_frames_are_dropped_and_the_connection_stays_usable(serv
     assert metric(server.http_url, "realtime_malformed_messages_total") == before + len(bad)
 
 
-# -- §3 joins ---------------------------------------------------------------------
+# -- docs/protocol.md §3 joins ---------------------------------------------------------------------
 
 
 async def test_third_channel_beyond_max_channels_per_client_is_refused(server_factory, topic):
@@ -522,7 +522,7 @@ async def test_third_channel_beyond_max_channels_per_client_is_refused(server_fa
 
 @pytest.mark.slow
 async def test_tenant_over_its_joins_per_second_refuses_joins_and_connects(server_factory, topic):
-    """Rate counters average 5 s buckets (spec §9.2), so this waits one bucket."""
+    """Rate counters average 5 s buckets (docs/protocol.md §9.2), so this waits one bucket."""
     srv = server_factory({"TENANT_MAX_JOINS_PER_SECOND": "1"})
     async with await open_client(srv) as client:
         for i in range(10):  # 10 joins in the first bucket: 2 joins/s once it closes
@@ -619,7 +619,7 @@ async def test_join_with_an_expired_access_token_is_refused(server, topic):
         assert 29 <= int(reason.split()[-3]) <= 31 + int(time.time() - made)
 
 
-# -- §4.1 broadcast over the socket ---------------------------------------------------
+# -- docs/protocol.md §4.1 broadcast over the socket ---------------------------------------------------
 
 
 async def test_oversize_broadcast_with_ack_gets_a_bare_string_error(server_factory, topic):
@@ -729,7 +729,7 @@ async def test_binary_kind3_with_self_and_ack_reaches_the_sender_and_is_acked(se
 
 @pytest.mark.slow
 async def test_deliveries_while_over_the_events_per_second_limit_shut_the_receiver(server_factory, topic):
-    """Rate counters average 5 s buckets (spec §9.2), so this waits one bucket."""
+    """Rate counters average 5 s buckets (docs/protocol.md §9.2), so this waits one bucket."""
     srv = server_factory({"TENANT_MAX_EVENTS_PER_SECOND": "1"})
     receiver, receiver_ref = await joined(srv, topic)
     sender, sender_ref = await joined(srv, topic)
@@ -743,7 +743,7 @@ async def test_deliveries_while_over_the_events_per_second_limit_shut_the_receiv
         await assert_shut_down(receiver, receiver_ref, topic, "Too many messages per second")
 
 
-# -- §5 presence ------------------------------------------------------------------
+# -- docs/protocol.md §5 presence ------------------------------------------------------------------
 
 
 async def test_presence_calls_beyond_the_per_channel_limit_shut_the_channel(server_factory, topic):
@@ -919,7 +919,7 @@ async def test_unknown_client_event_on_a_joined_topic_gets_no_reply(server, topi
         await client.nothing_pending()
 
 
-# -- §8 tokens --------------------------------------------------------------------
+# -- docs/protocol.md §8 tokens --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ["same", "sb_publishable_abc", None], ids=["unchanged", "sb-key", "null"])
@@ -1010,7 +1010,7 @@ async def test_misbehaving_client_does_not_affect_another_connection(server, top
         for frame in ["{{{", bytes([7]), b"\x03\xff\xff\xff", json.dumps([None, None, None, None, None])]:
             await bad.send(frame)
         with contextlib.suppress(ConnectionClosed):  # the server may close before the send ends
-            await bad.send(b"\x00" * 5_000_001)  # over the 5 MB frame limit (spec §1.1)
+            await bad.send(b"\x00" * 5_000_001)  # over the 5 MB frame limit (docs/protocol.md §1.1)
         closed = await bad.closed()
         assert closed.rcvd is not None and closed.rcvd.code == CloseCode.MESSAGE_TOO_BIG
 

@@ -1,7 +1,7 @@
 """The official Python client (PyPI `realtime` 2.34.1) against `realtime-core serve`.
 
 realtime-py connects with only `?apikey=` and so always speaks vsn 1.0.0
-(spec §1.2), and it validates every server message with pydantic (§10.7): a
+(docs/protocol.md §1.2), and it validates every server message with pydantic (docs/protocol.md §10.7): a
 frame of the wrong shape is dropped silently, so each test checks what a user
 of the client would see (subscribe states, callbacks, presence state). Its
 BroadcastPayload TypedDict keeps only `event`, `payload` and `meta`, so the
@@ -201,7 +201,7 @@ async def test_presence_track_is_seen_by_others_with_sync_and_join(clients, topi
     [(key, current, new)] = logs["bob"].joins
     assert (key, current) == ("alice", [])
     assert fields({key: new}) == {"alice": [{"status": "online"}]}
-    # The tracker receives its own join too (spec §5.2).
+    # The tracker receives its own join too (docs/protocol.md §5.2).
     await eventually(lambda: "alice" in alice.presence_state(), what="alice in her own state")
 
 

@@ -1,4 +1,4 @@
-"""Postgres Changes with the PyPI `realtime` client (vsn 1.0.0, pydantic-validated messages, spec §10.7)."""
+"""Postgres Changes with the PyPI `realtime` client (vsn 1.0.0, pydantic-validated messages, docs/protocol.md §10.7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The REST broadcast API end to end (spec §4.2, §4.3, §9.4): HTTP in, socket frames out.
+"""The REST broadcast API end to end (docs/protocol.md §4.2, §4.3, §9.4): HTTP in, socket frames out.
 
 Requests go through httpx to `realtime-core serve`; subscribers are raw
 wire.RawClient sockets, so deliveries are checked frame by frame in both
@@ -53,7 +53,7 @@ def single_path(prefix: str, topic: str, event: str) -> str:
     return f"{prefix}/api/broadcast/{quote(topic, safe='')}/events/{quote(event, safe='')}"
 
 
-# -- batch endpoint (§4.2) ---------------------------------------------------------
+# -- batch endpoint (docs/protocol.md §4.2) ---------------------------------------------------------
 
 
 @PREFIXES
@@ -253,7 +253,7 @@ async def test_batch_larger_than_the_events_per_second_limit_is_429(server_facto
 
 @pytest.mark.slow
 async def test_broadcast_while_over_the_events_per_second_limit_is_429(server_factory, topic):
-    """Rate counters average 5 s buckets (spec §9.2), so this waits one bucket."""
+    """Rate counters average 5 s buckets (docs/protocol.md §9.2), so this waits one bucket."""
     srv = server_factory({"TENANT_MAX_EVENTS_PER_SECOND": "1"})
     async with await subscriber(srv, topic) as client:
         for i in range(10):  # 10 socket broadcasts (no other receiver): 2 events/s once the bucket closes
@@ -300,7 +300,7 @@ async def test_options_preflight_allows_the_headers_clients_send(server, prefix)
             assert {"authorization", "apikey", "content-type"} <= allowed
 
 
-# -- single-event endpoint (§4.3) --------------------------------------------------
+# -- single-event endpoint (docs/protocol.md §4.3) --------------------------------------------------
 
 
 @PREFIXES
@@ -433,7 +433,7 @@ async def test_single_event_payload_over_the_tenant_limit_is_422(server_factory,
         await rest_marker(srv, topic, client)
 
 
-# -- routing and health (§9.4) -----------------------------------------------------
+# -- routing and health (docs/protocol.md §9.4) -----------------------------------------------------
 
 
 async def test_wrong_method_on_a_broadcast_route_is_405(server):

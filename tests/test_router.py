@@ -1,4 +1,4 @@
-"""Tests for realtime_core.router: streams and the encode-once fan-out (spec §3.3 step 12, §9.2).
+"""Tests for realtime_core.router: streams and the encode-once fan-out (docs/protocol.md §3.3 step 12, §9.2).
 
 The subscribers here are stand-ins with the three things publish() touches: a
 codec, a connection that records frames, and shutdown(). No loop is needed."""
@@ -120,7 +120,7 @@ class TestStreams:
         assert len(a.conn.frames) == 1
 
     def test_public_and_private_streams_of_one_name_are_separate(self):
-        """spec §3.3 step 12."""
+        """docs/protocol.md §3.3 step 12."""
         router = Router()
         [public] = subscribed(router, StreamKey("t", False, "room"), V2)
         [private] = subscribed(router, StreamKey("t", True, "room"), V2)
@@ -209,7 +209,7 @@ class TestPublish:
 
 
 class TestEventsLimit:
-    """spec §9.2: while the events/s limit is triggered, receivers shut down instead."""
+    """docs/protocol.md §9.2: while the events/s limit is triggered, receivers shut down instead."""
 
     @staticmethod
     def limited_tenant() -> Tenant:
@@ -264,7 +264,7 @@ class TestEventsLimit:
 
 
 class TestPrivateReceivers:
-    """spec §7: what a private channel receives follows its read policies."""
+    """docs/protocol.md §7: what a private channel receives follows its read policies."""
 
     PRIVATE = StreamKey("t", True, "room")
 

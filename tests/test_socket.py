@@ -1,5 +1,5 @@
-"""Tests for realtime_core.socket: Phoenix's socket routing (spec §2.4), the inbox, and how a
-refused join is answered (spec §3.3, §3.5).
+"""Tests for realtime_core.socket: Phoenix's socket routing (docs/protocol.md §2.4), the inbox, and how a
+refused join is answered (docs/protocol.md §3.3, §3.5).
 
 Each test drives a RealtimeSocket of a real App (built without start(): no
 database, no listener) through a connection stand-in that records the frames
@@ -58,7 +58,7 @@ async def joined(app: App, topic: str = TOPIC, join_ref: str = "1", **payload: A
 
 
 class TestHeartbeat:
-    """spec §1.5: topic phoenix, event heartbeat; reply ok {} with the same ref and a null join_ref."""
+    """docs/protocol.md §1.5: topic phoenix, event heartbeat; reply ok {} with the same ref and a null join_ref."""
 
     async def test_heartbeat_is_answered_at_once(self, client):
         client.push(None, "7", "phoenix", "heartbeat", {})
@@ -77,7 +77,7 @@ class TestHeartbeat:
 
 
 class TestJoin:
-    """spec §3.4: reply ok with the requested postgres_changes, each with its id."""
+    """docs/protocol.md §3.4: reply ok with the requested postgres_changes, each with its id."""
 
     async def test_join_reply_echoes_join_ref_and_ref(self, client):
         client.join(join_ref="4", ref="5")
@@ -114,7 +114,7 @@ class TestJoin:
 
 
 class TestRefs:
-    """spec §2.4 and §2.2: which refs each kind of V2 message carries."""
+    """docs/protocol.md §2.4 and §2.2: which refs each kind of V2 message carries."""
 
     async def test_a_channel_push_carries_join_ref_and_a_null_ref(self, app):
         client = Client(app)
@@ -139,7 +139,7 @@ class TestRefs:
 
 
 class TestUnmatchedTopic:
-    """spec §2.4: "unmatched topic", with the message's ref and a null join_ref."""
+    """docs/protocol.md §2.4: "unmatched topic", with the message's ref and a null join_ref."""
 
     async def test_a_message_on_a_topic_not_joined(self, client):
         client.push("1", "2", TOPIC, "broadcast", {"event": "e"})
@@ -158,7 +158,7 @@ class TestUnmatchedTopic:
 
 
 class TestDuplicateJoin:
-    """spec §2.4: the old channel gets phx_close for its join_ref, then the new join is processed."""
+    """docs/protocol.md §2.4: the old channel gets phx_close for its join_ref, then the new join is processed."""
 
     async def test_phx_close_for_the_old_join_ref_comes_first(self, app):
         client = await joined(app, join_ref="1")
@@ -187,7 +187,7 @@ class TestDuplicateJoin:
 
 
 class TestStaleJoinRef:
-    """spec §2.4: messages whose join_ref differs from the current join are dropped; null is accepted."""
+    """docs/protocol.md §2.4: messages whose join_ref differs from the current join are dropped; null is accepted."""
 
     async def test_a_message_with_an_older_join_ref_is_dropped(self, app):
         client = await joined(app, join_ref="1", config={"broadcast": {"ack": True}})
@@ -215,7 +215,7 @@ class TestStaleJoinRef:
 
 
 class TestLeave:
-    """spec §3.7 and §2.4."""
+    """docs/protocol.md §3.7 and §2.4."""
 
     async def test_leave_replies_ok_then_closes(self, app):
         client = await joined(app, join_ref="1")
@@ -299,7 +299,7 @@ class TestInbox:
 
 
 class TestJoinErrors:
-    """spec §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS; some also close the socket with 1001."""
+    """docs/protocol.md §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS; some also close the socket with 1001."""
 
     async def test_an_error_reply_waits_for_the_backoff(self, app, client):
         app.settings = app.settings.replace(channel_error_backoff_ms=int(50 * MS * 1000))
@@ -379,10 +379,11 @@ class TestJoinErrors:
         assert client.received() == [error("1", "1", TOPIC, {"reason": "Unknown Error on Channel"})]
         assert client.conn.closed_with is None
         assert "boom" in caplog.text
+        assert app.metrics.join_errors_by_code == {"UnknownErrorOnChannel": 1}
 
 
 class TestMalformed:
-    """spec §1.5: a malformed frame is logged and dropped; the connection stays open."""
+    """docs/protocol.md §1.5: a malformed frame is logged and dropped; the connection stays open."""
 
     @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'{"topic": "x"}', b'[null, null, 1, "e", {}]'])
     async def test_a_malformed_text_frame_is_dropped_and_counted(self, app, client, data):

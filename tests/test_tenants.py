@@ -1,5 +1,5 @@
-"""Tests for realtime_core.tenants: tenant resolution from the Host header (spec §1.3) and the
-payload limit of §4.1. TenantStore needs PostgreSQL and is covered by the server tests."""
+"""Tests for realtime_core.tenants: tenant resolution from the Host header (docs/protocol.md §1.3) and the
+payload limit of docs/protocol.md §4.1. TenantStore needs PostgreSQL and is covered by the server tests."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def make_tenant(external_id: str, **limits: int) -> Tenant:
 
 
 class TestExternalIdFromHost:
-    """spec §1.3: the host up to its first dot."""
+    """docs/protocol.md §1.3: the host up to its first dot."""
 
     @pytest.mark.parametrize(
         ("host", "external_id"),
@@ -129,7 +129,7 @@ class TestRegistry:
 
 
 class TestPayloadTooLarge:
-    """spec §4.1: the payload must not exceed max_payload_size_in_kb * 1000 + 500 bytes."""
+    """docs/protocol.md §4.1: the payload must not exceed max_payload_size_in_kb * 1000 + 500 bytes."""
 
     @pytest.mark.parametrize(("kb", "limit"), [(1, 1_500), (3_000, 3_000_500), (0, 500)])
     def test_boundary(self, kb, limit):

@@ -23,6 +23,8 @@ from conftest import MS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from realtime_core.metrics import parse_samples
+
 __all__ = [
     "V1",
     "V2",
@@ -80,7 +82,7 @@ class Frame:
 
 @dataclass(frozen=True)
 class Kind4:
-    """A binary user broadcast (spec §2.3 kind 4), read as realtime-js reads it."""
+    """A binary user broadcast (docs/protocol.md §2.3 kind 4), read as realtime-js reads it."""
 
     topic: str
     event: str
@@ -306,13 +308,12 @@ class RawClient:
                 raise AssertionError(f"connection still open after {timeout:.2f}s") from None
 
 
-def metric(http_url: str, name: str) -> float:
-    """Read one unlabelled value from GET /metrics."""
+def metric(http_url: str, name: str, **labels: str) -> float:
+    """The value on GET /metrics of the one sample `name` whose labels include `labels`."""
     text = httpx.get(f"{http_url}/metrics").text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics:\n{text}")
+    found = [s.value for s in parse_samples(text) if s.name == name and labels.items() <= s.labels.items()]
+    assert len(found) == 1, f"{len(found)} samples {name}{labels or ''} in /metrics:\n{text}"
+    return float(found[0])
 
 
 async def eventually(check: Callable[[], bool], timeout: float = RECV_TIMEOUT, what: str = "condition") -> None:

@@ -19,9 +19,9 @@
  * - WsClient uses the `ws` library (the same one the reference server uses),
  *   as a cross-check of RawClient (`--client ws`).
  *
- * Both count a delivery per binary kind-4 frame (spec 2.3, user_broadcast)
+ * Both count a delivery per binary kind-4 frame (docs/protocol.md §2.3, user_broadcast)
  * into a shared `sink`: {delivered, latency, wake}. Text frames are V2 JSON
- * arrays [join_ref, ref, topic, event, payload] (spec 2.2); replies resolve
+ * arrays [join_ref, ref, topic, event, payload] (docs/protocol.md §2.2); replies resolve
  * pending requests by ref, anything unexpected is kept in `notes` so the
  * report can show what the server sent. A script that reads more of each
  * delivery extends a client and overrides one hook: RawClient._onBroadcast
@@ -58,7 +58,7 @@ const MAX_NOTES = 5;
 // The options serveCommands() reads, for a script's DEFAULTS.
 const SERVE_DEFAULTS = {
   progressMs: 50,
-  heartbeatInterval: 25, // seconds (spec 1.5)
+  heartbeatInterval: 25, // seconds (docs/protocol.md §1.5)
 };
 
 // What loadgen.js and idle.js join with: public, no presence, broadcast self false.
@@ -188,7 +188,7 @@ function nowUs() {
 }
 
 /**
- * Build a kind-3 user_broadcast_push frame body (spec 2.3) with an empty
+ * Build a kind-3 user_broadcast_push frame body (docs/protocol.md §2.3) with an empty
  * metadata field and encoding 1 (JSON) around a makePayload() payload.
  * Returns {buf, tsOffset, seqOffset}: overwrite the timestamp at tsOffset
  * and the sequence number at seqOffset before each send.
@@ -504,7 +504,7 @@ class BaseClient {
     if (this.notes.length < MAX_NOTES) this.notes.push(what);
   }
 
-  /** Handle one text frame: a V2 JSON array (spec 2.2). */
+  /** Handle one text frame: a V2 JSON array (docs/protocol.md §2.2). */
   _onText(text) {
     let msg;
     try {
@@ -570,7 +570,7 @@ class BaseClient {
     return joinRef;
   }
 
-  /** Send a heartbeat (spec 1.5); the reply is not awaited. */
+  /** Send a heartbeat (docs/protocol.md §1.5); the reply is not awaited. */
   heartbeat() {
     if (!this.closed) this.sendText(JSON.stringify([null, this.nextRef(), 'phoenix', 'heartbeat', {}]));
   }
@@ -1011,7 +1011,7 @@ function startHeartbeats(clients, intervalMs) {
  * the end of stdin; then close every client. Meanwhile print
  * {"event":"progress","delivered":n} every opt.progressMs while
  * sink.delivered moves, and send a heartbeat on every client every
- * opt.heartbeatInterval seconds (spec 1.5); see SERVE_DEFAULTS.
+ * opt.heartbeatInterval seconds (docs/protocol.md §1.5); see SERVE_DEFAULTS.
  *
  * `mark <name>` prints {"event":"mark", name, delivered, generator_cpu_pct,
  * generator_elu}, CPU since the previous mark. `<cmd> <arg>` prints what

@@ -6,7 +6,7 @@
  * time), joins each to --topic, prints {"event":"ready", ...} on stdout once
  * all are open and joined, then holds them, sending only a heartbeat every
  * --heartbeat-interval seconds per socket (the server closes sockets that
- * stay silent for 60 s, spec 1.5). It exits when stdin closes or on
+ * stay silent for 60 s, docs/protocol.md §1.5). It exits when stdin closes or on
  * SIGINT/SIGTERM, printing {"event":"done", ...} with the number of sockets
  * the server closed meanwhile. On failure it prints {"event":"error", ...}.
  */

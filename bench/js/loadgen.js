@@ -88,7 +88,7 @@ const DEFAULTS = {
   connectTimeout: 60, // seconds, per handshake and per join reply
   drainTimeout: 5, // seconds to wait for in-flight deliveries after the window
   graceMs: 250, // after the drain: how long late extra copies have to show up
-  heartbeatInterval: 25, // seconds (spec 1.5, realtime-js HEARTBEAT_INTERVAL)
+  heartbeatInterval: 25, // seconds (docs/protocol.md §1.5, realtime-js HEARTBEAT_INTERVAL)
   client: 'raw', // raw | ws
   burn: 0, // throughput phase: share of the generator's core to waste (headroom check)
 };
@@ -145,7 +145,7 @@ function tally(subs, pub, sent) {
   return { verification, notes };
 }
 
-/** Bytes of one kind-4 payload (spec 2.3) as subscribers receive it, without the WebSocket header. */
+/** Bytes of one kind-4 payload (docs/protocol.md §2.3) as subscribers receive it, without the WebSocket header. */
 function frameBytes(opt) {
   return 5 + Buffer.byteLength(opt.topic) + Buffer.byteLength(opt.event) + opt.payloadBytes;
 }
@@ -167,7 +167,7 @@ async function runThroughput(opt, ctx, sink) {
   const fixed = opt.window > 0;
   const floor = Math.max(4, Math.ceil(opt.windowDeliveries / S));
   // Per subscriber, at most ~1 MB in flight: realtime-core disconnects a
-  // subscriber whose backlog passes 4 MB (slow consumer, design 2), and the
+  // subscriber whose backlog passes 4 MB (slow consumer, docs/design.md §2), and the
   // bench measures fan-out, not that policy.
   const perSubscriber = Math.floor(1_000_000 / (frameBytes(opt) + 2));
   const ceiling = Math.max(floor, Math.min(perSubscriber, Math.ceil(opt.windowMax / S)));

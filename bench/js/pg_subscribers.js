@@ -5,13 +5,13 @@
  * Opens N V2 connections with the `ws` library (WsClient from client.js),
  * one JWT each (read from --tokens, one per line: connection i uses line
  * i), joins every connection to --topic with config.postgres_changes =
- * [{event, schema, table}] and its token as access_token (spec §6.2), and
+ * [{event, schema, table}] and its token as access_token (docs/protocol.md §6.2), and
  * waits for the `system` message `Subscribed to PostgreSQL` on every
  * connection. Then it prints {"event":"ready"} and counts
- * `postgres_changes` deliveries (spec §6.6).
+ * `postgres_changes` deliveries (docs/protocol.md §6.6).
  *
  * Per delivery, without parsing the JSON (the frame is a V2 array with a
- * fixed prefix, spec 2.2; the record's fields come in attnum order, id
+ * fixed prefix, docs/protocol.md §2.2; the record's fields come in attnum order, id
  * first):
  *   - the frame must start with [null,null,"<topic>","postgres_changes",
  *     {"ids":[<this connection's subscription id>],"data":
@@ -261,7 +261,7 @@ class Subscriber extends WsClient {
     }
   }
 
-  /** JSON.parse one delivery and check the data object (spec §6.5, §6.6). */
+  /** JSON.parse one delivery and check the data object (docs/protocol.md §6.5, §6.6). */
   checkFull(data) {
     let msg;
     try {

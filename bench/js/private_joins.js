@@ -7,9 +7,9 @@
  * --outstanding phx_join requests in flight. Every join is to a topic no
  * other join used, realtime:<prefix><n>, with {"config":{"private":true}}:
  * each one makes the server run an RLS read check against realtime.messages
- * (spec §3.3 step 10, §7). A join is counted when its phx_reply arrives:
+ * (docs/protocol.md §3.3 step 10, §7). A join is counted when its phx_reply arrives:
  * status ok, or error (the server delays error replies by
- * CHANNEL_ERROR_BACKOFF_MS, spec §3.3), or a timeout after --timeout-ms.
+ * CHANNEL_ERROR_BACKOFF_MS, docs/protocol.md §3.3), or a timeout after --timeout-ms.
  * Joined channels stay joined: each join adds one channel to its socket.
  *
  * After --warmup seconds it prints {"event":"mark","name":"measure_start"},

@@ -7,9 +7,9 @@
  * a JWT with role `authenticated`) and joins each to --topic with
  * {"config":{"private":true}}: the join runs the RLS read check, and the
  * channel then receives what realtime.send() writes to realtime.messages
- * for that topic (spec §4.4). Then it prints {"event":"ready"}.
+ * for that topic (docs/protocol.md §4.4). Then it prints {"event":"ready"}.
  *
- * A delivery is a binary kind-4 frame (spec §2.3: 4, topic_len, event_len,
+ * A delivery is a binary kind-4 frame (docs/protocol.md §2.3: 4, topic_len, event_len,
  * metadata_len, encoding, topic, event, metadata, payload). The bench writer
  * sends jsonb_build_object('i', <sequence number>, 't', <CLOCK_MONOTONIC ns>,
  * 'w', <writer>), which PostgreSQL prints as {"i": 12, "t": 2460000000000,
@@ -139,7 +139,7 @@ class Subscriber extends RawClient {
     }
   }
 
-  /** JSON-parse one delivery and check it against spec §4.4 (V2 kind 4, encoding 1, meta.id). */
+  /** JSON-parse one delivery and check it against docs/protocol.md §4.4 (V2 kind 4, encoding 1, meta.id). */
   checkFull(buf, p, end) {
     const topicLen = buf[p + 1];
     const eventLen = buf[p + 2];

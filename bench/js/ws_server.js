@@ -4,7 +4,7 @@
  * way a fair, idiomatic ws application would be.
  *
  * It speaks the subset of the Phoenix V2 protocol that the load generator
- * uses (spec 2.2-2.4), so loadgen.js drives it and realtime-core alike:
+ * uses (docs/protocol.md §2.2–2.4), so loadgen.js drives it and realtime-core alike:
  *   - text [join_ref, ref, topic, "phx_join", payload]  -> ok reply
  *     {"postgres_changes": []}, and the socket joins the topic;
  *   - text [null, ref, "phoenix", "heartbeat", {}]      -> ok reply on "phoenix";
@@ -57,7 +57,7 @@ function onText(ws, data) {
   try {
     msg = JSON.parse(data.toString('utf8'));
   } catch {
-    return; // spec 1.5: malformed frames are dropped, the socket stays open
+    return; // docs/protocol.md §1.5: malformed frames are dropped, the socket stays open
   }
   if (!Array.isArray(msg) || msg.length < 5) return;
   const [joinRef, ref, topic, event] = msg;
@@ -80,7 +80,7 @@ function onText(ws, data) {
 
 function onBinary(ws, data) {
   // kind 3: kind, join_ref_len, ref_len, topic_len, event_len, metadata_len,
-  // encoding, then join_ref, ref, topic, event, metadata, payload (spec 2.3)
+  // encoding, then join_ref, ref, topic, event, metadata, payload (docs/protocol.md §2.3)
   if (data.length < 7 || data[0] !== 3) return;
   const jrLen = data[1];
   const refLen = data[2];
@@ -96,7 +96,7 @@ function onBinary(ws, data) {
   if (members === undefined || !ws.joined.has(topic)) return;
 
   // kind 4: kind, topic_len, event_len, metadata_len, encoding, topic, event,
-  // metadata (none: upstream drops it on re-broadcast, spec 4.1), payload.
+  // metadata (none: upstream drops it on re-broadcast, docs/protocol.md §4.1), payload.
   // Built once for every receiver.
   const out = Buffer.allocUnsafe(5 + topicLen + eventLen + (data.length - payloadAt));
   out[0] = 4;
@@ -156,7 +156,7 @@ const wss = new WebSocketServer({
   port,
   perMessageDeflate: false, // upstream and realtime-core do not compress either
   clientTracking: false, // membership lives in `topics`
-  maxPayload: 5_000_000, // spec 1.1
+  maxPayload: 5_000_000, // docs/protocol.md §1.1
   backlog: 4096,
 });
 

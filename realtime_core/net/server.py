@@ -8,7 +8,7 @@ WebSocketConnection with transport.set_protocol(). Other requests go to the
 application's Router; handlers return a Response.
 
 Server owns the listening socket, the set of open connections and the sweeper
-that closes idle ones (spec §1.5: 60 s without input)."""
+that closes idle ones (docs/protocol.md §1.5: 60 s without input)."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ class Writer:
     A fan-out to S sockets queues S frames; the flush then writes each socket's
     queue with one transport.write(). Flushing thousands of sockets in one
     callback would stall the loop, so each callback writes `chunk` sockets and
-    reschedules itself for the rest (design §2: p99 stays low for big topics).
+    reschedules itself for the rest (docs/design.md §2: p99 stays low for big topics).
     It also numbers the loop's turns, by which connections share out reading.
     """
 

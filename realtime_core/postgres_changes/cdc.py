@@ -1,7 +1,7 @@
 """Postgres Changes for one tenant database: stream, subscriptions, dispatch, slot health.
 
 app.App starts one PostgresChanges for the default tenant's database. Channels
-call subscribe() after their join reply (spec §6.2), unsubscribe() when they
+call subscribe() after their join reply (docs/protocol.md §6.2), unsubscribe() when they
 close and refresh() after an access_token update. The `system` message
 `Subscribed to PostgreSQL` is pushed only once the subscription is live: its
 rows are written, it is in the registry, and the durable slot exists, so every
@@ -43,7 +43,7 @@ SUBSCRIBED = "Subscribed to PostgreSQL"
 # PostgreSQL's answer to a text parameter holding NUL, which upstream reports
 # for such params (psycopg refuses to send them at all).
 _NUL_TEXT = 'invalid byte sequence for encoding "UTF8": 0x00'
-_DELETE_CHUNK = 1000  # spec §3.7: subscriptions are deleted in batches of up to 1000 rows
+_DELETE_CHUNK = 1000  # docs/protocol.md §3.7: subscriptions are deleted in batches of up to 1000 rows
 
 
 _TABLES = """
@@ -123,7 +123,7 @@ class PostgresChanges:
         await self.pool.open(wait=True, timeout=30)
         async with self.pool.connection() as conn:
             # Rows of a previous run belong to sockets that are gone; rejoining
-            # clients recreate theirs (spec §6.2).
+            # clients recreate theirs (docs/protocol.md §6.2).
             await conn.execute("delete from realtime.subscription")
         self.stream.start()
         self._health_task = spawn(self._watch_slot(), name=f"slot health {self.settings.slot}")
@@ -165,7 +165,7 @@ class PostgresChanges:
         if subs:
             self._spawn(self._rewrite_claims(subs))
 
-    # Subscribing (spec §6.2)
+    # Subscribing (docs/protocol.md §6.2)
 
     async def _subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
         try:
@@ -181,7 +181,7 @@ class PostgresChanges:
                 _system(channel, "error", str(exc))
                 return
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                # Not the client's fault: retry after a random 5–10 s (spec §3.6).
+                # Not the client's fault: retry after a random 5–10 s (docs/protocol.md §3.6).
                 attempt += 1
                 delay = random.uniform(5, 10) if attempt > 1 else random.uniform(0.5, 1.0)
                 log.warning("UnableToSubscribeToPostgres %s (%s); retrying in %.1fs", channel.topic, exc, delay)

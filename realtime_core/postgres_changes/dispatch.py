@@ -126,7 +126,7 @@ class Dispatcher:
                     if isinstance(msg, Relation):
                         self._relation_changed(msg)
                         wanted.clear()
-                    continue  # Truncate is never delivered (spec §6.4); Type/Origin/Message carry nothing
+                    continue  # Truncate is never delivered (docs/protocol.md §6.4); Type/Origin/Message carry nothing
                 self.changes_seen += 1
                 relation = self.relations.get(msg.relation_oid)  # type: ignore[attr-defined]
                 if relation is None:
@@ -242,7 +242,7 @@ class Dispatcher:
             ch.new = [(found[i] if found is not None else None) if v is UNCHANGED else v for i, v in enumerate(ch.new)]
 
     async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[_Change]) -> None:
-        """Keep, per change, the candidates whose filters all hold (spec §6.3).
+        """Keep, per change, the candidates whose filters all hold (docs/protocol.md §6.3).
 
         Changes without filtered candidates keep their candidate list itself
         (matched is candidates), which later phases use to share work."""
@@ -266,7 +266,7 @@ class Dispatcher:
         names = [c.name for c in relation.columns]
         rows = []
         for ch in group:
-            # DELETE filters on the old identity columns (spec §6.3).
+            # DELETE filters on the old identity columns (docs/protocol.md §6.3).
             values = ch.old if ch.type == "DELETE" else ch.new
             present = ch.old_indexes if ch.type == "DELETE" else None
             rows.append(
@@ -282,7 +282,7 @@ class Dispatcher:
 
     async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
         """Give each change its deliveries: (variant, subscriptions), where a variant is
-        a record shape or an error (spec §6.4)."""
+        a record shape or an error (docs/protocol.md §6.4)."""
         relation = group[0].relation
         subs = {id(s): s for lst in {id(ch.matched): ch.matched for ch in group}.values() for s in lst or ()}
         roles = {s.role for s in subs.values()}
@@ -487,7 +487,7 @@ class Dispatcher:
         shape = shapes.get(shape_key)
         if shape is None:
             shape = shapes[shape_key] = self._shape(relation, role, select)
-        # With RLS enabled a DELETE carries only the primary key (spec §6.5).
+        # With RLS enabled a DELETE carries only the primary key (docs/protocol.md §6.5).
         if self._tables[relation.oid].rls and ch.type == "DELETE" and ch.old_indexes is not None:
             old_indexes: frozenset[int] | None = ch.old_indexes & shape.key_indexes
         else:

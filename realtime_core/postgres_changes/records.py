@@ -1,4 +1,4 @@
-"""The `data` object of a postgres_changes message (spec §6.5), without I/O.
+"""The `data` object of a postgres_changes message (docs/protocol.md §6.5), without I/O.
 
 dispatch.py builds one RecordShape per (relation, role, select list) and calls
 build() once per change and shape; the JSON bytes it returns are shared by
@@ -25,7 +25,7 @@ __all__ = [
 ERROR_NO_PRIMARY_KEY = "Error 400: Bad Request, no primary key"
 ERROR_UNAUTHORIZED = "Error 401: Unauthorized"
 ERROR_TOO_LARGE = "Error 413: Payload Too Large"
-# spec §6.4: an oversize record keeps only the fields whose JSON is this small.
+# docs/protocol.md §6.4: an oversize record keeps only the fields whose JSON is this small.
 MAX_KEPT_FIELD_BYTES = 64
 
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
@@ -111,7 +111,7 @@ class RecordShape:
                 data["old_record"] = self._record(old, old_indexes)
             elif new is not None:
                 # Default replica identity and an unchanged key: pgoutput sends
-                # no old tuple; upstream still reports the key (spec §6.5).
+                # no old tuple; upstream still reports the key (docs/protocol.md §6.5).
                 data["old_record"] = self._record(new, self.key_indexes)
             else:
                 data["old_record"] = {}

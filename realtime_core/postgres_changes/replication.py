@@ -4,7 +4,7 @@ cdc.PostgresChanges runs one ReplicationStream per tenant database. The stream
 reads pgoutput messages (proto_version 1) from a durable slot, groups them into
 committed transactions and hands each batch to `on_batch`, awaiting it: the
 LSN confirmed to the server advances only past changes that were dispatched,
-so a restart resumes where dispatch stopped and no change is lost (design §3).
+so a restart resumes where dispatch stopped and no change is lost (docs/design.md §3).
 
 Two transports feed the same batches:
 - streaming: a `replication=database` connection in COPY_BOTH mode, read and
@@ -34,7 +34,7 @@ __all__ = ["SESSION_OPTIONS", "ReplicationStream", "SlotConflict", "Transaction"
 
 log = logging.getLogger(__name__)
 
-# Text values must come out as upstream sees them (design §3).
+# Text values must come out as upstream sees them (docs/design.md §3).
 SESSION_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO -c extra_float_digits=3 -c IntervalStyle=postgres -c bytea_output=hex"
 )

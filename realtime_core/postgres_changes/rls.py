@@ -1,7 +1,7 @@
-"""Row-level security for Postgres Changes, checked in batches (design §3).
+"""Row-level security for Postgres Changes, checked in batches (docs/design.md §3).
 
 A subscriber sees an INSERT or UPDATE on an RLS-enabled table only if its role,
-with its JWT claims, can select the current row by primary key (spec §6.4).
+with its JWT claims, can select the current row by primary key (docs/protocol.md §6.4).
 Upstream runs one query per subscriber per row; we group subscribers by
 (role, claims) and check every key of a batch with one query per group:
 100–400k checks/s on one connection instead of ~9k/s. A policy that raises

@@ -29,10 +29,10 @@ class Subscription:
     """One postgres_changes entry of one joined channel."""
 
     channel: Channel
-    id: int  # the integer the client pairs with its binding (spec §3.4, §6.6)
+    id: int  # the integer the client pairs with its binding (docs/protocol.md §3.4, §6.6)
     subscription_id: uuid.UUID
     params: SubscriptionParams
-    legacy: bool = False  # joined without `config` (spec §6.7)
+    legacy: bool = False  # joined without `config` (docs/protocol.md §6.7)
     # WAL insert position when the subscription went live: only transactions
     # committed at or after it are delivered, so a stream re-reading older WAL
     # (after a restart) never hands a new subscriber what came before its

@@ -1,8 +1,8 @@
 """PostgreSQL text values turned into the JSON values upstream sends, without I/O.
 
-Upstream puts `to_jsonb(value::type)` into `record` and `old_record` (spec
-§6.5). The replication session produces text with TimeZone=UTC, DateStyle=ISO,
-IntervalStyle=postgres and extra_float_digits=3 (design §3); a converter maps
+Upstream puts `to_jsonb(value::type)` into `record` and `old_record`
+(docs/protocol.md §6.5). The replication session produces text with TimeZone=UTC, DateStyle=ISO,
+IntervalStyle=postgres and extra_float_digits=3 (docs/design.md §3); a converter maps
 that text to what `to_jsonb` would have produced, as a value orjson encodes.
 
 The caller keeps one TypeCatalog per database. On each pgoutput Relation it

@@ -35,7 +35,7 @@ class Codec(Protocol):
         ...
 
     def control(self, join_ref: str | None, topic: str, event: str) -> bytes:
-        """phx_close / phx_error: ref = join_ref, payload {} (spec §2.4)."""
+        """phx_close / phx_error: ref = join_ref, payload {} (docs/protocol.md §2.4)."""
         ...
 
     def broadcast(self, topic: str, event: str, payload: Any) -> bytes:
@@ -49,6 +49,6 @@ class Codec(Protocol):
     def user_broadcast(self, topic: str, message: UserBroadcast) -> bytes | None:
         """A user broadcast: kind 4 for V2; for V1 a JSON broadcast
         {"event","payload","type":"broadcast","meta"?}, or None for a binary
-        payload (dropped for V1 receivers, spec §2.3). V2 raises ValueError when
+        payload (dropped for V1 receivers, docs/protocol.md §2.3). V2 raises ValueError when
         the topic, event or metadata is longer than 255 bytes."""
         ...

@@ -1,7 +1,7 @@
 """The values the Phoenix codecs produce and consume, without I/O.
 
 A decoded client frame is a Message. A user broadcast (binary kind 3 in,
-kind 4 out; spec §2.3) keeps its payload as raw bytes so that it can be
+kind 4 out; docs/protocol.md §2.3) keeps its payload as raw bytes so that it can be
 re-broadcast to V2 receivers without a JSON round trip."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 __all__ = ["BINARY", "JSON", "Message", "ReplyStatus", "UserBroadcast"]
 
-# spec §2.3: user broadcast payload encodings
+# docs/protocol.md §2.3: user broadcast payload encodings
 BINARY = 0
 JSON = 1
 

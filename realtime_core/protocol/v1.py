@@ -1,4 +1,4 @@
-"""The vsn 1.0.0 codec: Phoenix V1 JSON objects, text frames only (spec §2.1).
+"""The vsn 1.0.0 codec: Phoenix V1 JSON objects, text frames only (docs/protocol.md §2.1).
 
 socket.py picks this codec from the `vsn` query value (through codec_for())
 and calls decode_text() on each incoming text frame; channel.py and the
@@ -51,7 +51,7 @@ class V1Codec:
             MalformedMessage: the frame is not JSON, nests deeper than
                 MAX_DEPTH (protocol/_common.py), is not an object, lacks one of
                 topic/event/payload/ref, or a field has the wrong type. The
-                caller drops the frame and keeps the socket open (spec §1.5).
+                caller drops the frame and keeps the socket open (docs/protocol.md §1.5).
         """
         try:
             obj = _loads(data)
@@ -62,7 +62,7 @@ class V1Codec:
             raise MalformedMessage(
                 f'expected a V1 JSON object {{"topic", "event", "payload", "ref"}}, got: {_preview(obj)}'
             )
-        # spec §2.1: topic, event, payload and ref are required (ref may be null)
+        # docs/protocol.md §2.1: topic, event, payload and ref are required (ref may be null)
         for key in _REQUIRED:
             if key not in obj:
                 raise MalformedMessage(f"V1 message lacks the required key {key!r}: {_preview(obj)}")
@@ -111,7 +111,7 @@ class V1Codec:
         return text_frame(_dumps({"topic": topic, "event": event, "payload": payload, "ref": None}))
 
     def control(self, join_ref: str | None, topic: str, event: str) -> bytes:
-        """Return a phx_close / phx_error frame: ref = join_ref, payload {} (spec §2.4)."""
+        """Return a phx_close / phx_error frame: ref = join_ref, payload {} (docs/protocol.md §2.4)."""
         return text_frame(_dumps({"topic": topic, "event": event, "payload": {}, "ref": join_ref}))
 
     def broadcast(self, topic: str, event: str, payload: Any) -> bytes:
@@ -142,7 +142,7 @@ class V1Codec:
         The payload is {"event", "payload", "type": "broadcast", "meta"?} with
         the sender's JSON bytes spliced in, not re-encoded. V1 has no way to
         carry raw bytes, so binary payloads are dropped for V1 receivers
-        (spec §2.3, RT user_broadcast.ex).
+        (docs/protocol.md §2.3, RT user_broadcast.ex).
 
         Raises:
             ValueError: `message.encoding` is neither BINARY nor JSON.

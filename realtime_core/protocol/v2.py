@@ -1,4 +1,4 @@
-"""The vsn 2.0.0 codec: JSON array text frames and binary user broadcasts (spec §2.2, §2.3).
+"""The vsn 2.0.0 codec: JSON array text frames and binary user broadcasts (docs/protocol.md §2.2, §2.3).
 
 socket.py picks this codec from the `vsn` query value (through codec_for())
 and calls decode_text() or decode_binary() on each incoming frame; channel.py
@@ -10,7 +10,7 @@ call or a single concatenation.
 Text frames are [join_ref, ref, topic, event, payload]. Binary frames start
 with a kind byte; clients send kind 0 (push) and kind 3 (user broadcast push),
 and this server sends only kind 4 (user broadcast): realtime-js decodes no
-other binary kind (spec §2.3), so kinds 0/1/2 are never emitted.
+other binary kind (docs/protocol.md §2.3), so kinds 0/1/2 are never emitted.
 
 Every length in a binary frame is one unsigned byte, so a topic, event or
 metadata longer than 255 bytes cannot be sent: user_broadcast() raises
@@ -33,13 +33,13 @@ from .message import BINARY, JSON, Message, ReplyStatus, UserBroadcast
 
 __all__ = ["MAX_FIELD_BYTES", "V2", "V2Codec"]
 
-MAX_FIELD_BYTES = 255  # spec §2.3: every length prefix is a u8
+MAX_FIELD_BYTES = 255  # docs/protocol.md §2.3: every length prefix is a u8
 
 _dumps = orjson.dumps
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
 
-# spec §2.3 binary kinds
+# docs/protocol.md §2.3 binary kinds
 _PUSH = 0
 _USER_BROADCAST_PUSH = 3
 _USER_BROADCAST = 4
@@ -144,13 +144,13 @@ class V2Codec:
     def decode_text(self, data: bytes | str) -> Message:
         """Decode one text frame [join_ref, ref, topic, event, payload, ...] into a Message.
 
-        Elements after the fifth are ignored (spec §2.2).
+        Elements after the fifth are ignored (docs/protocol.md §2.2).
 
         Raises:
             MalformedMessage: the frame is not JSON, nests deeper than
                 MAX_DEPTH (protocol/_common.py), is not an array of at least
                 five elements, or an element has the wrong type. The caller
-                drops the frame and keeps the socket open (spec §1.5).
+                drops the frame and keeps the socket open (docs/protocol.md §1.5).
         """
         try:
             arr = _loads(data)
@@ -200,15 +200,15 @@ class V2Codec:
         return text_frame(_dumps([join_ref, ref, topic, "phx_reply", {"status": status, "response": response}]))
 
     def push(self, join_ref: str | None, topic: str, event: str, payload: Any) -> bytes:
-        """Return a channel push [join_ref, null, topic, event, payload] (spec §2.2)."""
+        """Return a channel push [join_ref, null, topic, event, payload] (docs/protocol.md §2.2)."""
         return text_frame(_dumps([join_ref, None, topic, event, payload]))
 
     def control(self, join_ref: str | None, topic: str, event: str) -> bytes:
-        """Return phx_close / phx_error as [join_ref, join_ref, topic, event, {}] (spec §2.4)."""
+        """Return phx_close / phx_error as [join_ref, join_ref, topic, event, {}] (docs/protocol.md §2.4)."""
         return text_frame(_dumps([join_ref, join_ref, topic, event, {}]))
 
     def broadcast(self, topic: str, event: str, payload: Any) -> bytes:
-        """Return a fan-out frame [null, null, topic, event, payload] (spec §2.2)."""
+        """Return a fan-out frame [null, null, topic, event, payload] (docs/protocol.md §2.2)."""
         return text_frame(_dumps([None, None, topic, event, payload]))
 
     def broadcast_json(self, topic: str, event: str, payload_json: bytes) -> bytes:
@@ -221,7 +221,7 @@ class V2Codec:
     def user_broadcast(self, topic: str, message: UserBroadcast) -> bytes:
         """Return a binary kind 4 frame carrying the user broadcast.
 
-        Layout (spec §2.3): 4, topic_len, user_event_len, metadata_len,
+        Layout (docs/protocol.md §2.3): 4, topic_len, user_event_len, metadata_len,
         encoding, topic, user_event, metadata (JSON, or empty when None),
         payload bytes as the sender wrote them.
 

@@ -1,4 +1,4 @@
--- Postgres Changes: the subscription table and its types (spec 6.1), and the
+-- Postgres Changes: the subscription table and its types (docs/protocol.md §6.1), and the
 -- publication users add their tables to. Idempotent against a database that
 -- already has upstream's objects.
 

@@ -1,6 +1,6 @@
 -- Broadcast from the database and private channels: realtime.messages, the
 -- functions that write it, and the publication the broadcast stream reads
--- (spec 4.4, 4.5, 7). Ported from upstream's tenant schema
+-- (docs/protocol.md §4.4, §4.5, §7). Ported from upstream's tenant schema
 -- (priv/repo/tenant_schema/realtime/: tables/messages.sql, functions/send.sql,
 -- send_binary.sql, broadcast_changes.sql, topic.sql).
 --
@@ -10,7 +10,7 @@
 -- upstream object stays in place.
 --
 -- Daily partitions are not created here: realtime_core.messages.ensure_partitions()
--- creates them at start and from the janitor (spec 4.5).
+-- creates them at start and from the janitor (docs/protocol.md §4.5).
 
 -- The owner of realtime.messages and of the functions (upstream:
 -- migrations/20260420000000_squash_migrations.ex create_role).
@@ -42,7 +42,7 @@ end $$;
 
 grant usage on schema realtime to anon, authenticated, service_role;
 
--- The table (spec 4.4). inserted_at and updated_at are `timestamp without
+-- The table (docs/protocol.md §4.4). inserted_at and updated_at are `timestamp without
 -- time zone` holding UTC: the defaults are timezone('utc', now()), as in
 -- upstream's current tables/messages.sql, so partition bounds (UTC dates,
 -- messages.py) and replay (`at time zone 'utc'`) agree whatever the session
@@ -103,7 +103,7 @@ exception when insufficient_privilege then
     raise warning 'realtime: could not set UTC defaults on realtime.messages: %', sqlerrm;
 end $$;
 
--- Replay reads this (spec 4.6; upstream migrations/20250905041441_create_messages_replay_index.ex).
+-- Replay reads this (docs/protocol.md §4.6; upstream migrations/20250905041441_create_messages_replay_index.ex).
 -- Not `on only`: partitions that already exist get theirs too.
 do $$
 begin
@@ -302,7 +302,7 @@ begin
     end loop;
 end $$;
 
--- The publication the broadcast stream reads (spec 4.4): exactly
+-- The publication the broadcast stream reads (docs/protocol.md §4.4): exactly
 -- realtime.messages. publish_via_partition_root makes inserts into the daily
 -- partitions arrive in pgoutput as realtime.messages. One listing other
 -- tables (or FOR ALL TABLES, or schemas) is recreated; one created by

@@ -1,4 +1,4 @@
-"""Tests for realtime_core.net.server: HTTP/1.1 on HttpProtocol and the WebSocket upgrade (spec §1.1, §1.4).
+"""Tests for realtime_core.net.server: HTTP/1.1 on HttpProtocol and the WebSocket upgrade (docs/protocol.md §1.1, §1.4).
 
 In uvicorn's style: raw requests are module constants, fed to
 HttpProtocol.data_received() over a MockTransport (tests/net/fakes.py) that
@@ -407,7 +407,7 @@ class TestErrors:
 
 
 class TestUpgrade:
-    """spec §1.1 and §1.4: a GET upgrade on a socket path; open_socket() decides."""
+    """docs/protocol.md §1.1 and §1.4: a GET upgrade on a socket path; open_socket() decides."""
 
     async def test_a_valid_upgrade_answers_101_and_hands_over_the_transport(self, app, server, protocol, transport):
         protocol.data_received(UPGRADE)
@@ -494,7 +494,7 @@ class TestUpgrade:
         assert_json_error(transport.buffer, status, text)
 
     async def test_a_connect_error_without_text_has_an_empty_body(self, app, protocol, transport):
-        """spec §1.2: an unsupported vsn is 403 with an empty body."""
+        """docs/protocol.md §1.2: an unsupported vsn is 403 with an empty body."""
         app.connect_error = ConnectError(403, "")
         protocol.data_received(UPGRADE)
         await settle()
@@ -568,7 +568,7 @@ class TestPipelining:
 
 
 class TestSweeper:
-    """spec §1.5: a WebSocket silent for the idle timeout is closed; so are stale HTTP connections."""
+    """docs/protocol.md §1.5: a WebSocket silent for the idle timeout is closed; so are stale HTTP connections."""
 
     @pytest.fixture
     async def sweeping(self, app):

@@ -1,5 +1,6 @@
 """Tests for realtime_core.net.websocket: coalesced writes, slow consumers, and the RFC 6455 duties
-the connection shares with websockets' ServerProtocol (fragmentation §5.4, ping §5.5.2, close §5.5.1).
+the connection shares with websockets' ServerProtocol (fragmentation: RFC 6455 §5.4, ping: RFC 6455 §5.5.2,
+close: RFC 6455 §5.5.1).
 
 A WebSocketConnection is built over a MockTransport (tests/net/fakes.py) with
 a ServerProtocol already OPEN (as net/server.py leaves it after the handshake);
@@ -247,7 +248,7 @@ class TestFragmentation:
         assert conn.session.messages == [("binary", b"\x03\x01\x02")]
 
     async def test_a_ping_between_fragments_is_answered_and_the_message_completes(self, conn_and_transport):
-        """§5.4: control frames MAY be injected in the middle of a fragmented message."""
+        """RFC 6455 §5.4: control frames MAY be injected in the middle of a fragmented message."""
         conn, transport = conn_and_transport
         conn.data_received(client_frame(Opcode.TEXT, b"a", fin=False))
         conn.data_received(client_frame(Opcode.PING, b"p"))
@@ -292,7 +293,7 @@ class TestClose:
         conn, transport = conn_and_transport
         conn.data_received(client_close(CloseCode.GOING_AWAY, "bye"))
         assert_close_sent(transport, CloseCode.GOING_AWAY, "bye")
-        assert transport.closed, "the server closes the TCP connection first (§7.1.1)"
+        assert transport.closed, "the server closes the TCP connection first (RFC 6455 §7.1.1)"
         assert conn.closing
 
     async def test_the_session_closes_when_the_connection_is_lost(self, conn_and_transport):
@@ -328,7 +329,7 @@ class TestClose:
         assert [f.opcode for f in server_frames(transport.buffer)] == [Opcode.CLOSE]
 
     async def test_no_data_frame_follows_a_close_frame(self, conn_and_transport):
-        """§5.5.1: after sending a Close frame, the endpoint MUST NOT send any further data frames."""
+        """RFC 6455 §5.5.1: after sending a Close frame, the endpoint MUST NOT send any further data frames."""
         conn, transport = conn_and_transport
         conn.close(CloseCode.GOING_AWAY, "bye")
         conn.send(text_frame(b"too late"))

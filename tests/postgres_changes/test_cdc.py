@@ -3,7 +3,7 @@
 tests/test_postgres_changes.py covers delivery in the default "stream" mode;
 here a server runs with REALTIME_REPLICATION_MODE=poll (for poolers that
 cannot stream) and the same wire behaviour is expected. The rows written to
-realtime.subscription (spec §6.1–6.2) are read back directly, and slot health
+realtime.subscription (docs/protocol.md §6.1–6.2) are read back directly, and slot health
 is read both from /metrics and from PostgresChanges.read_slot_health()."""
 
 from __future__ import annotations

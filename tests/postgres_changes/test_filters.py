@@ -262,7 +262,7 @@ class TestParseErrors:
 
 
 class TestParseParams:
-    """parse_params follows parse_subscription_params/1 (spec §6.2)."""
+    """parse_params follows parse_subscription_params/1 (docs/protocol.md §6.2)."""
 
     def test_schema_table_and_filter(self):
         assert parse_params({"schema": "public", "table": "messages", "filter": "subject=eq.hey"}) == (

@@ -1,4 +1,5 @@
-"""Tests for realtime_core.postgres_changes.records: the `data` object of a postgres_changes message (spec §6.5).
+"""Tests for realtime_core.postgres_changes.records: the `data` object of a postgres_changes message
+(docs/protocol.md §6.5).
 
 RecordShape is built here the way dispatch.py builds it: one column tuple per
 selectable column with the converter values.TypeCatalog gives for its type."""
@@ -73,7 +74,7 @@ def build(s: RecordShape, change_type: str, new=None, old=None, old_indexes=None
 
 
 class TestCommitTimestamp:
-    """commit_timestamp: UTC, milliseconds, `Z` (spec §6.5 `YYYY-MM-DDTHH24:MI:SS.MSZ`)."""
+    """commit_timestamp: UTC, milliseconds, `Z` (docs/protocol.md §6.5 `YYYY-MM-DDTHH24:MI:SS.MSZ`)."""
 
     @pytest.mark.parametrize(
         ("micros", "text"),
@@ -202,7 +203,7 @@ class TestDelete:
         assert data["old_record"] == ROW_JSON
 
     def test_rls_trimmed_indexes_keep_only_the_key(self):
-        # dispatch passes old_indexes & key_indexes for a DELETE on an RLS table (spec §6.5).
+        # dispatch passes old_indexes & key_indexes for a DELETE on an RLS table (docs/protocol.md §6.5).
         data = build(shape(), "DELETE", old=ROW, old_indexes=frozenset(range(len(COLUMNS))) & KEY)
         assert data["old_record"] == {"id": 1}
         assert len(data["columns"]) == len(COLUMNS)
@@ -222,7 +223,7 @@ def text_of(n: int) -> str:
 
 
 class TestPayloadTooLarge:
-    """max_record_bytes: oversize records keep only fields whose JSON is ≤ 64 bytes (spec §6.4)."""
+    """max_record_bytes: oversize records keep only fields whose JSON is ≤ 64 bytes (docs/protocol.md §6.4)."""
 
     def row(self, title: str) -> list[str | None]:
         return ["1", title, "t", "1.50", None, None, None]

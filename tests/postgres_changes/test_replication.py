@@ -4,7 +4,7 @@ Each test runs a ReplicationStream in "stream" (START_REPLICATION) and "poll"
 (pg_logical_slot_peek_binary_changes) mode against a database of this module,
 with a slot and a publication of its own. The slot's confirmed_flush_lsn is
 read from pg_replication_slots: it is what a restart resumes from, so it must
-never pass a transaction that on_batch has not finished (design §3)."""
+never pass a transaction that on_batch has not finished (docs/design.md §3)."""
 
 from __future__ import annotations
 

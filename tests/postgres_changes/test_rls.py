@@ -1,4 +1,5 @@
-"""Tests for realtime_core.postgres_changes.rls: which primary keys a role with its claims may select (spec §6.4).
+"""Tests for realtime_core.postgres_changes.rls: which primary keys a role with its claims may select
+(docs/protocol.md §6.4).
 
 visible_keys runs against a database of this module's own. Its roles are
 cluster-wide, so they get unique names and are dropped at the end."""

@@ -138,7 +138,7 @@ class TestSubscription:
         [
             ("*", {"INSERT", "UPDATE", "DELETE"}),
             ("INSERT", {"INSERT"}),
-            ("update", {"UPDATE"}),  # any letter case (spec §6.2)
+            ("update", {"UPDATE"}),  # any letter case (docs/protocol.md §6.2)
             ("DELETE", {"DELETE"}),
             ("TRUNCATE", {"INSERT", "UPDATE", "DELETE"}),  # anything else is `*`
         ],
@@ -168,7 +168,7 @@ class TestSubscription:
 
 
 class TestDescribeParams:
-    """describe_params: the params as upstream's error texts show them (spec §6.2)."""
+    """describe_params: the params as upstream's error texts show them (docs/protocol.md §6.2)."""
 
     @pytest.mark.parametrize(
         ("params", "text"),

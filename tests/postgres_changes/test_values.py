@@ -1,4 +1,5 @@
-"""Tests for realtime_core.postgres_changes.values: text values as upstream's `to_jsonb(value::type)` (spec §6.5)."""
+"""Tests for realtime_core.postgres_changes.values: text values as upstream's `to_jsonb(value::type)`
+(docs/protocol.md §6.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for realtime_core.protocol.v1: the vsn 1.0.0 JSON object codec (spec §2.1)."""
+"""Tests for realtime_core.protocol.v1: the vsn 1.0.0 JSON object codec (docs/protocol.md §2.1)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ def test_codec_identity() -> None:
     assert isinstance(V1, V1Codec)
     assert V1.vsn == "1.0.0"
     assert codec_for("1.0.0") is V1
-    assert codec_for(None) is V1  # spec §1.2: a missing vsn means 1.0.0
+    assert codec_for(None) is V1  # docs/protocol.md §1.2: a missing vsn means 1.0.0
 
 
 class TestDecodeText:
-    """Client → server: {"topic", "event", "payload", "ref", "join_ref"?} (spec §2.1)."""
+    """Client → server: {"topic", "event", "payload", "ref", "join_ref"?} (docs/protocol.md §2.1)."""
 
     def test_full_message(self) -> None:
         msg = V1.decode_text(
@@ -117,7 +117,7 @@ class TestDecodeBinary:
 
 
 class TestEncode:
-    """Server → client: {"topic", "event", "payload", "ref"} without join_ref (spec §2.1)."""
+    """Server → client: {"topic", "event", "payload", "ref"} without join_ref (docs/protocol.md §2.1)."""
 
     def test_reply_carries_request_ref_and_no_join_ref(self) -> None:
         frame = V1.reply("1", "2", TOPIC, "ok", {"postgres_changes": []})
@@ -129,7 +129,7 @@ class TestEncode:
         }
 
     def test_reply_matches_spec_example_bytes(self) -> None:
-        # spec §2.1 example, byte for byte (key order topic, event, payload, ref)
+        # docs/protocol.md §2.1 example, byte for byte (key order topic, event, payload, ref)
         frame = V1.reply(None, "1", TOPIC, "ok", {"postgres_changes": []})
         assert text(frame) == (
             b'{"topic":"realtime:room1","event":"phx_reply",'
@@ -137,7 +137,7 @@ class TestEncode:
         )
 
     def test_error_reply_may_carry_a_bare_string(self) -> None:
-        # spec §4.1: an oversize ack answers {"status":"error","response":"payload_size_exceeded"}
+        # docs/protocol.md §4.1: an oversize ack answers {"status":"error","response":"payload_size_exceeded"}
         frame = V1.reply("1", "5", TOPIC, "error", "payload_size_exceeded")
         assert decode(frame)["payload"] == {"status": "error", "response": "payload_size_exceeded"}
 
@@ -184,7 +184,7 @@ class TestEncode:
 
 
 class TestUserBroadcast:
-    """A user broadcast for V1 receivers: JSON only (spec §2.3, RT user_broadcast.ex)."""
+    """A user broadcast for V1 receivers: JSON only (docs/protocol.md §2.3, RT user_broadcast.ex)."""
 
     def test_json_payload_becomes_a_broadcast_with_type(self) -> None:
         frame = V1.user_broadcast(TOPIC, UserBroadcast(event="msg", data=b'{"n":1}', encoding=JSON))

@@ -1,4 +1,4 @@
-"""Tests for realtime_core.protocol.v2: vsn 2.0.0 arrays and binary frames (spec §2.2, §2.3)."""
+"""Tests for realtime_core.protocol.v2: vsn 2.0.0 arrays and binary frames (docs/protocol.md §2.2, §2.3)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def parse_kind4(frame: bytes) -> Kind4:
     parsed = server_frame(frame)
     assert parsed.opcode is Opcode.BINARY
     data = bytes(parsed.data)
-    assert data[0] == 4, "realtime-js decodes only binary kind 4 (spec §2.3)"
+    assert data[0] == 4, "realtime-js decodes only binary kind 4 (docs/protocol.md §2.3)"
     topic_len, event_len, metadata_len, encoding = data[1:5]
     pos = 5
     topic = data[pos : pos + topic_len].decode()
@@ -117,7 +117,7 @@ def test_codec_identity() -> None:
 
 
 class TestDecodeText:
-    """Client text frames are [join_ref, ref, topic, event, payload] (spec §2.2)."""
+    """Client text frames are [join_ref, ref, topic, event, payload] (docs/protocol.md §2.2)."""
 
     def test_array_becomes_message(self) -> None:
         msg = V2.decode_text(b'["1","1","realtime:room1","phx_join",{"config":{"private":false}}]')
@@ -175,7 +175,7 @@ class TestDecodeText:
 
 
 class TestDecodeUserBroadcastPush:
-    """Binary kind 3, what realtime-js sends for channel.send() (spec §2.3)."""
+    """Binary kind 3, what realtime-js sends for channel.send() (docs/protocol.md §2.3)."""
 
     def test_json_payload_without_metadata(self) -> None:
         msg = V2.decode_binary(KIND3_JSON)
@@ -278,7 +278,7 @@ class TestDecodeUserBroadcastPush:
 
 
 class TestDecodePush:
-    """Binary kind 0 from the client: the payload stays raw bytes (spec §2.3)."""
+    """Binary kind 0 from the client: the payload stays raw bytes (docs/protocol.md §2.3)."""
 
     def test_push_payload_is_raw_bytes(self) -> None:
         msg = V2.decode_binary(KIND0)
@@ -312,7 +312,7 @@ class TestDecodeOtherKinds:
 
 
 class TestEncodeText:
-    """Server text frames and their refs (spec §2.2, §2.4)."""
+    """Server text frames and their refs (docs/protocol.md §2.2, §2.4)."""
 
     def test_reply_echoes_join_ref_and_ref(self) -> None:
         frame = V2.reply("1", "2", TOPIC, "ok", {"postgres_changes": []})
@@ -325,7 +325,7 @@ class TestEncodeText:
         ]
 
     def test_unmatched_topic_reply_has_null_join_ref(self) -> None:
-        # spec §2.4: the reply to an unjoined topic carries the ref and join_ref null
+        # docs/protocol.md §2.4: the reply to an unjoined topic carries the ref and join_ref null
         frame = V2.reply(None, "3", "realtime", "error", {"reason": "unmatched topic"})
         assert decode(frame) == [
             None,
@@ -359,7 +359,7 @@ class TestEncodeText:
 
 
 class TestEncodeUserBroadcast:
-    """Binary kind 4, the only binary kind realtime-js decodes (spec §2.3)."""
+    """Binary kind 4, the only binary kind realtime-js decodes (docs/protocol.md §2.3)."""
 
     def test_json_payload_bytes(self) -> None:
         frame = V2.user_broadcast(TOPIC, UserBroadcast(event="msg", data=b'{"n": 1}', encoding=JSON))
@@ -406,7 +406,7 @@ class TestEncodeUserBroadcast:
         ],
     )
     def test_other_output_is_text(self, frame: bytes) -> None:
-        # spec §2.3: kinds 0/1/2 would reach realtime-js as `undefined`
+        # docs/protocol.md §2.3: kinds 0/1/2 would reach realtime-js as `undefined`
         assert server_frame(frame).opcode is Opcode.TEXT
 
     @pytest.mark.parametrize(
@@ -438,7 +438,7 @@ class TestEncodeUserBroadcast:
 
 
 class TestRoundTrip:
-    """A kind 3 from one client reaches the others as kind 4, unchanged (spec §2.3, §4.1)."""
+    """A kind 3 from one client reaches the others as kind 4, unchanged (docs/protocol.md §2.3, §4.1)."""
 
     @pytest.mark.parametrize("push", [KIND3_JSON, KIND3_JSON_WITH_METADATA, KIND3_BINARY])
     def test_kind3_in_kind4_out(self, push: bytes) -> None:
