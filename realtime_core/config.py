@@ -14,6 +14,7 @@ from pathlib import Path
 
 import orjson
 
+from .net.http import HttpLimits
 from .postgres_changes.settings import CdcSettings
 
 __all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings"]
@@ -74,6 +75,21 @@ def _cdc_settings(env: Mapping[str, str]) -> CdcSettings:
     )
 
 
+def _http_limits(env: Mapping[str, str]) -> HttpLimits:
+    d = HttpLimits()
+    max_url = _int(env, "REALTIME_MAX_URL_BYTES", d.max_url_bytes)
+    if max_url > 65_535:
+        raise ValueError(f"REALTIME_MAX_URL_BYTES must be at most 65535 (the URL parser's limit), got {max_url}")
+    return HttpLimits(
+        max_url_bytes=max_url,
+        max_header_bytes=_int(env, "MAX_HEADER_LENGTH", d.max_header_bytes),
+        max_headers=_int(env, "REALTIME_MAX_HEADERS", d.max_headers),
+        max_headers_bytes=_int(env, "REALTIME_MAX_HEADERS_BYTES", d.max_headers_bytes),
+        head_timeout=_int(env, "REALTIME_REQUEST_HEAD_TIMEOUT_MS", int(d.head_timeout * 1000)) / 1000,
+        max_body_bytes=_int(env, "REALTIME_MAX_HTTP_BODY_BYTES", d.max_body_bytes),
+    )
+
+
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -117,7 +133,8 @@ class Settings:
     max_frame_bytes: int = 5_000_000
     # A subscriber whose unsent backlog passes this is disconnected (design §2).
     max_write_buffer_bytes: int = 4 * 1024 * 1024
-    max_http_body_bytes: int = 10 * 1024 * 1024
+    # Bounds on each HTTP request: URL, headers, time to the end of the head, body.
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
     postgres_changes: bool = True
@@ -163,6 +180,7 @@ class Settings:
             channel_error_backoff_ms=_int(env, "CHANNEL_ERROR_BACKOFF_MS", d.channel_error_backoff_ms),
             idle_timeout_ms=_int(env, "REALTIME_IDLE_TIMEOUT_MS", d.idle_timeout_ms),
             max_write_buffer_bytes=_int(env, "REALTIME_MAX_WRITE_BUFFER_BYTES", d.max_write_buffer_bytes),
+            http_limits=_http_limits(env),
             postgres_changes=env.get("REALTIME_POSTGRES_CHANGES", "true").lower() != "false",
             cdc=_cdc_settings(env),
             authorization_pool_size=max(1, _int(env, "DB_POOL_SIZE", d.authorization_pool_size)),
