@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 # A half-received request or an idle keep-alive connection is closed after this.
 HTTP_IDLE_TIMEOUT = 60.0
+# After refusing a request that may still be arriving, what arrives is read and
+# dropped this long (or until the client closes) before closing: closing with
+# unread input resets the connection, and the client would lose the answer
+# (Cowboy's linger_timeout, nginx's lingering close).
+LINGER_TIMEOUT = 1.0
 MAX_PIPELINED = 16
 
 
@@ -207,6 +212,13 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.http_connections.discard(self)
+        self._drop_parser()
+
+    def _drop_parser(self) -> None:
+        """Once no more input comes: the parser holds our bound methods, a cycle that only
+        the cyclic GC frees (rarely, see cli.py), with what the parser keeps of a refused
+        head (up to a read): thousands of refused attackers held hundreds of MB."""
+        self.__dict__.pop("parser", None)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.loop.time()
@@ -229,7 +241,7 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._last_request:
                 return  # llhttp's "Data after `Connection: close`": ignored, see _last_request
-            self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
+            self.reject(400, f"Malformed HTTP request: {exc}")
             return
         if self.in_head:
             self._head_continues(data)
@@ -325,10 +337,21 @@ class HttpProtocol(asyncio.Protocol):
         raise httptools.HttpParserError(error)
 
     def reject(self, status: int, error: str) -> None:
-        """Answer `status` with `{"error": error}` and close the connection."""
+        """Answer `status` with `{"error": error}` and close the connection once
+        the client has had LINGER_TIMEOUT to stop sending (input is dropped meanwhile)."""
         self.in_head = False
         self._held = None
-        self._send_and_close(json_response(status, {"error": error}))
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        response = json_response(status, {"error": error})
+        transport.write(response.head(False) + response.body)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_TIMEOUT, transport.close)
+        else:
+            transport.close()
 
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade():
@@ -410,7 +433,7 @@ class HttpProtocol(asyncio.Protocol):
         try:
             request = self._build_request()
         except httptools.HttpParserInvalidURLError as exc:
-            self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
+            self.reject(400, f"Malformed HTTP request: {exc}")
             return
         if request.path not in self.server.app.socket_paths or request.method != "GET":
             self._send_and_close(json_response(404, {"error": "Not found"}))
@@ -448,6 +471,7 @@ class HttpProtocol(asyncio.Protocol):
         conn = _TrackedConnection(server, proto, transport, server.writer, self.loop, self.peer)
         server.http_connections.discard(self)
         transport.set_protocol(conn)
+        self._drop_parser()
         proto.send_response(handshake)
         self._write_all(proto.data_to_send())
         if proto.state is not State.OPEN:
