@@ -423,8 +423,9 @@ class HttpProtocol(asyncio.Protocol):
         self.transport_close()
 
     def transport_close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
+        """Close now, also a connection lingering after a refusal (closing twice is harmless)."""
+        self.closed = True
+        if self.transport is not None:
             self.transport.close()
 
     # WebSocket upgrade

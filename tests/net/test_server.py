@@ -971,6 +971,12 @@ class TestLingeringClose:
         await asyncio.sleep(0.1)
         assert transport.closed
 
+    async def test_shutdown_closes_a_lingering_connection(self, server, protocol, transport):
+        protocol.data_received(MALFORMED)
+        assert_refused(transport)
+        await server.close()
+        assert transport.closed
+
     async def test_a_transport_without_half_close_is_closed_at_once(self, protocol, transport, monkeypatch):
         monkeypatch.setattr(transport, "can_write_eof", lambda: False)
         protocol.data_received(MALFORMED)
