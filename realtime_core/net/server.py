@@ -226,12 +226,11 @@ class HttpProtocol(asyncio.Protocol):
             return  # bytes after an upgrade request before the handshake answer: refused client
         if self._last_request or self.closed:
             return
-        if self._held is None:
-            self._feed(data)
-        else:
-            self._hold(data)
-
-    def _feed(self, data: bytes) -> None:
+        if self._held is not None:
+            complete = self._hold(data)
+            if complete is None:
+                return
+            data = complete
         self._head_fed = self._head_fed + len(data) if self.in_head else len(data)
         try:
             self.parser.feed_data(data)
@@ -264,18 +263,20 @@ class HttpProtocol(asyncio.Protocol):
         if self._held_size > self.limits.max_headers_bytes:
             self.reject(431, "Request headers too large")
 
-    def _hold(self, data: bytes) -> None:
+    def _hold(self, data: bytes) -> bytes | None:
+        """Keep `data` with the held head; once its blank line is here, return what
+        the parser has yet to get of it (and whatever follows it)."""
         held = self._held
         assert held is not None
         search_from = max(0, len(held) - 3)
         held += data
         if held.find(b"\r\n\r\n", search_from) >= 0:
             self._held = None
-            self._feed(bytes(memoryview(held)[self._held_fed :]))
-            return
+            return bytes(memoryview(held)[self._held_fed :])
         self._held_size += len(data)
         if self._held_size > self.limits.max_headers_bytes:
             self.reject(431, "Request headers too large")
+        return None
 
     # httptools callbacks
 
