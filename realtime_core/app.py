@@ -94,7 +94,7 @@ class App:
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
-            max_body_bytes=settings.max_http_body_bytes,
+            limits=settings.http_limits,
             idle_timeout=settings.idle_timeout_ms / 1000,
             max_write_buffer=settings.max_write_buffer_bytes,
             flush_chunk=settings.flush_chunk,

@@ -57,7 +57,7 @@ class EnvVar:
     shown_default: str | None = None
 
 
-def parse_int(name: str, text: str, minimum: int = 0) -> int:
+def parse_int(name: str, text: str, minimum: int = 0, maximum: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -66,6 +66,8 @@ def parse_int(name: str, text: str, minimum: int = 0) -> int:
         if minimum == 0:
             raise ValueError(f"{name} must not be negative, got {value}")
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -108,8 +110,10 @@ def _declare(name: str, default: object, doc: str, parse: Callable[[str, str], o
     return field(default=default, metadata={_KEY: EnvVar(name, doc, parse, shown)})
 
 
-def int_var(name: str, default: int, doc: str, *, minimum: int = 0, shown: str | None = None) -> int:
-    return _declare(name, default, doc, partial(parse_int, minimum=minimum), shown)  # type: ignore[no-any-return]
+def int_var(
+    name: str, default: int, doc: str, *, minimum: int = 0, maximum: int | None = None, shown: str | None = None
+) -> int:
+    return _declare(name, default, doc, partial(parse_int, minimum=minimum, maximum=maximum), shown)  # type: ignore[no-any-return]
 
 
 def bool_var(name: str, default: bool, doc: str) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from realtime_core import envvars
 from realtime_core.config import DEFAULT_LIMITS, LIMIT_ENV, Limits, Settings, readme_tables
+from realtime_core.net.http import HttpLimits
 from realtime_core.postgres_changes.settings import CdcSettings
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -198,6 +199,43 @@ class TestFromEnv:
 
     def test_every_declared_variable_blank_gives_the_defaults(self):
         assert Settings.from_env(dict.fromkeys(DECLARED, "  ")) == Settings()
+
+class TestHttpLimits:
+    def test_defaults_are_at_least_cowboys(self):
+        """Upstream (Cowboy) answers a request line over 8000 bytes 414, a header value over
+        MAX_HEADER_LENGTH (4096) or a 101st header 431, and 408 after 5 s: whatever it accepts, we do."""
+        limits = Settings.from_env({}).http_limits
+        assert limits == HttpLimits()
+        assert limits.max_url_bytes >= 8000
+        assert limits.max_header_bytes >= 4096
+        assert limits.max_headers == 100
+        assert limits.head_timeout >= 5.0
+
+    def test_environment_names(self):
+        limits = Settings.from_env(
+            {
+                "REALTIME_MAX_URL_BYTES": "1000",
+                "MAX_HEADER_LENGTH": "2000",
+                "REALTIME_MAX_HEADERS": "30",
+                "REALTIME_MAX_HEADERS_BYTES": "4000",
+                "REALTIME_REQUEST_HEAD_TIMEOUT_MS": "2500",
+                "REALTIME_MAX_HTTP_BODY_BYTES": "5000",
+            }
+        ).http_limits
+        assert limits == HttpLimits(
+            max_url_bytes=1000,
+            max_header_bytes=2000,
+            max_headers=30,
+            max_headers_bytes=4000,
+            head_timeout=2.5,
+            max_body_bytes=5000,
+        )
+
+    def test_a_url_limit_over_the_url_parsers_is_refused(self):
+        with pytest.raises(ValueError, match=r"^REALTIME_MAX_URL_BYTES must be at most 65535"):
+            Settings.from_env({"REALTIME_MAX_URL_BYTES": "65536"})
+
+
 
 
 class TestDeclarations:

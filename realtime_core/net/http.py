@@ -15,7 +15,27 @@ from urllib.parse import parse_qs
 
 import orjson
 
-__all__ = ["Handler", "Request", "Response", "Router", "json_response"]
+__all__ = ["Handler", "HttpLimits", "Request", "Response", "Router", "json_response"]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """Bounds on one HTTP request, enforced by net/server.py while it is read.
+
+    Cowboy's (upstream's HTTP server) defaults are a request line of 8000 bytes,
+    header values of 4096 (upstream's MAX_HEADER_LENGTH), 100 headers and 5 s for a
+    request head; ours are as large or larger. Cowboy does not bound all headers
+    together; h11 (uvicorn) bounds a whole head at 16 KB, ours is 64 KB.
+    The WebSocket URL carries the apikey JWT: 8 KB leaves room for a large one."""
+
+    max_url_bytes: int = 8 * 1024  # the request target, answered 414
+    max_header_bytes: int = 8 * 1024  # one header's name or value, answered 431
+    max_headers: int = 100  # answered 431
+    max_headers_bytes: int = 64 * 1024  # all header lines ("name: value\r\n"), answered 431
+    # From the first byte of a request to the end of its head, however slowly it
+    # trickles in: answered 408 and closed.
+    head_timeout: float = 10.0
+    max_body_bytes: int = 10 * 1024 * 1024  # answered 413
 
 
 @dataclass(slots=True)

@@ -8,7 +8,15 @@ WebSocketConnection with transport.set_protocol(). Other requests go to the
 application's Router; handlers return a Response.
 
 Server owns the listening socket, the set of open connections and the sweeper
-that closes idle ones (docs/protocol.md §1.5: 60 s without input)."""
+that closes idle ones (docs/protocol.md §1.5: 60 s without input) and answers 408 to
+request heads not complete within HttpLimits.head_timeout.
+
+Every request is bounded while it is read (HttpLimits): the URL (414), each
+header, the number of headers and all of them together (431), the body (413).
+httptools joins the pieces of a header name or value with `+=` on every read,
+so a head that does not end in one read is held here (its request line fed, the
+rest kept in one bytearray) until its blank line arrives, then fed at once:
+reading a head costs time linear in its size, and never more than the limits."""
 
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 import httptools
 from websockets.datastructures import Headers
@@ -27,7 +35,7 @@ from websockets.server import ServerProtocol
 
 from ..errors import CONNECT_ERROR_TEXT, ConnectError
 from ..tasks import spawn
-from .http import Request, Response, Router, json_response
+from .http import HttpLimits, Request, Response, Router, json_response
 from .websocket import Session, WebSocketConnection, Writer
 
 __all__ = ["Application", "HttpProtocol", "Server"]
@@ -38,6 +46,11 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 5.0
 # A half-received request or an idle keep-alive connection is closed after this.
 HTTP_IDLE_TIMEOUT = 60.0
+# After refusing a request that may still be arriving, what arrives is read and
+# dropped this long (or until the client closes) before closing: closing with
+# unread input resets the connection, and the client would lose the answer
+# (Cowboy's linger_timeout, nginx's lingering close).
+LINGER_TIMEOUT = 1.0
 MAX_PIPELINED = 16
 
 
@@ -62,14 +75,18 @@ class Server:
         app: Application,
         *,
         max_frame_bytes: int,
-        max_body_bytes: int,
+        limits: HttpLimits,
         idle_timeout: float,
         max_write_buffer: int,
         flush_chunk: int,
     ) -> None:
         self.app = app
         self.max_frame_bytes = max_frame_bytes
-        self.max_body_bytes = max_body_bytes
+        self.limits = limits
+        # A head of at most max_headers headers, fed to the parser in this many bytes or fewer,
+        # passes every header check: each header line takes at least 3 bytes besides its name
+        # and value (":" and CRLF), where the block limit counts 4.
+        self.check_heads_above = min(limits.max_header_bytes, limits.max_headers_bytes - limits.max_headers)
         self.idle_timeout = idle_timeout
         self.loop = asyncio.get_running_loop()
         self.writer = Writer(self.loop, chunk=flush_chunk, max_buffer=max_write_buffer)
@@ -104,7 +121,7 @@ class Server:
             ws.transport.abort()
 
     async def _sweep_forever(self) -> None:
-        interval = max(0.05, min(1.0, self.idle_timeout / 4))
+        interval = max(0.05, min(1.0, self.idle_timeout / 4, self.limits.head_timeout / 4))
         closing_since: dict[WebSocketConnection, float] = {}
         while True:
             await asyncio.sleep(interval)
@@ -120,8 +137,13 @@ class Server:
                     closing_since[ws] = now
             for ws in [ws for ws in closing_since if ws not in self.websockets]:
                 del closing_since[ws]
+            head_deadline = now - self.limits.head_timeout
             for http in list(self.http_connections):
-                if now - http.last_seen > HTTP_IDLE_TIMEOUT and not http.busy:
+                if http.busy:
+                    continue
+                if http.in_head and http.head_started < head_deadline:
+                    http.reject(408, "Request headers not received in time")
+                elif now - http.last_seen > HTTP_IDLE_TIMEOUT:
                     http.transport_close()
 
     # Hooks for the protocols
@@ -152,6 +174,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def __init__(self, server: Server) -> None:
         self.server = server
+        self.limits = server.limits
         self.loop = server.loop
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -160,8 +183,17 @@ class HttpProtocol(asyncio.Protocol):
         self.busy = False  # a handler is running
         self.closed = False
         # Per-request state
-        self._url = b""
+        self.in_head = False  # between the first byte of a request and the end of its head
+        self.head_started = 0.0
+        # A head that did not end in the read that ended its request line: the bytes
+        # after it, to feed once its blank line is here (see the module docstring).
+        self._held: bytearray | None = None
+        self._held_fed = 0  # how many of _held's first bytes the parser already has
+        self._held_size = 0  # header bytes of the current head so far
+        self._url: list[bytes] = []
+        self._url_size = 0
         self._headers: list[tuple[bytes, bytes]] = []
+        self._head_fed = 0  # bytes fed to the parser since the current head began, or more
         self._body: list[bytes] = []
         self._body_size = 0
         self._queue: deque[tuple[Request, bool]] = deque()
@@ -181,42 +213,147 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.server.http_connections.discard(self)
+        self._drop_parser()
+
+    def _drop_parser(self) -> None:
+        """Once no more input comes: the parser holds our bound methods, a cycle that only
+        the cyclic GC frees (rarely, see cli.py), with what the parser keeps of a refused
+        head (up to a read): thousands of refused attackers held hundreds of MB."""
+        self.__dict__.pop("parser", None)
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self.loop.time()
         if self._upgrading:
             return  # bytes after an upgrade request before the handshake answer: refused client
-        if self._last_request:
+        if self._last_request or self.closed:
             return
+        if self._held is not None:
+            complete = self._hold(data)
+            if complete is None:
+                return
+            data = complete
+        self._head_fed = self._head_fed + len(data) if self.in_head else len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._on_upgrade(data[exc.args[0] :] if exc.args else b"")
+            return
         except httptools.HttpParserError as exc:
             if self._last_request:
                 return  # llhttp's "Data after `Connection: close`": ignored, see _last_request
-            self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
+            self.reject(400, f"Malformed HTTP request: {exc}")
+            return
+        if self.in_head:
+            self._head_continues(data)
+
+    def _head_continues(self, data: bytes) -> None:
+        """`data`, just fed, ended inside a request head: hold what follows once
+        its request line is complete (until then on_url bounds what the parser keeps)."""
+        # The head began after the last blank line of `data`, or in an earlier read
+        # (llhttp insists on CRLF, so a complete head ends with exactly this).
+        last_blank = data.rfind(b"\r\n\r\n")
+        line_end = data.find(b"\n", last_blank + 4 if last_blank >= 0 else 0)
+        if line_end < 0:
+            return
+        # The request line ended with CRLF: keep the last bytes fed after it so that
+        # a blank line split across reads is found.
+        fed = b"\r\n" + data[line_end + 1 :]
+        self._held = bytearray(fed[-3:])
+        self._held_fed = len(self._held)
+        self._held_size = len(fed) - 2
+        if self._held_size > self.limits.max_headers_bytes:
+            self.reject(431, "Request headers too large")
+
+    def _hold(self, data: bytes) -> bytes | None:
+        """Keep `data` with the held head; once its blank line is here, return what
+        the parser has yet to get of it (and whatever follows it)."""
+        held = self._held
+        assert held is not None
+        search_from = max(0, len(held) - 3)
+        held += data
+        if held.find(b"\r\n\r\n", search_from) >= 0:
+            self._held = None
+            return bytes(memoryview(held)[self._held_fed :])
+        self._held_size += len(data)
+        if self._held_size > self.limits.max_headers_bytes:
+            self.reject(431, "Request headers too large")
+        return None
 
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        self._url = b""
+        self.in_head = True
+        self.head_started = self.last_seen
+        self._url = []
+        self._url_size = 0
         self._headers = []
         self._body = []
         self._body_size = 0
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        # Called once per read while the URL arrives: pieces are joined once.
+        self._url.append(url)
+        self._url_size += len(url)
+        if self._url_size > self.limits.max_url_bytes:
+            self._refuse(414, "Request URL too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        # A head is in what was fed since it began (at most a read and what _hold keeps),
+        # so one check here suffices, and heads fed in fewer bytes pass it (see Server).
+        if self._head_fed > self.server.check_heads_above or len(self._headers) > self.limits.max_headers:
+            self._check_headers()
+
+    def _check_headers(self) -> None:
+        limits = self.limits
+        size = 0
+        for name, value in self._headers:
+            if len(name) > limits.max_header_bytes or len(value) > limits.max_header_bytes:
+                self._refuse(431, "Request header too large")
+            size += len(name) + len(value) + 4  # "name: value\r\n"
+        if len(self._headers) > limits.max_headers:
+            self._refuse(431, "Too many request headers")
+        if size > limits.max_headers_bytes:
+            self._refuse(431, "Request headers too large")
+
     def on_body(self, body: bytes) -> None:
+        if not self._body_size and self._declared_length() > self.limits.max_body_bytes:
+            self._refuse(413, "Request body too large")  # before buffering any of it
         self._body_size += len(body)
-        if self._body_size > self.server.max_body_bytes:
-            self._send_and_close(json_response(413, {"error": "Request body too large"}))
-            raise httptools.HttpParserError("body too large")
+        if self._body_size > self.limits.max_body_bytes:
+            self._refuse(413, "Request body too large")
         self._body.append(body)
+
+    def _declared_length(self) -> int:
+        for name, value in self._headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                return int(value)  # llhttp accepted it: digits only
+        return 0  # chunked: bounded as it arrives
+
+    def _refuse(self, status: int, error: str) -> NoReturn:
+        """Answer `status` and close, from a parser callback: the raise stops the parser."""
+        self.reject(status, error)
+        raise httptools.HttpParserError(error)
+
+    def reject(self, status: int, error: str) -> None:
+        """Answer `status` with `{"error": error}` and close the connection once
+        the client has had LINGER_TIMEOUT to stop sending (input is dropped meanwhile)."""
+        self.in_head = False
+        self._held = None
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        self.closed = True
+        response = json_response(status, {"error": error})
+        transport.write(response.head(False) + response.body)
+        if transport.can_write_eof():
+            transport.write_eof()
+            self.loop.call_later(LINGER_TIMEOUT, transport.close)
+        else:
+            transport.close()
 
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade():
@@ -232,7 +369,7 @@ class HttpProtocol(asyncio.Protocol):
             spawn(self._serve_queue(), name=f"http {self.peer}", on_error=lambda _: self.transport_close())
 
     def _build_request(self) -> Request:
-        url = httptools.parse_url(self._url)
+        url = httptools.parse_url(b"".join(self._url))
         headers: dict[str, str] = {}
         for name, value in self._headers:
             key = name.decode("latin-1").lower()
@@ -288,8 +425,9 @@ class HttpProtocol(asyncio.Protocol):
         self.transport_close()
 
     def transport_close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
+        """Close now, also a connection lingering after a refusal (closing twice is harmless)."""
+        self.closed = True
+        if self.transport is not None:
             self.transport.close()
 
     # WebSocket upgrade
@@ -300,7 +438,7 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidURLError as exc:
             # llhttp takes CONNECT's authority form (`CONNECT host:443`) as an
             # upgrade, and parse_url() refuses it.
-            self._send_and_close(json_response(400, {"error": f"Malformed HTTP request: {exc}"}))
+            self.reject(400, f"Malformed HTTP request: {exc}")
             return
         if request.path not in self.server.app.socket_paths or request.method != "GET":
             self._send_and_close(json_response(404, {"error": "Not found"}))
@@ -338,6 +476,7 @@ class HttpProtocol(asyncio.Protocol):
         conn = _TrackedConnection(server, proto, transport, server.writer, self.loop, self.peer)
         server.http_connections.discard(self)
         transport.set_protocol(conn)
+        self._drop_parser()
         proto.send_response(handshake)
         self._write_all(proto.data_to_send())
         if proto.state is not State.OPEN:

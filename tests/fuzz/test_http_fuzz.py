@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from net.fakes import MockTransport
 
 from realtime_core.errors import ConnectError
-from realtime_core.net.http import Request, Response, Router
+from realtime_core.net.http import HttpLimits, Request, Response, Router
 from realtime_core.net.server import HttpProtocol, Server
 
 from .strategies import mutated
@@ -77,7 +77,7 @@ async def _feed(chunks: list[bytes]) -> tuple[MockTransport, list[dict[str, Any]
     server = Server(
         App(),
         max_frame_bytes=1 << 20,
-        max_body_bytes=MAX_BODY,
+        limits=HttpLimits(max_body_bytes=MAX_BODY),
         idle_timeout=60,
         max_write_buffer=1 << 20,
         flush_chunk=1 << 16,

@@ -21,6 +21,7 @@ class MockTransport:
     def __init__(self) -> None:
         self.writes: list[bytes] = []  # one entry per write() call
         self.closed = False
+        self.eof_written = False
         self.aborted = False
         self.read_paused = False
         self.protocol: Any = None
@@ -35,11 +36,18 @@ class MockTransport:
         return {"peername": ("127.0.0.1", 54321)}.get(name, default)
 
     def write(self, data: bytes) -> None:
-        assert not self.closed, "write after close"
+        assert not self.closed and not self.eof_written, "write after close"
         self.writes.append(data)
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        assert not self.closed and not self.eof_written, "EOF twice or after close"
+        self.eof_written = True
 
     def abort(self) -> None:
         self.aborted = self.closed = True

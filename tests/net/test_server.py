@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
+import weakref
 from typing import Any
 
 import httptools
@@ -23,13 +25,16 @@ from websockets.frames import Close, CloseCode, Opcode
 from realtime_core.errors import ConnectError
 from realtime_core.net import server as server_module
 from realtime_core.net.frames import text_frame
-from realtime_core.net.http import Request, Response, Router, json_response
+from realtime_core.net.http import HttpLimits, Request, Response, Router, json_response
 from realtime_core.net.server import MAX_PIPELINED, HttpProtocol, Server
 from realtime_core.net.websocket import WebSocketConnection
 
 from .fakes import MockTransport, client_frame, server_frames
 
 MAX_BODY = 64
+LIMITS = HttpLimits(
+    max_url_bytes=512, max_header_bytes=256, max_headers=20, max_headers_bytes=2048, max_body_bytes=MAX_BODY
+)
 SWEEP = 0.12 * max(1.0, MS * 1000)  # a little over two sweeps at the fastest interval, 50 ms
 
 # -- raw requests --
@@ -216,6 +221,12 @@ def assert_response(data: bytes, status: int, body: bytes | None = None) -> dict
     return response
 
 
+def assert_refused(transport: MockTransport) -> None:
+    """The server answered and stopped: EOF written, the transport closed after LINGER_TIMEOUT."""
+    assert transport.eof_written
+    assert not transport.closed, "closed at once: unread input would reset the connection"
+
+
 def assert_json_error(data: bytes, status: int, error: str) -> None:
     response = assert_response(data, status)
     assert response["headers"]["content-type"].startswith("application/json")
@@ -235,7 +246,7 @@ async def server(app):
     return Server(
         app,
         max_frame_bytes=1_000_000,
-        max_body_bytes=MAX_BODY,
+        limits=LIMITS,
         idle_timeout=60.0,
         max_write_buffer=1 << 20,
         flush_chunk=16,
@@ -364,13 +375,13 @@ class TestErrors:
         response = assert_response(transport.buffer, 400)
         assert orjson.loads(response["body"])["error"].startswith("Malformed HTTP request")
         assert response["headers"]["connection"] == "close"
-        assert transport.closed
+        assert_refused(transport)
 
     async def test_a_body_over_the_maximum_is_answered_413_and_closed(self, app, protocol, transport):
         protocol.data_received(post_echo(b"x" * (MAX_BODY + 1)))
         await settle()
         assert_json_error(transport.buffer, 413, "Request body too large")
-        assert transport.closed
+        assert_refused(transport)
         assert app.requests == [], "the handler never runs"
 
     async def test_a_body_over_the_maximum_in_pieces_is_answered_413(self, protocol, transport):
@@ -575,7 +586,7 @@ class TestSweeper:
         server = Server(
             app,
             max_frame_bytes=1 << 20,
-            max_body_bytes=MAX_BODY,
+            limits=LIMITS,
             idle_timeout=0.2,
             max_write_buffer=1 << 20,
             flush_chunk=16,
@@ -638,3 +649,394 @@ class TestSweeper:
         protocol.last_seen -= 1
         await asyncio.sleep(SWEEP)
         assert transport.closed
+
+
+def get_with(path: str = "/healthcheck", headers: list[tuple[str, str]] | None = None) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: example.org"]
+    lines += [f"{name}: {value}" for name, value in headers or []]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+class FeedCounter:
+    """Stands in for the protocol's httptools parser, recording what each feed_data() call gets."""
+
+    def __init__(self, parser: httptools.HttpRequestParser) -> None:
+        self.parser = parser
+        self.fed: list[bytes] = []
+
+    def feed_data(self, data: bytes) -> None:
+        self.fed.append(bytes(data))
+        self.parser.feed_data(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.parser, name)
+
+
+class TestRequestLimits:
+    """HttpLimits: answered like Cowboy does (414 URL, 431 headers), then closed; the handler never runs."""
+
+    async def test_a_url_at_the_limit_is_served(self, app, protocol, transport):
+        path = "/healthcheck?" + "q" * (LIMITS.max_url_bytes - len("/healthcheck?"))
+        protocol.data_received(get_with(path))
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert app.requests[0].query_string == "q" * (LIMITS.max_url_bytes - len("/healthcheck?"))
+
+    async def test_a_url_over_the_limit_is_414(self, app, protocol, transport):
+        protocol.data_received(get_with("/healthcheck?" + "q" * LIMITS.max_url_bytes))
+        await settle()
+        assert_json_error(transport.buffer, 414, "Request URL too long")
+        assert_refused(transport)
+        assert app.requests == []
+
+    async def test_a_never_ending_url_is_414_once_past_the_limit(self, protocol, transport):
+        protocol.data_received(b"GET /healthcheck?")
+        for _ in range(LIMITS.max_url_bytes - len("/healthcheck?")):
+            protocol.data_received(b"q")
+        assert transport.buffer == b"", "at the limit: nothing yet"
+        protocol.data_received(b"q")
+        assert_json_error(transport.buffer, 414, "Request URL too long")
+        assert_refused(transport)
+
+    async def test_a_url_in_many_reads_reaches_the_handler_whole(self, app, protocol, transport):
+        request = get_with("/healthcheck?" + "abcdefgh" * 40)
+        for i in range(len(request)):
+            protocol.data_received(request[i : i + 1])
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert app.requests[0].query_string == "abcdefgh" * 40
+
+    async def test_an_upgrade_with_a_url_over_the_limit_is_414_not_a_reset(self, app, protocol, transport):
+        protocol.data_received(upgrade("/socket/websocket?apikey=" + "k" * LIMITS.max_url_bytes))
+        await settle()
+        assert_json_error(transport.buffer, 414, "Request URL too long")
+        assert_refused(transport)
+        assert transport.protocol is None, "never handed over"
+        assert app.opened == []
+
+    async def test_an_upgrade_with_a_url_over_the_url_parsers_maximum_is_414(self, app, transport):
+        """httptools.parse_url refuses more than 65535 bytes: that used to escape data_received
+        (asyncio's "Fatal error on transport", a reset for the client) instead of an answer."""
+        server = Server(
+            app,
+            max_frame_bytes=1 << 20,
+            limits=HttpLimits(),
+            idle_timeout=60.0,
+            max_write_buffer=1 << 20,
+            flush_chunk=16,
+        )
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(upgrade("/socket/websocket?apikey=" + "k" * 70_000))
+        await settle()
+        assert_json_error(transport.buffer, 414, "Request URL too long")
+        assert_refused(transport)
+
+    async def test_an_upgrade_with_a_url_the_url_parser_refuses_is_400(self, app, protocol, transport):
+        """llhttp accepts `http://[::1` as a request target; httptools.parse_url does not."""
+        protocol.data_received(upgrade("http://[::1"))
+        await settle()
+        response = assert_response(transport.buffer, 400)
+        assert orjson.loads(response["body"])["error"].startswith("Malformed HTTP request")
+        assert_refused(transport)
+        assert app.opened == []
+
+    async def test_the_default_url_limit_takes_a_large_apikey(self, app, transport):
+        """The WebSocket URL carries the apikey JWT: a 6 KB one (many custom claims) passes."""
+        server = Server(
+            app,
+            max_frame_bytes=1 << 20,
+            limits=HttpLimits(),
+            idle_timeout=60.0,
+            max_write_buffer=1 << 20,
+            flush_chunk=16,
+        )
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(upgrade("/socket/websocket?vsn=2.0.0&apikey=" + "k" * 6000))
+        await settle()
+        assert handshake_response(transport.buffer)[0][0] == "HTTP/1.1 101 Switching Protocols"
+        assert app.opened[0].query["apikey"] == "k" * 6000
+
+    async def test_a_header_at_the_limit_is_served(self, app, protocol, transport):
+        protocol.data_received(get_with(headers=[("X-Big", "v" * LIMITS.max_header_bytes)]))
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert app.requests[0].headers["x-big"] == "v" * LIMITS.max_header_bytes
+
+    async def test_a_header_value_over_the_limit_is_431(self, app, protocol, transport):
+        protocol.data_received(get_with(headers=[("X-Big", "v" * (LIMITS.max_header_bytes + 1))]))
+        await settle()
+        assert_json_error(transport.buffer, 431, "Request header too large")
+        assert_refused(transport)
+        assert app.requests == []
+
+    async def test_a_header_name_over_the_limit_is_431(self, app, protocol, transport):
+        protocol.data_received(get_with(headers=[("X" * (LIMITS.max_header_bytes + 1), "v")]))
+        await settle()
+        assert_json_error(transport.buffer, 431, "Request header too large")
+        assert app.requests == []
+
+    async def test_the_maximum_number_of_headers_is_served(self, app, protocol, transport):
+        extra = [(f"X-H{i}", "v") for i in range(LIMITS.max_headers - 1)]  # and Host
+        protocol.data_received(get_with(headers=extra))
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+
+    async def test_one_header_more_than_the_maximum_is_431(self, app, protocol, transport):
+        extra = [(f"X-H{i}", "v") for i in range(LIMITS.max_headers)]
+        protocol.data_received(get_with(headers=extra))
+        await settle()
+        assert_json_error(transport.buffer, 431, "Too many request headers")
+        assert_refused(transport)
+        assert app.requests == []
+
+    async def test_headers_over_the_block_limit_together_are_431(self, app, protocol, transport):
+        """Each header and their number within limits, their sum not."""
+        value = "v" * (LIMITS.max_header_bytes - 10)
+        count = LIMITS.max_headers_bytes // len(value) + 1
+        assert count < LIMITS.max_headers
+        protocol.data_received(get_with(headers=[(f"X-H{i}", value) for i in range(count)]))
+        await settle()
+        assert_json_error(transport.buffer, 431, "Request headers too large")
+        assert_refused(transport)
+        assert app.requests == []
+
+    async def test_a_never_ending_header_is_431_at_the_block_limit(self, protocol, transport):
+        """What is held of it never exceeds the block limit by more than one read."""
+        protocol.data_received(b"GET /healthcheck HTTP/1.1\r\nHost: example.org\r\nX-Endless: ")
+        sent = 0
+        while not transport.eof_written:
+            protocol.data_received(b"v" * 100)
+            sent += 100
+            assert sent <= LIMITS.max_headers_bytes + 100, "still reading past the limit"
+        assert sent > LIMITS.max_headers_bytes - 100
+        assert_json_error(transport.buffer, 431, "Request headers too large")
+
+    async def test_a_head_over_the_block_limit_in_one_read_is_431(self, protocol, transport):
+        protocol.data_received(b"GET /healthcheck HTTP/1.1\r\nX-Endless: " + b"v" * (LIMITS.max_headers_bytes + 1))
+        assert_json_error(transport.buffer, 431, "Request headers too large")
+        assert_refused(transport)
+
+    async def test_a_trickled_head_is_given_to_the_parser_once(self, app, protocol, transport):
+        """httptools joins the pieces of a header value with `+=` on every read, a quadratic
+        cost: a head arriving a byte at a time is held until its blank line, then fed once."""
+        counter = FeedCounter(protocol.parser)
+        protocol.parser = counter  # type: ignore[assignment]
+        request = get_with(headers=[("X-Slow", "s" * 200), ("X-Also", "a" * 200)])
+        for i in range(len(request)):
+            protocol.data_received(request[i : i + 1])
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert app.requests[0].headers["x-slow"] == "s" * 200
+        assert app.requests[0].headers["x-also"] == "a" * 200
+        line_end = request.index(b"\n") + 1
+        assert b"".join(counter.fed) == request
+        assert counter.fed[-1] == request[line_end:], "everything after the request line in one feed"
+
+    @pytest.mark.parametrize("cut", [-4, -3, -2, -1])
+    async def test_a_blank_line_split_across_reads_ends_the_head(self, protocol, transport, cut):
+        request = get_with(headers=[("X-Thing", "a")])
+        line_end = request.index(b"\n") + 1
+        protocol.data_received(request[: line_end + 5])
+        protocol.data_received(request[line_end + 5 : cut])
+        protocol.data_received(request[cut:])
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+
+    async def test_a_request_with_no_headers_split_after_its_line_is_served(self, protocol, transport):
+        protocol.data_received(b"GET /healthcheck HTTP/1.1\r")
+        protocol.data_received(b"\n")
+        protocol.data_received(b"\r")
+        protocol.data_received(b"\n")
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+
+    async def test_a_pipelined_head_cut_by_the_read_is_served_after_the_first(self, protocol, transport):
+        second = post_echo(b"second")
+        protocol.data_received(GET_HEALTHCHECK + second[:30])
+        protocol.data_received(second[30:40])
+        protocol.data_received(second[40:])
+        await settle()
+        assert [r["body"] for r in responses(transport.buffer)] == [b"ok", b"second"]
+
+    async def test_an_upgrade_head_in_pieces_with_a_frame_after_it(self, app, protocol, transport):
+        for i in range(0, len(UPGRADE) - 2, 5):
+            protocol.data_received(UPGRADE[i : min(i + 5, len(UPGRADE) - 2)])
+        protocol.data_received(UPGRADE[-2:] + client_frame(Opcode.TEXT, b"early"))
+        await settle()
+        assert handshake_response(transport.buffer)[0][0] == "HTTP/1.1 101 Switching Protocols"
+        assert app.sessions[0].texts == [b"early"]
+
+    async def test_a_declared_body_over_the_maximum_is_413_at_its_first_bytes(self, app, protocol, transport):
+        """Content-Length says it all: no need to buffer MAX_BODY bytes of it first."""
+        protocol.data_received(
+            b"POST /echo HTTP/1.1\r\nHost: example.org\r\nContent-Length: %d\r\n\r\nxx" % (MAX_BODY + 1)
+        )
+        await settle()
+        assert_json_error(transport.buffer, 413, "Request body too large")
+        assert_refused(transport)
+        assert app.requests == []
+
+    async def test_a_chunked_body_over_the_maximum_is_413(self, app, protocol, transport):
+        chunk = b"x" * 40
+        protocol.data_received(
+            b"POST /echo HTTP/1.1\r\nHost: example.org\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (len(chunk), chunk) * 2
+        )
+        await settle()
+        assert_json_error(transport.buffer, 413, "Request body too large")
+        assert app.requests == []
+
+
+class TestHeadDeadline:
+    """HttpLimits.head_timeout: a request head must be complete this long after its first byte,
+    however the bytes trickle (every byte restarts the idle timer); 408, then closed (Cowboy's request_timeout)."""
+
+    HEAD_TIMEOUT = 0.3
+
+    @pytest.fixture
+    async def timed(self, app):
+        limits = HttpLimits(head_timeout=self.HEAD_TIMEOUT, max_body_bytes=MAX_BODY)
+        server = Server(
+            app, max_frame_bytes=1 << 20, limits=limits, idle_timeout=60.0, max_write_buffer=1 << 20, flush_chunk=16
+        )
+        task = asyncio.get_running_loop().create_task(server._sweep_forever())
+        yield server
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def connect(self, server: Server) -> tuple[HttpProtocol, MockTransport]:
+        transport = MockTransport()
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        return protocol, transport
+
+    async def trickle(self, protocol: HttpProtocol, transport: MockTransport, data: bytes) -> float:
+        """Send `data` a byte every 20 ms until the server closes; return how long that took."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for byte in data:
+            if transport.eof_written:
+                break
+            protocol.data_received(bytes([byte]))
+            await asyncio.sleep(0.02)
+        return loop.time() - started
+
+    async def test_a_trickled_header_is_408_at_the_deadline(self, timed, app):
+        protocol, transport = self.connect(timed)
+        elapsed = await self.trickle(protocol, transport, b"GET /healthcheck HTTP/1.1\r\nX-Slow: " + b"s" * 1000)
+        assert transport.eof_written, "still reading after the whole trickle"
+        assert self.HEAD_TIMEOUT <= elapsed < self.HEAD_TIMEOUT + SWEEP + 0.2
+        assert_json_error(transport.buffer, 408, "Request headers not received in time")
+        assert app.requests == []
+
+    async def test_a_trickled_request_line_is_408_at_the_deadline(self, timed):
+        protocol, transport = self.connect(timed)
+        await self.trickle(protocol, transport, b"GET /healthcheck?" + b"q" * 400)
+        assert_json_error(transport.buffer, 408, "Request headers not received in time")
+        assert_refused(transport)
+
+    async def test_a_head_that_stops_halfway_is_408(self, timed):
+        protocol, transport = self.connect(timed)
+        protocol.data_received(b"GET /healthcheck HTTP/1.1\r\nHost: exa")
+        await asyncio.sleep(self.HEAD_TIMEOUT + SWEEP)
+        assert_json_error(transport.buffer, 408, "Request headers not received in time")
+        assert_refused(transport)
+
+    async def test_a_slow_but_timely_head_is_served(self, timed):
+        protocol, transport = self.connect(timed)
+        request = get_with()
+        protocol.data_received(request[:20])
+        await asyncio.sleep(self.HEAD_TIMEOUT / 3)
+        protocol.data_received(request[20:])
+        await settle()
+        assert_response(transport.buffer, 200, b"ok")
+        assert not transport.closed
+
+    async def test_an_idle_keep_alive_connection_is_not_a_late_head(self, timed):
+        """The deadline runs from the first byte of a request, not between requests."""
+        protocol, transport = self.connect(timed)
+        protocol.data_received(GET_HEALTHCHECK)
+        await asyncio.sleep(self.HEAD_TIMEOUT + SWEEP)
+        assert not transport.closed
+        protocol.data_received(GET_HEALTHCHECK)
+        await settle()
+        assert [r["status"] for r in responses(transport.buffer)] == [200, 200]
+
+    async def test_each_request_gets_its_own_deadline(self, timed):
+        protocol, transport = self.connect(timed)
+        for _ in range(3):
+            protocol.data_received(GET_HEALTHCHECK[:10])
+            await asyncio.sleep(self.HEAD_TIMEOUT * 0.6)
+            protocol.data_received(GET_HEALTHCHECK[10:])
+            await settle()
+        assert [r["status"] for r in responses(transport.buffer)] == [200, 200, 200]
+        assert not transport.closed
+
+
+class TestLingeringClose:
+    """A refused request may still be arriving: closing with unread input makes the kernel
+    reset the connection, and the client loses the answer. So input is read and dropped
+    for LINGER_TIMEOUT (or until the client closes), then the connection is closed."""
+
+    async def test_input_after_a_refusal_is_dropped_then_the_connection_closes(
+        self, app, protocol, transport, monkeypatch
+    ):
+        monkeypatch.setattr(server_module, "LINGER_TIMEOUT", 0.05)
+        protocol.data_received(get_with(headers=[("X-Big", "v" * (LIMITS.max_header_bytes + 1))]))
+        assert_refused(transport)
+        protocol.data_received(GET_HEALTHCHECK)
+        protocol.data_received(b"x" * 100_000)
+        await settle()
+        assert_json_error(transport.buffer, 431, "Request header too large")
+        assert app.requests == []
+        await asyncio.sleep(0.1)
+        assert transport.closed
+
+    async def test_shutdown_closes_a_lingering_connection(self, server, protocol, transport):
+        protocol.data_received(MALFORMED)
+        assert_refused(transport)
+        await server.close()
+        assert transport.closed
+
+    async def test_a_transport_without_half_close_is_closed_at_once(self, protocol, transport, monkeypatch):
+        monkeypatch.setattr(transport, "can_write_eof", lambda: False)
+        protocol.data_received(MALFORMED)
+        assert transport.closed
+        assert transport.buffer.startswith(b"HTTP/1.1 400 ")
+
+
+class TestNoCycles:
+    """The parser holds the protocol's bound methods: unless that cycle is broken, a closed
+    connection (and what its parser kept of a refused head) waits for the cyclic GC, which
+    cli.py makes rare. Under attack that was hundreds of MB."""
+
+    @pytest.fixture
+    def no_gc(self):
+        gc.disable()
+        yield
+        gc.enable()
+
+    async def test_a_lost_connection_is_freed_at_once(self, server, no_gc):
+        transport = MockTransport()
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"GET /healthcheck HTTP/1.1\r\nX-Big: " + b"v" * (LIMITS.max_headers_bytes + 1))
+        assert_refused(transport)
+        ref = weakref.ref(protocol)
+        protocol.connection_lost(None)
+        del protocol
+        assert ref() is None
+
+    async def test_the_http_protocol_of_an_upgraded_connection_is_freed_at_once(self, server, no_gc):
+        transport = MockTransport()
+        protocol = HttpProtocol(server)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(UPGRADE)
+        await settle()
+        assert isinstance(transport.protocol, WebSocketConnection)
+        ref = weakref.ref(protocol)
+        del protocol
+        assert ref() is None
