@@ -200,6 +200,7 @@ class TestFromEnv:
     def test_every_declared_variable_blank_gives_the_defaults(self):
         assert Settings.from_env(dict.fromkeys(DECLARED, "  ")) == Settings()
 
+
 class TestHttpLimits:
     def test_defaults_are_at_least_cowboys(self):
         """Upstream (Cowboy) answers a request line over 8000 bytes 414, a header value over
@@ -234,8 +235,6 @@ class TestHttpLimits:
     def test_a_url_limit_over_the_url_parsers_is_refused(self):
         with pytest.raises(ValueError, match=r"^REALTIME_MAX_URL_BYTES must be at most 65535"):
             Settings.from_env({"REALTIME_MAX_URL_BYTES": "65536"})
-
-
 
 
 class TestDeclarations:
