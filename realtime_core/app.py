@@ -64,6 +64,7 @@ class App:
         rest_api.register(self, self.http)
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
+        self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
         self._tasks: set[asyncio.Task[Any]] = set()
         self.server: Server | None = None
         self.port: int | None = None
@@ -135,8 +136,36 @@ class App:
     async def add_tenant(self, external_id: str) -> Tenant:
         """Serve the stored tenant `external_id` from now on, with its database services.
         Raises TenantNotFound when it is not stored; an existing one is updated instead."""
+        async with self._tenant_changes:
+            return await self._add_tenant(external_id)
+
+    async def update_tenant(self, external_id: str) -> Tenant:
+        """Apply the stored settings of tenant `external_id` to the running one (adding it when
+        it is not served yet).
+
+        As upstream's Api.update_tenant/2: a change of keys, suspend or private_only, or of
+        the database, disconnects the tenant's sockets (clients reconnect under the new
+        settings); a change of the database restarts its services on the new one."""
+        async with self._tenant_changes:
+            return await self._update_tenant(external_id)
+
+    async def remove_tenant(self, external_id: str) -> bool:
+        """Stop serving tenant `external_id`: refuse its connects, disconnect its sockets, stop
+        its services and drop its replication slots (upstream tenant_controller.ex delete/2).
+        Returns False when it was not served."""
+        async with self._tenant_changes:
+            tenant = self.tenants.remove(external_id)
+            if tenant is None:
+                return False
+            self._disconnect_tenant(external_id)
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop(drop_slots=True)
+            return True
+
+    async def _add_tenant(self, external_id: str) -> Tenant:
         if self.tenants.get(external_id) is not None:
-            return await self.update_tenant(external_id)
+            return await self._update_tenant(external_id)
         tenant = await self._read_tenant(external_id)
         if tenant is None:
             raise TenantNotFound("Tenant not found")
@@ -144,15 +173,10 @@ class App:
         self.tenants.put(tenant)
         return tenant
 
-    async def update_tenant(self, external_id: str) -> Tenant:
-        """Apply the stored settings of tenant `external_id` to the running one.
-
-        As upstream's Api.update_tenant/2: a change of keys, suspend or private_only, or of
-        the database, disconnects the tenant's sockets (clients reconnect under the new
-        settings); a change of the database restarts its services on the new one."""
+    async def _update_tenant(self, external_id: str) -> Tenant:
         current = self.tenants.get(external_id)
         if current is None:
-            return await self.add_tenant(external_id)
+            return await self._add_tenant(external_id)
         stored = await self._read_tenant(external_id)
         if stored is None:
             raise TenantNotFound("Tenant not found")
@@ -175,19 +199,6 @@ class App:
             else:
                 await self._start_services(current)
         return current
-
-    async def remove_tenant(self, external_id: str) -> bool:
-        """Stop serving tenant `external_id`: refuse its connects, disconnect its sockets, stop
-        its services and drop its replication slots (upstream tenant_controller.ex delete/2).
-        Returns False when it was not served."""
-        tenant = self.tenants.remove(external_id)
-        if tenant is None:
-            return False
-        self._disconnect_tenant(external_id)
-        services = self.services.pop(external_id, None)
-        if services is not None:
-            await services.stop(drop_slots=True)
-        return True
 
     def _disconnect_tenant(self, external_id: str) -> None:
         """Upstream's UserSocket.disconnect/1: every channel of the tenant gets the system

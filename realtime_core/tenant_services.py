@@ -30,8 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
 
-import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from . import db, messages
@@ -94,7 +93,7 @@ class TenantDatabase:
         if is_default:
             if not default_dsn:
                 return None
-            params = psycopg.conninfo.conninfo_to_dict(default_dsn)
+            params = conninfo_to_dict(default_dsn)
             return cls(default_dsn, _describe(params), **tuning)
         if any(not _text(ext.get(name)) for name in _REQUIRED):
             return None

@@ -14,7 +14,9 @@ MESSAGES_SLOT = "supabase_realtime_messages_replication_slot"
 @dataclass(slots=True, frozen=True)
 class CdcSettings:
     slot_name: str = str_var(
-        "REALTIME_SLOT_NAME", "supabase_realtime_replication_slot", "the Postgres Changes replication slot"
+        "REALTIME_SLOT_NAME",
+        "supabase_realtime_replication_slot",
+        "the default tenant's Postgres Changes replication slot; other tenants' add `_<tenant id>`",
     )
     slot_name_suffix: str = str_var(
         "SLOT_NAME_SUFFIX",
