@@ -44,6 +44,9 @@ _LOG_LEVELS = frozenset({"info", "warning", "error"})
 # The system message upstream sends a tenant's channels before draining its sockets
 # (lib/realtime_web/channels/user_socket.ex disconnect/1).
 DISCONNECT_TEXT = "Server requested disconnect"
+# Pauses between attempts to start the services of a tenant whose database is unreachable (s).
+_RETRY_FIRST = 1.0
+_RETRY_MAX = 60.0
 
 
 class App:
@@ -65,6 +68,7 @@ class App:
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
         self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
+        self._retrying: set[str] = set()  # tenants whose services _keep_starting() retries
         self._tasks: set[asyncio.Task[Any]] = set()
         self.server: Server | None = None
         self.port: int | None = None
@@ -89,15 +93,15 @@ class App:
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
-        for tenant in self.tenants:
-            try:
-                await self._start_services(tenant)
-            except Exception:
-                if tenant.external_id == settings.tenant_name:
-                    raise  # the server's own database: nothing works without it
-                log.exception(
-                    "UnableToConnectToProject: tenant %s's database services did not start", tenant.external_id
-                )
+        # Together, so that one slow or unreachable database delays the others by nothing.
+        tenants = list(self.tenants)
+        results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
+        for tenant, result in zip(tenants, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if tenant.external_id == settings.tenant_name:
+                raise result  # the server's own database: nothing works without it
+            self._starting_failed(tenant, result)
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -125,6 +129,39 @@ class App:
         await services.start()
         self.services[tenant.external_id] = services
         return services
+
+    async def _try_services(self, tenant: Tenant) -> None:
+        """Start the services of `tenant`; when its database is unreachable, keep trying in
+        the background while the tenant is served without them (public channels work)."""
+        try:
+            await self._start_services(tenant)
+        except Exception as exc:
+            self._starting_failed(tenant, exc)
+
+    def _starting_failed(self, tenant: Tenant, exc: BaseException) -> None:
+        log.error("UnableToConnectToProject: tenant %s's database services did not start: %s", tenant.external_id, exc)
+        if tenant.external_id not in self._retrying:
+            self._retrying.add(tenant.external_id)
+            self.spawn(self._keep_starting(tenant))
+
+    async def _keep_starting(self, tenant: Tenant) -> None:
+        """Retry starting the services of `tenant`, whose database was unreachable, with a
+        growing pause, until they run or the tenant is no longer served as it was."""
+        delay = _RETRY_FIRST
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                async with self._tenant_changes:
+                    if self.tenants.get(tenant.external_id) is not tenant or tenant.external_id in self.services:
+                        return  # removed, or started by an update meanwhile
+                    try:
+                        await self._start_services(tenant)
+                        return
+                    except Exception as exc:
+                        log.warning("tenant %s's database services still do not start: %s", tenant.external_id, exc)
+                delay = min(delay * 2, _RETRY_MAX)
+        finally:
+            self._retrying.discard(tenant.external_id)
 
     # Run-time tenant changes: the tenant API writes the control table, then calls one of these.
 
@@ -169,8 +206,8 @@ class App:
         tenant = await self._read_tenant(external_id)
         if tenant is None:
             raise TenantNotFound("Tenant not found")
-        await self._start_services(tenant)
         self.tenants.put(tenant)
+        await self._try_services(tenant)
         return tenant
 
     async def _update_tenant(self, external_id: str) -> Tenant:
@@ -190,14 +227,19 @@ class App:
         ):
             self._disconnect_tenant(external_id)
         current.update_from(stored)
-        if moved:
-            if services is not None and database is not None:
+        if not moved:
+            return current
+        if services is None:
+            await self._try_services(current)
+        elif database is None:  # its settings no longer name a database
+            del self.services[external_id]
+            await services.stop(drop_slots=True)
+        else:
+            try:
                 await services.reload(database)
-            elif services is not None:
-                del self.services[external_id]
-                await services.stop()
-            else:
-                await self._start_services(current)
+            except Exception as exc:
+                del self.services[external_id]  # stopped by the failed start
+                self._starting_failed(current, exc)
         return current
 
     def _disconnect_tenant(self, external_id: str) -> None:

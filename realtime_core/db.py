@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x7265616C74696D65  # "realtime"
 
 
-async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> AsyncConnectionPool:
-    """Open a pool to `dsn` and wait until one connection works (raises on failure)."""
+async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 5, timeout: float = 30) -> AsyncConnectionPool:
+    """Open a pool to `dsn` and wait up to `timeout` seconds until one connection works
+    (raises on failure, the pool closed)."""
     pool = AsyncConnectionPool(
         dsn,
         min_size=min_size,
@@ -31,7 +32,11 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 5) -> AsyncC
         kwargs={"autocommit": True, "application_name": "realtime_core"},
         name="realtime_core",
     )
-    await pool.open(wait=True, timeout=30)
+    try:
+        await pool.open(wait=True, timeout=timeout)
+    except BaseException:
+        await pool.close()  # else it keeps reconnecting in the background
+        raise
     return pool
 
 

@@ -172,6 +172,8 @@ class TenantServices:
     `db_broadcast` (broadcast from the database) and `janitor`; the last three only when
     the server's settings enable them."""
 
+    open_timeout = 30.0  # seconds start() waits for a first connection to the tenant's database
+
     def __init__(self, host: ServiceHost, tenant: Tenant, database: TenantDatabase, *, is_default: bool) -> None:
         self.host = host
         self.tenant = tenant
@@ -224,7 +226,7 @@ class TenantServices:
     async def _start(self) -> None:
         settings = self.host.settings
         dsn = self.database.dsn
-        self.pool = await db.open_pool(dsn)
+        self.pool = await db.open_pool(dsn, timeout=self.open_timeout)
         async with self.pool.connection() as conn:
             self.migrations = await db.migrate(conn)
             if self.migrations:
@@ -314,11 +316,15 @@ class TenantServices:
         database = database or self.database
         if database == self.database and self.pool is not None:
             return False
-        moved = (database.description, database.slot_name) != (self.database.description, self.database.slot_name)
-        await self.stop(drop_slots=moved)
+        await self.stop(drop_slots=self.moves_to(database))
         self.database = database
         await self.start()
         return True
+
+    def moves_to(self, database: TenantDatabase) -> bool:
+        """Whether `database` is another database than the current one (host, port or name),
+        or asks for other slot names: then the current slots are of no further use."""
+        return (database.description, database.slot_name) != (self.database.description, self.database.slot_name)
 
     async def replay(self, topic: str, since_ms: int, limit: int) -> list[messages.ReplayRow]:
         """Stored private broadcasts of `topic` (docs/protocol.md §4.6) in this tenant's database."""

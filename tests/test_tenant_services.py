@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,8 @@ import psycopg
 import pytest
 from conftest import scratch_database
 from fakes import Client, make_token, settle
-from psycopg.conninfo import conninfo_to_dict
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from realtime_core import tenant_services
 from realtime_core.app import DISCONNECT_TEXT, App
@@ -350,3 +352,29 @@ async def test_tenants_are_added_updated_and_removed_at_run_time(app, two_databa
     }
     assert services.stats()["running"] is False
     assert await app.remove_tenant("tenantb") is False
+
+
+@pytest.mark.pg
+async def test_a_tenant_whose_database_is_unreachable_is_served_and_its_services_start_once_it_is_up(
+    app, pg_dsn, monkeypatch
+):
+    monkeypatch.setattr(TenantServices, "open_timeout", 1.0)
+    name = f"rt_late_{secrets.token_hex(6)}"
+    params = conninfo_to_dict(pg_dsn)
+    late_dsn = make_conninfo(**{**params, "dbname": name})
+    async with await store(app) as conn:
+        await TenantStore(conn).create("late", SECRET, extensions=cdc_rls(late_dsn))
+    late = await app.add_tenant("late")
+    assert app.tenants.get("late") is late and "late" not in app.services  # served, without services yet
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        async with asyncio.timeout(30):
+            while "late" not in app.services:
+                await asyncio.sleep(0.1)
+        assert app.authorizer_for(late) is not None and has_realtime_schema(late_dsn)
+        assert await app.remove_tenant("late") is True
+        assert slots_of(late_dsn) == set()
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
