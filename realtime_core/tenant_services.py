@@ -228,7 +228,7 @@ class TenantServices:
         dsn = self.database.dsn
         self.pool = await db.open_pool(dsn, timeout=self.open_timeout)
         async with self.pool.connection() as conn:
-            self.migrations = await db.migrate(conn)
+            self.migrations = await db.migrate(conn, control=False)
             if self.migrations:
                 log.info("tenant %s: applied migrations %s", self.tenant.external_id, ", ".join(self.migrations))
             await messages.ensure_partitions(conn)  # before any authorization probe needs today's

@@ -168,10 +168,14 @@ def slots_of(dsn: str) -> set[str]:
         return {row[0] for row in rows.fetchall()}
 
 
-def has_realtime_schema(dsn: str) -> bool:
+def has_table(dsn: str, name: str) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("select to_regclass('realtime.messages') is not null").fetchone()
+        row = conn.execute("select to_regclass(%s) is not null", (name,)).fetchone()
         return bool(row and row[0])
+
+
+def has_realtime_schema(dsn: str) -> bool:
+    return has_table(dsn, "realtime.messages")
 
 
 @pytest.fixture
@@ -194,7 +198,9 @@ async def test_start_migrates_the_tenants_database_and_stop_can_drop_its_slots(t
     try:
         await slot_made(services)
         assert has_realtime_schema(second) and not has_realtime_schema(first)
-        assert "0006_tenant_extensions" in services.migrations
+        # The realtime schema, publications and roles, but not the server's tenants table.
+        assert services.migrations and "0006_tenant_extensions" not in services.migrations
+        assert not has_table(second, "_realtime.tenants")
         expected = {
             "supabase_realtime_replication_slot_tenantb_svc",
             "supabase_realtime_messages_replication_slot_tenantb_svc",
