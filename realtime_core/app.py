@@ -1,4 +1,4 @@
-"""The application: settings, database, tenants, router and the network server, wired.
+"""The application: settings, control database, tenants and their services, router and the network server, wired.
 
 cli.py creates an App, awaits start(), and awaits stop() on a signal. The
 network server calls open_socket() for each WebSocket upgrade (the connect-time
@@ -10,7 +10,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from datetime import timedelta
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -19,7 +18,6 @@ from websockets.frames import CloseCode
 from . import db, messages, rest_api, tasks
 from .authorization import Authorizer
 from .config import Settings
-from .db_broadcast import DatabaseBroadcast
 from .errors import ConnectError, JwtError, TenantNotFound
 from .jwt import clean_token, verify
 from .metrics import Metrics
@@ -32,6 +30,7 @@ from .protocol import codec_for
 from .router import Router as StreamRouter
 from .router import StreamKey
 from .socket import RealtimeSocket
+from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 
 __all__ = ["SOCKET_PATHS", "App"]
@@ -42,6 +41,12 @@ log = logging.getLogger(__name__)
 SOCKET_PATHS = frozenset({"/socket/websocket", "/realtime/v1/websocket"})
 # log_level query values upstream accepts; anything else means "error" (docs/protocol.md §1.2).
 _LOG_LEVELS = frozenset({"info", "warning", "error"})
+# The system message upstream sends a tenant's channels before draining its sockets
+# (lib/realtime_web/channels/user_socket.ex disconnect/1).
+DISCONNECT_TEXT = "Server requested disconnect"
+# Pauses between attempts to start the services of a tenant whose database is unreachable (s).
+_RETRY_FIRST = 1.0
+_RETRY_MAX = 60.0
 
 
 class App:
@@ -60,11 +65,10 @@ class App:
         self.metrics = Metrics(self)
         self.http = Router()
         rest_api.register(self, self.http)
-        self.pool: AsyncConnectionPool | None = None
-        self.cdc: dict[str, PostgresChanges] = {}
-        self.authorizers: dict[str, Authorizer] = {}
-        self.db_broadcasts: dict[str, DatabaseBroadcast] = {}
-        self.janitor: messages.Janitor | None = None
+        self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
+        self.services: dict[str, TenantServices] = {}  # by tenant external_id
+        self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
+        self._retrying: set[str] = set()  # tenants whose services _keep_starting() retries
         self._tasks: set[asyncio.Task[Any]] = set()
         self.server: Server | None = None
         self.port: int | None = None
@@ -74,7 +78,8 @@ class App:
     new_presence_topic = staticmethod(PresenceTopic)
 
     async def start(self) -> int:
-        """Migrate the database, load tenants and listen; return the bound port."""
+        """Migrate the database, load tenants, start their database services and listen;
+        return the bound port."""
         settings = self.settings
         if not settings.database_url:
             raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
@@ -88,9 +93,15 @@ class App:
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
-        default = self.tenants.get(settings.tenant_name)
-        if default is not None:
-            await self._start_tenant_database(default, settings.database_url)
+        # Together, so that one slow or unreachable database delays the others by nothing.
+        tenants = list(self.tenants)
+        results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
+        for tenant, result in zip(tenants, results, strict=True):
+            if not isinstance(result, BaseException):
+                continue
+            if tenant.external_id == settings.tenant_name:
+                raise result  # the server's own database: nothing works without it
+            self._starting_failed(tenant, result)
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -102,50 +113,155 @@ class App:
         self.port = await self.server.listen(settings.host, settings.port)
         return self.port
 
-    async def _start_tenant_database(self, tenant: Tenant, dsn: str) -> None:
-        """Private channels, broadcast from the database, the partition janitor and
-        Postgres Changes of one tenant database."""
-        settings = self.settings
+    def _database_of(self, tenant: Tenant) -> TenantDatabase | None:
+        return TenantDatabase.of(
+            tenant,
+            default_dsn=self.settings.database_url,
+            is_default=tenant.external_id == self.settings.tenant_name,
+        )
+
+    async def _start_services(self, tenant: Tenant) -> TenantServices | None:
+        """Start the database services of `tenant` when its settings name a database."""
+        database = self._database_of(tenant)
+        if database is None:
+            return None
+        services = TenantServices(self, tenant, database, is_default=tenant.external_id == self.settings.tenant_name)
+        await services.start()
+        self.services[tenant.external_id] = services
+        return services
+
+    async def _try_services(self, tenant: Tenant) -> None:
+        """Start the services of `tenant`; when its database is unreachable, keep trying in
+        the background while the tenant is served without them (public channels work)."""
+        try:
+            await self._start_services(tenant)
+        except Exception as exc:
+            self._starting_failed(tenant, exc)
+
+    def _starting_failed(self, tenant: Tenant, exc: BaseException) -> None:
+        log.error("UnableToConnectToProject: tenant %s's database services did not start: %s", tenant.external_id, exc)
+        if tenant.external_id not in self._retrying:
+            self._retrying.add(tenant.external_id)
+            self.spawn(self._keep_starting(tenant))
+
+    async def _keep_starting(self, tenant: Tenant) -> None:
+        """Retry starting the services of `tenant`, whose database was unreachable, with a
+        growing pause, until they run or the tenant is no longer served as it was."""
+        delay = _RETRY_FIRST
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                async with self._tenant_changes:
+                    if self.tenants.get(tenant.external_id) is not tenant or tenant.external_id in self.services:
+                        return  # removed, or started by an update meanwhile
+                    try:
+                        await self._start_services(tenant)
+                        return
+                    except Exception as exc:
+                        log.warning("tenant %s's database services still do not start: %s", tenant.external_id, exc)
+                delay = min(delay * 2, _RETRY_MAX)
+        finally:
+            self._retrying.discard(tenant.external_id)
+
+    # Run-time tenant changes: the tenant API writes the control table, then calls one of these.
+
+    async def _read_tenant(self, external_id: str) -> Tenant | None:
         assert self.pool is not None
         async with self.pool.connection() as conn:
-            await messages.ensure_partitions(conn)  # before any authorization probe needs today's
-        authorizer = Authorizer(dsn, pool_size=settings.authorization_pool_size)
-        await authorizer.open()
-        self.authorizers[tenant.external_id] = authorizer
-        if settings.janitor:
-            self.janitor = messages.Janitor(
-                self.pool,
-                interval=settings.janitor_interval_ms / 1000,
-                retention=timedelta(hours=settings.message_retention_hours),
-            )
-            self.janitor.start()
-        if settings.db_broadcast:
-            stream = DatabaseBroadcast(self, tenant, dsn, slot=settings.cdc.messages_slot, mode=settings.cdc.mode)
-            stream.start()
-            self.db_broadcasts[tenant.external_id] = stream
-            # Listen only once the slot exists: a message sent by a client that
-            # joined right after start must be in it.
-            await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
-        if settings.postgres_changes:
-            cdc = PostgresChanges(tenant, dsn, settings.cdc, self.now)
-            await cdc.start()
-            self.cdc[tenant.external_id] = cdc
+            return await TenantStore(conn).get(external_id, self.now())
+
+    async def add_tenant(self, external_id: str) -> Tenant:
+        """Serve the stored tenant `external_id` from now on, with its database services.
+        Raises TenantNotFound when it is not stored; an existing one is updated instead."""
+        async with self._tenant_changes:
+            return await self._add_tenant(external_id)
+
+    async def update_tenant(self, external_id: str) -> Tenant:
+        """Apply the stored settings of tenant `external_id` to the running one (adding it when
+        it is not served yet).
+
+        As upstream's Api.update_tenant/2: a change of keys, suspend or private_only, or of
+        the database, disconnects the tenant's sockets (clients reconnect under the new
+        settings); a change of the database restarts its services on the new one."""
+        async with self._tenant_changes:
+            return await self._update_tenant(external_id)
+
+    async def remove_tenant(self, external_id: str) -> bool:
+        """Stop serving tenant `external_id`: refuse its connects, disconnect its sockets, stop
+        its services and drop its replication slots (upstream tenant_controller.ex delete/2).
+        Returns False when it was not served."""
+        async with self._tenant_changes:
+            tenant = self.tenants.remove(external_id)
+            if tenant is None:
+                return False
+            self._disconnect_tenant(external_id)
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop(drop_slots=True)
+            return True
+
+    async def _add_tenant(self, external_id: str) -> Tenant:
+        if self.tenants.get(external_id) is not None:
+            return await self._update_tenant(external_id)
+        tenant = await self._read_tenant(external_id)
+        if tenant is None:
+            raise TenantNotFound("Tenant not found")
+        self.tenants.put(tenant)
+        await self._try_services(tenant)
+        return tenant
+
+    async def _update_tenant(self, external_id: str) -> Tenant:
+        current = self.tenants.get(external_id)
+        if current is None:
+            return await self._add_tenant(external_id)
+        stored = await self._read_tenant(external_id)
+        if stored is None:
+            raise TenantNotFound("Tenant not found")
+        database = self._database_of(stored)
+        services = self.services.get(external_id)
+        moved = database != (services.database if services is not None else None)
+        if moved or (stored.keys, stored.suspend, stored.private_only) != (
+            current.keys,
+            current.suspend,
+            current.private_only,
+        ):
+            self._disconnect_tenant(external_id)
+        current.update_from(stored)
+        if not moved:
+            return current
+        if services is None:
+            await self._try_services(current)
+        elif database is None:  # its settings no longer name a database
+            del self.services[external_id]
+            await services.stop(drop_slots=True)
+        else:
+            try:
+                await services.reload(database)
+            except Exception as exc:
+                del self.services[external_id]  # stopped by the failed start
+                self._starting_failed(current, exc)
+        return current
+
+    def _disconnect_tenant(self, external_id: str) -> None:
+        """Upstream's UserSocket.disconnect/1: every channel of the tenant gets the system
+        message `Server requested disconnect`, then its sockets are drained (close 1012)."""
+        payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
+        for socket in [s for s in self.sockets if s.tenant.external_id == external_id]:
+            for channel in list(socket.channels.values()):
+                channel.push("system", {**payload_of, "channel": channel.sub_topic})
+            socket.disconnect(CloseCode.SERVICE_RESTART)
 
     async def stop(self) -> None:
-        """Refuse new joins, close every socket with 1012 (service restart), close the pool."""
+        """Refuse new joins, close every socket with 1012 (service restart), stop the tenants'
+        services, close the pool."""
         self.shutting_down = True
         if self.server is not None:
             await self.server.close(CloseCode.SERVICE_RESTART)
         for task in list(self._tasks):
             task.cancel()
-        if self.janitor is not None:
-            await self.janitor.stop()
-        for stream in self.db_broadcasts.values():
-            await stream.stop()
-        for authorizer in self.authorizers.values():
-            await authorizer.close()
-        for cdc in self.cdc.values():
-            await cdc.stop()
+        for services in list(self.services.values()):
+            await services.stop()
+        self.services.clear()
         if self.pool is not None:
             await self.pool.close()
 
@@ -200,24 +316,24 @@ class App:
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
         """The RLS authorizer of a tenant's database, if it has one."""
-        return self.authorizers.get(tenant.external_id)
+        services = self.services.get(tenant.external_id)
+        return services.authorizer if services is not None else None
 
     async def replay(self, tenant: Tenant, topic: str, since_ms: int, limit: int) -> list[messages.ReplayRow]:
         """Stored private broadcasts of `topic` since `since_ms` (docs/protocol.md §4.6)."""
-        if self.pool is None or tenant.external_id not in self.authorizers:
-            return []
-        async with self.pool.connection() as conn:
-            return await messages.replay(conn, topic, since_ms, limit)
+        services = self.services.get(tenant.external_id)
+        return [] if services is None else await services.replay(topic, since_ms, limit)
 
     def replication_connected(self, tenant: Tenant) -> bool:
         """Whether the tenant's replication connection (broadcast from the database, as
         upstream's Connect replication_conn) is streaming."""
-        stream = self.db_broadcasts.get(tenant.external_id)
-        return stream is not None and stream.stream.connected
+        services = self.services.get(tenant.external_id)
+        return services is not None and services.replication_connected
 
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None:
         """The Postgres Changes of a tenant's database, if it has one."""
-        return self.cdc.get(tenant.external_id)
+        services = self.services.get(tenant.external_id)
+        return services.cdc if services is not None else None
 
     def connect_error_delay(self, error: ConnectError) -> float:
         if error.status == 403 and not error.text:

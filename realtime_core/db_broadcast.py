@@ -1,6 +1,6 @@
 """Broadcast from the database: rows inserted into realtime.messages, delivered to channels (docs/protocol.md §4.4).
 
-app.App runs one DatabaseBroadcast per tenant database. It streams publication
+tenant_services.TenantServices runs one DatabaseBroadcast per tenant database. It streams publication
 `supabase_realtime_messages_publication` through a durable pgoutput slot with
 the same machinery as Postgres Changes (postgres_changes/replication.py): the
 slot's LSN is confirmed only after each batch was queued to the subscribers,

@@ -1,7 +1,7 @@
 """realtime.messages from the server's side: daily partitions, their cleanup, and replay.
 
 sql/0003_messages.sql creates the partitioned table and the functions that
-write it. app.App calls ensure_partitions() when a tenant database starts
+write it. tenant_services.TenantServices calls ensure_partitions() when a tenant database starts
 (authorization probes and realtime.send() fail without today's partition),
 then runs a Janitor, which repeats ensure_partitions() and
 drop_old_partitions() every few hours (docs/protocol.md §4.5). A private channel's join

@@ -80,7 +80,8 @@ class Metrics:
             lines.append(f'realtime_channel_global_error{{code="{_label(code)}"}} {count}')
         for tenant in app.tenants:
             lines.append(f'realtime_tenant_users{{tenant="{_label(tenant.external_id)}"}} {tenant.users}')
-        for tenant_id, cdc in app.cdc.items():
+        services = sorted(app.services.items())
+        for tenant_id, cdc in ((t, s.cdc) for t, s in services if s.cdc is not None):
             label = f'tenant="{_label(tenant_id)}"'
             stats = cdc.stats()
             health = cdc.slot_health
@@ -99,12 +100,12 @@ class Metrics:
             ):
                 if value is not None:
                     lines.append(f"{name}{{{label}}} {value}")
-        for tenant_id, authorizer in app.authorizers.items():
+        for tenant_id, authorizer in ((t, s.authorizer) for t, s in services if s.authorizer is not None):
             label = f'tenant="{_label(tenant_id)}"'
             lines += authorizer.read_latency.render("realtime_tenants_read_authorization_check", label)
             lines += authorizer.write_latency.render("realtime_tenants_write_authorization_check", label)
             lines.append(f"realtime_authorization_errors_total{{{label}}} {authorizer.errors}")
-        for tenant_id, stream in app.db_broadcasts.items():
+        for tenant_id, stream in ((t, s.db_broadcast) for t, s in services if s.db_broadcast is not None):
             label = f'tenant="{_label(tenant_id)}"'
             lines.append(f"realtime_db_broadcast_delivered_total{{{label}}} {stream.delivered}")
             lines.append(f"realtime_db_broadcast_dropped_total{{{label}}} {stream.dropped}")

@@ -76,12 +76,27 @@ class Tenant:
     private_only: bool = False
     suspend: bool = False
     presence_enabled: bool = False
+    # Upstream's extension list: [{"type": "postgres_cdc_rls", "settings": {...}}, ...].
+    extensions: list[dict[str, Any]] = field(default_factory=list)
     # Live state, per process.
     events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     joins: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     presence_events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     http_requests: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     users: int = 0  # sockets that joined at least one channel (docs/protocol.md §9.1)
+
+    def extension(self, kind: str) -> dict[str, Any] | None:
+        """The settings of the tenant's extension of type `kind` (e.g. `postgres_cdc_rls`), if any."""
+        for entry in self.extensions:
+            if isinstance(entry, dict) and entry.get("type") == kind and isinstance(entry.get("settings"), dict):
+                return entry["settings"]
+        return None
+
+    def update_from(self, other: Tenant) -> None:
+        """Take `other`'s stored settings (a fresh read of this tenant's row), keeping the live
+        counters, which sockets and channels of this tenant are counting on."""
+        for name in ("id", "name", "limits", "keys", "private_only", "suspend", "presence_enabled", "extensions"):
+            setattr(self, name, getattr(other, name))
 
     def payload_too_large(self, size: int) -> bool:
         """True when `size` bytes exceed the tenant's payload limit (docs/protocol.md §4.1)."""
@@ -96,6 +111,9 @@ class Tenant:
         jwks = row.get("jwt_jwks")
         if isinstance(jwks, str):
             jwks = orjson.loads(jwks)
+        extensions = row.get("extensions") or []
+        if isinstance(extensions, str):
+            extensions = orjson.loads(extensions)
         return cls(
             id=str(row["id"]),
             external_id=row["external_id"],
@@ -105,6 +123,7 @@ class Tenant:
             private_only=bool(row.get("private_only")),
             suspend=bool(row.get("suspend")),
             presence_enabled=bool(row.get("presence_enabled")),
+            extensions=list(extensions),
             events=RateCounter(now),
             joins=RateCounter(now),
             presence_events=RateCounter(now),
@@ -165,13 +184,20 @@ _COLUMNS = sql.SQL(", ").join(
         "private_only",
         "suspend",
         "presence_enabled",
+        "extensions",
     )
 )
 _TENANTS = sql.Identifier("_realtime", "tenants")
 
 
 class TenantStore:
-    """Reads and writes the `_realtime.tenants` control table."""
+    """Reads and writes the `_realtime.tenants` control table.
+
+    A tenant's `extensions` hold its database settings (the `postgres_cdc_rls` entry with
+    `db_password` among them) as given, in plain text: they are readable by whoever can read
+    this table. Upstream encrypts the db_* settings with a key of the server's
+    (lib/realtime/api/extensions.ex encrypt_settings/2); that arrives with the tenant API,
+    which is the first writer of other tenants' settings besides tests and operators."""
 
     __slots__ = ("_conn",)
 
@@ -183,17 +209,47 @@ class TenantStore:
             await cur.execute(sql.SQL("select {} from {} order by inserted_at").format(_COLUMNS, _TENANTS))
             return [Tenant.from_row(row, now) for row in await cur.fetchall()]
 
-    async def create(self, external_id: str, jwt_secret: str, limits: Limits | None = None) -> None:
-        """Add a tenant (HS secret, `limits` or the defaults); a process loads it at start."""
+    async def get(self, external_id: str, now: float) -> Tenant | None:
+        """The stored tenant `external_id`, read now."""
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                sql.SQL("select {} from {} where external_id = %s").format(_COLUMNS, _TENANTS), (external_id,)
+            )
+            row = await cur.fetchone()
+        return None if row is None else Tenant.from_row(row, now)
+
+    async def create(
+        self,
+        external_id: str,
+        jwt_secret: str,
+        limits: Limits | None = None,
+        extensions: list[dict[str, Any]] | None = None,
+    ) -> None:
+        """Add a tenant (HS secret, `limits` or the defaults, upstream-shaped `extensions`);
+        a process loads it at start, or at App.add_tenant()."""
         limits = limits or Limits()
-        columns = ("external_id", "name", "jwt_secret", *_LIMIT_FIELDS)
+        columns = ("external_id", "name", "jwt_secret", *_LIMIT_FIELDS, "extensions")
         query = sql.SQL("insert into {table} ({columns}) values ({values})").format(
             table=_TENANTS,
             columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
             values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
         )
         values = [getattr(limits, name) for name in _LIMIT_FIELDS]
-        await self._conn.execute(query, (external_id, external_id, jwt_secret, *values))
+        await self._conn.execute(query, (external_id, external_id, jwt_secret, *values, Jsonb(extensions or [])))
+
+    async def set_extensions(self, external_id: str, extensions: list[dict[str, Any]]) -> None:
+        """Replace the tenant's extensions (its database settings among them)."""
+        await self._conn.execute(
+            sql.SQL("update {} set extensions = %s, updated_at = now() where external_id = %s").format(_TENANTS),
+            (Jsonb(extensions), external_id),
+        )
+
+    async def delete(self, external_id: str) -> bool:
+        """Delete the tenant's row; True when there was one."""
+        cur = await self._conn.execute(
+            sql.SQL("delete from {} where external_id = %s").format(_TENANTS), (external_id,)
+        )
+        return cur.rowcount > 0
 
     async def ensure_default(self, settings: Settings, secret: str) -> None:
         """Create the self-host tenant, or bring its secret and env-given settings up to date."""

@@ -27,6 +27,7 @@ from realtime_core.config import Limits, Settings
 from realtime_core.jwt import KeySet, sign
 from realtime_core.protocol import V1, V2, Codec
 from realtime_core.socket import RealtimeSocket
+from realtime_core.tenant_services import TenantDatabase, TenantServices
 from realtime_core.tenants import Tenant
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "FakeConnection",
     "close_sockets",
     "decode",
+    "give_services",
     "make_app",
     "make_tenant",
     "make_token",
@@ -119,10 +121,10 @@ class FakeConnection:
 class Client:
     """One socket of the app, written to as a client would, read back as decoded messages."""
 
-    def __init__(self, app: App, codec: Codec = V2, token: str | None = None) -> None:
+    def __init__(self, app: App, codec: Codec = V2, token: str | None = None, tenant_id: str = TENANT) -> None:
         self.conn = FakeConnection()
-        tenant = app.tenants.get(TENANT)
-        assert tenant is not None, f"the app serves no tenant {TENANT!r}"
+        tenant = app.tenants.get(tenant_id)
+        assert tenant is not None, f"the app serves no tenant {tenant_id!r}"
         self.token = token or make_token()
         self.socket = RealtimeSocket(app, tenant, codec, self.token, {"role": "anon"}, {}, "error")
         self.socket.attach(self.conn)  # type: ignore[arg-type]
@@ -171,6 +173,17 @@ def make_app() -> App:
     app = App(Settings(channel_error_backoff_ms=0))
     app.tenants.put(make_tenant())
     return app
+
+
+def give_services(app: App, *, authorizer: Any = None, cdc: Any = None) -> TenantServices:
+    """Register never-started database services for the test tenant that hold `authorizer`
+    and `cdc` (stand-ins or real objects): what the channels look up."""
+    tenant = app.tenants.get(TENANT)
+    assert tenant is not None, "make_app() serves the test tenant"
+    services = TenantServices(app, tenant, TenantDatabase("dbname=unused", "unused"), is_default=True)
+    services.authorizer, services.cdc = authorizer, cdc
+    app.services[TENANT] = services
+    return services
 
 
 def close_sockets(app: App) -> None:

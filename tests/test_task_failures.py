@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import pytest
-from fakes import TOPIC, Client, close_sockets, make_app, settle
+from fakes import TOPIC, Client, close_sockets, give_services, make_app, settle
 
 from realtime_core import tasks
 from realtime_core.postgres_changes import cdc as cdc_module
@@ -85,7 +85,7 @@ async def test_spawn_does_not_report_a_cancelled_task(loop_errors, caplog):
 
 
 async def test_a_write_check_that_fails_unexpectedly_errors_the_channel(app, loop_errors, caplog):
-    app.authorizers["realtime-dev"] = Authorizer()  # type: ignore[assignment]
+    give_services(app, authorizer=Authorizer())
     client = Client(app)
     client.join(config={"private": True})
     await settle()
@@ -106,7 +106,7 @@ async def test_a_channel_that_fails_to_start_errors_after_its_join_reply(app, lo
         def unsubscribe(self, channel: Any) -> None:
             pass
 
-    app.cdc["realtime-dev"] = Cdc()  # type: ignore[assignment]
+    give_services(app, cdc=Cdc())
     client = Client(app)
     client.join(config={"postgres_changes": [{"event": "*", "schema": "public", "table": "t"}]})
     await settle()
@@ -126,7 +126,7 @@ async def test_an_unexpected_subscribe_failure_reaches_the_client_as_a_system_er
     monkeypatch.setattr(cdc_module, "parse_params", parse_params)
     tenant = app.tenants.get("realtime-dev")
     cdc = PostgresChanges(tenant, "dbname=unused", CdcSettings(), app.now)  # never started: no connection
-    app.cdc[tenant.external_id] = cdc
+    give_services(app, cdc=cdc)
     client = Client(app)
     client.join(config={"postgres_changes": [{"event": "*", "schema": "public", "table": "t"}]})
     await settle()

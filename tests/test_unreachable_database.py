@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fakes import TOPIC, Client, close_sockets, make_app, make_token, phx_close, settle
+from fakes import TOPIC, Client, close_sockets, give_services, make_app, make_token, phx_close, settle
 
 from realtime_core.authorization import UNREACHABLE_TEXT
 from realtime_core.errors import UnableToConnectToProject
@@ -33,7 +33,7 @@ async def app():
 
 
 async def test_refused_joins_are_counted_by_code(app):
-    app.authorizers["realtime-dev"] = UnreachableAuthorizer()  # type: ignore[assignment]
+    give_services(app, authorizer=UnreachableAuthorizer())
     client = Client(app)
     client.join("realtime:", "1")
     client.join("realtime:", "2")
@@ -45,7 +45,7 @@ async def test_refused_joins_are_counted_by_code(app):
         "TopicNameRequired: You must provide a topic name",
         "UnableToConnectToProject: Realtime was unable to connect to the project database",
     ]
-    del app.authorizers["realtime-dev"]  # its latency histograms are not what this test reads
+    del app.services["realtime-dev"]  # its latency histograms are not what this test reads
     lines = app.metrics.render().splitlines()
     assert "realtime_channel_join_errors_total 3" in lines
     assert "# TYPE realtime_channel_global_error counter" in lines
@@ -57,7 +57,7 @@ async def test_refused_joins_are_counted_by_code(app):
 
 async def test_a_token_refresh_while_the_database_is_unreachable_shuts_down_with_the_transient_text(app):
     authorizer = UnreachableAuthorizer(down=False)
-    app.authorizers["realtime-dev"] = authorizer  # type: ignore[assignment]
+    give_services(app, authorizer=authorizer)
     client = Client(app)
     client.join(config={"private": True})
     await settle()

@@ -1,6 +1,6 @@
 """Postgres Changes for one tenant database: stream, subscriptions, dispatch, slot health.
 
-app.App starts one PostgresChanges for the default tenant's database. Channels
+tenant_services.TenantServices starts one PostgresChanges per tenant database. Channels
 call subscribe() after their join reply (docs/protocol.md §6.2), unsubscribe() when they
 close and refresh() after an access_token update. The `system` message
 `Subscribed to PostgreSQL` is pushed only once the subscription is live: its

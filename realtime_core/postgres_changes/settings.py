@@ -6,15 +6,17 @@ from dataclasses import dataclass
 
 from ..envvars import int_var, str_var
 
-__all__ = ["CdcSettings"]
+__all__ = ["MESSAGES_SLOT", "CdcSettings"]
 
-_MESSAGES_SLOT = "supabase_realtime_messages_replication_slot"
+MESSAGES_SLOT = "supabase_realtime_messages_replication_slot"
 
 
 @dataclass(slots=True, frozen=True)
 class CdcSettings:
     slot_name: str = str_var(
-        "REALTIME_SLOT_NAME", "supabase_realtime_replication_slot", "the Postgres Changes replication slot"
+        "REALTIME_SLOT_NAME",
+        "supabase_realtime_replication_slot",
+        "the default tenant's Postgres Changes replication slot; other tenants' add `_<tenant id>`",
     )
     slot_name_suffix: str = str_var(
         "SLOT_NAME_SUFFIX",
@@ -60,4 +62,4 @@ class CdcSettings:
     @property
     def messages_slot(self) -> str:
         """Broadcast from the database (db_broadcast.py) streams its own durable slot."""
-        return _MESSAGES_SLOT + (f"_{self.slot_name_suffix}" if self.slot_name_suffix else "")
+        return MESSAGES_SLOT + (f"_{self.slot_name_suffix}" if self.slot_name_suffix else "")

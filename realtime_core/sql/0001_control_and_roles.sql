@@ -1,29 +1,10 @@
--- Control tables (tenants) and the roles RLS policies are written for.
+-- The roles RLS policies are written for (the tenants table moved to 0006).
 -- Idempotent: a Supabase database already has the roles and the schema.
 
 create schema if not exists _realtime;
 
-create table if not exists _realtime.tenants (
-    id uuid primary key default gen_random_uuid(),
-    external_id text not null unique,
-    name text,
-    jwt_secret text,
-    jwt_jwks jsonb,
-    max_concurrent_users integer not null,
-    max_events_per_second integer not null,
-    max_joins_per_second integer not null,
-    max_channels_per_client integer not null,
-    max_presence_events_per_second integer not null,
-    max_payload_size_in_kb integer not null,
-    max_client_presence_events_per_window integer,
-    client_presence_window_ms integer,
-    private_only boolean not null default false,
-    suspend boolean not null default false,
-    presence_enabled boolean not null default false,
-    inserted_at timestamptz not null default now(),
-    updated_at timestamptz not null default now(),
-    constraint jwt_secret_or_jwks check (jwt_secret is not null or jwt_jwks is not null)
-);
+-- The tenants table itself is created by 0006_tenant_extensions.sql, on the control
+-- database only.
 
 do $$
 declare

@@ -13,7 +13,9 @@
 //       new RealtimeClient(url, {...options, params, transport: ws}). Option extras:
 //       "logger": true logs every library log line as {"ev":"log",...};
 //       "accessToken": "<jwt>" installs an accessToken callback returning that token
-//       (change it later with {"op":"raw","client":"c1","expr":"setAccessToken('…')"}).
+//       (change it later with {"op":"raw","client":"c1","expr":"setAccessToken('…')"});
+//       "host": "<name>" sends that Host header (a tenant's, e.g. "tenantb.localhost") while
+//       connecting to the URL's address, through a ws subclass as transport.
 //       Socket open/close/error and heartbeat statuses become events "socket" / "heartbeat".
 //   {"op":"supabase","name":"s1","url":"http://…","key":"<jwt>","options"?:{…}}
 //       createClient(url, key, options) from @supabase/supabase-js (imported on first use, so
@@ -115,15 +117,26 @@ function getChannel(name) {
   return entry.channel
 }
 
+// The ws package takes request headers in its options; Host among them reaches a tenant by
+// name without a DNS entry for it.
+function transportFor(host) {
+  if (host === undefined) return WebSocket
+  return class extends WebSocket {
+    constructor(address, protocols, options) {
+      super(address, protocols, { ...(options ?? {}), headers: { ...(options?.headers ?? {}), host } })
+    }
+  }
+}
+
 function makeClient(cmd) {
   const name = cmd.name
   if (clients.has(name)) throw new Error(`client ${name} already exists`)
-  const { logger, accessToken, ...options } = decodeValue(cmd.options ?? {})
+  const { logger, accessToken, host, ...options } = decodeValue(cmd.options ?? {})
   let currentToken = accessToken
   const clientOptions = {
     ...options,
     params: decodeValue(cmd.params ?? {}),
-    transport: WebSocket,
+    transport: transportFor(host),
     heartbeatCallback: (status, latency) =>
       emit({ ev: 'heartbeat', client: name, status, latency: latency ?? null }),
   }
