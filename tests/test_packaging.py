@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 import tomllib
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -121,8 +124,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_the_installed_wheel_serves_the_console_with_its_pages_from_any_directory(tmp_path: Path):
+@dataclass
+class Installed:
+    """realtime-core installed from its wheel into a fresh venv, and a directory outside the repository."""
+
+    python: Path
+    command: Path  # the venv's realtime-core script
+    site: Path
+    elsewhere: Path
+    env: dict[str, str]
+
+    def run_python(self, code: str) -> str:
+        done = subprocess.run(
+            [self.python, "-c", code],
+            cwd=self.elsewhere,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    tmp_path = tmp_path_factory.mktemp("wheel")
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(wheels)],
@@ -134,29 +162,42 @@ def test_the_installed_wheel_serves_the_console_with_its_pages_from_any_director
     venv = tmp_path / "venv"
     # The venv reuses this interpreter's dependencies; realtime-core itself comes from the wheel.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
-    python, bin_dir = venv / "bin" / "python", venv / "bin"
+    python = venv / "bin" / "python"
     subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "REALTIME_SERVER_URL"}}
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "REALTIME_SERVER_URL", "DATABASE_URL"}}
+    probe = Installed(python, venv / "bin" / "realtime-core", Path(), elsewhere, env)
+    site = Path(probe.run_python("import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
+    return Installed(python, venv / "bin" / "realtime-core", site, elsewhere, env)
 
-    def venv_python(code: str) -> str:
-        done = subprocess.run(
-            [python, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
 
-    site = Path(venv_python("import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
-    located = venv_python("import realtime_core, console; print(realtime_core.__file__, console.__file__)")
+def _wait_for_console(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until the console's health endpoint answers ok (or the process ends: then its stderr)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
+                assert (response.status, response.read()) == (200, b"ok")
+                return
+        except OSError:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the console did not answer within 60 s"
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_holds_the_console_and_its_pages_not_bench(installed: Installed):
+    located = installed.run_python("import realtime_core, console; print(realtime_core.__file__, console.__file__)")
     # not the checkout (nor an editable install of it)
-    assert all(Path(path).is_relative_to(site) for path in located.split()), located
-    assert (site / "console" / "app.py").is_file()
-    assert (site / "console" / "pages" / "overview.py").read_text() == (ROOT / "pages" / "overview.py").read_text()
-    assert not (site / "bench").exists()
+    assert all(Path(path).is_relative_to(installed.site) for path in located.split()), located
+    assert (installed.site / "console" / "app.py").is_file()
+    pages = installed.site / "console" / "pages" / "overview.py"
+    assert pages.read_text() == (ROOT / "pages" / "overview.py").read_text()
+    assert not (installed.site / "bench").exists()
 
     # The installed entry file finds its pages: the Overview page runs and reports the absent server.
-    rendered = venv_python(
+    rendered = installed.run_python(
         "import os, sysconfig\n"
         "from streamlit.testing.v1 import AppTest\n"
         "os.environ['REALTIME_SERVER_URL'] = 'http://127.0.0.1:9'\n"
@@ -169,40 +210,71 @@ def test_the_installed_wheel_serves_the_console_with_its_pages_from_any_director
         "['realtime-core'] ['The server at http://127.0.0.1:9 does not answer /healthcheck.']"
     ), rendered
 
-    # `realtime-core console` launched from elsewhere serves it.
-    port = _free_port()
-    console_err = (tmp_path / "console.err").open("wb")
-    console = subprocess.Popen(
-        [bin_dir / "realtime-core", "console", "--server", "http://127.0.0.1:9", "--console-port", str(port)],
-        cwd=elsewhere,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=console_err,
-    )
-    try:
-        health = None
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-                    health = (response.status, response.read())
-                break
-            except OSError:
-                assert console.poll() is None, (tmp_path / "console.err").read_text()
-                time.sleep(0.1)
-        assert health == (200, b"ok")
-    finally:
-        console.terminate()
-        console.wait(10)
-        console_err.close()
-
     # bench/ is not installed: the subcommand says where it runs.
     bench = subprocess.run(
-        [bin_dir / "realtime-core", "bench", "fanout"],
-        cwd=elsewhere,
-        env=env,
+        [installed.command, "bench", "fanout"],
+        cwd=installed.elsewhere,
+        env=installed.env,
         capture_output=True,
         text=True,
         timeout=60,
+        check=False,
     )
     assert bench.returncode == 2
     assert "runs from a source checkout" in bench.stderr
+
+
+@pytest.mark.slow
+def test_the_installed_console_command_serves_from_any_directory(installed: Installed, tmp_path: Path):
+    port = _free_port()
+    log = tmp_path / "console.err"
+    with log.open("wb") as err:
+        console = subprocess.Popen(
+            [installed.command, "console", "--server", "http://127.0.0.1:9", "--console-port", str(port)],
+            cwd=installed.elsewhere,
+            env=installed.env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            _wait_for_console(port, console, log)
+        finally:
+            console.terminate()
+            console.wait(10)
+
+
+@pytest.mark.slow
+@pytest.mark.pg
+def test_the_installed_up_command_serves_the_server_and_the_console(
+    installed: Installed, fresh_database: str, tmp_path: Path
+):
+    port, console_port = _free_port(), _free_port()
+    log = tmp_path / "up.err"
+    env = {**installed.env, "DATABASE_URL": fresh_database, "REALTIME_DATA_DIR": str(tmp_path / "data")}
+    with log.open("wb") as err:
+        up = subprocess.Popen(
+            [installed.command, "up", "--port", str(port), "--console-port", str(console_port)],
+            cwd=installed.elsewhere,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            _wait_for_console(console_port, up, log)
+            # the server, migrated from the SQL files in the wheel, answers too
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/ping", timeout=5) as response:
+                assert (response.status, json.loads(response.read())) == (200, {"message": "Success"})
+            # and the installed console's Overview page shows its live figures
+            rendered = installed.run_python(
+                "import os, sysconfig\n"
+                "from streamlit.testing.v1 import AppTest\n"
+                f"os.environ['REALTIME_SERVER_URL'] = 'http://127.0.0.1:{port}'\n"
+                "app = os.path.join(sysconfig.get_paths()['purelib'], 'console', 'app.py')\n"
+                "at = AppTest.from_file(app, default_timeout=60).run()\n"
+                "assert not at.exception and not at.error, (at.exception, at.error)\n"
+                "print([m.label for m in at.metric])\n"
+            )
+            assert rendered.strip() == "['Connections', 'Joined channels', 'Active topics', 'Slow consumers dropped']"
+        finally:
+            up.send_signal(signal.SIGTERM)
+            up.wait(30)
