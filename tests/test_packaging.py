@@ -112,7 +112,7 @@ def test_every_declared_dependency_is_used():
 def test_the_wheel_lists_every_package_of_the_tree_and_no_bench():
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
     tree = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "realtime_core").rglob("__init__.py")}
-    assert listed == tree | {"console", "console.pages"}
+    assert listed == tree | {"console", "console.pages"}, "pyproject.toml [tool.setuptools] packages: list them all"
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {"console.pages": "pages"}
 
 
