@@ -198,7 +198,7 @@ def _console_args(host: str, port: int) -> list[str]:
 def cmd_console(args: argparse.Namespace) -> int:
     command = _console_command(args.console_host, args.console_port)
     if command is None:
-        print("The console needs the console extras: pip install -e '.[console]'", file=sys.stderr)
+        print("The console needs the console extra: pip install '.[console]' in the source tree", file=sys.stderr)
         return 1
     env = {**os.environ, "REALTIME_SERVER_URL": args.server}
     return subprocess.call(command, env=env)
@@ -215,7 +215,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         server_url = f"http://{settings.host}:{port}"
         command = _console_command(settings.host, args.console_port)
         if command is None:
-            print("  console:   not started (pip install -e '.[console]' to get it)", flush=True)
+            print("  console:   not started (it needs the console extra: pip install '.[console]')", flush=True)
         else:
             env = {**os.environ, "REALTIME_SERVER_URL": server_url}
             console = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
@@ -242,14 +242,27 @@ BENCHMARKS = {
 }
 
 
+def _checkout() -> Path | None:
+    """The source checkout this package runs from, or None when it is installed: the wheel holds
+    no bench/ (a top-level `bench` package would squat a generic name in site-packages)."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "bench" / "__init__.py").is_file() else None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib
 
-    try:
-        module = importlib.import_module(BENCHMARKS[args.name])
-    except ImportError:
-        print("The benchmarks run from a source checkout (bench/ beside realtime_core/).", file=sys.stderr)
+    root = _checkout()
+    if root is None:
+        print(
+            "realtime-core bench runs from a source checkout (bench/ beside realtime_core/);"
+            " this realtime-core is installed without it.",
+            file=sys.stderr,
+        )
         return 2
+    if str(root) not in sys.path:  # the console script's sys.path holds its bin/ folder, not the checkout
+        sys.path.insert(0, str(root))
+    module = importlib.import_module(BENCHMARKS[args.name])
     return int(module.main(args.rest))
 
 

@@ -450,14 +450,17 @@ class HttpProtocol(asyncio.Protocol):
 
     async def _upgrade(self, request: Request, trailing: bytes) -> None:
         server = self.server
-        proto = ServerProtocol(max_size=server.max_frame_bytes)
+        # websockets' sans-I/O handshake: accept() checks the upgrade request and builds the
+        # response, send_response() serializes it. httptools has already parsed the request, so the
+        # frames go to a second protocol created OPEN (its documented `state` argument).
+        handshake_proto = ServerProtocol()
         ws_request = WsRequest(
             request.path, Headers((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers)
         )
-        handshake = proto.accept(ws_request)
+        handshake = handshake_proto.accept(ws_request)
         if handshake.status_code != 101:
-            proto.send_response(handshake)
-            self._write_all(proto.data_to_send())
+            handshake_proto.send_response(handshake)
+            self._write_all(handshake_proto.data_to_send())
             self.transport_close()
             return
         try:
@@ -473,21 +476,13 @@ class HttpProtocol(asyncio.Protocol):
             session.on_close()
             return
         transport = self.transport
+        proto = ServerProtocol(state=State.OPEN, max_size=server.max_frame_bytes)
         conn = _TrackedConnection(server, proto, transport, server.writer, self.loop, self.peer)
         server.http_connections.discard(self)
         transport.set_protocol(conn)
         self._drop_parser()
-        proto.send_response(handshake)
-        self._write_all(proto.data_to_send())
-        if proto.state is not State.OPEN:
-            self.transport_close()
-            session.on_close()
-            return
-        # The protocol's parser was created expecting the HTTP request, which
-        # httptools already consumed: restart it in the OPEN state, where it
-        # parses WebSocket frames.
-        proto.parser = proto.parse()
-        next(proto.parser)
+        handshake_proto.send_response(handshake)
+        self._write_all(handshake_proto.data_to_send())
         server.track_websocket(conn)
         conn.session = session
         attach(conn)
