@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,11 @@ from typing import Any
 import jwt as pyjwt
 import psycopg
 import pytest
+from fakes import close_sockets, make_app
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from realtime_core.app import App
 from realtime_core.limits import BUCKET_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,6 +289,15 @@ def db(cdc: ServerProcess) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the `cdc` server's database."""
     with psycopg.connect(cdc.database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    """An App serving the test tenant, never start()ed (fakes.make_app); the sockets it still
+    holds are closed after the test. Modules that need other settings define their own."""
+    app = make_app()
+    yield app
+    close_sockets(app)
 
 
 @pytest.fixture
