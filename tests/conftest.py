@@ -73,6 +73,14 @@ def make_token(
     return pyjwt.encode(body, secret, algorithm="HS256")
 
 
+def messages_policy(db: psycopg.Connection[Any], command: str, condition: str, role: str = "authenticated") -> None:
+    """Create a policy of a fresh name on realtime.messages for `command` to `role`: `condition` is its
+    `with check` for insert, its `using` otherwise (trusted SQL text of the test)."""
+    clause = "with check" if command == "insert" else "using"
+    statement = f"create policy {{}} on realtime.messages for {command} to {role} {clause} ({condition})"
+    db.execute(sql.SQL(statement).format(sql.Identifier(f"pol_{secrets.token_hex(4)}")))
+
+
 @pytest.fixture(scope="session")
 def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A DSN to a PostgreSQL with wal_level=logical that tests may create databases in."""
