@@ -73,6 +73,18 @@ def make_token(
     return pyjwt.encode(body, secret, algorithm="HS256")
 
 
+def published_table(
+    db: psycopg.Connection[Any], columns: str, *, prefix: str = "t", grantees: str = "anon, authenticated"
+) -> str:
+    """Create a table of a fresh name `<prefix>_xxxxxxxx` with `columns` (trusted SQL text of the test),
+    let `grantees` select from it and add it to the supabase_realtime publication; return its name."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    db.execute(sql.SQL("create table {} (" + columns + ")").format(sql.Identifier(name)))
+    db.execute(sql.SQL("grant select on {} to " + grantees).format(sql.Identifier(name)))
+    db.execute(sql.SQL("alter publication supabase_realtime add table {}").format(sql.Identifier(name)))
+    return name
+
+
 def messages_policy(db: psycopg.Connection[Any], command: str, condition: str, role: str = "authenticated") -> None:
     """Create a policy of a fresh name on realtime.messages for `command` to `role`: `condition` is its
     `with check` for insert, its `using` otherwise (trusted SQL text of the test)."""

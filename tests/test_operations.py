@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import JWT_SECRET, MS, make_token
+from conftest import JWT_SECRET, MS, make_token, published_table
 from psycopg import sql
 from wire import V2, Frame, RawClient, eventually
 
@@ -80,14 +79,6 @@ def slot_row(dsn: str, slot: str) -> tuple[Any, ...] | None:
         ).fetchone()
 
 
-def new_table(db: psycopg.Connection[Any]) -> str:
-    name = f"lag_{secrets.token_hex(4)}"
-    db.execute(sql.SQL("create table {} (id int primary key, note text)").format(sql.Identifier(name)))
-    db.execute(sql.SQL("grant select on {} to anon").format(sql.Identifier(name)))
-    db.execute(sql.SQL("alter publication supabase_realtime add table {}").format(sql.Identifier(name)))
-    return name
-
-
 def write_wal(db: psycopg.Connection[Any], nbytes: int) -> None:
     """Write about `nbytes` of WAL into a table outside the publication."""
     db.execute("create table if not exists wal_filler (blob text)")
@@ -133,7 +124,7 @@ async def lag_alerting(
     srv = server_factory({"REALTIME_SLOT_LAG_ALERT_BYTES": str(ALERT_BYTES), **(env or {})})
     slot = f"supabase_realtime_replication_slot_{srv.env['SLOT_NAME_SUFFIX']}"
     with psycopg.connect(srv.database_url, autocommit=True) as db:
-        table = new_table(db)
+        table = published_table(db, "id int primary key, note text", prefix="lag", grantees="anon")
         async with await RawClient.open(srv.socket_url(make_token(), V2), V2) as client:
             await subscribe(client, table)
             await eventually(lambda: labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 0)
