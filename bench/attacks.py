@@ -509,24 +509,14 @@ class Bench(DatabaseBench):
         join = text({"topic": topic, "event": "phx_join", "payload": {"config": {"private": True}}, "ref": "j"})
         message = {"type": "broadcast", "event": "flood", "payload": {"fill": "f" * 900}}
         batch = text({"topic": topic, "event": "broadcast", "payload": message, "ref": None}) * self.args.flood_batch
-        limit = int(self.args.flood_mb * MB)
-        deadline = time.monotonic() + self.args.seconds
-        sent = joins = 0
-        how = ""
-        try:
-            while sent < limit and not drain.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    how = f"{self.args.seconds:g} s bound reached"
-                    break
-                writer.write(join + batch)
-                await asyncio.wait_for(writer.drain(), remaining)
-                joins += 1
-                sent += len(join) + len(batch)
-        except TimeoutError:
-            how = f"the server stopped reading; {self.args.seconds:g} s bound reached"
-        except OSError as exc:
-            how = type(exc).__name__
+        sent, how = await self._send(
+            writer,
+            join + batch,
+            int(self.args.flood_mb * MB),
+            out_of_time=f"{self.args.seconds:g} s bound reached",
+            until=drain.done,
+        )
+        joins = sent // len(join + batch)  # one join a write
         await asyncio.sleep(0.5)
         drain.cancel()
         writer.close()
