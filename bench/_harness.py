@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -73,14 +74,16 @@ class DatabaseBench:
     # -- lifecycle
 
     @classmethod
-    def measure(cls, args: argparse.Namespace, *, node_users: str, banner: str, folder_prefix: str) -> Self:
+    def measure(cls, args: argparse.Namespace, *, node_users: str | None, banner: str, folder_prefix: str) -> Self:
         """Prepare the machine, print `banner` with the pinning, and run a whole bench in a temporary folder.
 
-        `node_users` names who needs Node (see ensure_node). The bench's
-        server and database are stopped, and the folder is gone, on return.
+        `node_users` names who needs Node (see ensure_node); None when every
+        client is Python, Node then being only named in the report's
+        environment. The bench's server and database are stopped, and the
+        folder is gone, on return.
         """
         raise_nofile()
-        node = ensure_node(node_users)
+        node = ensure_node(node_users) if node_users is not None else shutil.which("node") or "node"
         pin = pinning(args.no_pin)
         print(f"{banner}, {pin.description}", flush=True)
         with tempfile.TemporaryDirectory(prefix=folder_prefix) as tmp:

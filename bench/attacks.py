@@ -43,11 +43,9 @@ import argparse
 import asyncio
 import contextlib
 import http.client
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -61,9 +59,9 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
 from bench._harness import DatabaseBench, add_server_options
-from bench._proc import raise_nofile, rss_kb
+from bench._proc import rss_kb
 from bench._report import fmt, percentile, run_main, target
-from bench._servers import BenchError, pinning, token
+from bench._servers import BenchError, token
 
 __all__ = ["main"]
 
@@ -315,22 +313,6 @@ class Bench(DatabaseBench):
         self.user = token(self.secret, {"role": "authenticated", "sub": "bench-attacker"})
         self.probers: list[Prober] = []
 
-    @classmethod
-    def run_all(cls, args: argparse.Namespace) -> Bench:
-        """Like DatabaseBench.measure(), without Node: every client here is Python."""
-        raise_nofile()
-        pin = pinning(args.no_pin)
-        print(f"attacks bench: {', '.join(args.attacks)}; {pin.description}", flush=True)
-        with tempfile.TemporaryDirectory(prefix="rt-bench-attacks-") as tmp:
-            bench = cls(args, shutil.which("node") or "node", pin, Path(tmp))
-            try:
-                bench.start()
-                bench.pg_version = bench.db.version()
-                bench.run()
-            finally:
-                bench.stop()
-        return bench
-
     def start(self) -> None:
         self.start_server(dict(SERVER_ENV))
         with psycopg.connect(self.db.dsn, autocommit=True) as conn:
@@ -403,30 +385,50 @@ class Bench(DatabaseBench):
         await asyncio.sleep(seconds)
         return {"attacker": "none (reference figures)", "sent_mb": 0}
 
+    async def _send(
+        self,
+        writer: asyncio.StreamWriter,
+        blob: bytes,
+        limit: int,
+        *,
+        out_of_time: str,
+        until: Callable[[], bool] = lambda: False,
+    ) -> tuple[int, str]:
+        """Write `blob` again and again until `limit` bytes are sent or `until()` holds, within --seconds.
+
+        Returns the bytes sent and why the sending stopped short ("" when it did not):
+        `out_of_time` when the bound passed between two writes, else a drain that did
+        not finish by then or the OSError that ended the connection.
+        """
+        deadline = time.monotonic() + self.args.seconds
+        sent = 0
+        try:
+            while sent < limit and not until():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return sent, out_of_time
+                writer.write(blob)
+                await asyncio.wait_for(writer.drain(), remaining)
+                sent += len(blob)
+        except TimeoutError:
+            return sent, f"the server stopped reading; {self.args.seconds:g} s bound reached"
+        except OSError as exc:
+            return sent, type(exc).__name__
+        return sent, ""
+
     # -- a. request heads that never end
 
     async def _endless(self, prefix: bytes, limit_mb: float) -> dict[str, Any]:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
         answer = asyncio.create_task(reader.read(4096))
-        chunk = b"a" * (256 * 1024)
-        limit = int(limit_mb * MB)
-        deadline = time.monotonic() + self.args.seconds
         writer.write(prefix)
-        sent = 0
-        how = ""
-        try:
-            while sent < limit and not answer.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    how = f"the server stopped reading; {self.args.seconds:g} s bound reached"
-                    break
-                writer.write(chunk)
-                await asyncio.wait_for(writer.drain(), remaining)
-                sent += len(chunk)
-        except TimeoutError:
-            how = f"the server stopped reading; {self.args.seconds:g} s bound reached"
-        except OSError as exc:
-            how = f"{type(exc).__name__}"
+        sent, how = await self._send(
+            writer,
+            b"a" * (256 * 1024),
+            int(limit_mb * MB),
+            out_of_time=f"the server stopped reading; {self.args.seconds:g} s bound reached",
+            until=answer.done,
+        )
         if not how and not answer.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(answer), 2.0)
@@ -486,23 +488,9 @@ class Bench(DatabaseBench):
     async def attack_pings(self) -> dict[str, Any]:
         reader, writer = await ws_open(self.port, self.anon, rcvbuf=NOT_READING_RCVBUF)
         blob = ws_frame(0x9, b"p" * 125) * 8000  # ~1 MB of pings
-        limit = int(self.args.ping_mb * MB)
-        deadline = time.monotonic() + self.args.seconds
-        sent = 0
-        how = ""
-        try:
-            while sent < limit:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    how = f"{self.args.seconds:g} s bound reached"
-                    break
-                writer.write(blob)
-                await asyncio.wait_for(writer.drain(), remaining)
-                sent += len(blob)
-        except TimeoutError:
-            how = f"the server stopped reading; {self.args.seconds:g} s bound reached"
-        except OSError as exc:
-            how = type(exc).__name__
+        sent, how = await self._send(
+            writer, blob, int(self.args.ping_mb * MB), out_of_time=f"{self.args.seconds:g} s bound reached"
+        )
         frames = await after_the_fact(reader)
         writer.close()
         return {
@@ -521,24 +509,14 @@ class Bench(DatabaseBench):
         join = text({"topic": topic, "event": "phx_join", "payload": {"config": {"private": True}}, "ref": "j"})
         message = {"type": "broadcast", "event": "flood", "payload": {"fill": "f" * 900}}
         batch = text({"topic": topic, "event": "broadcast", "payload": message, "ref": None}) * self.args.flood_batch
-        limit = int(self.args.flood_mb * MB)
-        deadline = time.monotonic() + self.args.seconds
-        sent = joins = 0
-        how = ""
-        try:
-            while sent < limit and not drain.done():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    how = f"{self.args.seconds:g} s bound reached"
-                    break
-                writer.write(join + batch)
-                await asyncio.wait_for(writer.drain(), remaining)
-                joins += 1
-                sent += len(join) + len(batch)
-        except TimeoutError:
-            how = f"the server stopped reading; {self.args.seconds:g} s bound reached"
-        except OSError as exc:
-            how = type(exc).__name__
+        sent, how = await self._send(
+            writer,
+            join + batch,
+            int(self.args.flood_mb * MB),
+            out_of_time=f"{self.args.seconds:g} s bound reached",
+            until=drain.done,
+        )
+        joins = sent // len(join + batch)  # one join a write
         await asyncio.sleep(0.5)
         drain.cancel()
         writer.close()
@@ -660,7 +638,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    bench = Bench.run_all(args)
+    # Every client here is Python: no Node.
+    bench = Bench.measure(
+        args, node_users=None, banner=f"attacks bench ({', '.join(args.attacks)})", folder_prefix="rt-bench-attacks-"
+    )
     tgt = targets(bench.phases)
     print_summary(bench.phases, tgt)
     config = {

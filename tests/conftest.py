@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,11 @@ from typing import Any
 import jwt as pyjwt
 import psycopg
 import pytest
+from fakes import close_sockets, make_app
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from realtime_core.app import App
 from realtime_core.limits import BUCKET_SECONDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,26 @@ def make_token(
     if exp_in is not None:
         body["exp"] = int(time.time() + exp_in)
     return pyjwt.encode(body, secret, algorithm="HS256")
+
+
+def published_table(
+    db: psycopg.Connection[Any], columns: str, *, prefix: str = "t", grantees: str = "anon, authenticated"
+) -> str:
+    """Create a table of a fresh name `<prefix>_xxxxxxxx` with `columns` (trusted SQL text of the test),
+    let `grantees` select from it and add it to the supabase_realtime publication; return its name."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    db.execute(sql.SQL("create table {} (" + columns + ")").format(sql.Identifier(name)))
+    db.execute(sql.SQL("grant select on {} to " + grantees).format(sql.Identifier(name)))
+    db.execute(sql.SQL("alter publication supabase_realtime add table {}").format(sql.Identifier(name)))
+    return name
+
+
+def messages_policy(db: psycopg.Connection[Any], command: str, condition: str, role: str = "authenticated") -> None:
+    """Create a policy of a fresh name on realtime.messages for `command` to `role`: `condition` is its
+    `with check` for insert, its `using` otherwise (trusted SQL text of the test)."""
+    clause = "with check" if command == "insert" else "using"
+    statement = f"create policy {{}} on realtime.messages for {command} to {role} {clause} ({condition})"
+    db.execute(sql.SQL(statement).format(sql.Identifier(f"pol_{secrets.token_hex(4)}")))
 
 
 @pytest.fixture(scope="session")
@@ -287,6 +309,15 @@ def db(cdc: ServerProcess) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the `cdc` server's database."""
     with psycopg.connect(cdc.database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+async def app() -> AsyncIterator[App]:
+    """An App serving the test tenant, never start()ed (fakes.make_app); the sockets it still
+    holds are closed after the test. Modules that need other settings define their own."""
+    app = make_app()
+    yield app
+    close_sockets(app)
 
 
 @pytest.fixture

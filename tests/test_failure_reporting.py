@@ -12,14 +12,13 @@ Each test also checks that the server logged no lost task exception."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 from typing import Any
 
 import httpx
 import jwt as pyjwt
 import psycopg
 import pytest
-from conftest import JWT_SECRET, LOST_TASK, MS, make_token
+from conftest import JWT_SECRET, LOST_TASK, MS, make_token, published_table
 from psycopg import sql
 from wire import V1, V2, Frame, RawClient, connect_refused
 
@@ -36,14 +35,6 @@ def assert_clean_log(server: Any) -> None:
 
 def is_pg_system(frame: Any) -> bool:
     return isinstance(frame, Frame) and frame.event == "system" and frame.payload.get("extension") == "postgres_changes"
-
-
-def published_table(db: psycopg.Connection[Any]) -> str:
-    name = f"t_{secrets.token_hex(4)}"
-    db.execute(sql.SQL("create table {} (id int primary key)").format(sql.Identifier(name)))
-    db.execute(sql.SQL("grant select on {} to anon, authenticated").format(sql.Identifier(name)))
-    db.execute(sql.SQL("alter publication supabase_realtime add table {}").format(sql.Identifier(name)))
-    return name
 
 
 def nul_error(table: str, filters: str = "[]") -> str:
@@ -68,7 +59,7 @@ def nul_error(table: str, filters: str = "[]") -> str:
 async def test_a_nul_in_postgres_changes_params_is_reported_and_the_socket_keeps_working(
     cdc, db, params, table, filters
 ):
-    good = published_table(db)
+    good = published_table(db, "id int primary key")
     entry = {"event": "*", "schema": "public", **{k: v.format(t=good) for k, v in params.items()}}
     async with await RawClient.open(cdc.socket_url(make_token(), V2)) as client:
         await client.join("realtime:nul", {"postgres_changes": [entry]})

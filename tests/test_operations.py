@@ -7,15 +7,16 @@ the slot retains it for certain; the server checks the slot every 10 s."""
 
 from __future__ import annotations
 
+import contextlib
 import re
-import secrets
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
-from conftest import JWT_SECRET, MS, make_token
+from conftest import JWT_SECRET, MS, make_token, published_table
 from psycopg import sql
 from wire import V2, Frame, RawClient, eventually
 
@@ -78,14 +79,6 @@ def slot_row(dsn: str, slot: str) -> tuple[Any, ...] | None:
         ).fetchone()
 
 
-def new_table(db: psycopg.Connection[Any]) -> str:
-    name = f"lag_{secrets.token_hex(4)}"
-    db.execute(sql.SQL("create table {} (id int primary key, note text)").format(sql.Identifier(name)))
-    db.execute(sql.SQL("grant select on {} to anon").format(sql.Identifier(name)))
-    db.execute(sql.SQL("alter publication supabase_realtime add table {}").format(sql.Identifier(name)))
-    return name
-
-
 def write_wal(db: psycopg.Connection[Any], nbytes: int) -> None:
     """Write about `nbytes` of WAL into a table outside the publication."""
     db.execute("create table if not exists wal_filler (blob text)")
@@ -122,77 +115,80 @@ def alert_logged(srv: Any) -> bool:
     return "ReplicationSlotLagTooHigh" in srv.log()
 
 
-@pytest.mark.slow
-async def test_slot_lag_past_the_threshold_alerts_and_keeps_the_slot_and_its_changes(server_factory):
-    srv = server_factory({"REALTIME_SLOT_LAG_ALERT_BYTES": str(ALERT_BYTES)})
+@contextlib.asynccontextmanager
+async def lag_alerting(
+    server_factory: Any, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Any, str, psycopg.Connection[Any], str, RawClient]]:
+    """A server alerting past ALERT_BYTES (with `env` on top), its slot's name, a connection to its
+    database, a published table and a client subscribed to its inserts, once the alert reads 0."""
+    srv = server_factory({"REALTIME_SLOT_LAG_ALERT_BYTES": str(ALERT_BYTES), **(env or {})})
     slot = f"supabase_realtime_replication_slot_{srv.env['SLOT_NAME_SUFFIX']}"
     with psycopg.connect(srv.database_url, autocommit=True) as db:
-        table = new_table(db)
+        table = published_table(db, "id int primary key, note text", prefix="lag", grantees="anon")
         async with await RawClient.open(srv.socket_url(make_token(), V2), V2) as client:
             await subscribe(client, table)
             await eventually(lambda: labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 0)
-            assert not alert_logged(srv)
-            assert 0 <= labelled(srv.http_url, "realtime_replication_slot_retained_wal_bytes") < ALERT_BYTES
-            assert labelled(srv.http_url, "realtime_replication_slot_lag_bytes") is not None
-            restart_before = slot_row(srv.database_url, slot)
-            assert restart_before is not None
+            yield srv, slot, db, table, client
 
-            held = await held_insert(srv.database_url, table, 1)
-            try:
-                write_wal(db, 2 * ALERT_BYTES)
-                await eventually(lambda: alert_logged(srv), HEALTH_WAIT, "the ReplicationSlotLagTooHigh log")
-                line = next(x for x in srv.log().splitlines() if "ReplicationSlotLagTooHigh" in x)
-                assert f"slot {slot} retains" in line and f"(threshold {ALERT_BYTES}, policy keep)" in line, line
-                assert labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 1
-                assert labelled(srv.http_url, "realtime_replication_slot_retained_wal_bytes") > ALERT_BYTES
-                await held.commit()
-            finally:
-                await held.close()
 
-            # keep: the slot is the same one and the change it retained is delivered.
-            change = await next_change(client)
-            assert change["data"]["record"] == {"id": 1, "note": "held"}
-            assert slot_row(srv.database_url, slot) is not None
-            assert "dropped replication slot" not in srv.log()
+@pytest.mark.slow
+async def test_slot_lag_past_the_threshold_alerts_and_keeps_the_slot_and_its_changes(server_factory):
+    async with lag_alerting(server_factory) as (srv, slot, db, table, client):
+        assert not alert_logged(srv)
+        assert 0 <= labelled(srv.http_url, "realtime_replication_slot_retained_wal_bytes") < ALERT_BYTES
+        assert labelled(srv.http_url, "realtime_replication_slot_lag_bytes") is not None
+        restart_before = slot_row(srv.database_url, slot)
+        assert restart_before is not None
+
+        held = await held_insert(srv.database_url, table, 1)
+        try:
+            write_wal(db, 2 * ALERT_BYTES)
+            await eventually(lambda: alert_logged(srv), HEALTH_WAIT, "the ReplicationSlotLagTooHigh log")
+            line = next(x for x in srv.log().splitlines() if "ReplicationSlotLagTooHigh" in x)
+            assert f"slot {slot} retains" in line and f"(threshold {ALERT_BYTES}, policy keep)" in line, line
+            assert labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 1
+            assert labelled(srv.http_url, "realtime_replication_slot_retained_wal_bytes") > ALERT_BYTES
+            await held.commit()
+        finally:
+            await held.close()
+
+        # keep: the slot is the same one and the change it retained is delivered.
+        change = await next_change(client)
+        assert change["data"]["record"] == {"id": 1, "note": "held"}
+        assert slot_row(srv.database_url, slot) is not None
+        assert "dropped replication slot" not in srv.log()
 
 
 @pytest.mark.slow
 async def test_slot_lag_with_policy_drop_recreates_the_slot_losing_what_it_retained(server_factory):
-    srv = server_factory({"REALTIME_SLOT_LAG_ALERT_BYTES": str(ALERT_BYTES), "REALTIME_SLOT_LAG_POLICY": "drop"})
-    slot = f"supabase_realtime_replication_slot_{srv.env['SLOT_NAME_SUFFIX']}"
-    with psycopg.connect(srv.database_url, autocommit=True) as db:
-        table = new_table(db)
-        async with await RawClient.open(srv.socket_url(make_token(), V2), V2) as client:
-            await subscribe(client, table)
-            await eventually(lambda: labelled(srv.http_url, "realtime_replication_slot_lag_alert") == 0)
+    async with lag_alerting(server_factory, {"REALTIME_SLOT_LAG_POLICY": "drop"}) as (srv, slot, db, table, client):
+        held = await held_insert(srv.database_url, table, 1)
+        try:
+            write_wal(db, 2 * ALERT_BYTES)
+            await eventually(
+                lambda: "dropped replication slot" in srv.log(), HEALTH_WAIT, "the slot drop of policy drop"
+            )
+            assert alert_logged(srv)
+            line = next(x for x in srv.log().splitlines() if "ReplicationSlotLagTooHigh" in x)
+            assert "policy drop" in line, line
+            # The new slot waits for the transaction that was running to end.
+            await held.commit()
+        finally:
+            await held.close()
 
-            held = await held_insert(srv.database_url, table, 1)
+        started = time.monotonic()
+        await eventually(lambda: slot_row(srv.database_url, slot) is not None, 10_000 * MS, "the new slot")
+        # Changes committed from now on are streamed again; the held row,
+        # committed before the new slot's starting point, is lost.
+        deadline = started + 10_000 * MS
+        row_id = 2
+        while True:
+            db.execute(sql.SQL("insert into {} values (%s, 'after')").format(sql.Identifier(table)), (row_id,))
             try:
-                write_wal(db, 2 * ALERT_BYTES)
-                await eventually(
-                    lambda: "dropped replication slot" in srv.log(), HEALTH_WAIT, "the slot drop of policy drop"
-                )
-                assert alert_logged(srv)
-                line = next(x for x in srv.log().splitlines() if "ReplicationSlotLagTooHigh" in x)
-                assert "policy drop" in line, line
-                # The new slot waits for the transaction that was running to end.
-                await held.commit()
-            finally:
-                await held.close()
-
-            started = time.monotonic()
-            await eventually(lambda: slot_row(srv.database_url, slot) is not None, 10_000 * MS, "the new slot")
-            # Changes committed from now on are streamed again; the held row,
-            # committed before the new slot's starting point, is lost.
-            deadline = started + 10_000 * MS
-            row_id = 2
-            while True:
-                db.execute(sql.SQL("insert into {} values (%s, 'after')").format(sql.Identifier(table)), (row_id,))
-                try:
-                    change = await next_change(client, 1_000 * MS)
-                    break
-                except AssertionError:
-                    # Inserted before the new slot was consistent: lost as well.
-                    assert time.monotonic() < deadline, "no change delivered after the slot was recreated"
-                    row_id += 1
-            assert change["data"]["record"] == {"id": row_id, "note": "after"}
+                change = await next_change(client, 1_000 * MS)
+                break
+            except AssertionError:
+                # Inserted before the new slot was consistent: lost as well.
+                assert time.monotonic() < deadline, "no change delivered after the slot was recreated"
+                row_id += 1
+        assert change["data"]["record"] == {"id": row_id, "note": "after"}

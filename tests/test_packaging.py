@@ -136,16 +136,14 @@ class Installed:
     elsewhere: Path
     env: dict[str, str]
 
-    def run_python(self, code: str) -> str:
-        done = subprocess.run(
-            [self.python, "-c", code],
-            cwd=self.elsewhere,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
+    def run(self, *args: str | Path, timeout: float) -> subprocess.CompletedProcess[str]:
+        """Run `args` in the directory outside the repository with the venv's environment; text output captured."""
+        return subprocess.run(
+            args, cwd=self.elsewhere, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
+
+    def run_python(self, code: str) -> str:
+        done = self.run(self.python, "-c", code, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -222,15 +220,7 @@ def test_the_installed_wheel_holds_the_console_and_its_pages_not_bench(installed
     ), rendered
 
     # bench/ is not installed: the subcommand says where it runs.
-    bench = subprocess.run(
-        [installed.command, "bench", "fanout"],
-        cwd=installed.elsewhere,
-        env=installed.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    bench = installed.run(installed.command, "bench", "fanout", timeout=60)
     assert bench.returncode == 2
     assert "runs from a source checkout" in bench.stderr
 

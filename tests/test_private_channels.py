@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import MS, make_token, start_server
+from conftest import MS, make_token, messages_policy, start_server
 from psycopg import sql
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import V1, V2, Frame, RawClient, eventually, parse_kind4
@@ -26,16 +26,6 @@ pytestmark = pytest.mark.pg
 def prefix() -> str:
     """A topic prefix no other test's policies match."""
     return f"p{secrets.token_hex(4)}"
-
-
-def policy(db: psycopg.Connection[Any], command: str, using: str, role: str = "authenticated") -> None:
-    clause = "with check" if command == "insert" else "using"
-    name = f"pol_{secrets.token_hex(4)}"
-    db.execute(
-        sql.SQL(
-            "create policy {} on realtime.messages for " + command + " to " + role + " " + clause + " (" + using + ")"
-        ).format(sql.Identifier(name))
-    )
 
 
 def user(sub: str = "alice", **claims: Any) -> str:
@@ -94,7 +84,7 @@ async def broadcast_of(client: RawClient, timeout: float = 3000 * MS) -> dict[st
 @pytest.mark.parametrize("vsn", [V2, V1])
 async def test_a_read_policy_on_the_topic_decides_the_join(cdc, db, vsn):
     p = prefix()
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
     async with await RawClient.open(cdc.socket_url(user(), vsn), vsn) as client:
         await join_private(client, f"{p}:room")
         reply = await join_private(client, "elsewhere", expect_ok=False)
@@ -105,7 +95,7 @@ async def test_a_read_policy_on_the_topic_decides_the_join(cdc, db, vsn):
 
 async def test_anon_without_a_policy_for_its_role_is_refused(cdc, db):
     p = prefix()
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
     async with await RawClient.open(cdc.socket_url(make_token("anon"), V2)) as client:
         reply = await join_private(client, f"{p}:room", expect_ok=False)
         assert reply.response["reason"].startswith("Unauthorized: ")
@@ -114,8 +104,8 @@ async def test_anon_without_a_policy_for_its_role_is_refused(cdc, db):
 async def test_public_and_private_streams_of_one_topic_never_mix(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
-    policy(db, "insert", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "insert", f"realtime.topic() = '{topic}'")
     token = user()
     async with (
         await RawClient.open(cdc.socket_url(token, V2)) as private_a,
@@ -156,7 +146,7 @@ async def test_public_and_private_streams_of_one_topic_never_mix(cdc, db):
 async def test_a_denied_broadcast_is_dropped_without_an_ack(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")  # read, but no insert policy
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")  # read, but no insert policy
     async with (
         await RawClient.open(cdc.socket_url(user(), V2)) as sender,
         await RawClient.open(cdc.socket_url(user("bob"), V2)) as receiver,
@@ -183,8 +173,8 @@ async def test_a_denied_broadcast_is_dropped_without_an_ack(cdc, db):
 async def test_an_allowed_broadcast_is_acked_and_delivered(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
-    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'broadcast'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'broadcast'")
     async with (
         await RawClient.open(cdc.socket_url(user(), V2)) as sender,
         await RawClient.open(cdc.socket_url(user("bob"), V2)) as receiver,
@@ -206,8 +196,8 @@ async def test_an_allowed_broadcast_is_acked_and_delivered(cdc, db):
 async def test_a_presence_only_policy_allows_presence_but_no_broadcasts(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}' and extension = 'presence'")
-    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    messages_policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         refused = await join_private(client, topic, expect_ok=False)  # presence not enabled: broadcast read decides
         assert refused.response["reason"].startswith("Unauthorized")
@@ -228,7 +218,7 @@ async def test_a_presence_only_policy_allows_presence_but_no_broadcasts(cdc, db)
 async def test_a_denied_track_is_answered_with_an_error(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         joined = await join_private(client, topic, presence={"enabled": True})
         ref = await client.push(
@@ -243,7 +233,7 @@ async def test_a_denied_track_is_answered_with_an_error(cdc, db):
 
 async def test_x_headers_reach_policies_as_request_headers(cdc, db):
     p = prefix()
-    policy(
+    messages_policy(
         db,
         "select",
         f"realtime.topic() like '{p}:%' and current_setting('request.headers', true)::jsonb ->> 'x-team' = 'blue'",
@@ -258,7 +248,7 @@ async def test_a_token_refresh_that_revokes_read_closes_the_channel(cdc, db):
     p = prefix()
     topic = f"{p}:room"
     sub = "current_setting('request.jwt.claims', true)::jsonb ->> 'sub'"
-    policy(db, "select", f"realtime.topic() = '{topic}' and {sub} = 'alice'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}' and {sub} = 'alice'")
     async with await RawClient.open(cdc.socket_url(user("alice"), V2)) as client:
         joined = await join_private(client, topic)
         await client.push(f"realtime:{topic}", "access_token", {"access_token": user("bob")}, join_ref=joined.join_ref)
@@ -277,7 +267,7 @@ async def test_a_token_refresh_that_revokes_read_closes_the_channel(cdc, db):
 async def test_realtime_send_reaches_private_subscribers_with_its_id(cdc, db, vsn):
     p = prefix()
     topic = f"{p}:notes"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     async with await RawClient.open(cdc.socket_url(user(), vsn), vsn) as client:
         await join_private(client, topic)
         db.execute("select realtime.send(jsonb_build_object('text', 'hi'), 'note', %s)", (topic,))
@@ -294,7 +284,7 @@ async def test_realtime_send_reaches_private_subscribers_with_its_id(cdc, db, vs
 async def test_realtime_send_with_private_false_reaches_public_channels_only(cdc, db):
     p = prefix()
     topic = f"{p}:public"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     async with (
         await RawClient.open(cdc.socket_url(user(), V2)) as public,
         await RawClient.open(cdc.socket_url(user(), V2)) as private,
@@ -324,7 +314,7 @@ async def test_a_broadcast_changes_trigger_sends_the_documented_payload(cdc, db)
             t=sql.Identifier(table), f=sql.Identifier(f"{table}_fn")
         )
     )
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         await join_private(client, f"{p}:1")
         db.execute(sql.SQL("insert into {} values (1, 1, 'hello')").format(sql.Identifier(table)))
@@ -342,7 +332,7 @@ async def test_a_broadcast_changes_trigger_sends_the_documented_payload(cdc, db)
 async def test_replay_sends_the_latest_messages_oldest_first_and_skips_their_live_copies(cdc, db):
     p = prefix()
     topic = f"{p}:replay"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     since = int(time.time() * 1000) - 60_000
     for i in range(4):
         db.execute("select realtime.send(jsonb_build_object('i', %s), 'e', %s)", (i, topic))
@@ -360,7 +350,7 @@ async def test_replay_sends_the_latest_messages_oldest_first_and_skips_their_liv
 
 async def test_replay_errors_carry_the_upstream_texts(cdc, db):
     p = prefix()
-    policy(db, "select", f"realtime.topic() = '{p}:bad'")
+    messages_policy(db, "select", f"realtime.topic() = '{p}:bad'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         public = await client.join("realtime:replay-public", {"broadcast": {"replay": {"since": 0}}}, expect_ok=False)
         assert public.response == {"reason": "UnableToReplayMessages: Replay is not allowed for public channels"}
@@ -371,8 +361,8 @@ async def test_replay_errors_carry_the_upstream_texts(cdc, db):
 async def test_rest_private_messages_need_the_write_policy(cdc, db):
     p = prefix()
     allowed, denied = f"{p}:ok", f"{p}:no"
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
-    policy(db, "insert", f"realtime.topic() = '{allowed}'")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "insert", f"realtime.topic() = '{allowed}'")
     token = user()
     headers = {"Authorization": f"Bearer {token}"}
     async with (
@@ -411,7 +401,7 @@ async def test_database_broadcasts_survive_a_slow_start(cdc, db):
     """Messages sent right after a join are never lost to the stream's start-up."""
     p = prefix()
     topic = f"{p}:burst"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         await join_private(client, topic)
         with db.transaction():
@@ -450,7 +440,7 @@ async def test_after_a_restart_database_broadcasts_are_delivered_once_and_old_on
 async def test_the_python_client_joins_a_private_channel_and_gets_database_broadcasts(cdc, db):
     p = prefix()
     topic = f"{p}:py"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     client = AsyncRealtimeClient(cdc.ws_url, user())
     await client.connect()
     try:
@@ -473,8 +463,8 @@ async def test_the_python_client_joins_a_private_channel_and_gets_database_broad
 async def test_the_first_track_evaluates_presence_read_when_the_join_did_not(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
-    policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "insert", f"realtime.topic() = '{topic}' and extension = 'presence'")
     async with await RawClient.open(cdc.socket_url(user(), V2)) as client:
         joined = await join_private(client, topic, presence={"key": "alice"})  # presence not enabled
         ref = await client.push(

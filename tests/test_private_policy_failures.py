@@ -10,31 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any
 
 import psycopg
 import pytest
-from conftest import MS, make_token
-from psycopg import sql
+from conftest import MS, make_token, messages_policy
 from wire import V2, Frame, RawClient, eventually, metric
 
 pytestmark = pytest.mark.pg
-
-
-def policy(db: psycopg.Connection[Any], command: str, condition: str) -> None:
-    clause = "with check" if command == "insert" else "using"
-    name = f"pol_{secrets.token_hex(4)}"
-    db.execute(
-        sql.SQL(
-            "create policy {} on realtime.messages for "
-            + command
-            + " to authenticated "
-            + clause
-            + " ("
-            + condition
-            + ")"
-        ).format(sql.Identifier(name))
-    )
 
 
 def user(sub: str = "alice") -> str:
@@ -74,7 +56,7 @@ async def join_private(client: RawClient, topic: str) -> Frame:
 
 async def test_a_read_policy_that_raises_refuses_only_that_topic(cdc, db):
     p = f"r{secrets.token_hex(3)}"
-    policy(db, "select", raising_on(p))
+    messages_policy(db, "select", raising_on(p))
     before = authorization_errors(cdc.http_url)
     async with await RawClient.open(cdc.socket_url(user(), V2), V2) as client:
         reply = await join_private(client, f"{p}:boom")
@@ -87,8 +69,8 @@ async def test_a_read_policy_that_raises_refuses_only_that_topic(cdc, db):
 
 async def test_a_write_policy_that_raises_drops_the_broadcast_and_keeps_the_channel(cdc, db):
     p = f"w{secrets.token_hex(3)}"
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
-    policy(db, "insert", raising_on(p))
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "insert", raising_on(p))
     topic = f"realtime:{p}:boom"
     async with (
         await RawClient.open(cdc.socket_url(user("alice"), V2), V2) as sender,
@@ -117,7 +99,7 @@ async def test_with_one_pooled_connection_concurrent_private_joins_are_all_answe
     srv = server_factory({"DB_POOL_SIZE": "1"})
     p = f"c{secrets.token_hex(3)}"
     with psycopg.connect(srv.database_url, autocommit=True) as db:
-        policy(db, "select", f"realtime.topic() like '{p}:ok%'")
+        messages_policy(db, "select", f"realtime.topic() like '{p}:ok%'")
     sockets, per_socket = 8, 6
     clients = [await RawClient.open(srv.socket_url(user(f"u{i}"), V2), V2) for i in range(sockets)]
     try:
@@ -153,7 +135,7 @@ async def test_a_join_waiting_past_the_pool_timeout_gets_increase_connection_poo
     p = f"x{secrets.token_hex(3)}"
     with psycopg.connect(srv.database_url, autocommit=True) as db:
         # The slow topic's check holds the only connection for 6 s; the pool waits 5 s.
-        policy(
+        messages_policy(
             db,
             "select",
             f"realtime.topic() like '{p}:%' and (realtime.topic() <> '{p}:slow' or (select true from pg_sleep(6)))",

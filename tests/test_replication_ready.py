@@ -66,13 +66,6 @@ async def frames_of(client: Client, timeout: float = 5000 * MS) -> list[Any]:
     return frames
 
 
-@pytest.fixture
-async def app():
-    app = make_app()
-    yield app
-    close_sockets(app)
-
-
 async def test_a_ready_connection_is_announced_right_after_the_join_reply_and_once(app):
     replication = Replication(app, up_from=1)
     client = Client(app)

@@ -10,9 +10,8 @@ import secrets
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
-from conftest import make_token
+from conftest import make_token, messages_policy
 from psycopg import sql
 from wire import V2, Frame, RawClient, metric
 
@@ -25,12 +24,6 @@ SERVICE_ROLE = make_token("service_role")
 
 def prefix() -> str:
     return f"b{secrets.token_hex(4)}"
-
-
-def policy(db: psycopg.Connection[Any], command: str, condition: str) -> None:
-    clause = "with check" if command == "insert" else "using"
-    statement = f"create policy {{}} on realtime.messages for {command} to authenticated {clause} ({condition})"
-    db.execute(sql.SQL(statement).format(sql.Identifier(f"pol_{secrets.token_hex(4)}")))
 
 
 def private(topic: str, n: int = 0) -> dict[str, Any]:
@@ -71,8 +64,10 @@ async def test_each_topic_gets_its_own_answer_and_a_raising_policy_costs_only_it
         ).format(fn)
     )
     db.execute(sql.SQL("grant execute on function {}(text) to authenticated").format(fn))
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
-    policy(db, "insert", f"realtime.topic() like '{p}:%' and extension = 'broadcast' and {p}_check(realtime.topic())")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(
+        db, "insert", f"realtime.topic() like '{p}:%' and extension = 'broadcast' and {p}_check(realtime.topic())"
+    )
     token = make_token("authenticated", sub="alice")
     clients = {t: await joined(cdc, token, t) for t in (ok1, ok2, denied, boom)}
     errors_before = metric(cdc.http_url, AUTH_ERRORS, tenant="realtime-dev")
@@ -96,8 +91,8 @@ async def test_each_topic_gets_its_own_answer_and_a_raising_policy_costs_only_it
 
 async def test_a_batch_of_2000_private_topics_is_checked_in_one_transaction(cdc, db):
     p = prefix()
-    policy(db, "select", f"realtime.topic() like '{p}:%'")
-    policy(db, "insert", f"realtime.topic() like '{p}:even-%'")
+    messages_policy(db, "select", f"realtime.topic() like '{p}:%'")
+    messages_policy(db, "insert", f"realtime.topic() like '{p}:even-%'")
     token = make_token("authenticated", sub="alice")
     topics = [f"{p}:{'even' if i % 2 == 0 else 'odd'}-{i}" for i in range(2000)]
     watched_even, watched_odd = topics[1000], topics[1001]
@@ -121,7 +116,7 @@ async def test_a_batch_of_2000_private_topics_is_checked_in_one_transaction(cdc,
 async def test_anon_without_a_write_policy_gets_nothing_delivered(cdc, db):
     p = prefix()
     topic = f"{p}:room"
-    policy(db, "select", f"realtime.topic() = '{topic}'")
+    messages_policy(db, "select", f"realtime.topic() = '{topic}'")
     client = await joined(cdc, make_token("authenticated", sub="alice"), topic)
     try:
         async with httpx.AsyncClient(base_url=cdc.http_url) as http:

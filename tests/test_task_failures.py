@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 import pytest
-from fakes import TOPIC, Client, close_sockets, give_services, make_app, settle
+from fakes import TOPIC, Client, give_services, settle
 
 from realtime_core import tasks
 from realtime_core.postgres_changes import cdc as cdc_module
@@ -38,13 +38,6 @@ async def loop_errors():
     finally:
         loop.set_exception_handler(previous)
     assert not seen, [c.get("message") for c in seen]
-
-
-@pytest.fixture
-async def app():
-    app = make_app()
-    yield app
-    close_sockets(app)
 
 
 def task_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

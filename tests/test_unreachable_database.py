@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from fakes import TOPIC, Client, close_sockets, give_services, make_app, make_token, phx_close, settle
+from fakes import TOPIC, Client, give_services, make_token, phx_close, settle
 
 from realtime_core.authorization import UNREACHABLE_TEXT
 from realtime_core.errors import UnableToConnectToProject
@@ -23,13 +22,6 @@ class UnreachableAuthorizer:
         if self.down:
             raise UnableToConnectToProject(UNREACHABLE_TEXT)
         return dict.fromkeys(extensions, True)
-
-
-@pytest.fixture
-async def app():
-    app = make_app()
-    yield app
-    close_sockets(app)
 
 
 async def test_refused_joins_are_counted_by_code(app):

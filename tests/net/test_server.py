@@ -241,16 +241,29 @@ async def app():
     return FakeApp()
 
 
-@pytest.fixture
-async def server(app):
+def make_server(
+    app: Any, limits: HttpLimits = LIMITS, *, idle_timeout: float = 60.0, max_frame_bytes: int = 1 << 20
+) -> Server:
     return Server(
         app,
-        max_frame_bytes=1_000_000,
-        limits=LIMITS,
-        idle_timeout=60.0,
+        max_frame_bytes=max_frame_bytes,
+        limits=limits,
+        idle_timeout=idle_timeout,
         max_write_buffer=1 << 20,
         flush_chunk=16,
     )
+
+
+def connect(server: Server, transport: MockTransport) -> HttpProtocol:
+    """A connection of `server` over `transport`, made."""
+    protocol = HttpProtocol(server)
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol
+
+
+@pytest.fixture
+async def server(app):
+    return make_server(app, max_frame_bytes=1_000_000)
 
 
 @pytest.fixture
@@ -260,9 +273,13 @@ async def transport():
 
 @pytest.fixture
 async def protocol(server, transport):
-    protocol = HttpProtocol(server)
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    return protocol
+    return connect(server, transport)
+
+
+@pytest.fixture
+async def default_limits_protocol(app, transport):
+    """A connection of a server with the default HttpLimits."""
+    return connect(make_server(app, HttpLimits()), transport)
 
 
 # -- tests --
@@ -583,14 +600,7 @@ class TestSweeper:
 
     @pytest.fixture
     async def sweeping(self, app):
-        server = Server(
-            app,
-            max_frame_bytes=1 << 20,
-            limits=LIMITS,
-            idle_timeout=0.2,
-            max_write_buffer=1 << 20,
-            flush_chunk=16,
-        )
+        server = make_server(app, idle_timeout=0.2)
         task = asyncio.get_running_loop().create_task(server._sweep_forever())
         yield server
         task.cancel()
@@ -599,9 +609,7 @@ class TestSweeper:
 
     async def open_websocket(self, server: Server) -> tuple[WebSocketConnection, MockTransport]:
         transport = MockTransport()
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        protocol.data_received(UPGRADE)
+        connect(server, transport).data_received(UPGRADE)
         await settle()
         transport.writes.clear()  # drop the handshake response
         return transport.protocol, transport
@@ -714,20 +722,10 @@ class TestRequestLimits:
         assert transport.protocol is None, "never handed over"
         assert app.opened == []
 
-    async def test_an_upgrade_with_a_url_over_the_url_parsers_maximum_is_414(self, app, transport):
+    async def test_an_upgrade_with_a_url_over_the_url_parsers_maximum_is_414(self, default_limits_protocol, transport):
         """httptools.parse_url refuses more than 65535 bytes: that used to escape data_received
         (asyncio's "Fatal error on transport", a reset for the client) instead of an answer."""
-        server = Server(
-            app,
-            max_frame_bytes=1 << 20,
-            limits=HttpLimits(),
-            idle_timeout=60.0,
-            max_write_buffer=1 << 20,
-            flush_chunk=16,
-        )
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        protocol.data_received(upgrade("/socket/websocket?apikey=" + "k" * 70_000))
+        default_limits_protocol.data_received(upgrade("/socket/websocket?apikey=" + "k" * 70_000))
         await settle()
         assert_json_error(transport.buffer, 414, "Request URL too long")
         assert_refused(transport)
@@ -741,19 +739,9 @@ class TestRequestLimits:
         assert_refused(transport)
         assert app.opened == []
 
-    async def test_the_default_url_limit_takes_a_large_apikey(self, app, transport):
+    async def test_the_default_url_limit_takes_a_large_apikey(self, app, default_limits_protocol, transport):
         """The WebSocket URL carries the apikey JWT: a 6 KB one (many custom claims) passes."""
-        server = Server(
-            app,
-            max_frame_bytes=1 << 20,
-            limits=HttpLimits(),
-            idle_timeout=60.0,
-            max_write_buffer=1 << 20,
-            flush_chunk=16,
-        )
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        protocol.data_received(upgrade("/socket/websocket?vsn=2.0.0&apikey=" + "k" * 6000))
+        default_limits_protocol.data_received(upgrade("/socket/websocket?vsn=2.0.0&apikey=" + "k" * 6000))
         await settle()
         assert handshake_response(transport.buffer)[0][0] == "HTTP/1.1 101 Switching Protocols"
         assert app.opened[0].query["apikey"] == "k" * 6000
@@ -898,9 +886,7 @@ class TestHeadDeadline:
     @pytest.fixture
     async def timed(self, app):
         limits = HttpLimits(head_timeout=self.HEAD_TIMEOUT, max_body_bytes=MAX_BODY)
-        server = Server(
-            app, max_frame_bytes=1 << 20, limits=limits, idle_timeout=60.0, max_write_buffer=1 << 20, flush_chunk=16
-        )
+        server = make_server(app, limits)
         task = asyncio.get_running_loop().create_task(server._sweep_forever())
         yield server
         task.cancel()
@@ -909,9 +895,7 @@ class TestHeadDeadline:
 
     def connect(self, server: Server) -> tuple[HttpProtocol, MockTransport]:
         transport = MockTransport()
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
-        return protocol, transport
+        return connect(server, transport), transport
 
     async def trickle(self, protocol: HttpProtocol, transport: MockTransport, data: bytes) -> float:
         """Send `data` a byte every 20 ms until the server closes; return how long that took."""
@@ -1021,8 +1005,7 @@ class TestNoCycles:
 
     async def test_a_lost_connection_is_freed_at_once(self, server, no_gc):
         transport = MockTransport()
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol = connect(server, transport)
         protocol.data_received(b"GET /healthcheck HTTP/1.1\r\nX-Big: " + b"v" * (LIMITS.max_headers_bytes + 1))
         assert_refused(transport)
         ref = weakref.ref(protocol)
@@ -1032,8 +1015,7 @@ class TestNoCycles:
 
     async def test_the_http_protocol_of_an_upgraded_connection_is_freed_at_once(self, server, no_gc):
         transport = MockTransport()
-        protocol = HttpProtocol(server)
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol = connect(server, transport)
         protocol.data_received(UPGRADE)
         await settle()
         assert isinstance(transport.protocol, WebSocketConnection)
