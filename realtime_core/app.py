@@ -1,8 +1,10 @@
-"""The application: settings, database, tenants, router and the network server, wired.
+"""The application: settings, database, tenants, hub, broker and the network server, wired.
 
-cli.py creates an App, awaits start(), and awaits stop() on a signal. The
-network server calls open_socket() for each WebSocket upgrade (the connect-time
-checks of docs/protocol.md §1.4) and the HTTP router (rest_api.py) for everything else."""
+cli.py creates an App, registers the HTTP API (rest_api.py) on its `http`
+router, awaits start(), and awaits stop() on a signal. The network server calls
+open_socket() for each WebSocket upgrade (the connect-time checks of
+docs/protocol.md §1.4) and the HTTP router for everything else. The App is the
+SessionContext of every socket (session_context.py): sessions see only that."""
 
 from __future__ import annotations
 
@@ -16,21 +18,20 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
 
-from . import db, messages, rest_api, tasks
+from . import db, messages, tasks
 from .authorization import Authorizer
+from .broker import Broker, InProcessBroker
 from .config import Settings
 from .db_broadcast import DatabaseBroadcast
 from .errors import ConnectError, JwtError, TenantNotFound
+from .hub import Hub
 from .jwt import clean_token, verify
 from .metrics import Metrics
 from .net.http import Request, Router
 from .net.server import Server
 from .net.websocket import WebSocketConnection
 from .postgres_changes.cdc import PostgresChanges
-from .presence import PresenceTopic
 from .protocol import codec_for
-from .router import Router as StreamRouter
-from .router import StreamKey
 from .socket import RealtimeSocket
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 
@@ -54,12 +55,11 @@ class App:
         self.loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
-        self.router = StreamRouter()
-        self.presences: dict[StreamKey, PresenceTopic] = {}
+        self.hub = Hub()
+        self.broker: Broker = InProcessBroker(self.hub)
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
-        self.http = Router()
-        rest_api.register(self, self.http)
+        self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None
         self.cdc: dict[str, PostgresChanges] = {}
         self.authorizers: dict[str, Authorizer] = {}
@@ -70,8 +70,6 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
-
-    new_presence_topic = staticmethod(PresenceTopic)
 
     async def start(self) -> int:
         """Migrate the database, load tenants and listen; return the bound port."""
@@ -120,14 +118,16 @@ class App:
             )
             self.janitor.start()
         if settings.db_broadcast:
-            stream = DatabaseBroadcast(self, tenant, dsn, slot=settings.cdc.messages_slot, mode=settings.cdc.mode)
+            stream = DatabaseBroadcast(
+                self.broker, self.now, tenant, dsn, slot=settings.cdc.messages_slot, mode=settings.cdc.mode
+            )
             stream.start()
             self.db_broadcasts[tenant.external_id] = stream
             # Listen only once the slot exists: a message sent by a client that
             # joined right after start must be in it.
             await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
         if settings.postgres_changes:
-            cdc = PostgresChanges(tenant, dsn, settings.cdc, self.now)
+            cdc = PostgresChanges(tenant, dsn, settings.cdc, self.now, self.hub)
             await cdc.start()
             self.cdc[tenant.external_id] = cdc
 
@@ -230,8 +230,8 @@ class App:
         return {
             "connections": len(self.sockets),
             "channels": sum(len(s.channels) for s in self.sockets),
-            "streams": self.router.stream_count(),
-            "presence_topics": len(self.presences),
+            "streams": self.hub.stream_count(),
+            "presence_topics": len(self.hub.presences),
             "tenants": len(self.tenants),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }

@@ -10,7 +10,6 @@ sends phx_error instead. close() is the common cleanup."""
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 import uuid
@@ -34,15 +33,15 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
+from .hub import Audience, ChannelState, Publication, StreamKey
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
 from .protocol import BINARY, Message, UserBroadcast
-from .router import StreamKey
 
 if TYPE_CHECKING:
-    from .app import App
     from .messages import ReplayRow
+    from .session_context import SessionContext
     from .socket import RealtimeSocket
     from .tenants import Tenant
 
@@ -64,18 +63,11 @@ class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
     """Replay asked for where it cannot be served (docs/protocol.md §4.6)."""
 
 
-class ChannelState(enum.IntEnum):
-    """A channel is joined until it closes; a closed channel ignores everything."""
-
-    JOINED = 1
-    CLOSED = 2
-
-
 async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
     """Run the join pipeline (docs/protocol.md §3.3) in order; return the channel and the reply's response.
 
     Raises RealtimeError with the upstream code and text on any refusal."""
-    app = socket.app
+    app = socket.ctx
     sub_topic = msg.topic[len(TOPIC_PREFIX) :]
     if not sub_topic:
         raise TopicNameRequired("You must provide a topic name")
@@ -141,7 +133,7 @@ async def _read_policies(
     socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
 ) -> Policies:
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
-    authorizer = socket.app.authorizer_for(tenant)
+    authorizer = socket.ctx.authorizer_for(tenant)
     if authorizer is None:
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
@@ -151,7 +143,7 @@ async def _read_policies(
     return Policies(broadcast_read=read[BROADCAST], presence_read=read.get(PRESENCE))
 
 
-async def _replay(app: App, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
+async def _replay(app: SessionContext, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
     try:
         return await app.replay(tenant, sub_topic, since, limit)
     except Exception:
@@ -184,7 +176,6 @@ class Channel:
         "ack",
         "claims",
         "codec",
-        "conn",
         "join_ref",
         "key",
         "legacy",
@@ -197,6 +188,7 @@ class Channel:
         "replay_rows",
         "replayed",
         "self_broadcast",
+        "send",
         "socket",
         "state",
         "sub_topic",
@@ -215,7 +207,7 @@ class Channel:
         claims: dict[str, Any],
     ) -> None:
         self.socket = socket
-        self.conn = socket.conn
+        self.send = socket.conn.send  # the connection's: the slow-consumer rule applies
         self.codec = socket.codec
         self.topic = topic
         self.sub_topic = sub_topic
@@ -234,11 +226,11 @@ class Channel:
         # Set when the client asked for broadcast.replication_ready.
         self._replication_deadline: float | None = None
         if config.replication_ready:
-            self._replication_deadline = socket.app.now() + socket.app.settings.replication_ready_timeout_ms / 1000
+            self._replication_deadline = socket.ctx.now() + socket.ctx.settings.replication_ready_timeout_ms / 1000
         self._presence_calls = WindowCounter()
         self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
         self.legacy = False
-        # Private channels: policies, and what they let the channel receive (router.py reads these).
+        # Private channels: policies, and what they let the channel receive (Hub.deliver reads these).
         self.policies: Policies | None = None
         self.reads_broadcast = True
         self.reads_presence = True
@@ -265,8 +257,8 @@ class Channel:
 
     def start(self) -> None:
         """Subscribe and send what follows the join reply (docs/protocol.md §10.8: reply first)."""
-        app = self.socket.app
-        app.router.subscribe(self.key, self)
+        app = self.socket.ctx
+        app.broker.subscribe(self.key, self)
         self._schedule_token_check()
         if self.replay_rows:
             self._send_replay(self.replay_rows)
@@ -304,13 +296,13 @@ class Channel:
         the channel is gone, as when upstream's channel process crashes; clients rejoin."""
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
         self.close()
 
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
         self.close()
 
     def close(self) -> None:
@@ -318,8 +310,8 @@ class Channel:
         if self.state is ChannelState.CLOSED:
             return
         self.state = ChannelState.CLOSED
-        app = self.socket.app
-        app.router.unsubscribe(self.key, self)
+        app = self.socket.ctx
+        app.broker.unsubscribe(self.key, self)
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
             if cdc is not None:
@@ -331,13 +323,9 @@ class Channel:
             self._replication_timer.cancel()
             self._replication_timer = None
         self.socket.channel_closed(self)
-        topic = app.presences.get(self.key)
-        if topic is not None:
-            diff = topic.untrack(self)
-            if not topic:
-                del app.presences[self.key]
-            if diff is not None:
-                self._fan_out_presence_diff(diff)
+        diff = app.broker.presence_leave(self.key, self)
+        if diff is not None:
+            self._fan_out_presence_diff(diff)
 
     def _check_replication(self) -> None:
         """broadcast.replication_ready (RT realtime_channel.ex handle_info(:notify_replication_ready)):
@@ -346,7 +334,7 @@ class Channel:
         self._replication_timer = None
         if self.state is ChannelState.CLOSED or self._replication_deadline is None:
             return
-        app = self.socket.app
+        app = self.socket.ctx
         if app.replication_connected(self.socket.tenant):
             self._replication_deadline = None
             self.push(
@@ -369,7 +357,7 @@ class Channel:
                     self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
                 )
                 if codec.vsn == "2.0.0" and frame is not None:
-                    self.conn.send(frame)  # V1 receivers never get binary payloads
+                    self.send(frame)  # V1 receivers never get binary payloads
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
             self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
@@ -387,11 +375,11 @@ class Channel:
         queue.append(msg)
         self.socket.hold(msg)
         if len(queue) == 1:
-            self.socket.app.spawn(self._check_write(extension), on_error=self.crashed)
+            self.socket.ctx.spawn(self._check_write(extension), on_error=self.crashed)
         return None
 
     async def _check_write(self, extension: str) -> None:
-        app = self.socket.app
+        app = self.socket.ctx
         authorizer = app.authorizer_for(self.socket.tenant)
         allowed = False
         if authorizer is not None:
@@ -419,10 +407,10 @@ class Channel:
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
-        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+        self.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
 
     def push(self, event: str, payload: Any) -> None:
-        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
+        self.send(self.codec.push(self.join_ref, self.topic, event, payload))
 
     # Input
 
@@ -438,7 +426,7 @@ class Channel:
         else:
             # docs/protocol.md §9.2: unknown client events count against events/s.
             tenant = self.socket.tenant
-            tenant.events.add(1, self.socket.app.now())
+            tenant.events.add(1, self.socket.ctx.now())
 
     # Presence (docs/protocol.md §5)
 
@@ -458,7 +446,7 @@ class Channel:
                 log.info("UnableToHandlePresence on %s: presence write denied", self.topic)
                 self.reply(msg.ref, "error", {})
                 return
-        app = self.socket.app
+        app = self.socket.ctx
         tenant = self.socket.tenant
         limits = tenant.limits
         now = app.now()
@@ -478,17 +466,13 @@ class Channel:
             if tenant.payload_too_large(len(orjson.dumps(tracked))):
                 self.shutdown("Track message size exceeded")
                 return
-            topic = app.presences.get(self.key)
-            if topic is None:
-                topic = app.presences.setdefault(self.key, app.new_presence_topic())
-            diff = topic.track(self, self.presence_key, tracked)
+            diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
         elif kind == "untrack":
-            topic = app.presences.get(self.key)
-            diff = topic.untrack(self) if topic is not None else None
+            diff = app.broker.presence_leave(self.key, self)
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -497,24 +481,20 @@ class Channel:
 
     def _push_presence_state(self) -> None:
         tenant = self.socket.tenant
-        now = self.socket.app.now()
+        now = self.socket.ctx.now()
         # docs/protocol.md §5.3: the tenant presence rate is checked for the initial state
         # too (only track calls and diff deliveries count towards it).
         if tenant.presence_events.reached(tenant.limits.max_presence_events_per_second, now):
             self.shutdown("Too many presence messages per second")
             return
-        topic = self.socket.app.presences.get(self.key)
-        self.push("presence_state", topic.state() if topic is not None else {})
+        self.push("presence_state", self.socket.ctx.broker.presence_state(self.key))
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
-        app = self.socket.app
+        app = self.socket.ctx
         tenant = self.socket.tenant
-        payload = orjson.dumps(diff)
-        topic = self.topic
+        publication = Publication(self.topic, "presence_diff", orjson.dumps(diff), audience=Audience.PRESENCE)
         now = app.now()
-        delivered = app.router.publish(
-            tenant, self.key, lambda codec: codec.broadcast_json(topic, "presence_diff", payload), now, presence=True
-        )
+        delivered = app.broker.publish(tenant, self.key, publication, now)
         tenant.presence_events.add(delivered, now)
 
     # Tokens (docs/protocol.md §8.3, §8.4)
@@ -523,7 +503,7 @@ class Channel:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or token.startswith("sb_") or token == self.token:
             return
-        app = self.socket.app
+        app = self.socket.ctx
         claims = self._verify(token)
         if claims is None:
             return
@@ -566,7 +546,7 @@ class Channel:
     def _verify(self, token: str) -> dict[str, Any] | None:
         """The claims of `token`, or None after shutting the channel with its error (docs/protocol.md §8.3)."""
         try:
-            return self.socket.app.verify_token(self.socket.tenant, token)
+            return self.socket.ctx.verify_token(self.socket.tenant, token)
         except JwtError as exc:
             self.shutdown(exc.message)
             return None
@@ -576,7 +556,7 @@ class Channel:
             self._expiry.cancel()
         remaining = expires_in(self.claims, time.time())
         delay = TOKEN_RECHECK_SECONDS if remaining is None else max(0.0, min(TOKEN_RECHECK_SECONDS, remaining))
-        self._expiry = self.socket.app.loop.call_later(delay, self._confirm_token)
+        self._expiry = self.socket.ctx.loop.call_later(delay, self._confirm_token)
 
     def _confirm_token(self) -> None:
         self._expiry = None

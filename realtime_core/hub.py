@@ -1,0 +1,226 @@
+"""The local registry of subscribers and the one function that delivers to them.
+
+A stream is (tenant, private, sub_topic): public and private channels with the
+same name are separate streams (docs/protocol.md §3.3 step 12). Channels
+subscribe when their join succeeds and unsubscribe when they close; the hub
+also holds each stream's presences.
+
+Every message a subscriber receives from others goes through Hub.deliver():
+socket and REST broadcasts, broadcasts from the database, presence diffs and
+Postgres Changes. It checks the tenant's events/s limit (shutting the receivers
+down while it is reached), skips the sender unless it asked for its own
+broadcasts, skips private subscribers whose read policy denies the message,
+builds each frame once per codec in use and queues the same bytes on every
+receiver (docs/design.md §2: frame built once). The connection behind
+Subscriber.send applies the slow-consumer rule: a receiver whose unsent
+backlog passes the high-water mark is disconnected, never waited for.
+
+Nothing here imports a session, a tenant service or the app: they reach the
+hub through the small Protocols below."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from .presence import PresenceTopic
+from .protocol import Codec, UserBroadcast
+
+if TYPE_CHECKING:
+    from .tenants import Tenant
+
+__all__ = [
+    "TOO_MANY_MESSAGES",
+    "Audience",
+    "ChannelState",
+    "Clock",
+    "Hub",
+    "Publication",
+    "StreamKey",
+    "Subscriber",
+]
+
+TOO_MANY_MESSAGES = "Too many messages per second"
+
+Clock = Callable[[], float]  # the event loop's monotonic time, in seconds
+
+
+class StreamKey(NamedTuple):
+    tenant: str
+    private: bool
+    sub_topic: str
+
+
+class ChannelState(enum.IntEnum):
+    """A subscriber is joined until it closes; a closed one ignores everything."""
+
+    JOINED = 1
+    CLOSED = 2
+
+
+class Audience(enum.Enum):
+    """Which read policy of a private subscriber a publication needs (docs/protocol.md §7)."""
+
+    BROADCAST = "broadcast"
+    PRESENCE = "presence"
+    POSTGRES_CHANGES = "postgres_changes"  # authorized by RLS on the rows, not by channel policies
+
+
+class Subscriber(Protocol):
+    """What the hub and the tenant services need of a joined channel."""
+
+    codec: Codec
+    topic: str  # the wire topic, "realtime:<sub_topic>"
+    sub_topic: str
+    private: bool
+    reads_broadcast: bool
+    reads_presence: bool
+    replayed: set[str] | None  # ids already sent as replay: their live copies are skipped
+    claims: dict[str, Any]
+    state: ChannelState
+    send: Callable[[bytes], None]  # queue one frame on the connection (the slow-consumer rule applies)
+
+    def push(self, event: str, payload: Any) -> None: ...
+
+    def shutdown(self, text: str) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class Publication:
+    """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
+
+    `payload` is JSON text, sent verbatim; with `user` set the message is a user
+    broadcast instead (V2 receivers get a kind-4 frame, V1 receivers JSON, and
+    binary payloads reach V2 receivers only, docs/protocol.md §2.3)."""
+
+    topic: str
+    event: str
+    payload: bytes = b""
+    user: UserBroadcast | None = None
+    audience: Audience = Audience.BROADCAST
+    message_id: str | None = None  # skipped by subscribers that got it as a replay (docs/protocol.md §4.4)
+
+    def frame(self, codec: Codec) -> bytes | None:
+        """The frame for `codec`; None when the codec cannot carry the message."""
+        if self.user is None:
+            return codec.broadcast_json(self.topic, self.event, self.payload)
+        try:
+            return codec.user_broadcast(self.topic, self.user)
+        except ValueError:
+            # A topic, event or metadata over 255 bytes cannot be a kind-4 frame.
+            return None
+
+
+class Hub:
+    """Which subscribers listen on which stream in this process, their presences, and delivery."""
+
+    __slots__ = ("_streams", "presences")
+
+    def __init__(self) -> None:
+        self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
+        self.presences: dict[StreamKey, PresenceTopic] = {}
+
+    # Registry
+
+    def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
+        subs = self._streams.get(key)
+        if subs is None:
+            subs = self._streams[key] = {}
+        subs[subscriber] = None
+
+    def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
+        """Remove `subscriber`; True when the stream has no local subscriber left."""
+        subs = self._streams.get(key)
+        if subs is None:
+            return True
+        subs.pop(subscriber, None)
+        if subs:
+            return False
+        del self._streams[key]
+        return True
+
+    def subscribers(self, key: StreamKey) -> list[Subscriber]:
+        return list(self._streams.get(key, ()))
+
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def presence_topic(self, key: StreamKey) -> PresenceTopic:
+        """The presences of `key`, created empty when it has none."""
+        topic = self.presences.get(key)
+        if topic is None:
+            topic = self.presences[key] = PresenceTopic()
+        return topic
+
+    def forget_presence_topic(self, key: StreamKey) -> None:
+        """Drop the presences of `key` once nobody is tracked there."""
+        topic = self.presences.get(key)
+        if topic is not None and not topic:
+            del self.presences[key]
+
+    # Delivery
+
+    def publish(
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        publication: Publication,
+        now: float,
+        exclude: Subscriber | None = None,
+    ) -> int:
+        """Deliver `publication` to the local subscribers of `key`; return how many got it."""
+        subs = self._streams.get(key)
+        if not subs:
+            return 0
+        return self.deliver(tenant, ((subs, publication),), now, exclude)
+
+    def deliver(
+        self,
+        tenant: Tenant,
+        batch: Iterable[tuple[Iterable[Subscriber], Publication]],
+        now: float,
+        exclude: Subscriber | None = None,
+    ) -> int:
+        """Deliver each publication of `batch` to its subscribers but `exclude`; return how many
+        frames were queued, counted against the tenant's events/s.
+
+        Closed subscribers are skipped; so are private ones whose read policy denies
+        the publication's audience (docs/protocol.md §7) and those that already got
+        its message_id as a replay (docs/protocol.md §4.4). While the tenant's
+        events/s limit is reached, receivers are shut down instead (docs/protocol.md §9.2)."""
+        joined = ChannelState.JOINED
+        broadcast, presence = Audience.BROADCAST, Audience.PRESENCE
+        if tenant.events.reached(tenant.limits.max_events_per_second, now):
+            for subs, _ in batch:
+                for sub in list(subs):
+                    if sub is not exclude and sub.state is joined:
+                        sub.shutdown(TOO_MANY_MESSAGES)
+            return 0
+        delivered = 0
+        for subs, publication in batch:
+            audience = publication.audience
+            message_id = publication.message_id
+            # Nearly every stream has a single codec in use, so this loop builds
+            # one frame and then only queues bytes.
+            frames: dict[Codec, bytes | None] = {}
+            for sub in subs:
+                if sub is exclude or sub.state is not joined:
+                    continue
+                if sub.private and not (
+                    sub.reads_broadcast if audience is broadcast else audience is not presence or sub.reads_presence
+                ):
+                    continue
+                if message_id is not None and sub.replayed is not None and message_id in sub.replayed:
+                    continue
+                codec = sub.codec
+                try:
+                    frame = frames[codec]
+                except KeyError:
+                    frame = frames[codec] = publication.frame(codec)
+                if frame is not None:
+                    sub.send(frame)
+                    delivered += 1
+        tenant.events.add(delivered, now)
+        return delivered
