@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import broadcast
 from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
@@ -41,8 +40,7 @@ from .protocol import BINARY, Message, UserBroadcast
 
 if TYPE_CHECKING:
     from .messages import ReplayRow
-    from .session_context import SessionContext
-    from .socket import RealtimeSocket
+    from .session_context import ChannelSocket, SessionContext
     from .tenants import Tenant
 
 __all__ = ["Channel", "ChannelState", "UnableToReplayMessages", "join"]
@@ -55,6 +53,7 @@ TOKEN_RECHECK_SECONDS = 300.0
 # broadcast.replication_ready: the replication connection is checked this often
 # (RT realtime_channel.ex @replication_ready_check_interval).
 REPLICATION_CHECK_SECONDS = 0.5
+PAYLOAD_SIZE_EXCEEDED = "payload_size_exceeded"
 REPLICATION_READY = "Replication connection established"
 REPLICATION_NOT_READY = "Replication connection was not established in time"
 
@@ -63,7 +62,7 @@ class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
     """Replay asked for where it cannot be served (docs/protocol.md §4.6)."""
 
 
-async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
+async def join(socket: ChannelSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
     """Run the join pipeline (docs/protocol.md §3.3) in order; return the channel and the reply's response.
 
     Raises RealtimeError with the upstream code and text on any refusal."""
@@ -130,7 +129,7 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
 
 
 async def _read_policies(
-    socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
+    socket: ChannelSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
 ) -> Policies:
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
     authorizer = socket.ctx.authorizer_for(tenant)
@@ -198,7 +197,7 @@ class Channel:
 
     def __init__(
         self,
-        socket: RealtimeSocket,
+        socket: ChannelSocket,
         topic: str,
         sub_topic: str,
         join_ref: str | None,
@@ -418,7 +417,7 @@ class Channel:
         """One client message on this topic (not phx_join/phx_leave)."""
         event = msg.event
         if event == "broadcast":
-            broadcast.from_client(self, msg)
+            self._handle_broadcast(msg)
         elif event == "presence":
             self._handle_presence(msg)
         elif event == "access_token":
@@ -427,6 +426,42 @@ class Channel:
             # docs/protocol.md §9.2: unknown client events count against events/s.
             tenant = self.socket.tenant
             tenant.events.add(1, self.socket.ctx.now())
+
+    # Broadcast (docs/protocol.md §4.1)
+
+    def _handle_broadcast(self, msg: Message) -> None:
+        """Fan out one client broadcast on the channel's stream; ack it when asked to."""
+        if self.private:
+            allowed = self.allowed_to_write(BROADCAST, msg)
+            if not allowed:
+                # None: held until the write policy is known. False: denied
+                # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
+                return
+        ctx = self.socket.ctx
+        tenant = self.socket.tenant
+        now = ctx.now()
+        tenant.events.add(1, now)
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            # Re-broadcast as a user broadcast: V2 receivers get the sender's bytes
+            # in a kind-4 frame, V1 receivers JSON, binary dropped for V1 (docs/protocol.md §2.3).
+            size = len(payload.data)
+            publication = Publication(self.topic, "broadcast", user=payload)
+        elif isinstance(payload, bytes):
+            return  # a kind-0 push named "broadcast" carries no user event: nothing to deliver
+        else:
+            # JSON payloads are re-broadcast verbatim (docs/protocol.md §4.1).
+            payload_json = orjson.dumps(payload)
+            size = len(payload_json)
+            publication = Publication(self.topic, "broadcast", payload_json)
+        if tenant.payload_too_large(size):
+            if self.ack:
+                # The response is a bare string (docs/protocol.md §4.1).
+                self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
+            return
+        ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
+        if self.ack:
+            self.reply(msg.ref, "ok", {})
 
     # Presence (docs/protocol.md §5)
 

@@ -17,9 +17,10 @@ if TYPE_CHECKING:
     from .config import Settings
     from .messages import ReplayRow
     from .postgres_changes.cdc import PostgresChanges
+    from .protocol import Codec, Message
     from .tenants import Tenant, TenantRegistry
 
-__all__ = ["SessionContext", "SessionMetrics", "Spawn"]
+__all__ = ["ChannelSocket", "Connection", "SessionContext", "SessionMetrics", "Spawn"]
 
 
 class Spawn(Protocol):
@@ -60,3 +61,28 @@ class SessionContext(Protocol):
     def replication_connected(self, tenant: Tenant) -> bool: ...
 
     async def replay(self, tenant: Tenant, topic: str, since_ms: int, limit: int) -> list[ReplayRow]: ...
+
+
+class Connection(Protocol):
+    """The WebSocket a session writes to (net/websocket.WebSocketConnection)."""
+
+    def send(self, frame: bytes) -> None: ...
+
+
+class ChannelSocket(Protocol):
+    """What a channel needs of the socket that joined it (socket.RealtimeSocket)."""
+
+    ctx: SessionContext
+    tenant: Tenant
+    codec: Codec
+    conn: Connection
+    token: str  # the connect token: a join without a token of its own uses it
+    x_headers: dict[str, str]
+    counted: bool  # counted in tenant.users
+    channels: dict[str, Any]  # the socket's channels by topic
+
+    def hold(self, msg: Message) -> None: ...
+
+    def release(self, messages: int, size: int) -> None: ...
+
+    def channel_closed(self, channel: Any) -> None: ...
