@@ -175,6 +175,7 @@ class Channel:
         "ack",
         "claims",
         "codec",
+        "conn",
         "join_ref",
         "key",
         "legacy",
@@ -187,7 +188,6 @@ class Channel:
         "replay_rows",
         "replayed",
         "self_broadcast",
-        "send",
         "socket",
         "state",
         "sub_topic",
@@ -206,7 +206,7 @@ class Channel:
         claims: dict[str, Any],
     ) -> None:
         self.socket = socket
-        self.send = socket.conn.send  # the connection's: the slow-consumer rule applies
+        self.conn = socket.conn
         self.codec = socket.codec
         self.topic = topic
         self.sub_topic = sub_topic
@@ -295,13 +295,13 @@ class Channel:
         the channel is gone, as when upstream's channel process crashes; clients rejoin."""
         if self.state is ChannelState.CLOSED:
             return
-        self.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
         self.close()
 
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
-        self.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
         self.close()
 
     def close(self) -> None:
@@ -356,7 +356,7 @@ class Channel:
                     self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
                 )
                 if codec.vsn == "2.0.0" and frame is not None:
-                    self.send(frame)  # V1 receivers never get binary payloads
+                    self.conn.send(frame)  # V1 receivers never get binary payloads
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
             self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
@@ -406,10 +406,10 @@ class Channel:
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
-        self.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
 
     def push(self, event: str, payload: Any) -> None:
-        self.send(self.codec.push(self.join_ref, self.topic, event, payload))
+        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
 
     # Input
 

@@ -142,8 +142,7 @@ class FakeSubscriber:
         self.replayed = None
         self.claims: dict[str, Any] = {"role": "anon"}
         self.state = ChannelState.JOINED
-        self.frames: list[bytes] = []
-        self.send = self.frames.append
+        self.conn = FakeConnection()
         self.shutdowns: list[str] = []
 
     def push(self, event: str, payload: Any) -> None:
@@ -153,8 +152,7 @@ class FakeSubscriber:
         self.shutdowns.append(text)
 
     def received(self) -> list[Any]:
-        frames = self.frames[:]
-        self.frames.clear()  # in place: send is bound to this list
+        frames, self.conn.frames = self.conn.frames, []
         return [decode(frame) for frame in frames]
 
 
@@ -282,4 +280,4 @@ class TestWithAHub:
         hub_ctx.clock = T0 + BUCKET_SECONDS
         push(channel, "broadcast", {"event": "e", "payload": {}})
         assert other.shutdowns == [TOO_MANY_MESSAGES]
-        assert other.frames == []
+        assert other.conn.frames == []

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..hub import Audience, Hub, Publication, Subscriber
+from ..hub import Audience, ChannelState, Hub, Publication, Subscriber
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
@@ -529,11 +529,16 @@ def _group_by_variant(subs: list[Subscription], variant_of: dict[int, Variant | 
 
 
 def _by_frame(subs: list[Subscription]) -> list[tuple[str, tuple[int, ...], bool, list[Subscriber]]]:
-    """The channels of `subs` grouped by what their frame holds: topic, the sorted ids of
-    their subscriptions among `subs`, and whether they joined the legacy way."""
+    """The joined channels of `subs` grouped by what their frame holds: topic, the sorted ids
+    of their subscriptions among `subs`, and whether they joined the legacy way.
+
+    A channel may have closed while the batch waited for the database; it is left out here
+    (Hub.deliver takes joined subscribers only)."""
     ids: dict[Subscriber, set[int]] = {}
     legacy: dict[Subscriber, bool] = {}
     for sub in subs:
+        if sub.channel.state is not ChannelState.JOINED:
+            continue
         ids.setdefault(sub.channel, set()).add(sub.id)
         legacy[sub.channel] = sub.legacy
     groups: dict[tuple[str, tuple[int, ...], bool], list[Subscriber]] = {}
