@@ -534,10 +534,11 @@ def _by_frame(subs: list[Subscription]) -> list[tuple[str, tuple[int, ...], bool
 
     A channel may have closed while the batch waited for the database; it is left out here
     (Hub.deliver takes joined subscribers only)."""
+    joined = ChannelState.JOINED
     ids: dict[Subscriber, set[int]] = {}
     legacy: dict[Subscriber, bool] = {}
     for sub in subs:
-        if sub.channel.state is not ChannelState.JOINED:
+        if sub.channel.state is not joined:
             continue
         ids.setdefault(sub.channel, set()).add(sub.id)
         legacy[sub.channel] = sub.legacy
