@@ -1,8 +1,11 @@
-"""The application: settings, control database, tenants and their services, router and the network server, wired.
+"""The application: settings, control database, tenants and their services, hub, broker and the
+network server, wired.
 
-cli.py creates an App, awaits start(), and awaits stop() on a signal. The
-network server calls open_socket() for each WebSocket upgrade (the connect-time
-checks of docs/protocol.md §1.4) and the HTTP router (rest_api.py) for everything else."""
+cli.py creates an App, registers the HTTP API (rest_api.py) on its `http`
+router, awaits start(), and awaits stop() on a signal. The network server calls
+open_socket() for each WebSocket upgrade (the connect-time checks of
+docs/protocol.md §1.4) and the HTTP router for everything else. The App is the
+SessionContext of every socket (session_context.py): sessions see only that."""
 
 from __future__ import annotations
 
@@ -15,20 +18,19 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
 
-from . import db, messages, rest_api, tasks
+from . import db, messages, tasks
 from .authorization import Authorizer
+from .broker import Broker, InProcessBroker
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
+from .hub import Hub
 from .jwt import clean_token, verify
 from .metrics import Metrics
 from .net.http import Request, Router
 from .net.server import Server
 from .net.websocket import WebSocketConnection
 from .postgres_changes.cdc import PostgresChanges
-from .presence import PresenceTopic
 from .protocol import codec_for
-from .router import Router as StreamRouter
-from .router import StreamKey
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
@@ -59,12 +61,11 @@ class App:
         self.loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
-        self.router = StreamRouter()
-        self.presences: dict[StreamKey, PresenceTopic] = {}
+        self.hub = Hub()
+        self.broker: Broker = InProcessBroker(self.hub)
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
-        self.http = Router()
-        rest_api.register(self, self.http)
+        self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
         self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
@@ -74,8 +75,6 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
-
-    new_presence_topic = staticmethod(PresenceTopic)
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -346,8 +345,8 @@ class App:
         return {
             "connections": len(self.sockets),
             "channels": sum(len(s.channels) for s in self.sockets),
-            "streams": self.router.stream_count(),
-            "presence_topics": len(self.presences),
+            "streams": self.hub.stream_count(),
+            "presence_topics": len(self.hub.presences),
             "tenants": len(self.tenants),
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }

@@ -10,7 +10,6 @@ sends phx_error instead. close() is the common cleanup."""
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 import uuid
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import broadcast
 from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
@@ -34,16 +32,15 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
+from .hub import Audience, ChannelState, Publication, StreamKey
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
 from .protocol import BINARY, Message, UserBroadcast
-from .router import StreamKey
 
 if TYPE_CHECKING:
-    from .app import App
     from .messages import ReplayRow
-    from .socket import RealtimeSocket
+    from .session_context import ChannelSocket, SessionContext
     from .tenants import Tenant
 
 __all__ = ["Channel", "ChannelState", "UnableToReplayMessages", "join"]
@@ -56,6 +53,7 @@ TOKEN_RECHECK_SECONDS = 300.0
 # broadcast.replication_ready: the replication connection is checked this often
 # (RT realtime_channel.ex @replication_ready_check_interval).
 REPLICATION_CHECK_SECONDS = 0.5
+PAYLOAD_SIZE_EXCEEDED = "payload_size_exceeded"
 REPLICATION_READY = "Replication connection established"
 REPLICATION_NOT_READY = "Replication connection was not established in time"
 
@@ -64,18 +62,11 @@ class UnableToReplayMessages(RealtimeError, code="UnableToReplayMessages"):
     """Replay asked for where it cannot be served (docs/protocol.md §4.6)."""
 
 
-class ChannelState(enum.IntEnum):
-    """A channel is joined until it closes; a closed channel ignores everything."""
-
-    JOINED = 1
-    CLOSED = 2
-
-
-async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
+async def join(socket: ChannelSocket, msg: Message) -> tuple[Channel, dict[str, Any]]:
     """Run the join pipeline (docs/protocol.md §3.3) in order; return the channel and the reply's response.
 
     Raises RealtimeError with the upstream code and text on any refusal."""
-    app = socket.app
+    app = socket.ctx
     sub_topic = msg.topic[len(TOPIC_PREFIX) :]
     if not sub_topic:
         raise TopicNameRequired("You must provide a topic name")
@@ -138,10 +129,10 @@ async def join(socket: RealtimeSocket, msg: Message) -> tuple[Channel, dict[str,
 
 
 async def _read_policies(
-    socket: RealtimeSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
+    socket: ChannelSocket, tenant: Tenant, sub_topic: str, claims: dict[str, Any], presence: bool
 ) -> Policies:
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
-    authorizer = socket.app.authorizer_for(tenant)
+    authorizer = socket.ctx.authorizer_for(tenant)
     if authorizer is None:
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
@@ -151,7 +142,7 @@ async def _read_policies(
     return Policies(broadcast_read=read[BROADCAST], presence_read=read.get(PRESENCE))
 
 
-async def _replay(app: App, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
+async def _replay(app: SessionContext, tenant: Tenant, sub_topic: str, since: int, limit: int) -> list[ReplayRow]:
     try:
         return await app.replay(tenant, sub_topic, since, limit)
     except Exception:
@@ -206,7 +197,7 @@ class Channel:
 
     def __init__(
         self,
-        socket: RealtimeSocket,
+        socket: ChannelSocket,
         topic: str,
         sub_topic: str,
         join_ref: str | None,
@@ -234,11 +225,11 @@ class Channel:
         # Set when the client asked for broadcast.replication_ready.
         self._replication_deadline: float | None = None
         if config.replication_ready:
-            self._replication_deadline = socket.app.now() + socket.app.settings.replication_ready_timeout_ms / 1000
+            self._replication_deadline = socket.ctx.now() + socket.ctx.settings.replication_ready_timeout_ms / 1000
         self._presence_calls = WindowCounter()
         self.postgres_changes: list[tuple[int, dict[str, Any]]] = []  # (id, params) asked for
         self.legacy = False
-        # Private channels: policies, and what they let the channel receive (router.py reads these).
+        # Private channels: policies, and what they let the channel receive (Hub.deliver reads these).
         self.policies: Policies | None = None
         self.reads_broadcast = True
         self.reads_presence = True
@@ -265,8 +256,8 @@ class Channel:
 
     def start(self) -> None:
         """Subscribe and send what follows the join reply (docs/protocol.md §10.8: reply first)."""
-        app = self.socket.app
-        app.router.subscribe(self.key, self)
+        app = self.socket.ctx
+        app.broker.subscribe(self.key, self)
         self._schedule_token_check()
         if self.replay_rows:
             self._send_replay(self.replay_rows)
@@ -318,8 +309,8 @@ class Channel:
         if self.state is ChannelState.CLOSED:
             return
         self.state = ChannelState.CLOSED
-        app = self.socket.app
-        app.router.unsubscribe(self.key, self)
+        app = self.socket.ctx
+        app.broker.unsubscribe(self.key, self)
         if self.postgres_changes:
             cdc = app.cdc_for(self.socket.tenant)
             if cdc is not None:
@@ -331,13 +322,9 @@ class Channel:
             self._replication_timer.cancel()
             self._replication_timer = None
         self.socket.channel_closed(self)
-        topic = app.presences.get(self.key)
-        if topic is not None:
-            diff = topic.untrack(self)
-            if not topic:
-                del app.presences[self.key]
-            if diff is not None:
-                self._fan_out_presence_diff(diff)
+        diff = app.broker.presence_leave(self.key, self)
+        if diff is not None:
+            self._fan_out_presence_diff(diff)
 
     def _check_replication(self) -> None:
         """broadcast.replication_ready (RT realtime_channel.ex handle_info(:notify_replication_ready)):
@@ -346,7 +333,7 @@ class Channel:
         self._replication_timer = None
         if self.state is ChannelState.CLOSED or self._replication_deadline is None:
             return
-        app = self.socket.app
+        app = self.socket.ctx
         if app.replication_connected(self.socket.tenant):
             self._replication_deadline = None
             self.push(
@@ -387,11 +374,11 @@ class Channel:
         queue.append(msg)
         self.socket.hold(msg)
         if len(queue) == 1:
-            self.socket.app.spawn(self._check_write(extension), on_error=self.crashed)
+            self.socket.ctx.spawn(self._check_write(extension), on_error=self.crashed)
         return None
 
     async def _check_write(self, extension: str) -> None:
-        app = self.socket.app
+        app = self.socket.ctx
         authorizer = app.authorizer_for(self.socket.tenant)
         allowed = False
         if authorizer is not None:
@@ -430,7 +417,7 @@ class Channel:
         """One client message on this topic (not phx_join/phx_leave)."""
         event = msg.event
         if event == "broadcast":
-            broadcast.from_client(self, msg)
+            self._handle_broadcast(msg)
         elif event == "presence":
             self._handle_presence(msg)
         elif event == "access_token":
@@ -438,7 +425,43 @@ class Channel:
         else:
             # docs/protocol.md §9.2: unknown client events count against events/s.
             tenant = self.socket.tenant
-            tenant.events.add(1, self.socket.app.now())
+            tenant.events.add(1, self.socket.ctx.now())
+
+    # Broadcast (docs/protocol.md §4.1)
+
+    def _handle_broadcast(self, msg: Message) -> None:
+        """Fan out one client broadcast on the channel's stream; ack it when asked to."""
+        if self.private:
+            allowed = self.allowed_to_write(BROADCAST, msg)
+            if not allowed:
+                # None: held until the write policy is known. False: denied
+                # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
+                return
+        ctx = self.socket.ctx
+        tenant = self.socket.tenant
+        now = ctx.now()
+        tenant.events.add(1, now)
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            # Re-broadcast as a user broadcast: V2 receivers get the sender's bytes
+            # in a kind-4 frame, V1 receivers JSON, binary dropped for V1 (docs/protocol.md §2.3).
+            size = len(payload.data)
+            publication = Publication(self.topic, "broadcast", user=payload)
+        elif isinstance(payload, bytes):
+            return  # a kind-0 push named "broadcast" carries no user event: nothing to deliver
+        else:
+            # JSON payloads are re-broadcast verbatim (docs/protocol.md §4.1).
+            payload_json = orjson.dumps(payload)
+            size = len(payload_json)
+            publication = Publication(self.topic, "broadcast", payload_json)
+        if tenant.payload_too_large(size):
+            if self.ack:
+                # The response is a bare string (docs/protocol.md §4.1).
+                self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
+            return
+        ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
+        if self.ack:
+            self.reply(msg.ref, "ok", {})
 
     # Presence (docs/protocol.md §5)
 
@@ -458,7 +481,7 @@ class Channel:
                 log.info("UnableToHandlePresence on %s: presence write denied", self.topic)
                 self.reply(msg.ref, "error", {})
                 return
-        app = self.socket.app
+        app = self.socket.ctx
         tenant = self.socket.tenant
         limits = tenant.limits
         now = app.now()
@@ -478,17 +501,13 @@ class Channel:
             if tenant.payload_too_large(len(orjson.dumps(tracked))):
                 self.shutdown("Track message size exceeded")
                 return
-            topic = app.presences.get(self.key)
-            if topic is None:
-                topic = app.presences.setdefault(self.key, app.new_presence_topic())
-            diff = topic.track(self, self.presence_key, tracked)
+            diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
         elif kind == "untrack":
-            topic = app.presences.get(self.key)
-            diff = topic.untrack(self) if topic is not None else None
+            diff = app.broker.presence_leave(self.key, self)
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -497,24 +516,20 @@ class Channel:
 
     def _push_presence_state(self) -> None:
         tenant = self.socket.tenant
-        now = self.socket.app.now()
+        now = self.socket.ctx.now()
         # docs/protocol.md §5.3: the tenant presence rate is checked for the initial state
         # too (only track calls and diff deliveries count towards it).
         if tenant.presence_events.reached(tenant.limits.max_presence_events_per_second, now):
             self.shutdown("Too many presence messages per second")
             return
-        topic = self.socket.app.presences.get(self.key)
-        self.push("presence_state", topic.state() if topic is not None else {})
+        self.push("presence_state", self.socket.ctx.broker.presence_state(self.key))
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
-        app = self.socket.app
+        app = self.socket.ctx
         tenant = self.socket.tenant
-        payload = orjson.dumps(diff)
-        topic = self.topic
+        publication = Publication(self.topic, "presence_diff", orjson.dumps(diff), audience=Audience.PRESENCE)
         now = app.now()
-        delivered = app.router.publish(
-            tenant, self.key, lambda codec: codec.broadcast_json(topic, "presence_diff", payload), now, presence=True
-        )
+        delivered = app.broker.publish(tenant, self.key, publication, now)
         tenant.presence_events.add(delivered, now)
 
     # Tokens (docs/protocol.md §8.3, §8.4)
@@ -523,7 +538,7 @@ class Channel:
         token = payload.get("access_token") if isinstance(payload, dict) else None
         if not isinstance(token, str) or token.startswith("sb_") or token == self.token:
             return
-        app = self.socket.app
+        app = self.socket.ctx
         claims = self._verify(token)
         if claims is None:
             return
@@ -566,7 +581,7 @@ class Channel:
     def _verify(self, token: str) -> dict[str, Any] | None:
         """The claims of `token`, or None after shutting the channel with its error (docs/protocol.md §8.3)."""
         try:
-            return self.socket.app.verify_token(self.socket.tenant, token)
+            return self.socket.ctx.verify_token(self.socket.tenant, token)
         except JwtError as exc:
             self.shutdown(exc.message)
             return None
@@ -576,7 +591,7 @@ class Channel:
             self._expiry.cancel()
         remaining = expires_in(self.claims, time.time())
         delay = TOKEN_RECHECK_SECONDS if remaining is None else max(0.0, min(TOKEN_RECHECK_SECONDS, remaining))
-        self._expiry = self.socket.app.loop.call_later(delay, self._confirm_token)
+        self._expiry = self.socket.ctx.loop.call_later(delay, self._confirm_token)
 
     def _confirm_token(self) -> None:
         self._expiry = None

@@ -1,6 +1,7 @@
 """Broadcast from the database: rows inserted into realtime.messages, delivered to channels (docs/protocol.md §4.4).
 
-tenant_services.TenantServices runs one DatabaseBroadcast per tenant database. It streams publication
+tenant_services.TenantServices runs one DatabaseBroadcast per tenant database, publishing through the
+App's Broker. It streams publication
 `supabase_realtime_messages_publication` through a durable pgoutput slot with
 the same machinery as Postgres Changes (postgres_changes/replication.py): the
 slot's LSN is confirmed only after each batch was queued to the subscribers,
@@ -12,13 +13,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from .hub import Clock, Publication, StreamKey
 from .postgres_changes.pgoutput import Insert, Relation
 from .postgres_changes.replication import ReplicationStream, Transaction
-from .protocol import BINARY, JSON, Codec, UserBroadcast
-from .router import StreamKey
+from .protocol import BINARY, JSON, UserBroadcast
 
 if TYPE_CHECKING:
-    from .app import App
+    from .broker import Broker
     from .tenants import Tenant
 
 __all__ = ["PUBLICATION", "DatabaseBroadcast"]
@@ -33,8 +34,11 @@ _REQUIRED = ("inserted_at", "event", "id", "topic", "private")
 class DatabaseBroadcast:
     """Streams realtime.messages inserts of one database to its tenant's channels."""
 
-    def __init__(self, app: App, tenant: Tenant, dsn: str, *, slot: str, mode: str = "stream") -> None:
-        self.app = app
+    def __init__(
+        self, broker: Broker, clock: Clock, tenant: Tenant, dsn: str, *, slot: str, mode: str = "stream"
+    ) -> None:
+        self.broker = broker
+        self.clock = clock
         self.tenant = tenant
         self.stream = ReplicationStream(dsn, slot=slot, publication=PUBLICATION, on_batch=self.on_batch, mode=mode)
         self._columns: dict[int, dict[str, int]] = {}  # relation oid → column name → index
@@ -88,15 +92,8 @@ class DatabaseBroadcast:
         message_id = str(row["id"])
         topic = str(row["topic"])
         message = UserBroadcast(str(row["event"]), data, encoding, {"id": message_id})
-        wire_topic = f"realtime:{topic}"
-
-        def encode(codec: Codec) -> bytes | None:
-            try:
-                return codec.user_broadcast(wire_topic, message)
-            except ValueError:
-                return None  # a topic or event over 255 bytes has no kind-4 frame
-
+        publication = Publication(f"realtime:{topic}", "broadcast", user=message, message_id=message_id)
         key = StreamKey(tenant.external_id, row["private"] == "t", topic)
-        now = self.app.now()
+        now = self.clock()
         tenant.events.add(1, now)
-        self.delivered += self.app.router.publish(tenant, key, encode, now, message_id=message_id)
+        self.delivered += self.broker.publish(tenant, key, publication, now)

@@ -6,13 +6,11 @@ such text back for the console, the benchmarks and the tests."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-
-if TYPE_CHECKING:
-    from .app import App
 
 __all__ = ["Metrics", "Sample", "parse_samples"]
 
@@ -26,10 +24,22 @@ def parse_samples(text: str) -> list[Sample]:
     return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
 
+class MetricsSource(Protocol):
+    """What render() reads of the server (app.App)."""
+
+    server: Any  # net.server.Server once listening: writer.slow_consumers, idle_closed
+    tenants: Iterable[Any]
+    cdc: Mapping[str, Any]
+    authorizers: Mapping[str, Any]
+    db_broadcasts: Mapping[str, Any]
+
+    def stats(self) -> dict[str, Any]: ...
+
+
 class Metrics:
     """What operators watch; names follow upstream's `realtime_*` where one exists."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: MetricsSource) -> None:
         self._app = app
         self.malformed_messages = 0
         self.join_errors = 0

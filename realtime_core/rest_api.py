@@ -1,6 +1,6 @@
 """HTTP endpoints: health, ping, metrics and the REST broadcast API (docs/protocol.md §4.2–4.3, §9.4).
 
-app.App registers these on its Router. Every broadcast route exists both at
+cli.py registers these on the App's HTTP router. Every broadcast route exists both at
 /api/... and at /realtime/v1/api/..., the path supabase-js uses without a
 gateway (docs/protocol.md §1.1). Each handler runs the upstream plug order: tenant →
 auth → rate limiter → controller."""
@@ -190,7 +190,9 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
         if private and not writable.get(item["topic"], False):
             continue
         payload = orjson.Fragment(encoded)  # encoded once, by the size check
-        broadcast.publish_json(app, tenant, item["topic"], private, item["event"], payload, item.get("id"))
+        broadcast.publish_json(
+            app.broker, tenant, item["topic"], private, item["event"], payload, item.get("id"), app.now()
+        )
     return Response(202)
 
 
@@ -246,5 +248,5 @@ async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], re
     if tenant.events.reached(tenant.limits.max_events_per_second, now):
         return json_response(429, {"message": "You have exceeded your rate limit"})
     tenant.events.add(1, now)
-    broadcast.publish_user(app, tenant, sub_topic, private, message)
+    broadcast.publish_user(app.broker, tenant, sub_topic, private, message, app.now())
     return Response(202)

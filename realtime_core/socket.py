@@ -25,8 +25,8 @@ from .protocol import Codec, Message
 from .tasks import spawn
 
 if TYPE_CHECKING:
-    from .app import App
     from .net.websocket import WebSocketConnection
+    from .session_context import SessionContext
     from .tenants import Tenant
 
 __all__ = ["RealtimeSocket"]
@@ -45,13 +45,13 @@ class RealtimeSocket:
         "_held_messages",
         "_inbox",
         "_paused",
-        "app",
         "channels",
         "claims",
         "closed",
         "codec",
         "conn",
         "counted",
+        "ctx",
         "log_level",
         "tenant",
         "token",
@@ -60,7 +60,7 @@ class RealtimeSocket:
 
     def __init__(
         self,
-        app: App,
+        ctx: SessionContext,
         tenant: Tenant,
         codec: Codec,
         token: str,
@@ -68,7 +68,7 @@ class RealtimeSocket:
         x_headers: dict[str, str],
         log_level: str,
     ) -> None:
-        self.app = app
+        self.ctx = ctx
         self.tenant = tenant
         self.codec = codec
         self.token = token
@@ -89,7 +89,7 @@ class RealtimeSocket:
 
     def attach(self, conn: WebSocketConnection) -> None:
         self.conn = conn
-        self.app.sockets.add(self)
+        self.ctx.sockets.add(self)
 
     # Input (net/websocket.py)
 
@@ -113,7 +113,7 @@ class RealtimeSocket:
 
     def _malformed(self, exc: MalformedMessage) -> None:
         # docs/protocol.md §1.5: logged and dropped; the connection stays open.
-        self.app.metrics.malformed_messages += 1
+        self.ctx.metrics.malformed_messages += 1
         log.debug("MalformedWebSocketMessage from %s: %s", self.conn.peer, exc)
 
     def receive(self, msg: Message) -> None:
@@ -180,7 +180,7 @@ class RealtimeSocket:
     def _join_failed(self, msg: Message, exc: RealtimeError) -> None:
         reason = exc.reason
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.app.metrics.join_refused(exc.code)
+        self.ctx.metrics.join_refused(exc.code)
         close = exc.closes_socket
 
         def send() -> None:
@@ -191,9 +191,9 @@ class RealtimeSocket:
                 self.conn.close(CloseCode.GOING_AWAY, reason)
 
         # docs/protocol.md §3.3: error replies wait CHANNEL_ERROR_BACKOFF_MS.
-        delay = self.app.settings.channel_error_backoff_ms / 1000
+        delay = self.ctx.settings.channel_error_backoff_ms / 1000
         if delay > 0:
-            self.app.loop.call_later(delay, send)
+            self.ctx.loop.call_later(delay, send)
         else:
             send()
 
@@ -211,7 +211,7 @@ class RealtimeSocket:
         self._held_messages += 1
         self._held_bytes += msg.size
         if not self._paused:
-            settings = self.app.settings
+            settings = self.ctx.settings
             if (
                 self._held_messages > settings.max_queued_input_messages
                 or self._held_bytes > settings.max_queued_input_bytes
@@ -226,7 +226,7 @@ class RealtimeSocket:
         self._held_messages -= messages
         self._held_bytes -= size
         if self._paused:
-            settings = self.app.settings
+            settings = self.ctx.settings
             if (
                 self._held_messages <= settings.max_queued_input_messages
                 and self._held_bytes <= settings.max_queued_input_bytes
@@ -261,7 +261,7 @@ class RealtimeSocket:
             channel.close()
         if self.counted:
             self.tenant.users -= 1
-        self.app.sockets.discard(self)
+        self.ctx.sockets.discard(self)
 
     def disconnect(self, code: CloseCode, reason: str = "") -> None:
         """Close the WebSocket (admin drain, shutdown)."""

@@ -25,7 +25,6 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, Protocol
@@ -35,8 +34,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from . import db, messages
 from .authorization import Authorizer
+from .broker import Broker
 from .config import Settings
 from .db_broadcast import DatabaseBroadcast
+from .hub import Clock, Hub
 from .postgres_changes.cdc import PostgresChanges
 from .postgres_changes.settings import MESSAGES_SLOT, CdcSettings
 from .tenants import Tenant
@@ -59,8 +60,9 @@ class ServiceHost(Protocol):
     """What the services of a tenant need from the process that runs them (app.App)."""
 
     settings: Settings
-    now: Callable[[], float]
-    router: Any  # router.Router: database broadcast publishes through it
+    now: Clock
+    hub: Hub  # Postgres Changes delivers through it
+    broker: Broker  # database broadcast publishes through it
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +246,8 @@ class TenantServices:
         cdc_settings = self._cdc_settings()
         if settings.db_broadcast:
             stream = DatabaseBroadcast(
-                self.host,  # type: ignore[arg-type]  # it needs only now and router
+                self.host.broker,
+                self.host.now,
                 self.tenant,
                 dsn,
                 slot=self.slots[1],
@@ -256,7 +259,7 @@ class TenantServices:
             # joined right after start must be in it.
             await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
         if settings.postgres_changes:
-            self.cdc = PostgresChanges(self.tenant, dsn, cdc_settings, self.host.now)
+            self.cdc = PostgresChanges(self.tenant, dsn, cdc_settings, self.host.now, self.host.hub)
             await self.cdc.start()
 
     async def stop(self, *, drop_slots: bool = False) -> None:

@@ -386,7 +386,7 @@ class TestPresenceTrack:
         alice = await joined(app)
         alice.presence("2", {"type": "presence"})
         assert alice.received() == [ok("1", "2", {})]
-        assert app.presences == {}
+        assert app.hub.presences == {}
 
     async def test_track_enables_presence_for_the_channel(self, app):
         alice = await joined(app)
@@ -440,9 +440,9 @@ class TestPresenceLeaveOnClose:
     async def test_the_last_presence_leaving_drops_the_topic(self, app):
         alice = await joined(app, config=WITH_PRESENCE)
         alice.track("2", {})
-        assert len(app.presences) == 1
+        assert len(app.hub.presences) == 1
         alice.socket.on_close()
-        assert app.presences == {}
+        assert app.hub.presences == {}
 
     async def test_presence_state_after_a_leave_no_longer_lists_it(self, app):
         alice, _, _ = await self.tracked_pair(app)
@@ -520,7 +520,7 @@ class TestEventsLimit:
         sender.push("1", "2", TOPIC, "broadcast", {"event": "e"})
         assert_shut_down(receiver, "5", "Too many messages per second")
         assert sender.received() == [], "the sender is not a receiver (self: false)"
-        assert app.router.subscribers(sender.channel().key) == [sender.channel()]
+        assert app.hub.subscribers(sender.channel().key) == [sender.channel()]
 
     async def test_unknown_client_events_count_against_the_events_rate(self, app, tenant, clock):
         client = await joined(app)
@@ -588,7 +588,7 @@ class TestShutdown:
         channel.shutdown("Something went wrong")
         assert_shut_down(client, "4", "Something went wrong")
         assert channel.state is ChannelState.CLOSED
-        assert app.router.subscribers(channel.key) == []
+        assert app.hub.subscribers(channel.key) == []
 
     async def test_a_closed_channel_ignores_a_second_shutdown(self, app):
         client = await joined(app, "4")

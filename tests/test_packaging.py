@@ -29,6 +29,7 @@ USED_WITHOUT_IMPORT = {
     "pytest-asyncio",  # a pytest plugin (asyncio_mode = "auto")
     "ruff",  # the linter
     "coverage",  # run as `python -m coverage` by scripts/coverage
+    "import-linter",  # run as `lint-imports` by scripts/test
 }
 
 

@@ -174,7 +174,7 @@ class TestDuplicateJoin:
         new = client.socket.channels[TOPIC]
         assert new is not old
         assert new.join_ref == "3"
-        assert app.router.subscribers(new.key) == [new]
+        assert app.hub.subscribers(new.key) == [new]
 
     async def test_the_old_channel_no_longer_receives(self, app):
         client = await joined(app, join_ref="1")
@@ -227,7 +227,7 @@ class TestLeave:
         client = await joined(app, join_ref="1")
         key = client.socket.channels[TOPIC].key
         client.push("1", "2", TOPIC, "phx_leave", {})
-        assert app.router.subscribers(key) == []
+        assert app.hub.subscribers(key) == []
 
     async def test_leave_on_a_topic_not_joined_is_acknowledged(self, client):
         client.push("1", "2", TOPIC, "phx_leave", {})
@@ -415,7 +415,7 @@ class TestClose:
         client.socket.on_close()
         assert client.received() == [], "the connection is gone: nothing is sent"
         assert client.socket.channels == {}
-        assert all(app.router.subscribers(channel.key) == [] for channel in channels)
+        assert all(app.hub.subscribers(channel.key) == [] for channel in channels)
         assert client.socket not in app.sockets
 
     async def test_on_close_twice_is_harmless(self, app):

@@ -118,7 +118,7 @@ async def test_an_unexpected_subscribe_failure_reaches_the_client_as_a_system_er
 
     monkeypatch.setattr(cdc_module, "parse_params", parse_params)
     tenant = app.tenants.get("realtime-dev")
-    cdc = PostgresChanges(tenant, "dbname=unused", CdcSettings(), app.now)  # never started: no connection
+    cdc = PostgresChanges(tenant, "dbname=unused", CdcSettings(), app.now, app.hub)  # never started: no connection
     give_services(app, cdc=cdc)
     client = Client(app)
     client.join(config={"postgres_changes": [{"event": "*", "schema": "public", "table": "t"}]})

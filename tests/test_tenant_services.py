@@ -20,10 +20,11 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from realtime_core import tenant_services
 from realtime_core.app import DISCONNECT_TEXT, App
 from realtime_core.authorization import Authorizer
+from realtime_core.broker import Broker, InProcessBroker
 from realtime_core.config import Limits, Settings
+from realtime_core.hub import Hub
 from realtime_core.jwt import KeySet
 from realtime_core.postgres_changes.settings import CdcSettings
-from realtime_core.router import Router
 from realtime_core.tenant_services import TenantDatabase, TenantServices, slot_names
 from realtime_core.tenants import Tenant, TenantStore
 
@@ -150,7 +151,11 @@ class Host:
     """What TenantServices needs of the app."""
 
     settings: Settings
-    router: Router = dataclasses.field(default_factory=Router)
+    hub: Hub = dataclasses.field(default_factory=Hub)
+    broker: Broker = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.broker = InProcessBroker(self.hub)
 
     def now(self) -> float:
         return 0.0

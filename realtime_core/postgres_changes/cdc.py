@@ -20,6 +20,7 @@ import orjson
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from ..hub import ChannelState, Clock, Hub, Subscriber
 from ..tasks import spawn
 from .dispatch import Dispatcher
 from .filters.columns import load_columns
@@ -32,7 +33,6 @@ from .settings import CdcSettings
 from .subscriptions import Registry, Subscription, describe_params
 
 if TYPE_CHECKING:
-    from ..channel import Channel
     from ..tenants import Tenant
 
 __all__ = ["CdcSettings", "PostgresChanges"]
@@ -82,7 +82,7 @@ class _SubscribeError(Exception):
 class PostgresChanges:
     """Streams one database and delivers its changes to subscribed channels."""
 
-    def __init__(self, tenant: Tenant, dsn: str, settings: CdcSettings, now: Any) -> None:
+    def __init__(self, tenant: Tenant, dsn: str, settings: CdcSettings, now: Clock, hub: Hub) -> None:
         self.tenant = tenant
         self.dsn = dsn
         self.settings = settings
@@ -99,6 +99,7 @@ class PostgresChanges:
             tenant,
             self.pool,
             self.registry,
+            hub,
             max_record_bytes=settings.max_record_bytes,
             now=now,
             # The batch itself holds one connection while the RLS workers run.
@@ -142,7 +143,7 @@ class PostgresChanges:
 
     # Channel API
 
-    def subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
+    def subscribe(self, channel: Subscriber, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
         """Start creating `channel`'s subscriptions; the outcome arrives as a system message,
         an unexpected failure too (as upstream's rescue in realtime_channel.ex does)."""
 
@@ -151,7 +152,7 @@ class PostgresChanges:
 
         self._spawn(self._subscribe(channel, entries, legacy), failed)
 
-    def unsubscribe(self, channel: Channel) -> None:
+    def unsubscribe(self, channel: Subscriber) -> None:
         gone = self.registry.remove_channel(channel)
         if gone:
             self._pending_deletes.extend(sub.subscription_id for sub in gone)
@@ -159,7 +160,7 @@ class PostgresChanges:
                 self._delete_scheduled = True
                 self._spawn(self._flush_deletes())
 
-    def refresh(self, channel: Channel) -> None:
+    def refresh(self, channel: Subscriber) -> None:
         """Re-write the rows of `channel` with its new claims (dispatch reads claims live)."""
         subs = self.registry.for_channel(channel)
         if subs:
@@ -167,14 +168,14 @@ class PostgresChanges:
 
     # Subscribing (docs/protocol.md §6.2)
 
-    async def _subscribe(self, channel: Channel, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
+    async def _subscribe(self, channel: Subscriber, entries: list[tuple[int, dict[str, Any]]], legacy: bool) -> None:
         try:
             parsed = [(cid, parse_params(params)) for cid, params in entries]
         except SubscriptionParamsError as exc:
             _system(channel, "error", str(exc))
             return
         attempt = 0
-        while channel.state == 1:  # ChannelState.JOINED
+        while channel.state is ChannelState.JOINED:
             try:
                 subs = await self._create(channel, parsed, legacy)
             except _SubscribeError as exc:
@@ -187,7 +188,7 @@ class PostgresChanges:
                 log.warning("UnableToSubscribeToPostgres %s (%s); retrying in %.1fs", channel.topic, exc, delay)
                 await asyncio.sleep(delay)
                 continue
-            if channel.state != 1:
+            if channel.state is not ChannelState.JOINED:
                 self._pending_deletes.extend(s.subscription_id for s in subs)
                 await self._flush_deletes()
                 return
@@ -196,7 +197,7 @@ class PostgresChanges:
             return
 
     async def _create(
-        self, channel: Channel, parsed: list[tuple[int, SubscriptionParams]], legacy: bool
+        self, channel: Subscriber, parsed: list[tuple[int, SubscriptionParams]], legacy: bool
     ) -> list[Subscription]:
         await self.stream.ready.wait()
         role = channel.claims.get("role")
@@ -392,8 +393,8 @@ def _exception_text(described: str, error: str) -> str:
     )
 
 
-def _system(channel: Channel, status: str, message: str) -> None:
-    if channel.state == 1:
+def _system(channel: Subscriber, status: str, message: str) -> None:
+    if channel.state is ChannelState.JOINED:
         channel.push(
             "system",
             {

@@ -11,7 +11,8 @@ changes in commit order while the database work is batched:
    privileges, and check RLS visibility with one query per (role, claims)
    group, the groups spread over the pool's connections;
 2. emit (sync, in commit order): build each data object once per shape
-   (role columns × select list) and queue one frame per channel.
+   (role columns × select list) and hand the batch's deliveries to
+   Hub.deliver(), which builds each frame once per codec and queues it.
 When on_batch returns, every frame is queued: the stream may confirm the LSN.
 
 Per-batch work is organised so that it grows with deliveries, not with
@@ -31,7 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..router import TOO_MANY_MESSAGES
+from ..hub import Audience, ChannelState, Hub, Publication, Subscriber
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
@@ -43,7 +44,6 @@ from .subscriptions import Registry, Subscription
 from .values import TypeCatalog
 
 if TYPE_CHECKING:
-    from ..channel import Channel
     from ..tenants import Tenant
 
 __all__ = ["Dispatcher"]
@@ -82,6 +82,7 @@ class Dispatcher:
         tenant: Tenant,
         pool: AsyncConnectionPool,
         registry: Registry,
+        hub: Hub,
         *,
         max_record_bytes: int,
         now: Any,
@@ -90,6 +91,7 @@ class Dispatcher:
         self.tenant = tenant
         self.pool = pool
         self.registry = registry
+        self.hub = hub
         self.catalog = Catalog()
         self.types = TypeCatalog()
         self.max_record_bytes = max_record_bytes
@@ -440,43 +442,30 @@ class Dispatcher:
     # Phase 2: emit
 
     def _emit(self, changes: list[_Change]) -> None:
-        tenant = self.tenant
-        now = self.now()
-        over_limit = tenant.events.reached(tenant.limits.max_events_per_second, now)
         shapes: dict[tuple[Any, ...], RecordShape] = {}
-        # id(subscription list) → its channels with their ids (shared by the changes that share the list)
-        per_channel_cache: dict[int, list[tuple[Channel, tuple[int, ...], bool]]] = {}
-        sent = 0
+        # id(subscription list) → its channels grouped by (topic, ids, legacy): each group
+        # gets the same frame (shared by the changes that share the list)
+        groups_cache: dict[int, list[tuple[str, tuple[int, ...], bool, list[Subscriber]]]] = {}
+        batch: list[tuple[list[Subscriber], Publication]] = []
+        rls_checked = Audience.POSTGRES_CHANGES
         for ch in changes:
             if not ch.deliveries:
                 continue
             self.changes_dispatched += 1
-            frames: dict[tuple[Any, ...], bytes] = {}
             for variant, subs in ch.deliveries:
                 data = self._data(ch, variant, shapes)
-                targets = per_channel_cache.get(id(subs))
-                if targets is None:
-                    targets = per_channel_cache[id(subs)] = _by_channel(subs)
-                for channel, ids, legacy in targets:
-                    if channel.state != 1:  # ChannelState.JOINED
-                        continue
-                    if over_limit:
-                        channel.shutdown(TOO_MANY_MESSAGES)
-                        continue
-                    codec = channel.codec
-                    key = (codec, channel.topic, ids, legacy, variant)
-                    frame = frames.get(key)
-                    if frame is None:
-                        if legacy:
-                            frame = codec.broadcast_json(channel.topic, ch.type, data)
-                        else:
-                            payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
-                            frame = codec.broadcast_json(channel.topic, "postgres_changes", payload)
-                        frames[key] = frame
-                    channel.conn.send(frame)
-                    sent += 1
-        self.messages_sent += sent
-        tenant.events.add(sent, now)
+                groups = groups_cache.get(id(subs))
+                if groups is None:
+                    groups = groups_cache[id(subs)] = _by_frame(subs)
+                for topic, ids, legacy, channels in groups:
+                    if legacy:
+                        publication = Publication(topic, ch.type, data, audience=rls_checked)
+                    else:
+                        payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
+                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked)
+                    batch.append((channels, publication))
+        if batch:
+            self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
 
     def _data(self, ch: _Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
         relation = ch.relation
@@ -539,14 +528,24 @@ def _group_by_variant(subs: list[Subscription], variant_of: dict[int, Variant | 
     return list(grouped.items())
 
 
-def _by_channel(subs: list[Subscription]) -> list[tuple[Channel, tuple[int, ...], bool]]:
-    """The channels of `subs`, each with the sorted ids of its subscriptions among them."""
-    ids: dict[Channel, set[int]] = {}
-    legacy: dict[Channel, bool] = {}
+def _by_frame(subs: list[Subscription]) -> list[tuple[str, tuple[int, ...], bool, list[Subscriber]]]:
+    """The joined channels of `subs` grouped by what their frame holds: topic, the sorted ids
+    of their subscriptions among `subs`, and whether they joined the legacy way.
+
+    A channel may have closed while the batch waited for the database; it is left out here
+    (Hub.deliver takes joined subscribers only)."""
+    joined = ChannelState.JOINED
+    ids: dict[Subscriber, set[int]] = {}
+    legacy: dict[Subscriber, bool] = {}
     for sub in subs:
+        if sub.channel.state is not joined:
+            continue
         ids.setdefault(sub.channel, set()).add(sub.id)
         legacy[sub.channel] = sub.legacy
-    return [(channel, tuple(sorted(found)), legacy[channel]) for channel, found in ids.items()]
+    groups: dict[tuple[str, tuple[int, ...], bool], list[Subscriber]] = {}
+    for channel, found in ids.items():
+        groups.setdefault((channel.topic, tuple(sorted(found)), legacy[channel]), []).append(channel)
+    return [(topic, key_ids, is_legacy, channels) for (topic, key_ids, is_legacy), channels in groups.items()]
 
 
 def _change(

@@ -19,7 +19,7 @@ from .filters.elixir import elixir_inspect
 from .filters.parsing import SubscriptionParams
 
 if TYPE_CHECKING:
-    from ..channel import Channel
+    from ..hub import Subscriber
 
 __all__ = ["Registry", "Subscription", "describe_params"]
 
@@ -28,7 +28,7 @@ __all__ = ["Registry", "Subscription", "describe_params"]
 class Subscription:
     """One postgres_changes entry of one joined channel."""
 
-    channel: Channel
+    channel: Subscriber
     id: int  # the integer the client pairs with its binding (docs/protocol.md §3.4, §6.6)
     subscription_id: uuid.UUID
     params: SubscriptionParams
@@ -79,7 +79,7 @@ class Registry:
     def __init__(self) -> None:
         self._exact: dict[tuple[str, str], list[Subscription]] = {}
         self._wildcard: list[Subscription] = []
-        self._by_channel: dict[Channel, list[Subscription]] = {}
+        self._by_channel: dict[Subscriber, list[Subscription]] = {}
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._by_channel.values())
@@ -96,7 +96,7 @@ class Registry:
                 self._exact.setdefault((p.schema, p.table), []).append(sub)
             self._by_channel.setdefault(sub.channel, []).append(sub)
 
-    def remove_channel(self, channel: Channel) -> list[Subscription]:
+    def remove_channel(self, channel: Subscriber) -> list[Subscription]:
         """Forget every subscription of `channel`; return them (their rows are to be deleted)."""
         subs = self._by_channel.pop(channel, [])
         if not subs:
@@ -116,7 +116,7 @@ class Registry:
             self._wildcard = [s for s in self._wildcard if id(s) not in gone]
         return subs
 
-    def for_channel(self, channel: Channel) -> list[Subscription]:
+    def for_channel(self, channel: Subscriber) -> list[Subscription]:
         return list(self._by_channel.get(channel, ()))
 
     def for_relation(self, schema: str, table: str) -> list[Subscription]:

@@ -25,6 +25,7 @@ from psycopg import sql
 from test_postgres_changes import TIMESTAMP, new_table, next_change, no_change_before, run, subscribe
 from wire import V2, RawClient
 
+from realtime_core.hub import Hub
 from realtime_core.postgres_changes.cdc import PostgresChanges
 from realtime_core.postgres_changes.pgoutput import parse_lsn
 from realtime_core.postgres_changes.settings import CdcSettings
@@ -239,7 +240,7 @@ async def cdc(pg_dsn: str) -> AsyncIterator[PostgresChanges]:
     slot = f"rt_cdc_health_{secrets.token_hex(4)}"
     tenant = types.SimpleNamespace(external_id="health")  # the dispatcher only keeps it
     with scratch_database(pg_dsn) as dsn:
-        cdc = PostgresChanges(tenant, dsn, CdcSettings(slot_name=slot, mode="stream"), now=lambda: 0.0)  # type: ignore[arg-type]
+        cdc = PostgresChanges(tenant, dsn, CdcSettings(slot_name=slot, mode="stream"), lambda: 0.0, Hub())  # type: ignore[arg-type]
         await cdc.pool.open(wait=True, timeout=30)
         yield cdc
         await cdc.stream.stop()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from realtime_core.postgres_changes.dispatch import _visible_in
+from realtime_core.hub import ChannelState
+from realtime_core.postgres_changes.dispatch import _by_frame, _visible_in
 
 EPOCH = 3 << 32  # xid8s of the third epoch
 
@@ -32,3 +33,26 @@ class TestVisibleIn:
 
     def test_an_in_progress_xid_of_the_previous_epoch_is_not_visible(self):
         assert not _visible_in(f"{EPOCH - 20}:{EPOCH + 10}:{EPOCH - 16}", 0xFFFFFFF0)
+
+
+class _Channel:
+    def __init__(self, topic: str, state: ChannelState = ChannelState.JOINED) -> None:
+        self.topic = topic
+        self.state = state
+
+
+class _Sub:
+    def __init__(self, channel: _Channel, sub_id: int, legacy: bool = False) -> None:
+        self.channel, self.id, self.legacy = channel, sub_id, legacy
+
+
+def test_by_frame_groups_channels_whose_frames_are_the_same():
+    a, b, c = _Channel("realtime:a"), _Channel("realtime:a"), _Channel("realtime:b")
+    subs = [_Sub(a, 2), _Sub(a, 1), _Sub(b, 1), _Sub(b, 2), _Sub(c, 1, legacy=True)]
+    assert _by_frame(subs) == [("realtime:a", (1, 2), False, [a, b]), ("realtime:b", (1,), True, [c])]  # type: ignore[arg-type]
+
+
+def test_by_frame_leaves_out_channels_closed_while_the_batch_was_decided():
+    """Hub.deliver takes joined subscribers only; a channel can close during the batch's awaits."""
+    joined, closed = _Channel("realtime:a"), _Channel("realtime:a", ChannelState.CLOSED)
+    assert _by_frame([_Sub(joined, 1), _Sub(closed, 1)]) == [("realtime:a", (1,), False, [joined])]  # type: ignore[arg-type]

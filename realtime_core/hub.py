@@ -1,0 +1,267 @@
+"""The local registry of subscribers and the one function that delivers to them.
+
+A stream is (tenant, private, sub_topic): public and private channels with the
+same name are separate streams (docs/protocol.md §3.3 step 12). Channels
+subscribe when their join succeeds and unsubscribe when they close; the hub
+also holds each stream's presences.
+
+Every message a subscriber receives from others goes through Hub.deliver():
+socket and REST broadcasts, broadcasts from the database, presence diffs and
+Postgres Changes. It checks the tenant's events/s limit (shutting the receivers
+down while it is reached), skips the sender unless it asked for its own
+broadcasts, skips private subscribers whose read policy denies the message,
+builds each frame once per codec in use and queues the same bytes on every
+receiver (docs/design.md §2: frame built once). The connection behind
+Subscriber.conn applies the slow-consumer rule: a receiver whose unsent
+backlog passes the high-water mark is disconnected, never waited for.
+
+Nothing here imports a session, a tenant service or the app: they reach the
+hub through the small Protocols below."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from .presence import PresenceTopic
+from .protocol import Codec, UserBroadcast
+
+if TYPE_CHECKING:
+    from .tenants import Tenant
+
+__all__ = [
+    "TOO_MANY_MESSAGES",
+    "Audience",
+    "ChannelState",
+    "Clock",
+    "Hub",
+    "Publication",
+    "Sink",
+    "StreamKey",
+    "Subscriber",
+]
+
+TOO_MANY_MESSAGES = "Too many messages per second"
+
+Clock = Callable[[], float]  # the event loop's monotonic time, in seconds
+
+
+class StreamKey(NamedTuple):
+    tenant: str
+    private: bool
+    sub_topic: str
+
+
+class ChannelState(enum.IntEnum):
+    """A subscriber is joined until it closes; a closed one ignores everything."""
+
+    JOINED = 1
+    CLOSED = 2
+
+
+class Audience(enum.Enum):
+    """Which read policy of a private subscriber a publication needs (docs/protocol.md §7)."""
+
+    BROADCAST = "broadcast"
+    PRESENCE = "presence"
+    POSTGRES_CHANGES = "postgres_changes"  # authorized by RLS on the rows, not by channel policies
+
+
+# Enum members bound once: looking one up on its class costs about 150 ns in CPython 3.11.
+_BROADCAST = Audience.BROADCAST
+_PRESENCE = Audience.PRESENCE
+_JOINED = ChannelState.JOINED
+
+
+class Sink(Protocol):
+    """A subscriber's connection (net/websocket.WebSocketConnection)."""
+
+    def send(self, frame: bytes) -> None: ...
+
+
+class Subscriber(Protocol):
+    """What the hub and the tenant services need of a joined channel."""
+
+    codec: Codec
+    topic: str  # the wire topic, "realtime:<sub_topic>"
+    sub_topic: str
+    private: bool
+    reads_broadcast: bool
+    reads_presence: bool
+    replayed: set[str] | None  # ids already sent as replay: their live copies are skipped
+    claims: dict[str, Any]
+    state: ChannelState
+    # Where frames go: conn.send() queues one (the slow-consumer rule applies). Called as
+    # sub.conn.send(frame), which CPython runs about twice as fast as a bound method kept
+    # in an attribute (measured: 76 against 145 ns per call).
+    conn: Sink
+
+    def push(self, event: str, payload: Any) -> None: ...
+
+    def shutdown(self, text: str) -> None: ...
+
+
+class Publication:
+    """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
+
+    `payload` is JSON text, sent verbatim; with `user` set the message is a user
+    broadcast instead (V2 receivers get a kind-4 frame, V1 receivers JSON, and
+    binary payloads reach V2 receivers only, docs/protocol.md §2.3). `message_id`:
+    skipped by subscribers that got it as a replay (docs/protocol.md §4.4).
+
+    Not changed once made. A plain class rather than a frozen dataclass: one is made
+    per message, and a frozen dataclass took 1.5 µs to make, this about 0.3 µs."""
+
+    __slots__ = ("audience", "event", "message_id", "payload", "topic", "user")
+
+    def __init__(
+        self,
+        topic: str,
+        event: str,
+        payload: bytes = b"",
+        user: UserBroadcast | None = None,
+        audience: Audience = Audience.BROADCAST,
+        message_id: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.event = event
+        self.payload = payload
+        self.user = user
+        self.audience = audience
+        self.message_id = message_id
+
+    def __repr__(self) -> str:
+        return f"<Publication {self.topic} {self.event} {self.audience.value}>"
+
+    def frame(self, codec: Codec) -> bytes | None:
+        """The frame for `codec`; None when the codec cannot carry the message."""
+        if self.user is None:
+            return codec.broadcast_json(self.topic, self.event, self.payload)
+        try:
+            return codec.user_broadcast(self.topic, self.user)
+        except ValueError:
+            # A topic, event or metadata over 255 bytes cannot be a kind-4 frame.
+            return None
+
+
+class Hub:
+    """Which subscribers listen on which stream in this process, their presences, and delivery."""
+
+    __slots__ = ("_streams", "presences")
+
+    def __init__(self) -> None:
+        self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
+        self.presences: dict[StreamKey, PresenceTopic] = {}
+
+    # Registry
+
+    def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
+        subs = self._streams.get(key)
+        if subs is None:
+            subs = self._streams[key] = {}
+        subs[subscriber] = None
+
+    def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
+        """Remove `subscriber`; True when the stream has no local subscriber left."""
+        subs = self._streams.get(key)
+        if subs is None:
+            return True
+        subs.pop(subscriber, None)
+        if subs:
+            return False
+        del self._streams[key]
+        return True
+
+    def subscribers(self, key: StreamKey) -> list[Subscriber]:
+        return list(self._streams.get(key, ()))
+
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    def presence_topic(self, key: StreamKey) -> PresenceTopic:
+        """The presences of `key`, created empty when it has none."""
+        topic = self.presences.get(key)
+        if topic is None:
+            topic = self.presences[key] = PresenceTopic()
+        return topic
+
+    def forget_presence_topic(self, key: StreamKey) -> None:
+        """Drop the presences of `key` once nobody is tracked there."""
+        topic = self.presences.get(key)
+        if topic is not None and not topic:
+            del self.presences[key]
+
+    # Delivery
+
+    def publish(
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        publication: Publication,
+        now: float,
+        exclude: Subscriber | None = None,
+    ) -> int:
+        """Deliver `publication` to the local subscribers of `key`; return how many got it."""
+        subs = self._streams.get(key)
+        if not subs:
+            return 0
+        return self.deliver(tenant, ((subs, publication),), now, exclude)
+
+    def deliver(
+        self,
+        tenant: Tenant,
+        batch: Iterable[tuple[Iterable[Subscriber], Publication]],
+        now: float,
+        exclude: Subscriber | None = None,
+    ) -> int:
+        """Deliver each publication of `batch` to its subscribers but `exclude`; return how many
+        frames were queued, counted against the tenant's events/s.
+
+        The subscribers must be joined (the registry drops a subscriber when it closes;
+        a caller with its own sets leaves closed ones out), which keeps a test out of the
+        per-subscriber loop. Private ones whose read policy denies the publication's
+        audience are skipped (docs/protocol.md §7), and so are those that already got
+        its message_id as a replay (docs/protocol.md §4.4). While the tenant's events/s
+        limit is reached, receivers are shut down instead (docs/protocol.md §9.2)."""
+        if tenant.events.reached(tenant.limits.max_events_per_second, now):
+            for subs, _ in batch:
+                for sub in list(subs):
+                    if sub is not exclude and sub.state is _JOINED:
+                        sub.shutdown(TOO_MANY_MESSAGES)
+            return 0
+        delivered = 0
+        for subs, publication in batch:
+            delivered += _fan_out(subs, publication, exclude)
+        tenant.events.add(delivered, now)
+        return delivered
+
+
+def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> int:
+    """Hub.deliver's loop for one publication: frames built once per codec, the same bytes queued.
+
+    A function of its own: CPython ran this loop about 3 % slower nested in the batch loop."""
+    audience = publication.audience
+    message_id = publication.message_id
+    broadcast = audience is _BROADCAST
+    presence = audience is _PRESENCE
+    # Nearly every stream has a single codec in use, so this loop builds
+    # one frame and then only queues bytes.
+    frames: dict[Codec, bytes | None] = {}
+    delivered = 0
+    for sub in subs:
+        if sub is exclude:
+            continue
+        if sub.private and not (sub.reads_broadcast if broadcast else not presence or sub.reads_presence):
+            continue
+        if message_id is not None and sub.replayed is not None and message_id in sub.replayed:
+            continue
+        codec = sub.codec
+        try:
+            frame = frames[codec]
+        except KeyError:
+            frame = frames[codec] = publication.frame(codec)
+        if frame is not None:
+            sub.conn.send(frame)
+            delivered += 1
+    return delivered
