@@ -49,6 +49,8 @@ DISCONNECT_TEXT = "Server requested disconnect"
 # Pauses between attempts to start the services of a tenant whose database is unreachable (s).
 _RETRY_FIRST = 1.0
 _RETRY_MAX = 60.0
+# How long stop() waits for cancelled background tasks to end.
+_STOP_TIMEOUT = 5.0
 
 
 class App:
@@ -70,7 +72,7 @@ class App:
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
         self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
         self._retrying: set[str] = set()  # tenants whose services _keep_starting() retries
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = tasks.Supervisor()  # every background task of the App and its sessions
         self.server: Server | None = None
         self.port: int | None = None
         self.shutting_down = False
@@ -256,8 +258,9 @@ class App:
         self.shutting_down = True
         if self.server is not None:
             await self.server.close(CloseCode.SERVICE_RESTART)
-        for task in list(self._tasks):
-            task.cancel()
+        # Joins, policy re-checks and tenant retries still running: cancelled, and awaited so
+        # that none starts or uses a service being stopped.
+        await self.tasks.stop(timeout=_STOP_TIMEOUT)
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
@@ -308,10 +311,16 @@ class App:
         )
         return socket, socket.attach
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, on_error: Callable[[BaseException], None] | None = None) -> None:
-        """Run `coro` as a task the app keeps until it ends (and cancels at stop); an
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Run `coro` as a task the app keeps until it ends (and cancels and awaits at stop); an
         exception escaping it is logged and passed to `on_error` (tasks.spawn)."""
-        tasks.spawn(coro, on_error=on_error, group=self._tasks)
+        self.tasks.spawn(coro, name=name, on_error=on_error)
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
         """The RLS authorizer of a tenant's database, if it has one."""

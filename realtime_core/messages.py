@@ -29,6 +29,8 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from .tasks import spawn
+
 __all__ = [
     "PARTITION_DAYS",
     "Janitor",
@@ -229,7 +231,7 @@ class Janitor:
     def start(self) -> None:
         """Start the task (at most once)."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="realtime-janitor")
+            self._task = spawn(self._run(), name="realtime-janitor")
 
     async def stop(self) -> None:
         """Cancel the task and wait for it to end."""

@@ -27,7 +27,11 @@ class Spawn(Protocol):
     """Runs a coroutine as a task the server keeps and cancels at stop (tasks.spawn)."""
 
     def __call__(
-        self, coro: Coroutine[Any, Any, Any], *, on_error: Callable[[BaseException], None] | None = None
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
     ) -> None: ...
 
 

@@ -22,7 +22,6 @@ from websockets.frames import CloseCode
 from .channel import TOPIC_PREFIX, Channel, join
 from .errors import MalformedMessage, RealtimeError, UnknownErrorOnChannel
 from .protocol import Codec, Message
-from .tasks import spawn
 
 if TYPE_CHECKING:
     from .net.websocket import WebSocketConnection
@@ -136,7 +135,7 @@ class RealtimeSocket:
             if channel is not None:
                 channel.replaced()  # duplicate join: the old one closes first
             self._busy = True
-            spawn(self._join(msg), name=f"join {topic}")
+            self.ctx.spawn(self._join(msg), name=f"join {topic}")
         elif channel is None:
             if event == "phx_leave":
                 self._reply(msg, "ok", {})

@@ -6,7 +6,10 @@ exception escaping it is logged once, with its traceback, then handed to
 `on_error`, so that the code that started it can answer the client. Without
 this, asyncio reports such an exception only as "Task exception was never
 retrieved", whenever the task happens to be garbage collected, and the client
-waits for an answer that never comes."""
+waits for an answer that never comes.
+
+A Supervisor holds the tasks of one owner (the App, the network server) so that
+its stop() can cancel them and wait for them, within a bound."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["spawn"]
+__all__ = ["Supervisor", "spawn"]
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +64,38 @@ def _done(
             on_error(exc)
         except Exception:
             log.exception("the error handler of task %s failed", task.get_name())
+
+
+class Supervisor:
+    """The background tasks of one owner, started with spawn(); stop() ends them."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> asyncio.Task[Any]:
+        return spawn(coro, name=name, on_error=on_error, group=self._tasks)
+
+    async def stop(self, timeout: float) -> list[str]:
+        """Cancel every task still running and wait up to `timeout` seconds for them to end;
+        return the names of those that did not (each is logged)."""
+        running = [task for task in self._tasks if not task.done()]
+        for task in running:
+            task.cancel()
+        if not running:
+            return []
+        _, pending = await asyncio.wait(running, timeout=timeout)
+        names = sorted(task.get_name() for task in pending)
+        if names:
+            log.warning("%d background task(s) still running %.1f s after stop: %s", len(names), timeout, names)
+        return names

@@ -82,7 +82,7 @@ class FakeContext:
     def now(self) -> float:
         return self.clock
 
-    def spawn(self, coro: Any, *, on_error: Any = None) -> None:
+    def spawn(self, coro: Any, *, name: Any = None, on_error: Any = None) -> None:
         coro.close()
         raise AssertionError("a public channel starts no task here")
 

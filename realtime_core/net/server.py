@@ -34,7 +34,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..errors import CONNECT_ERROR_TEXT, ConnectError
-from ..tasks import spawn
+from ..tasks import Supervisor
 from .http import HttpLimits, Request, Response, Router, json_response
 from .websocket import Session, WebSocketConnection, Writer
 
@@ -94,6 +94,7 @@ class Server:
         self.websockets: set[WebSocketConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.tasks = Supervisor()  # the sweeper, request queues and upgrades
         self.idle_closed = 0
 
     async def listen(self, host: str, port: int) -> int:
@@ -101,7 +102,7 @@ class Server:
         self._server = await self.loop.create_server(
             lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True
         )
-        self._sweeper = spawn(self._sweep_forever(), name="idle sweeper")
+        self._sweeper = self.tasks.spawn(self._sweep_forever(), name="idle sweeper")
         return self._server.sockets[0].getsockname()[1]
 
     async def close(self, code: CloseCode = CloseCode.SERVICE_RESTART) -> None:
@@ -119,6 +120,8 @@ class Server:
             await asyncio.sleep(0.02)
         for ws in list(self.websockets):
             ws.transport.abort()
+        # Requests and upgrades still being handled end with their connections.
+        await self.tasks.stop(timeout=2.0)
 
     async def _sweep_forever(self) -> None:
         interval = max(0.05, min(1.0, self.idle_timeout / 4, self.limits.head_timeout / 4))
@@ -366,7 +369,9 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.pause_reading()
         if not self.busy:
             self.busy = True
-            spawn(self._serve_queue(), name=f"http {self.peer}", on_error=lambda _: self.transport_close())
+            self.server.tasks.spawn(
+                self._serve_queue(), name=f"http {self.peer}", on_error=lambda _: self.transport_close()
+            )
 
     def _build_request(self) -> Request:
         url = httptools.parse_url(b"".join(self._url))
@@ -446,7 +451,9 @@ class HttpProtocol(asyncio.Protocol):
         self._upgrading = True
         assert self.transport is not None
         self.transport.pause_reading()
-        spawn(self._upgrade(request, trailing), name=f"upgrade {self.peer}", on_error=self._upgrade_failed)
+        self.server.tasks.spawn(
+            self._upgrade(request, trailing), name=f"upgrade {self.peer}", on_error=self._upgrade_failed
+        )
 
     async def _upgrade(self, request: Request, trailing: bytes) -> None:
         server = self.server

@@ -95,7 +95,7 @@ class ReplicationStream:
     # Lifecycle
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run_forever(), name=f"replication {self.slot}")
+        self._task = spawn(self._run_forever(), name=f"replication {self.slot}")
 
     async def stop(self) -> None:
         if self._task is not None:
