@@ -203,7 +203,9 @@ def cmd_console(args: argparse.Namespace) -> int:
         print("The console needs the console extra: pip install '.[console]' in the source tree", file=sys.stderr)
         return 1
     env = {**os.environ, "REALTIME_SERVER_URL": args.server}
-    return subprocess.call(command, env=env)
+    # Become Streamlit: a signal that stops `realtime-core console` stops the console itself
+    # (a child would outlive a SIGTERM to this process).
+    os.execvpe(command[0], command, env)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -243,6 +244,9 @@ def test_the_installed_console_command_serves_from_any_directory(installed: Inst
         finally:
             console.terminate()
             console.wait(10)
+    # Stopping the command stops the console: nothing is left listening on its port.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 @pytest.mark.slow
