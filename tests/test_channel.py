@@ -18,7 +18,7 @@ from typing import Any
 import fakes
 import pytest
 from conftest import MS
-from fakes import SECRET, TENANT, TOPIC, close_sockets, decode, make_app, make_token, phx_close, settle
+from fakes import SECRET, TENANT, TOPIC, decode, make_token, phx_close, settle
 
 from realtime_core.app import App
 from realtime_core.channel import ChannelState
@@ -63,13 +63,6 @@ def assert_shut_down(client: Client, join_ref: str, text: str) -> None:
     """The channel pushed a system error with `text`, then phx_close, and is gone."""
     assert client.received() == [system_error(join_ref, text), phx_close(join_ref)]
     assert TOPIC not in client.socket.channels
-
-
-@pytest.fixture
-async def app():
-    app = make_app()
-    yield app
-    close_sockets(app)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import MS
-from fakes import TENANT, TOPIC, Client, close_sockets, make_app, phx_close, settle
+from fakes import TENANT, TOPIC, Client, phx_close, settle
 from websockets.frames import CloseCode
 
 from realtime_core.app import App
@@ -30,13 +30,6 @@ def ok(join_ref: str | None, ref: str | None, topic: str, response: Any) -> list
 
 def error(join_ref: str | None, ref: str | None, topic: str, response: Any) -> list[Any]:
     return [join_ref, ref, topic, "phx_reply", {"status": "error", "response": response}]
-
-
-@pytest.fixture
-async def app():
-    app = make_app()
-    yield app
-    close_sockets(app)
 
 
 @pytest.fixture
