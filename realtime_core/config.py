@@ -62,53 +62,6 @@ DEFAULT_LIMITS = Limits()
 LIMIT_ENV: dict[str, str] = {var.name: f.name for f, var in envvars.declared(Limits)}
 
 
-_HTTP = HttpLimits()
-
-
-@dataclass(slots=True, frozen=True)
-class HttpSettings:
-    """The bounds on each HTTP request (net.http.HttpLimits, whose defaults these are), from the environment."""
-
-    max_url_bytes: int = int_var(
-        "REALTIME_MAX_URL_BYTES",
-        _HTTP.max_url_bytes,
-        "longer request URLs (the WebSocket one carries the apikey) are answered 414; at most 65535",
-        minimum=1,
-        maximum=65_535,  # httptools' URL parser refuses longer ones
-    )
-    max_header_bytes: int = int_var(
-        "MAX_HEADER_LENGTH",
-        _HTTP.max_header_bytes,
-        "a longer header name or value is answered 431 (upstream's name; its default is 4096)",
-        minimum=1,
-    )
-    max_headers: int = int_var("REALTIME_MAX_HEADERS", _HTTP.max_headers, "more headers are answered 431", minimum=1)
-    max_headers_bytes: int = int_var(
-        "REALTIME_MAX_HEADERS_BYTES", _HTTP.max_headers_bytes, "more header bytes in all are answered 431", minimum=1
-    )
-    head_timeout_ms: int = int_var(
-        "REALTIME_REQUEST_HEAD_TIMEOUT_MS",
-        round(_HTTP.head_timeout * 1000),
-        "a request head not complete this long after its first byte is answered 408",
-        minimum=1,
-    )
-    max_body_bytes: int = int_var(
-        "REALTIME_MAX_HTTP_BODY_BYTES",
-        _HTTP.max_body_bytes,
-        "a larger request body (declared or sent) is answered 413",
-    )
-
-    def limits(self) -> HttpLimits:
-        return HttpLimits(
-            max_url_bytes=self.max_url_bytes,
-            max_header_bytes=self.max_header_bytes,
-            max_headers=self.max_headers,
-            max_headers_bytes=self.max_headers_bytes,
-            head_timeout=self.head_timeout_ms / 1000,
-            max_body_bytes=self.max_body_bytes,
-        )
-
-
 @dataclass(slots=True)
 class Settings:
     """Everything a server process is configured with."""
@@ -199,7 +152,7 @@ class Settings:
         "REALTIME_MAX_QUEUED_INPUT_BYTES", 1024 * 1024, "the same bound, in bytes of those messages"
     )
     # Bounds on each HTTP request: URL, headers, time to the end of the head, body.
-    http: HttpSettings = field(default_factory=HttpSettings)
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     # Upstream has no such bounds.
     batch_max_messages: int = int_var(
         "REALTIME_BATCH_MAX_MESSAGES", 10_000, "messages per `POST /api/broadcast` request (422 beyond)", minimum=1
@@ -238,10 +191,6 @@ class Settings:
         the variable when one does not parse."""
         env = os.environ if env is None else env
         return envvars.read(cls, env, limits_set=envvars.named(Limits, env))
-
-    @property
-    def http_limits(self) -> HttpLimits:
-        return self.http.limits()
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

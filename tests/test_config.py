@@ -228,7 +228,7 @@ class TestHttpLimits:
             max_header_bytes=2000,
             max_headers=30,
             max_headers_bytes=4000,
-            head_timeout=2.5,
+            head_timeout_ms=2500,
             max_body_bytes=5000,
         )
 

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from ..envvars import int_var
+
 __all__ = ["Handler", "HttpLimits", "Request", "Response", "Router", "json_response"]
 
 
@@ -26,16 +28,43 @@ class HttpLimits:
     header values of 4096 (upstream's MAX_HEADER_LENGTH), 100 headers and 5 s for a
     request head; ours are as large or larger. Cowboy does not bound all headers
     together; h11 (uvicorn) bounds a whole head at 16 KB, ours is 64 KB.
-    The WebSocket URL carries the apikey JWT: 8 KB leaves room for a large one."""
+    The WebSocket URL carries the apikey JWT: 8 KB leaves room for a large one.
+    Each field names its environment variable (envvars): config.Settings holds one."""
 
-    max_url_bytes: int = 8 * 1024  # the request target, answered 414
-    max_header_bytes: int = 8 * 1024  # one header's name or value, answered 431
-    max_headers: int = 100  # answered 431
-    max_headers_bytes: int = 64 * 1024  # all header lines ("name: value\r\n"), answered 431
+    max_url_bytes: int = int_var(
+        "REALTIME_MAX_URL_BYTES",
+        8 * 1024,
+        "longer request URLs (the WebSocket one carries the apikey) are answered 414; at most 65535",
+        minimum=1,
+        maximum=65_535,  # httptools' URL parser refuses longer ones
+    )
+    max_header_bytes: int = int_var(
+        "MAX_HEADER_LENGTH",
+        8 * 1024,
+        "a longer header name or value is answered 431 (upstream's name; its default is 4096)",
+        minimum=1,
+    )
+    max_headers: int = int_var("REALTIME_MAX_HEADERS", 100, "more headers are answered 431", minimum=1)
+    # All header lines ("name: value\r\n") together.
+    max_headers_bytes: int = int_var(
+        "REALTIME_MAX_HEADERS_BYTES", 64 * 1024, "more header bytes in all are answered 431", minimum=1
+    )
     # From the first byte of a request to the end of its head, however slowly it
     # trickles in: answered 408 and closed.
-    head_timeout: float = 10.0
-    max_body_bytes: int = 10 * 1024 * 1024  # answered 413
+    head_timeout_ms: int = int_var(
+        "REALTIME_REQUEST_HEAD_TIMEOUT_MS",
+        10_000,
+        "a request head not complete this long after its first byte is answered 408",
+        minimum=1,
+    )
+    max_body_bytes: int = int_var(
+        "REALTIME_MAX_HTTP_BODY_BYTES", 10 * 1024 * 1024, "a larger request body (declared or sent) is answered 413"
+    )
+
+    @property
+    def head_timeout(self) -> float:
+        """head_timeout_ms in seconds."""
+        return self.head_timeout_ms / 1000
 
 
 @dataclass(slots=True)

@@ -885,7 +885,7 @@ class TestHeadDeadline:
 
     @pytest.fixture
     async def timed(self, app):
-        limits = HttpLimits(head_timeout=self.HEAD_TIMEOUT, max_body_bytes=MAX_BODY)
+        limits = HttpLimits(head_timeout_ms=round(self.HEAD_TIMEOUT * 1000), max_body_bytes=MAX_BODY)
         server = make_server(app, limits)
         task = asyncio.get_running_loop().create_task(server._sweep_forever())
         yield server
