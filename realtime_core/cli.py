@@ -104,11 +104,12 @@ def _tune_gc() -> None:
 
 
 async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-untyped-def]
-    from . import rest_api
+    from . import admin, rest_api
     from .app import App
 
     app = App(settings)
     rest_api.register(app, app.http)
+    admin.register(app, app.http)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

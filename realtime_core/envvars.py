@@ -25,6 +25,7 @@ __all__ = [
     "declared",
     "int_var",
     "json_object_var",
+    "list_var",
     "markdown_table",
     "named",
     "optional_str_var",
@@ -132,6 +133,15 @@ def optional_str_var(name: str, doc: str, *, shown: str = "unset") -> str | None
 
 def json_object_var(name: str, doc: str) -> dict[str, object] | None:
     return _declare(name, None, doc, parse_json_object, None)  # type: ignore[no-any-return]
+
+
+def _list(name: str, text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def list_var(name: str, doc: str) -> tuple[str, ...]:
+    """Comma-separated values (blanks around each dropped); unset → empty."""
+    return _declare(name, (), doc, _list, "empty")  # type: ignore[no-any-return]
 
 
 def path_var(name: str, default: Path, doc: str, *, shown: str | None = None) -> Path:

@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 FACTOR = float(os.environ.get("REALTIME_TEST_TIMEOUT_FACTOR", "1"))
 MS = 0.001 * FACTOR
 JWT_SECRET = "test-secret-" + "x" * 32
+# API_JWT_SECRET of every test server: admin_token() signs with it.
+ADMIN_SECRET = "admin-secret-" + "y" * 32
 
 LOST_TASK = "Task exception was never retrieved"
 
@@ -58,6 +60,7 @@ BASE_ENV = {
     "CHANNEL_ERROR_BACKOFF_MS": server_ms(50),
     "CONNECT_ERROR_BACKOFF_MS": server_ms(50),
     "LOG_LEVEL": "info",
+    "API_JWT_SECRET": ADMIN_SECRET,
 }
 
 
@@ -71,6 +74,16 @@ def make_token(
     if exp_in is not None:
         body["exp"] = int(time.time() + exp_in)
     return pyjwt.encode(body, secret, algorithm="HS256")
+
+
+def admin_token(secret: str = ADMIN_SECRET, **claims: object) -> str:
+    """An admin token (tenant API, /admin/v1): by default one that may read and write, no role, no exp."""
+    return pyjwt.encode({"sub": "test-operator", "iat": int(time.time()), **claims}, secret, algorithm="HS256")
+
+
+def admin_headers(**claims: object) -> dict[str, str]:
+    """Authorization headers carrying admin_token(**claims)."""
+    return {"Authorization": f"Bearer {admin_token(**claims)}"}
 
 
 def published_table(

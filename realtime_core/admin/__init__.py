@@ -1,0 +1,27 @@
+"""The HTTP APIs of operators: upstream's tenant API (`/api/tenants`) and our JSON admin API
+(`/admin/v1`), behind admin authentication (auth.py).
+
+cli.py calls register() with the App; each module of this package adds its routes to one
+AdminApi (endpoints.py), which serves the OpenAPI documents of both APIs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import audit
+from .auth import AdminAuth
+from .endpoints import AdminApi
+
+if TYPE_CHECKING:
+    from ..app import App
+    from ..net.http import Router
+
+__all__ = ["register"]
+
+
+def register(app: App, router: Router) -> AdminApi:
+    """Add the tenant API and the admin API to `router`; return the AdminApi holding their routes."""
+    api = AdminApi(AdminAuth.from_settings(app.settings), audit.AuditLog(lambda: app.pool))
+    audit.routes(api)
+    api.register(router)
+    return api
