@@ -20,7 +20,7 @@ from .envvars import bool_var, int_var, json_object_var, list_var, optional_str_
 from .net.http import HttpLimits
 from .postgres_changes.settings import CdcSettings
 
-__all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "Limits", "Settings", "readme_tables"]
+__all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "PLAN_NAMES", "Limits", "Settings", "readme_tables"]
 
 
 @dataclass(slots=True)
@@ -57,6 +57,9 @@ class Limits:
 
 
 DEFAULT_LIMITS = Limits()
+
+# plans.PLANS's keys (plans.py imports this module, so it cannot be asked; a test keeps them equal).
+PLAN_NAMES = ("free", "pro", "pro_capped", "team", "enterprise")
 
 # Upstream's environment names for the default tenant's limits.
 LIMIT_ENV: dict[str, str] = {var.name: f.name for f, var in envvars.declared(Limits)}
@@ -122,6 +125,15 @@ class Settings:
         "every channel of the default tenant sends presence state after its join, as if joined with presence enabled",
     )
     private_only: bool = bool_var("TENANT_PRIVATE_ONLY", False, "the default tenant refuses public channels")
+    plan: str = str_var(
+        "TENANT_PLAN",
+        "pro",
+        "the default tenant's plan (quotas and bills; its limits stay the ones above): `free`, `pro`, `pro_capped`,"
+        " `team` or `enterprise`",
+        choices=PLAN_NAMES,
+    )
+    # Whether TENANT_PLAN is set: then it is applied to the default tenant at every start.
+    plan_set: bool = False
     jwt_claim_validators: dict[str, object] | None = json_object_var(
         "JWT_CLAIM_VALIDATORS", 'JSON of claims that must match exactly, e.g. `{"iss": "my-app"}`'
     )
@@ -201,7 +213,7 @@ class Settings:
         """Read the declared environment variables (README, Configuration); ValueError naming
         the variable when one does not parse."""
         env = os.environ if env is None else env
-        return envvars.read(cls, env, limits_set=envvars.named(Limits, env))
+        return envvars.read(cls, env, limits_set=envvars.named(Limits, env), plan_set="plan" in envvars.named(cls, env))
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

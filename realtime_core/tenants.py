@@ -21,6 +21,7 @@ from .config import Limits, Settings
 from .errors import RealtimeError, TenantNotFound
 from .jwt import KeySet
 from .limits import RateCounter
+from .plans import CUSTOM_FIELDS, Plan, effective_plan
 
 __all__ = ["MissingHost", "Tenant", "TenantRegistry", "TenantStore", "external_id_from_host", "is_local_host"]
 
@@ -78,6 +79,14 @@ class Tenant:
     presence_enabled: bool = False
     # Upstream's extension list: [{"type": "postgres_cdc_rls", "settings": {...}}, ...].
     extensions: list[dict[str, Any]] = field(default_factory=list)
+    # Billing (plans.py): `limits` are the plan's, overridden by `explicit_limits` (the limit
+    # fields the tenant sets; the others follow its plan).
+    plan: Plan = field(default_factory=lambda: effective_plan("pro"))
+    explicit_limits: dict[str, int] = field(default_factory=dict)
+    organization: str | None = None
+    billing_cycle_day: int = 1  # 1..28, UTC
+    enforce_quota: bool = False
+    alert_webhook_url: str | None = None
     # Live state, per process.
     events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     joins: RateCounter = field(default_factory=lambda: RateCounter(0.0))
@@ -95,7 +104,7 @@ class Tenant:
     def update_from(self, other: Tenant) -> None:
         """Take `other`'s stored settings (a fresh read of this tenant's row), keeping the live
         counters, which sockets and channels of this tenant are counting on."""
-        for name in ("id", "name", "limits", "keys", "private_only", "suspend", "presence_enabled", "extensions"):
+        for name in _STORED:
             setattr(self, name, getattr(other, name))
 
     def payload_too_large(self, size: int) -> bool:
@@ -104,10 +113,9 @@ class Tenant:
 
     @classmethod
     def from_row(cls, row: dict[str, Any], now: float) -> Tenant:
-        defaults = Limits()
-        limits = Limits(
-            **{name: row[name] if row.get(name) is not None else getattr(defaults, name) for name in _LIMIT_FIELDS}
-        )
+        plan = effective_plan(row.get("plan") or "pro", {k: row.get(k) for k in CUSTOM_FIELDS})
+        explicit = {name: row[name] for name in _LIMIT_FIELDS if row.get(name) is not None}
+        limits = dataclasses.replace(plan.limits, **explicit)
         jwks = row.get("jwt_jwks")
         if isinstance(jwks, str):
             jwks = orjson.loads(jwks)
@@ -124,11 +132,36 @@ class Tenant:
             suspend=bool(row.get("suspend")),
             presence_enabled=bool(row.get("presence_enabled")),
             extensions=list(extensions),
+            plan=plan,
+            explicit_limits=explicit,
+            organization=row.get("organization"),
+            billing_cycle_day=row.get("billing_cycle_day") or 1,
+            enforce_quota=bool(row.get("enforce_quota")),
+            alert_webhook_url=row.get("alert_webhook_url"),
             events=RateCounter(now),
             joins=RateCounter(now),
             presence_events=RateCounter(now),
             http_requests=RateCounter(now),
         )
+
+
+# The fields of a Tenant read from its row (update_from copies them; the rest is live state).
+_STORED = (
+    "id",
+    "name",
+    "limits",
+    "keys",
+    "private_only",
+    "suspend",
+    "presence_enabled",
+    "extensions",
+    "plan",
+    "explicit_limits",
+    "organization",
+    "billing_cycle_day",
+    "enforce_quota",
+    "alert_webhook_url",
+)
 
 
 class TenantRegistry:
@@ -185,6 +218,12 @@ _COLUMNS = sql.SQL(", ").join(
         "suspend",
         "presence_enabled",
         "extensions",
+        "plan",
+        "organization",
+        "billing_cycle_day",
+        "enforce_quota",
+        "alert_webhook_url",
+        *CUSTOM_FIELDS,
     )
 )
 _TENANTS = sql.Identifier("_realtime", "tenants")
@@ -259,8 +298,18 @@ class TenantStore:
         # only defaults for a new tenant, so an operator's later change stays.
         update = [name for name in _LIMIT_FIELDS if name in settings.limits_set]
         jwks = Jsonb(settings.jwt_jwks) if settings.jwt_jwks else None
-        inserted = ("external_id", "name", "jwt_secret", "jwt_jwks", *_LIMIT_FIELDS, "presence_enabled", "private_only")
-        updated = ("jwt_secret", "jwt_jwks", *update)
+        inserted = (
+            "external_id",
+            "name",
+            "jwt_secret",
+            "jwt_jwks",
+            *_LIMIT_FIELDS,
+            "presence_enabled",
+            "private_only",
+            "plan",
+        )
+        # TENANT_PLAN, like the limits, wins at every start only when it is set.
+        updated = ("jwt_secret", "jwt_jwks", *update, *(("plan",) if settings.plan_set else ()))
         query = sql.SQL(
             "insert into {table} ({columns}) values ({values})"
             " on conflict (external_id) do update set {sets}, updated_at = now()"
@@ -281,5 +330,6 @@ class TenantStore:
                     *values.values(),
                     settings.presence_enabled,
                     settings.private_only,
+                    settings.plan,
                 ),
             )

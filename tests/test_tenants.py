@@ -157,10 +157,12 @@ class TestFromRow:
         "presence_enabled": False,
     }
 
-    def test_null_limits_take_the_defaults(self):
-        tenant = Tenant.from_row(self.ROW, now=0.0)
+    def test_null_limits_take_the_plans(self):
+        from realtime_core.plans import PLANS
+
+        tenant = Tenant.from_row({**self.ROW, "plan": "team"}, now=0.0)
         assert tenant.limits.max_events_per_second == 10
-        assert tenant.limits.max_joins_per_second == Limits().max_joins_per_second
+        assert tenant.limits.max_joins_per_second == PLANS["team"].limits.max_joins_per_second == 2_500
 
     def test_fields(self):
         tenant = Tenant.from_row(self.ROW, now=0.0)
@@ -197,3 +199,30 @@ class TestTenantStore:
         assert tenant.limits.max_channels_per_client == 7  # not named any more: kept
         assert tenant.limits.max_joins_per_second == 3  # the operator's change stays
         assert tenant.keys.secret == "secret-2"
+
+
+def test_plan_names_in_config_are_the_plans() -> None:
+    from realtime_core.config import PLAN_NAMES
+    from realtime_core.plans import PLANS
+
+    assert tuple(PLANS) == PLAN_NAMES
+
+
+def test_a_tenant_takes_the_limits_it_does_not_set_from_its_plan() -> None:
+    from realtime_core.plans import PLANS
+
+    row = {"id": "1", "external_id": "t", "jwt_secret": "s", "plan": "free", "max_events_per_second": 7}
+    tenant = Tenant.from_row(row, 0.0)
+    assert tenant.plan is PLANS["free"]
+    assert tenant.explicit_limits == {"max_events_per_second": 7}
+    assert tenant.limits.max_events_per_second == 7
+    assert tenant.limits.max_concurrent_users == PLANS["free"].limits.max_concurrent_users == 200
+    assert tenant.limits.max_payload_size_in_kb == 256
+
+
+def test_an_enterprise_tenant_prices_from_its_own_fields_and_team_otherwise() -> None:
+    row = {"id": "1", "external_id": "t", "jwt_secret": "s", "plan": "enterprise", "included_messages": 50_000_000}
+    plan = Tenant.from_row(row, 0.0).plan
+    assert (plan.included_messages, plan.included_peak_connections, plan.base_fee_usd) == (50_000_000, 500, 599.0)
+    pro = Tenant.from_row({**row, "plan": "pro"}, 0.0).plan
+    assert pro.included_messages == 5_000_000  # custom fields shape enterprise only
