@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .hub import Publication, StreamKey
+from .hub import REST_KIND, Publication, StreamKey
 from .protocol import UserBroadcast
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def publish_json(
     body: dict[str, Any] = {"payload": payload, "event": event, "type": "broadcast"}
     if message_id is not None:
         body["meta"] = {"id": message_id}
-    publication = Publication(f"realtime:{sub_topic}", "broadcast", orjson.dumps(body))
+    publication = Publication(f"realtime:{sub_topic}", "broadcast", orjson.dumps(body), kind=REST_KIND)
     return broker.publish(tenant, StreamKey(tenant.external_id, private, sub_topic), publication, now)
 
 
@@ -42,5 +42,5 @@ def publish_user(
     broker: Broker, tenant: Tenant, sub_topic: str, private: bool, message: UserBroadcast, now: float
 ) -> int:
     """Deliver a user broadcast (the REST single-event endpoint, docs/protocol.md §4.3)."""
-    publication = Publication(f"realtime:{sub_topic}", "broadcast", user=message)
+    publication = Publication(f"realtime:{sub_topic}", "broadcast", user=message, kind=REST_KIND)
     return broker.publish(tenant, StreamKey(tenant.external_id, private, sub_topic), publication, now)

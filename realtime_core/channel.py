@@ -32,7 +32,7 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import Audience, ChannelState, Publication, StreamKey
+from .hub import PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -527,7 +527,9 @@ class Channel:
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx
         tenant = self.socket.tenant
-        publication = Publication(self.topic, "presence_diff", orjson.dumps(diff), audience=Audience.PRESENCE)
+        publication = Publication(
+            self.topic, "presence_diff", orjson.dumps(diff), audience=Audience.PRESENCE, kind=PRESENCE_KIND
+        )
         now = app.now()
         delivered = app.broker.publish(tenant, self.key, publication, now)
         tenant.presence_events.add(delivered, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .hub import Clock, Publication, StreamKey
+from .hub import DB_BROADCAST_KIND, Clock, Publication, StreamKey
 from .postgres_changes.pgoutput import Insert, Relation
 from .postgres_changes.replication import ReplicationStream, Transaction
 from .protocol import BINARY, JSON, UserBroadcast
@@ -92,7 +92,9 @@ class DatabaseBroadcast:
         message_id = str(row["id"])
         topic = str(row["topic"])
         message = UserBroadcast(str(row["event"]), data, encoding, {"id": message_id})
-        publication = Publication(f"realtime:{topic}", "broadcast", user=message, message_id=message_id)
+        publication = Publication(
+            f"realtime:{topic}", "broadcast", user=message, message_id=message_id, kind=DB_BROADCAST_KIND
+        )
         key = StreamKey(tenant.external_id, row["private"] == "t", topic)
         now = self.clock()
         tenant.events.add(1, now)

@@ -331,6 +331,44 @@ class TestDeliver:
         assert Hub().deliver(make_tenant(), [([denied], publication)], NOW) == 1  # type: ignore[list-item]
 
 
+class Observer:
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def accepted(self, tenant, kind, key, count):  # type: ignore[no-untyped-def]
+        self.events.append(("accepted", tenant.external_id, kind, key, count))
+
+    def delivered(self, tenant, publication, subs, count):  # type: ignore[no-untyped-def]
+        self.events.append(("delivered", publication.event, publication.kind, len(list(subs)), count))
+
+
+class TestObservers:
+    """Observers (metering, channel statistics) hear of each message once, with its receivers' count."""
+
+    def test_each_publication_is_reported_once_with_what_it_reached(self):
+        hub, observer = Hub(), Observer()
+        hub.observers.append(observer)  # type: ignore[arg-type]
+        sender, *_ = subscribed(hub, ROOM, V2, V2, V1)
+        tenant = make_tenant()
+        hub.accepted(tenant, "broadcast", ROOM)
+        hub.publish(tenant, ROOM, Publication("realtime:room", "shout", b"{}"), NOW, exclude=sender)  # type: ignore[arg-type]
+        hub.publish(tenant, ROOM, Publication("realtime:room", "p", b"{}", kind="presence"), NOW)
+        assert observer.events == [
+            ("accepted", "t", "broadcast", ROOM, 1),
+            ("delivered", "shout", "broadcast", 3, 2),
+            ("delivered", "p", "presence", 3, 3),
+        ]
+
+    def test_nothing_is_reported_while_the_limit_shuts_receivers_down(self):
+        hub, observer = Hub(), Observer()
+        hub.observers.append(observer)  # type: ignore[arg-type]
+        subscribed(hub, ROOM, V2)
+        hub.publish(
+            TestEventsLimit.limited_tenant(), ROOM, Publication("realtime:room", "x", b"{}"), NOW + BUCKET_SECONDS
+        )
+        assert observer.events == []
+
+
 class TestPublication:
     def test_json_is_framed_verbatim_per_codec(self):
         publication = Publication("realtime:room", "broadcast", b'{"a":1}')

@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from ..hub import Audience, ChannelState, Hub, Publication, Subscriber
+from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
@@ -448,6 +448,7 @@ class Dispatcher:
         groups_cache: dict[int, list[tuple[str, tuple[int, ...], bool, list[Subscriber]]]] = {}
         batch: list[tuple[list[Subscriber], Publication]] = []
         rls_checked = Audience.POSTGRES_CHANGES
+        kind = POSTGRES_CHANGES_KIND
         for ch in changes:
             if not ch.deliveries:
                 continue
@@ -459,10 +460,10 @@ class Dispatcher:
                     groups = groups_cache[id(subs)] = _by_frame(subs)
                 for topic, ids, legacy, channels in groups:
                     if legacy:
-                        publication = Publication(topic, ch.type, data, audience=rls_checked)
+                        publication = Publication(topic, ch.type, data, audience=rls_checked, kind=kind)
                     else:
                         payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
-                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked)
+                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
                     batch.append((channels, publication))
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
