@@ -102,6 +102,11 @@ class Settings:
     api_token_blocklist: tuple[str, ...] = list_var(
         "API_TOKEN_BLOCKLIST", "comma-separated admin tokens that are refused although they verify"
     )
+    db_enc_key: str | None = optional_str_var(
+        "DB_ENC_KEY",
+        "the key tenants' JWT secrets and database passwords are encrypted with in the server's database",
+        shown="generated once, kept in the data dir",
+    )
     metrics_jwt_secret: str | None = optional_str_var("METRICS_JWT_SECRET", "metrics authentication")
     log_level: str = str_var(
         "LOG_LEVEL",
@@ -231,6 +236,13 @@ class Settings:
         if self.api_jwt_secret:
             return self.api_jwt_secret
         return _kept_secret(self.data_dir / "api_jwt_secret", create=create)
+
+    def resolve_db_enc_key(self) -> str:
+        """The key of secrets at rest: DB_ENC_KEY, or one generated on first start and kept in the
+        data dir (losing it makes the stored secrets unreadable: back it up with the database)."""
+        if self.db_enc_key:
+            return self.db_enc_key
+        return _kept_secret(self.data_dir / "db_enc_key", create=True)  # type: ignore[return-value]
 
 
 def _kept_secret(path: Path, *, create: bool) -> str | None:
