@@ -1,4 +1,4 @@
-"""The `realtime-core` command: serve, up, keys, migrate, console, bench.
+"""The `realtime-core` command: serve, up, keys, admin-token, migrate, console, bench.
 
 `serve` starts the embedded PostgreSQL (when DATABASE_URL is unset) from the
 main thread, so that it dies with this process (embedded_pg.py), then runs the
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import Settings
+from .config import IGNORED_ENV, Settings, ignored_env
 from .jwt import sign
 
 __all__ = ["main"]
@@ -47,6 +47,27 @@ def _keys(settings: Settings) -> dict[str, str]:
         role: sign({"role": role, "iss": "realtime-core", "iat": now, "exp": now + KEY_LIFETIME_SECONDS}, secret)
         for role in ("anon", "service_role")
     }
+
+
+def _admin_token(secret: str, *, sub: str, read_only: bool = False, ttl: int = KEY_LIFETIME_SECONDS) -> str:
+    """An admin token (tenant API, /admin/v1) signed with `secret`: no role (client roles are refused)."""
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": sub, "iss": "realtime-core", "iat": now, "exp": now + ttl}
+    if read_only:
+        claims["admin"] = "read"
+    return sign(claims, secret)
+
+
+def _announce(settings: Settings) -> None:
+    """Log, once at start, the upstream variables ignored here and whether the admin APIs are open."""
+    for name in ignored_env(os.environ):
+        log.debug("%s is set and ignored: %s", name, IGNORED_ENV[name])
+    if settings.resolve_api_jwt_secret() is None and not settings.api_jwt_secret_next:
+        log.warning(
+            "the tenant API and /admin/v1 are closed (every request 403): API_JWT_SECRET is unset and %s holds no"
+            " generated one (`realtime-core up` generates it)",
+            settings.data_dir / "api_jwt_secret",
+        )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -133,6 +154,7 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    _announce(settings)
     embedded = settings.database_url is None
     with _database(settings) as settings:
         if embedded:
@@ -150,6 +172,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
     else:
         print(f"anon key:         {keys['anon']}")
         print(f"service_role key: {keys['service_role']}")
+    return 0
+
+
+def cmd_admin_token(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    secret = settings.resolve_api_jwt_secret()
+    if secret is None:
+        print(
+            "realtime-core: no admin secret: set API_JWT_SECRET, or run `realtime-core up` once to generate one into"
+            f" {settings.data_dir}",
+            file=sys.stderr,
+        )
+        return 1
+    print(_admin_token(secret, sub=args.sub, read_only=args.read_only, ttl=args.ttl))
     return 0
 
 
@@ -213,6 +249,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
     keys = _keys(settings)
+    # API_JWT_SECRET, else the one generated into the data dir (now, on the first `up`).
+    admin_secret = settings.resolve_api_jwt_secret(create=True)
+    assert admin_secret is not None  # create=True
+    admin_token = _admin_token(admin_secret, sub="realtime-core-up")
+    _announce(settings)
     console: subprocess.Popen[bytes] | None = None
 
     def on_ready(port: int) -> None:
@@ -222,11 +263,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         if command is None:
             print("  console:   not started (it needs the console extra: pip install '.[console]')", flush=True)
         else:
-            env = {**os.environ, "REALTIME_SERVER_URL": server_url}
+            env = {**os.environ, "REALTIME_SERVER_URL": server_url, "REALTIME_ADMIN_TOKEN": admin_token}
             console = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
             print(f"  console:   http://{settings.host}:{args.console_port}", flush=True)
         print(f"  anon key:         {keys['anon']}", flush=True)
         print(f"  service_role key: {keys['service_role']}", flush=True)
+        print(f"  admin token:      {admin_token}", flush=True)
 
     try:
         with _database(settings) as settings:
@@ -271,6 +313,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(module.main(args.rest))
 
 
+def _seconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of seconds, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1 second, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-core", description="Supabase Realtime compatible server")
     parser.add_argument("--version", action="version", version=f"realtime-core {__version__}")
@@ -294,6 +346,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("admin-token", help="print an admin token (tenant API, /admin/v1) signed with API_JWT_SECRET")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--read-only", action="store_true", help='the token may only GET (claim "admin": "read")')
+    p.add_argument("--sub", default="realtime-core-admin-token", help="its `sub` claim, shown in the audit log")
+    p.add_argument("--ttl", type=_seconds, default=KEY_LIFETIME_SECONDS, help="seconds it is valid (default 10 years)")
+    p.set_defaults(func=cmd_admin_token)
 
     p = sub.add_parser("migrate", help="apply the SQL migrations and exit")
     p.add_argument("--data-dir", default=None)

@@ -15,12 +15,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from . import envvars
 from .envvars import bool_var, int_var, json_object_var, list_var, optional_str_var, path_var, str_var
 from .net.http import HttpLimits
 from .postgres_changes.settings import CdcSettings
 
-__all__ = ["DEFAULT_LIMITS", "LIMIT_ENV", "PLAN_NAMES", "Limits", "Settings", "readme_tables"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "IGNORED_ENV",
+    "LIMIT_ENV",
+    "PLAN_NAMES",
+    "Limits",
+    "Settings",
+    "ignored_env",
+    "readme_tables",
+]
 
 
 @dataclass(slots=True)
@@ -74,7 +85,20 @@ class Settings:
     database_url: str | None = optional_str_var(
         "DATABASE_URL",
         "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
-        " the embedded PostgreSQL 18 in `REALTIME_DATA_DIR`",
+        " the one `DB_HOST`… name, else the embedded PostgreSQL 18 in `REALTIME_DATA_DIR`",
+        secret=True,
+    )
+    # Upstream's names for the database (config/runtime.exs): all five, or none.
+    db_host: str | None = optional_str_var(
+        "DB_HOST", "with `DB_PORT`, `DB_USER`, `DB_PASSWORD` and `DB_NAME`: the database when `DATABASE_URL` is unset"
+    )
+    db_port: str | None = optional_str_var("DB_PORT", "see `DB_HOST`")
+    db_user: str | None = optional_str_var("DB_USER", "see `DB_HOST`")
+    db_password: str | None = optional_str_var("DB_PASSWORD", "see `DB_HOST`", secret=True)
+    db_name: str | None = optional_str_var("DB_NAME", "see `DB_HOST`")
+    db_ssl: bool = bool_var("DB_SSL", False, "the `DB_HOST` database only over TLS (`sslmode=require`)")
+    db_ssl_ca_cert: str | None = optional_str_var(
+        "DB_SSL_CA_CERT", "with `DB_SSL`: a CA file the `DB_HOST` server's certificate and name are verified against"
     )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",
@@ -106,6 +130,16 @@ class Settings:
         "DB_ENC_KEY",
         "the key tenants' JWT secrets and database passwords are encrypted with in the server's database",
         shown="generated once, kept in the data dir",
+    )
+    api_jwt_jwks: dict[str, object] | None = json_object_var(
+        "API_JWT_JWKS", "with `SEED_SELF_HOST`: the default tenant's JWKS (unless `REALTIME_JWT_JWKS` is set)"
+    )
+    seed_self_host: bool = bool_var(
+        "SEED_SELF_HOST",
+        False,
+        "seed the default tenant as Supabase's self-hosted stack does, at every start: its JWT secret is"
+        " `API_JWT_SECRET` (unless `REALTIME_JWT_SECRET` is set), its JWKS `API_JWT_JWKS`, its `postgres_cdc_rls`"
+        " extension names the server's database",
     )
     metrics_jwt_secret: str | None = optional_str_var("METRICS_JWT_SECRET", "metrics authentication")
     log_level: str = str_var(
@@ -218,17 +252,84 @@ class Settings:
         """Read the declared environment variables (README, Configuration); ValueError naming
         the variable when one does not parse."""
         env = os.environ if env is None else env
-        return envvars.read(cls, env, limits_set=envvars.named(Limits, env), plan_set="plan" in envvars.named(cls, env))
+        settings: Settings = envvars.read(
+            cls, env, limits_set=envvars.named(Limits, env), plan_set="plan" in envvars.named(cls, env)
+        )
+        if settings.database_url is None:
+            settings.database_url = settings._url_from_parts()
+        return settings
+
+    def _url_from_parts(self) -> str | None:
+        """The conninfo DB_HOST, DB_PORT, DB_USER, DB_PASSWORD and DB_NAME name; None when none is
+        set; ValueError naming the missing ones when only some are."""
+        parts = {
+            "DB_HOST": self.db_host,
+            "DB_PORT": self.db_port,
+            "DB_USER": self.db_user,
+            "DB_PASSWORD": self.db_password,
+            "DB_NAME": self.db_name,
+        }
+        missing = [name for name, value in parts.items() if value is None]
+        if len(missing) == len(parts):
+            return None
+        if missing:
+            raise ValueError(
+                f"{_enumerate(missing)} unset: DB_HOST, DB_PORT, DB_USER, DB_PASSWORD and DB_NAME name the"
+                " database together (or set DATABASE_URL)"
+            )
+        port = envvars.parse_int("DB_PORT", self.db_port or "", minimum=1, maximum=65535)
+        tls: dict[str, str] = {}
+        if self.db_ssl:
+            # As upstream's DB_SSL: TLS required; with a CA file, the certificate is verified too.
+            tls = {"sslmode": "verify-full", "sslrootcert": self.db_ssl_ca_cert} if self.db_ssl_ca_cert else {}
+            tls.setdefault("sslmode", "require")
+        return make_conninfo(
+            host=self.db_host, port=port, user=self.db_user, password=self.db_password, dbname=self.db_name, **tls
+        )
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     def resolve_jwt_secret(self) -> str:
-        """The default tenant's HS secret: REALTIME_JWT_SECRET, or one generated
-        on first start and kept in the data dir (so keys stay valid)."""
+        """The default tenant's HS secret: REALTIME_JWT_SECRET; with SEED_SELF_HOST, API_JWT_SECRET
+        (upstream's priv/repo/seeds.exs); else one generated on first start and kept in the data dir
+        (so keys stay valid)."""
         if self.jwt_secret:
             return self.jwt_secret
+        if self.seed_self_host and self.api_jwt_secret:
+            return self.api_jwt_secret
         return _kept_secret(self.data_dir / "jwt_secret", create=True)  # type: ignore[return-value]
+
+    def resolve_jwt_jwks(self) -> dict[str, object] | None:
+        """The default tenant's JWKS: REALTIME_JWT_JWKS; with SEED_SELF_HOST, API_JWT_JWKS."""
+        if self.jwt_jwks:
+            return self.jwt_jwks
+        return self.api_jwt_jwks if self.seed_self_host else None
+
+    def self_host_extensions(self) -> list[dict[str, object]] | None:
+        """With SEED_SELF_HOST, the default tenant's extensions as upstream's priv/repo/seeds.exs
+        writes them: a `postgres_cdc_rls` entry naming the server's database (`database_url`);
+        None without SEED_SELF_HOST (the stored extensions stay as they are)."""
+        if not self.seed_self_host:
+            return None
+        params = conninfo_to_dict(self.database_url or "")
+        return [
+            {
+                "type": "postgres_cdc_rls",
+                "settings": {
+                    "db_name": params.get("dbname", "postgres"),
+                    "db_host": params.get("host", "localhost"),
+                    "db_user": params.get("user", ""),
+                    "db_password": params.get("password", ""),
+                    "db_port": str(params.get("port", "5432")),
+                    "region": "us-east-1",
+                    # seeds.exs writes 100 and 1 MiB: our defaults of these settings too.
+                    "poll_interval_ms": self.cdc.poll_interval_ms,
+                    "poll_max_record_bytes": self.cdc.max_record_bytes,
+                    "ssl_enforced": params.get("sslmode") in ("require", "verify-ca", "verify-full"),
+                },
+            }
+        ]
 
     def resolve_api_jwt_secret(self, *, create: bool = False) -> str | None:
         """The admin tokens' HS secret: API_JWT_SECRET, else the one kept in the data dir
@@ -243,6 +344,41 @@ class Settings:
         if self.db_enc_key:
             return self.db_enc_key
         return _kept_secret(self.data_dir / "db_enc_key", create=True)  # type: ignore[return-value]
+
+
+# Upstream's variables (its ENVS.md) that Supabase's compose files set and that mean nothing to
+# this server: accepted and ignored (cli.py logs one debug line for each one set), with why.
+IGNORED_ENV: dict[str, str] = {
+    "SECRET_KEY_BASE": "Phoenix's cookie signing key: this server sets no cookies",
+    "ERL_AFLAGS": "Erlang VM flags",
+    "ELIXIR_ERL_OPTIONS": "Erlang VM flags",
+    "DNS_NODES": "Erlang cluster discovery: one process serves every tenant",
+    "CLUSTER_STRATEGIES": "Erlang cluster discovery",
+    "NAME": "the Erlang node's name",
+    "APP_NAME": "the Erlang node's name",
+    "RLIMIT_NOFILE": "read by upstream's start script; give the container `ulimits: nofile` instead",
+    "REGION": "region-aware routing between nodes",
+    "GEN_RPC_TCP_SERVER_PORT": "Erlang node-to-node RPC",
+    "GEN_RPC_TCP_CLIENT_PORT": "Erlang node-to-node RPC",
+    "DB_AFTER_CONNECT_QUERY": "upstream sets its search_path with it; every query here names its schema",
+    "DB_IP_VERSION": "the address family follows `DB_HOST`'s resolution",
+    "REALTIME_IP_VERSION": "the listener's address is `REALTIME_HOST`",
+    "DB_ENC_KEY_GCM": "secrets are always sealed with AES-256-GCM under a key derived from `DB_ENC_KEY`",
+    "DB_ENC_WRITE_GCM": "as `DB_ENC_KEY_GCM`",
+    "DISABLE_HEALTHCHECK_LOGGING": "requests are not logged",
+    "DASHBOARD_USER": "upstream's Phoenix dashboard; the console is `realtime-core console`",
+    "DASHBOARD_PASSWORD": "as `DASHBOARD_USER`",
+}
+
+
+def ignored_env(env: Mapping[str, str]) -> list[str]:
+    """The IGNORED_ENV variables `env` sets (not blank), in IGNORED_ENV's order."""
+    return [name for name in IGNORED_ENV if (env.get(name) or "").strip()]
+
+
+def _enumerate(names: list[str]) -> str:
+    """`A`, `A and B`, `A, B and C`."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _kept_secret(path: Path, *, create: bool) -> str | None:
@@ -261,9 +397,12 @@ def _kept_secret(path: Path, *, create: bool) -> str | None:
 
 def readme_tables() -> dict[str, str]:
     """The README's configuration tables, by the name of the README block that holds each:
-    the server's variables, and the default tenant's limits."""
+    the server's variables, the default tenant's limits, and upstream's variables ignored here."""
     server = [(f, var) for f, var in envvars.declared(Settings) if var.name not in LIMIT_ENV]
+    ignored = ["| Variable | Why it is ignored |", "|---|---|"]
+    ignored += [f"| `{name}` | {why} |" for name, why in IGNORED_ENV.items()]
     return {
         "server": envvars.markdown_table(server, "Meaning"),
         "limits": envvars.markdown_table(envvars.declared(Limits), "Enforced"),
+        "ignored": "\n".join(ignored) + "\n",
     }

@@ -107,8 +107,10 @@ def _path(name: str, text: str) -> Path:
     return Path(text)
 
 
-def _declare(name: str, default: object, doc: str, parse: Callable[[str, str], object], shown: str | None) -> Any:
-    return field(default=default, metadata={_KEY: EnvVar(name, doc, parse, shown)})
+def _declare(
+    name: str, default: object, doc: str, parse: Callable[[str, str], object], shown: str | None, *, repr: bool = True
+) -> Any:
+    return field(default=default, repr=repr, metadata={_KEY: EnvVar(name, doc, parse, shown)})
 
 
 def int_var(
@@ -127,8 +129,9 @@ def str_var(name: str, default: str, doc: str, *, choices: tuple[str, ...] = (),
     return _declare(name, default, doc, parse, shown)  # type: ignore[no-any-return]
 
 
-def optional_str_var(name: str, doc: str, *, shown: str = "unset") -> str | None:
-    return _declare(name, None, doc, _text, shown)  # type: ignore[no-any-return]
+def optional_str_var(name: str, doc: str, *, shown: str = "unset", secret: bool = False) -> str | None:
+    """Text, None when unset; a `secret` (a password, or a URL that may hold one) is left out of the repr."""
+    return _declare(name, None, doc, _text, shown, repr=not secret)  # type: ignore[no-any-return]
 
 
 def json_object_var(name: str, doc: str) -> dict[str, object] | None:

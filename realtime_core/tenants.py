@@ -22,6 +22,7 @@ from .errors import RealtimeError, TenantNotFound
 from .jwt import KeySet
 from .limits import RateCounter
 from .plans import CUSTOM_FIELDS, Plan, effective_plan
+from .secret_box import SecretBox
 
 __all__ = ["MissingHost", "Tenant", "TenantRegistry", "TenantStore", "external_id_from_host", "is_local_host"]
 
@@ -297,7 +298,10 @@ class TenantStore:
         # Limits named in the environment win at every start; the others are
         # only defaults for a new tenant, so an operator's later change stays.
         update = [name for name in _LIMIT_FIELDS if name in settings.limits_set]
-        jwks = Jsonb(settings.jwt_jwks) if settings.jwt_jwks else None
+        jwks = settings.resolve_jwt_jwks()
+        # SEED_SELF_HOST: the extensions upstream's seeds.exs writes, again at every start as there.
+        seeded = settings.self_host_extensions()
+        extensions = () if seeded is None else ("extensions",)
         inserted = (
             "external_id",
             "name",
@@ -307,9 +311,10 @@ class TenantStore:
             "presence_enabled",
             "private_only",
             "plan",
+            *extensions,
         )
         # TENANT_PLAN, like the limits, wins at every start only when it is set.
-        updated = ("jwt_secret", "jwt_jwks", *update, *(("plan",) if settings.plan_set else ()))
+        updated = ("jwt_secret", "jwt_jwks", *update, *(("plan",) if settings.plan_set else ()), *extensions)
         query = sql.SQL(
             "insert into {table} ({columns}) values ({values})"
             " on conflict (external_id) do update set {sets}, updated_at = now()"
@@ -326,10 +331,22 @@ class TenantStore:
                     settings.tenant_name,
                     settings.tenant_name,
                     secret,
-                    jwks,
+                    Jsonb(jwks) if jwks else None,
                     *values.values(),
                     settings.presence_enabled,
                     settings.private_only,
                     settings.plan,
+                    *(() if seeded is None else (Jsonb(_sealed_password(seeded, settings)),)),
                 ),
             )
+
+
+def _sealed_password(extensions: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
+    """`extensions` with each `db_password` sealed under DB_ENC_KEY (secrets at rest)."""
+    box = SecretBox(settings.resolve_db_enc_key())
+    return [
+        {**e, "settings": {**e["settings"], "db_password": box.seal(e["settings"]["db_password"])}}
+        if isinstance(e.get("settings"), dict) and e["settings"].get("db_password")
+        else e
+        for e in extensions
+    ]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import ROOT
+from conftest import MS, ROOT
 
 from realtime_core.jwt import KeySet, verify
 
@@ -73,6 +77,93 @@ def test_migrate_applies_every_migration_once(pg_dsn: str, fresh_database):
     assert applied == sorted(p.stem for p in (ROOT / "realtime_core" / "sql").glob("*.sql"))
     second = run("migrate", env=env)
     assert second.stdout.strip() == "applied: nothing, up to date"
+
+
+ADMIN_ENV = {"API_JWT_SECRET": "", "API_JWT_SECRET_NEXT": ""}
+
+
+def test_admin_token_needs_an_admin_secret(tmp_path: Path):
+    result = run("admin-token", "--data-dir", str(tmp_path), env=ADMIN_ENV)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr.startswith("realtime-core: no admin secret: set API_JWT_SECRET")
+    assert not (tmp_path / "api_jwt_secret").exists()
+
+
+def test_admin_token_signs_with_the_environment_before_the_generated_secret(tmp_path: Path):
+    (tmp_path / "api_jwt_secret").write_text("generated-" + "g" * 40 + "\n")
+    from_file = run("admin-token", "--data-dir", str(tmp_path), env=ADMIN_ENV)
+    claims = verify(
+        from_file.stdout.strip(), KeySet(secret="generated-" + "g" * 40), now=time.time(), require_role_exp=False
+    )
+    assert claims["sub"] == "realtime-core-admin-token" and "admin" not in claims and "role" not in claims
+    assert claims["exp"] > time.time() + 365 * 24 * 3600  # long-lived, like the keys
+    explicit = run(
+        "admin-token", "--read-only", "--sub", "ci", "--ttl", "60", "--data-dir", str(tmp_path),
+        env={**ADMIN_ENV, "API_JWT_SECRET": "explicit-" + "e" * 40},
+    )  # fmt: skip
+    claims = verify(
+        explicit.stdout.strip(), KeySet(secret="explicit-" + "e" * 40), now=time.time(), require_role_exp=False
+    )
+    assert (claims["sub"], claims["admin"]) == ("ci", "read")
+    assert 0 < claims["exp"] - time.time() <= 60
+
+
+@pytest.mark.parametrize("ttl", ["0", "soon"])
+def test_admin_token_refuses_a_bad_ttl(tmp_path: Path, ttl: str):
+    result = run("admin-token", "--ttl", ttl, "--data-dir", str(tmp_path), env={"API_JWT_SECRET": "s" * 40})
+    assert result.returncode == 2 and "--ttl" in result.stderr and result.stdout == ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+@pytest.mark.pg
+def test_up_generates_the_admin_secret_prints_a_token_and_hands_it_to_the_console(fresh_database, tmp_path: Path):
+    data = tmp_path / "data"
+    env = {**os.environ, **ADMIN_ENV, "DATABASE_URL": fresh_database, "REALTIME_DATA_DIR": str(data)}
+    env.pop("REALTIME_ADMIN_TOKEN", None)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "realtime_core", "up", "--port", "0", "--console-port", str(_free_port())],
+        cwd=ROOT,
+        env={**env, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        assert up.stdout is not None
+        deadline = time.monotonic() + 60_000 * MS
+        while not any("admin token:" in line for line in lines) and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            assert line, "".join(lines)  # up ended before printing its admin token
+            lines.append(line)
+        text = "".join(lines)
+        port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", text)[1])  # type: ignore[index]
+        token = re.search(r"admin token: +(\S+)", text)[1]  # type: ignore[index]
+        secret = (data / "api_jwt_secret").read_text().strip()
+        assert (data / "api_jwt_secret").stat().st_mode & 0o777 == 0o600
+        claims = verify(token, KeySet(secret=secret), now=time.time(), require_role_exp=False)
+        assert claims["sub"] == "realtime-core-up" and claims["exp"] > time.time() + 365 * 24 * 3600
+        audit = httpx.get(f"http://127.0.0.1:{port}/admin/v1/audit", headers={"Authorization": f"Bearer {token}"})
+        assert audit.status_code == 200, audit.text
+        [console] = Path(f"/proc/{up.pid}/task/{up.pid}/children").read_text().split()
+        console_env = _environ(int(console))
+        assert console_env["REALTIME_ADMIN_TOKEN"] == token
+        assert console_env["REALTIME_SERVER_URL"] == f"http://127.0.0.1:{port}"
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(30)
+        if up.stdout is not None:
+            up.stdout.close()
 
 
 def test_an_unknown_benchmark_is_refused():
