@@ -85,7 +85,8 @@ class Settings:
     database_url: str | None = optional_str_var(
         "DATABASE_URL",
         "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
-        " the one `DB_HOST`… name, else the embedded PostgreSQL 18 in `REALTIME_DATA_DIR`",
+        " the database `DB_HOST`, `DB_PORT`, `DB_USER`, `DB_PASSWORD` and `DB_NAME` name, else the embedded"
+        " PostgreSQL 18 in `REALTIME_DATA_DIR`",
         secret=True,
     )
     # Upstream's names for the database (config/runtime.exs): all five, or none.
