@@ -4,6 +4,7 @@ the admin secret of `serve` (environment, else the file `up` generates, else clo
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ async def test_the_compose_environment_seeds_the_default_tenant(fresh_database: 
         **_db_parts(fresh_database, AWKWARD_PASSWORD),
         "API_JWT_SECRET": PROJECT_SECRET,
         "METRICS_JWT_SECRET": PROJECT_SECRET,
-        "API_JWT_JWKS": pyjwt.api_jws.json.dumps({"keys": [jwk]}),
+        "API_JWT_JWKS": json.dumps({"keys": [jwk]}),
         "REALTIME_JWT_SECRET": "",  # the test servers' own; unset, as in the compose file
         "REALTIME_DATA_DIR": str(tmp_path),
         "LOG_LEVEL": "debug",
