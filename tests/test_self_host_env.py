@@ -23,6 +23,7 @@ from test_cli import run
 from wire import V2, RawClient, connect_refused
 
 from realtime_core.config import IGNORED_ENV, Settings
+from realtime_core.secret_box import SecretBox
 
 PARTS = {
     "DB_HOST": "db.internal",
@@ -142,11 +143,14 @@ def test_without_seed_self_host_the_api_variables_do_not_reach_the_default_tenan
     assert settings.self_host_extensions() is None
 
 
-def test_seed_self_host_takes_the_api_variables_unless_the_realtime_ones_are_set() -> None:
+def test_seed_self_host_takes_the_api_variables_unless_the_realtime_ones_are_set(tmp_path: Path) -> None:
     seeded = Settings.from_env({"SEED_SELF_HOST": "true", "API_JWT_SECRET": PROJECT_SECRET, "API_JWT_JWKS": '{"a": 1}'})
     assert (seeded.resolve_jwt_secret(), seeded.resolve_jwt_jwks()) == (PROJECT_SECRET, {"a": 1})
     own = seeded.replace(jwt_secret="own-secret", jwt_jwks={"b": 2})
     assert (own.resolve_jwt_secret(), own.resolve_jwt_jwks()) == ("own-secret", {"b": 2})
+    # Neither secret: the generated one, never upstream's fixed fallback.
+    bare = Settings.from_env({"SEED_SELF_HOST": "true", "REALTIME_DATA_DIR": str(tmp_path)})
+    assert bare.resolve_jwt_secret() == (tmp_path / "jwt_secret").read_text().strip()
 
 
 def test_api_jwt_jwks_must_be_a_json_object() -> None:
@@ -245,6 +249,7 @@ async def test_the_compose_environment_seeds_the_default_tenant(fresh_database: 
     )
     assert settings["ssl_enforced"] is False
     assert settings["db_password"].startswith("enc:v1:") and AWKWARD_PASSWORD not in str(row)
+    assert SecretBox(COMPOSE_ENV["DB_ENC_KEY"]).open(settings["db_password"]) == AWKWARD_PASSWORD
 
     # Seeded again at every start: REALTIME_JWT_SECRET, when set, wins over API_JWT_SECRET.
     server = start_server(fresh_database, {**env, "REALTIME_JWT_SECRET": "realtime-own-" + "r" * 32})
