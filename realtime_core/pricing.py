@@ -41,6 +41,7 @@ __all__ = [
     "estimate",
     "organization_bill",
     "organization_plan",
+    "plans_table",
     "project",
 ]
 
@@ -437,19 +438,24 @@ def _number(value: Fraction | int) -> str:
     return f"{float(round(value, 3)):,}"
 
 
+def _show(value: float | int) -> str:
+    """An input as the client wrote it: 8 for 8.0, 0.1 for 0.1 (never rounded)."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
 def _assumptions(inputs: EstimateInputs, kinds: dict[str, int]) -> tuple[str, ...]:
     i = inputs
-    active = f"{i.hours_per_day:g} × {i.days}"
+    active = f"{_show(i.hours_per_day)} × {i.days}"
     return (
         "broadcast messages per month = clients × messages per client per minute × 60 × hours per day × days"
-        f" × (1 + fan-out) = {i.concurrent_clients} × {i.messages_per_client_per_minute:g} × 60 × {active}"
-        f" × (1 + {i.fanout:g}) = {kinds['broadcast']:,}",
+        f" × (1 + fan-out) = {i.concurrent_clients} × {_show(i.messages_per_client_per_minute)} × 60 × {active}"
+        f" × (1 + {_show(i.fanout)}) = {kinds['broadcast']:,}",
         "presence messages per month = clients × updates per client per hour × hours per day × days"
-        f" × (1 + members per channel) = {i.concurrent_clients} × {i.presence_updates_per_client_per_hour:g}"
-        f" × {active} × (1 + {i.presence_members_per_channel:g}) = {kinds['presence']:,}",
+        f" × (1 + members per channel) = {i.concurrent_clients} × {_show(i.presence_updates_per_client_per_hour)}"
+        f" × {active} × (1 + {_show(i.presence_members_per_channel)}) = {kinds['presence']:,}",
         "postgres_changes messages per month = changes per second × 3,600 × hours per day × days × listening"
-        f" clients × visible share under RLS = {i.db_changes_per_second:g} × 3,600 × {active} × {i.db_listeners}"
-        f" × {i.rls_visible_share:g} = {kinds['postgres_changes']:,}",
+        f" clients × visible share under RLS = {_show(i.db_changes_per_second)} × 3,600 × {active} × {i.db_listeners}"
+        f" × {_show(i.rls_visible_share)} = {kinds['postgres_changes']:,}",
         f"peak connections = concurrent clients = {i.concurrent_clients}",
         "each kind is rounded up to a whole message; usage is even over the active hours, so the average"
         " rate during them is also the peak rate",
@@ -459,3 +465,34 @@ def _assumptions(inputs: EstimateInputs, kinds: dict[str, int]) -> tuple[str, ..
         " its quotas; monthly_usd = base fee + overage (packages rounded up)",
         "enterprise is priced with Team's figures: its real prices and limits are negotiated (custom)",
     )
+
+
+def plans_table() -> str:
+    """README.md's table of the plans (scripts/config-readme writes it between `<!-- plans -->`
+    and `<!-- /plans -->`; tests/test_pricing.py checks it is current)."""
+    rows = [
+        "| plan | title | base fee / month | included messages | included peak connections | past the quotas"
+        " | connections | events/s | joins/s | channels per client | presence events/s | payload KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in RANK:
+        p = PLANS[name]
+        lim = p.limits
+        past = (
+            "restricted (hard quota)"
+            if p.hard_quota
+            else f"{_dollars(p.message_package_usd)} per {p.message_package_size:,} messages,"
+            f" {_dollars(p.connection_package_usd)} per {p.connection_package_size:,} connections"
+        )
+        rows.append(
+            f"| `{name}` | {p.title} | {_dollars(p.base_fee_usd)} | {p.included_messages:,}"
+            f" | {p.included_peak_connections:,} | {past} | {lim.max_concurrent_users:,}"
+            f" | {lim.max_events_per_second:,} | {lim.max_joins_per_second:,} | {lim.max_channels_per_client:,}"
+            f" | {lim.max_presence_events_per_second:,} | {lim.max_payload_size_in_kb:,} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _dollars(value: float) -> str:
+    amount = _price(value)
+    return f"${int(amount):,}" if amount == amount.to_integral_value() else f"${amount:,.2f}"
