@@ -60,8 +60,10 @@ _CENT = Decimal("0.01")
 
 
 def _usd(amount: Decimal) -> float:
-    """An amount rounded to cents (half up) as a JSON number. Exact as a float while it has
-    at most 15 significant digits (amounts below $10^13): the API's bounds keep it so."""
+    """An amount rounded to cents (half up) as a JSON number. The float is exact while the
+    amount has at most 15 significant digits, and for any amount of the built-in plans within
+    the API's bounds: their prices and fees are multiples of $0.50, and their amounts stay
+    below $2^51 (the largest estimate is about $7.4 × 10^14)."""
     return float(amount.quantize(_CENT, rounding=decimal.ROUND_HALF_UP, context=_EXACT))
 
 
@@ -228,7 +230,7 @@ def _ceil(value: Fraction) -> int:
 # -- The what-if estimator ---------------------------------------------------------------
 
 # Bounds: generous (20× Studio's largest connection limit, far past the hosted throughput
-# ceilings) and small enough that every answer is exact as a JSON number (< $10^13).
+# ceilings) and small enough that every answer is exact as a JSON number (see _usd).
 _MAX_CLIENTS = 1_000_000
 
 
@@ -298,7 +300,7 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
       visible share: each change counts once per listener allowed to see it;
     peak connections = concurrent clients. A plan fits when the rates these imply respect its
     rate limits and, on a hard-quota plan, the month stays within its quotas. The cheapest
-    plan is the lowest `monthly_usd` among the fitting ones, the earlier in RANK on a tie."""
+    plan is the lowest `monthly_usd` among the fitting ones, the earlier in `plans` on a tie."""
     if plans is None:
         plans = [PLANS[name] for name in RANK]
     rates = _Rates(inputs)

@@ -422,6 +422,7 @@ class TestEstimate:
         answer = e.model_dump(mode="json")
         for plan, exact in zip(answer["plans"], e.plans, strict=True):
             assert Decimal(repr(plan["monthly_usd"])) == exact.monthly_usd  # the JSON number is exact
+            assert exact.monthly_usd < 2**51 and exact.monthly_usd % Decimal("0.5") == 0  # as _usd relies on
         assert e.messages_per_month["broadcast"] == 10**6 * 6_000 * 60 * 24 * 31 * (1 + 10**6)
 
 
