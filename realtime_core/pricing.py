@@ -57,6 +57,7 @@ RANK = ("free", "pro_capped", "pro", "team", "enterprise")
 # hold any product of a bounded quantity (< 10^22) and a price (a float's ≤ 17 digits).
 _EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation, decimal.Overflow])
 _CENT = Decimal("0.01")
+_TO_CENTS = decimal.Context(prec=80, rounding=decimal.ROUND_HALF_UP)  # the one rounding: in _usd
 
 
 def _usd(amount: Decimal) -> float:
@@ -64,7 +65,7 @@ def _usd(amount: Decimal) -> float:
     amount has at most 15 significant digits, and for any amount of the built-in plans within
     the API's bounds: their prices and fees are multiples of $0.50, and their amounts stay
     below $2^51 (the largest estimate is about $7.4 × 10^14)."""
-    return float(amount.quantize(_CENT, rounding=decimal.ROUND_HALF_UP, context=_EXACT))
+    return float(amount.quantize(_CENT, context=_TO_CENTS))
 
 
 Money = Annotated[Decimal, PlainSerializer(_usd, return_type=float)]

@@ -152,6 +152,15 @@ class TestQuotaEdges:
         assert b.monthly_usd == Decimal("4.84")  # not 4.840000000000001
         assert b.model_dump(mode="json")["monthly_usd"] == 4.84
 
+    def test_a_price_finer_than_cents_is_exact_and_shown_in_cents(self):
+        plan = effective_plan("enterprise", {"message_package_usd": 2.3333, "included_messages": 0})
+        b = bill(plan, 3_000_001, 0)  # 4 packages
+        assert b.total_usd == Decimal("9.3332")
+        shown = b.model_dump(mode="json")
+        assert (shown["total_usd"], shown["lines"][0]["package_usd"]) == (9.33, 2.33)
+        half = effective_plan("enterprise", {"message_package_usd": 2.345, "included_messages": 0})
+        assert bill(half, 1, 0).model_dump(mode="json")["total_usd"] == 2.35  # half up, not to even
+
     def test_huge_quantities_are_exact(self):
         b = bill(PRO, 10**18, 10**12)
         assert b.lines[0].packages == 10**12 - 5
