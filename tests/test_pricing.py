@@ -448,7 +448,23 @@ def _upper_bounds() -> dict[str, float | int]:
 
 quantities = st.one_of(st.integers(0, 20_000_000), st.integers(0, 10**18))
 peaks = st.one_of(st.integers(0, 20_000), st.integers(0, 10**12))
-plans = st.sampled_from(list(PLANS.values()))
+prices = st.decimals(0, 10_000, places=4).map(float)
+custom_plans = st.builds(
+    lambda fee, msg, conn, included: effective_plan(
+        "enterprise",
+        {
+            "base_fee_usd": fee,
+            "message_package_usd": msg,
+            "connection_package_usd": conn,
+            "included_messages": included,
+        },
+    ),
+    prices,
+    prices,
+    prices,
+    st.integers(0, 10**9),
+)
+plans = st.one_of(st.sampled_from(list(PLANS.values())), custom_plans)
 
 
 @settings(max_examples=300, deadline=None)
@@ -466,6 +482,8 @@ def test_a_bill_grows_with_each_quantity(plan, messages, peak, more_messages, mo
 def test_a_bill_is_the_sum_of_its_lines(plan, messages, peak):
     b = bill(plan, messages, peak)
     assert b.total_usd == sum(x.usd for x in b.lines)
+    shown = b.model_dump(mode="json")
+    assert shown["total_usd"] == float(b.total_usd.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP"))
     assert b.monthly_usd == b.base_fee_usd + b.total_usd
     for x in b.lines:
         assert x.overage == max(x.used - x.included, 0)
