@@ -147,6 +147,7 @@ async def test_no_secret_closes_the_apis() -> None:
         ([1, 2], {"body": ["must be a JSON object"]}),
         ({"name": "a"}, {"size": ["can't be blank"]}),
         ({"name": "a", "size": "5"}, {"size": ["Input should be a valid integer"]}),
+        ({"name": "a", "size": 5.5}, {"size": ["Input should be a valid integer"]}),
         ({"name": "a", "size": 101}, {"size": ["Input should be less than or equal to 100"]}),
         ({"name": "a", "size": 1, "colour": "red"}, {"colour": ["is not a known field"]}),
         ({"name": "taken", "size": 1}, {"name": ["has already been taken"]}),
@@ -156,6 +157,14 @@ async def test_bad_bodies_get_422_naming_the_field_and_are_audited(body: Any, er
     router, audit = make_api()
     assert await call(router, "POST", "/admin/v1/things", body, token=admin_token()) == (422, {"errors": errors})
     assert [(e[0], e[1], e[3]) for e in audit.entries] == [("test-operator", "thing.create", 422)]
+
+
+async def test_a_whole_number_written_as_a_float_is_an_integer() -> None:
+    router, _ = make_api()
+    assert await call(router, "POST", "/admin/v1/things", b'{"name": "a", "size": 5.0}', token=admin_token()) == (
+        201,
+        {"name": "a", "size": 5},
+    )
 
 
 async def test_an_envelope_is_required_and_its_fields_are_named_without_it() -> None:

@@ -15,8 +15,6 @@ from conftest import admin_headers
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
     missing_required_header,
-    positive_data_acceptance,
-    unsupported_method,
 )
 
 pytestmark = pytest.mark.pg
@@ -237,10 +235,7 @@ schema = schemathesis.pytest.from_fixture("admin_schema")
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_pricing_endpoints_keep_to_their_documented_schema(case) -> None:  # type: ignore[no-untyped-def]
     """Generated bodies, valid and not: never a 500, and every answer is as documented.
-    Three checks are left out: an authentication failure is upstream's 403 (documented), not the
-    401 schemathesis expects; the server's 405 answers lack an `Allow` header (the HTTP router's,
-    net/http.py, not the pricing endpoints'); and the admin API is stricter than JSON Schema's
-    `integer`, which admits 219.0 (endpoints.Model: nothing is coerced). The valid examples
-    are accepted by the tests above."""
-    excluded = [missing_required_header, unsupported_method, positive_data_acceptance]
+    One check is left out: an authentication failure is upstream's 403 (documented), not the
+    401 schemathesis expects."""
+    excluded = [missing_required_header]
     case.call_and_validate(headers=admin_headers(), excluded_checks=excluded)

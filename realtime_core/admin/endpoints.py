@@ -408,9 +408,21 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
     return parameters
 
 
+def _integral(value: Any) -> Any:
+    """`value` with every float that is a whole number made an int: JSON has one number type, so
+    `219.0` is the integer 219 (as JSON Schema's `integer` says), while `"219"` stays a string."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
 def _json_body(request: Request, envelope: str | None) -> Any:
     try:
-        data = orjson.loads(request.body) if request.body.strip() else None
+        data = _integral(orjson.loads(request.body)) if request.body.strip() else None
     except orjson.JSONDecodeError:
         raise invalid("body", "is not valid JSON") from None
     if envelope is None:

@@ -135,6 +135,13 @@ class Router:
         regex = re.sub(r":(\w+)", r"(?P<\1>[^/]+)", pattern)
         self._routes.append((method, re.compile(f"^{regex}$"), handler))
 
+    def allowed(self, path: str) -> list[str]:
+        """The methods routed for `path` (a 405's `allow` header), HEAD with GET."""
+        methods = {method for method, regex, _ in self._routes if regex.match(path)}
+        if "GET" in methods:
+            methods.add("HEAD")
+        return sorted(methods)
+
     def match(self, method: str, path: str) -> tuple[Handler | None, dict[str, str], bool]:
         """Return (handler, path params, path_known). path_known without a
         handler means the method is not allowed."""

@@ -414,8 +414,9 @@ class HttpProtocol(asyncio.Protocol):
         method = "GET" if request.method == "HEAD" else request.method
         handler, params, path_known = self.server.app.http.match(method, request.path)
         if handler is None:
-            if path_known:
-                return json_response(405, {"error": "Method not allowed"})
+            if path_known:  # RFC 9110 §15.5.6: a 405 names the allowed methods
+                allow = ", ".join(self.server.app.http.allowed(request.path))
+                return json_response(405, {"error": "Method not allowed"}, [("allow", allow)])
             return json_response(404, {"error": "Not found"})
         request.params = params
         try:

@@ -114,6 +114,14 @@ class TestRouter:
             True,
         )
 
+    def test_allowed_lists_the_methods_of_a_path(self):
+        router = Router()
+        router.add("GET", "/tenants/:id", handler_a)
+        router.add("DELETE", "/tenants/:id", handler_a)
+        router.add("POST", "/tenants", handler_a)
+        assert router.allowed("/tenants/a") == ["DELETE", "GET", "HEAD"]
+        assert router.allowed("/nowhere") == []
+
     def test_a_param_does_not_span_slashes(self):
         router = Router()
         router.add("GET", "/tenants/:id", handler_a)
