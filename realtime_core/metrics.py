@@ -295,8 +295,6 @@ _CDC_SERIES: tuple[tuple[str, _Family, str, Callable[[Any], float | None]], ...]
      lambda cdc: cdc.stats()["changes_seen"]),
     ("realtime_postgres_changes_dispatched", CounterMetricFamily, "Changes dispatched to subscribers",
      lambda cdc: cdc.stats()["changes_dispatched"]),
-    ("realtime_channel_db_events", CounterMetricFamily, "Postgres Changes messages sent",
-     lambda cdc: cdc.stats()["messages_sent"]),
     ("realtime_postgres_changes_rls_errors", CounterMetricFamily, "Row-level security check errors",
      lambda cdc: cdc.stats()["rls_errors"]),
     ("realtime_replication_connected", GaugeMetricFamily, "1 while the replication stream runs",
