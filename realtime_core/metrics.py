@@ -258,10 +258,8 @@ class RealtimeCollector:
                 labels=["tenant"],
             )
             for tenant, authorizer in authorizers:
-                histogram: LatencyHistogram = getattr(authorizer, f"{direction}_latency")
-                family.add_metric(
-                    [tenant], _cumulative(LATENCY_BUCKETS_MS, histogram.buckets), sum_value=histogram.sum_ms
-                )
+                latency: LatencyHistogram = authorizer.read_latency if direction == "read" else authorizer.write_latency
+                family.add_metric([tenant], _cumulative(LATENCY_BUCKETS_MS, latency.buckets), sum_value=latency.sum_ms)
             yield family
         errors = CounterMetricFamily(
             "realtime_authorization_errors", "Authorization checks that failed", labels=["tenant"]
