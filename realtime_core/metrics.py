@@ -77,18 +77,17 @@ class MetricsSource(Protocol):
 
 
 class SizeHistogram:
-    """Cumulative counts of sizes over PAYLOAD_SIZE_BUCKETS (the last slot is +Inf)."""
+    """Payload sizes counted per bucket of PAYLOAD_SIZE_BUCKETS (the last slot is +Inf) and summed;
+    the collector makes the counts cumulative."""
 
-    __slots__ = ("buckets", "count", "total")
+    __slots__ = ("buckets", "total")
 
     def __init__(self) -> None:
         self.buckets = [0] * (len(PAYLOAD_SIZE_BUCKETS) + 1)
-        self.count = 0
         self.total = 0
 
     def observe(self, size: int) -> None:
         self.buckets[bisect.bisect_left(PAYLOAD_SIZE_BUCKETS, size)] += 1
-        self.count += 1
         self.total += size
 
 

@@ -43,6 +43,7 @@ UPSTREAM_TYPES = {
     "realtime_tenants_payload_size": "histogram",
     "realtime_tenants_read_authorization_check": "histogram",
     "realtime_tenants_write_authorization_check": "histogram",
+    "realtime_replication_slot_lag_bytes": "gauge",
 }
 
 
@@ -146,6 +147,13 @@ async def test_upstream_series_count_a_scripted_mix_of_traffic(cdc, db, clients,
     assert states == [CHANNEL_ERROR]
     await refused.unsubscribe()  # before the client's 1 s rejoin
 
+    # Replication lag per tenant: the slot's health is read once the slot exists.
+    def lag() -> float | None:
+        return value(values(scrape(cdc.http_url)), "realtime_replication_slot_lag_bytes", tenant=TENANT)
+
+    await eventually(lambda: lag() is not None, what="the slot's lag")
+    assert lag() >= 0  # type: ignore[operator]
+
     text = scrape(cdc.http_url)
     types = {family.name: family.type for family in text_string_to_metric_families(text)}
     assert {name: types.get(name) for name in UPSTREAM_TYPES} == UPSTREAM_TYPES
@@ -236,6 +244,7 @@ def test_text_that_is_not_the_exposition_format_is_refused():
 METRICS_SECRET = "metrics-secret-" + "s" * 32
 
 
+@pytest.mark.pg
 async def test_metrics_secret_still_guards_the_exposition(server_factory):
     srv = server_factory({"METRICS_JWT_SECRET": METRICS_SECRET})
     assert httpx.get(f"{srv.http_url}/metrics").status_code == 403
