@@ -188,12 +188,8 @@ class RealtimeCollector:
             value=sum(1 for t in tenants if t.users),
         )
         ids = [t.external_id for t in tenants]
-        for kind, text in (
-            ("events", "Broadcast messages delivered"),
-            ("presence_events", "Presence messages delivered"),
-            ("db_events", "Postgres Changes messages delivered"),
-        ):
-            index = _EVENT_SERIES.index(kind)
+        texts = ("Broadcast messages delivered", "Presence messages delivered", "Postgres Changes messages delivered")
+        for index, (kind, text) in enumerate(zip(_EVENT_SERIES, texts, strict=True)):
             values = {tenant: c.delivered[index] if (c := messages.get(tenant)) else 0 for tenant in ids}
             yield _per_tenant(f"realtime_channel_{kind}", f"{text}, per tenant", values)
             total = sum(c.delivered[index] for c in messages.values())
