@@ -83,16 +83,6 @@ class LatencyHistogram:
         self.count += 1
         self.sum_ms += ms
 
-    def render(self, name: str, labels: str) -> list[str]:
-        lines = []
-        running = 0
-        for bound, n in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.buckets, strict=True):
-            running += n
-            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
-        lines.append(f"{name}_sum{{{labels}}} {self.sum_ms:.3f}")
-        lines.append(f"{name}_count{{{labels}}} {self.count}")
-        return lines
-
 
 _SET_CONFIG = (
     "select set_config('role', %s, true), set_config('realtime.topic', %s, true),"

@@ -17,6 +17,7 @@ from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
 from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
 from .jwt import KeySet, verify
+from .metrics import CONTENT_TYPE
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
 from .tenants import MissingHost, Tenant
@@ -53,7 +54,7 @@ def register(app: App, router: Router) -> None:
                 verify(token or "", KeySet(secret=secret), now=time.time(), require_role_exp=False)
             except JwtError:
                 return Response(403)
-        return Response(200, app.metrics.render().encode(), content_type="text/plain; version=0.0.4")
+        return Response(200, app.metrics.render(), content_type=CONTENT_TYPE)
 
     async def preflight(request: Request) -> Response:
         return Response(204, headers=list(_PREFLIGHT))

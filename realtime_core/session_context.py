@@ -40,7 +40,9 @@ class SessionMetrics(Protocol):
 
     malformed_messages: int
 
-    def join_refused(self, code: str) -> None: ...
+    def join_started(self, tenant: str) -> None: ...
+
+    def join_refused(self, code: str, tenant: str) -> None: ...
 
 
 class SessionContext(Protocol):

@@ -149,6 +149,7 @@ class RealtimeSocket:
             channel.handle_in(msg)
 
     async def _join(self, msg: Message) -> None:
+        self.ctx.metrics.join_started(self.tenant.external_id)
         try:
             try:
                 channel, response = await join(self, msg)
@@ -179,7 +180,7 @@ class RealtimeSocket:
     def _join_failed(self, msg: Message, exc: RealtimeError) -> None:
         reason = exc.reason
         log.info("join of %s refused: %s", msg.topic, reason)
-        self.ctx.metrics.join_refused(exc.code)
+        self.ctx.metrics.join_refused(exc.code, self.tenant.external_id)
         close = exc.closes_socket
 
         def send() -> None:

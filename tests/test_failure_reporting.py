@@ -128,7 +128,7 @@ async def test_a_connect_token_with_an_out_of_range_exp_is_refused(cdc):
 def channel_errors(server: Any) -> dict[str, float]:
     """realtime_channel_global_error by code, from GET /metrics."""
     samples = parse_samples(httpx.get(f"{server.http_url}/metrics").text)
-    return {s.labels["code"]: float(s.value) for s in samples if s.name == "realtime_channel_global_error_total"}
+    return {s.labels["code"]: float(s.value) for s in samples if s.name == "realtime_channel_global_error"}
 
 
 async def private_join(client: RawClient, topic: str) -> Frame:

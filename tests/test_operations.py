@@ -8,7 +8,6 @@ the slot retains it for certain; the server checks the slot every 10 s."""
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -53,7 +52,8 @@ async def test_metrics_need_a_bearer_token_signed_with_the_metrics_secret(server
     response = get_metrics(srv.http_url, f"Bearer {good}")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert re.search(r"^realtime_connections_connected \d+", response.text, re.MULTILINE), response.text
+    connected = [s for s in parse_samples(response.text) if s.name == "realtime_connections_connected"]
+    assert [s.labels for s in connected] == [{"tenant": "realtime-dev"}], response.text
     # role and exp are optional; a valid exp is accepted.
     fresh = make_token(role=None, exp_in=60, secret=METRICS_SECRET)
     assert get_metrics(srv.http_url, f"Bearer {fresh}").status_code == 200
