@@ -408,10 +408,11 @@ class UsageMeter:
             quota = self.quota(tenant)
             cycle = self.cycle(tenant)
             for metric, status in quota.items():
-                percent = status["percent"]
+                used, included = status["used"], status["included"]
                 for threshold in THRESHOLDS:
                     key = (tenant.external_id, cycle.start, metric, threshold)
-                    if percent is None or percent < threshold or key in self._alerted:
+                    # Exact: the rounded percent of 1,599,999 of 2M reads 80.0.
+                    if included <= 0 or used * 100 < threshold * included or key in self._alerted:
                         continue
                     claimed = await self._claim_alert(key)
                     if claimed is None:
@@ -423,7 +424,7 @@ class UsageMeter:
                     log.warning(
                         "QuotaThresholdCrossed: tenant %s used %s%% of its %s (%s of %s) in the cycle from %s",
                         tenant.external_id,
-                        percent,
+                        status["percent"],
                         metric,
                         status["used"],
                         status["included"],
