@@ -43,6 +43,8 @@ __all__ = ["THRESHOLDS", "Cycle", "UsageMeter", "billing_cycle", "hour_of"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # wall time, seconds since the epoch (UTC)
+# Counted and not yet stored: messages by (tenant, epoch hour) and kind; peaks by (tenant, epoch hour).
+_Pending = tuple[dict[tuple[str, int], dict[str, int]], dict[tuple[str, int], int]]
 
 THRESHOLDS = (80, 100)  # percent of a quota: crossing each is logged, counted and POSTed once per cycle
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -210,7 +212,7 @@ class UsageMeter:
 
     # What is counted and not yet stored (the live part of every answer)
 
-    def _pending(self) -> tuple[dict[tuple[str, int], dict[str, int]], dict[tuple[str, int], int]]:
+    def _pending(self) -> _Pending:
         """Messages and peaks counted and not yet committed: waiting, and being flushed."""
         for tenant_id in list(self._connections):
             self._connections_of(tenant_id)  # quiet hours with open sockets get their peak
@@ -367,14 +369,15 @@ class UsageMeter:
         today = datetime.fromtimestamp(self.clock(), UTC).date()
         return billing_cycle(today, tenant.billing_cycle_day)
 
-    def cycle_usage(self, tenant: Tenant) -> tuple[int, int]:
+    def cycle_usage(self, tenant: Tenant, pending: _Pending | None = None) -> tuple[int, int]:
         """Messages and peak connections of the tenant's current cycle, live: the database's
-        totals at the last flush plus what this process counted since."""
+        totals at the last flush plus what this process counted since (`pending`: _pending(),
+        when the caller asks for many tenants)."""
         cycle = self.cycle(tenant)
         tenant_id = tenant.external_id
         stored = self._stored.get(tenant_id)
         messages, peak = (stored[1], stored[2]) if stored is not None and stored[0] == cycle.start else (0, 0)
-        pending_messages, pending_peaks = self._pending()
+        pending_messages, pending_peaks = pending or self._pending()
         for (tid, hour), counts in pending_messages.items():
             if tid == tenant_id and day_of_hour(hour) >= cycle.start:
                 messages += sum(counts.values())
@@ -383,10 +386,10 @@ class UsageMeter:
                 peak = max(peak, value)
         return messages, peak
 
-    def quota(self, tenant: Tenant) -> dict[str, dict[str, Any]]:
+    def quota(self, tenant: Tenant, pending: _Pending | None = None) -> dict[str, dict[str, Any]]:
         """The tenant's quota status in its current cycle: {"messages": {"used", "included",
         "percent"}, "peak_connections": {...}} (percent of the plan's included quantity)."""
-        messages, peak = self.cycle_usage(tenant)
+        messages, peak = self.cycle_usage(tenant, pending)
         plan = tenant.plan
         return {
             "messages": _status(messages, plan.included_messages),
@@ -404,8 +407,9 @@ class UsageMeter:
         """Log, count and POST each threshold a tenant's quota crossed, once per cycle: the
         database remembers what was sent (`_realtime.usage_alerts`), across restarts and
         processes."""
+        pending = self._pending()
         for tenant in self.tenants():
-            quota = self.quota(tenant)
+            quota = self.quota(tenant, pending)
             cycle = self.cycle(tenant)
             for metric, status in quota.items():
                 used, included = status["used"], status["included"]
