@@ -32,6 +32,7 @@ class MetricsSource(Protocol):
     cdc: Mapping[str, Any]
     authorizers: Mapping[str, Any]
     db_broadcasts: Mapping[str, Any]
+    usage: Any  # usage.UsageMeter: flushes, flush_failures, alerts, webhooks_sent, webhook_failures
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -90,6 +91,15 @@ class Metrics:
             lines.append(f'realtime_channel_global_error{{code="{_label(code)}"}} {count}')
         for tenant in app.tenants:
             lines.append(f'realtime_tenant_users{{tenant="{_label(tenant.external_id)}"}} {tenant.users}')
+        usage = app.usage
+        lines += [
+            f"realtime_usage_flushes_total {usage.flushes}",
+            f"realtime_usage_flush_failures_total {usage.flush_failures}",
+            f"realtime_usage_alert_webhooks_sent_total {usage.webhooks_sent}",
+            f"realtime_usage_alert_webhook_failures_total {usage.webhook_failures}",
+        ]
+        for (metric, threshold), count in sorted(usage.alerts.items()):
+            lines.append(f'realtime_usage_quota_alerts_total{{metric="{metric}",threshold="{threshold}"}} {count}')
         services = sorted(app.services.items())
         for tenant_id, cdc in ((t, s.cdc) for t, s in services if s.cdc is not None):
             label = f'tenant="{_label(tenant_id)}"'

@@ -29,7 +29,7 @@ from conftest import (
     start_server,
 )
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-from wire import V2, RawClient, connect_refused, eventually, parse_kind4
+from wire import V2, RawClient, connect_refused, eventually, metric, parse_kind4
 
 from realtime_core import db as control_db
 from realtime_core.config import Limits
@@ -425,6 +425,13 @@ async def test_quota_alerts_are_posted_once_per_threshold_and_enforce_quota_refu
                 )
             await eventually(lambda: len(Hook.received) == 2, 10_000 * MS, what="the 100 % alert")
             assert Hook.received[1]["threshold"] == 100
+            for threshold in ("80", "100"):
+                alerts = metric(server.http_url, "realtime_usage_quota_alerts_total", threshold=threshold)
+                assert alerts == 1
+            # Counted once the hook's answer is read, just after it recorded the body.
+            await eventually(
+                lambda: metric(server.http_url, "realtime_usage_alert_webhooks_sent_total") == 2, what="2 sent"
+            )
             bill = httpx.get(f"{server.http_url}/admin/v1/tenants/{TENANT}/bill", headers=admin_headers()).json()
             # Exactly at the quota: used up (connects refused), not past it (not restricted).
             assert bill["plan"] == "free" and bill["so_far"]["restricted"] is False
