@@ -505,6 +505,10 @@ async def test_an_organization_bill_sums_messages_and_peaks_of_its_tenants(pg_ds
             assert bill["quota"]["peak_connections"]["used"] == 1_700
             # The published examples, together: 8.5M messages → $10, 1,700 peak connections → $20.
             assert bill["so_far"]["total_usd"] == 30.0
+            # The stored hour is within the last 24 hours: its rate carries on to the cycle's end.
+            assert bill["window"]["messages"] == 8_500_000 and bill["window"]["seconds"] > 0
+            assert bill["projected"]["lines"][0]["used"] >= 8_500_000
+            assert [t["projected_messages"] >= t["messages"] for t in bill["tenants"]] == [True, True]
             assert (
                 httpx.get(f"{server.http_url}/admin/v1/organizations/none/bill", headers=admin_headers()).status_code
                 == 404
