@@ -272,7 +272,11 @@ class App:
         self.services.clear()
         if self.pool is not None:
             # Every socket is closed and every service stopped: nothing is counted after this.
-            await self.usage.flush()
+            # Bounded: with the database gone, stopping must not wait for the pool's timeout.
+            try:
+                await asyncio.wait_for(self.usage.flush(), _STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("usage: the last flush did not finish within %.0f s; its counts are lost", _STOP_TIMEOUT)
             await self.pool.close()
 
     def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]:

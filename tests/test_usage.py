@@ -29,13 +29,18 @@ from conftest import (
     start_server,
 )
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from test_hub import Subscriber
 from wire import V2, RawClient, connect_refused, eventually, metric, parse_kind4
 
 from realtime_core import db as control_db
 from realtime_core.config import Limits
 from realtime_core.db import open_pool
+from realtime_core.hub import Hub, Publication, StreamKey
 from realtime_core.jwt import KeySet
+from realtime_core.limits import BUCKET_SECONDS
 from realtime_core.plans import PLANS
+from realtime_core.protocol import V1
+from realtime_core.protocol import V2 as V2_CODEC
 from realtime_core.tenants import Tenant
 from realtime_core.usage import UsageMeter, billing_cycle
 
@@ -54,7 +59,8 @@ class Clock:
 
 
 def tenant(external_id: str = "t1", **fields: Any) -> Tenant:
-    return Tenant(id=external_id, external_id=external_id, name=external_id, limits=Limits(), keys=KeySet(), **fields)
+    fields.setdefault("limits", Limits())
+    return Tenant(id=external_id, external_id=external_id, name=external_id, keys=KeySet(), **fields)
 
 
 # -- peak connections (unit) -----------------------------------------------------------------
@@ -515,3 +521,25 @@ async def test_an_organization_bill_sums_messages_and_peaks_of_its_tenants(pg_ds
             )
         finally:
             server.stop()
+
+
+# -- through the hub: deliveries counted once per publication, refused ones not -------------------
+
+
+def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_limit_is_reached():
+    clock = Clock(T0)
+    meter = UsageMeter(clock)
+    hub = Hub()
+    hub.observers.append(meter)
+    t = tenant("t1", limits=Limits(max_events_per_second=1_000))
+    key = StreamKey("t1", False, "room")
+    sender, *others = [Subscriber(codec) for codec in (V2_CODEC, V2_CODEC, V1)]
+    for sub in (sender, *others):
+        hub.subscribe(key, sub)  # type: ignore[arg-type]
+    hub.accepted(t, "broadcast", key, 1)
+    assert hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}"), 100.0, exclude=sender) == 2
+    hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}", kind="rest"), 100.0)
+    assert meter.cycle_usage(t) == (1 + 2 + 3, 0)
+    t.events.add(10**9, 100.0)  # once its bucket ends, the events/s limit is reached: nothing is delivered
+    assert hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}"), 100.0 + BUCKET_SECONDS) == 0
+    assert meter.cycle_usage(t) == (6, 0)
