@@ -501,6 +501,8 @@ def _alert_body(tenant: Tenant, cycle: Cycle, metric: str, threshold: int, statu
 
 def _post(url: str, body: bytes) -> int:
     """POST `body` as JSON to `url` (blocking: run in a thread); the HTTP status."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"alert_webhook_url must be an http(s) URL, got {url[:40]!r}")  # urllib also opens file:
     request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=_WEBHOOK_TIMEOUT) as response:
