@@ -34,6 +34,7 @@ from .protocol import codec_for
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
+from .usage import UsageMeter
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -67,6 +68,10 @@ class App:
         self.broker: Broker = InProcessBroker(self.hub)
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
+        # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
+        self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
+        if settings.usage_metering:
+            self.hub.observers.append(self.usage)
         self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
@@ -94,6 +99,7 @@ class App:
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
+        self.usage.start(self.pool, lambda: self.tenants, self.spawn)
         # Together, so that one slow or unreachable database delays the others by nothing.
         tenants = list(self.tenants)
         results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
@@ -265,6 +271,12 @@ class App:
             await services.stop()
         self.services.clear()
         if self.pool is not None:
+            # Every socket is closed and every service stopped: nothing is counted after this.
+            # Bounded: with the database gone, stopping must not wait for the pool's timeout.
+            try:
+                await asyncio.wait_for(self.usage.flush(), _STOP_TIMEOUT)
+            except TimeoutError:
+                log.error("usage: the last flush did not finish within %.0f s; its counts are lost", _STOP_TIMEOUT)
             await self.pool.close()
 
     def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]:
@@ -304,6 +316,14 @@ class App:
             raise ConnectError(429, "Too many connected users")
         if tenant.joins.reached(limits.max_joins_per_second, now):
             raise ConnectError(429, "Too many joins per second")
+        if tenant.enforce_quota and tenant.plan.hard_quota and self.usage.messages_exhausted(tenant):
+            # 429 as upstream answers its other connect-time limits (user_socket.ex): the client
+            # backs off and retries, which succeeds once the next cycle starts.
+            raise ConnectError(
+                429,
+                f"MessageQuotaExceeded: the {tenant.plan.included_messages} messages plan {tenant.plan.name}"
+                " includes in this billing cycle are used up",
+            )
         x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
         level = query.get("log_level", "error")
         socket = RealtimeSocket(

@@ -32,7 +32,7 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .hub import BROADCAST_KIND, DB_BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -349,6 +349,7 @@ class Channel:
         """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
+        sent = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
             if row.binary_payload is not None:
@@ -357,9 +358,12 @@ class Channel:
                 )
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
+                    sent += 1
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
             self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
+            sent += 1
+        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
 
     def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
         """The write policy for `extension` on a private channel; None while it is being
@@ -459,6 +463,7 @@ class Channel:
                 # The response is a bare string (docs/protocol.md §4.1).
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
             return
+        ctx.hub.accepted(tenant, BROADCAST_KIND, self.key, 1)
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
@@ -502,12 +507,14 @@ class Channel:
                 self.shutdown("Track message size exceeded")
                 return
             diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
+            app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
         elif kind == "untrack":
             diff = app.broker.presence_leave(self.key, self)
+            app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -522,7 +529,9 @@ class Channel:
         if tenant.presence_events.reached(tenant.limits.max_presence_events_per_second, now):
             self.shutdown("Too many presence messages per second")
             return
-        self.push("presence_state", self.socket.ctx.broker.presence_state(self.key))
+        ctx = self.socket.ctx
+        self.push("presence_state", ctx.broker.presence_state(self.key))
+        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND)
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx

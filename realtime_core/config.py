@@ -248,6 +248,19 @@ class Settings:
         minimum=1,
     )
 
+    usage_metering: bool = bool_var(
+        "REALTIME_USAGE_METERING",
+        True,
+        "count messages per tenant (README, Usage and quotas); off only to measure what counting costs"
+        " (connections are still counted)",
+    )
+    usage_flush_interval_ms: int = int_var(
+        "REALTIME_USAGE_FLUSH_INTERVAL_MS",
+        10_000,
+        "how often usage counts are added to the database (and quotas checked); a SIGKILL loses at most this much",
+        minimum=100,
+    )
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the declared environment variables (README, Configuration); ValueError naming

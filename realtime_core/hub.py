@@ -226,6 +226,14 @@ class Hub:
         for observer in self.observers:
             observer.accepted(tenant, kind, key, count)
 
+    def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int = 1) -> None:
+        """Record that `count` frames of `kind` were sent to `subscriber` outside deliver(): the
+        `presence_state` a channel gets at its join, the messages it gets as a replay."""
+        if count and self.observers:
+            publication = Publication(subscriber.topic, "", kind=kind)
+            for observer in self.observers:
+                observer.delivered(tenant, publication, (subscriber,), count)
+
     def publish(
         self,
         tenant: Tenant,

@@ -74,6 +74,7 @@ class MetricsSource(Protocol):
     tenants: Iterable[Tenant]
     services: Mapping[str, Any]  # tenant_services.TenantServices: cdc, authorizer, db_broadcast
     hub: Hub
+    usage: Any  # usage.UsageMeter: flushes, flush_failures, alerts, webhooks_sent, webhook_failures
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -242,6 +243,29 @@ class RealtimeCollector:
         for tenant in sorted(app.tenants, key=lambda t: t.external_id):
             users.add_metric([tenant.external_id], tenant.users)
         yield users
+        yield from self._usage()
+
+    def _usage(self) -> Iterator[Metric]:
+        """Usage metering: its flushes, and the quota alerts it raised (usage.py)."""
+        usage = self._app.usage
+        yield CounterMetricFamily("realtime_usage_flushes", "Usage flushes to the database", value=usage.flushes)
+        yield CounterMetricFamily(
+            "realtime_usage_flush_failures", "Usage flushes that failed (kept and retried)", value=usage.flush_failures
+        )
+        yield CounterMetricFamily(
+            "realtime_usage_alert_webhooks_sent", "Quota alerts POSTed to a webhook", value=usage.webhooks_sent
+        )
+        yield CounterMetricFamily(
+            "realtime_usage_alert_webhook_failures",
+            "Quota alert webhooks that failed after their retries",
+            value=usage.webhook_failures,
+        )
+        alerts = CounterMetricFamily(
+            "realtime_usage_quota_alerts", "Quota thresholds crossed", labels=["metric", "threshold"]
+        )
+        for (metric, threshold), count in sorted(usage.alerts.items()):
+            alerts.add_metric([metric, str(threshold)], count)
+        yield alerts
 
     def _tenant_services(self) -> Iterator[Metric]:
         """Postgres Changes, replication slot, authorization and database broadcast series, per tenant."""

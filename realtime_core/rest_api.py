@@ -16,6 +16,7 @@ import orjson
 from . import broadcast
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
 from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
+from .hub import REST_KIND, StreamKey
 from .jwt import KeySet, verify
 from .metrics import CONTENT_TYPE
 from .net.http import Handler, Request, Response, Router, json_response
@@ -191,6 +192,7 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
         if private and not writable.get(item["topic"], False):
             continue
         payload = orjson.Fragment(encoded)  # encoded once, by the size check
+        app.hub.accepted(tenant, REST_KIND, StreamKey(tenant.external_id, private, item["topic"]), 1)
         broadcast.publish_json(
             app.broker, tenant, item["topic"], private, item["event"], payload, item.get("id"), app.now()
         )
@@ -249,5 +251,6 @@ async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], re
     if tenant.events.reached(tenant.limits.max_events_per_second, now):
         return json_response(429, {"message": "You have exceeded your rate limit"})
     tenant.events.add(1, now)
+    app.hub.accepted(tenant, REST_KIND, StreamKey(tenant.external_id, private, sub_topic), 1)
     broadcast.publish_user(app.broker, tenant, sub_topic, private, message, app.now())
     return Response(202)

@@ -15,12 +15,13 @@ if TYPE_CHECKING:
     from .authorization import Authorizer
     from .broker import Broker
     from .config import Settings
+    from .hub import Hub
     from .messages import ReplayRow
     from .postgres_changes.cdc import PostgresChanges
     from .protocol import Codec, Message
     from .tenants import Tenant, TenantRegistry
 
-__all__ = ["ChannelSocket", "Connection", "SessionContext", "SessionMetrics", "Spawn"]
+__all__ = ["ChannelSocket", "Connection", "SessionContext", "SessionMetrics", "SessionUsage", "Spawn"]
 
 
 class Spawn(Protocol):
@@ -45,13 +46,23 @@ class SessionMetrics(Protocol):
     def join_refused(self, code: str, tenant: str) -> None: ...
 
 
+class SessionUsage(Protocol):
+    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection."""
+
+    def connected(self, tenant: Tenant) -> None: ...
+
+    def disconnected(self, tenant: Tenant) -> None: ...
+
+
 class SessionContext(Protocol):
     """The server as a client session sees it."""
 
     settings: Settings
     tenants: TenantRegistry
     broker: Broker
+    hub: Hub  # accepted() and sent(): what sessions report for usage metering (deliveries go through the broker)
     metrics: SessionMetrics
+    usage: SessionUsage
     sockets: MutableSet[Any]  # the open sockets: added at attach, removed at close
     shutting_down: bool
     loop: asyncio.AbstractEventLoop  # timers: token expiry, replication_ready, error backoff

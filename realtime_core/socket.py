@@ -89,6 +89,7 @@ class RealtimeSocket:
     def attach(self, conn: WebSocketConnection) -> None:
         self.conn = conn
         self.ctx.sockets.add(self)
+        self.ctx.usage.connected(self.tenant)
 
     # Input (net/websocket.py)
 
@@ -261,6 +262,8 @@ class RealtimeSocket:
             channel.close()
         if self.counted:
             self.tenant.users -= 1
+        if self.conn is not None:  # attached: counted as a connection
+            self.ctx.usage.disconnected(self.tenant)
         self.ctx.sockets.discard(self)
 
     def disconnect(self, code: CloseCode, reason: str = "") -> None:

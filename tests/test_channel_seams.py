@@ -73,6 +73,8 @@ class FakeContext:
         self.settings = Settings(channel_error_backoff_ms=0)
         self.tenants = TenantRegistry([tenant])
         self.broker = broker
+        # What the channel reports for usage metering (no observer: nothing is counted here).
+        self.hub = getattr(broker, "hub", None) or Hub()
         self.metrics = FakeMetrics()
         self.sockets: set[Any] = set()
         self.shutting_down = False

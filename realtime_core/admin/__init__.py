@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, pricing_api
+from . import audit, pricing_api, usage_api
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -24,5 +24,6 @@ def register(app: App, router: Router) -> AdminApi:
     api = AdminApi(AdminAuth.from_settings(app.settings), audit.AuditLog(lambda: app.pool))
     audit.routes(api)
     pricing_api.routes(api)
+    usage_api.routes(api, app)
     api.register(router)
     return api

@@ -1,0 +1,540 @@
+"""Usage metering: messages by tenant, UTC hour and kind, and peak connections, counted in memory
+and flushed to the server's database; quota status and the 80 % / 100 % alerts.
+
+The Hub reports every message accepted from a sender and every publication delivered
+(hub.DeliveryObserver); the channel reports the frames it sends outside the hub
+(`presence_state` at join, replayed messages) the same way; the socket reports each connect and
+disconnect of a WebSocket (connected() / disconnected()). What counts is the README's table
+("Usage and quotas").
+
+Hot path: one clock read, one dict lookup and one integer addition per publication, never per
+receiver; no I/O. Counts wait in `_unflushed`, by (tenant, epoch hour), until flush() adds them
+to `_realtime.usage` (sql/0009_usage.sql) in one transaction: a failed flush puts them back, so a
+database outage loses nothing, and a flush runs beside delivery, never in its way. Rows are
+upserted by adding, so restarts and several processes add up; peaks are merged with greatest().
+
+App.start() calls start() (cycle totals, then a flush every `interval` seconds); App.stop()
+calls flush() once more after the sockets closed, before the pool closes."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import logging
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+
+from .hub import KINDS
+
+if TYPE_CHECKING:
+    from .hub import Publication, StreamKey, Subscriber
+    from .tenants import Tenant
+
+__all__ = ["THRESHOLDS", "Cycle", "UsageMeter", "billing_cycle", "hour_of"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]  # wall time, seconds since the epoch (UTC)
+# Counted and not yet stored: messages by (tenant, epoch hour) and kind; peaks by (tenant, epoch hour).
+_Pending = tuple[dict[tuple[str, int], dict[str, int]], dict[tuple[str, int], int]]
+
+THRESHOLDS = (80, 100)  # percent of a quota: crossing each is logged, counted and POSTed once per cycle
+_EPOCH = date(1970, 1, 1).toordinal()
+# A quiet stretch between two connects or flushes whose hours are filled in with the connections
+# still open: at most a month of hours (a longer gap means the process was not running).
+_MAX_GAP_HOURS = 31 * 24
+# Pauses before each retry of an alert webhook (s): five attempts over about 15 s.
+WEBHOOK_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+_WEBHOOK_TIMEOUT = 10.0
+
+
+def hour_of(t: float) -> int:
+    """The epoch hour (hours since 1970-01-01 00:00 UTC) of wall time `t`."""
+    return int(t // 3600)
+
+
+def day_of_hour(hour: int) -> date:
+    return date.fromordinal(_EPOCH + hour // 24)
+
+
+@dataclass(frozen=True, slots=True)
+class Cycle:
+    """A billing cycle: from `start` (included) to `end` (excluded), UTC days."""
+
+    start: date
+    end: date
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days
+
+
+def _add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year = day.year + month // 12
+    month = month % 12 + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+def billing_cycle(today: date, cycle_day: int) -> Cycle:
+    """The billing cycle holding `today` for a tenant whose cycles start on day `cycle_day` (1..28)
+    of each month, UTC."""
+    start = date(today.year, today.month, cycle_day)
+    if today.day < cycle_day:
+        start = _add_months(start, -1)
+    return Cycle(start, _add_months(start, 1))
+
+
+class _Connections:
+    """The open WebSockets of one tenant and the peak of the current hour."""
+
+    __slots__ = ("hour", "open", "peak")
+
+    def __init__(self, hour: int) -> None:
+        self.open = 0
+        self.hour = hour
+        self.peak = 0
+
+
+class UsageMeter:
+    """Counts one process's usage in memory and keeps it in the server's database.
+
+    Attributes the metrics read: `flushes`, `flush_failures`, `alerts` ({(metric, threshold):
+    crossings}), `webhooks_sent`, `webhook_failures`."""
+
+    def __init__(self, clock: Clock = time.time, *, interval: float = 10.0, enabled: bool = True) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.enabled = enabled  # False: messages are not counted (connections still are)
+        self._hour_end = 0.0  # wall time at which the current hour ends
+        self._hour = -1
+        # (tenant, epoch hour) → kind → messages, not yet in the database.
+        self._unflushed: dict[tuple[str, int], dict[str, int]] = {}
+        # tenant → the _unflushed entry of the current hour (the hot path's only lookup).
+        self._current: dict[str, dict[str, int]] = {}
+        self._flushing: dict[tuple[str, int], dict[str, int]] | None = None
+        self._connections: dict[str, _Connections] = {}
+        # (tenant, epoch hour) → peak connections, not yet in the database.
+        self._peaks: dict[tuple[str, int], int] = {}
+        self._flushing_peaks: dict[tuple[str, int], int] | None = None
+        # tenant → (cycle start, messages, peak connections) in the database at the last flush.
+        self._stored: dict[str, tuple[date, int, int]] = {}
+        self._alerted: set[tuple[str, date, str, int]] = set()
+        self._lock = asyncio.Lock()  # one flush or live read at a time
+        self.pool: AsyncConnectionPool | None = None
+        self.tenants: Callable[[], Iterable[Tenant]] = tuple
+        self.spawn: Callable[..., Any] | None = None
+        self.flushes = 0
+        self.flush_failures = 0
+        self.alerts: dict[tuple[str, int], int] = {}
+        self.webhooks_sent = 0
+        self.webhook_failures = 0
+
+    # Counting (hub.DeliveryObserver and the sessions): in memory only
+
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
+        """`count` messages of `kind` were accepted from a sender."""
+        if count and self.enabled:
+            self._count(tenant.external_id, kind, count)
+
+    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+        """`publication` reached `count` sockets: `count` messages of its kind."""
+        # _count() inlined: this runs once per publication of every fan-out.
+        if count and self.enabled:
+            if self.clock() >= self._hour_end:
+                self._roll()
+            try:
+                self._current[tenant.external_id][publication.kind] += count
+            except KeyError:
+                self._counts(tenant.external_id)[publication.kind] += count
+
+    def _count(self, tenant_id: str, kind: str, count: int) -> None:
+        if self.clock() >= self._hour_end:
+            self._roll()
+        try:
+            self._current[tenant_id][kind] += count
+        except KeyError:
+            self._counts(tenant_id)[kind] += count
+
+    def _roll(self) -> None:
+        """A new hour: later counts go to new entries (the closed hour's wait for the flush)."""
+        now = self.clock()
+        self._hour = hour_of(now)
+        self._hour_end = (self._hour + 1) * 3600.0
+        self._current = {}
+
+    def _counts(self, tenant_id: str) -> dict[str, int]:
+        """The counts of `tenant_id` for the current hour, created at its first message."""
+        key = (tenant_id, self._hour)
+        counts = self._unflushed.get(key)
+        if counts is None:
+            counts = self._unflushed[key] = dict.fromkeys(KINDS, 0)
+        self._current[tenant_id] = counts
+        return counts
+
+    def connected(self, tenant: Tenant) -> None:
+        """A WebSocket upgrade of `tenant` succeeded."""
+        conns = self._connections_of(tenant.external_id)
+        conns.open += 1
+        if conns.open > conns.peak:
+            conns.peak = conns.open
+            key = (tenant.external_id, conns.hour)
+            if self._peaks.get(key, 0) < conns.peak:
+                self._peaks[key] = conns.peak
+
+    def disconnected(self, tenant: Tenant) -> None:
+        """A WebSocket of `tenant` that connected() counted has closed."""
+        conns = self._connections_of(tenant.external_id)
+        conns.open -= 1
+
+    def _connections_of(self, tenant_id: str) -> _Connections:
+        """The tenant's connections, moved to the current hour: a new hour starts from the
+        connections open at that moment, and so does every hour of a quiet gap."""
+        hour = hour_of(self.clock())
+        conns = self._connections.get(tenant_id)
+        if conns is None:
+            conns = self._connections[tenant_id] = _Connections(hour)
+        elif conns.hour != hour:
+            if conns.open:
+                for gap in range(max(conns.hour + 1, hour - _MAX_GAP_HOURS), hour + 1):
+                    key = (tenant_id, gap)
+                    if self._peaks.get(key, 0) < conns.open:
+                        self._peaks[key] = conns.open
+            conns.hour = hour
+            conns.peak = conns.open
+        return conns
+
+    def open_connections(self, tenant_id: str) -> int:
+        conns = self._connections.get(tenant_id)
+        return conns.open if conns is not None else 0
+
+    # What is counted and not yet stored (the live part of every answer)
+
+    def _pending(self) -> _Pending:
+        """Messages and peaks counted and not yet committed: waiting, and being flushed."""
+        for tenant_id in list(self._connections):
+            self._connections_of(tenant_id)  # quiet hours with open sockets get their peak
+        messages: dict[tuple[str, int], dict[str, int]] = {}
+        for source in (self._flushing, self._unflushed):
+            for key, counts in (source or {}).items():
+                into = messages.setdefault(key, dict.fromkeys(KINDS, 0))
+                for kind, n in counts.items():
+                    into[kind] += n
+        peaks: dict[tuple[str, int], int] = {}
+        for source in (self._flushing_peaks, self._peaks):
+            for key, peak in (source or {}).items():
+                peaks[key] = max(peaks.get(key, 0), peak)
+        return messages, peaks
+
+    # Persistence
+
+    def start(
+        self,
+        pool: AsyncConnectionPool,
+        tenants: Callable[[], Iterable[Tenant]],
+        spawn: Callable[..., Any],
+    ) -> None:
+        """Keep the usage in `pool`'s database from now on: a flush every `interval` seconds,
+        run by `spawn` (the App's supervisor, which cancels it at stop)."""
+        self.pool = pool
+        self.tenants = tenants
+        self.spawn = spawn
+        spawn(self._flush_forever(), name="usage flush")
+
+    async def _flush_forever(self) -> None:
+        while True:
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("usage: flush failed unexpectedly")  # kept, and tried again
+            await asyncio.sleep(self.interval)
+
+    async def flush(self) -> bool:
+        """Add what was counted since the last flush to the database, then read every tenant's
+        cycle totals and send the alerts they cross. False when the database failed: the
+        counts are kept for the next flush."""
+        pool = self.pool
+        if pool is None:
+            return False
+        async with self._lock:
+            for tenant_id in list(self._connections):
+                self._connections_of(tenant_id)
+            self._flushing, self._unflushed, self._current = self._unflushed, {}, {}
+            self._flushing_peaks, self._peaks = self._peaks, {}
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    await _store(conn, self._flushing, self._flushing_peaks)
+                    totals = await self._read_cycles(conn)
+            except BaseException as exc:
+                self._restore()
+                if isinstance(exc, Exception):
+                    self.flush_failures += 1
+                    log.warning("usage: flush failed, %d entries kept for the next one: %s", len(self._unflushed), exc)
+                    return False
+                raise
+            self._flushing = self._flushing_peaks = None
+            self._stored = totals
+            self.flushes += 1
+        await self._check_alerts()
+        return True
+
+    def _restore(self) -> None:
+        """Put the counts of a failed flush back, beside those counted meanwhile."""
+        for key, counts in (self._flushing or {}).items():
+            into = self._unflushed.get(key)
+            if into is None:
+                self._unflushed[key] = counts
+                if key[1] == self._hour and key[0] not in self._current:
+                    self._current[key[0]] = counts
+            else:
+                for kind, n in counts.items():
+                    into[kind] += n
+        for key, peak in (self._flushing_peaks or {}).items():
+            self._peaks[key] = max(self._peaks.get(key, 0), peak)
+        self._flushing = self._flushing_peaks = None
+
+    async def _read_cycles(self, conn: Any) -> dict[str, tuple[date, int, int]]:
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        starts = {t.external_id: billing_cycle(today, t.billing_cycle_day).start for t in self.tenants()}
+        if not starts:
+            return {}
+        cur = await conn.execute(
+            "select c.tenant, c.start,"
+            " (select coalesce(sum(u.messages), 0) from _realtime.usage u"
+            "   where u.tenant = c.tenant and u.day >= c.start)::bigint,"
+            " (select coalesce(max(p.peak_connections), 0) from _realtime.usage_peaks p"
+            "   where p.tenant = c.tenant and p.day >= c.start)::bigint"
+            " from unnest(%s::text[], %s::date[]) as c(tenant, start)",
+            (list(starts), list(starts.values())),
+        )
+        return {tenant: (start, messages, peak) for tenant, start, messages, peak in await cur.fetchall()}
+
+    # Reading
+
+    async def read(self, tenant_id: str, first: date, last: date, *, hourly: bool) -> list[dict[str, Any]]:
+        """Usage of `tenant_id` from day `first` to day `last` (both included), stored and not
+        yet stored: one row per day (or hour, `hourly`) that has any, in order:
+        {"day": date, "hour": int | None, "messages": {kind: n}, "peak_connections": n}."""
+        buckets: dict[tuple[date, int | None], dict[str, Any]] = {}
+
+        def bucket(day: date, hour: int) -> dict[str, Any]:
+            key = (day, hour if hourly else None)
+            row = buckets.get(key)
+            if row is None:
+                row = buckets[key] = {
+                    "day": day,
+                    "hour": key[1],
+                    "messages": dict.fromkeys(KINDS, 0),
+                    "peak_connections": 0,
+                }
+            return row
+
+        async with self._lock:
+            if self.pool is not None:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(
+                        "select day, hour, kind, messages from _realtime.usage"
+                        " where tenant = %s and day between %s and %s",
+                        (tenant_id, first, last),
+                    )
+                    for day, hour, kind, n in await cur.fetchall():
+                        if kind in KINDS:
+                            bucket(day, hour)["messages"][kind] += n
+                    cur = await conn.execute(
+                        "select day, hour, peak_connections from _realtime.usage_peaks"
+                        " where tenant = %s and day between %s and %s",
+                        (tenant_id, first, last),
+                    )
+                    for day, hour, peak in await cur.fetchall():
+                        row = bucket(day, hour)
+                        row["peak_connections"] = max(row["peak_connections"], peak)
+            messages, peaks = self._pending()
+        for (tenant, hour), counts in messages.items():
+            day = day_of_hour(hour)
+            if tenant == tenant_id and first <= day <= last:
+                into = bucket(day, hour % 24)["messages"]
+                for kind, n in counts.items():
+                    into[kind] += n
+        for (tenant, hour), peak in peaks.items():
+            day = day_of_hour(hour)
+            if tenant == tenant_id and first <= day <= last:
+                row = bucket(day, hour % 24)
+                row["peak_connections"] = max(row["peak_connections"], peak)
+        return [buckets[key] for key in sorted(buckets, key=lambda k: (k[0], k[1] or 0))]
+
+    def cycle(self, tenant: Tenant) -> Cycle:
+        """The tenant's current billing cycle."""
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        return billing_cycle(today, tenant.billing_cycle_day)
+
+    def cycle_usage(self, tenant: Tenant, pending: _Pending | None = None) -> tuple[int, int]:
+        """Messages and peak connections of the tenant's current cycle, live: the database's
+        totals at the last flush plus what this process counted since (`pending`: _pending(),
+        when the caller asks for many tenants)."""
+        cycle = self.cycle(tenant)
+        tenant_id = tenant.external_id
+        stored = self._stored.get(tenant_id)
+        messages, peak = (stored[1], stored[2]) if stored is not None and stored[0] == cycle.start else (0, 0)
+        pending_messages, pending_peaks = pending or self._pending()
+        for (tid, hour), counts in pending_messages.items():
+            if tid == tenant_id and day_of_hour(hour) >= cycle.start:
+                messages += sum(counts.values())
+        for (tid, hour), value in pending_peaks.items():
+            if tid == tenant_id and day_of_hour(hour) >= cycle.start:
+                peak = max(peak, value)
+        return messages, peak
+
+    def quota(self, tenant: Tenant, pending: _Pending | None = None) -> dict[str, dict[str, Any]]:
+        """The tenant's quota status in its current cycle: {"messages": {"used", "included",
+        "percent"}, "peak_connections": {...}} (percent of the plan's included quantity)."""
+        messages, peak = self.cycle_usage(tenant, pending)
+        plan = tenant.plan
+        return {
+            "messages": _status(messages, plan.included_messages),
+            "peak_connections": _status(peak, plan.included_peak_connections),
+        }
+
+    def messages_exhausted(self, tenant: Tenant) -> bool:
+        """True when the tenant used every message its plan includes this cycle."""
+        messages, _ = self.cycle_usage(tenant)
+        return messages >= tenant.plan.included_messages
+
+    # Alerts
+
+    async def _check_alerts(self) -> None:
+        """Log, count and POST each threshold a tenant's quota crossed, once per cycle: the
+        database remembers what was sent (`_realtime.usage_alerts`), across restarts and
+        processes."""
+        pending = self._pending()
+        for tenant in self.tenants():
+            quota = self.quota(tenant, pending)
+            cycle = self.cycle(tenant)
+            for metric, status in quota.items():
+                used, included = status["used"], status["included"]
+                for threshold in THRESHOLDS:
+                    key = (tenant.external_id, cycle.start, metric, threshold)
+                    # Exact: the rounded percent of 1,599,999 of 2M reads 80.0.
+                    if included <= 0 or used * 100 < threshold * included or key in self._alerted:
+                        continue
+                    claimed = await self._claim_alert(key)
+                    if claimed is None:
+                        continue  # the database failed: tried again at the next flush
+                    self._alerted.add(key)
+                    if not claimed:
+                        continue  # sent before (by this process before a restart, or another)
+                    self.alerts[(metric, threshold)] = self.alerts.get((metric, threshold), 0) + 1
+                    log.warning(
+                        "QuotaThresholdCrossed: tenant %s used %s%% of its %s (%s of %s) in the cycle from %s",
+                        tenant.external_id,
+                        status["percent"],
+                        metric,
+                        status["used"],
+                        status["included"],
+                        cycle.start,
+                    )
+                    if tenant.alert_webhook_url and self.spawn is not None:
+                        body = _alert_body(tenant, cycle, metric, threshold, status, self.clock())
+                        self.spawn(self._post_alert(tenant.alert_webhook_url, body), name="usage alert")
+
+    async def _claim_alert(self, key: tuple[str, date, str, int]) -> bool | None:
+        """Record the alert `key`; False when it was already recorded (sent before), None when
+        the database failed."""
+        if self.pool is None:
+            return None
+        try:
+            async with self.pool.connection() as conn:
+                cur = await conn.execute(
+                    "insert into _realtime.usage_alerts (tenant, cycle_start, metric, threshold)"
+                    " values (%s, %s, %s, %s) on conflict do nothing",
+                    key,
+                )
+                return cur.rowcount == 1
+        except Exception as exc:
+            log.warning("usage: could not record an alert, tried again at the next flush: %s", exc)
+            return None
+
+    async def _post_alert(self, url: str, body: bytes) -> None:
+        """POST one alert, retrying with growing pauses while it fails."""
+        for attempt, delay in enumerate((0.0, *WEBHOOK_RETRY_DELAYS)):
+            await asyncio.sleep(delay)
+            try:
+                status = await asyncio.to_thread(_post, url, body)
+            except Exception as exc:
+                log.warning("usage: alert webhook attempt %d failed: %s", attempt + 1, exc)
+                continue
+            if 200 <= status < 300:
+                self.webhooks_sent += 1
+                return
+            log.warning("usage: alert webhook attempt %d answered %d", attempt + 1, status)
+        self.webhook_failures += 1
+        log.error("usage: alert webhook %s failed %d times; not sent", url, len(WEBHOOK_RETRY_DELAYS) + 1)
+
+
+def _status(used: int, included: int) -> dict[str, Any]:
+    percent = round(used * 100 / included, 2) if included > 0 else None
+    return {"used": used, "included": included, "percent": percent}
+
+
+def _alert_body(tenant: Tenant, cycle: Cycle, metric: str, threshold: int, status: dict[str, Any], now: float) -> bytes:
+    return orjson.dumps(
+        {
+            "type": "quota_threshold_crossed",
+            "tenant": tenant.external_id,
+            "organization": tenant.organization,
+            "plan": tenant.plan.name,
+            "metric": metric,
+            "threshold": threshold,
+            **status,
+            "cycle": {"start": cycle.start.isoformat(), "end": cycle.end.isoformat()},
+            "at": datetime.fromtimestamp(now, UTC).isoformat(),
+        }
+    )
+
+
+def _post(url: str, body: bytes) -> int:
+    """POST `body` as JSON to `url` (blocking: run in a thread); the HTTP status."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"alert_webhook_url must be an http(s) URL, got {url[:40]!r}")  # urllib also opens file:
+    request = urllib.request.Request(url, data=body, method="POST", headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=_WEBHOOK_TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+async def _store(conn: Any, messages: dict[tuple[str, int], dict[str, int]], peaks: dict[tuple[str, int], int]) -> None:
+    """Add `messages` to `_realtime.usage` and merge `peaks` into `_realtime.usage_peaks`."""
+    rows = [
+        (t, day_of_hour(h), h % 24, kind, n) for (t, h), counts in messages.items() for kind, n in counts.items() if n
+    ]
+    if rows:
+        columns = list(zip(*rows, strict=True))
+        await conn.execute(
+            "insert into _realtime.usage as u (tenant, day, hour, kind, messages)"
+            " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::text[], %s::bigint[])"
+            " on conflict (tenant, day, hour, kind) do update set messages = u.messages + excluded.messages",
+            [list(c) for c in columns],
+        )
+    if peaks:
+        keys = list(peaks)
+        await conn.execute(
+            "insert into _realtime.usage_peaks as p (tenant, day, hour, peak_connections)"
+            " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::bigint[])"
+            " on conflict (tenant, day, hour)"
+            " do update set peak_connections = greatest(p.peak_connections, excluded.peak_connections)",
+            (
+                [t for t, _ in keys],
+                [day_of_hour(h) for _, h in keys],
+                [h % 24 for _, h in keys],
+                [peaks[k] for k in keys],
+            ),
+        )
