@@ -124,6 +124,9 @@ class DeliveryObserver(Protocol):
     def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
         """`publication` was queued on `count` of `subs` (the receivers it was offered to)."""
 
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+        """`count` frames of `kind` were sent to one `subscriber` of `key` outside deliver()."""
+
 
 class Publication:
     """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
@@ -229,10 +232,9 @@ class Hub:
     def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int = 1) -> None:
         """Record that `count` frames of `kind` were sent to `subscriber` outside deliver(): the
         `presence_state` a channel gets at its join, the messages it gets as a replay."""
-        if count and self.observers:
-            publication = Publication(subscriber.topic, "", kind=kind)
+        if count:
             for observer in self.observers:
-                observer.delivered(tenant, publication, (subscriber,), count)
+                observer.sent(tenant, kind, key, subscriber, count)
 
     def publish(
         self,

@@ -148,6 +148,9 @@ class Metrics:
         user = publication.user
         counts.sizes[index].observe(len(publication.payload) if user is None else len(user.data))
 
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+        """Nothing: a join's presence_state and a replay are not channel events upstream."""
+
     def render(self) -> bytes:
         """The registry in the Prometheus text format (CONTENT_TYPE)."""
         return generate_latest(self.registry)

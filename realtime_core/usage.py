@@ -156,6 +156,11 @@ class UsageMeter:
             except KeyError:
                 self._counts(tenant.external_id)[publication.kind] += count
 
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+        """`count` frames of `kind` went to one subscriber outside a fan-out (presence_state, replay)."""
+        if count and self.enabled:
+            self._count(tenant.external_id, kind, count)
+
     def _count(self, tenant_id: str, kind: str, count: int) -> None:
         if self.clock() >= self._hour_end:
             self._roll()
