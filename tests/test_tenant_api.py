@@ -235,6 +235,8 @@ BAD_BODIES = [
     ("an ftp webhook", {"tenant": {"alert_webhook_url": "ftp://example.com/x"}}, "alert_webhook_url"),
     ("a negative price", {"tenant": {"base_fee_usd": -1}}, "base_fee_usd"),
     ("another external_id", {"tenant": {"external_id": "someone-else"}}, "external_id"),
+    ("a NUL in a name", {"tenant": {"name": "a\u0000b"}}, "name"),
+    ("a NUL in a JWKS", {"tenant": {"jwt_jwks": {"keys": [{"kid": "\u0000"}]}}}, "jwt_jwks"),
     ("no keys left", {"tenant": {"jwt_secret": None}}, "jwt_secret"),
     (
         "a numeric db_port",
@@ -276,7 +278,12 @@ def test_a_new_tenant_needs_an_external_id_and_keys(api, server):
     assert response.json() == {"errors": {"jwt_secret": ["either jwt_secret or jwt_jwks must be provided"]}}
     response = api.post("/api/tenants", json=tenant("Upper.Case"))
     assert response.status_code == 422 and "external_id" in response.json()["errors"]
-    assert raw_row(server, "nokeys") is None
+    response = api.put("/api/tenants/Upper.Case", json={"tenant": {"jwt_secret": SECRET}})
+    assert response.status_code == 422 and "external_id" in response.json()["errors"]
+    assert raw_row(server, "nokeys") is None and raw_row(server, "Upper.Case") is None
+    assert api.get("/api/tenants/a%00b").status_code == 404
+    assert api.put("/api/tenants/a%00b", json={"tenant": {"jwt_secret": SECRET}}).status_code == 422
+    assert api.delete("/api/tenants/a%00b").status_code == 204
 
 
 def test_an_incomplete_database_extension_is_422_per_missing_setting(api, server):

@@ -68,6 +68,8 @@ def routes(api: AdminApi, app: App) -> None:
         return app.pool
 
     async def stored(external_id: str) -> dict[str, Any]:
+        if "\x00" in external_id:  # no tenant has it, and PostgreSQL text cannot hold it
+            raise not_found()
         async with pool().connection() as conn:
             row = await TenantStore(conn, app.secret_box).row(external_id)
         if row is None:
@@ -79,6 +81,8 @@ def routes(api: AdminApi, app: App) -> None:
     ) -> tuple[dict[str, Any], bool]:
         """Validate `params` against the stored tenant and write it in one transaction; return
         the row written and whether it was created. A new tenant only when `create`."""
+        if "\x00" in external_id:
+            raise not_found() if not create else invalid("external_id", "must not contain NUL characters")
         async with pool().connection() as conn, conn.transaction():
             store = TenantStore(conn, app.secret_box)
             before = await store.row(external_id, lock=True)
@@ -209,6 +213,8 @@ def routes(api: AdminApi, app: App) -> None:
                 "is the server's own default tenant (SELF_HOST_TENANT_NAME): it cannot be deleted while the server"
                 " serves it",
             )
+        if "\x00" in external_id:
+            return None  # no tenant has it: deleted already, as upstream answers
         async with pool().connection() as conn:
             deleted = await TenantStore(conn, app.secret_box).delete(external_id)
         call.detail = {"deleted": deleted}

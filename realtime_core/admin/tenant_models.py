@@ -18,6 +18,7 @@ Differences from upstream, on purpose:
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -39,6 +40,7 @@ __all__ = [
     "TenantParams",
     "TenantSettings",
     "changes",
+    "is_external_id",
     "studio_warnings",
     "tenant_out",
 ]
@@ -107,6 +109,11 @@ class TenantSettings(Model):
     message_package_usd: float | None = Field(None, ge=0, le=1e9, description="enterprise only")
     connection_package_usd: float | None = Field(None, ge=0, le=1e9, description="enterprise only")
 
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return _no_nul(value)
+
     # null means "the plan's" for limits, "none" for labels and prices; these have no such value.
     @field_validator("private_only", "suspend", "presence_enabled", "plan", "billing_cycle_day", "enforce_quota")
     @classmethod
@@ -130,6 +137,26 @@ def _not_null(value: Any) -> Any:
     return value
 
 
+def _no_nul(value: Any) -> Any:
+    """`value`, refused when a string in it holds NUL, which PostgreSQL text and jsonb cannot store."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(key)
+            _no_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_nul(item)
+    return value
+
+
+def is_external_id(text: str) -> bool:
+    """Whether `text` may name a new tenant (a Host label: lower-case letters, digits, `-`, `_`)."""
+    return re.fullmatch(_EXTERNAL_ID, text) is not None
+
+
 class CdcSettingsIn(Model):
     """The settings of a `postgres_cdc_rls` extension: where the tenant's database is, and how
     it is streamed. db_port is a string, as upstream takes it."""
@@ -151,6 +178,11 @@ class CdcSettingsIn(Model):
     subcriber_pool_size: int | None = Field(None, ge=1, le=1_000)
     # Upstream's public name of subcriber_pool_size (tenant_controller.ex translate_postgres_changes_pool).
     postgres_changes_pool: int | None = Field(None, ge=1, le=1_000)
+
+    @field_validator("*")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return _no_nul(value)
 
 
 class ExtensionIn(Model):
@@ -306,6 +338,8 @@ def changes(
     if "name" in given:
         out["name"] = params.name  # type: ignore[attr-defined]
     if stored is None:
+        if not is_external_id(external_id):
+            raise invalid("external_id", "must be 1 to 63 lower-case letters, digits, - or _ (a Host label)")
         out["external_id"] = external_id
         out.setdefault("name", external_id)
     if "extensions" in given:
