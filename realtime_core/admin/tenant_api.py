@@ -21,8 +21,8 @@ from urllib.parse import quote
 from pydantic import BaseModel, Field
 
 from ..net.http import Response, json_response
-from ..tenant_services import TenantDatabase
-from ..tenants import TenantStore
+from ..tenant_services import CDC_RLS, TenantDatabase
+from ..tenants import Tenant, TenantStore
 from .endpoints import AdminApi, ApiError, Call, invalid, not_found
 from .tenant_models import TenantHealth, TenantOut, TenantParams, TenantSettings, changes, studio_warnings, tenant_out
 
@@ -37,6 +37,11 @@ TENANTS = "tenants"  # the OpenAPI document served at /api/openapi
 # How long a write waits for the change to apply (the tenant's services to start) before answering.
 _APPLY_WAIT = 10.0
 _NODE = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _region(tenant: Tenant | None) -> str | None:
+    region = (tenant.extension(CDC_RLS) or {}).get("region") if tenant is not None else None
+    return region if isinstance(region, str) else None
 
 
 class TenantData(BaseModel):
@@ -264,7 +269,7 @@ def routes(api: AdminApi, app: App) -> None:
                 db_connected=db_connected,
                 replication_connected=replication,
                 connected_cluster=app.tenant_sockets(external_id),
-                region=services.database.region if services is not None else None,
+                region=_region(tenant),
                 node=_NODE,
             )
         )

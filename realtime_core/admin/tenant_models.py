@@ -13,6 +13,7 @@ Differences from upstream, on purpose:
   since a tenant is reached through its Host header's first label;
 - extension settings get no defaults merged in: upstream's default `slot_name` would make
   every tenant on one cluster share one slot; our services pick per-tenant names;
+- a new tenant keeps the `name` it is given (upstream's create sets it to the external_id);
 - a tenant's JSON never carries `jwt_secret`, `jwt_jwks` (a JWKS may hold HS keys) or
   `db_password`, only whether the keys are set."""
 
@@ -27,11 +28,11 @@ from pydantic import BaseModel, Field, field_validator
 
 from ..config import PLAN_NAMES, Limits
 from ..plans import CUSTOM_FIELDS, PLANS
+from ..tenant_services import CDC_RLS
 from ..tenants import LIMIT_FIELDS, Tenant
 from .endpoints import ApiError, Model, invalid
 
 __all__ = [
-    "CDC_RLS",
     "LIMIT_MAXIMA",
     "STUDIO_BOUNDS",
     "ExtensionIn",
@@ -45,7 +46,6 @@ __all__ = [
     "tenant_out",
 ]
 
-CDC_RLS = "postgres_cdc_rls"
 # Upstream's extension settings that are required, and secret (db_settings.ex required/0).
 REQUIRED_SETTINGS = ("region", "db_host", "db_port", "db_name", "db_user", "db_password")
 SECRET_SETTING = "db_password"
@@ -199,7 +199,7 @@ class TenantParams(TenantSettings):
     name: str | None = Field(None, min_length=1, max_length=200, description="default: external_id")
     jwt_secret: str | None = Field(None, min_length=1, max_length=4_096, description="HS secret (write-only)")
     jwt_jwks: dict[str, Any] | None = Field(None, description='{"keys": [JWK, ...]} (write-only)')
-    extensions: list[ExtensionIn] | None = Field(None, max_length=1)
+    extensions: list[ExtensionIn] | None = Field(None, max_length=10)
 
     @field_validator("external_id", "name", "extensions")
     @classmethod
@@ -332,11 +332,7 @@ def changes(
     body_id = getattr(params, "external_id", None)
     if body_id is not None and body_id != external_id:
         raise invalid("external_id", f"must be the tenant's id in the path, {external_id!r}")
-    out: dict[str, Any] = {
-        name: getattr(params, name) for name in given if name not in ("external_id", "extensions", "name")
-    }
-    if "name" in given:
-        out["name"] = params.name  # type: ignore[attr-defined]
+    out: dict[str, Any] = {name: getattr(params, name) for name in given if name not in ("external_id", "extensions")}
     if stored is None:
         if not is_external_id(external_id):
             raise invalid("external_id", "must be 1 to 63 lower-case letters, digits, - or _ (a Host label)")
