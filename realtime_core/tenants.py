@@ -26,8 +26,8 @@ from .plans import CUSTOM_FIELDS, Plan, effective_plan
 from .secret_box import SecretBox, SecretBoxError, is_sealed
 
 __all__ = [
-    "COLUMNS",
     "LIMIT_FIELDS",
+    "SECRET_SETTING",
     "MissingHost",
     "Tenant",
     "TenantRegistry",
@@ -217,7 +217,7 @@ class TenantRegistry:
 
 
 # The columns of a tenant's row, in the order TenantStore reads them.
-COLUMNS = (
+_COLUMN_NAMES = (
     "id",
     "external_id",
     "name",
@@ -238,17 +238,17 @@ COLUMNS = (
     "updated_at",
 )
 # The columns a writer sets (the others are the database's).
-_WRITABLE = frozenset(COLUMNS) - {"id", "inserted_at", "updated_at"}
-_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+_WRITABLE = frozenset(_COLUMN_NAMES) - {"id", "inserted_at", "updated_at"}
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, _COLUMN_NAMES))
 _TENANTS = sql.Identifier("_realtime", "tenants")
 # The setting of a tenant's extension that is a secret (upstream db_settings.ex encrypts the db_*
 # settings; the password is the one that matters).
-_SECRET_SETTING = "db_password"
+SECRET_SETTING = "db_password"
 
 
 def _password(entry: Any) -> str | None:
     settings = entry.get("settings") if isinstance(entry, dict) else None
-    value = settings.get(_SECRET_SETTING) if isinstance(settings, dict) else None
+    value = settings.get(SECRET_SETTING) if isinstance(settings, dict) else None
     return value if isinstance(value, str) and value else None
 
 
@@ -323,7 +323,7 @@ class TenantStore:
         password = _password(entry)
         if password is None:
             return entry
-        return {**entry, "settings": {**entry["settings"], _SECRET_SETTING: convert(password)}}
+        return {**entry, "settings": {**entry["settings"], SECRET_SETTING: convert(password)}}
 
     # Writing
 

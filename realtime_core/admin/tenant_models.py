@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, field_validator
 from ..config import PLAN_NAMES, Limits
 from ..plans import CUSTOM_FIELDS, PLANS
 from ..tenant_services import CDC_RLS
-from ..tenants import LIMIT_FIELDS, Tenant
+from ..tenants import LIMIT_FIELDS, SECRET_SETTING, Tenant
 from .endpoints import ApiError, Model, invalid
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 
 # Upstream's extension settings that are required, and secret (db_settings.ex required/0).
 REQUIRED_SETTINGS = ("region", "db_host", "db_port", "db_name", "db_user", "db_password")
-SECRET_SETTING = "db_password"
 
 # The largest value a limit may take here. Beyond these a limit stops meaning anything on one
 # server process (a frame is at most 5 MB, so a larger payload limit could never be reached).
