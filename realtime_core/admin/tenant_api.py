@@ -18,6 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, Field
 
 from ..net.http import Response, json_response
@@ -67,7 +68,7 @@ class SettingsSaved(BaseModel):
 def routes(api: AdminApi, app: App) -> None:
     """Add the tenant API and the settings endpoint to `api`."""
 
-    def pool() -> Any:
+    def pool() -> AsyncConnectionPool:
         if app.pool is None:
             raise ApiError(503, {"message": "the server's database is not open yet"})
         return app.pool
