@@ -19,6 +19,7 @@ import websockets
 from conftest import (
     MS,
     ServerProcess,
+    admin_headers,
     admin_token,
     make_token,
     scratch_database,
@@ -413,6 +414,24 @@ async def test_saving_settings_warns_above_studio_bounds_and_disconnects_the_cli
         unknown = await api.patch("/admin/v1/tenants/settled/settings", json={"jwt_secret": "x"})
         assert unknown.status_code == 422 and "jwt_secret" in unknown.json()["errors"]
         assert (await api.get("/api/tenants/settled")).json()["data"]["max_concurrent_users"] == 60_000
+
+
+async def test_reload_disconnects_the_tenants_clients_and_spares_the_others(server):
+    async with httpx.AsyncClient(base_url=server.http_url, headers=admin_headers(), timeout=TIMEOUT) as api:
+        await api.put("/api/tenants/reloaded", json=tenant("reloaded"))
+        await api.put("/api/tenants/spared", json=tenant("spared"))
+        url = f"ws://{{}}.localhost:{server.port}/socket/websocket?vsn=2.0.0&apikey={make_token(secret=SECRET)}"
+        async with (
+            websockets.connect(url.format("reloaded"), host="127.0.0.1", port=server.port) as reloaded,
+            websockets.connect(url.format("spared"), host="127.0.0.1", port=server.port) as spared,
+        ):
+            assert (await api.post("/api/tenants/reloaded/reload")).status_code == 204
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(reloaded.recv(), TIMEOUT)
+            assert closed.value.rcvd.code == 1012
+            await spared.send(json.dumps([None, "1", "phoenix", "heartbeat", {}]))
+            reply = json.loads(await asyncio.wait_for(spared.recv(), TIMEOUT))
+            assert reply[3:] == ["phx_reply", {"status": "ok", "response": {}}]
 
 
 def test_the_payload_bound_is_the_plans_entitlement(api):
