@@ -31,6 +31,7 @@ from .net.server import Server
 from .net.websocket import WebSocketConnection
 from .postgres_changes.cdc import PostgresChanges
 from .protocol import codec_for
+from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
@@ -74,6 +75,10 @@ class App:
             self.hub.observers.append(self.usage)
         self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
+        # Seals and opens tenants' secrets at rest (DB_ENC_KEY); made at start.
+        self.secret_box: SecretBox | None = None
+        # Why the database services of a tenant last failed to start (cleared when they start).
+        self.service_errors: dict[str, str] = {}
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
         self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
         self._retrying: set[str] = set()  # tenants whose services _keep_starting() retries
@@ -91,11 +96,21 @@ class App:
             raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
         self.pool = await db.open_pool(settings.database_url)
         secret = settings.resolve_jwt_secret()
+        self.secret_box = SecretBox(settings.resolve_db_enc_key())
         async with self.pool.connection() as conn:
             applied = await db.migrate(conn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-            store = TenantStore(conn)
+            store = TenantStore(conn, self.secret_box)
+            try:
+                sealed = await store.seal_plaintext()
+            except SecretBoxError:
+                raise SecretBoxError(
+                    "DB_ENC_KEY does not open the tenant secrets stored in the server's database: start with the"
+                    " DB_ENC_KEY they were sealed with (or the data dir's db_enc_key file that held it)"
+                ) from None
+            if sealed:
+                log.info("sealed the secrets of %d tenant(s) stored in plain text", len(sealed))
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
@@ -135,6 +150,7 @@ class App:
         services = TenantServices(self, tenant, database, is_default=tenant.external_id == self.settings.tenant_name)
         await services.start()
         self.services[tenant.external_id] = services
+        self.service_errors.pop(tenant.external_id, None)
         return services
 
     async def _try_services(self, tenant: Tenant) -> None:
@@ -146,6 +162,7 @@ class App:
             self._starting_failed(tenant, exc)
 
     def _starting_failed(self, tenant: Tenant, exc: BaseException) -> None:
+        self.service_errors[tenant.external_id] = str(exc) or type(exc).__name__
         log.error("UnableToConnectToProject: tenant %s's database services did not start: %s", tenant.external_id, exc)
         if tenant.external_id not in self._retrying:
             self._retrying.add(tenant.external_id)
@@ -175,7 +192,7 @@ class App:
     async def _read_tenant(self, external_id: str) -> Tenant | None:
         assert self.pool is not None
         async with self.pool.connection() as conn:
-            return await TenantStore(conn).get(external_id, self.now())
+            return await TenantStore(conn, self.secret_box).get(external_id, self.now())
 
     async def add_tenant(self, external_id: str) -> Tenant:
         """Serve the stored tenant `external_id` from now on, with its database services.
@@ -183,15 +200,50 @@ class App:
         async with self._tenant_changes:
             return await self._add_tenant(external_id)
 
-    async def update_tenant(self, external_id: str) -> Tenant:
+    async def update_tenant(self, external_id: str, *, disconnect: bool = False) -> Tenant:
         """Apply the stored settings of tenant `external_id` to the running one (adding it when
         it is not served yet).
 
         As upstream's Api.update_tenant/2: a change of keys, suspend or private_only, or of
         the database, disconnects the tenant's sockets (clients reconnect under the new
-        settings); a change of the database restarts its services on the new one."""
+        settings); a change of the database restarts its services on the new one.
+        `disconnect`: disconnect them whatever changed (as saving Studio's settings does)."""
         async with self._tenant_changes:
-            return await self._update_tenant(external_id)
+            return await self._update_tenant(external_id, disconnect=disconnect)
+
+    async def reload_tenant(self, external_id: str) -> bool:
+        """Upstream's tenant reload (tenant_controller.ex reload/2): take the stored settings,
+        disconnect the tenant's sockets and restart its database services (slots kept).
+        False when the tenant is not served."""
+        async with self._tenant_changes:
+            tenant = self.tenants.get(external_id)
+            if tenant is None:
+                return False
+            stored = await self._read_tenant(external_id)
+            if stored is not None:
+                tenant.update_from(stored)
+            self._disconnect_tenant(external_id)
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop()
+            await self._try_services(tenant)
+            return True
+
+    async def shutdown_tenant(self, external_id: str) -> bool:
+        """Upstream's tenant shutdown (Connect.shutdown/1): stop the tenant's database services,
+        keeping its slots and its sockets; reload_tenant() or an update starts them again.
+        False when the tenant is not served."""
+        async with self._tenant_changes:
+            if self.tenants.get(external_id) is None:
+                return False
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop()
+            return True
+
+    def tenant_sockets(self, external_id: str) -> int:
+        """How many sockets tenant `external_id` has open."""
+        return sum(1 for s in self.sockets if s.tenant.external_id == external_id)
 
     async def remove_tenant(self, external_id: str) -> bool:
         """Stop serving tenant `external_id`: refuse its connects, disconnect its sockets, stop
@@ -199,6 +251,7 @@ class App:
         Returns False when it was not served."""
         async with self._tenant_changes:
             tenant = self.tenants.remove(external_id)
+            self.service_errors.pop(external_id, None)
             if tenant is None:
                 return False
             self._disconnect_tenant(external_id)
@@ -217,7 +270,7 @@ class App:
         await self._try_services(tenant)
         return tenant
 
-    async def _update_tenant(self, external_id: str) -> Tenant:
+    async def _update_tenant(self, external_id: str, *, disconnect: bool = False) -> Tenant:
         current = self.tenants.get(external_id)
         if current is None:
             return await self._add_tenant(external_id)
@@ -227,10 +280,15 @@ class App:
         database = self._database_of(stored)
         services = self.services.get(external_id)
         moved = database != (services.database if services is not None else None)
-        if moved or (stored.keys, stored.suspend, stored.private_only) != (
-            current.keys,
-            current.suspend,
-            current.private_only,
+        if (
+            disconnect
+            or moved
+            or (stored.keys, stored.suspend, stored.private_only)
+            != (
+                current.keys,
+                current.suspend,
+                current.private_only,
+            )
         ):
             self._disconnect_tenant(external_id)
         current.update_from(stored)
