@@ -255,13 +255,14 @@ class App:
         for socket in [s for s in self.sockets if s.tenant.external_id == external_id]:
             self.disconnect_socket(socket)
 
-    def disconnect_socket(self, socket: RealtimeSocket) -> None:
+    def disconnect_socket(self, socket: RealtimeSocket) -> str:
         """Disconnect one socket as upstream's UserSocket.disconnect/1 does each of a tenant's:
-        `Server requested disconnect` on each of its channels, then close 1012."""
+        `Server requested disconnect` on each of its channels, then close 1012; return that text."""
         payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
         for channel in list(socket.channels.values()):
             channel.push("system", {**payload_of, "channel": channel.sub_topic})
         socket.disconnect(CloseCode.SERVICE_RESTART)
+        return DISCONNECT_TEXT
 
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), stop the tenants'
