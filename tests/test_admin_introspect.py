@@ -12,9 +12,11 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import psycopg
 import pytest
 from conftest import JWT_SECRET, MS, admin_headers, make_token
 from jsclient import JsDriver
+from psycopg.types.json import Jsonb
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -272,3 +274,26 @@ async def test_unknown_tenant_connection_and_topic_answer_404(server, topic):
         f"{server.http_url}/admin/v1/tenants/{tenant}/connections/nope", headers=admin_headers(), timeout=10
     )
     assert gone.status_code == 404
+
+
+def test_tokens_are_refused_for_a_tenant_with_only_jwks_keys(server_factory):
+    first = server_factory()
+    first.stop()
+    jwks = {"keys": [{"kty": "RSA", "kid": "k1", "n": "sXch", "e": "AQAB"}]}
+    with psycopg.connect(first.database_url, autocommit=True) as db:
+        db.execute(
+            "insert into _realtime.tenants (external_id, name, jwt_jwks) values ('jwks-only', 'jwks-only', %s)",
+            [Jsonb(jwks)],
+        )
+    server = server_factory(database_url=first.database_url)
+    view = ok(get(server, "/admin/v1/tenants/jwks-only"))
+    assert view["settings"]["jwt"] == {"hs_secret": False, "jwks_keys": 1}
+    response = httpx.post(
+        f"{server.http_url}/admin/v1/tenants/jwks-only/tokens", json={"sub": "x"}, headers=admin_headers(), timeout=10
+    )
+    assert response.status_code == 422
+    assert "only JWKS keys" in response.json()["errors"]["tenant"][0]
+    bad = httpx.post(
+        f"{server.http_url}/admin/v1/tenants/jwks-only/tokens", json={"ttl_seconds": 0}, headers=admin_headers()
+    )
+    assert bad.status_code == 422 and "ttl_seconds" in bad.json()["errors"]
