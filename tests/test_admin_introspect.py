@@ -297,3 +297,30 @@ def test_tokens_are_refused_for_a_tenant_with_only_jwks_keys(server_factory):
         f"{server.http_url}/admin/v1/tenants/jwks-only/tokens", json={"ttl_seconds": 0}, headers=admin_headers()
     )
     assert bad.status_code == 422 and "ttl_seconds" in bad.json()["errors"]
+
+
+async def test_errors_record_channel_shutdowns_with_upstreams_codes(server_factory, topic):
+    server = server_factory({"CLIENT_PRESENCE_MAX_CALLS": "1"})
+    tenant = tenant_id(server)
+    async with JsDriver() as js:
+        await js.join("alice", server.ws_url, make_token(), topic, listen=("presence", "system"), presence={"key": "a"})
+        start = js.mark()
+        await js.request({"op": "track", "channel": "alice", "payload": {"n": 1}})
+        await js.request({"op": "track", "channel": "alice", "payload": {"n": 2}})
+        system = await js.wait_for(lambda ev: ev["ev"] == "system", since=start, timeout=DELIVERY)
+        assert system["payload"]["message"] == "Client presence rate limit exceeded"
+    errors = ok(get(server, f"/admin/v1/tenants/{tenant}/errors"))
+    assert [(e["code"], e["reason"], e["topic"]) for e in errors["data"]] == [
+        ("ClientPresenceRateLimitReached", "Client presence rate limit exceeded", topic)
+    ]
+
+
+async def test_x_client_info_header_names_the_client(server):
+    tenant = tenant_id(server)
+    async with connect(
+        server.socket_url(make_token(), "2.0.0"), additional_headers={"X-Client-Info": "supabase-py/2.9.0"}
+    ):
+        rows = ok(get(server, f"/admin/v1/tenants/{tenant}/connections"))["data"]
+    assert [(r["client_library"], r["client_version"], r["client_info"]) for r in rows] == [
+        ("supabase-py", "2.9.0", "supabase-py/2.9.0")
+    ]
