@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import __version__, broadcast
-from ..hub import StreamKey
+from ..hub import REST_KIND, StreamKey
 from ..jwt import sign
 from ..runtime import process_stats
 from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate
@@ -396,6 +396,8 @@ def routes(api: AdminApi, app: App) -> None:
             raise invalid("payload", "Payload size exceeds tenant limit")
         now = app.now()
         tenant.events.add(1, now)
+        # Accepted, then delivered, as rest_api.py's batch endpoint does: metered as `rest`.
+        app.hub.accepted(tenant, REST_KIND, StreamKey(tenant.external_id, body.private, body.topic), 1)
         delivered = broadcast.publish_json(
             app.broker, tenant, body.topic, body.private, body.event, orjson.Fragment(encoded), None, now
         )
