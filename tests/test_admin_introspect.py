@@ -324,3 +324,35 @@ async def test_x_client_info_header_names_the_client(server):
     assert [(r["client_library"], r["client_version"], r["client_info"]) for r in rows] == [
         ("supabase-py", "2.9.0", "supabase-py/2.9.0")
     ]
+
+
+async def test_a_slow_consumer_is_recorded_with_its_connection(server_factory, topic):
+    server = server_factory({"REALTIME_MAX_WRITE_BUFFER_BYTES": str(64 * 1024)})
+    tenant = tenant_id(server)
+    # max_queue=1: the client library stops reading once one message waits, as a stuck client would.
+    async with connect(server.socket_url(make_token(), "1.0.0"), max_queue=1) as ws:
+        await ws.send(json.dumps({"topic": f"realtime:{topic}", "event": "phx_join", "payload": {}, "ref": "1"}))
+        await eventually(
+            lambda: ok(get(server, f"/admin/v1/tenants/{tenant}/connections"))["data"][0]["channels"] == 1,
+            what="joined",
+        )
+        conn = ok(get(server, f"/admin/v1/tenants/{tenant}/connections"))["data"][0]["id"]
+        payload = {"blob": "x" * 100_000}
+        for _ in range(500):  # 50 MB at most: far more than the kernel's buffers and the limit
+            response = httpx.post(
+                f"{server.http_url}/admin/v1/tenants/{tenant}/broadcast",
+                json={"topic": topic, "event": "big", "payload": payload},
+                headers=admin_headers(),
+                timeout=10,
+            )
+            if ok(response)["delivered"] == 0:
+                break
+        else:
+            pytest.fail("the client that did not read was never dropped")
+    await eventually(
+        lambda: any(e["code"] == "SlowConsumer" for e in ok(get(server, f"/admin/v1/tenants/{tenant}/errors"))["data"]),
+        what="the slow consumer recorded",
+    )
+    errors = ok(get(server, f"/admin/v1/tenants/{tenant}/errors"))
+    slow = next(e for e in errors["data"] if e["code"] == "SlowConsumer")
+    assert slow["connection"] == conn and errors["counts"]["SlowConsumer"] == 1
