@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
+from websockets.frames import CloseCode
 
 from .. import __version__, broadcast
 from ..hub import REST_KIND, StreamKey
@@ -357,7 +358,7 @@ def routes(api: AdminApi, app: App) -> None:
         if socket is None:
             raise not_found()
         text = app.disconnect_socket(socket)
-        return {"id": conn_id, "close_code": 1012, "message": text}
+        return {"id": conn_id, "close_code": int(CloseCode.SERVICE_RESTART), "message": text}
 
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic/presence", query=StreamQuery, response=Presence)
     async def presence(call: Call) -> dict[str, Any]:
