@@ -3,7 +3,8 @@ code per minute, in memory.
 
 The places where a client is refused or cut off call Incidents.record(): refused connects
 (app.py), refused joins (socket.py), channel shutdowns and policy failures (channel.py),
-slow consumers (socket.py, when the connection was dropped for not reading). The admin API
+slow consumers (socket.py, when the connection was dropped for not reading), Postgres
+Changes policies that raise (postgres_changes/dispatch.py). The admin API
 (admin/introspect.py) reads recent() and counts(). Codes are upstream's operational codes
 (docs/protocol.md §9.3) where one exists; `SlowConsumer` is ours. Nothing here is on a
 per-message path: incidents are rare, and each costs one small dict."""

@@ -16,11 +16,13 @@ import psycopg
 import pytest
 from conftest import JWT_SECRET, MS, admin_headers, make_token
 from jsclient import JsDriver
+from psycopg import sql
 from psycopg.types.json import Jsonb
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from test_postgres_changes import new_table, run, subscribe
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
-from wire import eventually
+from wire import V2, RawClient, eventually
 
 from realtime_core import __version__
 from realtime_core.jwt import KeySet, verify
@@ -356,3 +358,31 @@ async def test_a_slow_consumer_is_recorded_with_its_connection(server_factory, t
     errors = ok(get(server, f"/admin/v1/tenants/{tenant}/errors"))
     slow = next(e for e in errors["data"] if e["code"] == "SlowConsumer")
     assert slow["connection"] == conn and errors["counts"]["SlowConsumer"] == 1
+
+
+def rls_errors(server, tenant: str) -> list[dict[str, Any]]:
+    return [e for e in ok(get(server, f"/admin/v1/tenants/{tenant}/errors"))["data"] if e["code"] == "RlsPolicyError"]
+
+
+async def test_errors_record_a_raising_rls_policy_of_postgres_changes(cdc, db):
+    table = new_table(db, "id int primary key, owner text")
+    db.execute(sql.SQL("alter table {} enable row level security").format(sql.Identifier(table)))
+    db.execute(
+        sql.SQL("create policy boom on {} for select to authenticated using ((id / (id - id)) = 1)").format(
+            sql.Identifier(table)
+        )
+    )
+    tenant = tenant_id(cdc)
+    mallory = make_token("authenticated", sub="mallory")
+    async with await RawClient.open(cdc.socket_url(mallory, V2)) as client:
+        await subscribe(client, "boom", [{"event": "INSERT", "schema": "public", "table": table}], token=mallory)
+        run(db, "insert into {t} values (1, 'mallory')", table)
+        await eventually(
+            lambda: any(
+                e["code"] == "RlsPolicyError" for e in ok(get(cdc, f"/admin/v1/tenants/{tenant}/errors"))["data"]
+            ),
+            timeout=DELIVERY,
+            what="the RLS error recorded",
+        )
+    error = next(e for e in ok(get(cdc, f"/admin/v1/tenants/{tenant}/errors"))["data"] if e["code"] == "RlsPolicyError")
+    assert error["topic"] == f"public.{table}" and "division by zero" in error["reason"]
