@@ -24,6 +24,7 @@ from .broker import Broker, InProcessBroker
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
 from .hub import Hub
+from .incidents import Incidents
 from .jwt import clean_token, verify
 from .metrics import Metrics
 from .net.http import Request, Router
@@ -31,6 +32,7 @@ from .net.server import Server
 from .net.websocket import WebSocketConnection
 from .postgres_changes.cdc import PostgresChanges
 from .protocol import codec_for
+from .runtime import LoopLag
 from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
@@ -73,6 +75,8 @@ class App:
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
             self.hub.observers.append(self.usage)
+        self.incidents = Incidents()  # recent errors per tenant (admin API)
+        self.loop_lag = LoopLag()
         self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
         # Seals and opens tenants' secrets at rest (DB_ENC_KEY); made at start.
@@ -133,6 +137,7 @@ class App:
             flush_chunk=settings.flush_chunk,
         )
         self.port = await self.server.listen(settings.host, settings.port)
+        self.spawn(self.loop_lag.run(), name="event-loop lag")
         return self.port
 
     def _database_of(self, tenant: Tenant) -> TenantDatabase | None:
@@ -255,6 +260,7 @@ class App:
             if tenant is None:
                 return False
             self._disconnect_tenant(external_id)
+            self.incidents.forget(external_id)
             services = self.services.pop(external_id, None)
             if services is not None:
                 await services.stop(drop_slots=True)
@@ -310,11 +316,17 @@ class App:
     def _disconnect_tenant(self, external_id: str) -> None:
         """Upstream's UserSocket.disconnect/1: every channel of the tenant gets the system
         message `Server requested disconnect`, then its sockets are drained (close 1012)."""
-        payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
         for socket in [s for s in self.sockets if s.tenant.external_id == external_id]:
-            for channel in list(socket.channels.values()):
-                channel.push("system", {**payload_of, "channel": channel.sub_topic})
-            socket.disconnect(CloseCode.SERVICE_RESTART)
+            self.disconnect_socket(socket)
+
+    def disconnect_socket(self, socket: RealtimeSocket) -> str:
+        """Disconnect one socket as upstream's UserSocket.disconnect/1 does each of a tenant's:
+        `Server requested disconnect` on each of its channels, then close 1012; return that text."""
+        payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
+        for channel in list(socket.channels.values()):
+            channel.push("system", {**payload_of, "channel": channel.sub_topic})
+        socket.disconnect(CloseCode.SERVICE_RESTART)
+        return DISCONNECT_TEXT
 
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), stop the tenants'
@@ -358,22 +370,46 @@ class App:
             raise ConnectError(400, str(exc)) from None
         except TenantNotFound:
             raise ConnectError(404, "Tenant not found") from None  # upstream user_socket.ex error_response/1
+        try:
+            claims, token = self._admit(tenant, request)
+        except ConnectError as exc:
+            self.incidents.record(tenant.external_id, exc.code, exc.text or f"HTTP {exc.status}")
+            raise
+        x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
+        level = query.get("log_level", "error")
+        socket = RealtimeSocket(
+            self,
+            tenant,
+            codec,
+            token,
+            claims,
+            x_headers,
+            level if level in _LOG_LEVELS else "error",
+            remote=request.client,
+            vsn=query.get("vsn") or "1.0.0",
+            client_info=request.headers.get("x-client-info") or query.get("X-Client-Info") or None,
+            user_agent=request.headers.get("user-agent"),
+        )
+        return socket, socket.attach
+
+    def _admit(self, tenant: Tenant, request: Request) -> tuple[dict[str, Any], str]:
+        """The connect-time checks after the tenant is known: its claims and cleaned token, or
+        ConnectError (docs/protocol.md §1.4)."""
         if tenant.suspend:
-            raise ConnectError(403, "Realtime was disabled for this tenant")
-        token = request.headers.get("x-api-key") or query.get("apikey")
+            raise ConnectError(403, "Realtime was disabled for this tenant", "RealtimeDisabledForTenant")
+        token = request.headers.get("x-api-key") or request.query.get("apikey")
         if not token:
-            raise ConnectError(401, "API key is missing")
+            raise ConnectError(401, "API key is missing", "MissingAPIKey")
         try:
             claims = self.verify_token(tenant, token)
         except JwtError as exc:
-            raise ConnectError(exc.connect_status, exc.connect_text) from None
-        token = clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
+            raise ConnectError(exc.connect_status, exc.connect_text, exc.code) from None
         limits = tenant.limits
         now = self.now()
         if tenant.users >= limits.max_concurrent_users:
-            raise ConnectError(429, "Too many connected users")
+            raise ConnectError(429, "Too many connected users", "ConnectionRateLimitReached")
         if tenant.joins.reached(limits.max_joins_per_second, now):
-            raise ConnectError(429, "Too many joins per second")
+            raise ConnectError(429, "Too many joins per second", "JoinsRateLimitReached")
         if tenant.enforce_quota and tenant.plan.hard_quota and self.usage.messages_exhausted(tenant):
             # 429 as upstream answers its other connect-time limits (user_socket.ex): the client
             # backs off and retries, which succeeds once the next cycle starts.
@@ -381,13 +417,9 @@ class App:
                 429,
                 f"MessageQuotaExceeded: the {tenant.plan.included_messages} messages plan {tenant.plan.name}"
                 " includes in this billing cycle are used up",
+                "MessageQuotaExceeded",
             )
-        x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
-        level = query.get("log_level", "error")
-        socket = RealtimeSocket(
-            self, tenant, codec, token, claims, x_headers, level if level in _LOG_LEVELS else "error"
-        )
-        return socket, socket.attach
+        return claims, clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
 
     def spawn(
         self,

@@ -152,10 +152,11 @@ class JwtSignerError(JwtError, code="JwtSignerError"):
 class ConnectError(Exception):
     """A refused WebSocket upgrade: HTTP `status` with body {"error": text} (docs/protocol.md §1.4)."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, code: str = "ErrorConnectingToWebsocket") -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.code = code  # the operational code (docs/protocol.md §9.3), for the recent-errors log
 
 
 class MalformedMessage(ValueError):

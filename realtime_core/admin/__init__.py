@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, pricing_api, tenant_api, usage_api
+from . import audit, introspect, pricing_api, tenant_api, usage_api
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -24,6 +24,7 @@ def register(app: App, router: Router) -> AdminApi:
     api = AdminApi(AdminAuth.from_settings(app.settings), audit.AuditLog(lambda: app.pool))
     audit.routes(api)
     tenant_api.routes(api, app)
+    introspect.routes(api, app)
     pricing_api.routes(api)
     usage_api.routes(api, app)
     api.register(router)

@@ -44,6 +44,7 @@ from .subscriptions import Registry, Subscription
 from .values import TypeCatalog
 
 if TYPE_CHECKING:
+    from ..incidents import Incidents
     from ..tenants import Tenant
 
 __all__ = ["Dispatcher"]
@@ -110,6 +111,7 @@ class Dispatcher:
         self.messages_sent = 0
         self.rls_errors = 0
         self.last_error: str | None = None
+        self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
 
     # Phase 0: transactions → candidate changes
 
@@ -391,6 +393,9 @@ class Dispatcher:
             self.rls_errors += 1
             self.last_error = f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {error}"
             log.warning("RlsPolicyError: %s", self.last_error)
+            if self.incidents is not None:
+                table_name = f"{relation.namespace}.{relation.name}"
+                self.incidents.record(self.tenant.external_id, "RlsPolicyError", self.last_error, table_name)
             visible[group_key] = None
 
         if len(table.primary_key) == 1:
