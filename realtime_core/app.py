@@ -21,6 +21,7 @@ from websockets.frames import CloseCode
 from . import db, messages, tasks
 from .authorization import Authorizer
 from .broker import Broker, InProcessBroker
+from .channel_stats import ChannelStats
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
 from .hub import Hub
@@ -34,6 +35,7 @@ from .protocol import codec_for
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
+from .timeseries import TimeSeries
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -65,6 +67,9 @@ class App:
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
         self.broker: Broker = InProcessBroker(self.hub)
+        self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
+        self.hub.observers.append(self.channel_stats)
+        self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
         self.http = Router()  # cli.py registers rest_api's routes on it
@@ -112,7 +117,15 @@ class App:
             flush_chunk=settings.flush_chunk,
         )
         self.port = await self.server.listen(settings.host, settings.port)
+        self.spawn(self._sample_forever(), name="time series")
         return self.port
+
+    async def _sample_forever(self) -> None:
+        """Once a second: a time series sample, and idle streams' statistics dropped."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.timeseries.sample(self, time.time())
+            self.channel_stats.prune(self.hub.stream_keys())
 
     def _database_of(self, tenant: Tenant) -> TenantDatabase | None:
         return TenantDatabase.of(

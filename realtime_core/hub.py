@@ -173,12 +173,13 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "observers", "presences")
+    __slots__ = ("_streams", "joins", "observers", "presences")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
+        self.joins: dict[str, int] = {}  # tenant → subscriptions made since start (the time series' joins)
 
     # Registry
 
@@ -187,6 +188,7 @@ class Hub:
         if subs is None:
             subs = self._streams[key] = {}
         subs[subscriber] = None
+        self.joins[key.tenant] = self.joins.get(key.tenant, 0) + 1
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
         """Remove `subscriber`; True when the stream has no local subscriber left."""
@@ -201,6 +203,10 @@ class Hub:
 
     def subscribers(self, key: StreamKey) -> list[Subscriber]:
         return list(self._streams.get(key, ()))
+
+    def stream_keys(self) -> list[StreamKey]:
+        """Every stream with a local subscriber."""
+        return list(self._streams)
 
     def stream_count(self) -> int:
         return len(self._streams)
