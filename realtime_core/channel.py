@@ -32,7 +32,7 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .hub import BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -459,6 +459,7 @@ class Channel:
                 # The response is a bare string (docs/protocol.md §4.1).
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
             return
+        ctx.broker.accepted(tenant, BROADCAST_KIND, self.key)
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
@@ -493,6 +494,8 @@ class Channel:
             self.shutdown("Too many presence messages per second")
             return
         tenant.presence_events.add(1, now)
+        if kind in ("track", "untrack"):
+            app.broker.accepted(tenant, PRESENCE_KIND, self.key)
         if kind == "track":
             tracked = payload.get("payload", {})
             if not isinstance(tracked, dict):

@@ -109,5 +109,6 @@ class DatabaseBroadcast:
         key = StreamKey(tenant.external_id, row["private"] == "t", topic)
         now = self.clock()
         tenant.events.add(1, now)
+        self.broker.accepted(tenant, DB_BROADCAST_KIND, key)
         self.delivered += self.broker.publish(tenant, key, publication, now)
         return True

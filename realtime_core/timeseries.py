@@ -92,7 +92,7 @@ class TimeSeries:
         rings = self.tenants.get(tid)
         if rings is None:
             rings = self.tenants[tid] = _Tenant()
-            rings.last = {name: readings.get(name, 0.0) for name in _RATES}
+            rings.last = dict.fromkeys(_RATES, 0.0)  # counters start at 0 with the process
             rings.minute_at = second // 60
         minute = second // 60
         if minute != rings.minute_at and rings.minute_count:

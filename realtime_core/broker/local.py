@@ -26,6 +26,9 @@ class InProcessBroker:
     ) -> int:
         return self.hub.publish(tenant, key, publication, now, exclude)
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.hub.accepted(tenant, kind, key, count)
+
     def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         self.hub.subscribe(key, subscriber)
 
