@@ -209,6 +209,7 @@ class App:
             if tenant is None:
                 return False
             self._disconnect_tenant(external_id)
+            self.channel_stats.forget_tenant(external_id)
             services = self.services.pop(external_id, None)
             if services is not None:
                 await services.stop(drop_slots=True)
