@@ -173,13 +173,16 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "joins", "observers", "presences")
+    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
         self.joins: dict[str, int] = {}  # tenant → subscriptions made since start (the time series' joins)
+        # tenant → presences joined and left since start (counted by the broker from its diffs)
+        self.presence_joins: dict[str, int] = {}
+        self.presence_leaves: dict[str, int] = {}
 
     # Registry
 

@@ -23,6 +23,8 @@ MINUTE_POINTS = 60  # 1 hour of per-minute values
 # Counters, sampled as their increase per second.
 _RATES = (
     "joins",
+    "presence.joins",
+    "presence.leaves",
     *(f"messages.{k}" for k in KINDS),
     *(f"deliveries.{k}" for k in KINDS),
     "rows.postgres_changes",
@@ -45,7 +47,7 @@ class SampleSource(Protocol):
 
     tenants: Iterable[Any]  # Tenant: external_id, users
     sockets: Iterable[Any]  # RealtimeSocket: tenant
-    hub: Any  # joins: dict[tenant id, int]
+    hub: Any  # joins, presence_joins, presence_leaves: dict[tenant id, int]
     channel_stats: Any  # accepted_totals, delivered_totals: tenant → kind → int
     services: Mapping[str, Any]  # TenantServices: cdc, db_broadcast
 
@@ -125,7 +127,12 @@ class TimeSeries:
 
 
 def _read(source: SampleSource, tid: str) -> dict[str, float]:
-    readings: dict[str, float] = {"joins": source.hub.joins.get(tid, 0)}
+    hub = source.hub
+    readings: dict[str, float] = {
+        "joins": hub.joins.get(tid, 0),
+        "presence.joins": hub.presence_joins.get(tid, 0),
+        "presence.leaves": hub.presence_leaves.get(tid, 0),
+    }
     accepted = source.channel_stats.accepted_totals.get(tid, {})
     delivered = source.channel_stats.delivered_totals.get(tid, {})
     for kind in KINDS:

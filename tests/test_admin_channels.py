@@ -17,6 +17,8 @@ from jsclient import JsDriver
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import eventually
 
+from realtime_core.hub import KINDS
+
 pytestmark = [pytest.mark.js, pytest.mark.pg]
 
 TENANT = "realtime-dev"
@@ -75,10 +77,14 @@ async def test_channel_figures_equal_what_the_clients_did(server, topic):
                 await js.request({"op": "send", "channel": "a", "message": msg})
             for n in range(2):
                 await channel.send_broadcast("py", {"n": n})
+            # One REST message (the HTTP broadcast API), to all three.
+            rest = {"messages": [{"topic": topic, "event": "rest", "payload": {}}]}
+            posted = await http.post("/api/broadcast", json=rest, headers={"Authorization": f"Bearer {make_token()}"})
+            assert posted.status_code == 202
             # a's 3 reach b and the Python client; the Python client's 2 reach a and b.
-            await js.wait_for(lambda _: len(js.received("b")) == 5, timeout=DELIVERY)
-            await js.wait_for(lambda _: len(js.received("a")) == 2, timeout=DELIVERY)
-            await eventually(lambda: len(py_got) == 3, what="3 broadcasts at the Python client")
+            await js.wait_for(lambda _: len(js.received("b")) == 6, timeout=DELIVERY)
+            await js.wait_for(lambda _: len(js.received("a")) == 3, timeout=DELIVERY)
+            await eventually(lambda: len(py_got) == 4, what="4 broadcasts at the Python client")
             await js.wait_for(
                 lambda _: len([e for e in js.received("a", "presence") if e["event"] == "join"]) >= 2,
                 timeout=DELIVERY,
@@ -88,17 +94,11 @@ async def test_channel_figures_equal_what_the_clients_did(server, topic):
             [row] = [r for r in page["data"] if r["topic"] == topic and not r["private"]]
             assert row["subscribers"] == 3
             assert row["presence"] == 2
-            assert row["messages"] == {
-                "broadcast": 5,
-                "presence": 2,
-                "postgres_changes": 0,
-                "db_broadcast": 0,
-                "rest": 0,
-            }
-            assert row["deliveries"]["broadcast"] == 3 * 2 + 2 * 2
-            assert row["deliveries"]["presence"] == 2 * 3
-            assert row["messages_total"] == 7 and row["deliveries_total"] == 16
-            assert row["fan_out"] == round(16 / 7, 3)
+            assert row["messages"] == {**dict.fromkeys(KINDS, 0), "broadcast": 5, "presence": 2, "rest": 1}
+            deliveries = {"broadcast": 3 * 2 + 2 * 2, "presence": 2 * 3, "rest": 3}
+            assert row["deliveries"] == {**dict.fromkeys(KINDS, 0), **deliveries}
+            assert row["messages_total"] == 8 and row["deliveries_total"] == 19
+            assert row["fan_out"] == round(19 / 8, 3)
             assert row["messages_per_second"]["broadcast"] == round(5 / 60, 3)
             assert row["deliveries_per_second"]["presence"] == round(6 / 60, 3)
 
@@ -165,15 +165,17 @@ async def test_an_operator_shuts_a_channel_down_for_every_subscriber(server, top
 async def test_timeseries_show_the_traffic(server_factory, topic):
     server = server_factory()
     async with JsDriver() as js, httpx.AsyncClient(base_url=server.http_url) as http:
-        await js.join("a", server.ws_url, make_token(), topic)
+        await js.join("a", server.ws_url, make_token(), topic, presence={"key": "a"})
         await js.join("b", server.ws_url, make_token(), topic)
+        await js.request({"op": "track", "channel": "a", "payload": {"n": 1}})
+        await js.request({"op": "untrack", "channel": "a"})
         for _ in range(4):
             await js.request(
                 {"op": "send", "channel": "a", "message": {"type": "broadcast", "event": "e", "payload": {}}}
             )
         await js.wait_for(lambda _: len(js.received("b")) == 4, timeout=DELIVERY)
         path = f"/admin/v1/tenants/{TENANT}/timeseries"
-        names = "connections,joins,messages.broadcast,deliveries.broadcast"
+        names = "connections,joins,messages.broadcast,deliveries.broadcast,presence.joins,presence.leaves"
 
         async def window() -> dict[str, Any]:
             return await get(http, path, series=names, window="1m")
@@ -182,6 +184,7 @@ async def test_timeseries_show_the_traffic(server_factory, topic):
         seen = await until(window, lambda s: sum(s["series"]["deliveries.broadcast"]) == 4)
         assert sum(seen["series"]["messages.broadcast"]) == 4
         assert sum(seen["series"]["joins"]) == 2
+        assert sum(seen["series"]["presence.joins"]) == 1 and sum(seen["series"]["presence.leaves"]) == 1
         assert seen["series"]["connections"][-1] == 2
         assert seen["step_seconds"] == 1
         assert len(seen["timestamps"]) == len(seen["series"]["joins"])
