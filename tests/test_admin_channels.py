@@ -136,6 +136,7 @@ async def test_channels_sort_and_page(server_factory, topic):
 
 
 async def test_an_operator_shuts_a_channel_down_for_every_subscriber(server, topic):
+    topic = f"{topic}:a/b c%"  # percent-encoded in the path
     async with JsDriver() as js, httpx.AsyncClient(base_url=server.http_url) as http:
         for name in ("a", "b"):
             await js.join(name, server.ws_url, make_token(), topic, listen=("system",))
