@@ -29,34 +29,34 @@ _PREFIX_LEN = len("realtime:")
 class StreamStats:
     """One stream's totals by kind, and per-second buckets of the last minute."""
 
-    __slots__ = ("_bucket_in", "_bucket_out", "_second", "accepted", "delivered", "history", "last_at", "publications")
+    __slots__ = ("_bucket_in", "_bucket_out", "accepted", "delivered", "history", "last_at", "publications")
 
     def __init__(self, second: int) -> None:
         self.accepted: dict[str, int] = {}  # kind → messages accepted from senders
         self.delivered: dict[str, int] = {}  # kind → frames queued on receivers
         self.publications = 0  # publications fanned out (a fan-out's denominator)
-        self.last_at = second
-        self._second = second
+        self.last_at = second  # the second the current buckets count (the stream's last message)
         self._bucket_in: dict[str, int] = {}
         self._bucket_out: dict[str, int] = {}
         # Completed seconds, oldest first: (second, accepted by kind, delivered by kind).
         self.history: deque[tuple[int, dict[str, int], dict[str, int]]] = deque(maxlen=WINDOW_S)
 
     def _roll(self, second: int) -> None:
-        if second != self._second:
-            if self._bucket_in or self._bucket_out:
-                self.history.append((self._second, self._bucket_in, self._bucket_out))
-                self._bucket_in, self._bucket_out = {}, {}
-            self._second = second
+        """Close the current second's buckets (when they hold anything) and start `second`'s."""
+        if self._bucket_in or self._bucket_out:
+            self.history.append((self.last_at, self._bucket_in, self._bucket_out))
+            self._bucket_in, self._bucket_out = {}, {}
         self.last_at = second
 
     def add_in(self, kind: str, count: int, second: int) -> None:
-        self._roll(second)
+        if second != self.last_at:
+            self._roll(second)
         self.accepted[kind] = self.accepted.get(kind, 0) + count
         self._bucket_in[kind] = self._bucket_in.get(kind, 0) + count
 
     def add_out(self, kind: str, count: int, second: int) -> None:
-        self._roll(second)
+        if second != self.last_at:
+            self._roll(second)
         self.publications += 1
         self.delivered[kind] = self.delivered.get(kind, 0) + count
         self._bucket_out[kind] = self._bucket_out.get(kind, 0) + count
@@ -66,7 +66,7 @@ class StreamStats:
         ins = dict.fromkeys(KINDS, 0.0)
         outs = dict.fromkeys(KINDS, 0.0)
         since = second - WINDOW_S
-        buckets = [*self.history, (self._second, self._bucket_in, self._bucket_out)]
+        buckets = [*self.history, (self.last_at, self._bucket_in, self._bucket_out)]
         for at, bucket_in, bucket_out in buckets:
             if at <= since or at > second:
                 continue
@@ -86,20 +86,25 @@ class ChannelStats:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.streams: dict[StreamKey, StreamStats] = {}
+        # The same statistics by (tenant id, private, wire topic): delivered() finds a stream
+        # without making a StreamKey (a NamedTuple took ~0.4 µs to make, a tuple ~0.05 µs).
+        self._by_topic: dict[tuple[str, bool, str], StreamStats] = {}
         # tenant → kind → total (what the time series sample every second)
         self.accepted_totals: dict[str, dict[str, int]] = {}
         self.delivered_totals: dict[str, dict[str, int]] = {}
 
-    def _stream(self, key: StreamKey, second: int) -> StreamStats:
-        stats = self.streams.get(key)
-        if stats is None:
-            stats = self.streams[key] = StreamStats(second)
+    def _new(self, key: StreamKey, second: int) -> StreamStats:
+        stats = self.streams[key] = StreamStats(second)
+        self._by_topic[(key.tenant, key.private, "realtime:" + key.sub_topic)] = stats
         return stats
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
         second = int(self.clock())
-        self._stream(key, second).add_in(kind, count, second)
-        totals = self.accepted_totals.setdefault(key.tenant, {})
+        stats = self.streams.get(key) or self._new(key, second)
+        stats.add_in(kind, count, second)
+        totals = self.accepted_totals.get(key.tenant)
+        if totals is None:
+            totals = self.accepted_totals[key.tenant] = {}
         totals[kind] = totals.get(kind, 0) + count
 
     def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
@@ -110,11 +115,16 @@ class ChannelStats:
         for sub in subs:
             private = sub.private
             break
-        key = StreamKey(tenant.external_id, private, publication.topic[_PREFIX_LEN:])
+        tid = tenant.external_id
         second = int(self.clock())
+        stats = self._by_topic.get((tid, private, publication.topic))
+        if stats is None:
+            stats = self._new(StreamKey(tid, private, publication.topic[_PREFIX_LEN:]), second)
         kind = publication.kind
-        self._stream(key, second).add_out(kind, count, second)
-        totals = self.delivered_totals.setdefault(key.tenant, {})
+        stats.add_out(kind, count, second)
+        totals = self.delivered_totals.get(tid)
+        if totals is None:
+            totals = self.delivered_totals[tid] = {}
         totals[kind] = totals.get(kind, 0) + count
 
     def of(self, key: StreamKey) -> StreamStats | None:
@@ -125,10 +135,14 @@ class ChannelStats:
         keep = set(live)
         limit = int(self.clock()) - IDLE_DROP_S
         for key in [k for k, s in self.streams.items() if s.last_at < limit and k not in keep]:
-            del self.streams[key]
+            self._drop(key)
 
     def forget_tenant(self, tenant: str) -> None:
         self.accepted_totals.pop(tenant, None)
         self.delivered_totals.pop(tenant, None)
         for key in [k for k in self.streams if k.tenant == tenant]:
-            del self.streams[key]
+            self._drop(key)
+
+    def _drop(self, key: StreamKey) -> None:
+        del self.streams[key]
+        del self._by_topic[(key.tenant, key.private, "realtime:" + key.sub_topic)]
