@@ -49,14 +49,18 @@ _TABLE_EXISTS = """
 select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
 where n.nspname = %s and c.relname = %s and c.relkind in ('r', 'p')
 """
-# realtime.messages is partitioned by day: its rows and its partitions' total size.
+# realtime.messages is partitioned by day: its partitions' total size and estimated rows (catalog
+# only), and the oldest row (through the index on inserted_at).
 _MESSAGES = """
-select (select count(*) from realtime.messages),
-       (select coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::bigint
-        from pg_inherits i where i.inhparent = 'realtime.messages'::regclass),
-       (select count(*) from pg_inherits i where i.inhparent = 'realtime.messages'::regclass),
+select coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint, count(c.oid),
+       coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint,
        (select min(inserted_at) from realtime.messages)
+from pg_inherits i join pg_class c on c.oid = i.inhrelid
+where i.inhparent = 'realtime.messages'::regclass
 """
+# Below this many (estimated) rows they are counted exactly; above, the estimate is answered, so
+# that a console polling the view never scans a large table.
+_EXACT_COUNT_BELOW = 100_000
 
 
 class Percentiles(BaseModel):
@@ -98,7 +102,8 @@ class Publication(BaseModel):
 
 
 class MessagesTable(BaseModel):
-    rows: int
+    rows: int = Field(description="exact below 100,000 rows, else the planner's estimate")
+    rows_estimated: bool
     bytes: int
     partitions: int
     oldest: str | None = Field(description="inserted_at of the oldest row (ISO 8601 UTC)")
@@ -256,9 +261,15 @@ async def _messages(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any] | None
     except psycopg.errors.UndefinedTable:
         return None  # a database without the realtime schema's messages table
     assert row is not None
-    count, size, partitions, oldest = row
+    size, partitions, estimate, oldest = row
+    estimated = estimate >= _EXACT_COUNT_BELOW
+    if not estimated:
+        counted = await (await conn.execute("select count(*) from realtime.messages")).fetchone()
+        assert counted is not None
+        estimate = counted[0]
     return {
-        "rows": count,
+        "rows": estimate,
+        "rows_estimated": estimated,
         "bytes": size,
         "partitions": partitions,
         "oldest": oldest.astimezone(UTC).isoformat().replace("+00:00", "Z") if oldest is not None else None,
