@@ -16,12 +16,13 @@ from typing import Any, Protocol
 
 from .hub import KINDS
 
-__all__ = ["SECOND_POINTS", "SERIES", "WINDOWS", "TimeSeries"]
+__all__ = ["ERRORS_PREFIX", "SECOND_POINTS", "SERIES", "WINDOWS", "TimeSeries"]
 
 SECOND_POINTS = 600  # 10 minutes of per-second values
 MINUTE_POINTS = 60  # 1 hour of per-minute values
 # Counters, sampled as their increase per second.
 _RATES = (
+    "errors",
     "joins",
     "presence.joins",
     "presence.leaves",
@@ -38,6 +39,8 @@ _GAUGES = (
     "commit_to_dispatch_ms",
 )
 SERIES: tuple[str, ...] = ("connections", *_RATES, *_GAUGES[1:])
+# Refused joins per upstream error code: one counter series per code seen, made at its first error.
+ERRORS_PREFIX = "errors."
 # window → (seconds covered, step in seconds): up to 10 minutes per second, then per minute.
 WINDOWS = {"1m": (60, 1), "5m": (300, 1), "10m": (600, 1), "30m": (1800, 60), "1h": (3600, 60)}
 
@@ -49,15 +52,17 @@ class SampleSource(Protocol):
     sockets: Iterable[Any]  # RealtimeSocket: tenant
     hub: Any  # joins, presence_joins, presence_leaves: dict[tenant id, int]
     channel_stats: Any  # accepted_totals, delivered_totals: tenant → kind → int
+    metrics: Any  # channel_errors: (tenant, code) → refused joins, when the metrics keep them
     services: Mapping[str, Any]  # TenantServices: cdc, db_broadcast
 
 
 class _Tenant:
     """The rings of one tenant, and the counter readings of the last sample."""
 
-    __slots__ = ("last", "minute", "minute_at", "minute_count", "minute_sums", "seconds", "start")
+    __slots__ = ("last", "minute", "minute_at", "minute_count", "minute_sums", "names", "seconds", "start")
 
     def __init__(self) -> None:
+        self.names: list[str] = list(SERIES)  # and the errors.<code> series seen so far
         self.seconds: dict[str, deque[float]] = {name: deque(maxlen=SECOND_POINTS) for name in SERIES}
         self.minute: dict[str, deque[float]] = {name: deque(maxlen=MINUTE_POINTS) for name in SERIES}
         self.last: dict[str, float] = {}
@@ -65,6 +70,14 @@ class _Tenant:
         self.minute_count = 0
         self.minute_at = 0  # the minute (Unix time // 60) being summed
         self.start = 0  # Unix second of the newest per-second value
+
+    def add_counter(self, name: str) -> None:
+        """A new errors.<code> series: zeros for the time before its first error."""
+        self.names.append(name)
+        self.seconds[name] = deque([0.0] * len(self.seconds["connections"]), maxlen=SECOND_POINTS)
+        self.minute[name] = deque([0.0] * len(self.minute["connections"]), maxlen=MINUTE_POINTS)
+        self.minute_sums[name] = 0.0
+        self.last[name] = 0.0
 
 
 class TimeSeries:
@@ -97,13 +110,16 @@ class TimeSeries:
             rings.last = dict.fromkeys(_RATES, 0.0)  # counters start at 0 with the process
             rings.minute_at = second // 60
         minute = second // 60
+        for name in readings:
+            if name not in rings.seconds:
+                rings.add_counter(name)
         if minute != rings.minute_at and rings.minute_count:
-            for name in SERIES:
+            for name in rings.names:
                 rings.minute[name].append(round(rings.minute_sums[name] / rings.minute_count, 3))
                 rings.minute_sums[name] = 0.0
             rings.minute_count = 0
         rings.minute_at = minute
-        for name in SERIES:
+        for name in rings.names:
             value = readings.get(name, 0.0)
             if name in rings.last:  # a counter: its increase since the last sample
                 value, rings.last[name] = max(0.0, value - rings.last[name]), value
@@ -120,10 +136,16 @@ class TimeSeries:
         if rings is None:
             return {"step_seconds": step, "end": None, "count": 0, "series": {name: [] for name in names}}
         source = rings.seconds if step == 1 else rings.minute
-        series = {name: list(source[name])[-points:] for name in names}
-        count = len(next(iter(series.values()), []))
+        count = min(points, len(source["connections"]))
+        # An errors.<code> series without any error yet is all zeros.
+        series = {name: list(source[name])[-points:] if name in source else [0.0] * count for name in names}
         end = rings.start if step == 1 else rings.minute_at * 60 - 60  # the last complete minute
         return {"step_seconds": step, "end": end, "count": count, "series": series}
+
+    def names(self, tid: str) -> list[str]:
+        """The series of tenant `tid`: SERIES and its errors.<code> series."""
+        rings = self.tenants.get(tid)
+        return list(SERIES) if rings is None else list(rings.names)
 
 
 def _read(source: SampleSource, tid: str) -> dict[str, float]:
@@ -138,6 +160,12 @@ def _read(source: SampleSource, tid: str) -> dict[str, float]:
     for kind in KINDS:
         readings[f"messages.{kind}"] = accepted.get(kind, 0)
         readings[f"deliveries.{kind}"] = delivered.get(kind, 0)
+    errors = 0
+    for (tenant, code), count in getattr(source.metrics, "channel_errors", {}).items():
+        if tenant == tid:
+            readings[ERRORS_PREFIX + code] = count
+            errors += count
+    readings["errors"] = errors
     services = source.services.get(tid)
     cdc = getattr(services, "cdc", None)
     stream = getattr(services, "db_broadcast", None)

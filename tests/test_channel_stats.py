@@ -103,7 +103,12 @@ def test_time_series_turn_counters_into_per_second_values_and_minutes_into_avera
     hub, stats, clock, key, tenant = setup(receivers=2)
     series = TimeSeries()
     source = SimpleNamespace(
-        tenants=[tenant], sockets=[SimpleNamespace(tenant=tenant)], hub=hub, channel_stats=stats, services={}
+        tenants=[tenant],
+        sockets=[SimpleNamespace(tenant=tenant)],
+        hub=hub,
+        channel_stats=stats,
+        services={},
+        metrics=SimpleNamespace(),
     )
     start = 60 * 1000  # the start of a minute
     for second in range(61):
@@ -133,3 +138,33 @@ def test_row_statistics_percentiles_and_skips():
     assert p["p50"] == pytest.approx(50.0, abs=0.01) and p["p99"] == pytest.approx(99.0, abs=0.01)
     assert rows.skipped == {"filtered": 2}
     assert rows.last_latency_ms == pytest.approx(100.0, abs=0.01)
+
+
+def test_errors_get_a_series_per_code_from_their_first_error_on():
+    hub, stats, _, _, tenant = setup()
+    refused: dict[tuple[str, str], int] = {}
+    source = SimpleNamespace(
+        tenants=[tenant],
+        sockets=[],
+        hub=hub,
+        channel_stats=stats,
+        services={},
+        metrics=SimpleNamespace(channel_errors=refused),
+    )
+    series = TimeSeries()
+    series.sample(source, 6000)  # type: ignore[arg-type]
+    refused[(tenant.external_id, "Unauthorized")] = 2
+    refused[("another-tenant", "Unauthorized")] = 5
+    series.sample(source, 6001)  # type: ignore[arg-type]
+    refused[(tenant.external_id, "Unauthorized")] = 3
+    refused[(tenant.external_id, "TooManyJoins")] = 1
+    series.sample(source, 6002)  # type: ignore[arg-type]
+    names = ["errors", "errors.Unauthorized", "errors.TooManyJoins", "errors.NeverSeen"]
+    window = series.window(tenant.external_id, names, "1m")
+    assert window["series"] == {
+        "errors": [0, 2, 2],
+        "errors.Unauthorized": [0, 2, 1],
+        "errors.TooManyJoins": [0, 0, 1],
+        "errors.NeverSeen": [0, 0, 0],
+    }
+    assert {"errors.Unauthorized", "errors.TooManyJoins"} <= set(series.names(tenant.external_id))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..hub import KINDS, StreamKey
-from ..timeseries import SERIES, WINDOWS
+from ..timeseries import ERRORS_PREFIX, SERIES, WINDOWS
 from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class TimeSeriesQuery(BaseModel):
 
     series: str | None = Field(
         None,
-        description=f"comma-separated series names (default: all): {', '.join(SERIES)}",
+        description=f"comma-separated series names (default: all): {', '.join(SERIES)}, errors.<code>",
     )
     window: str = Field(
         "10m", description="per second up to 10m, else per minute", json_schema_extra={"enum": list(WINDOWS)}
@@ -110,7 +110,9 @@ class TimeSeriesAnswer(BaseModel):
     timestamps: list[str] = Field(description="the time of each value, oldest first (ISO 8601 UTC)")
     series: dict[str, list[float]]
     series_names: list[str] = Field(
-        description="every series this endpoint knows", json_schema_extra={"items": {"enum": list(SERIES)}}
+        description="every series of the tenant: the fixed ones, and errors.<code> for each upstream error "
+        "code of refused joins seen",
+        json_schema_extra={"items": {"anyOf": [{"enum": list(SERIES)}, {"pattern": r"^errors\..+"}]}},
     )
 
 
@@ -217,8 +219,9 @@ def routes(api: AdminApi, app: App) -> None:
         query: TimeSeriesQuery = call.query
         if query.window not in WINDOWS:
             raise invalid("window", f"must be one of {', '.join(WINDOWS)}")
-        names = [n.strip() for n in query.series.split(",") if n.strip()] if query.series else list(SERIES)
-        unknown = [n for n in names if n not in SERIES]
+        every = app.timeseries.names(tenant.external_id)
+        names = [n.strip() for n in query.series.split(",") if n.strip()] if query.series else every
+        unknown = [n for n in names if n not in SERIES and not _is_error_series(n)]
         if unknown or not names:
             raise invalid("series", f"unknown series {', '.join(unknown) or '(none)'}: known are {', '.join(SERIES)}")
         data = app.timeseries.window(tenant.external_id, names, query.window)
@@ -229,8 +232,12 @@ def routes(api: AdminApi, app: App) -> None:
             "step_seconds": step,
             "timestamps": stamps,
             "series": data["series"],
-            "series_names": list(SERIES),
+            "series_names": app.timeseries.names(tenant.external_id),
         }
+
+
+def _is_error_series(name: str) -> bool:
+    return name.startswith(ERRORS_PREFIX) and len(name) > len(ERRORS_PREFIX)
 
 
 def _text(value: Any) -> str | None:
