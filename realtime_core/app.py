@@ -21,6 +21,7 @@ from websockets.frames import CloseCode
 from . import db, messages, tasks
 from .authorization import Authorizer
 from .broker import Broker, InProcessBroker
+from .channel_stats import ChannelStats
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
 from .hub import Hub
@@ -37,6 +38,7 @@ from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
+from .timeseries import TimeSeries
 from .usage import UsageMeter
 
 __all__ = ["SOCKET_PATHS", "App"]
@@ -69,6 +71,9 @@ class App:
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
         self.broker: Broker = InProcessBroker(self.hub)
+        self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
+        self.hub.observers.append(self.channel_stats)
+        self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
@@ -138,7 +143,15 @@ class App:
         )
         self.port = await self.server.listen(settings.host, settings.port)
         self.spawn(self.loop_lag.run(), name="event-loop lag")
+        self.spawn(self._sample_forever(), name="time series")
         return self.port
+
+    async def _sample_forever(self) -> None:
+        """Once a second: a time series sample, and idle streams' statistics dropped."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.timeseries.sample(self, time.time())
+            self.channel_stats.prune(self.hub.stream_keys())
 
     def _database_of(self, tenant: Tenant) -> TenantDatabase | None:
         return TenantDatabase.of(
@@ -261,6 +274,7 @@ class App:
                 return False
             self._disconnect_tenant(external_id)
             self.incidents.forget(external_id)
+            self.channel_stats.forget_tenant(external_id)
             services = self.services.pop(external_id, None)
             if services is not None:
                 await services.stop(drop_slots=True)

@@ -48,6 +48,9 @@ class FakeBroker:
         self.calls.append(("publish", key, publication, exclude))
         return 0
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.calls.append(("accepted", key, kind, count))
+
     def subscribe(self, key: StreamKey, subscriber: Any) -> None:
         self.calls.append(("subscribe", key, subscriber))
 
@@ -207,7 +210,8 @@ class TestWithAFakeBroker:
         channel = make_channel(FakeSocket(fake_ctx))
         channel.start()
         push(channel, "broadcast", {"event": "e", "payload": {"n": 1}})
-        [(kind, key, publication, exclude)] = fake_ctx.broker.calls[1:]
+        [accepted, (kind, key, publication, exclude)] = fake_ctx.broker.calls[1:]
+        assert accepted == ("accepted", KEY, "broadcast", 1)  # counted once, as sent
         assert (kind, key, exclude) == ("publish", KEY, channel)
         assert publication.topic == TOPIC and publication.event == "broadcast"
         assert orjson.loads(publication.payload) == {"event": "e", "payload": {"n": 1}}

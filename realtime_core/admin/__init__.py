@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, introspect, pricing_api, tenant_api, usage_api
+from . import audit, channels, introspect, pricing_api, replication, tenant_api, usage_api
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -25,6 +25,8 @@ def register(app: App, router: Router) -> AdminApi:
     audit.routes(api)
     tenant_api.routes(api, app)
     introspect.routes(api, app)
+    channels.routes(api, app)
+    replication.routes(api, app)
     pricing_api.routes(api)
     usage_api.routes(api, app)
     api.register(router)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber
+from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
@@ -112,6 +114,7 @@ class Dispatcher:
         self.rls_errors = 0
         self.last_error: str | None = None
         self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
+        self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
 
     # Phase 0: transactions → candidate changes
 
@@ -132,8 +135,10 @@ class Dispatcher:
                         wanted.clear()
                     continue  # Truncate is never delivered (docs/protocol.md §6.4); Type/Origin/Message carry nothing
                 self.changes_seen += 1
+                self.rows.seen += 1
                 relation = self.relations.get(msg.relation_oid)  # type: ignore[attr-defined]
                 if relation is None:
+                    self.rows.skip("unknown_relation")
                     continue
                 entry = wanted.get((relation.oid, kind))
                 if entry is None:
@@ -144,6 +149,8 @@ class Dispatcher:
                     candidates = [s for s in candidates if s.live_at(commit_lsn)]
                 if candidates:
                     changes.append(_change(relation, kind, msg, commit_time, xid, candidates))
+                else:
+                    self.rows.skip("no_subscribers")
         if not changes:
             return
         try:
@@ -454,10 +461,16 @@ class Dispatcher:
         batch: list[tuple[list[Subscriber], Publication]] = []
         rls_checked = Audience.POSTGRES_CHANGES
         kind = POSTGRES_CHANGES_KIND
+        rows = self.rows
+        wall = time.time()
         for ch in changes:
             if not ch.deliveries:
+                # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
                 continue
             self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
             for variant, subs in ch.deliveries:
                 data = self._data(ch, variant, shapes)
                 groups = groups_cache.get(id(subs))
