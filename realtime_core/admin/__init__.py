@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, rls_tester, tail
+from . import audit, pg_check, rls_tester, tail
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -23,6 +23,7 @@ def register(app: App, router: Router) -> AdminApi:
     """Add the tenant API and the admin API to `router`; return the AdminApi holding their routes."""
     api = AdminApi(AdminAuth.from_settings(app.settings), audit.AuditLog(lambda: app.pool))
     audit.routes(api)
+    pg_check.routes(api, app)
     rls_tester.routes(api, app)
     tail.routes(api, app)
     api.register(router)
