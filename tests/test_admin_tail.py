@@ -155,6 +155,31 @@ async def test_the_tail_filters_by_kind_and_stream(cdc):
         viewer.close()
 
 
+async def test_a_private_viewer_sees_the_private_stream_only(cdc):
+    topic = f"tail-{secrets.token_hex(3)}"
+    # A read-only admin token may tail (a GET).
+    viewer = await Viewer.open(cdc.http_url, f"topic={topic}&private=true", admin_token(admin="read"))
+    assert viewer.status == 200
+    service = make_token("service_role")  # passes every policy
+    try:
+        async with (
+            await RawClient.open(cdc.socket_url(service, V2)) as public,
+            await RawClient.open(cdc.socket_url(service, V2)) as private,
+        ):
+            await public.join(f"realtime:{topic}")
+            await private.join(f"realtime:{topic}", {"private": True})
+            await rest_broadcast(cdc.http_url, topic, "public-one", {})
+            await public.expect_event(f"realtime:{topic}", "broadcast")
+            body = {"messages": [{"topic": topic, "event": "private-one", "payload": {}, "private": True}]}
+            async with httpx.AsyncClient(base_url=cdc.http_url) as http:
+                headers = {"Authorization": f"Bearer {service}"}
+                assert (await http.post("/api/broadcast", json=body, headers=headers)).status_code == 202
+            [(kind, data)] = await viewer.events_until("private-one")  # nothing public came first
+            assert (kind, data["topic"]) == ("broadcast", topic)
+    finally:
+        viewer.close()
+
+
 async def test_bad_queries_unknown_tenants_and_client_tokens_are_refused(cdc):
     async with httpx.AsyncClient(base_url=cdc.http_url) as http:
         auth = {"Authorization": f"Bearer {admin_token()}"}
