@@ -79,6 +79,16 @@ class Viewer:
             if fields:
                 return fields["event"], orjson.loads(fields["data"])
 
+    async def event_or_end(self) -> tuple[str, Any] | None:
+        """The next event or comment block, or None once the server closed the connection."""
+        while b"\n\n" not in self.body:
+            data = await asyncio.wait_for(self.reader.read(65536), TIMEOUT)
+            if not data:
+                return None
+            self.parser.feed_data(data)
+        block, self.body = self.body.split(b"\n\n", 1)
+        return ("comment", block.decode())
+
     async def events_until(self, last: Any, timeout: float = TIMEOUT) -> list[tuple[str, Any]]:
         """Events up to and including the first whose data's event is `last`."""
         seen = []
@@ -214,6 +224,15 @@ async def test_viewers_past_the_cap_are_refused_and_a_closed_one_frees_its_place
         await asyncio.sleep(10 * MS)
     assert status == 200
     second.close()
+
+
+async def test_a_stopping_server_ends_open_tails(server_factory):
+    server = server_factory()
+    viewer = await Viewer.open(server.http_url, "topic=room")
+    await viewer.event_or_end()  # the opening comment
+    assert await asyncio.to_thread(server.stop) == 0
+    assert await viewer.event_or_end() is None
+    viewer.close()
 
 
 async def test_a_slow_viewer_loses_the_oldest_and_is_told_how_many(server_factory):

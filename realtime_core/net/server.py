@@ -445,11 +445,13 @@ class HttpProtocol(asyncio.Protocol):
     async def _stream(self, response: StreamingResponse, keep_alive: bool) -> bool:
         """Write `response` chunk by chunk until its iterator ends (True) or the connection is
         lost (False). Waits while the transport is over its high-water mark, so a client that
-        does not read holds back the producer instead of growing the write buffer."""
+        does not read holds back the producer instead of growing the write buffer. However it
+        ends (also cancelled, at server stop), the iterator is closed once nothing awaits it."""
         assert self.transport is not None
         self.transport.write(response.head(keep_alive))
         chunks = response.chunks
         lost = self._lost
+        following: asyncio.Future[bytes] | None = None
         try:
             while True:
                 if not self._writable.is_set():
@@ -459,7 +461,6 @@ class HttpProtocol(asyncio.Protocol):
                 following = asyncio.ensure_future(anext(chunks))
                 await asyncio.wait((following, lost), return_when=asyncio.FIRST_COMPLETED)
                 if not following.done():
-                    following.cancel()
                     return False
                 try:
                     data = following.result()
@@ -471,6 +472,11 @@ class HttpProtocol(asyncio.Protocol):
                 if data:
                     self.transport.write(body_chunk(data))
         finally:
+            if following is not None:
+                following.cancel()
+                await asyncio.wait((following,))  # an iterator cannot be closed while it runs
+                if not following.cancelled():
+                    following.exception()  # retrieved: it is the iterator's end or failure, seen above
             await _close_chunks(response)
 
     async def _dispatch(self, request: Request) -> Response:
