@@ -3,8 +3,9 @@ stream as server-sent events, seen without joining as a client.
 
 A viewer is not a subscriber: it is offered each message after Hub.deliver() has fanned it
 out (hub.DeliveryObserver.delivered), so it is never counted as a receiver, as usage or
-against the tenant's limits, and it sees only what was delivered to somebody (the hub
-delivers nothing on a stream without subscribers). The Tail observer is in Hub.observers
+against the tenant's limits, and it sees only what was delivered to at least one receiver
+(nothing on a stream without subscribers; not a broadcast whose only subscriber is its sender
+with `self: false`). The Tail observer is in Hub.observers
 only while some viewer is open; it then costs one dict lookup per publication. Each viewer
 holds at most `buffer` messages: a viewer that reads slower than messages come loses the
 oldest, and is told how many with a `dropped` event before the rest."""
@@ -143,7 +144,7 @@ class Tail:
 
     def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
         viewers = self._streams.get((tenant.external_id, publication.topic))
-        if viewers is None:
+        if viewers is None or not count:  # count 0: offered, but nobody received it
             return
         # Public and private streams share wire topics; the receivers say which this was.
         first = next(iter(subs), None)
