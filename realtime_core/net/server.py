@@ -422,6 +422,8 @@ class HttpProtocol(asyncio.Protocol):
                 request, keep_alive = self._queue.popleft()
                 response = await self._dispatch(request)
                 if self.closed or self.transport is None:
+                    if isinstance(response, StreamingResponse):
+                        await _close_chunks(response)  # the client left while it was being made
                     return
                 if isinstance(response, StreamingResponse):
                     if request.method == "HEAD":  # the head only: a HEAD response has no body

@@ -21,7 +21,8 @@ GET_HEALTHCHECK = b"GET /healthcheck HTTP/1.1\r\nHost: example.org\r\n\r\n"
 
 
 class StreamingApp(FakeApp):
-    """FakeApp with /stream: yields what the test puts in `queue` until it puts None."""
+    """FakeApp with /stream: yields what the test puts in `queue` until it puts None. The handler
+    waits for `gate` when a test sets one; `closed` is set once the body's iterator is closed."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,8 +30,29 @@ class StreamingApp(FakeApp):
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.produced = 0
         self.closed = asyncio.Event()
+        self.gate: asyncio.Event | None = None
 
     async def stream(self, request: Request) -> Response:
+        if self.gate is not None:
+            await self.gate.wait()
+        app = self
+
+        class Chunks:
+            """An iterator with aclose(), as admin/tail.py's: closed even if never iterated."""
+
+            def __init__(self) -> None:
+                self.inner = chunks()
+
+            def __aiter__(self) -> Chunks:
+                return self
+
+            async def __anext__(self) -> bytes:
+                return await anext(self.inner)
+
+            async def aclose(self) -> None:
+                app.closed.set()
+                await self.inner.aclose()
+
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 while (item := await self.queue.get()) is not None:
@@ -39,7 +61,7 @@ class StreamingApp(FakeApp):
             finally:
                 self.closed.set()
 
-        return StreamingResponse(chunks(), content_type="text/event-stream")
+        return StreamingResponse(Chunks(), content_type="text/event-stream")
 
 
 @pytest.fixture
@@ -95,6 +117,16 @@ async def test_a_lost_client_closes_the_stream_without_waiting_for_a_chunk(app, 
     app.queue.put_nowait(b"too late")
     await settle()
     assert app.produced == 0
+
+
+async def test_a_client_gone_before_the_handler_returned_still_closes_the_stream(app, protocol, transport):
+    app.gate = asyncio.Event()
+    protocol.data_received(GET_STREAM)
+    await settle()
+    protocol.connection_lost(None)
+    app.gate.set()
+    await asyncio.wait_for(app.closed.wait(), 1)
+    assert transport.buffer == b""
 
 
 async def test_a_client_that_does_not_read_holds_back_the_producer(app, protocol, transport):
