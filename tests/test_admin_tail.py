@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import secrets
 from typing import Any
 
@@ -99,8 +100,10 @@ class Viewer:
                 if data.get("event") == last or data.get("payload", {}).get("event") == last:
                     return seen
 
-    def close(self) -> None:
+    async def close(self) -> None:
         self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
 
 
 async def rest_broadcast(http_url: str, topic: str, event: str, payload: Any, count: int = 1) -> None:
@@ -135,7 +138,7 @@ async def test_the_tail_shows_a_broadcast_a_presence_diff_and_a_change_in_order(
             await client.expect_event(rt, "postgres_changes")
             events = await viewer.events_until("postgres_changes")
     finally:
-        viewer.close()
+        await viewer.close()
     assert [kind for kind, _ in events] == ["broadcast", "presence", "postgres_changes"]
     broadcast, presence, change = (data for _, data in events)
     assert broadcast["topic"] == topic and broadcast["event"] == "broadcast"
@@ -162,7 +165,7 @@ async def test_the_tail_filters_by_kind_and_stream(cdc):
             [(kind, data)] = await viewer.events_until("presence_diff")
             assert kind == "presence" and data["event"] == "presence_diff"
     finally:
-        viewer.close()
+        await viewer.close()
 
 
 async def test_a_private_viewer_sees_the_private_stream_only(cdc):
@@ -187,7 +190,7 @@ async def test_a_private_viewer_sees_the_private_stream_only(cdc):
             [(kind, data)] = await viewer.events_until("private-one")  # nothing public came first
             assert (kind, data["topic"]) == ("broadcast", topic)
     finally:
-        viewer.close()
+        await viewer.close()
 
 
 async def test_bad_queries_unknown_tenants_and_client_tokens_are_refused(cdc):
@@ -211,19 +214,19 @@ async def test_viewers_past_the_cap_are_refused_and_a_closed_one_frees_its_place
     second = await Viewer.open(server.http_url, "topic=b")
     third = await Viewer.open(server.http_url, "topic=c")
     assert (first.status, second.status, third.status) == (200, 200, 429)
-    third.close()
-    first.close()  # goes away without a goodbye: the server notices the lost connection
+    await third.close()
+    await first.close()  # the viewer goes away: the server notices the closed connection
 
     async def reopened() -> int:
         viewer = await Viewer.open(server.http_url, "topic=d")
-        viewer.close()
+        await viewer.close()
         return viewer.status
 
     deadline = asyncio.get_running_loop().time() + TIMEOUT
     while (status := await reopened()) == 429 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(10 * MS)
     assert status == 200
-    second.close()
+    await second.close()
 
 
 async def test_a_stopping_server_ends_open_tails(server_factory):
@@ -232,7 +235,7 @@ async def test_a_stopping_server_ends_open_tails(server_factory):
     await viewer.event_or_end()  # the opening comment
     assert await asyncio.to_thread(server.stop) == 0
     assert await viewer.event_or_end() is None
-    viewer.close()
+    await viewer.close()
 
 
 async def test_a_slow_viewer_loses_the_oldest_and_is_told_how_many(server_factory):
@@ -260,7 +263,7 @@ async def test_a_slow_viewer_loses_the_oldest_and_is_told_how_many(server_factor
         await asyncio.wait_for(draining, 30 * TIMEOUT)
     # The subscriber got everything; the viewer, reading only now, got a bounded part of it.
     events = await viewer.events_until("last", timeout=30 * TIMEOUT)
-    viewer.close()
+    await viewer.close()
     dropped = sum(data["count"] for kind, data in events if kind == "dropped")
     shown = [data for kind, data in events if kind == "broadcast"]
     assert dropped > 0
@@ -290,7 +293,7 @@ async def test_tailing_adds_no_receiver_and_no_channel(cdc):
             [(_, data)] = await viewer.events_until("seen")
             assert data["payload"]["event"] == "seen"
     finally:
-        viewer.close()
+        await viewer.close()
 
 
 # The observer on a Hub, without a server.
