@@ -186,3 +186,37 @@ def test_bad_input_is_a_422_naming_the_field(cdc, db):
     assert both.status_code == 422
     missing = check(cdc.http_url, table=table, role="anon", primary_key={"id": 1})
     assert missing.json() == {"errors": {"primary_key": ["no row has this primary key"]}}
+
+
+async def test_a_composite_key_table_is_checked_as_live_delivery_does(cdc, db):
+    table = new_table(db, "a int, b text, owner text, primary key (a, b)")
+    db.execute(sql.SQL("alter table {} enable row level security").format(sql.Identifier(table)))
+    db.execute(
+        sql.SQL(
+            "create policy own on {} for select to authenticated"
+            " using (owner = current_setting('request.jwt.claims', true)::jsonb ->> 'sub')"
+        ).format(sql.Identifier(table))
+    )
+    alice = make_token("authenticated", sub="alice")
+    async with await RawClient.open(cdc.socket_url(alice, V2)) as client:
+        await subscribe(client, "ck", [{"event": "INSERT", "schema": "public", "table": table}], token=alice)
+        run(db, "insert into {t} values (1, 'x', 'bob')", table)
+        run(db, "insert into {t} values (2, 'y', 'alice')", table)
+        data = (await next_change(client))["data"]
+        assert data["record"]["a"] == 2  # bob's row was not delivered
+    hidden = ok(cdc.http_url, table=table, jwt=alice, primary_key={"a": 1, "b": "x"})
+    assert (hidden["delivered"], hidden["reason"]) == (False, "rls")
+    shown = ok(cdc.http_url, table=table, jwt=alice, primary_key={"a": 2, "b": "y"})
+    assert (shown["delivered"], shown["errors"]) == (True, [])
+    # A raising policy on this path (one query per group, dispatch.py) is reported too.
+    db.execute(
+        sql.SQL(
+            "create policy boom on {} for select to authenticated using ("
+            " case when current_setting('request.jwt.claims', true)::jsonb ->> 'sub' = 'mallory'"
+            " then (a / (a - a)) = 1 else false end)"
+        ).format(sql.Identifier(table))
+    )
+    raised = ok(
+        cdc.http_url, table=table, role="authenticated", claims={"sub": "mallory"}, primary_key={"a": 1, "b": "x"}
+    )
+    assert (raised["delivered"], raised["reason"]) == (False, "rls_error") and "division by zero" in raised["detail"]
