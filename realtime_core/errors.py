@@ -108,7 +108,10 @@ class ChannelRateLimitReached(RealtimeError, code="ChannelRateLimitReached"):
 
 
 class Unauthorized(RealtimeError, code="Unauthorized"):
-    """A private channel the token may not read."""
+    """A private channel the token may not read. `policy_error`: the database's message when a
+    policy raised (for operators: the client is told only the upstream text)."""
+
+    policy_error: str | None = None
 
 
 class UnableToConnectToProject(RealtimeError, code="UnableToConnectToProject"):
