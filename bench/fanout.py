@@ -143,6 +143,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--grace-ms", type=int, default=250, help="after the last broadcast reached everyone: wait for late extras"
     )
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
+    p.add_argument(
+        "--admin-pollers",
+        type=int,
+        default=0,
+        help="consoles polling every admin GET once a second beside our server, on the generator's core"
+        " (bench/admin_poll.py); 0: none",
+    )
     args = p.parse_args(argv)
     try:
         args.subscribers = [int(s) for s in args.subscribers.split(",") if s.strip()]
@@ -152,6 +159,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--subscribers needs at least one positive count")
     if args.skip_ours and args.skip_reference:
         p.error("--skip-ours and --skip-reference leave nothing to measure")
+    if args.admin_pollers < 0 or (args.admin_pollers and args.skip_ours):
+        p.error("--admin-pollers needs a non-negative count, and our server")
     return args
 
 
@@ -401,6 +410,33 @@ class Bench:
         return round(max(self.args.latency_fraction * min(medians) / s_count, 0.2), 3)
 
 
+class AdminPollers:
+    """bench/admin_poll.py beside our server, on the generator's core, until stop()."""
+
+    def __init__(self, pin: Pinning, url: str, admin_token: str, count: int) -> None:
+        root = Path(__file__).resolve().parent.parent
+        cmd = [*pin.generator, sys.executable, "-m", "bench.admin_poll", "--url", url, "--token", admin_token]
+        self.proc = subprocess.Popen(
+            [*cmd, "--pollers", str(count)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        print(f"admin pollers: {count}, every admin GET once a second", flush=True)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop polling; what the pollers did (requests, failures), or why they gave nothing."""
+        self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        try:
+            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            return {"failures": 1, "first_failures": [f"no report (status {self.proc.returncode}): {err[-2000:]}"]}
+        print(f"admin polling: {result}", flush=True)
+        return result
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -421,12 +457,15 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fan-out bench: S={args.subscribers}, {args.duration:g} s windows, {pin.description}", flush=True)
 
     bench = Bench(args, node, pin)
+    pollers: AdminPollers | None = None
+    polling: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="rt-bench-") as tmp:
         work = Path(tmp)
         try:
             if not args.skip_ours:
                 port = free_port()
-                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret}
+                admin_secret = new_secret()
+                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret, "API_JWT_SECRET": admin_secret}
                 if not env.get("DATABASE_URL"):
                     # our server then starts its own embedded PostgreSQL there
                     env["REALTIME_DATA_DIR"] = str(work / "data")
@@ -434,6 +473,9 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"starting ours: {shlex.join(ours.cmd)}", flush=True)
                 bench.servers["ours"] = ours
                 ours.start(port, anon)
+                if args.admin_pollers:
+                    admin = token(admin_secret, {"sub": "bench", "admin": "read"})
+                    pollers = AdminPollers(pin, f"http://127.0.0.1:{port}", admin, args.admin_pollers)
             if not args.skip_reference:
                 port = free_port()
                 cmd = [*pin.server, node, str(JS_DIR / "ws_server.js"), str(port)]
@@ -444,6 +486,10 @@ def _run(args: argparse.Namespace) -> int:
                 ref.start(port, anon)
             bench.run()
         finally:
+            if pollers is not None:
+                polling = pollers.stop()
+                if polling.get("failures"):
+                    bench.errors.append(f"the admin pollers failed: {polling}")
             for server in bench.servers.values():
                 server.stop()
         # kept before the temporary folder goes: what the servers logged
@@ -474,7 +520,9 @@ def _run(args: argparse.Namespace) -> int:
             "payload_bytes": 100,
             "grace_ms": args.grace_ms,
             "reference_fault": args.reference_fault,
+            "admin_pollers": args.admin_pollers,
         },
+        "admin_polling": polling,
         "exact": not bench.failed and not bench.errors,
         **summary,
         "idle_memory": bench.idle,
