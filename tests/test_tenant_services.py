@@ -23,6 +23,7 @@ from realtime_core.authorization import Authorizer
 from realtime_core.broker import Broker, InProcessBroker
 from realtime_core.config import Limits, Settings
 from realtime_core.hub import Hub
+from realtime_core.incidents import Incidents
 from realtime_core.jwt import KeySet
 from realtime_core.postgres_changes.settings import CdcSettings
 from realtime_core.tenant_services import TenantDatabase, TenantServices, slot_names
@@ -152,6 +153,7 @@ class Host:
 
     settings: Settings
     hub: Hub = dataclasses.field(default_factory=Hub)
+    incidents: Incidents = dataclasses.field(default_factory=Incidents)
     broker: Broker = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
