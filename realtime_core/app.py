@@ -446,6 +446,9 @@ class App:
         exception escaping it is logged and passed to `on_error` (tasks.spawn)."""
         self.tasks.spawn(coro, name=name, on_error=on_error)
 
+    def services_failed(self, tenant: Tenant) -> bool:
+        return tenant.external_id in self.service_errors and tenant.external_id not in self.services
+
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
         """The RLS authorizer of a tenant's database, if it has one."""
         services = self.services.get(tenant.external_id)

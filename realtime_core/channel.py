@@ -135,6 +135,8 @@ async def _read_policies(
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
     authorizer = socket.ctx.authorizer_for(tenant)
     if authorizer is None:
+        if socket.ctx.services_failed(tenant):  # its policies cannot be read: not a denial
+            raise UnableToConnectToProject(UNREACHABLE_TEXT)
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
     # at its first track.

@@ -97,6 +97,9 @@ class FakeContext:
     def authorizer_for(self, tenant: Tenant) -> None:
         return None
 
+    def services_failed(self, tenant: Tenant) -> bool:
+        return False
+
     def cdc_for(self, tenant: Tenant) -> None:
         return None
 
