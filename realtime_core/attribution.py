@@ -33,6 +33,9 @@ __all__ = [
     "DAYS_KEPT",
     "EGRESS_USD_PER_GB",
     "EXACT_TOPICS",
+    "POSTGRES_CHANGES_SLOT",
+    "PRESENCE_SLOT",
+    "PRESENCE_STATE_SLOT",
     "REST_TOPIC",
     "SOCKET_TOPIC",
     "AttributedSocket",
@@ -40,6 +43,7 @@ __all__ = [
     "TopicTable",
     "client_library",
     "usd",
+    "weight_usd",
 ]
 
 EXACT_TOPICS = 10_000
@@ -79,11 +83,20 @@ def usd(plan: Plan, messages: int, nbytes: int) -> float:
     return messages * per_message + nbytes * per_byte
 
 
+# Where a row keeps the part of its messages and bytes that advice looks at (admin/egress_api.py):
+# presence diffs and tracks, the presence_state sent at joins, Postgres Changes.
+PRESENCE_SLOT = 4
+PRESENCE_STATE_SLOT = 6
+POSTGRES_CHANGES_SLOT = 8
+_ROW = 10
+
+
 class TopicTable:
     """Messages and bytes per (topic, private) of one tenant and day; Space-Saving past `capacity`.
 
-    A row is [messages, bytes, weight, error]: weight is its cost in 10^-11 USD since it entered
-    plus `error`, the weight it was given on entering (Space-Saving's estimate)."""
+    A row is [messages, bytes, weight, error, then messages and bytes at each *_SLOT]: weight
+    is its cost in 10^-11 USD since it entered plus `error`, the weight it was given on entering
+    (Space-Saving's estimate)."""
 
     __slots__ = ("_heap", "capacity", "other", "rows", "total_weight")
 
@@ -99,19 +112,26 @@ class TopicTable:
         """True while no topic was replaced: every row is exact, `other` is empty."""
         return self._heap is None or not (self.other[0] or self.other[1])
 
-    def add(self, topic: str, private: bool, messages: int, nbytes: int) -> None:
+    def add(self, topic: str, private: bool, messages: int, nbytes: int, slot: int = 0) -> None:
+        """Count `messages` and `nbytes` for the topic; also at `slot` (a *_SLOT) unless 0."""
         weight = messages * _MESSAGE_WEIGHT + nbytes * _BYTE_WEIGHT
         self.total_weight += weight
         key = (topic, private)
         row = self.rows.get(key)
-        if row is not None:
-            row[0] += messages
-            row[1] += nbytes
-            row[2] += weight
-            return
+        if row is None:
+            row = self._enter(key, weight)
+        row[0] += messages
+        row[1] += nbytes
+        row[2] += weight
+        if slot:
+            row[slot] += messages
+            row[slot + 1] += nbytes
+
+    def _enter(self, key: tuple[str, bool], weight: int) -> list[int]:
+        """A new row for `key`, replacing the row of lowest weight when the table is full."""
         if len(self.rows) < self.capacity:
-            self.rows[key] = [messages, nbytes, weight, 0]
-            return
+            row = self.rows[key] = [0] * _ROW
+            return row
         heap = self._heap
         if heap is None:
             heap = self._heap = [(r[2], k) for k, r in self.rows.items()]
@@ -127,8 +147,10 @@ class TopicTable:
         low_row = self.rows.pop(low_key)
         self.other[0] += low_row[0]
         self.other[1] += low_row[1]
-        self.rows[key] = [messages, nbytes, low + weight, low]
+        row = self.rows[key] = [0] * _ROW
+        row[2] = row[3] = low
         heapq.heapreplace(heap, (low + weight, key))
+        return row
 
     def error_bound(self) -> int:
         """The most any row's counts may be below its topic's true cost, in weight units."""
@@ -167,8 +189,10 @@ class Attribution:
         self.clients: dict[tuple[str, int], _Usage] = {}
         self.roles: dict[tuple[str, int], _Usage] = {}
 
-    def topic(self, tenant: str, topic: str, private: bool, messages: int, nbytes: int, hour: int) -> None:
-        """`messages` and `nbytes` for `topic` of `tenant` in epoch hour `hour`."""
+    def topic(
+        self, tenant: str, topic: str, private: bool, messages: int, nbytes: int, hour: int, slot: int = 0
+    ) -> None:
+        """`messages` and `nbytes` for `topic` of `tenant` in epoch hour `hour` (also at `slot`)."""
         day = hour // 24
         if day != self._day:
             self._new_day(day)
@@ -177,7 +201,7 @@ class Attribution:
             table = self._today[tenant] = self.topics[(tenant, day)] = self.topics.get((tenant, day)) or TopicTable(
                 self.capacity
             )
-        table.add(topic, private, messages, nbytes)
+        table.add(topic, private, messages, nbytes, slot)
 
     def _new_day(self, day: int) -> None:
         self._day = day
@@ -257,9 +281,10 @@ class Attribution:
         self, tenant: str, days: Iterable[int], open_sockets: Iterable[AttributedSocket], today: int
     ) -> dict[str, Any]:
         """Topics, clients and roles of `tenant` over epoch `days`, with open sockets' traffic
-        of `today` (when it is one of them): {"topics": {(topic, private): [messages, bytes,
-        error]}, "other": [messages, bytes], "exact": bool, "error_weight": int, "total_weight":
-        int, "clients": {(library, version): [connections, messages, bytes]}, "roles": {...}}."""
+        of `today` (when it is one of them): {"topics": {(topic, private): row (TopicTable's,
+        weight summed, error the sum of the days')}, "other": [messages, bytes], "exact": bool,
+        "error_weight": int, "total_weight": int, "clients": {(library, version): [connections,
+        messages, bytes]}, "roles": {(role, None): [...]}}."""
         days = list(days)
         topics: dict[tuple[str, bool], list[int]] = {}
         other = [0, 0]
@@ -276,10 +301,12 @@ class Attribution:
                 other[0] += table.other[0]
                 other[1] += table.other[1]
                 for key, row in table.rows.items():
-                    into = topics.setdefault(key, [0, 0, 0])
-                    into[0] += row[0]
-                    into[1] += row[1]
-                    into[2] += row[3]
+                    into = topics.get(key)
+                    if into is None:
+                        topics[key] = list(row)
+                    else:
+                        for i in range(_ROW):
+                            into[i] += row[i]
             for store, into_store in ((self.clients, clients), (self.roles, roles)):
                 for key, row in store.get((tenant, day), {}).items():
                     into_row = into_store.setdefault(key, [0, 0, 0])

@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from .attribution import AttributedSocket, Attribution
-from .hub import DB_BROADCAST_KIND, KINDS
+from .attribution import POSTGRES_CHANGES_SLOT, PRESENCE_SLOT, PRESENCE_STATE_SLOT, AttributedSocket, Attribution
+from .hub import DB_BROADCAST_KIND, KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND
 
 if TYPE_CHECKING:
     from .hub import Publication, StreamKey, Subscriber
@@ -61,6 +61,9 @@ _Pending = tuple[_Counts, dict[tuple[str, int], int], _Counts]
 # messages, phx_close, pongs, close frames, the HTTP 101 answer).
 PROTOCOL_KIND = "protocol"
 EGRESS_KINDS = (*KINDS, PROTOCOL_KIND)
+# Where attribution keeps the kinds advice reads, per kind of delivery (and of frames sent alone).
+_DELIVERY_SLOTS = {PRESENCE_KIND: PRESENCE_SLOT, POSTGRES_CHANGES_KIND: POSTGRES_CHANGES_SLOT}
+_SENT_SLOTS = {PRESENCE_KIND: PRESENCE_STATE_SLOT}
 
 THRESHOLDS = (80, 100)  # percent of a quota: crossing each is logged, counted and POSTed once per cycle
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -170,7 +173,8 @@ class UsageMeter:
         (realtime.send, broadcast_changes) counts only as it is delivered: not here."""
         if count and self.enabled and kind != DB_BROADCAST_KIND:
             self._count(tenant.external_id, kind, count)
-            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, 0, self._hour)
+            slot = PRESENCE_SLOT if kind == PRESENCE_KIND else 0
+            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, 0, self._hour, slot)
 
     def delivered(
         self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
@@ -193,8 +197,9 @@ class UsageMeter:
             # The topic and private flag of one receiver: every receiver of a publication has
             # its topic (public and private ones of a name get separate publications, except
             # Postgres Changes, counted under the first receiver's flag as channel_stats does).
+            slot = _DELIVERY_SLOTS.get(kind, 0)
             for sub in subs:
-                self.attribution.topic(tid, sub.sub_topic, sub.private, count, nbytes, self._hour)
+                self.attribution.topic(tid, sub.sub_topic, sub.private, count, nbytes, self._hour, slot)
                 break
 
     def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
@@ -203,7 +208,8 @@ class UsageMeter:
         if count and self.enabled:
             self._count(tenant.external_id, kind, count)
             self._egress_count(tenant.external_id, kind, nbytes)
-            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, nbytes, self._hour)
+            slot = _SENT_SLOTS.get(kind, 0)
+            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, nbytes, self._hour, slot)
 
     def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None:
         """`nbytes` of `kind` were written to a client outside the hub: the socket's own frames
