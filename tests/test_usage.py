@@ -327,11 +327,13 @@ async def test_every_row_of_the_counting_table_with_the_official_client_and_exac
                     expected["all"] = sum(expected.values())
                     # Sockets: A B C, 2 REST, P1 P2 P3 (8), P1 and P3 left (6), X Y, 2 dbb, the raw one: 11.
                     live = usage_of(server)
+                    egress = live["total"].pop("egress_bytes")  # exact egress: tests/test_egress.py
                     assert live["total"] == {"messages": expected, "peak_connections": 11}
+                    assert egress["all"] == sum(n for kind, n in egress.items() if kind != "all") > 0
                     today = datetime.now(UTC).date().isoformat()
-                    assert [d for d in live["days"] if d["date"] == today] == [
-                        {"date": today, "messages": expected, "peak_connections": 11}
-                    ]
+                    [day] = [d for d in live["days"] if d["date"] == today]
+                    assert day.pop("egress_bytes") == egress
+                    assert day == {"date": today, "messages": expected, "peak_connections": 11}
                 finally:
                     await raw.close()
         finally:
@@ -344,6 +346,7 @@ async def test_every_row_of_the_counting_table_with_the_official_client_and_exac
             after = usage_of(server)
             assert after["total"]["messages"] == expected
             assert after["total"]["peak_connections"] == 11
+            assert after["total"]["egress_bytes"]["all"] >= egress["all"]  # stored, and the restart's own
         finally:
             server.stop()
             server.drop_slots()
