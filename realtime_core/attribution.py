@@ -98,11 +98,13 @@ class TopicTable:
     is its cost in 10^-11 USD since it entered plus `error`, the weight it was given on entering
     (Space-Saving's estimate)."""
 
-    __slots__ = ("_heap", "capacity", "other", "rows", "total_weight")
+    __slots__ = ("_by_flag", "_heap", "capacity", "other", "rows", "total_weight")
 
     def __init__(self, capacity: int = EXACT_TOPICS) -> None:
         self.capacity = capacity
         self.rows: dict[tuple[str, bool], list[int]] = {}
+        # The same rows by private flag, then topic: add() looks a row up without making a key.
+        self._by_flag: tuple[dict[str, list[int]], dict[str, list[int]]] = ({}, {})
         self.other = [0, 0]  # messages, bytes of the topics replaced
         self.total_weight = 0
         self._heap: list[tuple[int, tuple[str, bool]]] | None = None  # built when the table fills
@@ -116,10 +118,9 @@ class TopicTable:
         """Count `messages` and `nbytes` for the topic; also at `slot` (a *_SLOT) unless 0."""
         weight = messages * _MESSAGE_WEIGHT + nbytes * _BYTE_WEIGHT
         self.total_weight += weight
-        key = (topic, private)
-        row = self.rows.get(key)
+        row = self._by_flag[private].get(topic)
         if row is None:
-            row = self._enter(key, weight)
+            row = self._enter((topic, private), weight)
         row[0] += messages
         row[1] += nbytes
         row[2] += weight
@@ -130,7 +131,7 @@ class TopicTable:
     def _enter(self, key: tuple[str, bool], weight: int) -> list[int]:
         """A new row for `key`, replacing the row of lowest weight when the table is full."""
         if len(self.rows) < self.capacity:
-            row = self.rows[key] = [0] * _ROW
+            row = self.rows[key] = self._by_flag[key[1]][key[0]] = [0] * _ROW
             return row
         heap = self._heap
         if heap is None:
@@ -145,9 +146,10 @@ class TopicTable:
                 break
             heapq.heapreplace(heap, (current, low_key))
         low_row = self.rows.pop(low_key)
+        del self._by_flag[low_key[1]][low_key[0]]
         self.other[0] += low_row[0]
         self.other[1] += low_row[1]
-        row = self.rows[key] = [0] * _ROW
+        row = self.rows[key] = self._by_flag[key[1]][key[0]] = [0] * _ROW
         row[2] = row[3] = low
         heapq.heapreplace(heap, (low + weight, key))
         return row
@@ -193,15 +195,21 @@ class Attribution:
         self, tenant: str, topic: str, private: bool, messages: int, nbytes: int, hour: int, slot: int = 0
     ) -> None:
         """`messages` and `nbytes` for `topic` of `tenant` in epoch hour `hour` (also at `slot`)."""
+        self.table(tenant, hour).add(topic, private, messages, nbytes, slot)
+
+    def table(self, tenant: str, hour: int) -> TopicTable:
+        """The topic table of `tenant` for the day of epoch hour `hour` (a caller may keep it for
+        the rest of that hour)."""
         day = hour // 24
         if day != self._day:
             self._new_day(day)
         table = self._today.get(tenant)
         if table is None:
-            table = self._today[tenant] = self.topics[(tenant, day)] = self.topics.get((tenant, day)) or TopicTable(
-                self.capacity
-            )
-        table.add(topic, private, messages, nbytes, slot)
+            table = self.topics.get((tenant, day))
+            if table is None:
+                table = self.topics[(tenant, day)] = TopicTable(self.capacity)
+            self._today[tenant] = table
+        return table
 
     def _new_day(self, day: int) -> None:
         self._day = day

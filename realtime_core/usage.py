@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from .attribution import POSTGRES_CHANGES_SLOT, PRESENCE_SLOT, PRESENCE_STATE_SLOT, AttributedSocket, Attribution
+from .attribution import (
+    POSTGRES_CHANGES_SLOT,
+    PRESENCE_SLOT,
+    PRESENCE_STATE_SLOT,
+    AttributedSocket,
+    Attribution,
+    TopicTable,
+)
 from .hub import DB_BROADCAST_KIND, KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND
 
 if TYPE_CHECKING:
@@ -143,6 +150,7 @@ class UsageMeter:
         # The same for egress bytes, by kind (EGRESS_KINDS).
         self._egress: _Counts = {}
         self._egress_current: dict[str, dict[str, int]] = {}
+        self._topics_current: dict[str, TopicTable] = {}  # tenant → attribution's table of this hour's day
         self._flushing_egress: _Counts | None = None
         # Per topic, client and role (attribution.py): in memory, for this process.
         self.attribution = Attribution()
@@ -197,9 +205,12 @@ class UsageMeter:
             # The topic and private flag of one receiver: every receiver of a publication has
             # its topic (public and private ones of a name get separate publications, except
             # Postgres Changes, counted under the first receiver's flag as channel_stats does).
-            slot = _DELIVERY_SLOTS.get(kind, 0)
+            try:
+                table = self._topics_current[tid]
+            except KeyError:
+                table = self._topics_current[tid] = self.attribution.table(tid, self._hour)
             for sub in subs:
-                self.attribution.topic(tid, sub.sub_topic, sub.private, count, nbytes, self._hour, slot)
+                table.add(sub.sub_topic, sub.private, count, nbytes, _DELIVERY_SLOTS.get(kind, 0))
                 break
 
     def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
@@ -242,6 +253,7 @@ class UsageMeter:
         self._hour_end = (self._hour + 1) * 3600.0
         self._current = {}
         self._egress_current = {}
+        self._topics_current = {}
 
     def _counts(self, tenant_id: str) -> dict[str, int]:
         """The counts of `tenant_id` for the current hour, created at its first message."""
