@@ -286,7 +286,10 @@ class RealtimeSocket:
 
     def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None:
         """Queue a frame of the protocol's own (a reply, a heartbeat's, a system message,
-        phx_close): egress of kind `protocol`, under `topic` (a channel's, or SOCKET_TOPIC)."""
+        phx_close): egress of kind `protocol`, under `topic` (a channel's, or SOCKET_TOPIC).
+        Nothing once the connection is closing: the frame would not be sent."""
+        if self.conn.closing:
+            return
         self.conn.send(frame)
         self.control_frames += 1
         self.ctx.usage.egress(self.tenant.external_id, PROTOCOL_KIND, len(frame), topic, private)

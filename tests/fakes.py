@@ -97,6 +97,7 @@ class FakeConnection:
 
     peer = "127.0.0.1:50000"
     dropped_slow = False
+    closing = False
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
