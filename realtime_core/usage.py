@@ -160,7 +160,8 @@ class UsageMeter:
         self._peaks: dict[tuple[str, int], int] = {}
         self._flushing_peaks: dict[tuple[str, int], int] | None = None
         # tenant → (cycle start, messages, peak connections) in the database at the last flush.
-        self._stored: dict[str, tuple[date, int, int]] = {}
+        # tenant → (cycle start, messages, peak connections, egress bytes) at the last flush.
+        self._stored: dict[str, tuple[date, int, int, int]] = {}
         self._alerted: set[tuple[str, date, str, int]] = set()
         self._lock = asyncio.Lock()  # one flush or live read at a time
         self.pool: AsyncConnectionPool | None = None
@@ -415,7 +416,7 @@ class UsageMeter:
             self._peaks[key] = max(self._peaks.get(key, 0), peak)
         self._flushing = self._flushing_peaks = self._flushing_egress = None
 
-    async def _read_cycles(self, conn: Any) -> dict[str, tuple[date, int, int]]:
+    async def _read_cycles(self, conn: Any) -> dict[str, tuple[date, int, int, int]]:
         today = datetime.fromtimestamp(self.clock(), UTC).date()
         starts = {t.external_id: billing_cycle(today, t.billing_cycle_day).start for t in self.tenants()}
         if not starts:
@@ -425,11 +426,13 @@ class UsageMeter:
             " (select coalesce(sum(u.messages), 0) from _realtime.usage u"
             "   where u.tenant = c.tenant and u.day >= c.start)::bigint,"
             " (select coalesce(max(p.peak_connections), 0) from _realtime.usage_peaks p"
-            "   where p.tenant = c.tenant and p.day >= c.start)::bigint"
+            "   where p.tenant = c.tenant and p.day >= c.start)::bigint,"
+            " (select coalesce(sum(e.bytes), 0) from _realtime.usage_egress e"
+            "   where e.tenant = c.tenant and e.day >= c.start)::bigint"
             " from unnest(%s::text[], %s::date[]) as c(tenant, start)",
             (list(starts), list(starts.values())),
         )
-        return {tenant: (start, messages, peak) for tenant, start, messages, peak in await cur.fetchall()}
+        return {row[0]: row[1:] for row in await cur.fetchall()}
 
     # Reading
 
@@ -531,14 +534,31 @@ class UsageMeter:
                 peak = max(peak, value)
         return messages, peak
 
+    def cycle_egress(self, tenant: Tenant, pending: _Pending | None = None) -> int:
+        """Egress bytes (all kinds) of the tenant's current cycle, live, as cycle_usage() counts
+        messages: the database's total at the last flush plus what was counted since."""
+        cycle = self.cycle(tenant)
+        tenant_id = tenant.external_id
+        stored = self._stored.get(tenant_id)
+        egress = stored[3] if stored is not None and stored[0] == cycle.start else 0
+        _, _, pending_egress = pending or self._pending()
+        for (tid, hour), counts in pending_egress.items():
+            if tid == tenant_id and day_of_hour(hour) >= cycle.start:
+                egress += sum(counts.values())
+        return egress
+
     def quota(self, tenant: Tenant, pending: _Pending | None = None) -> dict[str, dict[str, Any]]:
         """The tenant's quota status in its current cycle: {"messages": {"used", "included",
-        "percent"}, "peak_connections": {...}} (percent of the plan's included quantity)."""
+        "percent"}, "peak_connections": {...}, "egress_bytes": {...}} (percent of the plan's
+        included quantity; egress's `included` is the plan's `included_egress_bytes`, 0 while
+        plans.py has none, which sends no alert)."""
+        pending = pending or self._pending()
         messages, peak = self.cycle_usage(tenant, pending)
         plan = tenant.plan
         return {
             "messages": _status(messages, plan.included_messages),
             "peak_connections": _status(peak, plan.included_peak_connections),
+            "egress_bytes": _status(self.cycle_egress(tenant, pending), getattr(plan, "included_egress_bytes", 0)),
         }
 
     def messages_exhausted(self, tenant: Tenant) -> bool:

@@ -169,6 +169,9 @@ async def test_a_failed_flush_keeps_the_counts_and_the_next_adds_them_once(pg_ds
             assert row["messages"]["rest"] == 9
             assert await meter.egress_bytes("t1", today, today) == 0  # an empty range
             assert await meter.egress_bytes("t1", today, date.fromordinal(today.toordinal() + 1)) == 900
+            meter.egress("t1", "protocol", 50, "phoenix")  # not flushed yet: live
+            assert meter.cycle_egress(t) == 950
+            assert meter.quota(t)["egress_bytes"]["used"] == 950
         finally:
             await pool.close()
 
