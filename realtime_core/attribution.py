@@ -33,6 +33,8 @@ __all__ = [
     "DAYS_KEPT",
     "EGRESS_USD_PER_GB",
     "EXACT_TOPICS",
+    "MAX_CLIENT_ROWS",
+    "OTHER",
     "POSTGRES_CHANGES_SLOT",
     "PRESENCE_SLOT",
     "PRESENCE_STATE_SLOT",
@@ -47,6 +49,11 @@ __all__ = [
 ]
 
 EXACT_TOPICS = 10_000
+# Client names and roles come from what clients send: past this many per tenant and day, a new
+# one is counted under OTHER, so memory stays bounded.
+MAX_CLIENT_ROWS = 1_000
+OTHER = "(other)"
+_NAME_MAX = 100  # characters kept of a client's library name or version
 DAYS_KEPT = 32  # a billing cycle's days and today
 # The egress overage price, until plans.py carries it per plan (`egress_usd_per_gb`): the one
 # place it is written here.
@@ -73,7 +80,7 @@ def client_library(info: str | None, user_agent: str | None) -> tuple[str | None
     else:
         return None, None
     name, _, version = product.partition("/")
-    return name or None, version or None
+    return name[:_NAME_MAX] or None, version[:_NAME_MAX] or None
 
 
 def usd(plan: Plan, messages: int, nbytes: int) -> float:
@@ -278,6 +285,9 @@ class Attribution:
             if rows is None:
                 rows = store[(tenant, day)] = {}
             row = rows.get(key)
+            if row is None and len(rows) >= MAX_CLIENT_ROWS:
+                key = (OTHER, None)
+                row = rows.get(key)
             if row is None:
                 rows[key] = [connections, messages, nbytes]
             else:

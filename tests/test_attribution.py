@@ -9,7 +9,10 @@ import sys
 
 from realtime_core.attribution import (
     EXACT_TOPICS,
+    MAX_CLIENT_ROWS,
+    OTHER,
     PRESENCE_SLOT,
+    Attribution,
     TopicTable,
     client_library,
     usd,
@@ -80,3 +83,14 @@ def test_client_library_from_what_the_client_tells():
     assert client_library(None, "Python/3.11 websockets/15.0.1") == ("websockets", "15.0.1")
     assert client_library(None, None) == (None, None)
     assert client_library("   ", None) == (None, None)
+
+
+def test_client_rows_are_bounded_whatever_clients_call_themselves():
+    attribution = Attribution()
+    for i in range(MAX_CLIENT_ROWS + 50):
+        attribution.rest("t1", 0, f"lib-{i}/1.0", None, "anon", 1, 10)
+    rows = attribution.clients[("t1", 0)]
+    assert len(rows) == MAX_CLIENT_ROWS + 1
+    assert rows[(OTHER, None)] == [0, 50, 500]
+    assert sum(row[2] for row in rows.values()) == (MAX_CLIENT_ROWS + 50) * 10
+    assert attribution.roles[("t1", 0)] == {("anon", None): [0, MAX_CLIENT_ROWS + 50, (MAX_CLIENT_ROWS + 50) * 10]}
