@@ -94,3 +94,36 @@ def test_client_rows_are_bounded_whatever_clients_call_themselves():
     assert rows[(OTHER, None)] == [0, 50, 500]
     assert sum(row[2] for row in rows.values()) == (MAX_CLIENT_ROWS + 50) * 10
     assert attribution.roles[("t1", 0)] == {("anon", None): [0, MAX_CLIENT_ROWS + 50, (MAX_CLIENT_ROWS + 50) * 10]}
+
+
+class Socket:
+    """What attribution reads of a socket: its own counters."""
+
+    def __init__(self) -> None:
+        self.claims = {"role": "authenticated"}
+        self.client_info = "realtime-js/2.1.0"
+        self.user_agent = None
+        self.accepted = 0
+        self.control_frames = 0
+        self.attributed = [0, 0, 0]
+        self.tenant_id = "t1"
+        self.bytes_out = self.frames = 0
+
+    def traffic(self) -> tuple[int, int]:
+        return self.bytes_out, self.frames
+
+
+def test_a_connection_open_across_midnight_leaves_each_day_its_own_traffic():
+    attribution = Attribution()
+    socket = Socket()
+    attribution.start(socket, 100)
+    socket.bytes_out, socket.frames, socket.control_frames, socket.accepted = 1_000, 12, 2, 3
+    live = attribution.usage("t1", [100], [socket], 100)
+    assert live["clients"] == {("realtime-js", "2.1.0"): [1, 12 - 2 + 3, 1_000]}
+    attribution.roll([socket], 101)  # midnight: day 100 keeps what happened so far
+    socket.bytes_out, socket.frames = 1_500, 20
+    attribution.closed(socket)
+    assert attribution.usage("t1", [100], [], 101)["clients"] == {("realtime-js", "2.1.0"): [1, 13, 1_000]}
+    assert attribution.usage("t1", [101], [], 101)["roles"] == {("authenticated", None): [1, 8, 500]}
+    both = attribution.usage("t1", [100, 101], [], 101)["clients"]
+    assert both == {("realtime-js", "2.1.0"): [2, 21, 1_500]}  # a connection counts on each day it was open
