@@ -111,6 +111,8 @@ async def test_metered_egress_is_what_raw_clients_read_and_attribution_adds_up(p
         assert egress["all"] == expected, (egress, received, rest_bytes)
         assert min(egress["broadcast"], egress["presence"], egress["rest"], egress["protocol"]) > 0
         assert egress["postgres_changes"] == egress["db_broadcast"] == 0
+        hours = admin_get(server, "usage", granularity="hour")["hours"]
+        assert sum(hour["egress_bytes"]["all"] for hour in hours) == expected
 
         answer = admin_get(server, "attribution", period="day")
         assert answer["exact"] is True and answer["error_bound"]["usd"] == 0
@@ -134,6 +136,8 @@ async def test_metered_egress_is_what_raw_clients_read_and_attribution_adds_up(p
         topics = {(row["topic"], row["private"]) for row in answer["topics"]}
         # The unmatched reply to "nowhere" is the socket's, under "phoenix" (a topic never joined).
         assert topics == {("room", False), ("phoenix", False), ("(rest responses)", False)}
+        cycle = admin_get(server, "attribution", period="cycle")  # the cycle holds today
+        assert cycle["total"] == answer["total"] and cycle["period"] == "cycle"
         room = next(row for row in answer["topics"] if row["topic"] == "room")
         assert round(room["usd"], 12) == round(room["messages"] * 2.5e-6 + room["egress_bytes"] * 0.09e-9, 12)
 
