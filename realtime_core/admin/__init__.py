@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, channels, introspect, pg_check, pricing_api, replication, rls_tester, tail, tenant_api, usage_api
+from . import (
+    audit,
+    channels,
+    egress_api,
+    introspect,
+    pg_check,
+    pricing_api,
+    replication,
+    rls_tester,
+    tail,
+    tenant_api,
+    usage_api,
+)
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -29,6 +41,7 @@ def register(app: App, router: Router) -> AdminApi:
     replication.routes(api, app)
     pricing_api.routes(api)
     usage_api.routes(api, app)
+    egress_api.routes(api, app)
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
     tail.routes(api, app)

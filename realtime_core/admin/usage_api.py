@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import pricing
 from ..hub import KINDS
-from ..usage import Cycle
+from ..usage import EGRESS_KINDS, Cycle
 from .endpoints import AdminApi, Call, invalid, not_found
 
 if TYPE_CHECKING:
@@ -45,16 +45,31 @@ class Messages(BaseModel):
     all: int
 
 
+class EgressBytes(BaseModel):
+    """Bytes written to clients, by kind: the messages' origins, and `protocol` (replies,
+    heartbeats, system messages, phx_close, pongs, close frames, the HTTP 101 answer)."""
+
+    broadcast: int
+    presence: int
+    postgres_changes: int
+    db_broadcast: int
+    rest: int
+    protocol: int
+    all: int
+
+
 class UsageBucket(BaseModel):
     date: date
     hour: datetime | None = Field(None, description="granularity=hour: the hour's start, UTC")
     messages: Messages
     peak_connections: int
+    egress_bytes: EgressBytes
 
 
 class UsageTotal(BaseModel):
     messages: Messages
     peak_connections: int
+    egress_bytes: EgressBytes
 
 
 class UsageReport(BaseModel):
@@ -128,6 +143,13 @@ def _messages(counts: dict[str, int]) -> dict[str, int]:
     return {**{kind: counts.get(kind, 0) for kind in KINDS}, "all": sum(counts.get(kind, 0) for kind in KINDS)}
 
 
+def _egress(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        **{kind: counts.get(kind, 0) for kind in EGRESS_KINDS},
+        "all": sum(counts.get(kind, 0) for kind in EGRESS_KINDS),
+    }
+
+
 def _status(used: int, included: int) -> dict[str, Any]:
     return {"used": used, "included": included, "percent": round(used * 100 / included, 2) if included else None}
 
@@ -191,7 +213,7 @@ def routes(api: AdminApi, app: App) -> None:
 
     @api.route("GET", "/admin/v1/tenants/:id/usage", query=UsageQuery, response=UsageReport)
     async def tenant_usage(call: Call) -> dict[str, Any]:
-        """A tenant's messages by kind and peak connections, by day or hour, live."""
+        """A tenant's messages by kind, peak connections and egress bytes by kind, by day or hour, live."""
         tenant = tenant_of(call)
         query: UsageQuery = call.query
         today = now().date()
@@ -215,12 +237,14 @@ def routes(api: AdminApi, app: App) -> None:
                     "date": day.isoformat(),
                     "messages": _messages(counts),
                     "peak_connections": row["peak_connections"] if row else 0,
+                    "egress_bytes": _egress(row["egress_bytes"] if row else {}),
                 }
                 if hour is not None:
                     bucket["hour"] = f"{day.isoformat()}T{hour:02d}:00:00Z"
                 buckets.append(bucket)
             day += timedelta(days=1)
         totals = {kind: sum(row["messages"][kind] for row in rows) for kind in KINDS}
+        egress = {kind: sum(row["egress_bytes"][kind] for row in rows) for kind in EGRESS_KINDS}
         return {
             "tenant": tenant.external_id,
             "from": first.isoformat(),
@@ -230,6 +254,7 @@ def routes(api: AdminApi, app: App) -> None:
             "total": {
                 "messages": _messages(totals),
                 "peak_connections": max((row["peak_connections"] for row in rows), default=0),
+                "egress_bytes": _egress(egress),
             },
         }
 
