@@ -22,6 +22,7 @@ with the organisation's other services; our figure is the Realtime share (EGRESS
 from __future__ import annotations
 
 import decimal
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -469,6 +470,11 @@ def _payload(size: int) -> bytes:
     return b"0" if size == 1 else b'"' + b"x" * (size - 2) + b'"'
 
 
+def _sent_as_json(data: bytes) -> bytes:
+    """The payload of a broadcast a client sent as JSON text, as the channel passes it on."""
+    return b'{"type":"broadcast","event":' + json.dumps(ENVELOPE_EVENT).encode() + b',"payload":' + data + b"}"
+
+
 def _frame_sizes(codec: Codec, payload_bytes: int) -> dict[str, int]:
     """The frame sent per delivered message of each kind carrying a payload of `payload_bytes`,
     as `codec` encodes it (the WebSocket header included): a user broadcast, a presence diff and
@@ -486,23 +492,28 @@ def _frame_sizes(codec: Codec, payload_bytes: int) -> dict[str, int]:
 def envelope(payload_bytes: int) -> Envelope:
     """A broadcast of `payload_bytes` (≥ 1) to ENVELOPE_TOPIC as each vsn's codec frames it:
     vsn 1.0.0 a JSON text frame, vsn 2.0.0 a binary frame (the payload's bytes as the sender
-    wrote them); overhead = frame − payload."""
+    wrote them; senders on vsn 2.0.0 send binary user broadcasts, as realtime-js does), and
+    third the JSON array text frame a vsn 2.0.0 socket gets for a broadcast sent as JSON text
+    (by a vsn 1.0.0 client). Overhead = frame − payload."""
+    sizes = (
+        ("1.0.0", "JSON text frame", _frame_sizes(V1, payload_bytes)["broadcast"]),
+        ("2.0.0", "binary frame", _frame_sizes(V2, payload_bytes)["broadcast"]),
+        (
+            "2.0.0",
+            "JSON array text frame (a broadcast sent as JSON text)",
+            len(V2.broadcast_json(ENVELOPE_TOPIC, "broadcast", _sent_as_json(_payload(payload_bytes)))),
+        ),
+    )
     frames = tuple(
-        EnvelopeFrame(
-            vsn=vsn,
-            serializer="JSON text frame" if vsn == "1.0.0" else "binary frame",
-            frame_bytes=size,
-            overhead_bytes=size - payload_bytes,
-        )
-        for vsn in VSNS
-        for size in (_frame_sizes(_CODECS[vsn], payload_bytes)["broadcast"],)
+        EnvelopeFrame(vsn=vsn, serializer=serializer, frame_bytes=size, overhead_bytes=size - payload_bytes)
+        for vsn, serializer, size in sizes
     )
     return Envelope(
         topic=ENVELOPE_TOPIC,
         event=ENVELOPE_EVENT,
         payload_bytes=payload_bytes,
         frames=frames,
-        saving_bytes=frames[0].frame_bytes - frames[1].frame_bytes,
+        saving_bytes=frames[0].frame_bytes - frames[1].frame_bytes,  # JSON text on 1.0.0 → binary on 2.0.0
     )
 
 
