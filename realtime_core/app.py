@@ -80,6 +80,7 @@ class App:
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
             self.hub.observers.append(self.usage)
+        self.usage.sockets = lambda: self.sockets  # attribution by client and role reads them
         self.incidents = Incidents()  # recent errors per tenant (admin API)
         self.loop_lag = LoopLag()
         self.http = Router()  # cli.py registers rest_api's routes on it

@@ -301,13 +301,17 @@ class Channel:
         the channel is gone, as when upstream's channel process crashes; clients rejoin."""
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_error"), self.sub_topic, self.private
+        )
         self.close()
 
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_close"), self.sub_topic, self.private
+        )
         self.close()
 
     def close(self) -> None:
@@ -355,7 +359,7 @@ class Channel:
         """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
-        sent = 0
+        sent = nbytes = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
             if row.binary_payload is not None:
@@ -365,11 +369,14 @@ class Channel:
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
                     sent += 1
+                    nbytes += len(frame)
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
-            self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
+            nbytes += self._send_data(
+                "broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta}
+            )
             sent += 1
-        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
+        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent, nbytes)
 
     def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
         """The write policy for `extension` on a private channel; None while it is being
@@ -417,10 +424,19 @@ class Channel:
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
-        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+        frame = self.codec.reply(self.join_ref, ref, self.topic, status, response)  # type: ignore[arg-type]
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
 
     def push(self, event: str, payload: Any) -> None:
-        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
+        """Push a message of the channel's own (a `system` message): protocol egress."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
+
+    def _send_data(self, event: str, payload: Any) -> int:
+        """Push a message counted by the caller as a delivery (presence_state, replay); its bytes."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.conn.send(frame)
+        return len(frame)
 
     # Input
 
@@ -471,6 +487,7 @@ class Channel:
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
             return
         ctx.hub.accepted(tenant, BROADCAST_KIND, self.key, 1)
+        self.socket.accepted += 1
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
@@ -515,6 +532,7 @@ class Channel:
                 return
             diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
@@ -522,6 +540,7 @@ class Channel:
         elif kind == "untrack":
             diff = app.broker.presence_leave(self.key, self)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -537,8 +556,8 @@ class Channel:
             self.shutdown("Too many presence messages per second")
             return
         ctx = self.socket.ctx
-        self.push("presence_state", ctx.broker.presence_state(self.key))
-        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND)
+        nbytes = self._send_data("presence_state", ctx.broker.presence_state(self.key))
+        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND, 1, nbytes)
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx

@@ -138,7 +138,9 @@ class Metrics:
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
         """Nothing: upstream counts channel events as delivered, which delivered() sees."""
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
         # Once per message, not per receiver: 0.56 µs measured on a busy 2-core machine (load 4.8).
         counts = self.messages.get(tenant.external_id)
         if counts is None:
@@ -148,7 +150,7 @@ class Metrics:
         user = publication.user
         counts.sizes[index].observe(len(publication.payload) if user is None else len(user.data))
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
         """Nothing: a join's presence_state and a replay are not channel events upstream."""
 
     def render(self) -> bytes:

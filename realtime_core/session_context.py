@@ -48,11 +48,18 @@ class SessionMetrics(Protocol):
 
 
 class SessionUsage(Protocol):
-    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection."""
+    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection,
+    the bytes of its own frames, and the socket itself for attribution by client and role."""
 
     def connected(self, tenant: Tenant) -> None: ...
 
     def disconnected(self, tenant: Tenant) -> None: ...
+
+    def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None: ...
+
+    def socket_opened(self, socket: Any) -> None: ...
+
+    def socket_closed(self, socket: Any) -> None: ...
 
 
 class SessionContext(Protocol):
@@ -100,6 +107,9 @@ class ChannelSocket(Protocol):
     counted: bool  # counted in tenant.users
     id: str  # the connection's id (admin API)
     channels: dict[str, Any]  # the socket's channels by topic
+    accepted: int  # messages accepted from the socket (attribution by client and role)
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None: ...
 
     def hold(self, msg: Message) -> None: ...
 

@@ -120,6 +120,10 @@ class FakeSocket:
         self.counted = True
         self.channels: dict[str, Any] = {}
         self.closed_channels: list[Any] = []
+        self.accepted = 0
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None:
+        self.conn.send(frame)
 
     def hold(self, msg: Message) -> None:
         raise AssertionError("a public channel holds nothing")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from websockets.frames import CloseCode
 
 from .. import __version__, broadcast
+from ..attribution import client_library
 from ..hub import REST_KIND, StreamKey
 from ..jwt import sign
 from ..runtime import process_stats
@@ -38,20 +39,6 @@ _TOKEN_MAX_TTL = 30 * 24 * 3600  # seconds: test tokens are for testing
 def iso(seconds: float) -> str:
     """A Unix time as an ISO 8601 UTC string (the admin API's timestamps)."""
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
-def client_library(info: str | None, user_agent: str | None) -> tuple[str | None, str | None]:
-    """(library, version) from what a client tells: `x-client-info` or realtime-js's join
-    `version` ("realtime-js/2.119.1": its first product token), else the User-Agent, whose
-    last product token names the library ("Python/3.11 websockets/15.0.1")."""
-    if info:
-        product = info.split()[0]
-    elif user_agent:
-        product = user_agent.split()[-1]
-    else:
-        return None, None
-    name, _, version = product.partition("/")
-    return name or None, version or None
 
 
 # Models: the answers' shapes, for /admin/v1/openapi.json.

@@ -46,6 +46,9 @@ class Session(Protocol):
 
     def on_close(self) -> None: ...
 
+    def on_sent(self, nbytes: int) -> None:
+        """The connection wrote `nbytes` of its own (the HTTP 101 answer, pongs, close frames)."""
+
 
 class Writer:
     """Writes queued frames once per loop tick, in bounded chunks.
@@ -163,8 +166,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.dropped_slow = False  # closed by the slow-consumer rule
         self.last_seen = loop.time()
         self.peer = peer
-        # Traffic of this connection (admin introspection): plain counters where the bytes and
-        # messages already pass. Bytes are wire bytes; messages are data messages, not control frames.
+        # Traffic of this connection (admin introspection, attribution): plain counters where the
+        # bytes and messages already pass. Bytes are wire bytes (the HTTP 101 answer included);
+        # messages are the frames queued by send(), not WebSocket control frames.
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
@@ -369,7 +373,11 @@ class WebSocketConnection(asyncio.Protocol):
         eof = b"" in data
         out = b"".join(data)
         if out and not self.closed:
+            written = self.bytes_out
             self._write(out)
+            session = self.session
+            if session is not None and self.bytes_out != written:
+                session.on_sent(len(out))
         if eof and not self.closed:
             self.closed = True
             self.transport.close()

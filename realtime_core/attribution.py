@@ -1,0 +1,320 @@
+"""Cost attribution: messages and egress bytes per topic, per client library and version, and
+per role, by tenant and UTC day, with what each costs at overage prices.
+
+Topics are counted where usage is metered (usage.UsageMeter calls topic() once per publication,
+never per receiver). Clients and roles are read from the connections' own counters
+(net/websocket.py's bytes_out and messages_out, the socket's protocol frames and accepted
+messages): an open connection contributes what it did since the start of the day (or its
+connect), a closed one what it had done when it closed (closed()), and at each new day the
+open ones leave what they did on the day before (roll()). REST requests count under the client
+and role of their request (rest()).
+
+Exact up to EXACT_TOPICS distinct topics per tenant and day. Past that, a topic table keeps the
+EXACT_TOPICS topics of highest cost by the Space-Saving algorithm (Metwally, Agrawal and El
+Abbadi, "Efficient computation of frequent and top-k elements in data streams", 2005), weighted by
+cost: a topic entering the table replaces the one of lowest cost, whose counts move to `other`,
+so the rows and `other` always add up to the tenant's totals exactly. Each row carries its
+error: what its topic may have cost before it entered the table, at most the lowest cost in the
+table when it entered, never more than total cost / EXACT_TOPICS; every topic that cost more
+than that bound is in the table. Memory: at most EXACT_TOPICS rows per tenant and day, for
+DAYS_KEPT days. Written here rather than taken from a library: the sketches on PyPI
+(datasketches' frequent_strings_sketch, bounter) keep one weight per item, and each row needs
+two counts (messages and bytes) that move to `other` whole when the row is replaced."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from .plans import Plan
+
+__all__ = [
+    "DAYS_KEPT",
+    "EGRESS_USD_PER_GB",
+    "EXACT_TOPICS",
+    "REST_TOPIC",
+    "SOCKET_TOPIC",
+    "AttributedSocket",
+    "Attribution",
+    "TopicTable",
+    "client_library",
+    "usd",
+]
+
+EXACT_TOPICS = 10_000
+DAYS_KEPT = 32  # a billing cycle's days and today
+# The egress overage price, until plans.py carries it per plan (`egress_usd_per_gb`): the one
+# place it is written here.
+EGRESS_USD_PER_GB = 0.09
+# The rows of egress that is not a channel's: the socket's own frames outside any channel
+# (heartbeat replies, the HTTP 101, pongs, close frames, replies to unjoined topics), REST responses.
+SOCKET_TOPIC = "phoenix"
+REST_TOPIC = "(rest responses)"
+# Cost weights in units of 10^-11 USD, integers so a weight is exact: a message at $2.50 per
+# million is 250,000 units, a byte at $0.09 per 10^9 is 9.
+_MESSAGE_WEIGHT = 250_000
+_BYTE_WEIGHT = 9
+_WEIGHT_USD = 1e-11
+
+
+def client_library(info: str | None, user_agent: str | None) -> tuple[str | None, str | None]:
+    """(library, version) from what a client tells: `x-client-info` or realtime-js's join
+    `version` ("realtime-js/2.119.1": its first product token), else the User-Agent, whose
+    last product token names the library ("Python/3.11 websockets/15.0.1")."""
+    if info:
+        product = info.split()[0] if info.split() else ""
+    elif user_agent:
+        product = user_agent.split()[-1] if user_agent.split() else ""
+    else:
+        return None, None
+    name, _, version = product.partition("/")
+    return name or None, version or None
+
+
+def usd(plan: Plan, messages: int, nbytes: int) -> float:
+    """The marginal cost of `messages` and `nbytes` of egress at `plan`'s overage prices."""
+    per_message = plan.message_package_usd / plan.message_package_size
+    per_byte = getattr(plan, "egress_usd_per_gb", EGRESS_USD_PER_GB) / 1e9
+    return messages * per_message + nbytes * per_byte
+
+
+class TopicTable:
+    """Messages and bytes per (topic, private) of one tenant and day; Space-Saving past `capacity`.
+
+    A row is [messages, bytes, weight, error]: weight is its cost in 10^-11 USD since it entered
+    plus `error`, the weight it was given on entering (Space-Saving's estimate)."""
+
+    __slots__ = ("_heap", "capacity", "other", "rows", "total_weight")
+
+    def __init__(self, capacity: int = EXACT_TOPICS) -> None:
+        self.capacity = capacity
+        self.rows: dict[tuple[str, bool], list[int]] = {}
+        self.other = [0, 0]  # messages, bytes of the topics replaced
+        self.total_weight = 0
+        self._heap: list[tuple[int, tuple[str, bool]]] | None = None  # built when the table fills
+
+    @property
+    def exact(self) -> bool:
+        """True while no topic was replaced: every row is exact, `other` is empty."""
+        return self._heap is None or not (self.other[0] or self.other[1])
+
+    def add(self, topic: str, private: bool, messages: int, nbytes: int) -> None:
+        weight = messages * _MESSAGE_WEIGHT + nbytes * _BYTE_WEIGHT
+        self.total_weight += weight
+        key = (topic, private)
+        row = self.rows.get(key)
+        if row is not None:
+            row[0] += messages
+            row[1] += nbytes
+            row[2] += weight
+            return
+        if len(self.rows) < self.capacity:
+            self.rows[key] = [messages, nbytes, weight, 0]
+            return
+        heap = self._heap
+        if heap is None:
+            heap = self._heap = [(r[2], k) for k, r in self.rows.items()]
+            heapq.heapify(heap)
+        # The row of lowest weight: heap entries are lower bounds (weights only grow); one
+        # that is stale goes back with its current weight, one that is current is the minimum.
+        while True:
+            low, low_key = heap[0]
+            current = self.rows[low_key][2]
+            if current == low:
+                break
+            heapq.heapreplace(heap, (current, low_key))
+        low_row = self.rows.pop(low_key)
+        self.other[0] += low_row[0]
+        self.other[1] += low_row[1]
+        self.rows[key] = [messages, nbytes, low + weight, low]
+        heapq.heapreplace(heap, (low + weight, key))
+
+    def error_bound(self) -> int:
+        """The most any row's counts may be below its topic's true cost, in weight units."""
+        return max((row[3] for row in self.rows.values()), default=0)
+
+
+class AttributedSocket(Protocol):
+    """What attribution reads of a socket (socket.RealtimeSocket)."""
+
+    claims: dict[str, Any]
+    client_info: str | None
+    user_agent: str | None
+    accepted: int  # messages accepted from this socket (usage counts them)
+    control_frames: int  # protocol frames it queued (counted in conn.messages_out, not messages)
+    attributed: list[int]  # [epoch day, bytes, messages] already attributed (set by start())
+
+    @property
+    def tenant_id(self) -> str: ...
+
+    def traffic(self) -> tuple[int, int]:
+        """(bytes written, messages) since the connect."""
+        ...
+
+
+_Usage = dict[tuple[str | None, str | None], list[int]]  # key → [connections, messages, bytes]
+
+
+class Attribution:
+    """Per tenant and UTC day (epoch days): a TopicTable, and usage by client and by role."""
+
+    def __init__(self, capacity: int = EXACT_TOPICS) -> None:
+        self.capacity = capacity
+        self._day = -1
+        self._today: dict[str, TopicTable] = {}  # the hot path's lookup: tenant → today's table
+        self.topics: dict[tuple[str, int], TopicTable] = {}
+        self.clients: dict[tuple[str, int], _Usage] = {}
+        self.roles: dict[tuple[str, int], _Usage] = {}
+
+    def topic(self, tenant: str, topic: str, private: bool, messages: int, nbytes: int, hour: int) -> None:
+        """`messages` and `nbytes` for `topic` of `tenant` in epoch hour `hour`."""
+        day = hour // 24
+        if day != self._day:
+            self._new_day(day)
+        table = self._today.get(tenant)
+        if table is None:
+            table = self._today[tenant] = self.topics[(tenant, day)] = self.topics.get((tenant, day)) or TopicTable(
+                self.capacity
+            )
+        table.add(topic, private, messages, nbytes)
+
+    def _new_day(self, day: int) -> None:
+        self._day = day
+        self._today = {}
+        for key in [k for k in self.topics if k[1] <= day - DAYS_KEPT]:
+            del self.topics[key]
+        for store in (self.clients, self.roles):
+            for key in [k for k in store if k[1] <= day - DAYS_KEPT]:
+                del store[key]
+
+    # Clients and roles
+
+    def start(self, socket: AttributedSocket, day: int) -> None:
+        """A socket connected on epoch day `day`: nothing of it is attributed yet."""
+        socket.attributed = [day, 0, 0]
+
+    def closed(self, socket: AttributedSocket) -> None:
+        """A socket closed: what it did since it was last attributed goes to that day."""
+        self._leave(socket, socket.attributed[0])
+
+    def roll(self, sockets: Iterable[AttributedSocket], day: int) -> None:
+        """A new day: each open socket's traffic so far goes to the day it was counted under."""
+        for socket in sockets:
+            attributed = getattr(socket, "attributed", None)
+            if attributed is not None and attributed[0] < day:
+                self._leave(socket, attributed[0])
+                nbytes, messages = socket.traffic()
+                socket.attributed = [day, nbytes, messages + socket.accepted - socket.control_frames]
+
+    def _leave(self, socket: AttributedSocket, day: int) -> None:
+        nbytes, messages = self.pending(socket)
+        self._add(socket.tenant_id, day, _client_key(socket), _role(socket.claims), 1, messages, nbytes)
+
+    def pending(self, socket: AttributedSocket) -> tuple[int, int]:
+        """(bytes, messages) of `socket` not yet attributed to a day."""
+        _, bytes_base, messages_base = socket.attributed
+        nbytes, messages = socket.traffic()
+        messages += socket.accepted - socket.control_frames
+        return nbytes - bytes_base, messages - messages_base
+
+    def rest(
+        self,
+        tenant: str,
+        hour: int,
+        client_info: str | None,
+        user_agent: str | None,
+        role: str | None,
+        messages: int,
+        nbytes: int,
+    ) -> None:
+        """A REST request: its accepted `messages` and its response's `nbytes`."""
+        self._add(tenant, hour // 24, client_library(client_info, user_agent), role, 0, messages, nbytes)
+
+    def _add(
+        self,
+        tenant: str,
+        day: int,
+        client: tuple[str | None, str | None],
+        role: str | None,
+        connections: int,
+        messages: int,
+        nbytes: int,
+    ) -> None:
+        for store, key in ((self.clients, client), (self.roles, (role, None))):
+            rows = store.get((tenant, day))
+            if rows is None:
+                rows = store[(tenant, day)] = {}
+            row = rows.get(key)
+            if row is None:
+                rows[key] = [connections, messages, nbytes]
+            else:
+                row[0] += connections
+                row[1] += messages
+                row[2] += nbytes
+
+    def usage(
+        self, tenant: str, days: Iterable[int], open_sockets: Iterable[AttributedSocket], today: int
+    ) -> dict[str, Any]:
+        """Topics, clients and roles of `tenant` over epoch `days`, with open sockets' traffic
+        of `today` (when it is one of them): {"topics": {(topic, private): [messages, bytes,
+        error]}, "other": [messages, bytes], "exact": bool, "error_weight": int, "total_weight":
+        int, "clients": {(library, version): [connections, messages, bytes]}, "roles": {...}}."""
+        days = list(days)
+        topics: dict[tuple[str, bool], list[int]] = {}
+        other = [0, 0]
+        exact = True
+        error = total = 0
+        clients: _Usage = {}
+        roles: _Usage = {}
+        for day in days:
+            table = self.topics.get((tenant, day))
+            if table is not None:
+                exact = exact and table.exact
+                error += table.error_bound()
+                total += table.total_weight
+                other[0] += table.other[0]
+                other[1] += table.other[1]
+                for key, row in table.rows.items():
+                    into = topics.setdefault(key, [0, 0, 0])
+                    into[0] += row[0]
+                    into[1] += row[1]
+                    into[2] += row[3]
+            for store, into_store in ((self.clients, clients), (self.roles, roles)):
+                for key, row in store.get((tenant, day), {}).items():
+                    into_row = into_store.setdefault(key, [0, 0, 0])
+                    for i in range(3):
+                        into_row[i] += row[i]
+        if today in days:
+            for socket in open_sockets:
+                if socket.tenant_id != tenant:
+                    continue
+                nbytes, messages = self.pending(socket)
+                for into_store, key in ((clients, _client_key(socket)), (roles, (_role(socket.claims), None))):
+                    into_row = into_store.setdefault(key, [0, 0, 0])
+                    into_row[0] += 1
+                    into_row[1] += messages
+                    into_row[2] += nbytes
+        return {
+            "topics": topics,
+            "other": other,
+            "exact": exact,
+            "error_weight": error,
+            "total_weight": total,
+            "clients": clients,
+            "roles": roles,
+        }
+
+
+def weight_usd(weight: int) -> float:
+    """A cost weight (TopicTable) in USD."""
+    return weight * _WEIGHT_USD
+
+
+def _client_key(socket: AttributedSocket) -> tuple[str | None, str | None]:
+    return client_library(socket.client_info, socket.user_agent)
+
+
+def _role(claims: dict[str, Any]) -> str | None:
+    role = claims.get("role")
+    return role if isinstance(role, str) else None
