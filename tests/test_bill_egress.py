@@ -91,3 +91,29 @@ def test_an_organisation_sums_egress_and_includes_it_once(pg_dsn: str) -> None:
     assert (line["used"], line["included"], line["overage"], line["usd"]) == (400 * GB, 250 * GB, 150 * GB, 13.5)
     assert bill["so_far"]["total_usd"] == 13.5 and bill["so_far"]["base_fee_usd"] == 25.0
     assert bill["window"]["egress_bytes"] == 400 * GB
+
+
+def test_an_enterprise_tenant_sets_its_own_egress_figures(pg_dsn: str) -> None:
+    """The tenant API stores included_egress_bytes and egress_usd_per_gb (migration 0011, read back
+    from a numeric column) and the bill prices with them; out-of-range values are 422s naming them."""
+    with scratch_database(pg_dsn) as dsn:
+        server = start_server(dsn, ENV)
+        try:
+            with httpx.Client(base_url=server.http_url, headers=admin_headers()) as api:
+                fields = {"plan": "enterprise", "included_egress_bytes": 10 * GB, "egress_usd_per_gb": 0.05}
+                body = {"tenant": {"external_id": "ent", "name": "ent", "jwt_secret": "s" * 32, **fields}}
+                created = api.post("/api/tenants", json=body)
+                assert created.status_code == 201, created.text
+                assert {k: created.json()["data"][k] for k in fields} == fields
+                store(dsn, [("ent", 30 * GB)])
+                bill = api.get("/admin/v1/tenants/ent/bill").json()
+                for field, value in (("egress_usd_per_gb", -0.01), ("included_egress_bytes", 10**19)):
+                    refused = api.patch("/admin/v1/tenants/ent/settings", json={field: value})
+                    assert (refused.status_code, list(refused.json()["errors"])) == (422, [field])
+                kept = api.get("/api/tenants/ent").json()["data"]
+        finally:
+            server.stop()
+    assert bill["quota"]["egress"]["included"] == 10 * GB
+    line = bill["so_far"]["lines"][2]
+    assert (line["overage"], line["package_usd"], line["usd"]) == (20 * GB, 0.05, 1.0)
+    assert {k: kept[k] for k in fields} == fields  # nothing lost to the refused changes
