@@ -29,7 +29,7 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
 from .plans import GB, PLANS, Plan
 from .protocol import JSON, V1, V2, Codec, UserBroadcast
@@ -126,15 +126,11 @@ class Bill(BaseModel):
     monthly_usd: Money
     restricted: bool
     lines: tuple[Line, ...]
-    notes: tuple[str, ...] = Field((), description="with an egress line: what the egress figure covers")
-
-    @model_serializer(mode="wrap")
-    def _without_empty_notes(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        # A bill without egress answers exactly as before egress was billed (issue #11's examples).
-        data = handler(self)
-        if not data.get("notes"):
-            data.pop("notes", None)
-        return data
+    # Left out when empty: a bill without egress answers exactly as before egress was billed
+    # (issue #11's examples).
+    notes: tuple[str, ...] = Field(
+        (), exclude_if=lambda notes: not notes, description="with an egress line: what the egress figure covers"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +333,11 @@ class EstimateInputs(BaseModel):
     hours_per_day: float = Field(24.0, gt=0, le=24, description="active hours per day")
     days: int = Field(30, ge=1, le=31, description="days in the month")
     payload_bytes: int | None = Field(
-        None, ge=1, le=_MAX_PAYLOAD, description="average payload size in bytes; given, egress is estimated and priced"
+        None,
+        ge=1,
+        le=_MAX_PAYLOAD,
+        description="average payload size in bytes; given, egress is estimated and priced (a month too large to"
+        " price to the cent, over 10^21 bytes or $10^12, is refused naming this field)",
     )
     vsn: Literal["1.0.0", "2.0.0"] = Field("1.0.0", description="the clients' serializer: egress is priced with it")
 
@@ -445,7 +445,7 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
     answers = tuple(_plan_estimate(plan, inputs, rates, messages, peak, billed) for plan in plans)
     if billed is not None and any(a.monthly_usd >= _MAX_PRICED_USD for a in answers):
         raise EstimateOutOfRange(
-            "payload_bytes", f"with egress priced, a month must cost less than ${_MAX_PRICED_USD:,} on every plan"
+            "payload_bytes", f"a month must cost less than ${_MAX_PRICED_USD:,} on every plan to be priced to the cent"
         )
     fitting = [a for a in answers if a.fits]
     cheapest = min(fitting, key=lambda a: a.monthly_usd).plan if fitting else None
@@ -540,7 +540,7 @@ def _egress(inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[st
         answer[vsn] = {**kinds, "all": sum(kinds.values())}
         if answer[vsn]["all"] > _MAX_EGRESS:
             raise EstimateOutOfRange(
-                "payload_bytes", f"the month's egress must stay within {_MAX_EGRESS:,} bytes to be priced exactly"
+                "payload_bytes", f"the month's egress must stay within {_MAX_EGRESS:,} bytes to be priced to the cent"
             )
     return answer
 

@@ -15,6 +15,7 @@ from conftest import admin_headers
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import (
     missing_required_header,
+    positive_data_acceptance,
 )
 
 pytestmark = pytest.mark.pg
@@ -290,4 +291,15 @@ def test_the_pricing_endpoints_keep_to_their_documented_schema(case) -> None:  #
     One check is left out: an authentication failure is upstream's 403 (documented), not the
     401 schemathesis expects."""
     excluded = [missing_required_header]
-    case.call_and_validate(headers=admin_headers(), excluded_checks=excluded)
+    response = case.call(headers=admin_headers())
+    if (
+        response.status_code == 422
+        and isinstance(case.body, dict)
+        and case.body.get("payload_bytes") is not None
+        and list(response.json()["errors"]) == ["payload_bytes"]
+        and response.json()["errors"]["payload_bytes"][0].endswith("to be priced to the cent")
+    ):
+        # The one bound a JSON schema cannot state: inputs each within their bounds whose month
+        # is too large to price to the cent (documented; tests/test_pricing_egress.py).
+        excluded.append(positive_data_acceptance)
+    case.validate_response(response, excluded_checks=excluded)
