@@ -12,6 +12,8 @@ from decimal import Decimal
 
 import pytest
 from conftest import MS, make_token
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 from wire import V1, V2, RawClient, kind3
@@ -347,3 +349,43 @@ async def test_a_server_sends_the_estimated_frames(server, size):  # type: ignor
     assert len(websocket_frame(Opcode.TEXT, text.encode())) == expected["1.0.0"]
     assert data == v2_body(payload.encode())
     assert len(websocket_frame(Opcode.BINARY, data)) == expected["2.0.0"]
+
+
+# -- Properties --------------------------------------------------------------------------
+
+usages = st.builds(
+    Usage,
+    st.integers(0, 10**12),
+    st.integers(0, 10**6),
+    st.one_of(st.none(), st.integers(0, 10**15)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(list(PLANS.values())), usages), min_size=1, max_size=6))
+def test_an_organisation_is_billed_once_on_its_sums(tenants):
+    b = organization_bill(tenants)
+    egress = [u.egress_bytes for _, u in tenants if u.egress_bytes is not None]
+    plan = PLANS[b.plan]
+    assert b == bill(
+        plan,
+        sum(u.messages for _, u in tenants),
+        sum(u.peak_connections for _, u in tenants),
+        sum(egress) if egress else None,
+    )
+    if egress:  # the included bytes once, whatever the number of tenants
+        assert b.lines[2].included == plan.included_egress_bytes
+        assert b.lines[2].overage == max(sum(egress) - plan.included_egress_bytes, 0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(usages, st.integers(0, 10**9), st.integers(0, 10**12), st.integers(1, 10**7), st.integers(0, 10**7))
+def test_a_projection_never_goes_below_the_usage_so_far(so_far, window_messages, window_egress, window, left):
+    p = project(so_far, window_messages, window, 0, left, window_egress_bytes=window_egress)
+    assert p.messages >= so_far.messages and p.peak_connections == so_far.peak_connections
+    if so_far.egress_bytes is None:
+        assert p.egress_bytes is None
+    else:
+        assert p.egress_bytes >= so_far.egress_bytes
+        more = project(so_far, window_messages, window, 0, left, window_egress_bytes=window_egress + 1)
+        assert more.egress_bytes >= p.egress_bytes
