@@ -428,7 +428,12 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
       visible share: each change counts once per listener allowed to see it;
     peak connections = concurrent clients. A plan fits when the rates these imply respect its
     rate limits and, on a hard-quota plan, the month stays within its quotas. The cheapest
-    plan is the lowest `monthly_usd` among the fitting ones, the earlier in `plans` on a tie."""
+    plan is the lowest `monthly_usd` among the fitting ones, the earlier in `plans` on a tie.
+
+    Given `payload_bytes`, egress per month = messages delivered × the frame each is sent in
+    (the server's codecs, by vsn), and each plan's bill has an egress line priced with
+    `inputs.vsn`. `envelope` compares one broadcast's frame by serializer. Raises
+    EstimateOutOfRange when the month is too large to price to the cent."""
     if plans is None:
         plans = [PLANS[name] for name in RANK]
     rates = _Rates(inputs)
@@ -440,7 +445,7 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
     }
     messages = sum(kinds.values())
     peak = inputs.concurrent_clients
-    egress = _egress(inputs, rates, seconds) if inputs.payload_bytes is not None else None
+    egress = None if inputs.payload_bytes is None else _egress(inputs.payload_bytes, inputs, rates, seconds)
     billed = None if egress is None else egress[inputs.vsn]["all"]
     answers = tuple(_plan_estimate(plan, inputs, rates, messages, peak, billed) for plan in plans)
     if billed is not None and any(a.monthly_usd >= _MAX_PRICED_USD for a in answers):
@@ -530,12 +535,13 @@ def _deliveries(inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dic
     }
 
 
-def _egress(inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[str, dict[str, int]]:
-    assert inputs.payload_bytes is not None
+def _egress(payload_bytes: int, inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[str, dict[str, int]]:
+    """Egress bytes per month by vsn, then by kind and `all`. Raises EstimateOutOfRange past
+    _MAX_EGRESS."""
     delivered = _deliveries(inputs, rates, seconds)
     answer: dict[str, dict[str, int]] = {}
     for vsn in VSNS:
-        sizes = _frame_sizes(_CODECS[vsn], inputs.payload_bytes)
+        sizes = _frame_sizes(_CODECS[vsn], payload_bytes)
         kinds = {kind: n * sizes[kind] for kind, n in delivered.items()}
         answer[vsn] = {**kinds, "all": sum(kinds.values())}
         if answer[vsn]["all"] > _MAX_EGRESS:
@@ -558,7 +564,8 @@ def _egress_assumptions(inputs: EstimateInputs) -> tuple[str, ...]:
         f" bytes on topic {ENVELOPE_TOPIC!r}, WebSocket header included: broadcast {sizes['broadcast']:,},"
         f" presence_diff {sizes['presence']:,}, postgres_changes {sizes['postgres_changes']:,} bytes (for presence"
         " and Postgres Changes the payload is the whole diff or record); plans price the egress of vsn"
-        f" {inputs.vsn}, egress_bytes_per_month shows both",
+        f" {inputs.vsn}, egress_bytes_per_month shows both (on vsn 2.0.0 broadcasts are binary frames, as when"
+        " their senders are on 2.0.0 too)",
         "egress leaves out heartbeats, replies, joins, the HTTP upgrade and REST responses (metered egress counts"
         " them under protocol and rest)",
         EGRESS_NOTE,
