@@ -10,7 +10,8 @@ from decimal import ROUND_HALF_UP, Decimal
 import httpx
 import psycopg
 import pytest
-from conftest import admin_headers, scratch_database, start_server
+from conftest import admin_headers, make_token, scratch_database, start_server
+from wire import V2, RawClient
 
 pytestmark = pytest.mark.pg
 
@@ -117,3 +118,23 @@ def test_an_enterprise_tenant_sets_its_own_egress_figures(pg_dsn: str) -> None:
     line = bill["so_far"]["lines"][2]
     assert (line["overage"], line["package_usd"], line["usd"]) == (20 * GB, 0.05, 1.0)
     assert {k: kept[k] for k in fields} == fields  # nothing lost to the refused changes
+
+
+async def test_the_bill_counts_the_bytes_just_sent(pg_dsn: str) -> None:
+    """Live: the bytes a socket was just sent (not yet flushed) are in the tenant's bill."""
+    with scratch_database(pg_dsn) as dsn:
+        server = start_server(dsn, ENV)
+        try:
+            url = f"{server.http_url}/admin/v1/tenants/{TENANT}/bill"
+            before = httpx.get(url, headers=admin_headers()).json()["quota"]["egress"]["used"]
+            async with await RawClient.open(server.socket_url(make_token(), V2)) as client:
+                await client.join("realtime:billed")
+                for _ in range(3):
+                    await client.heartbeat()
+                bill = httpx.get(url, headers=admin_headers()).json()
+        finally:
+            server.stop()
+    used = bill["quota"]["egress"]["used"]
+    # at least the 101 answer, the join's reply and three heartbeat replies
+    assert used - before > 5 * len('[null,"1","phoenix","phx_reply",{"status":"ok","response":{}}]')
+    assert bill["so_far"]["lines"][2]["used"] == used == bill["window"]["egress_bytes"]
