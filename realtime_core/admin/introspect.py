@@ -208,6 +208,8 @@ def _tenant_view(app: App, tenant: Tenant, sockets: list[RealtimeSocket]) -> dic
             "base_fee_usd": plan.base_fee_usd,
             "included_messages": plan.included_messages,
             "included_peak_connections": plan.included_peak_connections,
+            "included_egress_bytes": plan.included_egress_bytes,
+            "egress_usd_per_gb": plan.egress_usd_per_gb,
             "hard_quota": plan.hard_quota,
         },
         "limits": {"effective": dataclasses.asdict(tenant.limits), "explicit": dict(tenant.explicit_limits)},
