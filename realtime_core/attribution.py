@@ -31,7 +31,6 @@ from .plans import Plan
 
 __all__ = [
     "DAYS_KEPT",
-    "EGRESS_USD_PER_GB",
     "EXACT_TOPICS",
     "MAX_CLIENT_ROWS",
     "OTHER",
@@ -55,9 +54,6 @@ MAX_CLIENT_ROWS = 1_000
 OTHER = "(other)"
 _NAME_MAX = 100  # characters kept of a client's library name or version
 DAYS_KEPT = 32  # a billing cycle's days and today
-# The egress overage price, until plans.py carries it per plan (`egress_usd_per_gb`): the one
-# place it is written here.
-EGRESS_USD_PER_GB = 0.09
 # The rows of egress that is not a channel's: the socket's own frames outside any channel
 # (heartbeat replies, the HTTP 101, pongs, close frames, replies to unjoined topics), REST responses.
 SOCKET_TOPIC = "phoenix"
@@ -86,7 +82,7 @@ def client_library(info: str | None, user_agent: str | None) -> tuple[str | None
 def usd(plan: Plan, messages: int, nbytes: int) -> float:
     """The marginal cost of `messages` and `nbytes` of egress at `plan`'s overage prices."""
     per_message = plan.message_package_usd / plan.message_package_size
-    per_byte = getattr(plan, "egress_usd_per_gb", EGRESS_USD_PER_GB) / 1e9
+    per_byte = plan.egress_usd_per_gb / 1e9
     return messages * per_message + nbytes * per_byte
 
 
