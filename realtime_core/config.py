@@ -101,6 +101,11 @@ class Settings:
     db_ssl_ca_cert: str | None = optional_str_var(
         "DB_SSL_CA_CERT", "with `DB_SSL`: a CA file the `DB_HOST` server's certificate and name are verified against"
     )
+    redis_url: str | None = optional_str_var(
+        "REDIS_URL",
+        "join this process to a cluster of realtime-core processes sharing channels, presence, limits and usage"
+        " through Redis (`--redis`; needs the `cluster` extra); unset: one process, no Redis",
+    )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",
         Path(".realtime"),
