@@ -106,6 +106,12 @@ class Settings:
         "join this process to a cluster of realtime-core processes sharing channels, presence, limits and usage"
         " through Redis (`--redis`; needs the `cluster` extra); unset: one process, no Redis",
     )
+    cluster_name: str = str_var(
+        "REALTIME_CLUSTER",
+        "realtime",
+        "the cluster's name: processes with the same `REDIS_URL` and name are one system; its Redis keys start"
+        " with `rt:<name>:`",
+    )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",
         Path(".realtime"),
