@@ -82,6 +82,12 @@ class Settings:
 
     host: str = str_var("REALTIME_HOST", "127.0.0.1", "the address to listen on (`--host`)")
     port: int = int_var("PORT", 4000, "the port to listen on (`--port`)")
+    reuse_port: bool = bool_var(
+        "REALTIME_REUSE_PORT",
+        False,
+        "listen with SO_REUSEPORT, so that several processes share the port (`serve --workers` sets it for its"
+        " workers)",
+    )
     database_url: str | None = optional_str_var(
         "DATABASE_URL",
         "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
@@ -105,6 +111,7 @@ class Settings:
         "REDIS_URL",
         "join this process to a cluster of realtime-core processes sharing channels, presence, limits and usage"
         " through Redis (`--redis`; needs the `cluster` extra); unset: one process, no Redis",
+        secret=True,  # redis://:password@host
     )
     cluster_name: str = str_var(
         "REALTIME_CLUSTER",

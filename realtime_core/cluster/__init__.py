@@ -2,13 +2,20 @@
 
 Every key and pub/sub channel this package uses starts with `rt:<cluster>:` (keys()), where
 the cluster name is REALTIME_CLUSTER: processes of one cluster share it, and separate clusters
-(or tests) on one Redis never see each other's traffic."""
+(or tests) on one Redis never see each other's traffic.
+
+broker.py shares topics between the processes; workers.py runs `serve --workers N`. Nothing
+here imports redis: a process without REDIS_URL never loads it."""
 
 from __future__ import annotations
 
 from ..config import Settings
 
-__all__ = ["keys"]
+__all__ = ["RedisUnavailable", "keys"]
+
+
+class RedisUnavailable(Exception):
+    """REDIS_URL does not answer at start (a configuration error: its message says which)."""
 
 
 def keys(settings: Settings) -> str:

@@ -1,0 +1,232 @@
+"""Broadcast across the processes of a cluster on Redis (cluster/broker.py, README "Scale out on Redis").
+
+Three `realtime-core serve` nodes share one database and one Redis (a cluster name of the test's
+own); clients connected to different nodes must see one system: every broadcast exactly once, in
+the order it was sent, `self: false` respected whichever node the sender is on. A Redis restart
+under load: the nodes reconnect and resubscribe, count what could not be sent, and deliver what
+is sent after."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from cluster import PrivateRedis, channel, cluster_env, needs_redis, nodes, shard_subscribers, wait_subscribers
+from conftest import MS, make_token
+from jsclient import JsDriver
+from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from wire import V1, Frame, RawClient, eventually, metric
+
+pytestmark = [pytest.mark.pg, pytest.mark.redis, needs_redis]
+
+DELIVERY = 5_000 * MS
+COUNT = 20
+
+
+@pytest.fixture
+def env() -> dict[str, str]:
+    return cluster_env()
+
+
+@pytest.fixture
+def three(fresh_database, env):
+    with nodes(fresh_database, env, 3) as started:
+        yield started
+
+
+def options(*, self: bool = False) -> dict[str, Any]:
+    return {"config": {"broadcast": {"ack": False, "self": self}, "presence": {"key": ""}, "private": False}}
+
+
+@pytest.fixture
+async def py_clients() -> AsyncIterator[Callable[[str], AsyncRealtimeClient]]:
+    made: list[AsyncRealtimeClient] = []
+
+    def make(ws_url: str) -> AsyncRealtimeClient:
+        client = AsyncRealtimeClient(ws_url, make_token(), auto_reconnect=False)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        await client.close()
+
+
+async def py_join(client: AsyncRealtimeClient, topic: str, got: list[Any], *, self: bool = False) -> Any:
+    channel_ = client.channel(topic, options(self=self))
+    channel_.on_broadcast("*", got.append)
+    states: list[RealtimeSubscribeStates] = []
+    await channel_.subscribe(lambda state, _error: states.append(state))
+    await eventually(lambda: states, what="the subscribe status")
+    assert states == [RealtimeSubscribeStates.SUBSCRIBED]
+    return channel_
+
+
+async def test_realtime_js_broadcast_reaches_every_node_once_in_order(three, env, topic):
+    a, b, c = three
+    async with JsDriver() as js:
+        await js.join("sender", a.ws_url, make_token(), topic)
+        await js.join("local", a.ws_url, make_token(), topic)
+        await js.join("on_b", b.ws_url, make_token(), topic)
+        await js.join("on_c", c.ws_url, make_token(), topic)
+        await asyncio.to_thread(wait_subscribers, env["REDIS_URL"], channel(env, topic), 3)
+        for n in range(COUNT):
+            js.send(
+                {"op": "send", "channel": "sender", "message": {"type": "broadcast", "event": "m", "payload": {"n": n}}}
+            )
+        for name in ("local", "on_b", "on_c"):
+            await js.wait_for(
+                lambda ev, name=name: (
+                    ev["ev"] == "broadcast" and ev["channel"] == name and ev["payload"]["payload"]["n"] == COUNT - 1
+                ),
+                timeout=DELIVERY,
+            )
+        # The sender (self: false) gets none of its own, from no node: a later message from node C
+        # reaches it after anything its own could have caused.
+        js.send({"op": "send", "channel": "on_c", "message": {"type": "broadcast", "event": "marker", "payload": {}}})
+        await js.wait_for(lambda ev: ev["ev"] == "broadcast" and ev["channel"] == "sender", timeout=DELIVERY)
+        for name in ("local", "on_b"):
+            await js.wait_for(
+                lambda ev, name=name: (
+                    ev["ev"] == "broadcast" and ev["channel"] == name and ev["payload"]["event"] == "marker"
+                ),
+                timeout=DELIVERY,
+            )
+        sent = [{"type": "broadcast", "event": "m", "payload": {"n": n}} for n in range(COUNT)]
+        marker = {"type": "broadcast", "event": "marker", "payload": {}}
+        assert js.received("sender") == [marker]
+        for name in ("local", "on_b"):
+            assert js.received(name) == [*sent, marker], name
+        assert js.received("on_c") == sent  # self: false on node C too
+
+
+async def test_python_client_broadcast_crosses_nodes_once_and_self_true_once(three, env, topic, py_clients):
+    a, b, c = three
+    got_a: list[Any] = []
+    got_b: list[Any] = []
+    got_c: list[Any] = []
+    await py_join(py_clients(a.ws_url), topic, got_a)
+    sender = await py_join(py_clients(b.ws_url), topic, got_b, self=True)
+    await py_join(py_clients(c.ws_url), topic, got_c)
+    await asyncio.to_thread(wait_subscribers, env["REDIS_URL"], channel(env, topic), 3)
+    for n in range(COUNT):
+        await sender.send_broadcast("m", {"n": n})
+    sent = [{"event": "m", "payload": {"n": n}} for n in range(COUNT)]
+    await eventually(lambda: len(got_a) >= COUNT and len(got_c) >= COUNT and len(got_b) >= COUNT, DELIVERY, "delivery")
+    # A marker through the same path: a duplicate would have arrived before it.
+    await sender.send_broadcast("marker", {})
+    await eventually(lambda: len(got_a) > COUNT and len(got_c) > COUNT and len(got_b) > COUNT, DELIVERY, "the marker")
+    marker = {"event": "marker", "payload": {}}
+    assert got_a == got_b == got_c == [*sent, marker]
+
+
+async def test_rest_broadcast_on_one_node_reaches_another(three, env, topic):
+    a, _, c = three
+    async with await RawClient.open(c.socket_url(make_token(), V1), V1) as client:
+        await client.join(f"realtime:{topic}")
+        await asyncio.to_thread(wait_subscribers, env["REDIS_URL"], channel(env, topic), 1)
+        body = {"messages": [{"topic": topic, "event": "rest", "payload": {"via": "a"}}]}
+        headers = {"Authorization": f"Bearer {make_token(role='service_role')}"}
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{a.http_url}/api/broadcast", json=body, headers=headers)
+        assert response.status_code == 202, response.text
+        frame = await client.expect_event(f"realtime:{topic}", "broadcast", DELIVERY)
+        assert frame.payload["payload"] == {"via": "a"}
+        await client.nothing_pending(lambda f: isinstance(f, Frame) and f.event == "broadcast")
+
+
+async def test_a_node_listens_on_a_channel_only_while_it_has_local_subscribers(three, env, topic):
+    a, b, _ = three
+    url = env["REDIS_URL"]
+    name = channel(env, topic)
+    assert shard_subscribers(url, name) == 0
+    first = await RawClient.open(a.socket_url(make_token(), V1), V1)
+    second = await RawClient.open(a.socket_url(make_token(), V1), V1)
+    other = await RawClient.open(b.socket_url(make_token(), V1), V1)
+    try:
+        await first.join(f"realtime:{topic}")
+        await second.join(f"realtime:{topic}")
+        await asyncio.to_thread(wait_subscribers, url, name, 1)  # one listener per node, however many sockets
+        await other.join(f"realtime:{topic}")
+        await asyncio.to_thread(wait_subscribers, url, name, 2)
+        await first.close()
+        await second.nothing_pending()
+        assert shard_subscribers(url, name) == 2  # node A still has a subscriber
+        await second.close()
+        await asyncio.to_thread(wait_subscribers, url, name, 1)
+        await other.close()
+        await asyncio.to_thread(wait_subscribers, url, name, 0)
+    finally:
+        for client in (first, second, other):
+            await client.close()
+
+
+async def test_redis_restarted_under_load_reconnects_counts_drops_and_delivers_later_broadcasts(fresh_database, topic):
+    with PrivateRedis() as private:
+        env = cluster_env(private.url)
+        with nodes(fresh_database, env, 2) as (a, b):
+            publisher = await RawClient.open(a.socket_url(make_token(), V1), V1)
+            receiver = await RawClient.open(b.socket_url(make_token(), V1), V1)
+            wire_topic = f"realtime:{topic}"
+            received: list[int] = []
+            try:
+                join = await publisher.join(wire_topic)
+                await receiver.join(wire_topic)
+                await asyncio.to_thread(wait_subscribers, private.url, channel(env, topic), 2)
+
+                async def receive() -> None:
+                    while True:
+                        frame = await receiver.recv(timeout=60_000 * MS)
+                        if isinstance(frame, Frame) and frame.event == "broadcast":
+                            received.append(frame.payload["payload"]["n"])
+
+                reading = asyncio.create_task(receive())
+                sent = 0
+
+                async def send(count: int) -> None:
+                    nonlocal sent
+                    for _ in range(count):
+                        await publisher.push(
+                            wire_topic,
+                            "broadcast",
+                            {"type": "broadcast", "event": "m", "payload": {"n": sent}},
+                            join_ref=join.ref,
+                        )
+                        sent += 1
+                        await asyncio.sleep(2 * MS)
+
+                await send(50)
+                await eventually(lambda: len(received) == 50, DELIVERY, "delivery before the restart")
+                private.kill()
+                await send(50)  # while Redis is down: dropped, and counted
+                private.start()
+                await eventually(
+                    lambda: (
+                        metric(a.http_url, "realtime_cluster_connected") == 1
+                        and metric(b.http_url, "realtime_cluster_connected") == 1
+                    ),
+                    10_000 * MS,
+                    "both nodes reconnected",
+                )
+                await asyncio.to_thread(wait_subscribers, private.url, channel(env, topic), 2)  # resubscribed
+                before = len(received)
+                first_after = sent
+                await send(50)
+                await eventually(lambda: received and received[-1] == sent - 1, DELIVERY, "delivery after the restart")
+                reading.cancel()
+            finally:
+                await publisher.close()
+                await receiver.close()
+            dropped = metric(a.http_url, "realtime_cluster_dropped_total")
+            published = metric(a.http_url, "realtime_cluster_published_total")
+            assert dropped > 0
+            assert published + dropped == sent  # every message either sent to Redis or counted as dropped
+            assert metric(a.http_url, "realtime_cluster_reconnects_total") >= 1
+            assert metric(b.http_url, "realtime_cluster_reconnects_total") >= 1
+            # Order kept, nothing twice, and everything sent once both were back arrived.
+            assert received == sorted(set(received))
+            assert set(range(first_after, sent)) <= set(received[before:])
+            assert "redis: reconnected after" in a.log()
