@@ -6,22 +6,38 @@ on the shared Redis at 127.0.0.1:6379 never see each other's channels."""
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import MS, ServerProcess, start_server
+from conftest import BASE_ENV, JWT_SECRET, MS, ROOT, ServerProcess, start_server
+from psycopg.conninfo import conninfo_to_dict
 
 from realtime_core.cluster import codec
 from realtime_core.config import Settings
 from realtime_core.hub import StreamKey
 
-__all__ = ["REDIS_URL", "PrivateRedis", "channel", "cluster_env", "needs_redis", "nodes", "shard_subscribers"]
+__all__ = [
+    "REDIS_URL",
+    "PrivateRedis",
+    "channel",
+    "cluster_env",
+    "needs_redis",
+    "nodes",
+    "shard_subscribers",
+    "start_workers",
+    "wait_subscribers",
+    "worker_pids",
+]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TENANT = Settings().tenant_name
@@ -121,3 +137,45 @@ class PrivateRedis:
     def __exit__(self, *exc: object) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+def start_workers(database_url: str, env: dict[str, str], workers: int) -> ServerProcess:
+    """`realtime-core serve --port 0 --workers N`, once its parent says every worker listens."""
+    full_env = {**os.environ, **BASE_ENV, "DATABASE_URL": database_url, "REALTIME_JWT_SECRET": JWT_SECRET, **env}
+    full_env["SLOT_NAME_SUFFIX"] = str(conninfo_to_dict(database_url).get("dbname", "postgres"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "realtime_core", "serve", "--port", "0", "--workers", str(workers)],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    found = threading.Event()
+    port: list[int] = []
+
+    def drain() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            m = re.match(rf"realtime-core \S+ listening on http://[\d.]+:(\d+) with {workers} workers", line)
+            if m:
+                port.append(int(m.group(1)))
+                found.set()
+        found.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    if not found.wait(60_000 * MS) or not port:
+        proc.kill()
+        proc.wait()
+        reader.join(5)
+        raise RuntimeError("the workers did not start:\n" + "".join(output))
+    return ServerProcess(proc, port[0], database_url, full_env, output, reader)
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The pids the parent announced."""
+    line = next(line for line in server.output if " workers (pids " in line)
+    return [int(pid) for pid in re.search(r"\(pids ([\d ]+)\)", line).group(1).split()]  # type: ignore[union-attr]
