@@ -41,6 +41,12 @@ class Broker(Protocol):
         """`subscriber` of this node listens on `key` from now on."""
         ...
 
+    async def ready(self, key: StreamKey) -> None:
+        """Return once what any node publishes on `key` reaches this node (awaited before a join's
+        reply, so that a client that is told it joined misses nothing published after; the
+        subscribe() that follows must come before the next await)."""
+        ...
+
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> None: ...
 
     def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:

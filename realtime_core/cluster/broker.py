@@ -66,6 +66,9 @@ _DEAD_AFTER = 3.5
 # Messages queued for Redis beyond this (a stalled connection) are dropped and counted.
 _MAX_QUEUED = 200_000
 _MESSAGE_TYPES = frozenset({b"message", b"smessage"})
+_SUBSCRIBED = frozenset({b"subscribe", b"ssubscribe"})
+# How long a join waits for Redis to confirm its channel's subscription (s).
+_READY_TIMEOUT = 2.0
 
 
 class RedisBroker:
@@ -113,6 +116,9 @@ class RedisBroker:
         # Receiving: channel → stream, for every stream with a local subscriber
         self._wanted: dict[bytes, StreamKey] = {}
         self._subscribed: set[bytes] = set()  # subscribed on the current receiving connection
+        self._confirmed: set[bytes] = set()  # of those, the ones Redis confirmed
+        self._holds: dict[bytes, int] = {}  # channel → joins waiting in ready()
+        self._waiters: dict[bytes, asyncio.Future[None]] = {}  # channel → resolved at confirmation
         self._changed: set[bytes] = set()  # channels whose subscription may need a command
         self._channel_changes = asyncio.Event()
         self.receiving = False
@@ -176,8 +182,39 @@ class RedisBroker:
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         if self.hub.unsubscribe(key, subscriber):
             channel = codec.channel(self.prefix, key)
-            if self._wanted.pop(channel, None) is not None:
+            if channel not in self._holds and self._wanted.pop(channel, None) is not None:
                 self._channel_changed(channel)
+
+    async def ready(self, key: StreamKey) -> None:
+        """Return once Redis confirmed this process's subscription to the channel of `key`, at
+        once when it already had; after _READY_TIMEOUT while Redis is unreachable."""
+        channel = codec.channel(self.prefix, key)
+        if channel in self._confirmed:
+            return
+        self._holds[channel] = self._holds.get(channel, 0) + 1
+        if channel not in self._wanted:
+            self._wanted[channel] = key
+            self._channel_changed(channel)
+        waiter = self._waiters.get(channel)
+        if waiter is None:
+            waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), _READY_TIMEOUT)
+        except TimeoutError:
+            log.warning("redis: no confirmation of the subscription to %r within %.1f s", channel, _READY_TIMEOUT)
+        finally:
+            holds = self._holds[channel] - 1
+            if holds:
+                self._holds[channel] = holds
+            else:
+                del self._holds[channel]
+                # After the caller's subscribe(), which follows with no await: if none came (the
+                # client left meanwhile), nobody here listens on the channel.
+                asyncio.get_running_loop().call_soon(self._release, key, channel)
+
+    def _release(self, key: StreamKey, channel: bytes) -> None:
+        if channel not in self._holds and not self.hub.has_subscribers(key) and self._wanted.pop(channel, None):
+            self._channel_changed(channel)
 
     def channels(self) -> int:
         """How many channels this process listens on (streams with a local subscriber)."""
@@ -275,6 +312,7 @@ class RedisBroker:
         """Keep the connection subscribed to exactly the wanted channels, and PING it."""
         subscribe, unsubscribe = (b"SSUBSCRIBE", b"SUNSUBSCRIBE") if self.sharded else (b"SUBSCRIBE", b"UNSUBSCRIBE")
         self._subscribed = set()
+        self._confirmed = set()
         self._changed = set(self._wanted)  # a new connection: every channel again
         next_ping = 0.0
         while True:
@@ -290,6 +328,7 @@ class RedisBroker:
             if removes:
                 commands.append((unsubscribe, *removes))
                 subscribed.difference_update(removes)
+                self._confirmed.difference_update(removes)
             now = self._clock()
             if now >= next_ping:
                 commands.append((b"PING",))
@@ -304,8 +343,20 @@ class RedisBroker:
             response = await conn.read_response(timeout=_DEAD_AFTER)
             if response is None:
                 raise ConnectionError(f"no answer to PING within {_DEAD_AFTER:.1f} s")
-            if isinstance(response, list) and response and response[0] in _MESSAGE_TYPES:
+            if not isinstance(response, list) or not response:
+                continue
+            kind = response[0]
+            if kind in _MESSAGE_TYPES:
                 self._received(response[1], response[2])
+            elif kind in _SUBSCRIBED:
+                self._subscription_confirmed(response[1])
+
+    def _subscription_confirmed(self, channel: bytes) -> None:
+        if channel in self._subscribed:
+            self._confirmed.add(channel)
+        waiter = self._waiters.pop(channel, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _received(self, channel: bytes, data: bytes) -> None:
         key = self._wanted.get(channel)
