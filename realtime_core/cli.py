@@ -302,6 +302,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "attacks": "bench.attacks",
+    "cluster": "bench.cluster",
     "fanout": "bench.fanout",
     "postgres-changes": "bench.postgres_changes",
     "private": "bench.private",
