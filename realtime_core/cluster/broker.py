@@ -122,6 +122,7 @@ class RedisBroker:
         self._changed: set[bytes] = set()  # channels whose subscription may need a command
         self._channel_changes = asyncio.Event()
         self.receiving = False
+        self._heard = 0.0  # when the receiving connection last got anything (clock)
         self._tasks: list[asyncio.Task[None]] = []
 
     # Lifecycle
@@ -201,7 +202,8 @@ class RedisBroker:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), _READY_TIMEOUT)
         except TimeoutError:
-            log.warning("redis: no confirmation of the subscription to %r within %.1f s", channel, _READY_TIMEOUT)
+            if self.receiving:  # while Redis is unreachable the cut is logged once, not at every join
+                log.warning("redis: no confirmation of the subscription to %r within %.1f s", channel, _READY_TIMEOUT)
         finally:
             holds = self._holds[channel] - 1
             if holds:
@@ -266,11 +268,18 @@ class RedisBroker:
                 await self._queued.wait()
             batch, self._queue = self._queue, []
             try:
-                await conn.send_packed_command(
-                    conn.pack_commands([(command, channel, message) for channel, message in batch]), check_health=False
-                )
-                for _ in batch:
-                    await conn.read_response()
+                # Bounded: a connection cut without a reset (a network partition) must not hang here.
+                # One deadline per batch, pushed back as answers come (a timeout per read cost
+                # about a third of the receiving side's time, measured with cProfile).
+                async with asyncio.timeout(_DEAD_AFTER) as deadline:
+                    await conn.send_packed_command(
+                        conn.pack_commands([(command, channel, message) for channel, message in batch]),
+                        check_health=False,
+                    )
+                    for index in range(len(batch)):
+                        await conn.read_response(timeout=math.inf)
+                        if index % 1024 == 1023:
+                            deadline.reschedule(self._clock() + _DEAD_AFTER)
             except BaseException:
                 # Some may have reached Redis: counted as dropped all the same (never as sent).
                 self._drop(len(batch))
@@ -286,17 +295,27 @@ class RedisBroker:
     async def _receive_forever(self, conn: AbstractConnection) -> None:
         delay = _RETRY_FIRST
         while True:
-            syncing = asyncio.create_task(self._sync_channels(conn), name="cluster subscriptions")
+            self._heard = self._clock()
+            self._up("receiving")
+            delay = _RETRY_FIRST
+            # The connection ends with whichever fails first: reading, or keeping it subscribed
+            # and PINGed (which also notices that it went silent).
+            tasks = {
+                asyncio.create_task(self._read(conn), name="cluster receiver reading"),
+                asyncio.create_task(self._sync_channels(conn), name="cluster subscriptions"),
+            }
             try:
-                self._up("receiving")
-                delay = _RETRY_FIRST
-                await self._read(conn)
-            except (RedisError, OSError) as exc:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                exc = next(iter(done)).exception()
+                if not isinstance(exc, (RedisError, OSError)):
+                    raise exc or RuntimeError("a cluster receiver task ended")
                 self._down("receiving", exc)
             finally:
-                syncing.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await syncing
+                for task in tasks:
+                    task.cancel()
+                for task in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
+                        await task
             with contextlib.suppress(RedisError, OSError):
                 await conn.disconnect()
             while True:
@@ -330,6 +349,8 @@ class RedisBroker:
                 subscribed.difference_update(removes)
                 self._confirmed.difference_update(removes)
             now = self._clock()
+            if now - self._heard > _DEAD_AFTER:
+                raise ConnectionError(f"no answer to PING within {_DEAD_AFTER:.1f} s")
             if now >= next_ping:
                 commands.append((b"PING",))
                 next_ping = now + _PING_INTERVAL
@@ -339,10 +360,10 @@ class RedisBroker:
                 await asyncio.wait_for(self._channel_changes.wait(), max(0.0, next_ping - self._clock()))
 
     async def _read(self, conn: AbstractConnection) -> None:
+        clock = self._clock
         while True:
-            response = await conn.read_response(timeout=_DEAD_AFTER)
-            if response is None:
-                raise ConnectionError(f"no answer to PING within {_DEAD_AFTER:.1f} s")
+            response = await conn.read_response(timeout=math.inf)  # _sync_channels() watches for silence
+            self._heard = clock()
             if not isinstance(response, list) or not response:
                 continue
             kind = response[0]
