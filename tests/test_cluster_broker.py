@@ -227,3 +227,73 @@ async def test_redis_restarted_under_load_reconnects_counts_drops_and_delivers_l
             assert received == sorted(set(received))
             assert set(range(first_after, sent)) <= set(received[before:])
             assert "redis: reconnected after" in a.log()
+
+
+async def test_a_frozen_redis_is_noticed_within_the_bound_and_recovered_from(fresh_database, topic):
+    """A Redis that stops answering without closing anything (SIGSTOP, as a network partition looks):
+    the nodes take it for cut after 3.5 s of silence, count what they could not send, and resume."""
+    with PrivateRedis() as private:
+        env = cluster_env(private.url)
+        with nodes(fresh_database, env, 2) as (a, b):
+            publisher = await RawClient.open(a.socket_url(make_token(), V1), V1)
+            receiver = await RawClient.open(b.socket_url(make_token(), V1), V1)
+            wire_topic = f"realtime:{topic}"
+            received: list[int] = []
+            try:
+                join = await publisher.join(wire_topic)
+                await receiver.join(wire_topic)
+
+                async def receive() -> None:
+                    while True:
+                        frame = await receiver.recv(timeout=60_000 * MS)
+                        if isinstance(frame, Frame) and frame.event == "broadcast":
+                            received.append(frame.payload["payload"]["n"])
+
+                reading = asyncio.create_task(receive())
+                sent = 0
+
+                async def send(count: int) -> None:
+                    nonlocal sent
+                    for _ in range(count):
+                        payload = {"type": "broadcast", "event": "m", "payload": {"n": sent}}
+                        await publisher.push(wire_topic, "broadcast", payload, join_ref=join.ref)
+                        sent += 1
+                        await asyncio.sleep(2 * MS)
+
+                await send(20)
+                await eventually(lambda: len(received) == 20, DELIVERY, "delivery before the freeze")
+                private.freeze()
+                await send(20)
+                await eventually(
+                    lambda: (
+                        metric(a.http_url, "realtime_cluster_connected") == 0
+                        and metric(b.http_url, "realtime_cluster_connected") == 0
+                    ),
+                    8_000 * MS,
+                    "both nodes taking the silent Redis for cut",
+                )
+                await send(20)  # while cut: dropped at once, and counted
+                private.thaw()
+                await eventually(
+                    lambda: (
+                        metric(a.http_url, "realtime_cluster_connected") == 1
+                        and metric(b.http_url, "realtime_cluster_connected") == 1
+                    ),
+                    10_000 * MS,
+                    "both nodes reconnected",
+                )
+                await asyncio.to_thread(wait_subscribers, private.url, channel(env, topic), 2)
+                first_after = sent
+                await send(20)
+                await eventually(lambda: received and received[-1] == sent - 1, DELIVERY, "delivery after the thaw")
+                reading.cancel()
+            finally:
+                await publisher.close()
+                await receiver.close()
+            dropped = metric(a.http_url, "realtime_cluster_dropped_total")
+            published = metric(a.http_url, "realtime_cluster_published_total")
+            assert dropped >= 20  # at least those sent while the node knew Redis was cut
+            assert published + dropped == sent
+            assert len(received) == len(set(received))  # nothing twice
+            assert received[received.index(first_after) :] == list(range(first_after, sent))
+            assert "no answer to PING within 3.5 s" in b.log()

@@ -402,7 +402,14 @@ class RedisBroker:
 
     async def _connect(self) -> AbstractConnection:
         conn = self._pool.make_connection()
-        await conn.connect()
+        # The whole handshake bounded: a frozen server accepts the TCP connection and never answers.
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT):
+                await conn.connect()
+        except BaseException:
+            with contextlib.suppress(RedisError, OSError):
+                await conn.disconnect(nowait=True)
+            raise
         return conn
 
     async def _has_sharded_pubsub(self, conn: AbstractConnection) -> bool:
