@@ -124,6 +124,7 @@ class RedisBroker:
         self.receiving = False
         self._heard = 0.0  # when the receiving connection last got anything (clock)
         self._tasks: list[asyncio.Task[None]] = []
+        self._connections: set[AbstractConnection] = set()  # closed at stop()
 
     # Lifecycle
 
@@ -153,7 +154,8 @@ class RedisBroker:
         self._tasks = []
         self._drop(len(self._queue))
         self._queue = []
-        await self._pool.disconnect()
+        for conn in list(self._connections):
+            await self._close(conn)
 
     # Broker
 
@@ -249,8 +251,7 @@ class RedisBroker:
                 await self._send_queued(conn)
             except (RedisError, OSError) as exc:
                 self._down("publishing", exc)
-            with contextlib.suppress(RedisError, OSError):
-                await conn.disconnect()
+            await self._close(conn)
             while True:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
@@ -316,8 +317,7 @@ class RedisBroker:
                 for task in tasks:
                     with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                         await task
-            with contextlib.suppress(RedisError, OSError):
-                await conn.disconnect()
+            await self._close(conn)
             while True:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
@@ -403,14 +403,19 @@ class RedisBroker:
     async def _connect(self) -> AbstractConnection:
         conn = self._pool.make_connection()
         # The whole handshake bounded: a frozen server accepts the TCP connection and never answers.
+        self._connections.add(conn)
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT):
                 await conn.connect()
         except BaseException:
-            with contextlib.suppress(RedisError, OSError):
-                await conn.disconnect(nowait=True)
+            await self._close(conn)
             raise
         return conn
+
+    async def _close(self, conn: AbstractConnection) -> None:
+        self._connections.discard(conn)
+        with contextlib.suppress(RedisError, OSError):
+            await conn.disconnect(nowait=True)
 
     async def _has_sharded_pubsub(self, conn: AbstractConnection) -> bool:
         try:
