@@ -59,6 +59,10 @@ async def run(settings: Settings, workers: int, announce: str) -> int:
     SIGTERM or SIGINT; print `announce` (formatted with the port) once all listen. Returns the
     exit status."""
     assert settings.database_url and settings.redis_url
+    # Secrets generated into the data dir on a first start: made here, once, which the workers then
+    # read (started together, each would make its own and all but one would fail or disagree).
+    settings.resolve_jwt_secret()
+    settings.resolve_db_enc_key()
     # Port 0: choose one now, held (bound with SO_REUSEPORT, not listening, so it takes no
     # connections) until the workers listen on it.
     holder = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
