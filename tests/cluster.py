@@ -150,9 +150,12 @@ class PrivateRedis:
             self.kill()
 
 
-def start_workers(database_url: str, env: dict[str, str], workers: int) -> ServerProcess:
-    """`realtime-core serve --port 0 --workers N`, once its parent says every worker listens."""
+def start_workers(database_url: str, env: dict[str, str], workers: int, without: tuple[str, ...] = ()) -> ServerProcess:
+    """`realtime-core serve --port 0 --workers N`, once its parent says every worker listens;
+    `without`: variables left unset."""
     full_env = {**os.environ, **BASE_ENV, "DATABASE_URL": database_url, "REALTIME_JWT_SECRET": JWT_SECRET, **env}
+    for name in without:
+        full_env.pop(name, None)
     full_env["SLOT_NAME_SUFFIX"] = str(conninfo_to_dict(database_url).get("dbname", "postgres"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "realtime_core", "serve", "--port", "0", "--workers", str(workers)],

@@ -10,7 +10,15 @@ import sys
 
 import httpx
 import pytest
-from cluster import channel, cluster_env, needs_redis, start_workers, wait_subscribers, worker_pids
+from cluster import (
+    channel,
+    cluster_env,
+    needs_redis,
+    shard_subscribers,
+    start_workers,
+    wait_subscribers,
+    worker_pids,
+)
 from conftest import MS, ROOT, make_token
 from wire import V1, Frame, RawClient, eventually, parse_samples
 
@@ -98,4 +106,29 @@ async def test_a_dead_worker_is_logged_and_restarted(fresh_database):
         assert alive(first)
         assert server.proc.poll() is None
     finally:
+        assert server.stop(signal.SIGTERM) == 0, server.log()
+
+
+@pytest.mark.pg
+@pytest.mark.redis
+@needs_redis
+async def test_workers_share_the_secrets_generated_into_the_data_dir(fresh_database, tmp_path, topic):
+    """Without REALTIME_JWT_SECRET and DB_ENC_KEY, every worker uses the secrets kept in the data dir:
+    a token signed with its JWT secret is good on each. (The race of workers generating them at once
+    is avoided by the parent making them first; how close the starts fall is not controlled here.)"""
+    env = {**cluster_env(), "REALTIME_DATA_DIR": str(tmp_path)}
+    server = start_workers(fresh_database, env, 2, without=("REALTIME_JWT_SECRET", "DB_ENC_KEY"))
+    clients: list[RawClient] = []
+    try:
+        secret = (tmp_path / "jwt_secret").read_text().strip()
+        token = make_token(secret=secret)
+        clients = [await RawClient.open(server.socket_url(token, V1), V1) for _ in range(SOCKETS)]
+        for client in clients:
+            await client.join(f"realtime:{topic}")
+        # Sockets on both workers joined with the one secret.
+        assert shard_subscribers(env["REDIS_URL"], channel(env, topic)) == 2
+        assert not [line for line in server.output if "exited with status" in line], server.log()
+    finally:
+        for client in clients:
+            await client.close()
         assert server.stop(signal.SIGTERM) == 0, server.log()
