@@ -127,6 +127,12 @@ def _launch(argv: list[str]) -> int:
     args = p.parse_args(argv)
     ports = [int(x) for x in args.ports.split(",")]
     env = dict(os.environ)
+    from realtime_core.config import Settings
+
+    # As `serve --workers` does: the data dir's generated secrets made once, before the nodes start.
+    settings = Settings.from_env()
+    settings.resolve_jwt_secret()
+    settings.resolve_db_enc_key()
     pg = None
     if not env.get("DATABASE_URL"):
         from realtime_core.embedded_pg import EmbeddedPostgres
