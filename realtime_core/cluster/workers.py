@@ -145,7 +145,7 @@ async def _supervise(worker: _Worker, env: dict[str, str], stop: asyncio.Event) 
                 "worker %d died %d times right after starting: stopping them all", worker.index, _MAX_QUICK_DEATHS
             )
             stop.set()
-            return status or 1
+            return status if status > 0 else 1  # the parent's exit status: a failure, even after a signal
         await asyncio.sleep(_RESTART_PAUSE)
         if stop.is_set():
             return status
