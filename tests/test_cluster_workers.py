@@ -132,3 +132,22 @@ async def test_workers_share_the_secrets_generated_into_the_data_dir(fresh_datab
         for client in clients:
             await client.close()
         assert server.stop(signal.SIGTERM) == 0, server.log()
+
+
+@pytest.mark.pg
+def test_workers_that_cannot_reach_redis_stop_everything_with_the_reason(fresh_database):
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    command = [sys.executable, "-m", "realtime_core", "serve", "--port", "0", "--workers", "2"]
+    done = subprocess.run(
+        [*command, "--redis", "redis://127.0.0.1:1/0"],
+        cwd=ROOT,
+        env={**env, "DATABASE_URL": fresh_database, "LOG_LEVEL": "info"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "REDIS_URL redis://127.0.0.1:1/0 does not answer" in output
+    assert "died 3 times right after starting: stopping them all" in output
+    assert "Traceback" not in output

@@ -86,7 +86,12 @@ async def run(settings: Settings, workers: int, announce: str) -> int:
         loop.add_signal_handler(sig, stop.set)
     pool = [_Worker(i) for i in range(workers)]
     supervisors = [asyncio.create_task(_supervise(w, env, stop)) for w in pool]
-    ready = asyncio.ensure_future(asyncio.gather(*(w.ready.wait() for w in pool)))
+
+    async def all_ready() -> None:
+        for worker in pool:
+            await worker.ready.wait()
+
+    ready = asyncio.create_task(all_ready())
     stopping = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
