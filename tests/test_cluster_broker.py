@@ -16,7 +16,7 @@ import httpx
 import pytest
 from cluster import PrivateRedis, channel, cluster_env, needs_redis, nodes, shard_subscribers, wait_subscribers
 from conftest import MS, make_token
-from jsclient import JsDriver
+from jsclient import JsDriver, binary
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import V1, Frame, RawClient, eventually, metric
 
@@ -65,7 +65,29 @@ async def py_join(client: AsyncRealtimeClient, topic: str, got: list[Any], *, se
     return channel_
 
 
-async def test_realtime_js_broadcast_reaches_every_node_once_in_order(three, env, topic):
+def broadcast(event: str, payload: Any) -> dict[str, Any]:
+    return {"type": "broadcast", "event": event, "payload": payload}
+
+
+def send(js: JsDriver, channel_: str, event: str, payload: Any) -> None:
+    """Send a broadcast from `channel_` without waiting for its result (in order with the others)."""
+    js.send({"op": "send", "channel": channel_, "message": broadcast(event, payload)})
+
+
+async def arrived(js: JsDriver, channel_: str, event: str, match: Callable[[Any], bool] = lambda _: True) -> None:
+    """Wait until channel `channel_` got broadcast `event` (whose payload `match`es)."""
+    await js.wait_for(
+        lambda ev: (
+            ev["ev"] == "broadcast"
+            and ev["channel"] == channel_
+            and ev["payload"]["event"] == event
+            and match(ev["payload"]["payload"])
+        ),
+        timeout=DELIVERY,
+    )
+
+
+async def test_realtime_js_broadcast_reaches_every_node_once_in_order(three, topic):
     a, b, c = three
     async with JsDriver() as js:
         await js.join("sender", a.ws_url, make_token(), topic)
@@ -74,33 +96,38 @@ async def test_realtime_js_broadcast_reaches_every_node_once_in_order(three, env
         await js.join("on_c", c.ws_url, make_token(), topic)
         # Joined means cluster-wide: no wait for the nodes' Redis subscriptions.
         for n in range(COUNT):
-            js.send(
-                {"op": "send", "channel": "sender", "message": {"type": "broadcast", "event": "m", "payload": {"n": n}}}
-            )
+            send(js, "sender", "m", {"n": n})
         for name in ("local", "on_b", "on_c"):
-            await js.wait_for(
-                lambda ev, name=name: (
-                    ev["ev"] == "broadcast" and ev["channel"] == name and ev["payload"]["payload"]["n"] == COUNT - 1
-                ),
-                timeout=DELIVERY,
-            )
+            await arrived(js, name, "m", lambda payload: payload["n"] == COUNT - 1)
         # The sender (self: false) gets none of its own, from no node: a later message from node C
         # reaches it after anything its own could have caused.
-        js.send({"op": "send", "channel": "on_c", "message": {"type": "broadcast", "event": "marker", "payload": {}}})
-        await js.wait_for(lambda ev: ev["ev"] == "broadcast" and ev["channel"] == "sender", timeout=DELIVERY)
-        for name in ("local", "on_b"):
-            await js.wait_for(
-                lambda ev, name=name: (
-                    ev["ev"] == "broadcast" and ev["channel"] == name and ev["payload"]["event"] == "marker"
-                ),
-                timeout=DELIVERY,
-            )
-        sent = [{"type": "broadcast", "event": "m", "payload": {"n": n}} for n in range(COUNT)]
-        marker = {"type": "broadcast", "event": "marker", "payload": {}}
+        send(js, "on_c", "marker", {})
+        for name in ("sender", "local", "on_b"):
+            await arrived(js, name, "marker")
+        sent = [broadcast("m", {"n": n}) for n in range(COUNT)]
+        marker = broadcast("marker", {})
         assert js.received("sender") == [marker]
         for name in ("local", "on_b"):
             assert js.received(name) == [*sent, marker], name
         assert js.received("on_c") == sent  # self: false on node C too
+
+
+BINARY = bytes(range(256))
+
+
+async def test_a_binary_broadcast_crosses_nodes_as_sent_and_skips_v1_receivers_there(three, topic):
+    a, b, c = three
+    async with JsDriver() as js:
+        await js.join("sender", a.ws_url, make_token(), topic, vsn="2.0.0")
+        await js.join("v2_on_b", b.ws_url, make_token(), topic, vsn="2.0.0")
+        await js.join("v1_on_c", c.ws_url, make_token(), topic, vsn="1.0.0")
+        send(js, "sender", "bin", binary(BINARY))
+        send(js, "sender", "after", {"n": 1})
+        for name in ("v2_on_b", "v1_on_c"):
+            await arrived(js, name, "after")
+        arraybuffer = {**binary(BINARY), "class": "ArrayBuffer"}
+        assert js.received("v2_on_b") == [broadcast("bin", arraybuffer), broadcast("after", {"n": 1})]
+        assert js.received("v1_on_c") == [broadcast("after", {"n": 1})]  # binary: V2 receivers only, on every node
 
 
 async def test_python_client_broadcast_crosses_nodes_once_and_self_true_once(three, env, topic, py_clients):
