@@ -29,6 +29,7 @@ from realtime_core.hub import StreamKey
 
 __all__ = [
     "REDIS_URL",
+    "TENANT",
     "PrivateRedis",
     "channel",
     "cluster_env",

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from cluster import PrivateRedis, channel, cluster_env, needs_redis, nodes, shard_subscribers, wait_subscribers
-from conftest import MS, make_token
+from cluster import TENANT, PrivateRedis, channel, cluster_env, needs_redis, nodes, shard_subscribers, wait_subscribers
+from conftest import MS, admin_headers, make_token
 from jsclient import JsDriver, binary
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import V1, Frame, RawClient, eventually, metric
@@ -147,6 +147,19 @@ async def test_python_client_broadcast_crosses_nodes_once_and_self_true_once(thr
     await eventually(lambda: len(got_a) > COUNT and len(got_c) > COUNT and len(got_b) > COUNT, DELIVERY, "the marker")
     marker = {"event": "marker", "payload": {}}
     assert got_a == got_b == got_c == [*sent, marker]
+    # Node A's time series holds the pub/sub lag of what it received from node B.
+    await eventually(lambda: any(v > 0 for v in lag_series(a)), DELIVERY, "a cluster_lag_ms sample")
+    assert not any(lag_series(b))  # node B received nothing from the others
+
+
+def lag_series(node) -> list[float]:
+    response = httpx.get(
+        f"{node.http_url}/admin/v1/tenants/{TENANT}/timeseries",
+        params={"series": "cluster_lag_ms", "window": "1m"},
+        headers=admin_headers(),
+    )
+    assert response.status_code == 200, response.text
+    return response.json()["series"]["cluster_lag_ms"]
 
 
 async def test_rest_broadcast_on_one_node_reaches_another(three, env, topic):

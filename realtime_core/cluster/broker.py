@@ -106,6 +106,7 @@ class RedisBroker:
         self.malformed = 0
         self.reconnects = 0
         self.lag = LatencyHistogram()  # ms
+        self._lag_sums: dict[str, list[float]] = {}  # tenant → [sum ms, count] since take_lag()
         self.sharded = True  # SPUBLISH/SSUBSCRIBE; False on a server without them
         # Publishing
         self._queue: list[tuple[bytes, bytes]] = []  # (channel, message), in publish() order
@@ -219,6 +220,11 @@ class RedisBroker:
     def _release(self, key: StreamKey, channel: bytes) -> None:
         if channel not in self._holds and not self.hub.has_subscribers(key) and self._wanted.pop(channel, None):
             self._channel_changed(channel)
+
+    def take_lag(self, tenant: str) -> float:
+        """The mean pub/sub lag (ms) of the messages of `tenant` received since the last call; 0 if none."""
+        sums = self._lag_sums.pop(tenant, None)
+        return round(sums[0] / sums[1], 3) if sums else 0.0
 
     def channels(self) -> int:
         """How many channels this process listens on (streams with a local subscriber)."""
@@ -393,7 +399,13 @@ class RedisBroker:
         if node == self.node_id:
             return  # ours, delivered here at publish()
         self.received += 1
-        self.lag.observe(max(0.0, (time.time() - sent_at) * 1000))
+        lag = max(0.0, (time.time() - sent_at) * 1000)
+        self.lag.observe(lag)
+        sums = self._lag_sums.get(key.tenant)
+        if sums is None:
+            sums = self._lag_sums[key.tenant] = [0.0, 0]
+        sums[0] += lag
+        sums[1] += 1
         tenant = self._tenant_of(key.tenant)
         if tenant is not None:
             self.hub.publish(tenant, key, publication, self._clock())
