@@ -152,14 +152,19 @@ async def test_python_client_broadcast_crosses_nodes_once_and_self_true_once(thr
     assert not any(lag_series(b))  # node B received nothing from the others
 
 
-def lag_series(node) -> list[float]:
+def series(node, name: str) -> list[float]:
+    """The last minute of the default tenant's time series `name` on `node` (admin API)."""
     response = httpx.get(
         f"{node.http_url}/admin/v1/tenants/{TENANT}/timeseries",
-        params={"series": "cluster_lag_ms", "window": "1m"},
+        params={"series": name, "window": "1m"},
         headers=admin_headers(),
     )
     assert response.status_code == 200, response.text
-    return response.json()["series"]["cluster_lag_ms"]
+    return response.json()["series"][name]
+
+
+def lag_series(node) -> list[float]:
+    return series(node, "cluster_lag_ms")
 
 
 async def test_rest_broadcast_on_one_node_reaches_another(three, env, topic):
@@ -174,6 +179,11 @@ async def test_rest_broadcast_on_one_node_reaches_another(three, env, topic):
         frame = await client.expect_event(f"realtime:{topic}", "broadcast", DELIVERY)
         assert frame.payload["payload"] == {"via": "a"}
         await client.nothing_pending(lambda f: isinstance(f, Frame) and f.event == "broadcast")
+    # Accepted where it was sent, delivered where its receiver is: summed over the nodes, each once.
+    await eventually(lambda: sum(series(c, "deliveries.rest")) == 1, DELIVERY, "node C's delivery sampled")
+    await eventually(lambda: sum(series(a, "messages.rest")) == 1, DELIVERY, "node A's accepted message sampled")
+    assert sum(series(a, "deliveries.rest")) == 0
+    assert sum(series(c, "messages.rest")) == 0
 
 
 async def test_a_node_listens_on_a_channel_only_while_it_has_local_subscribers(three, env, topic):
