@@ -1,4 +1,5 @@
-"""The Broker (broker/__init__.py) of a cluster: topics published between processes through Redis.
+"""The Broker (broker/__init__.py) of a cluster: topics published between processes through Redis
+(docs/design.md §5).
 
 app.App makes one when REDIS_URL is set. publish() delivers to this process's hub at once,
 as the in-process broker does, and queues the message (cluster/codec.py) for one Redis
