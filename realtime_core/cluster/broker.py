@@ -191,10 +191,11 @@ class RedisBroker:
                 self._channel_changed(channel)
 
     async def ready(self, key: StreamKey) -> None:
-        """Return once Redis confirmed this process's subscription to the channel of `key`, at
-        once when it already had; after _READY_TIMEOUT while Redis is unreachable."""
+        """Return once Redis confirmed this process's subscription to the channel of `key`: at
+        once when it already had, or while the receiving connection is known to be cut (the
+        channel is subscribed when it is back); after _READY_TIMEOUT at most."""
         channel = codec.channel(self.prefix, key)
-        if channel in self._confirmed:
+        if channel in self._confirmed or not self.receiving:
             return
         self._holds[channel] = self._holds.get(channel, 0) + 1
         if channel not in self._wanted:
@@ -206,7 +207,7 @@ class RedisBroker:
         try:
             await asyncio.wait_for(asyncio.shield(waiter), _READY_TIMEOUT)
         except TimeoutError:
-            if self.receiving:  # while Redis is unreachable the cut is logged once, not at every join
+            if self.receiving:  # a cut found meanwhile is logged once, not at every join
                 log.warning("redis: no confirmation of the subscription to %r within %.1f s", channel, _READY_TIMEOUT)
         finally:
             holds = self._holds[channel] - 1
