@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -40,6 +41,9 @@ from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
 from .usage import UsageMeter
+
+if TYPE_CHECKING:
+    from .cluster.broker import RedisBroker
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -70,12 +74,30 @@ class App:
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
-        self.broker: Broker = InProcessBroker(self.hub)
+        # This process among the others of a cluster (Redis messages, /admin/v1/nodes).
+        self.node_id = secrets.token_hex(4)
+        # With REDIS_URL, the processes of the cluster share topics through Redis (imported only
+        # then: a single process needs no Redis client); start() connects it.
+        self.cluster_broker: RedisBroker | None = None
+        if settings.redis_url:
+            from . import cluster
+            from .cluster.broker import RedisBroker
+
+            self.cluster_broker = RedisBroker(
+                self.hub,
+                url=settings.redis_url,
+                prefix=cluster.keys(settings),
+                node_id=self.node_id,
+                tenant_of=self.tenants.get,
+                clock=self.now,
+            )
+        self.broker: Broker = self.cluster_broker or InProcessBroker(self.hub)
         self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
         self.hub.observers.append(self.channel_stats)
         self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
+        self.metrics.cluster = self.cluster_broker
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
@@ -104,6 +126,9 @@ class App:
         settings = self.settings
         if not settings.database_url:
             raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
+        if self.cluster_broker is not None:
+            await self.cluster_broker.start()
+            log.info("node %s joined cluster %r on Redis", self.node_id, settings.cluster_name)
         self.pool = await db.open_pool(settings.database_url)
         secret = settings.resolve_jwt_secret()
         self.secret_box = SecretBox(settings.resolve_db_enc_key())
@@ -142,7 +167,7 @@ class App:
             max_write_buffer=settings.max_write_buffer_bytes,
             flush_chunk=settings.flush_chunk,
         )
-        self.port = await self.server.listen(settings.host, settings.port)
+        self.port = await self.server.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
         self.spawn(self.loop_lag.run(), name="event-loop lag")
         self.spawn(self._sample_forever(), name="time series")
         return self.port
@@ -355,6 +380,8 @@ class App:
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
+        if self.cluster_broker is not None:
+            await self.cluster_broker.stop()
         if self.pool is not None:
             # Every socket is closed and every service stopped: nothing is counted after this.
             # Bounded: with the database gone, stopping must not wait for the pool's timeout.

@@ -211,6 +211,9 @@ class Hub:
         del self._streams[key]
         return True
 
+    def has_subscribers(self, key: StreamKey) -> bool:
+        return key in self._streams
+
     def subscribers(self, key: StreamKey) -> list[Subscriber]:
         return list(self._streams.get(key, ()))
 

@@ -210,6 +210,11 @@ class RealtimeSocket:
                 return
             if self.closed:
                 return
+            # Cluster-wide from the reply on: the broker listens on the stream before the client
+            # is told it joined (channel.start() subscribes with no await in between).
+            await self.ctx.broker.ready(channel.key)
+            if self.closed:
+                return
             self.channels[msg.topic] = channel
             if not self.counted:
                 self.counted = True

@@ -98,10 +98,11 @@ class Server:
         self.tasks = Supervisor()  # the sweeper, request queues and upgrades
         self.idle_closed = 0
 
-    async def listen(self, host: str, port: int) -> int:
-        """Start listening; return the bound port (useful with port 0)."""
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start listening; return the bound port (useful with port 0). With `reuse_port`, other
+        processes may listen on the same port (SO_REUSEPORT): the kernel spreads connections."""
         self._server = await self.loop.create_server(
-            lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True
+            lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port
         )
         self._sweeper = self.tasks.spawn(self._sweep_forever(), name="idle sweeper")
         return self._server.sockets[0].getsockname()[1]
