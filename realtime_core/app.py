@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket as _socket
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -36,10 +39,13 @@ from .protocol import codec_for
 from .runtime import LoopLag
 from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
-from .tenant_services import TenantDatabase, TenantServices
+from .tenant_services import Cluster, TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
 from .usage import UsageMeter
+
+if TYPE_CHECKING:
+    from .cluster.leader import ReplicationCluster
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -96,6 +102,11 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
+        # This process among a cluster's (REDIS_URL): unique per process run.
+        self.node_id = f"{_socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        # Replication leadership across the cluster (cluster/leader.py); None: this process leads.
+        self.cluster: Cluster | None = None
+        self._replication: ReplicationCluster | None = None  # the same, to stop it
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -124,6 +135,12 @@ class App:
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
         self.usage.start(self.pool, lambda: self.tenants, self.spawn)
+        if settings.redis_url:
+            from .cluster.leader import ReplicationCluster  # the `cluster` extra: only when asked for
+
+            cluster = ReplicationCluster(settings, self.node_id)
+            await cluster.start()
+            self.cluster = self._replication = cluster
         # Together, so that one slow or unreachable database delays the others by nothing.
         tenants = list(self.tenants)
         results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
@@ -354,6 +371,8 @@ class App:
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
+        if self._replication is not None:
+            await self._replication.stop()
         if self.pool is not None:
             # Every socket is closed and every service stopped: nothing is counted after this.
             # Bounded: with the database gone, stopping must not wait for the pool's timeout.
