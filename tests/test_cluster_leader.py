@@ -1,0 +1,193 @@
+"""Replication leadership across three `realtime-core serve` processes on one Redis (cluster/leader.py).
+
+One process, elected by an advisory lock, streams the tenant's slot and publishes each change
+to the processes whose subscriptions may see it; clients connected to the other processes get
+every committed row once, in commit order, even when the leader is killed mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from conftest import MS, ServerProcess, make_token
+from jsclient import JsDriver
+from realtime import AsyncRealtimeClient
+from test_postgres_changes import new_table, run
+
+from realtime_core.cluster.leader import lock_key
+from realtime_core.postgres_changes.peers import decode_batch, encode_batch
+
+pytestmark = [pytest.mark.redis, pytest.mark.pg]
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+ROWS = 150  # per table
+
+
+def test_a_published_batch_reads_back_as_sent():
+    changes = [
+        (100, "INSERT", [(b'{"a":1}', ["s1", "s2"]), (b'{"b":"\\n"}', ["s3"])]),
+        (100, "UPDATE", [(b"{}", ["s1"])]),
+        (205, "DELETE", [(b'{"c":[1,2]}', ["s2"])]),
+    ]
+    assert decode_batch(encode_batch("tenant-x", changes)) == ("tenant-x", changes)
+
+
+def test_the_lock_key_is_a_signed_64_bit_digest_of_the_slot_names():
+    key = lock_key(("slot_a", "messages_a"))
+    assert -(2**63) <= key < 2**63
+    assert key == lock_key(("slot_a", "messages_a"))
+    assert key != lock_key(("slot_b", "messages_a"))
+    assert key != lock_key(("slot_amessages_a", ""))  # names are separated, not concatenated
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        client.close()
+        pytest.skip(f"these tests need Redis at 127.0.0.1:6379, which does not answer ({exc})")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cluster(fresh_database, server_factory, redis_client) -> Iterator[tuple[str, Callable[[], ServerProcess]]]:
+    """(cluster name, a starter of serve processes in it, all on one database); its keys go after."""
+    name = f"test-{secrets.token_hex(4)}"
+
+    def start() -> ServerProcess:
+        return server_factory({"REDIS_URL": REDIS_URL, "REALTIME_CLUSTER": name}, database_url=fresh_database)
+
+    yield name, start
+    keys = list(redis_client.scan_iter(f"rt:{name}:*"))
+    if keys:
+        redis_client.delete(*keys)
+
+
+async def leader_of(redis_client: redis.Redis, name: str, servers: list[ServerProcess]) -> ServerProcess:
+    """The server whose node id is in the cluster's leader key (waited for)."""
+    deadline = asyncio.get_running_loop().time() + 20_000 * MS
+    while True:
+        for key in redis_client.scan_iter(f"rt:{name}:leader:*"):
+            value = redis_client.get(key)
+            pid = int(value.decode().split("-")[-2]) if value else None
+            for server in servers:
+                if server.proc.pid == pid and server.proc.poll() is None:
+                    return server
+        assert asyncio.get_running_loop().time() < deadline, "no process took the leadership"
+        await asyncio.sleep(0.05)
+
+
+class Inserter(threading.Thread):
+    """Single-row transactions into two tables, alternating, ids 1..ROWS each; then a sentinel
+    row (id 0) in each, committed after every other row."""
+
+    def __init__(self, dsn: str, tables: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.tables = tables
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                for i in range(1, ROWS + 1):
+                    for table in self.tables:
+                        run(conn, "insert into {t} values (%s, 'row')", table, i)
+                    threading.Event().wait(0.004)  # a steady stream, so the kill lands mid-stream
+                for table in self.tables:
+                    run(conn, "insert into {t} values (0, 'sentinel')", table)
+        except BaseException as exc:
+            self.error = exc
+
+
+def ids_by_table(events: list[tuple[str, int]], tables: list[str]) -> dict[str, list[int]]:
+    return {table: [row for t, row in events if t == table] for table in tables}
+
+
+@pytest.mark.js
+async def test_killing_the_leader_mid_stream_loses_and_duplicates_no_row(cluster, redis_client, fresh_database):
+    name, start = cluster
+    servers = [start(), start(), start()]
+    leader = await leader_of(redis_client, name, servers)
+    followers = [s for s in servers if s is not leader]
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        tables = [new_table(db, "id int primary key, title text") for _ in range(2)]
+
+    # The Python client on one follower, realtime-js on the other.
+    py_events: list[tuple[str, int]] = []
+    py_client = AsyncRealtimeClient(followers[0].ws_url, make_token())
+    await py_client.connect()
+    subscribed = asyncio.Event()
+    channel = py_client.channel(f"room-{secrets.token_hex(3)}")
+    for table in tables:
+        channel.on_postgres_changes(
+            "INSERT",
+            schema="public",
+            table=table,
+            callback=lambda e: py_events.append((e["data"]["table"], e["data"]["record"]["id"])),
+        )
+    channel.on_system(lambda payload: subscribed.set())
+    await channel.subscribe()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(py_client.close)
+        await asyncio.wait_for(subscribed.wait(), 15_000 * MS)
+        js = await stack.enter_async_context(JsDriver())
+        await js.client("c", followers[1].ws_url, make_token())
+        await js.channel("c", "c", f"room-{secrets.token_hex(3)}")
+        for table in tables:
+            await js.on("c", "postgres_changes", event="INSERT", schema="public", table=table)
+        await js.on("c", "system")
+        await js.subscribed("c")
+        system = await js.wait_for(lambda ev: ev["ev"] == "system", timeout=15_000 * MS)
+        assert system["payload"]["message"] == "Subscribed to PostgreSQL", system
+
+        def js_events() -> list[tuple[str, int]]:
+            return [(ev["payload"]["table"], ev["payload"]["new"]["id"]) for ev in js.matching(is_pg_change)]
+
+        inserter = Inserter(fresh_database, tables)
+        inserter.start()
+        loop = asyncio.get_running_loop()
+
+        async def until(condition: Callable[[], bool], what: str, timeout: float) -> None:
+            deadline = loop.time() + timeout
+            while not condition():
+                assert loop.time() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.01)
+
+        # Kill once rows flow through the leader to both followers' clients.
+        await until(lambda: len(py_events) >= 20 and len(js_events()) >= 20, "the first rows", 20_000 * MS)
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait()
+        assert len(py_events) < 2 * ROWS, "the kill came after the stream ended: make ROWS larger"
+
+        successor = await leader_of(redis_client, name, followers)
+        assert successor in followers
+
+        def complete(events: list[tuple[str, int]]) -> bool:
+            return sum(1 for _, row in events if row == 0) == len(tables)
+
+        await until(lambda: complete(py_events), "the Python client's sentinels", 60_000 * MS)
+        await until(lambda: complete(js_events()), "realtime-js's sentinels", 60_000 * MS)
+        inserter.join()
+        assert inserter.error is None
+
+    # Every committed row exactly once, in commit order per table; the sentinels came
+    # last, so a duplicate re-read by the new leader would have come before them.
+    expected = {table: [*range(1, ROWS + 1), 0] for table in tables}
+    assert ids_by_table(py_events, tables) == expected
+    assert ids_by_table(js_events(), tables) == expected
+
+
+def is_pg_change(ev: dict[str, Any]) -> bool:
+    return ev["ev"] == "postgres_changes"
