@@ -300,6 +300,15 @@ class RealtimeCollector:
             errors.add_metric([tenant], authorizer.errors)
         yield errors
 
+        leader = GaugeMetricFamily(
+            "realtime_replication_leader",
+            "1 while this process streams the tenant's replication slots (always, alone; one process of a cluster)",
+            labels=["tenant"],
+        )
+        for tenant, s in services:
+            leader.add_metric([tenant], int(s.leading))
+        yield leader
+
         streams = [(tenant, s.db_broadcast) for tenant, s in services if s.db_broadcast is not None]
         delivered = CounterMetricFamily(
             "realtime_db_broadcast_delivered", "Database broadcasts delivered", labels=["tenant"]

@@ -12,7 +12,9 @@ Leadership per tenant and drives it (tenant_services.TenantServices._lead_foreve
   on the channel `rt:<cluster>:pgsubs-changed:<tenant>`. The leader loads the hash when it
   takes over, follows the announcements, keeps the other processes' subscriptions in its
   registry behind RemoteChannel stand-ins, and acknowledges each registration to its
-  process, which only then tells its client the subscription is live.
+  process, which only then tells its client the subscription is live. A process that is
+  gone (killed, or its Redis connection lost) no longer listens on its changes channel:
+  the leader drops its subscriptions when it takes over and every PRUNE_EVERY checks.
 - Changes: the leader publishes, per process, the changes its subscriptions get on
   `rt:<cluster>:changes:<node>` (peers.encode_batch(), behind a b"C"); acknowledgements go
   there too (b"A"). Each process delivers to its own channels (dispatch.deliver_published).
@@ -54,6 +56,7 @@ CHECK_INTERVAL = 1.0  # seconds between the leader's checks that its lock sessio
 CHECK_TIMEOUT = 5.0  # a check that takes longer counts as a lost session
 LEADER_TTL = 5  # seconds the leader key outlives the leader's last refresh
 REGISTER_TIMEOUT = 10.0  # seconds a registration waits for the leader's acknowledgement
+PRUNE_EVERY = 10  # leader checks between two prunings of dead processes' subscriptions
 # Dead peers: PostgreSQL notices a vanished host by TCP keepalives (about 5 + 2 × 3 s).
 _LOCK_OPTIONS = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
 _CHANGES = b"C"
@@ -130,13 +133,22 @@ class ReplicationCluster:
             await self._pubsub.subscribe(channel)
 
     async def _read_forever(self) -> None:
+        interrupted = False
         while True:
             try:
                 async for message in self._pubsub.listen():
                     if message["type"] == "message":
                         self._route(message["channel"].decode(), message["data"])
+                    elif interrupted and message["type"] == "subscribe":
+                        # Back after a cut: a leader may have dropped this process's subscriptions
+                        # meanwhile (it looked gone), so they are shared again.
+                        interrupted = False
+                        log.info("replication cluster: Redis pub/sub back; sharing subscriptions again")
+                        for leadership in self._leaderships.values():
+                            spawn(leadership.reregister(), group=leadership.tasks)
             except (RedisError, OSError) as exc:
                 # The PubSub reconnects and subscribes again on its next read.
+                interrupted = True
                 log.warning("replication cluster: Redis pub/sub interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(0.5 + random.uniform(0, JITTER))
 
@@ -181,7 +193,7 @@ class RedisLeadership:
         self._session: psycopg.AsyncConnection[Any] | None = None
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._remote: dict[str, RemoteChannel] = {}  # leader: channel key → stand-in
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()  # acknowledgements and re-registrations under way
 
     def attach(self, cdc: PostgresChanges | None) -> None:
         self.cdc = cdc
@@ -210,8 +222,12 @@ class RedisLeadership:
             await asyncio.sleep(RETRY_INTERVAL + random.uniform(0, JITTER))
 
     async def lost(self) -> None:
+        checks = 0
         while True:
             await asyncio.sleep(CHECK_INTERVAL)
+            checks += 1
+            if checks % PRUNE_EVERY == 0:
+                await self._prune()
             session = self._session
             try:
                 assert session is not None
@@ -234,7 +250,7 @@ class RedisLeadership:
                 await session.close()
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        for task in list(self.tasks):
             task.cancel()
         if self.leader == self.node:
             with contextlib.suppress(RedisError, OSError):
@@ -249,6 +265,29 @@ class RedisLeadership:
         await self.cluster.listen(self._events, self)
         records = await self.cluster.redis.hgetall(self._hash)
         self._add({key.decode(): value for key, value in records.items()})
+        await self._prune()
+
+    async def _prune(self) -> None:
+        """Forget the subscriptions of processes that no longer listen on their changes channel."""
+        nodes = {channel.node for channel in self._remote.values()}
+        if not nodes or self.cdc is None:
+            return
+        prefix = f"{self.cluster.prefix}changes:"
+        try:
+            counts = await self.cluster.redis.pubsub_numsub(*(prefix + node for node in nodes))
+        except (RedisError, OSError) as exc:
+            log.warning("tenant %s: live processes not checked (%s)", self.tenant_id, exc)
+            return
+        dead = {name.decode().removeprefix(prefix) for name, count in counts if count == 0}
+        gone: list[str] = []
+        for key, channel in list(self._remote.items()):
+            if channel.node in dead:
+                del self._remote[key]
+                gone += [str(sub.subscription_id) for sub in self.cdc.registry.remove_channel(channel)]  # type: ignore[arg-type]
+        if gone:
+            log.info("tenant %s: dropped %d subscription(s) of processes gone: %s", self.tenant_id, len(gone), dead)
+            with contextlib.suppress(RedisError, OSError):
+                await self.cluster.redis.hdel(self._hash, *gone)
 
     async def follow(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -308,9 +347,15 @@ class RedisLeadership:
         cdc.registry.add(added)
         for node, ids in acks.items():
             message = _ACK + orjson.dumps({"tenant": self.tenant_id, "ids": ids})
-            spawn(self.cluster.redis.publish(f"{self.cluster.prefix}changes:{node}", message), group=self._tasks)
+            spawn(self.cluster.redis.publish(f"{self.cluster.prefix}changes:{node}", message), group=self.tasks)
 
     # Peers
+
+    async def reregister(self) -> None:
+        if self.cdc is not None:
+            records = self.cdc.shared_records()
+            if records:
+                await self.register(records)
 
     def acknowledged(self, ids: list[str]) -> None:
         for sub_id in ids:

@@ -304,6 +304,15 @@ class PostgresChanges:
             sub.start_lsn = start_lsn
         return subs
 
+    def shared_records(self) -> dict[str, bytes]:
+        """This process's subscriptions as the cluster's leader rebuilds them (to share them again
+        after the cluster may have dropped them)."""
+        records: dict[str, bytes] = {}
+        for subs in self.registry.by_channel():
+            if subs[0].raw_params is not None:  # not a leader's stand-in for another process's
+                records.update(self._records(subs))
+        return records
+
     def _records(self, subs: list[Subscription]) -> dict[str, bytes]:
         """The subscriptions of one channel as the cluster's leader rebuilds them."""
         assert self.peers is not None

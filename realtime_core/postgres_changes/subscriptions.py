@@ -124,6 +124,10 @@ class Registry:
         """The live subscription with this subscription_id (its text), if any."""
         return self._by_id.get(subscription_id)
 
+    def by_channel(self) -> list[list[Subscription]]:
+        """The subscriptions of each channel."""
+        return list(self._by_channel.values())
+
     def for_channel(self, channel: Subscriber) -> list[Subscription]:
         return list(self._by_channel.get(channel, ()))
 
