@@ -14,11 +14,14 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import orjson
 import psycopg
 import pytest
 import redis
-from conftest import MS, ServerProcess, make_token
+from conftest import MS, ServerProcess, admin_headers, make_token
 from jsclient import JsDriver
+from prometheus_client.parser import text_string_to_metric_families
 from realtime import AsyncRealtimeClient
 from test_postgres_changes import new_table, run
 
@@ -28,6 +31,7 @@ from realtime_core.postgres_changes.peers import decode_batch, encode_batch
 pytestmark = [pytest.mark.redis, pytest.mark.pg]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+TENANT = "realtime-dev"
 ROWS = 150  # per table
 
 
@@ -191,3 +195,71 @@ async def test_killing_the_leader_mid_stream_loses_and_duplicates_no_row(cluster
 
 def is_pg_change(ev: dict[str, Any]) -> bool:
     return ev["ev"] == "postgres_changes"
+
+
+async def until_true(condition: Callable[[], Any], what: str, timeout: float = 20_000 * MS) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await condition():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_one_process_leads_and_every_process_says_which(cluster, redis_client):
+    name, start = cluster
+    servers = [start(), start(), start()]
+    leader = await leader_of(redis_client, name, servers)
+    async with httpx.AsyncClient() as http:
+
+        async def views() -> list[dict[str, Any]]:
+            out = []
+            for server in servers:
+                response = await http.get(
+                    f"{server.http_url}/admin/v1/tenants/{TENANT}/replication", headers=admin_headers(admin="read")
+                )
+                assert response.status_code == 200, response.text
+                out.append(response.json())
+            return out
+
+        async def agreed() -> bool:
+            found = await views()
+            return len({view["leader"] for view in found}) == 1 and found[0]["leader"] is not None
+
+        await until_true(agreed, "every process to name the same leader")
+        found = await views()
+        assert [view["leading"] for view in found] == [server is leader for server in servers]
+        assert str(leader.proc.pid) in found[0]["leader"]
+        gauges = []
+        for server in servers:
+            text = (await http.get(f"{server.http_url}/metrics")).text
+            [family] = [f for f in text_string_to_metric_families(text) if f.name == "realtime_replication_leader"]
+            gauges.append({s.labels["tenant"]: s.value for s in family.samples})
+        assert gauges == [{TENANT: 1.0 if server is leader else 0.0} for server in servers]
+
+
+@pytest.mark.js
+async def test_the_leader_forgets_the_subscriptions_of_a_process_that_died(cluster, redis_client, fresh_database):
+    name, start = cluster
+    servers = [start(), start(), start()]
+    leader = await leader_of(redis_client, name, servers)
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        table = new_table(db, "id int primary key")
+    doomed = next(s for s in servers if s is not leader)
+    subscriptions = f"rt:{name}:pgsubs:{TENANT}"
+    async with JsDriver() as js:
+        await js.client("c", doomed.ws_url, make_token())
+        await js.channel("c", "c", f"room-{secrets.token_hex(3)}")
+        await js.on("c", "postgres_changes", event="*", schema="public", table=table)
+        await js.on("c", "system")
+        await js.subscribed("c")
+        system = await js.wait_for(lambda ev: ev["ev"] == "system", timeout=15_000 * MS)
+        assert system["payload"]["message"] == "Subscribed to PostgreSQL", system
+        [record] = [orjson.loads(v) for v in redis_client.hvals(subscriptions)]
+        assert str(doomed.proc.pid) in record["node"]
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.proc.wait()
+
+        async def forgotten() -> bool:
+            return redis_client.hlen(subscriptions) == 0
+
+        await until_true(forgotten, "the dead process's subscription to go", 30_000 * MS)
