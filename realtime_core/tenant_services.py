@@ -48,6 +48,7 @@ from .incidents import Incidents
 from .postgres_changes.cdc import PostgresChanges
 from .postgres_changes.peers import Peers
 from .postgres_changes.settings import MESSAGES_SLOT, CdcSettings
+from .tasks import spawn
 from .tenants import Tenant
 
 __all__ = ["CDC_RLS", "Cluster", "Leadership", "ServiceHost", "TenantDatabase", "TenantServices", "slot_names"]
@@ -62,6 +63,7 @@ _MAX_SLOT = 63
 _SLOT_UNSAFE = re.compile(r"[^a-z0-9_]")
 # Replication connections may still hold a slot for a moment after their stream stopped.
 _DROP_ATTEMPTS = 50
+_LEAD_RETRY = 1.0  # seconds before leading again after leading failed
 
 
 class Leadership(Protocol):
@@ -319,7 +321,7 @@ class TenantServices:
             await self.cdc.start(stream=leadership is None)
         if leadership is not None:
             leadership.attach(self.cdc)
-            self._leading = asyncio.create_task(self._lead_forever(leadership), name=f"lead {self.tenant.external_id}")
+            self._leading = spawn(self._lead_forever(leadership), name=f"lead {self.tenant.external_id}")
 
     @property
     def leading(self) -> bool:
@@ -344,8 +346,11 @@ class TenantServices:
                 log.error("tenant %s: replication leadership lost; streaming stops", name)
             except Exception:
                 log.exception("tenant %s: leading replication failed", name)
-            finally:
                 await self._stop_leading(leadership)
+                # The lock may still be held: acquire() would win at once, so pause first.
+                await asyncio.sleep(_LEAD_RETRY)
+                continue
+            await self._stop_leading(leadership)
 
     async def _stop_leading(self, leadership: Leadership) -> None:
         if self.janitor is not None:
