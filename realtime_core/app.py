@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
-import socket as _socket
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -76,6 +74,8 @@ class App:
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
+        # This process among the others of a cluster (Redis messages, /admin/v1/nodes).
+        self.node_id = secrets.token_hex(4)
         self.broker: Broker = InProcessBroker(self.hub)
         self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
         self.hub.observers.append(self.channel_stats)
@@ -102,8 +102,6 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
-        # This process among a cluster's (REDIS_URL): unique per process run.
-        self.node_id = f"{_socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         # Replication leadership across the cluster (cluster/leader.py); None: this process leads.
         self.cluster: Cluster | None = None
         self._replication: ReplicationCluster | None = None  # the same, to stop it
