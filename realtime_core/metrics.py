@@ -336,6 +336,8 @@ _CDC_SERIES: tuple[tuple[str, _Family, str, Callable[[Any], float | None]], ...]
      lambda cdc: cdc.stats()["changes_dispatched"]),
     ("realtime_postgres_changes_rls_errors", CounterMetricFamily, "Row-level security check errors",
      lambda cdc: cdc.stats()["rls_errors"]),
+    ("realtime_postgres_changes_duplicates_dropped", CounterMetricFamily,
+     "Changes a cluster's new leader published again, dropped here", lambda cdc: cdc.stats()["duplicates_dropped"]),
     ("realtime_replication_connected", GaugeMetricFamily, "1 while the replication stream runs",
      lambda cdc: int(cdc.stats()["streaming"])),
     ("realtime_replication_reconnects", CounterMetricFamily, "Replication reconnects",

@@ -263,3 +263,38 @@ async def test_the_leader_forgets_the_subscriptions_of_a_process_that_died(clust
             return redis_client.hlen(subscriptions) == 0
 
         await until_true(forgotten, "the dead process's subscription to go", 30_000 * MS)
+
+
+@pytest.mark.js
+async def test_clients_on_the_leader_and_on_a_follower_each_get_every_change_once(cluster, fresh_database):
+    _, start = cluster
+    servers = [start(), start()]
+    leader = await leader_of(servers)
+    follower = next(s for s in servers if s is not leader)
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        table = new_table(db, "id int primary key, title text")
+        async with JsDriver() as js:
+            for name, server in (("on_leader", leader), ("on_follower", follower)):
+                await js.client(name, server.ws_url, make_token())
+                await js.channel(name, name, f"room-{secrets.token_hex(3)}")
+                await js.on(name, "postgres_changes", event="*", schema="public", table=table)
+                await js.on(name, "system")
+                await js.subscribed(name)
+                system = await js.wait_for(
+                    lambda ev, name=name: ev["ev"] == "system" and ev["channel"] == name, timeout=15_000 * MS
+                )
+                assert system["payload"]["message"] == "Subscribed to PostgreSQL", system
+            for row_id in (1, 2, 3, 0):
+                run(db, "insert into {t} values (%s, 'x')", table, row_id)
+            for name in ("on_leader", "on_follower"):
+                await js.wait_for(
+                    lambda ev, name=name: (
+                        is_pg_change(ev) and ev["channel"] == name and ev["payload"]["new"]["id"] == 0
+                    ),
+                    timeout=10_000 * MS,
+                )
+            received = {
+                name: [ev["payload"]["new"]["id"] for ev in js.matching(is_pg_change) if ev["channel"] == name]
+                for name in ("on_leader", "on_follower")
+            }
+    assert received == {"on_leader": [1, 2, 3, 0], "on_follower": [1, 2, 3, 0]}

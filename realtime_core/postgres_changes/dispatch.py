@@ -17,8 +17,9 @@ When on_batch returns, every frame is queued: the stream may confirm the LSN.
 
 In a cluster (peers.py) phase 2 differs on the leader only: instead of queueing frames it
 publishes, per process, each change's data objects with the ids of the subscriptions that
-get them (_publish), and returns once that is sent; every process, the leader too, turns
-what it receives into frames for its own channels with deliver_published(), as _emit does.
+get them (_publish), and returns once that is sent; every process turns what it receives
+(the leader: what it keeps for itself) into frames for its own channels with
+deliver_published(), as _emit does.
 
 Per-batch work is organised so that it grows with deliveries, not with
 changes × subscribers: subscriber lists, their variants and their channel
@@ -565,6 +566,9 @@ class Dispatcher:
             lsn = commit_lsns[ch.xid]
             for node, variants in per_node.items():
                 by_node.setdefault(node, []).append((lsn, ch.type, variants))
+        own = by_node.pop(local, None)
+        if own is not None:
+            self.deliver_published(own)  # this process's channels need no round trip through Redis
         if by_node:
             tenant = self.tenant.external_id
             await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})
