@@ -252,6 +252,7 @@ class RedisLeadership:
     async def close(self) -> None:
         for task in list(self.tasks):
             task.cancel()
+        await self.follow()  # when stopped while leading
         if self.leader == self.node:
             with contextlib.suppress(RedisError, OSError):
                 await self.cluster.redis.delete(self._leader_key)
