@@ -298,3 +298,37 @@ async def test_clients_on_the_leader_and_on_a_follower_each_get_every_change_onc
                 for name in ("on_leader", "on_follower")
             }
     assert received == {"on_leader": [1, 2, 3, 0], "on_follower": [1, 2, 3, 0]}
+
+
+@pytest.mark.js
+async def test_subscriptions_made_while_no_process_leads_get_the_changes_after_they_are_live(cluster, fresh_database):
+    _, start = cluster
+    servers = [start(), start(), start()]
+    leader = await leader_of(servers)
+    followers = [s for s in servers if s is not leader]
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        table = new_table(db, "id int primary key")
+        leader.proc.send_signal(signal.SIGKILL)
+        leader.proc.wait()
+        async with JsDriver() as js:
+            # Joined during the election on both followers, so one of them is not the next
+            # leader: that one's subscription must reach the next leader when it takes over.
+            names = ["a", "b"]
+            for name, server in zip(names, followers, strict=True):
+                await js.client(name, server.ws_url, make_token())
+                await js.channel(name, name, f"room-{secrets.token_hex(3)}")
+                await js.on(name, "postgres_changes", event="INSERT", schema="public", table=table)
+                await js.on(name, "system")
+                await js.subscribed(name)
+            for name in names:
+                system = await js.wait_for(
+                    lambda ev, name=name: ev["ev"] == "system" and ev["channel"] == name, timeout=15_000 * MS
+                )
+                assert system["payload"]["message"] == "Subscribed to PostgreSQL", system
+            run(db, "insert into {t} values (1)", table)
+            for name in names:
+                event = await js.wait_for(
+                    lambda ev, name=name: is_pg_change(ev) and ev["channel"] == name, timeout=10_000 * MS
+                )
+                assert event["payload"]["new"] == {"id": 1}
+    assert await leader_of(followers) in followers
