@@ -220,13 +220,24 @@ async def test_one_process_leads_and_every_process_says_which(cluster):
         async def views() -> list[dict[str, Any]]:
             return [await replication_view(http, server) for server in servers]
 
+        def streaming(view: dict[str, Any]) -> set[str]:
+            return {slot["kind"] for slot in view["slots"] if slot["streaming"]}
+
         async def agreed() -> bool:
             found = await views()
-            return len({view["leader"] for view in found}) == 1 and found[0]["leader"] is not None
+            return (
+                len({view["leader"] for view in found}) == 1
+                and found[0]["leader"] is not None
+                and any(streaming(view) == {"postgres_changes", "db_broadcast"} for view in found)
+            )
 
-        await until_true(agreed, "every process to name the same leader")
+        await until_true(agreed, "every process to name the same leader, and the leader to stream")
         found = await views()
         assert [view["leading"] for view in found] == [server is leader for server in servers]
+        # Both slots are streamed by the leader alone.
+        assert [streaming(view) for view in found] == [
+            {"postgres_changes", "db_broadcast"} if server is leader else set() for server in servers
+        ]
         gauges = []
         for server in servers:
             text = (await http.get(f"{server.http_url}/metrics")).text
