@@ -270,10 +270,15 @@ async def test_the_leader_forgets_the_subscriptions_of_a_process_that_died(clust
         doomed.proc.send_signal(signal.SIGKILL)
         doomed.proc.wait()
 
-        async def forgotten() -> bool:
-            return redis_client.hlen(subscriptions) == 0
+        with psycopg.connect(fresh_database, autocommit=True) as db:
+            [(rows_before,)] = db.execute("select count(*) from realtime.subscription").fetchall()
+            assert rows_before == 1
 
-        await until_true(forgotten, "the dead process's subscription to go", 30_000 * MS)
+            async def forgotten() -> bool:
+                [(rows,)] = db.execute("select count(*) from realtime.subscription").fetchall()
+                return redis_client.hlen(subscriptions) == 0 and rows == 0
+
+            await until_true(forgotten, "the dead process's subscription and its row to go", 30_000 * MS)
 
 
 @pytest.mark.js

@@ -280,15 +280,16 @@ class RedisLeadership:
             log.warning("tenant %s: live processes not checked (%s)", self.tenant_id, exc)
             return
         dead = {name.decode().removeprefix(prefix) for name, count in counts if count == 0}
-        gone: list[str] = []
+        gone: list[uuid.UUID] = []
         for key, channel in list(self._remote.items()):
             if channel.node in dead:
                 del self._remote[key]
-                gone += [str(sub.subscription_id) for sub in self.cdc.registry.remove_channel(channel)]  # type: ignore[arg-type]
+                gone += [sub.subscription_id for sub in self.cdc.registry.remove_channel(channel)]  # type: ignore[arg-type]
         if gone:
             log.info("tenant %s: dropped %d subscription(s) of processes gone: %s", self.tenant_id, len(gone), dead)
+            self.cdc.delete_rows(gone)  # their realtime.subscription rows too: nobody else will
             with contextlib.suppress(RedisError, OSError):
-                await self.cluster.redis.hdel(self._hash, *gone)
+                await self.cluster.redis.hdel(self._hash, *(str(sub_id) for sub_id in gone))
 
     async def follow(self) -> None:
         with contextlib.suppress(RedisError, OSError):

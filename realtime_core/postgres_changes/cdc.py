@@ -187,10 +187,15 @@ class PostgresChanges:
         if gone:
             if self.peers is not None:
                 self._spawn(self.peers.unregister([str(sub.subscription_id) for sub in gone]))
-            self._pending_deletes.extend(sub.subscription_id for sub in gone)
-            if not self._delete_scheduled:
-                self._delete_scheduled = True
-                self._spawn(self._flush_deletes())
+            self.delete_rows([sub.subscription_id for sub in gone])
+
+    def delete_rows(self, subscription_ids: list[uuid.UUID]) -> None:
+        """Delete these subscriptions' rows from realtime.subscription, soon and in batches (a
+        cluster's leader also deletes those of processes that are gone)."""
+        self._pending_deletes.extend(subscription_ids)
+        if not self._delete_scheduled:
+            self._delete_scheduled = True
+            self._spawn(self._flush_deletes())
 
     def refresh(self, channel: Subscriber) -> None:
         """Re-write the rows of `channel` with its new claims (dispatch reads claims live)."""
