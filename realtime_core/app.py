@@ -37,13 +37,14 @@ from .protocol import codec_for
 from .runtime import LoopLag
 from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
-from .tenant_services import TenantDatabase, TenantServices
+from .tenant_services import Cluster, TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
 from .usage import UsageMeter
 
 if TYPE_CHECKING:
     from .cluster.broker import RedisBroker
+    from .cluster.leader import ReplicationCluster
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -119,6 +120,9 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
+        # Replication leadership across the cluster (cluster/leader.py); None: this process leads.
+        self.cluster: Cluster | None = None
+        self._replication: ReplicationCluster | None = None  # the same, to stop it
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -150,6 +154,12 @@ class App:
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
         self.usage.start(self.pool, lambda: self.tenants, self.spawn)
+        if settings.redis_url:
+            from .cluster.leader import ReplicationCluster  # the `cluster` extra: only when asked for
+
+            cluster = ReplicationCluster(settings, self.node_id)
+            await cluster.start()
+            self.cluster = self._replication = cluster
         # Together, so that one slow or unreachable database delays the others by nothing.
         tenants = list(self.tenants)
         results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
@@ -380,6 +390,8 @@ class App:
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
+        if self._replication is not None:
+            await self._replication.stop()
         if self.cluster_broker is not None:
             await self.cluster_broker.stop()
         if self.pool is not None:

@@ -322,6 +322,15 @@ class RealtimeCollector:
             errors.add_metric([tenant], authorizer.errors)
         yield errors
 
+        leader = GaugeMetricFamily(
+            "realtime_replication_leader",
+            "1 while this process streams the tenant's replication slots (always, alone; one process of a cluster)",
+            labels=["tenant"],
+        )
+        for tenant, s in services:
+            leader.add_metric([tenant], int(s.leading))
+        yield leader
+
         streams = [(tenant, s.db_broadcast) for tenant, s in services if s.db_broadcast is not None]
         delivered = CounterMetricFamily(
             "realtime_db_broadcast_delivered", "Database broadcasts delivered", labels=["tenant"]
@@ -349,6 +358,8 @@ _CDC_SERIES: tuple[tuple[str, _Family, str, Callable[[Any], float | None]], ...]
      lambda cdc: cdc.stats()["changes_dispatched"]),
     ("realtime_postgres_changes_rls_errors", CounterMetricFamily, "Row-level security check errors",
      lambda cdc: cdc.stats()["rls_errors"]),
+    ("realtime_postgres_changes_duplicates_dropped", CounterMetricFamily,
+     "Changes a cluster's new leader published again, dropped here", lambda cdc: cdc.stats()["duplicates_dropped"]),
     ("realtime_replication_connected", GaugeMetricFamily, "1 while the replication stream runs",
      lambda cdc: int(cdc.stats()["streaming"])),
     ("realtime_replication_reconnects", CounterMetricFamily, "Replication reconnects",

@@ -110,11 +110,9 @@ async def run(settings: Settings, workers: int, announce: str) -> int:
 
 async def _supervise(worker: _Worker, env: dict[str, str], stop: asyncio.Event) -> int:
     """Keep `worker` running until `stop`; its exit status when it stops for good."""
+    # Every worker runs the tenants' services; one of the cluster's processes at a time streams
+    # each tenant's replication slots (cluster/leader.py elects it).
     worker_env = dict(env)
-    if worker.index:
-        # A replication slot has one reader: worker 0's, which publishes to the cluster.
-        worker_env["REALTIME_DB_BROADCAST"] = "false"
-        worker_env["REALTIME_POSTGRES_CHANGES"] = "false"
     while True:
         process = await asyncio.create_subprocess_exec(
             sys.executable,

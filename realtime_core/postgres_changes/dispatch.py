@@ -15,6 +15,12 @@ changes in commit order while the database work is batched:
    Hub.deliver(), which builds each frame once per codec and queues it.
 When on_batch returns, every frame is queued: the stream may confirm the LSN.
 
+In a cluster (peers.py) phase 2 differs on the leader only: instead of queueing frames it
+publishes, per process, each change's data objects with the ids of the subscriptions that
+get them (_publish), and returns once that is sent; every process turns what it receives
+(the leader: what it keeps for itself) into frames for its own channels with
+deliver_published(), as _emit does.
+
 Per-batch work is organised so that it grows with deliveries, not with
 changes × subscribers: subscriber lists, their variants and their channel
 groupings are computed once per batch and shared by every change they fit."""
@@ -39,6 +45,7 @@ from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
 from .filters.evaluator import FilterEvaluator
+from .peers import Peers, PublishedChange, encode_batch
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update
 from .records import RecordShape
 from .replication import Transaction
@@ -122,6 +129,10 @@ class Dispatcher:
         self.last_error: str | None = None
         self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
         self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
+        # In a cluster: where the leader publishes (None: this process delivers what it decides).
+        self.peers: Peers | None = None
+        self.delivered_lsn = 0  # commit LSN of the last published change delivered here
+        self.duplicates_dropped = 0  # published changes at or below delivered_lsn (a new leader re-read them)
 
     # Phase 0: transactions → candidate changes
 
@@ -168,7 +179,10 @@ class Dispatcher:
             # re-reads from the last confirmed LSN (nothing is lost).
             self.last_error = str(exc)
             raise
-        self._emit(changes)
+        if self.peers is None:
+            self._emit(changes)
+        else:
+            await self._publish(changes, {t.begin.xid: t.commit.commit_lsn for t in transactions if t.commit})
 
     def _relation_changed(self, relation: Relation) -> None:
         self.relations[relation.oid] = relation
@@ -515,6 +529,76 @@ class Dispatcher:
                         payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
                         publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
                     batch.append((channels, publication))
+        if batch:
+            self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
+
+    async def _publish(self, changes: list[Change], commit_lsns: dict[int, int]) -> None:
+        """Phase 2 of a cluster's leader: each process gets, per change it has subscribers of,
+        the commit LSN, the type and each data object with the ids of its subscriptions that
+        get it (peers.encode_batch)."""
+        assert self.peers is not None
+        local = self.peers.node
+        shapes: dict[tuple[Any, ...], RecordShape] = {}
+        # id(subscription list) → its subscription ids by process, shared by the changes that share the list
+        split_cache: dict[int, dict[str, list[str]]] = {}
+        by_node: dict[str, list[PublishedChange]] = {}
+        rows = self.rows
+        wall = time.time()
+        for ch in changes:
+            if not ch.deliveries:
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
+                continue
+            self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
+            per_node: dict[str, list[tuple[bytes, list[str]]]] = {}
+            for variant, subs in ch.deliveries:
+                data = self._data(ch, variant, shapes)
+                split = split_cache.get(id(subs))
+                if split is None:
+                    split = split_cache[id(subs)] = {}
+                    for sub in subs:
+                        # Remote channels (cluster/leader.py) name their process; local ones have none.
+                        node = getattr(sub.channel, "node", local)
+                        split.setdefault(node, []).append(str(sub.subscription_id))
+                for node, ids in split.items():
+                    per_node.setdefault(node, []).append((data, ids))
+            lsn = commit_lsns[ch.xid]
+            for node, variants in per_node.items():
+                by_node.setdefault(node, []).append((lsn, ch.type, variants))
+        own = by_node.pop(local, None)
+        if own is not None:
+            self.deliver_published(own)  # this process's channels need no round trip through Redis
+        if by_node:
+            tenant = self.tenant.external_id
+            await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})
+
+    def deliver_published(self, changes: list[PublishedChange]) -> None:
+        """Deliver what a cluster's leader published for this process's subscriptions, as _emit
+        does: one frame per (topic, ids, legacy) group of joined channels.
+
+        Changes at or below the last commit LSN delivered are dropped: a new leader re-reads
+        from the slot's confirmed LSN what its predecessor may already have published."""
+        last = newest = self.delivered_lsn
+        registry = self.registry
+        rls_checked = Audience.POSTGRES_CHANGES
+        kind = POSTGRES_CHANGES_KIND
+        batch: list[tuple[list[Subscriber], Publication]] = []
+        for lsn, change_type, variants in changes:
+            if lsn <= last:
+                self.duplicates_dropped += 1
+                continue
+            newest = max(newest, lsn)
+            for data, ids in variants:
+                subs = [sub for sub_id in ids if (sub := registry.get(sub_id)) is not None]
+                for topic, key_ids, legacy, channels in _by_frame(subs):
+                    if legacy:
+                        publication = Publication(topic, change_type, data, audience=rls_checked, kind=kind)
+                    else:
+                        payload = b'{"ids":' + orjson.dumps(key_ids) + b',"data":' + data + b"}"
+                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
+                    batch.append((channels, publication))
+        self.delivered_lsn = newest
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
 
