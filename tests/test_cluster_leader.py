@@ -24,6 +24,7 @@ from jsclient import JsDriver
 from prometheus_client.parser import text_string_to_metric_families
 from realtime import AsyncRealtimeClient
 from test_postgres_changes import new_table, run
+from wire import V1, RawClient
 
 from realtime_core.cluster.leader import lock_key
 from realtime_core.postgres_changes.peers import decode_batch, encode_batch
@@ -348,3 +349,30 @@ async def test_subscriptions_made_while_no_process_leads_get_the_changes_after_t
                 )
                 assert event["payload"]["new"] == {"id": 1}
     assert await leader_of(followers) in followers
+
+
+async def test_a_database_broadcast_reaches_clients_on_every_process(cluster, fresh_database):
+    """realtime.send is streamed by the leader alone and crosses to the followers' clients through
+    the Redis broker, once each, in order."""
+    _, start = cluster
+    servers = [start(), start(), start()]
+    leader = await leader_of(servers)
+    topic = f"db-{secrets.token_hex(4)}"
+    clients = []
+    try:
+        for server in servers:
+            client = await RawClient.open(server.socket_url(make_token(), V1), V1)
+            await client.join(f"realtime:{topic}")
+            clients.append(client)
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            for n in range(3):
+                payload = orjson.dumps({"n": n}).decode()
+                conn.execute("select realtime.send(%s::jsonb, 'db', %s, false)", (payload, topic))
+        for server, client in zip(servers, clients, strict=True):
+            got = [await client.expect_event(f"realtime:{topic}", "broadcast", 10_000 * MS) for _ in range(3)]
+            assert [frame.payload["payload"]["n"] for frame in got] == [0, 1, 2], server is leader
+        for client in clients:
+            await client.nothing_pending()
+    finally:
+        for client in clients:
+            await client.close()
