@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -22,6 +22,7 @@ from . import db, messages, tasks
 from .authorization import Authorizer
 from .broker import Broker, InProcessBroker
 from .channel_stats import ChannelStats
+from .cluster import new_node_id
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
 from .hub import Hub
@@ -40,6 +41,9 @@ from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
 from .usage import UsageMeter
+
+if TYPE_CHECKING:
+    from .cluster.nodes import Cluster
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -96,6 +100,8 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
+        self.node_id = new_node_id()  # this process in a cluster (and in its logs)
+        self.cluster: Cluster | None = None  # with REDIS_URL: presence, counts and liveness through Redis
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -133,6 +139,13 @@ class App:
             if tenant.external_id == settings.tenant_name:
                 raise result  # the server's own database: nothing works without it
             self._starting_failed(tenant, result)
+        if settings.redis_url:
+            # Imported here: without REDIS_URL nothing of the cluster (nor redis-py) is loaded.
+            from .cluster.nodes import Cluster
+
+            self.cluster = Cluster(self, self.tenants.get)
+            await self.cluster.start()  # before listening: a first join sees the cluster's presences
+            self.broker = self.cluster.broker
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -351,6 +364,8 @@ class App:
         # Joins, policy re-checks and tenant retries still running: cancelled, and awaited so
         # that none starts or uses a service being stopped.
         await self.tasks.stop(timeout=_STOP_TIMEOUT)
+        if self.cluster is not None:
+            await self.cluster.stop()  # after the sockets closed: their leaves and disconnects are sent
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
@@ -420,7 +435,7 @@ class App:
             raise ConnectError(exc.connect_status, exc.connect_text, exc.code) from None
         limits = tenant.limits
         now = self.now()
-        if tenant.users >= limits.max_concurrent_users:
+        if tenant.users + tenant.remote_users >= limits.max_concurrent_users:
             raise ConnectError(429, "Too many connected users", "ConnectionRateLimitReached")
         if tenant.joins.reached(limits.max_joins_per_second, now):
             raise ConnectError(429, "Too many joins per second", "JoinsRateLimitReached")

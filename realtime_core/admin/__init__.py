@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, channels, introspect, pg_check, pricing_api, replication, rls_tester, tail, tenant_api, usage_api
+from . import (
+    audit,
+    channels,
+    introspect,
+    nodes,
+    pg_check,
+    pricing_api,
+    replication,
+    rls_tester,
+    tail,
+    tenant_api,
+    usage_api,
+)
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -32,5 +44,6 @@ def register(app: App, router: Router) -> AdminApi:
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
     tail.routes(api, app)
+    nodes.routes(api, app)
     api.register(router)
     return api

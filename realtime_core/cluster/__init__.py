@@ -6,11 +6,19 @@ the cluster name is REALTIME_CLUSTER: processes of one cluster share it, and sep
 
 from __future__ import annotations
 
+import os
+import uuid
+
 from ..config import Settings
 
-__all__ = ["keys"]
+__all__ = ["keys", "new_node_id"]
 
 
 def keys(settings: Settings) -> str:
     """The prefix of every Redis key and channel of this process's cluster."""
     return f"rt:{settings.cluster_name}:"
+
+
+def new_node_id() -> str:
+    """A node id unique in the cluster: the host's name, the pid and a random part."""
+    return f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"

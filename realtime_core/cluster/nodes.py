@@ -1,0 +1,228 @@
+"""This process as a node of the cluster: liveness, its public record, and the reaping of dead
+nodes (docs/design.md §4); Cluster wires the presence and the counters to the app.
+
+Keys (after the cluster's prefix, cluster.keys()):
+- `nodes`: hash node id → JSON record (id, address, pid, started_at, version, last_seen,
+  connections, channels, per-tenant counts and errors, pub/sub lag), rewritten at every beat;
+  a reaped node's record stays, marked dead (`died_at`), for FORGET_DEAD_S.
+- `alive:<node>`: the liveness key, set with a TTL of `ttl` at every beat (every ttl/3 s).
+- `reap:<node>`: taken (SET NX) by the one node that clears a dead node's state.
+
+Every beat a node also sweeps: a registered node whose liveness key has expired is dead, and
+the node that takes its reap key removes its presences everywhere (presence.py) and its
+connections from the cluster's counts (counters.py). A node dead at t is seen dead by t +
+ttl (its key's last refresh was before t) and reaped by the next sweep: within ttl + ttl/3."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
+
+from .. import __version__
+from ..incidents import Incidents
+from ..usage import UsageMeter
+from . import keys
+from .counters import ClusterCounters
+from .presence import PresenceBroker, RedisPresence
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ..config import Settings
+    from ..hub import Hub
+    from ..socket import RealtimeSocket
+    from ..tenants import Tenant
+
+__all__ = ["Cluster"]
+
+log = logging.getLogger(__name__)
+
+FORGET_DEAD_S = 600  # how long a dead node's record is still listed (GET /admin/v1/nodes)
+_REAP_LOCK_MS = 30_000  # a reaper that dies mid-way lets another try after this
+_LAG_POINTS = 60  # per-beat lag values kept in the node's record
+
+
+class Host(Protocol):
+    """What the cluster reads of the server process (app.App)."""
+
+    settings: Settings
+    hub: Hub
+    usage: UsageMeter
+    incidents: Incidents
+    sockets: set[RealtimeSocket]
+    port: int | None
+    started_at: float
+    node_id: str
+    now: Callable[[], float]
+
+    @property
+    def tenants(self) -> Iterable[Tenant]: ...
+
+
+class Cluster:
+    """This node: its presence replica, its counts, its liveness and the sweep of dead nodes."""
+
+    def __init__(self, host: Host, tenant: Callable[[str], Tenant | None]) -> None:
+        from redis.asyncio import Redis  # the `cluster` extra: imported only in a cluster
+
+        settings = host.settings
+        assert settings.redis_url is not None
+        self.host = host
+        self.node_id = host.node_id
+        self.prefix = keys(settings)
+        self.ttl_ms = settings.cluster_node_ttl_ms
+        self.interval = settings.cluster_sync_interval_ms / 1000
+        self.redis: Redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        self.presence = RedisPresence(host.hub, self.redis, self.prefix, self.node_id, tenant, host.now)
+        self.counters = ClusterCounters(
+            self.redis, self.prefix, self.node_id, lambda: host.tenants, host.usage, host.now, self.ttl_ms
+        )
+        self.broker = PresenceBroker(host.hub, self.presence)
+        self.nodes_key = f"{self.prefix}nodes"
+        self.live: list[str] = []  # the live nodes at the last sweep, this one included
+        self.lag_series: list[tuple[int, float | None]] = []  # (unix s, max pub/sub lag ms) per beat
+        self.reaped = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def alive_key(self, node_id: str) -> str:
+        return f"{self.prefix}alive:{node_id}"
+
+    async def start(self) -> None:
+        """Register this node, load the cluster's presences and start beating and syncing."""
+        await self._beat()
+        node_ids = list(await self.redis.hkeys(self.nodes_key))
+        await self.presence.start(node_ids)
+        self.counters.start()
+        self.host.usage.cluster = self.counters
+        await self._sweep()
+        self._tasks = [
+            asyncio.create_task(self._beat_forever(), name="cluster liveness"),
+            asyncio.create_task(self._sync_forever(), name="cluster counts sync"),
+        ]
+        name = self.host.settings.cluster_name
+        log.info("cluster %s: node %s joined (%d nodes live)", name, self.node_id, len(self.live))
+
+    async def stop(self) -> None:
+        """Leave the cluster: write the queued changes, then clear this node's state at once
+        (as a reaper would) so that nobody waits for its liveness key to expire."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.host.usage.cluster = None
+        try:
+            await self.presence.stop()
+            await self.counters.stop()
+            await self._reap(self.node_id)
+            await self.redis.delete(self.alive_key(self.node_id))
+            await self.redis.hdel(self.nodes_key, self.node_id)
+        except Exception as exc:
+            log.warning("cluster: leaving uncleanly (the others reap this node when its key expires): %s", exc)
+        await self.redis.aclose()
+
+    # Liveness
+
+    def record(self) -> dict[str, Any]:
+        """This node's public record (GET /admin/v1/nodes)."""
+        host = self.host
+        tenants: dict[str, dict[str, Any]] = {}
+        for socket in host.sockets:
+            counts = tenants.setdefault(socket.tenant.external_id, {"connections": 0, "channels": 0})
+            counts["connections"] += 1
+            counts["channels"] += len(socket.channels)
+        for tenant in host.tenants:
+            totals, _ = host.incidents.counts(tenant.external_id)
+            if totals or tenant.users:
+                counts = tenants.setdefault(tenant.external_id, {"connections": 0, "channels": 0})
+                counts["users"] = tenant.users
+                counts["errors"] = totals
+        port = host.port
+        return {
+            "id": self.node_id,
+            "address": f"{host.settings.host}:{port}" if port is not None else None,
+            "pid": os.getpid(),
+            "started_at": host.started_at,
+            "version": __version__,
+            "last_seen": time.time(),
+            "connections": sum(t["connections"] for t in tenants.values()),
+            "channels": sum(t["channels"] for t in tenants.values()),
+            "tenants": tenants,
+            "pubsub_lag_ms": self.lag_series,
+        }
+
+    async def _beat(self) -> None:
+        lags = self.presence.lag_ms()
+        self.lag_series.append((int(time.time()), round(max(lags), 3) if lags else None))
+        del self.lag_series[:-_LAG_POINTS]
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.alive_key(self.node_id), b"1", px=self.ttl_ms)
+        pipe.hset(self.nodes_key, self.node_id, orjson.dumps(self.record()))
+        await pipe.execute()
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            try:
+                await self._beat()
+                await self._sweep()
+            except Exception as exc:
+                log.warning("cluster: liveness beat failed (Redis unreachable?): %s", exc)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.counters.sync(self.live)
+            except Exception as exc:
+                log.warning("cluster: counts sync failed (Redis unreachable?): %s", exc)
+
+    async def records(self) -> list[dict[str, Any]]:
+        """Every node's record, with `alive` read from its liveness key now."""
+        stored = await self.redis.hgetall(self.nodes_key)
+        ids = list(stored)
+        pipe = self.redis.pipeline(transaction=False)
+        for node in ids:
+            pipe.exists(self.alive_key(node))
+        alive = await pipe.execute() if ids else []
+        rows = []
+        for node, live in zip(ids, alive, strict=True):
+            record = orjson.loads(stored[node])
+            record["alive"] = bool(live)
+            rows.append(record)
+        return rows
+
+    async def _sweep(self) -> None:
+        """Find the dead nodes, reap those nobody is reaping, forget long-dead records."""
+        now = time.time()
+        live: list[str] = []
+        for record in await self.records():
+            node = record["id"]
+            if record["alive"]:
+                live.append(node)
+            elif "died_at" in record:
+                if now - record["died_at"] > FORGET_DEAD_S:
+                    await self.redis.hdel(self.nodes_key, node)
+            elif node != self.node_id and await self.redis.set(
+                f"{self.prefix}reap:{node}", self.node_id, nx=True, px=_REAP_LOCK_MS
+            ):
+                await self._reap(node)
+                record["died_at"] = now
+                await self.redis.hset(self.nodes_key, node, orjson.dumps(record))
+        self.live = live
+
+    async def _reap(self, node: str) -> None:
+        presences = await self.presence.reap(node)
+        tenants = await self.counters.reap(node)
+        if node != self.node_id:
+            self.reaped += 1
+            log.warning(
+                "cluster: node %s is dead; removed its %d presences and its connections of %d tenants",
+                node,
+                presences,
+                tenants,
+            )

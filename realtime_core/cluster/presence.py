@@ -1,0 +1,354 @@
+"""Presence replicated across the nodes of a cluster through Redis (docs/design.md §4).
+
+As Phoenix.Presence does between Erlang nodes, every node holds every presence of the
+cluster: its own in the hub (tracked by its channels, as InProcessBroker does) and a replica
+of the others', so presence_state() stays synchronous and complete for a late joiner.
+
+Redis holds, per node, a hash `presence:<node>` (entry id → [tenant, private, sub_topic,
+presence key, meta]; an entry is one channel's presence, its id `<node>:<n>`), and carries
+every change on the channel `presence` as JSON `{"n": node, "t": unix ms, "e": [[tenant,
+private, sub_topic, {entry: [key, meta]}, [entry, ...]], ...]}` (entries set, entries
+removed). A change is written to the hash and published in one MULTI, in order, by one
+writer task: a node reading a hash and then the channel misses nothing and sees nothing twice
+that matters, since applying a change is idempotent.
+
+Diffs: the tracking node's channel delivers its own diff locally (channel.py publishes what
+presence_join/leave return through the broker); every other node computes the same diff from
+its replica as it applies the change and delivers it to its own subscribers of the topic. So
+each subscriber in the cluster gets one presence_diff per join or leave, and a late joiner's
+presence_state never disagrees with the diffs that follow it on its node. A Redis broker must
+therefore deliver presence publications (kind `presence`) locally only.
+
+A node that dies leaves its hash behind; the node that reaps it (nodes.py) publishes the
+removal of all its entries, one change per topic, and deletes the hash: its presences leave
+everywhere within the liveness bound (README, "Presence, limits and usage across nodes")."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..broker import InProcessBroker
+from ..hub import PRESENCE_KIND, Audience, Hub, Publication, StreamKey, Subscriber
+from ..presence import Diff
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ..tenants import Tenant
+
+__all__ = ["PresenceBroker", "RedisPresence"]
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[str, dict[str, Any]]  # (presence key, meta)
+# One change on the wire: [tenant, private, sub_topic, {entry: [key, meta]}, [removed entry, ...]]
+Change = list[Any]
+_RETRY_FIRST = 0.1  # s: pauses between attempts to reach Redis again
+_RETRY_MAX = 5.0
+_STOP_TIMEOUT = 2.0  # s: how long stop() waits for the queued changes to be written
+
+
+class RedisPresence:
+    """The presence part of the Broker Protocol (broker/__init__.py) for a cluster node.
+
+    start() loads every node's presences and follows their changes; stop() ends that after
+    writing what is queued. lag_ms() gives the pub/sub lag seen since the last call."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        redis: Redis,
+        prefix: str,
+        node_id: str,
+        tenant: Callable[[str], Tenant | None],
+        now: Callable[[], float],
+    ) -> None:
+        self.hub = hub
+        self.local = InProcessBroker(hub)  # this node's presences, counted as one node counts them
+        self.redis = redis
+        self.prefix = prefix
+        self.node_id = node_id
+        self.channel = f"{prefix}presence"
+        self._tenant = tenant
+        self._now = now
+        self.remote: dict[StreamKey, dict[str, Entry]] = {}  # the other nodes' presences
+        self._ids: dict[Subscriber, str] = {}  # this node's channels with a presence → entry id
+        self._next = 0
+        self._outbox: list[tuple[StreamKey, str, Entry | None]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._writing = False  # a batch is being written
+        self._reader: asyncio.Task[None] | None = None
+        self._pubsub: Any = None
+        self._lags: list[float] = []  # ms between a change's publication and its arrival here
+        self.resyncs = 0
+
+    def hash_key(self, node_id: str) -> str:
+        return f"{self.prefix}presence:{node_id}"
+
+    # The Broker's presence methods: synchronous, in memory; Redis is written behind.
+
+    def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:
+        diff = self.local.presence_join(key, owner, presence_key, meta)
+        if diff is not None:
+            entry = self._ids.get(owner)
+            if entry is None:
+                self._next += 1
+                entry = self._ids[owner] = f"{self.node_id}:{self._next:x}"
+            (joined,) = diff["joins"].items()
+            self._queue(key, entry, (joined[0], joined[1]["metas"][0]))
+        return diff
+
+    def presence_leave(self, key: StreamKey, owner: Subscriber) -> Diff | None:
+        diff = self.local.presence_leave(key, owner)
+        entry = self._ids.pop(owner, None)
+        if diff is not None and entry is not None:
+            self._queue(key, entry, None)
+        return diff
+
+    def presence_state(self, key: StreamKey) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        state = self.local.presence_state(key)
+        remote = self.remote.get(key)
+        if remote:
+            for presence_key, meta in remote.values():
+                entry = state.get(presence_key)
+                if entry is None:
+                    state[presence_key] = {"metas": [meta]}
+                else:
+                    entry["metas"].append(meta)
+        return state
+
+    def remote_presences(self, key: StreamKey) -> int:
+        remote = self.remote.get(key)
+        return len(remote) if remote else 0
+
+    def _queue(self, key: StreamKey, entry: str, value: Entry | None) -> None:
+        self._outbox.append((key, entry, value))
+        self._wake.set()
+
+    # Lifecycle
+
+    async def start(self, node_ids: list[str]) -> None:
+        """Follow the cluster's changes, then load the presences of `node_ids` (every node
+        registered); changes published meanwhile are applied after, in order."""
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel)
+        self.remote = await self._load(node_ids)
+        self._writer = asyncio.create_task(self._write_forever(), name="cluster presence writer")
+        self._reader = asyncio.create_task(self._read_forever(node_ids), name="cluster presence reader")
+
+    async def stop(self) -> None:
+        """Write what is queued (the leaves of the channels just closed), then stop following."""
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while (self._outbox or self._writing) and self._writer is not None and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        if self._outbox:
+            log.warning("cluster presence: %d changes not written at stop", len(self._outbox))
+        for task in (self._writer, self._reader):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    async def _load(self, node_ids: list[str]) -> dict[StreamKey, dict[str, Entry]]:
+        pipe = self.redis.pipeline(transaction=False)
+        others = [n for n in node_ids if n != self.node_id]
+        for node in others:
+            pipe.hgetall(self.hash_key(node))
+        replica: dict[StreamKey, dict[str, Entry]] = {}
+        for stored in await pipe.execute() if others else []:
+            for entry, value in stored.items():
+                tenant, private, sub_topic, presence_key, meta = orjson.loads(value)
+                replica.setdefault(StreamKey(tenant, private, sub_topic), {})[entry] = (presence_key, meta)
+        return replica
+
+    # Writing: one task, in order; a batch is one MULTI (hash writes and one PUBLISH).
+
+    def _take(self) -> list[tuple[StreamKey, str, Entry | None]]:
+        batch, self._outbox = self._outbox, []
+        return batch
+
+    async def _write_forever(self) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = self._take()
+            if not batch:
+                continue
+            self._writing = True
+            try:
+                await self._write(batch)
+                delay = _RETRY_FIRST
+            except Exception as exc:
+                log.warning("cluster presence: Redis write failed, %d changes kept: %s", len(batch), exc)
+                self._outbox[:0] = batch
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                self._wake.set()
+            finally:
+                self._writing = False
+
+    async def _write(self, batch: list[tuple[StreamKey, str, Entry | None]]) -> None:
+        own = self.hash_key(self.node_id)
+        changes: dict[StreamKey, Change] = {}
+        pipe = self.redis.pipeline(transaction=True)
+        for key, entry, value in batch:
+            change = changes.get(key)
+            if change is None:
+                change = changes[key] = [key.tenant, key.private, key.sub_topic, {}, []]
+            if value is None:
+                pipe.hdel(own, entry)
+                change[3].pop(entry, None)
+                change[4].append(entry)
+            else:
+                pipe.hset(own, entry, orjson.dumps([key.tenant, key.private, key.sub_topic, value[0], value[1]]))
+                change[3][entry] = list(value)
+        self.publish_changes(pipe, self.node_id, list(changes.values()))
+        await pipe.execute()
+
+    def publish_changes(self, pipe: Any, origin: str, changes: list[Change]) -> None:
+        """Queue on `pipe` the publication of `changes` made by node `origin`."""
+        message = {"n": origin, "t": int(time.time() * 1000), "e": changes}
+        pipe.publish(self.channel, orjson.dumps(message))
+
+    async def reap(self, node_id: str) -> int:
+        """Remove every presence of the dead node `node_id`, everywhere; return how many."""
+        stored = await self.redis.hgetall(self.hash_key(node_id))
+        changes: dict[tuple[str, bool, str], Change] = {}
+        for entry, value in stored.items():
+            tenant, private, sub_topic, _, _ = orjson.loads(value)
+            change = changes.get((tenant, private, sub_topic))
+            if change is None:
+                change = changes[(tenant, private, sub_topic)] = [tenant, private, sub_topic, {}, []]
+            change[4].append(entry)
+        pipe = self.redis.pipeline(transaction=True)
+        if changes:
+            self.publish_changes(pipe, node_id, list(changes.values()))
+        pipe.delete(self.hash_key(node_id))
+        await pipe.execute()
+        return len(stored)
+
+    # Reading: apply each change to the replica and deliver the diff it makes here.
+
+    async def _read_forever(self, node_ids: list[str]) -> None:
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                async for message in self._pubsub.listen():
+                    if message.get("type") == "message":
+                        self._received(message["data"])
+                        delay = _RETRY_FIRST
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster presence: Redis subscription lost (%s); resynchronising", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+                try:
+                    await self._resync()
+                except Exception as again:
+                    log.warning("cluster presence: resynchronisation failed, retrying: %s", again)
+
+    async def _resync(self) -> None:
+        """After a lost subscription: follow again, write this node's presences again (Redis
+        may have restarted empty), reload the others' and deliver what changed meanwhile."""
+        await self._pubsub.aclose()
+        self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._pubsub.subscribe(self.channel)
+        own: list[tuple[StreamKey, str, Entry | None]] = []
+        for key, topic in self.hub.presences.items():
+            for owner, presence_key, meta in topic.entries():
+                entry = self._ids.get(owner)  # type: ignore[call-overload]
+                if entry is not None:
+                    own.append((key, entry, (presence_key, meta)))
+        await self.redis.delete(self.hash_key(self.node_id))
+        if own:
+            await self._write(own)  # published: nodes that lost them deliver the joins
+        node_ids = await self.redis.hkeys(f"{self.prefix}nodes")
+        replica = await self._load(node_ids)
+        for key in set(self.remote) | set(replica):
+            before = self.remote.get(key, {})
+            after = replica.get(key, {})
+            removed = [e for e in before if e not in after]
+            self._apply(key, {e: v for e, v in after.items() if before.get(e) != v}, removed)
+        self.resyncs += 1
+        log.info("cluster presence: resynchronised (%d topics with other nodes' presences)", len(self.remote))
+
+    def _received(self, data: str) -> None:
+        message = orjson.loads(data)
+        self._lags.append(time.time() * 1000 - message["t"])
+        if message["n"] == self.node_id:
+            return  # this node's own changes: its hub has them and its channels delivered them
+        for tenant, private, sub_topic, joined, removed in message["e"]:
+            self._apply(StreamKey(tenant, private, sub_topic), {e: (v[0], v[1]) for e, v in joined.items()}, removed)
+
+    def _apply(self, key: StreamKey, joined: dict[str, Entry], removed: list[str]) -> None:
+        replica = self.remote.get(key)
+        if replica is None:
+            replica = self.remote[key] = {}
+        diff: Diff = {"joins": {}, "leaves": {}}
+        for entry in removed:
+            old = replica.pop(entry, None)
+            if old is not None:
+                diff["leaves"].setdefault(old[0], {"metas": []})["metas"].append(old[1])
+        for entry, value in joined.items():
+            old = replica.get(entry)
+            if old == value:
+                continue  # already here (a change seen in the snapshot too)
+            replica[entry] = value
+            if old is not None:
+                diff["leaves"].setdefault(old[0], {"metas": []})["metas"].append(old[1])
+            diff["joins"].setdefault(value[0], {"metas": []})["metas"].append(value[1])
+        if not replica:
+            del self.remote[key]
+        if diff["joins"] or diff["leaves"]:
+            self._deliver(key, diff)
+
+    def _deliver(self, key: StreamKey, diff: Diff) -> None:
+        tenant = self._tenant(key.tenant)
+        if tenant is None:
+            return
+        publication = Publication(
+            f"realtime:{key.sub_topic}",
+            "presence_diff",
+            orjson.dumps(diff),
+            audience=Audience.PRESENCE,
+            kind=PRESENCE_KIND,
+        )
+        now = self._now()
+        delivered = self.hub.publish(tenant, key, publication, now)
+        tenant.presence_events.add(delivered, now)
+
+    def lag_ms(self) -> list[float]:
+        """The pub/sub lags (ms, publisher's clock to this node's) seen since the last call."""
+        lags, self._lags = self._lags, []
+        return lags
+
+
+class PresenceBroker(InProcessBroker):
+    """The broker of a cluster node until the Redis broker delegates its presence_* to
+    RedisPresence: messages stay on this node, presences are the cluster's."""
+
+    __slots__ = ("presence",)
+
+    def __init__(self, hub: Hub, presence: RedisPresence) -> None:
+        super().__init__(hub)
+        self.presence = presence
+
+    def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:
+        return self.presence.presence_join(key, owner, presence_key, meta)
+
+    def presence_leave(self, key: StreamKey, owner: Subscriber) -> Diff | None:
+        return self.presence.presence_leave(key, owner)
+
+    def presence_state(self, key: StreamKey) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        return self.presence.presence_state(key)
