@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -315,3 +316,64 @@ async def test_admin_nodes_lists_every_node_and_marks_a_dead_one(cluster, client
     response = httpx.get(f"{nodes[0].http_url}/admin/v1/cluster", headers=admin_headers())
     assert response.status_code == 200
     assert response.json()["nodes"] == 2
+
+
+# -- faults ----------------------------------------------------------------------------
+
+
+def _node_id(node: ServerProcess, via: ServerProcess) -> str:
+    return next(r["id"] for r in _nodes(via) if r["pid"] == node.proc.pid)
+
+
+async def test_a_node_whose_redis_connections_drop_resynchronises_its_presences(cluster, clients, topic):
+    nodes = cluster(2)
+    _, watcher = await watching(clients(nodes[1]), topic, "watcher")
+    bob, _ = await watching(clients(nodes[1]), topic, "bob")
+    await bob.track({"on": 1})
+    alice, alice_log = await watching(clients(nodes[0]), topic, "alice")
+    await eventually(lambda: "bob" in alice_log.joins, DELIVERY, what="bob's join on the other node")
+
+    name = f"rt:{nodes[1].env['REALTIME_CLUSTER']}:{_node_id(nodes[1], nodes[0])}"
+    with redis.Redis.from_url(REDIS_URL) as client:
+        ids = [c["id"] for c in client.client_list() if c.get("name") == name]
+        assert ids
+        for conn_id in ids:
+            client.execute_command("CLIENT", "KILL", "ID", conn_id)
+    await alice.track({"on": 2})  # published while the other node may not be subscribed
+
+    await eventually(lambda: "alice" in watcher.joins, DELIVERY, what="alice's join on the cut node")
+    await eventually(
+        lambda: any("cluster presence: resynchronised" in line for line in nodes[1].output),
+        DELIVERY,
+        what="the cut node resynchronised",
+    )
+    assert watcher.joins.count("alice") == 1 and alice_log.joins.count("bob") == 1
+    assert "bob" in alice.presence_state() and "alice" in bob.presence_state()
+
+
+async def test_a_node_that_stalled_past_its_ttl_is_reaped_then_restores_itself(cluster, clients, topic):
+    nodes = cluster(2)
+    _, watcher = await watching(clients(nodes[0]), topic, "watcher")
+    sleeper, _ = await watching(clients(nodes[1]), topic, "sleeper")
+    await sleeper.track({"zz": False})
+    await eventually(lambda: "sleeper" in watcher.joins, DELIVERY, what="the join")
+
+    nodes[1].proc.send_signal(signal.SIGSTOP)
+    try:
+        await eventually(lambda: "sleeper" in watcher.leaves, REAP_BOUND, what="the stalled node reaped")
+        response = httpx.get(f"{nodes[0].http_url}/admin/v1/cluster", headers=admin_headers())
+        assert response.json()["tenants"].get("realtime-dev", {}).get("connections", 0) == 1
+    finally:
+        nodes[1].proc.send_signal(signal.SIGCONT)
+    # Awake again: its beat finds its key gone and puts its presences and connections back.
+    await eventually(lambda: watcher.joins.count("sleeper") == 2, DELIVERY, what="the restored presence")
+    await eventually(
+        lambda: (
+            httpx.get(f"{nodes[0].http_url}/admin/v1/cluster", headers=admin_headers()).json()["tenants"][
+                "realtime-dev"
+            ]["connections"]
+            == 2
+        ),
+        DELIVERY,
+        what="its connection counted again",
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,9 +36,11 @@ _RETRY_MAX = 5.0
 _FIGURES = ("users", "events", "joins", "presence_events")  # a node's load of one tenant, in order
 _STOP_TIMEOUT = 2.0
 
-# KEYS[1]: the dead node's counts, KEYS[2]: the cluster's totals. Atomic: no connect is counted
-# between reading the node's counts and taking them off.
+# KEYS[1]: the dead node's counts, KEYS[2]: the cluster's totals, KEYS[3]: its liveness key.
+# Atomic: no connect is counted between reading the node's counts and taking them off, and a
+# node that beat again meanwhile is left alone.
 _REAP = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
   if tonumber(counts[i + 1]) ~= 0 then
@@ -47,6 +49,24 @@ for i = 1, #counts, 2 do
 end
 redis.call('DEL', KEYS[1])
 return #counts / 2
+"""
+# KEYS[1]: this node's counts, KEYS[2]: the cluster's totals; ARGV: tenant, count, ... (what
+# this node has counted). Puts this node's share back as it is, wherever Redis lost it.
+_RESTORE = """
+local wanted = {}
+for i = 1, #ARGV, 2 do wanted[ARGV[i]] = tonumber(ARGV[i + 1]) end
+local stored = redis.call('HGETALL', KEYS[1])
+for i = 1, #stored, 2 do
+  if wanted[stored[i]] == nil then wanted[stored[i]] = 0 end
+end
+for tenant, count in pairs(wanted) do
+  local had = tonumber(redis.call('HGET', KEYS[1], tenant) or '0')
+  if count ~= had then
+    redis.call('HINCRBY', KEYS[2], tenant, count - had)
+    redis.call('HSET', KEYS[1], tenant, count)
+  end
+end
+return 1
 """
 
 
@@ -78,6 +98,8 @@ class ClusterCounters:
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
         self._reap = redis.register_script(_REAP)
+        self._restore = redis.register_script(_RESTORE)
+        self._sent: dict[str, int] = {}  # tenant → this node's connections as counted in Redis
         self.remote: dict[str, dict[str, float]] = {}  # tenant → the other nodes' summed load
 
     def node_key(self, node_id: str) -> str:
@@ -142,13 +164,23 @@ class ClusterCounters:
             finally:
                 self._writing = False
             for (tenant_id, delta), total in zip(batch, results[1::2], strict=True):
+                self._sent[tenant_id] = self._sent.get(tenant_id, 0) + delta
                 if delta > 0:
                     self.usage.cluster_total(tenant_id, int(total))
 
-    async def reap(self, node_id: str) -> int:
-        """Take the dead node `node_id`'s connections off the totals; return how many tenants it had."""
-        await self.redis.delete(self.load_key(node_id))
-        return int(await self._reap(keys=[self.node_key(node_id), self.totals_key]))
+    async def reap(self, node_id: str, alive_key: str) -> int:
+        """Take the dead node `node_id`'s connections off the totals; return how many tenants it
+        had (-1: its liveness key `alive_key` is set again, it is not dead)."""
+        reaped = int(await self._reap(keys=[self.node_key(node_id), self.totals_key, alive_key]))
+        if reaped >= 0:
+            await self.redis.delete(self.load_key(node_id))
+        return reaped
+
+    async def restore(self) -> None:
+        """Count this node's connections in Redis again, after it was reaped (it stopped beating
+        for a while) or Redis restarted empty."""
+        args: list[Any] = [x for tenant, n in self._sent.items() if n for x in (tenant, n)]
+        await self._restore(keys=[self.node_key(self.node_id), self.totals_key], args=args)
 
     async def connections(self) -> dict[str, int]:
         """The cluster's open connections by tenant."""

@@ -78,7 +78,10 @@ class Cluster:
         self.prefix = keys(settings)
         self.ttl_ms = settings.cluster_node_ttl_ms
         self.interval = settings.cluster_sync_interval_ms / 1000
-        self.redis: Redis = Redis.from_url(settings.redis_url, decode_responses=True)
+        # Named, so that an operator (or a test) can tell this node's connections in CLIENT LIST.
+        self.redis: Redis = Redis.from_url(
+            settings.redis_url, decode_responses=True, client_name=f"{self.prefix}{self.node_id}"
+        )
         self.presence = RedisPresence(host.hub, self.redis, self.prefix, self.node_id, tenant, host.now)
         self.counters = ClusterCounters(
             self.redis, self.prefix, self.node_id, lambda: host.tenants, host.usage, host.now, self.ttl_ms
@@ -88,6 +91,7 @@ class Cluster:
         self.live: list[str] = []  # the live nodes at the last sweep, this one included
         self.lag_series: list[tuple[int, float | None]] = []  # (unix s, max pub/sub lag ms) per beat
         self.reaped = 0
+        self._beaten = False  # the first beat registered this node
         self._tasks: list[asyncio.Task[None]] = []
 
     def alive_key(self, node_id: str) -> str:
@@ -118,8 +122,8 @@ class Cluster:
         try:
             await self.presence.stop()
             await self.counters.stop()
-            await self._reap(self.node_id)
             await self.redis.delete(self.alive_key(self.node_id))
+            await self._reap(self.node_id)
             await self.redis.hdel(self.nodes_key, self.node_id)
         except Exception as exc:
             log.warning("cluster: leaving uncleanly (the others reap this node when its key expires): %s", exc)
@@ -160,9 +164,16 @@ class Cluster:
         self.lag_series.append((int(time.time()), round(max(lags), 3) if lags else None))
         del self.lag_series[:-_LAG_POINTS]
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.alive_key(self.node_id), b"1", px=self.ttl_ms)
+        pipe.set(self.alive_key(self.node_id), b"1", px=self.ttl_ms, get=True)
         pipe.hset(self.nodes_key, self.node_id, orjson.dumps(self.record()))
-        await pipe.execute()
+        was_alive, _ = await pipe.execute()
+        if was_alive is None and self._beaten:
+            # The key expired (this node stalled for a TTL, and may have been reaped) or Redis
+            # restarted empty: put this node's presences and connections back.
+            log.warning("cluster: node %s was seen dead or Redis lost its state; restoring it", self.node_id)
+            await self.presence.resync()
+            await self.counters.restore()
+        self._beaten = True
 
     async def _beat_forever(self) -> None:
         while True:
@@ -210,14 +221,21 @@ class Cluster:
             elif node != self.node_id and await self.redis.set(
                 f"{self.prefix}reap:{node}", self.node_id, nx=True, px=_REAP_LOCK_MS
             ):
-                await self._reap(node)
+                if not await self._reap(node):
+                    await self.redis.delete(f"{self.prefix}reap:{node}")  # for its next death
+                    continue
                 record["died_at"] = now
                 await self.redis.hset(self.nodes_key, node, orjson.dumps(record))
         self.live = live
 
-    async def _reap(self, node: str) -> None:
-        presences = await self.presence.reap(node)
-        tenants = await self.counters.reap(node)
+    async def _reap(self, node: str) -> bool:
+        """Clear what the dead `node` left; False when it turned out alive (it beat again)."""
+        alive = self.alive_key(node)
+        presences = await self.presence.reap(node, alive)
+        tenants = await self.counters.reap(node, alive)
+        if presences < 0 or tenants < 0:
+            log.info("cluster: node %s beat again before it was reaped", node)
+            return False
         if node != self.node_id:
             self.reaped += 1
             log.warning(
@@ -226,3 +244,4 @@ class Cluster:
                 presences,
                 tenants,
             )
+        return True

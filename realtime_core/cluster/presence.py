@@ -54,6 +54,31 @@ _RETRY_MAX = 5.0
 _STOP_TIMEOUT = 2.0  # s: how long stop() waits for the queued changes to be written
 
 
+# KEYS[1]: the dead node's presences, KEYS[2]: its liveness key; ARGV: the channel, the node,
+# unix ms. One script: a node seen dead a moment ago that beat again is left alone, and the
+# removal is published in the same step as the hash is deleted (as _write() does).
+_REAP = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+local stored = redis.call('HGETALL', KEYS[1])
+if #stored == 0 then return 0 end
+local topics, order = {}, {}
+for i = 1, #stored, 2 do
+  local value = cjson.decode(stored[i + 1])
+  local topic = cjson.encode({value[1], value[2], value[3]})
+  local change = topics[topic]
+  if change == nil then
+    change = {value[1], value[2], value[3], {}, {}}
+    topics[topic] = change
+    order[#order + 1] = change
+  end
+  table.insert(change[5], stored[i])
+end
+redis.call('PUBLISH', ARGV[1], cjson.encode({n = ARGV[2], t = tonumber(ARGV[3]), e = order}))
+redis.call('DEL', KEYS[1])
+return #stored / 2
+"""
+
+
 class RedisPresence:
     """The presence part of the Broker Protocol (broker/__init__.py) for a cluster node.
 
@@ -86,8 +111,10 @@ class RedisPresence:
         self._writing = False  # a batch is being written
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: Any = None
+        self._reap = redis.register_script(_REAP)
         self._lags: list[float] = []  # ms between a change's publication and its arrival here
         self.resyncs = 0
+        self._resyncing = asyncio.Lock()  # the beat and the reader may both ask for one
 
     def hash_key(self, node_id: str) -> str:
         return f"{self.prefix}presence:{node_id}"
@@ -212,30 +239,18 @@ class RedisPresence:
             else:
                 pipe.hset(own, entry, orjson.dumps([key.tenant, key.private, key.sub_topic, value[0], value[1]]))
                 change[3][entry] = list(value)
-        self.publish_changes(pipe, self.node_id, list(changes.values()))
-        await pipe.execute()
-
-    def publish_changes(self, pipe: Any, origin: str, changes: list[Change]) -> None:
-        """Queue on `pipe` the publication of `changes` made by node `origin`."""
-        message = {"n": origin, "t": int(time.time() * 1000), "e": changes}
+        message = {"n": self.node_id, "t": int(time.time() * 1000), "e": list(changes.values())}
         pipe.publish(self.channel, orjson.dumps(message))
-
-    async def reap(self, node_id: str) -> int:
-        """Remove every presence of the dead node `node_id`, everywhere; return how many."""
-        stored = await self.redis.hgetall(self.hash_key(node_id))
-        changes: dict[tuple[str, bool, str], Change] = {}
-        for entry, value in stored.items():
-            tenant, private, sub_topic, _, _ = orjson.loads(value)
-            change = changes.get((tenant, private, sub_topic))
-            if change is None:
-                change = changes[(tenant, private, sub_topic)] = [tenant, private, sub_topic, {}, []]
-            change[4].append(entry)
-        pipe = self.redis.pipeline(transaction=True)
-        if changes:
-            self.publish_changes(pipe, node_id, list(changes.values()))
-        pipe.delete(self.hash_key(node_id))
         await pipe.execute()
-        return len(stored)
+
+    async def reap(self, node_id: str, alive_key: str) -> int:
+        """Remove every presence of the dead node `node_id`, everywhere; return how many
+        (-1: its liveness key `alive_key` is set again, it is not dead)."""
+        return int(
+            await self._reap(
+                keys=[self.hash_key(node_id), alive_key], args=[self.channel, node_id, int(time.time() * 1000)]
+            )
+        )
 
     # Reading: apply each change to the replica and deliver the diff it makes here.
 
@@ -254,25 +269,30 @@ class RedisPresence:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 try:
-                    await self._resync()
+                    await self._follow_again()
                 except Exception as again:
                     log.warning("cluster presence: resynchronisation failed, retrying: %s", again)
 
-    async def _resync(self) -> None:
-        """After a lost subscription: follow again, write this node's presences again (Redis
-        may have restarted empty), reload the others' and deliver what changed meanwhile."""
+    async def _follow_again(self) -> None:
+        """After a lost subscription: subscribe again, then resync()."""
         await self._pubsub.aclose()
         self._pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._pubsub.subscribe(self.channel)
-        own: list[tuple[StreamKey, str, Entry | None]] = []
+        await self.resync()
+
+    async def resync(self) -> None:
+        """Write this node's presences again (Redis may have restarted empty, or this node been
+        reaped), reload the others' and deliver what changed meanwhile."""
+        async with self._resyncing:
+            await self._resync()
+
+    async def _resync(self) -> None:
+        # Written again through the writer's queue: a leave queued after this is written after it.
         for key, topic in self.hub.presences.items():
             for owner, presence_key, meta in topic.entries():
                 entry = self._ids.get(owner)  # type: ignore[call-overload]
                 if entry is not None:
-                    own.append((key, entry, (presence_key, meta)))
-        await self.redis.delete(self.hash_key(self.node_id))
-        if own:
-            await self._write(own)  # published: nodes that lost them deliver the joins
+                    self._queue(key, entry, (presence_key, meta))
         node_ids = await self.redis.hkeys(f"{self.prefix}nodes")
         replica = await self._load(node_ids)
         for key in set(self.remote) | set(replica):
