@@ -233,13 +233,13 @@ def _presence(ev: dict[str, Any], channel: str, event: str, key: str | None = No
 # -- limits and usage ------------------------------------------------------------------
 
 
-async def _connect_status(node: ServerProcess) -> int:
-    """101 when a WebSocket to `node` opens, else the HTTP status it answers."""
+async def _refusal(node: ServerProcess) -> tuple[int, bytes]:
+    """(status, body) of a WebSocket upgrade to `node` (101 and b"" when it opens)."""
     try:
         async with websockets.connect(node.socket_url(make_token(), "1.0.0")):
-            return 101
+            return 101, b""
     except websockets.InvalidStatus as exc:
-        return exc.response.status_code
+        return exc.response.status_code, exc.response.body or b""
 
 
 async def test_max_concurrent_users_counts_the_users_of_every_node(cluster, clients, topic):
@@ -250,15 +250,31 @@ async def test_max_concurrent_users_counts_the_users_of_every_node(cluster, clie
 
     # Two users joined on the other nodes: the third node refuses a third within two sync intervals.
     deadline = time.monotonic() + 2 * SYNC_MS / 1000 + 2_000 * MS
-    while (status := await _connect_status(nodes[2])) == 101 and time.monotonic() < deadline:
+    while (status := (await _refusal(nodes[2]))[0]) == 101 and time.monotonic() < deadline:
         await asyncio.sleep(20 * MS)
     assert status == 429
     # One leaves: a user is admitted again on the third node.
     await first.close()
     deadline = time.monotonic() + 2 * SYNC_MS / 1000 + 2_000 * MS
-    while (status := await _connect_status(nodes[2])) == 429 and time.monotonic() < deadline:
+    while (status := (await _refusal(nodes[2]))[0]) == 429 and time.monotonic() < deadline:
         await asyncio.sleep(20 * MS)
     assert status == 101
+
+
+@pytest.mark.slow
+async def test_the_joins_rate_limit_counts_the_joins_of_every_node(cluster, clients, topic):
+    # 1 join/s averaged over finished 5 s buckets: 3 joins on each of two nodes are 0.6/s
+    # each, under the limit, and 1.2/s for the cluster, over it.
+    nodes = cluster(3, {"TENANT_MAX_JOINS_PER_SECOND": "1"})
+    for node in nodes[:2]:
+        client = clients(node)
+        for i in range(3):
+            await watching(client, f"{topic}-{i}", "k")
+    # The first bucket ends within 5 s; the other nodes' rates are read two sync intervals later.
+    deadline = time.monotonic() + 5 + 2 * SYNC_MS / 1000 + 2_000 * MS
+    while (answer := await _refusal(nodes[2]))[0] == 101 and time.monotonic() < deadline:
+        await asyncio.sleep(50 * MS)
+    assert answer[0] == 429 and b"Too many joins per second" in answer[1], answer
 
 
 def _usage(node: ServerProcess) -> dict[str, Any]:
