@@ -172,6 +172,12 @@ async def test_a_late_joiner_on_any_node_gets_the_whole_clusters_presence_state(
         assert fields(state) == {"alice": [{"name": "Alice"}], "bob": [{"name": "Bob"}]}
         # The same presence refs everywhere.
         assert state == bob.presence_state()
+    # The admin API's view of the stream is the cluster's too, on a node where neither tracks.
+    response = httpx.get(
+        f"{nodes[2].http_url}/admin/v1/tenants/realtime-dev/channels/{topic}/presence", headers=admin_headers()
+    )
+    assert response.status_code == 200, response.text
+    assert set(response.json()["data"]) == {"alice", "bob"}
 
 
 async def test_a_killed_nodes_presences_leave_everywhere_within_the_bound(cluster, clients, topic):

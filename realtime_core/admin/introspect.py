@@ -365,15 +365,14 @@ def routes(api: AdminApi, app: App) -> None:
 
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic/presence", query=StreamQuery, response=Presence)
     async def presence(call: Call) -> dict[str, Any]:
-        """Who is present on a stream, as realtime-js's presenceState() shows it."""
+        """Who is present on a stream, as realtime-js's presenceState() shows it (in a cluster:
+        on every node, as a joining channel would get it)."""
         tenant = _tenant(app, call)
         key = StreamKey(tenant.external_id, call.query.private, call.params["topic"])
-        topic = app.hub.presences.get(key)
-        if topic is None:
-            if not app.hub.subscribers(key):
-                raise not_found()
-            return {"data": {}}
-        return {"data": {name: [_client_meta(m) for m in entry["metas"]] for name, entry in topic.state().items()}}
+        state = app.broker.presence_state(key)
+        if not state and not app.hub.subscribers(key):
+            raise not_found()
+        return {"data": {name: [_client_meta(m) for m in entry["metas"]] for name, entry in state.items()}}
 
     @api.route("GET", "/admin/v1/tenants/:id/errors", query=ListQuery, response=Errors)
     async def errors(call: Call) -> dict[str, Any]:
