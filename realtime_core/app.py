@@ -102,6 +102,8 @@ class App:
         self.started_at = time.time()
         self.node_id = new_node_id()  # this process in a cluster (and in its logs)
         self.cluster: Cluster | None = None  # with REDIS_URL: presence, counts and liveness through Redis
+        # What the cluster's other nodes may ask this one (Cluster.ask()); admin modules register these.
+        self.node_queries: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;

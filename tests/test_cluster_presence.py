@@ -239,10 +239,10 @@ def _presence(ev: dict[str, Any], channel: str, event: str, key: str | None = No
 # -- limits and usage ------------------------------------------------------------------
 
 
-async def _refusal(node: ServerProcess) -> tuple[int, bytes]:
+async def _refusal(node: ServerProcess, token: str | None = None) -> tuple[int, bytes]:
     """(status, body) of a WebSocket upgrade to `node` (101 and b"" when it opens)."""
     try:
-        async with websockets.connect(node.socket_url(make_token(), "1.0.0")):
+        async with websockets.connect(node.socket_url(token or make_token(), "1.0.0")):
             return 101, b""
     except websockets.InvalidStatus as exc:
         return exc.response.status_code, exc.response.body or b""
@@ -328,6 +328,22 @@ async def test_admin_nodes_lists_every_node_and_marks_a_dead_one(cluster, client
     row = next(r for r in _nodes(nodes[1]) if r["pid"] == nodes[2].proc.pid)
     assert row["address"] == f"127.0.0.1:{nodes[2].port}"
     assert row["channels"] == 1 and row["version"] and row["started_at"] <= row["last_seen"]
+
+    # A tenant's connections and errors, asked of every node, say which node each is on.
+    ids = {node.proc.pid: _node_id(node, nodes[0]) for node in nodes}
+    response = httpx.get(
+        f"{nodes[0].http_url}/admin/v1/cluster/tenants/realtime-dev/connections", headers=admin_headers()
+    )
+    assert response.status_code == 200, response.text
+    assert [(c["node"], c["channels"]) for c in response.json()["data"]] == [(ids[nodes[2].proc.pid], 1)]
+    status, _ = await _refusal(nodes[1], "not-a-jwt")
+    assert status in (401, 403)
+    errors = httpx.get(f"{nodes[0].http_url}/admin/v1/cluster/tenants/realtime-dev/errors", headers=admin_headers())
+    assert errors.status_code == 200, errors.text
+    [incident] = errors.json()["data"]
+    assert incident["node"] == ids[nodes[1].proc.pid]
+    assert errors.json()["counts"] == {incident["code"]: 1}
+    assert errors.json()["by_node"][ids[nodes[1].proc.pid]] == {incident["code"]: 1}
 
     nodes[2].proc.kill()
     await eventually(

@@ -30,9 +30,24 @@ if TYPE_CHECKING:
     from ..socket import RealtimeSocket
     from ..tenants import Tenant
 
-__all__ = ["client_library", "routes"]
+__all__ = ["CONNECTION_SORTS", "Connection", "Incident", "client_library", "connection_row", "routes"]
 
 _TOKEN_MAX_TTL = 30 * 24 * 3600  # seconds: test tokens are for testing
+# The fields a connections list sorts by.
+CONNECTION_SORTS = (
+    "id",
+    "connected_at",
+    "remote_address",
+    "client_library",
+    "role",
+    "sub",
+    "channels",
+    "bytes_in",
+    "bytes_out",
+    "messages_in",
+    "messages_out",
+    "write_backlog_bytes",
+)
 
 
 def iso(seconds: float) -> str:
@@ -238,7 +253,8 @@ def _tenant_view(app: App, tenant: Tenant, sockets: list[RealtimeSocket]) -> dic
     }
 
 
-def _connection(socket: RealtimeSocket) -> dict[str, Any]:
+def connection_row(socket: RealtimeSocket) -> dict[str, Any]:
+    """One connection as the connections list shows it (Connection)."""
     conn = socket.conn
     library, version = client_library(socket.client_info, socket.user_agent)
     claims = socket.claims
@@ -328,22 +344,8 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/connections", query=ListQuery, response=Page[Connection])
     async def connections(call: Call) -> dict[str, Any]:
         """The tenant's open WebSocket connections, with their client, identity and traffic."""
-        rows = [_connection(s) for s in _sockets(app, _tenant(app, call))]
-        sortable = (
-            "id",
-            "connected_at",
-            "remote_address",
-            "client_library",
-            "role",
-            "sub",
-            "channels",
-            "bytes_in",
-            "bytes_out",
-            "messages_in",
-            "messages_out",
-            "write_backlog_bytes",
-        )
-        return paginate(rows, call.query, sortable=sortable, default="connected_at")
+        rows = [connection_row(s) for s in _sockets(app, _tenant(app, call))]
+        return paginate(rows, call.query, sortable=CONNECTION_SORTS, default="connected_at")
 
     @api.route(
         "DELETE",

@@ -1,9 +1,12 @@
 """The cluster routes of the admin API: the nodes, and the cluster's channels, connections and
 errors summed over them (README, "Presence, limits and usage across nodes").
 
-Every node rewrites its record in Redis at each liveness beat (cluster/nodes.py), so these
-answers cost one HGETALL and are at most a beat old; the cluster's connection counts are
-Redis's exact totals (cluster/counters.py). Without REDIS_URL the cluster is this process."""
+Every node rewrites its record in Redis at each liveness beat (cluster/nodes.py), so the
+nodes and the cluster's totals cost one HGETALL and are at most a beat old; the cluster's
+connection counts are Redis's exact totals (cluster/counters.py). A tenant's connections and
+recent errors are asked of every live node (Cluster.ask(), one question over Redis pub/sub,
+answered from each node's memory) and say which node each is on. Without REDIS_URL the
+cluster is this process."""
 
 from __future__ import annotations
 
@@ -14,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from .. import __version__
-from .endpoints import AdminApi, Call
-from .introspect import iso
+from .endpoints import AdminApi, Call, ListQuery, Page, not_found, paginate
+from .introspect import CONNECTION_SORTS, Connection, Incident, connection_row, iso
 
 if TYPE_CHECKING:
     from ..app import App
@@ -58,6 +61,21 @@ class ClusterView(BaseModel):
     tenants: dict[str, TenantTotals]
 
 
+class ClusterConnection(Connection):
+    node: str
+
+
+class ClusterIncident(Incident):
+    node: str
+
+
+class ClusterErrors(BaseModel):
+    data: list[ClusterIncident]
+    next_cursor: str | None = None
+    counts: dict[str, int]
+    by_node: dict[str, dict[str, int]]
+
+
 def _row(record: dict[str, Any]) -> dict[str, Any]:
     died = record.get("died_at")
     return {
@@ -95,6 +113,59 @@ def routes(api: AdminApi, app: App) -> None:
                 "alive": True,
             }
         ]
+
+    def connections_here(args: dict[str, Any]) -> list[dict[str, Any]]:
+        tenant = app.tenants.get(str(args.get("tenant")))
+        if tenant is None:
+            return []
+        return [connection_row(s) for s in app.sockets if s.tenant is tenant and not s.closed]
+
+    def errors_here(args: dict[str, Any]) -> dict[str, Any]:
+        tenant_id = str(args.get("tenant"))
+        totals, _ = app.incidents.counts(tenant_id)
+        return {"recent": app.incidents.recent(tenant_id), "counts": totals}
+
+    app.node_queries["connections"] = connections_here
+    app.node_queries["errors"] = errors_here
+
+    async def ask(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Every live node's answer by node id (this node's alone without a cluster)."""
+        if app.cluster is not None:
+            return await app.cluster.ask(name, args)
+        return {app.node_id: app.node_queries[name](args)}
+
+    def tenant_id(call: Call) -> str:
+        tenant = app.tenants.get(call.params["id"])
+        if tenant is None:
+            raise not_found()
+        return tenant.external_id
+
+    @api.route("GET", "/admin/v1/cluster/tenants/:id/connections", query=ListQuery, response=Page[ClusterConnection])
+    async def cluster_connections(call: Call) -> dict[str, Any]:
+        """The tenant's open connections on every live node, each with the node it is on."""
+        answers = await ask("connections", {"tenant": tenant_id(call)})
+        rows = [{**row, "node": node} for node, answer in answers.items() for row in answer]
+        return paginate(rows, call.query, sortable=(*CONNECTION_SORTS, "node"), default="connected_at")
+
+    @api.route("GET", "/admin/v1/cluster/tenants/:id/errors", query=ListQuery, response=ClusterErrors)
+    async def cluster_errors(call: Call) -> dict[str, Any]:
+        """The tenant's recent errors on every live node (newest first), each with its node, and
+        the counts per code since each node started, summed and by node."""
+        answers = await ask("errors", {"tenant": tenant_id(call)})
+        rows = [{**item, "node": node} for node, answer in answers.items() for item in answer["recent"]]
+        rows.sort(key=lambda r: r["at"], reverse=True)
+        page = paginate(
+            [{**r, "at": iso(r["at"])} for r in rows],
+            call.query,
+            sortable=("at", "code", "topic", "connection", "node"),
+        )
+        counts: dict[str, int] = {}
+        for answer in answers.values():
+            for code, n in answer["counts"].items():
+                counts[code] = counts.get(code, 0) + n
+        page["counts"] = counts
+        page["by_node"] = {node: answer["counts"] for node, answer in answers.items()}
+        return page
 
     @api.route("GET", "/admin/v1/nodes", response=Nodes)
     async def nodes(call: Call) -> dict[str, Any]:

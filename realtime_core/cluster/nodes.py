@@ -7,6 +7,8 @@ Keys (after the cluster's prefix, cluster.keys()):
   a reaped node's record stays, marked dead (`died_at`), for FORGET_DEAD_S.
 - `alive:<node>`: the liveness key, set with a TTL of `ttl` at every beat (every ttl/3 s).
 - `reap:<node>`: taken (SET NX) by the one node that clears a dead node's state.
+- `ask` (pub/sub): questions to every node (ask()): `{"q": name, "a": args, "r": reply channel}`;
+  each live node answers on the reply channel with what its `node_queries[name](args)` returns.
 
 Every beat a node also sweeps: a registered node whose liveness key has expired is dead, and
 the node that takes its reap key removes its presences everywhere (presence.py) and its
@@ -16,9 +18,11 @@ ttl (its key's last refresh was before t) and reaped by the next sweep: within t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 FORGET_DEAD_S = 600  # how long a dead node's record is still listed (GET /admin/v1/nodes)
 _REAP_LOCK_MS = 30_000  # a reaper that dies mid-way lets another try after this
 _LAG_POINTS = 60  # per-beat lag values kept in the node's record
+ASK_TIMEOUT = 2.0  # s: how long ask() waits for the live nodes' answers
 
 
 class Host(Protocol):
@@ -60,6 +65,9 @@ class Host(Protocol):
     started_at: float
     node_id: str
     now: Callable[[], float]
+    # What other nodes may ask this one (ask()): name → function of the question's arguments,
+    # answering plain JSON values. The admin modules register theirs.
+    node_queries: dict[str, Callable[[dict[str, Any]], Any]]
 
     @property
     def tenants(self) -> Iterable[Tenant]: ...
@@ -93,6 +101,8 @@ class Cluster:
         self.reaped = 0
         self._beaten = False  # the first beat registered this node
         self._tasks: list[asyncio.Task[None]] = []
+        self.ask_channel = f"{self.prefix}ask"
+        self._questions: Any = None  # the PubSub of `ask`
 
     def alive_key(self, node_id: str) -> str:
         return f"{self.prefix}alive:{node_id}"
@@ -105,9 +115,12 @@ class Cluster:
         self.counters.start()
         self.host.usage.cluster = self.counters
         await self._sweep()
+        self._questions = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._questions.subscribe(self.ask_channel)
         self._tasks = [
             asyncio.create_task(self._beat_forever(), name="cluster liveness"),
             asyncio.create_task(self._sync_forever(), name="cluster counts sync"),
+            asyncio.create_task(self._answer_forever(), name="cluster questions"),
         ]
         name = self.host.settings.cluster_name
         log.info("cluster %s: node %s joined (%d nodes live)", name, self.node_id, len(self.live))
@@ -118,6 +131,8 @@ class Cluster:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._questions is not None:
+            await self._questions.aclose()
         self.host.usage.cluster = None
         try:
             await self.presence.stop()
@@ -245,3 +260,56 @@ class Cluster:
                 tenants,
             )
         return True
+
+    # Questions to every node (admin views whose rows live in each node's memory)
+
+    async def ask(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Ask every live node `name`(`args`); their answers by node id. Waits at most
+        ASK_TIMEOUT for the nodes live at the last sweep; a node that does not answer in
+        time is left out."""
+        reply = f"{self.prefix}reply:{uuid.uuid4().hex}"
+        answers: dict[str, Any] = {}
+        listener = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await listener.subscribe(reply)
+            await self.redis.publish(self.ask_channel, orjson.dumps({"q": name, "a": args, "r": reply}))
+            expected = set(self.live) | {self.node_id}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ASK_TIMEOUT
+            while not expected <= set(answers) and (left := deadline - loop.time()) > 0:
+                message = await listener.get_message(timeout=left)
+                if message is not None and message.get("type") == "message":
+                    answer = orjson.loads(message["data"])
+                    answers[answer["n"]] = answer["d"]
+        finally:
+            await listener.aclose()
+        return answers
+
+    async def _answer_forever(self) -> None:
+        while True:
+            try:
+                async for message in self._questions.listen():
+                    if message.get("type") == "message":
+                        await self._answer(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster: questions channel lost (%s); subscribing again", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(Exception):
+                    await self._questions.aclose()
+                self._questions = self.redis.pubsub(ignore_subscribe_messages=True)
+                with contextlib.suppress(Exception):
+                    await self._questions.subscribe(self.ask_channel)
+
+    async def _answer(self, data: str) -> None:
+        question = orjson.loads(data)
+        query = self.host.node_queries.get(question.get("q"))
+        if query is None:
+            return  # a question a newer node asks: it gets no answer from this one
+        try:
+            answer = query(question.get("a") or {})
+        except Exception:
+            log.exception("cluster: answering %r failed", question.get("q"))
+            return
+        await self.redis.publish(question["r"], orjson.dumps({"n": self.node_id, "d": answer}))
