@@ -26,6 +26,8 @@ from psycopg.conninfo import conninfo_to_dict
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from wire import eventually
 
+from realtime_core.metrics import parse_samples
+
 pytestmark = [pytest.mark.redis, pytest.mark.pg]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -354,6 +356,21 @@ async def test_admin_nodes_lists_every_node_and_marks_a_dead_one(cluster, client
     response = httpx.get(f"{nodes[0].http_url}/admin/v1/cluster", headers=admin_headers())
     assert response.status_code == 200
     assert response.json()["nodes"] == 2
+    # The survivors' metrics: two live nodes, the dead one reaped by one of them.
+    await eventually(
+        lambda: (
+            [_metric(node, "realtime_cluster_nodes") for node in nodes[:2]] == [2, 2]
+            and sum(_metric(node, "realtime_cluster_nodes_reaped_total") for node in nodes[:2]) == 1
+        ),
+        DELIVERY,
+        what="two live nodes and one reaped, on the survivors' metrics",
+    )
+
+
+def _metric(node: ServerProcess, name: str) -> float:
+    response = httpx.get(f"{node.http_url}/metrics")
+    assert response.status_code == 200
+    return {s.name: s.value for s in parse_samples(response.text)}[name]
 
 
 # -- faults ----------------------------------------------------------------------------
