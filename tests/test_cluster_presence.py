@@ -309,6 +309,25 @@ async def test_peak_connections_is_the_clusters_total(cluster):
         assert _usage(node)["total"]["peak_connections"] == 4
 
 
+async def test_usage_totals_are_what_the_clients_did_on_every_node(cluster, clients, topic):
+    nodes = cluster(3)
+    sent = {0: 3, 1: 5, 2: 7}
+    for i, node in enumerate(nodes):
+        channel = clients(node).channel(f"{topic}-{i}")
+        states: list[RealtimeSubscribeStates] = []
+        await channel.subscribe(lambda state, _, states=states: states.append(state))
+        assert states == [RealtimeSubscribeStates.SUBSCRIBED]
+        for n in range(sent[i]):
+            await channel.send_broadcast("e", {"n": n})
+    # Every node adds its counts to the database each flush: any node answers the cluster's total.
+    for node in nodes:
+        await eventually(
+            lambda node=node: _usage(node)["total"]["messages"]["broadcast"] == sum(sent.values()),
+            DELIVERY,
+            what="the broadcasts of every node counted",
+        )
+
+
 def _nodes(node: ServerProcess) -> list[dict[str, Any]]:
     response = httpx.get(f"{node.http_url}/admin/v1/nodes", headers=admin_headers())
     assert response.status_code == 200, response.text
