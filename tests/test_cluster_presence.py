@@ -328,6 +328,26 @@ async def test_usage_totals_are_what_the_clients_did_on_every_node(cluster, clie
         )
 
 
+async def test_the_clusters_time_series_sum_the_nodes(cluster):
+    nodes = cluster(2)
+    url = f"{nodes[0].http_url}/admin/v1/cluster/tenants/realtime-dev/timeseries?series=connections&window=1m"
+
+    def last_connections() -> float | None:
+        response = httpx.get(url, headers=admin_headers())
+        assert response.status_code == 200, response.text
+        values = response.json()["series"]["connections"]
+        return values[-2] if len(values) > 1 else None  # the last second both nodes have sampled
+
+    async with contextlib.AsyncExitStack() as stack:
+        for node in (nodes[0], nodes[1], nodes[1]):
+            await stack.enter_async_context(websockets.connect(node.socket_url(make_token(), "1.0.0")))
+        await eventually(lambda: last_connections() == 3, DELIVERY, what="3 connections summed over the nodes")
+    answer = httpx.get(url, headers=admin_headers()).json()
+    assert len(answer["nodes"]) == 2 and len(answer["timestamps"]) == len(answer["series"]["connections"])
+    bad = httpx.get(url.replace("connections", "nope"), headers=admin_headers())
+    assert bad.status_code == 422 and "series" in bad.json()["errors"]
+
+
 def _nodes(node: ServerProcess) -> list[dict[str, Any]]:
     response = httpx.get(f"{node.http_url}/admin/v1/nodes", headers=admin_headers())
     assert response.status_code == 200, response.text

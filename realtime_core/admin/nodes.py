@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from .. import __version__
-from .endpoints import AdminApi, Call, ListQuery, Page, not_found, paginate
+from ..timeseries import SERIES, WINDOWS
+from .channels import TimeSeriesQuery
+from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate
 from .introspect import CONNECTION_SORTS, Connection, Incident, connection_row, iso
 
 if TYPE_CHECKING:
@@ -76,6 +78,39 @@ class ClusterErrors(BaseModel):
     by_node: dict[str, dict[str, int]]
 
 
+class ClusterTimeSeries(BaseModel):
+    window: str
+    step_seconds: int
+    timestamps: list[str]
+    series: dict[str, list[float]]
+    nodes: list[str]
+
+
+# Series that are one process's reading rather than a share of a total (replication runs on one
+# node): the cluster's value is the highest; every other series is summed over the nodes.
+_HIGHEST = ("replication_lag_bytes", "replication_lag_ms", "commit_to_dispatch_ms")
+
+
+def _merge_series(answers: dict[str, dict[str, Any]], names: list[str], points: int) -> dict[str, Any]:
+    """The nodes' window() answers on one time axis (each node samples on its own clock's seconds)."""
+    step = next(iter(answers.values()))["step_seconds"] if answers else 1
+    at: dict[int, dict[str, float]] = {}
+    for answer in answers.values():
+        end, count = answer["end"], answer["count"]
+        if end is None:
+            continue
+        for name in names:
+            for i, value in enumerate(answer["series"].get(name, [])):
+                slot = at.setdefault(end - step * (count - 1 - i), {})
+                slot[name] = max(slot.get(name, 0.0), value) if name in _HIGHEST else slot.get(name, 0.0) + value
+    stamps = sorted(at)[-points:]
+    return {
+        "step_seconds": step,
+        "timestamps": [iso(t) for t in stamps],
+        "series": {name: [round(at[t].get(name, 0.0), 3) for t in stamps] for name in names},
+    }
+
+
 def _row(record: dict[str, Any]) -> dict[str, Any]:
     died = record.get("died_at")
     return {
@@ -125,8 +160,12 @@ def routes(api: AdminApi, app: App) -> None:
         totals, _ = app.incidents.counts(tenant_id)
         return {"recent": app.incidents.recent(tenant_id), "counts": totals}
 
+    def timeseries_here(args: dict[str, Any]) -> dict[str, Any]:
+        return app.timeseries.window(str(args.get("tenant")), list(args.get("names", [])), str(args.get("window")))
+
     app.node_queries["connections"] = connections_here
     app.node_queries["errors"] = errors_here
+    app.node_queries["timeseries"] = timeseries_here
 
     async def ask(name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Every live node's answer by node id (this node's alone without a cluster)."""
@@ -166,6 +205,22 @@ def routes(api: AdminApi, app: App) -> None:
         page["counts"] = counts
         page["by_node"] = {node: answer["counts"] for node, answer in answers.items()}
         return page
+
+    @api.route("GET", "/admin/v1/cluster/tenants/:id/timeseries", query=TimeSeriesQuery, response=ClusterTimeSeries)
+    async def cluster_timeseries(call: Call) -> dict[str, Any]:
+        """The tenant's time series summed over the live nodes (the replication figures: their
+        highest), on one time axis; `nodes`: the nodes that answered."""
+        tid = tenant_id(call)
+        query: TimeSeriesQuery = call.query
+        if query.window not in WINDOWS:
+            raise invalid("window", f"must be one of {', '.join(WINDOWS)}")
+        names = [n.strip() for n in query.series.split(",") if n.strip()] if query.series else list(SERIES)
+        unknown = [n for n in names if n not in SERIES and not n.startswith("errors.")]
+        if unknown or not names:
+            raise invalid("series", f"unknown series {', '.join(unknown) or '(none)'}: known are {', '.join(SERIES)}")
+        answers = await ask("timeseries", {"tenant": tid, "names": names, "window": query.window})
+        span, step = WINDOWS[query.window]
+        return {"window": query.window, **_merge_series(answers, names, span // step), "nodes": sorted(answers)}
 
     @api.route("GET", "/admin/v1/nodes", response=Nodes)
     async def nodes(call: Call) -> dict[str, Any]:
