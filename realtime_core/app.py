@@ -145,9 +145,10 @@ class App:
             # Imported here: without REDIS_URL nothing of the cluster (nor redis-py) is loaded.
             from .cluster.nodes import Cluster
 
-            self.cluster = Cluster(self, self.tenants.get)
-            await self.cluster.start()  # before listening: a first join sees the cluster's presences
-            self.broker = self.cluster.broker
+            cluster = Cluster(self, self.tenants.get)
+            await cluster.start()  # before listening: a first join sees the cluster's presences
+            self.cluster = cluster
+            self.broker = cluster.broker
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .cluster import RedisUnavailable
 from .config import IGNORED_ENV, Settings, ignored_env
 from .jwt import sign
 from .secret_box import SecretBoxError
@@ -138,7 +139,7 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await app.start()
-    except SecretBoxError as exc:  # the wrong DB_ENC_KEY: a configuration error, no traceback
+    except (SecretBoxError, RedisUnavailable) as exc:  # a configuration error (DB_ENC_KEY, REDIS_URL): no traceback
         await app.stop()
         raise SystemExit(f"realtime-core: {exc}") from None
     except Exception:

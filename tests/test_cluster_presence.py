@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,7 +24,17 @@ import httpx
 import pytest
 import redis
 import websockets
-from conftest import MS, ServerProcess, admin_headers, make_token, scratch_database, start_server
+from conftest import (
+    BASE_ENV,
+    JWT_SECRET,
+    MS,
+    ROOT,
+    ServerProcess,
+    admin_headers,
+    make_token,
+    scratch_database,
+    start_server,
+)
 from jsclient import JsDriver
 from psycopg.conninfo import conninfo_to_dict
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
@@ -471,3 +485,28 @@ async def test_a_node_that_stalled_past_its_ttl_is_reaped_then_restores_itself(c
         DELIVERY,
         what="its connection counted again",
     )
+
+
+def test_a_node_whose_redis_does_not_answer_refuses_to_start_with_a_clear_message(pg_dsn):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with scratch_database(pg_dsn) as url:
+        env = {
+            **os.environ,
+            **BASE_ENV,
+            "DATABASE_URL": url,
+            "REALTIME_JWT_SECRET": JWT_SECRET,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "realtime_core", "serve", "--port", "0"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60_000 * MS,
+        )
+    assert result.returncode == 1
+    assert "realtime-core: REDIS_URL does not answer" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -11,7 +11,11 @@ import uuid
 
 from ..config import Settings
 
-__all__ = ["keys", "new_node_id"]
+__all__ = ["RedisUnavailable", "keys", "new_node_id"]
+
+
+class RedisUnavailable(Exception):
+    """REDIS_URL does not answer at start (a configuration error: its message says which)."""
 
 
 def keys(settings: Settings) -> str:

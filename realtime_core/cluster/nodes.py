@@ -31,7 +31,7 @@ import orjson
 from .. import __version__
 from ..incidents import Incidents
 from ..usage import UsageMeter
-from . import keys
+from . import RedisUnavailable, keys
 from .counters import ClusterCounters
 from .presence import PresenceBroker, RedisPresence
 
@@ -108,7 +108,15 @@ class Cluster:
         return f"{self.prefix}alive:{node_id}"
 
     async def start(self) -> None:
-        """Register this node, load the cluster's presences and start beating and syncing."""
+        """Register this node, load the cluster's presences and start beating and syncing.
+        Raises RedisUnavailable when Redis does not answer."""
+        from redis.exceptions import RedisError
+
+        try:
+            await self.redis.ping()
+        except (RedisError, OSError) as exc:
+            await self.redis.aclose()
+            raise RedisUnavailable(f"REDIS_URL does not answer: {exc}") from None
         await self._beat()
         node_ids = list(await self.redis.hkeys(self.nodes_key))
         await self.presence.start(node_ids)
