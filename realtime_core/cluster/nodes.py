@@ -196,6 +196,7 @@ class Cluster:
             log.warning("cluster: node %s was seen dead or Redis lost its state; restoring it", self.node_id)
             await self.presence.resync()
             await self.counters.restore()
+            await self.redis.delete(f"{self.prefix}reap:{self.node_id}")  # reapable again
         self._beaten = True
 
     async def _beat_forever(self) -> None:

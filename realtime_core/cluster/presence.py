@@ -151,10 +151,6 @@ class RedisPresence:
                     entry["metas"].append(meta)
         return state
 
-    def remote_presences(self, key: StreamKey) -> int:
-        remote = self.remote.get(key)
-        return len(remote) if remote else 0
-
     def _queue(self, key: StreamKey, entry: str, value: Entry | None) -> None:
         self._outbox.append((key, entry, value))
         self._wake.set()
@@ -168,7 +164,7 @@ class RedisPresence:
         await self._pubsub.subscribe(self.channel)
         self.remote = await self._load(node_ids)
         self._writer = asyncio.create_task(self._write_forever(), name="cluster presence writer")
-        self._reader = asyncio.create_task(self._read_forever(node_ids), name="cluster presence reader")
+        self._reader = asyncio.create_task(self._read_forever(), name="cluster presence reader")
 
     async def stop(self) -> None:
         """Write what is queued (the leaves of the channels just closed), then stop following."""
@@ -254,7 +250,7 @@ class RedisPresence:
 
     # Reading: apply each change to the replica and deliver the diff it makes here.
 
-    async def _read_forever(self, node_ids: list[str]) -> None:
+    async def _read_forever(self) -> None:
         delay = _RETRY_FIRST
         while True:
             try:
