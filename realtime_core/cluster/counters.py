@@ -1,4 +1,4 @@
-"""Cluster-wide counts for limits and usage (docs/design.md §4).
+"""Cluster-wide counts for limits and usage (docs/design.md §5).
 
 Connections, exact: each connect and disconnect of this node adds ±1 to its tenant's count in
 two hashes in one MULTI, `conns:<node>` (this node's, tenant → count) and `conns` (the

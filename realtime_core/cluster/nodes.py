@@ -1,5 +1,5 @@
 """This process as a node of the cluster: liveness, its public record, and the reaping of dead
-nodes (docs/design.md §4); Cluster wires the presence and the counters to the app.
+nodes (docs/design.md §5); Cluster wires the presence and the counters to the app.
 
 Keys (after the cluster's prefix, cluster.keys()):
 - `nodes`: hash node id → JSON record (id, address, pid, started_at, version, last_seen,

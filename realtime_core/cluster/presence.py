@@ -1,4 +1,4 @@
-"""Presence replicated across the nodes of a cluster through Redis (docs/design.md §4).
+"""Presence replicated across the nodes of a cluster through Redis (docs/design.md §5).
 
 As Phoenix.Presence does between Erlang nodes, every node holds every presence of the
 cluster: its own in the hub (tracked by its channels, as InProcessBroker does) and a replica
