@@ -243,6 +243,27 @@ async def test_realtime_js_sees_presence_from_another_node(cluster, token, topic
         assert len(joins) == 1
 
 
+@pytest.mark.js
+async def test_realtime_js_sees_a_killed_nodes_presences_leave(cluster, token, topic):
+    nodes = cluster(2)
+    async with JsDriver() as js:
+        for name, node in (("bob", nodes[0]), ("alice", nodes[1])):
+            start = js.mark()
+            await js.join(name, node.ws_url, token, topic, listen=("presence",), presence={"key": name})
+            await js.wait_for(lambda ev, name=name: _presence(ev, name, "sync"), timeout=DELIVERY, since=start)
+        start = js.mark()
+        assert await js.request({"op": "track", "channel": "alice", "payload": {"status": "online"}}) == "ok"
+        await js.wait_for(lambda ev: _presence(ev, "bob", "join", "alice"), timeout=DELIVERY, since=start)
+
+        start = js.mark()
+        killed_at = time.monotonic()
+        nodes[1].proc.kill()
+        await js.wait_for(lambda ev: _presence(ev, "bob", "leave", "alice"), timeout=REAP_BOUND, since=start)
+        assert time.monotonic() - killed_at <= REAP_BOUND
+        assert await js.request({"op": "presenceState", "channel": "bob"}) == {}
+        assert len(js.matching(lambda ev: _presence(ev, "bob", "leave", "alice"), start)) == 1
+
+
 def _presence(ev: dict[str, Any], channel: str, event: str, key: str | None = None) -> bool:
     return (
         ev["ev"] == "presence"
