@@ -1,11 +1,12 @@
 """Cluster-wide counts for limits and usage (docs/design.md §5).
 
-Connections, exact: each connect and disconnect of this node adds ±1 to its tenant's count in
-two hashes in one MULTI, `conns:<node>` (this node's, tenant → count) and `conns` (the
-cluster's, tenant → total); the total HINCRBY answers is the cluster's count right after that
-connect, which usage.py turns into peaks (UsageMeter.cluster_total()). The changes queued
-while one MULTI is in flight go together in the next: no round trip per connect on the
-socket's path. A dead node's counts are subtracted from the totals when it is reaped (reap()).
+Connections, exact: after each connect and disconnect this node writes its tenant's count
+(absolute, so that a write retried after a cut connection counts once) to `conns:<node>` and
+moves the cluster's total in `conns` by the difference, in one script (_SET) that answers the
+new total: the cluster's count right after that connect, which usage.py turns into peaks
+(UsageMeter.cluster_total()). The changes queued while one MULTI is in flight go together in
+the next: no round trip per connect on the socket's path. A dead node's counts are subtracted
+from the totals when it is reaped (reap()).
 
 Users and rates, within one sync interval: every `interval` seconds a node writes its own per
 tenant (users, and events, joins and presence events per second, as limits.RateCounter
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -50,23 +51,13 @@ end
 redis.call('DEL', KEYS[1])
 return #counts / 2
 """
-# KEYS[1]: this node's counts, KEYS[2]: the cluster's totals; ARGV: tenant, count, ... (what
-# this node has counted). Puts this node's share back as it is, wherever Redis lost it.
-_RESTORE = """
-local wanted = {}
-for i = 1, #ARGV, 2 do wanted[ARGV[i]] = tonumber(ARGV[i + 1]) end
-local stored = redis.call('HGETALL', KEYS[1])
-for i = 1, #stored, 2 do
-  if wanted[stored[i]] == nil then wanted[stored[i]] = 0 end
-end
-for tenant, count in pairs(wanted) do
-  local had = tonumber(redis.call('HGET', KEYS[1], tenant) or '0')
-  if count ~= had then
-    redis.call('HINCRBY', KEYS[2], tenant, count - had)
-    redis.call('HSET', KEYS[1], tenant, count)
-  end
-end
-return 1
+# KEYS[1]: this node's counts, KEYS[2]: the cluster's totals; ARGV: tenant, this node's count.
+# Returns the cluster's total after the change.
+_SET = """
+local old = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local new = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], new)
+return redis.call('HINCRBY', KEYS[2], ARGV[1], new - old)
 """
 
 
@@ -93,13 +84,14 @@ class ClusterCounters:
         self.now = now
         self.ttl_ms = ttl_ms
         self.totals_key = f"{prefix}conns"
-        self._queued: list[tuple[str, int]] = []  # (tenant, ±1) not yet sent
+        self._counts: dict[str, int] = {}  # tenant → this node's open connections
+        # (tenant, this node's count after the change, whether it was a connect), not yet sent
+        self._queued: list[tuple[str, int, bool]] = []
         self._wake = asyncio.Event()
         self._writing = False
         self._writer: asyncio.Task[None] | None = None
         self._reap = redis.register_script(_REAP)
-        self._restore = redis.register_script(_RESTORE)
-        self._sent: dict[str, int] = {}  # tenant → this node's connections as counted in Redis
+        self._set = redis.register_script(_SET)
         self.remote: dict[str, dict[str, float]] = {}  # tenant → the other nodes' summed load
 
     def node_key(self, node_id: str) -> str:
@@ -111,11 +103,13 @@ class ClusterCounters:
     # usage.ClusterConnections
 
     def connected(self, tenant_id: str) -> None:
-        self._queued.append((tenant_id, 1))
+        count = self._counts[tenant_id] = self._counts.get(tenant_id, 0) + 1
+        self._queued.append((tenant_id, count, True))
         self._wake.set()
 
     def disconnected(self, tenant_id: str) -> None:
-        self._queued.append((tenant_id, -1))
+        count = self._counts[tenant_id] = self._counts.get(tenant_id, 0) - 1
+        self._queued.append((tenant_id, count, False))
         self._wake.set()
 
     # Lifecycle
@@ -148,24 +142,28 @@ class ClusterCounters:
             self._writing = True
             try:
                 pipe = self.redis.pipeline(transaction=True)
-                own = self.node_key(self.node_id)
-                for tenant_id, delta in batch:
-                    pipe.hincrby(own, tenant_id, delta)
-                    pipe.hincrby(self.totals_key, tenant_id, delta)
-                results = await pipe.execute()
+                keys = [self.node_key(self.node_id), self.totals_key]
+                for tenant_id, count, _ in batch:
+                    await self._set(keys=keys, args=[tenant_id, count], client=pipe)
+                totals = await pipe.execute()
                 delay = 0.1
             except Exception as exc:
                 log.warning("cluster counts: Redis write failed, %d changes kept: %s", len(batch), exc)
-                self._queued[:0] = batch
+                # Kept as the last count per tenant, so that an outage holds one entry per
+                # tenant (the peaks of the outage are then those seen when Redis is back).
+                last: dict[str, tuple[str, int, bool]] = {}
+                for tenant_id, count, connect in batch:
+                    was = last.get(tenant_id)
+                    last[tenant_id] = (tenant_id, count, connect or (was is not None and was[2]))
+                self._queued[:0] = list(last.values())
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 self._wake.set()
                 continue
             finally:
                 self._writing = False
-            for (tenant_id, delta), total in zip(batch, results[1::2], strict=True):
-                self._sent[tenant_id] = self._sent.get(tenant_id, 0) + delta
-                if delta > 0:
+            for (tenant_id, _, connect), total in zip(batch, totals, strict=True):
+                if connect:
                     self.usage.cluster_total(tenant_id, int(total))
 
     async def reap(self, node_id: str, alive_key: str) -> int:
@@ -176,11 +174,13 @@ class ClusterCounters:
             await self.redis.delete(self.load_key(node_id))
         return reaped
 
-    async def restore(self) -> None:
+    def restore(self) -> None:
         """Count this node's connections in Redis again, after it was reaped (it stopped beating
-        for a while) or Redis restarted empty."""
-        args: list[Any] = [x for tenant, n in self._sent.items() if n for x in (tenant, n)]
-        await self._restore(keys=[self.node_key(self.node_id), self.totals_key], args=args)
+        for a while) or Redis restarted empty: its counts are written again (absolute: where
+        Redis still has them, nothing changes)."""
+        for tenant_id, count in self._counts.items():
+            self._queued.append((tenant_id, count, False))
+        self._wake.set()
 
     async def connections(self) -> dict[str, int]:
         """The cluster's open connections by tenant."""

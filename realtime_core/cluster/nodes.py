@@ -183,8 +183,8 @@ class Cluster:
         }
 
     async def _beat(self) -> None:
-        lags = self.presence.lag_ms()
-        self.lag_series.append((int(time.time()), round(max(lags), 3) if lags else None))
+        lag = self.presence.max_lag_ms()
+        self.lag_series.append((int(time.time()), round(lag, 3) if lag is not None else None))
         del self.lag_series[:-_LAG_POINTS]
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.alive_key(self.node_id), b"1", px=self.ttl_ms, get=True)
@@ -195,7 +195,7 @@ class Cluster:
             # restarted empty: put this node's presences and connections back.
             log.warning("cluster: node %s was seen dead or Redis lost its state; restoring it", self.node_id)
             await self.presence.resync()
-            await self.counters.restore()
+            self.counters.restore()
             await self.redis.delete(f"{self.prefix}reap:{self.node_id}")  # reapable again
         self._beaten = True
 

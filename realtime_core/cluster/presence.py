@@ -83,7 +83,7 @@ class RedisPresence:
     """The presence part of the Broker Protocol (broker/__init__.py) for a cluster node.
 
     start() loads every node's presences and follows their changes; stop() ends that after
-    writing what is queued. lag_ms() gives the pub/sub lag seen since the last call."""
+    writing what is queued. max_lag_ms() gives the highest pub/sub lag seen since the last call."""
 
     def __init__(
         self,
@@ -105,14 +105,17 @@ class RedisPresence:
         self.remote: dict[StreamKey, dict[str, Entry]] = {}  # the other nodes' presences
         self._ids: dict[Subscriber, str] = {}  # this node's channels with a presence → entry id
         self._next = 0
-        self._outbox: list[tuple[StreamKey, str, Entry | None]] = []
+        # entry → (stream, value or None for a leave) to write, in order. One change per entry:
+        # only its last matters (applying is idempotent), so a long Redis outage holds at most
+        # one change per presence.
+        self._outbox: dict[str, tuple[StreamKey, Entry | None]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._writing = False  # a batch is being written
         self._reader: asyncio.Task[None] | None = None
         self._pubsub: Any = None
         self._reap = redis.register_script(_REAP)
-        self._lags: list[float] = []  # ms between a change's publication and its arrival here
+        self._max_lag: float | None = None  # ms between a change's publication and its arrival here
         self.resyncs = 0
         self._resyncing = asyncio.Lock()  # the beat and the reader may both ask for one
 
@@ -152,7 +155,8 @@ class RedisPresence:
         return state
 
     def _queue(self, key: StreamKey, entry: str, value: Entry | None) -> None:
-        self._outbox.append((key, entry, value))
+        self._outbox.pop(entry, None)  # queued again: written after what was queued before
+        self._outbox[entry] = (key, value)
         self._wake.set()
 
     # Lifecycle
@@ -196,8 +200,8 @@ class RedisPresence:
     # Writing: one task, in order; a batch is one MULTI (hash writes and one PUBLISH).
 
     def _take(self) -> list[tuple[StreamKey, str, Entry | None]]:
-        batch, self._outbox = self._outbox, []
-        return batch
+        batch, self._outbox = self._outbox, {}
+        return [(key, entry, value) for entry, (key, value) in batch.items()]
 
     async def _write_forever(self) -> None:
         delay = _RETRY_FIRST
@@ -213,7 +217,8 @@ class RedisPresence:
                 delay = _RETRY_FIRST
             except Exception as exc:
                 log.warning("cluster presence: Redis write failed, %d changes kept: %s", len(batch), exc)
-                self._outbox[:0] = batch
+                # Put back before what was queued meanwhile, which is newer.
+                self._outbox = {entry: (key, value) for key, entry, value in batch} | self._outbox
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 self._wake.set()
@@ -301,7 +306,9 @@ class RedisPresence:
 
     def _received(self, data: str) -> None:
         message = orjson.loads(data)
-        self._lags.append(time.time() * 1000 - message["t"])
+        lag = time.time() * 1000 - message["t"]
+        if self._max_lag is None or lag > self._max_lag:
+            self._max_lag = lag
         if message["n"] == self.node_id:
             return  # this node's own changes: its hub has them and its channels delivered them
         for tenant, private, sub_topic, joined, removed in message["e"]:
@@ -344,10 +351,10 @@ class RedisPresence:
         delivered = self.hub.publish(tenant, key, publication, now)
         tenant.presence_events.add(delivered, now)
 
-    def lag_ms(self) -> list[float]:
-        """The pub/sub lags (ms, publisher's clock to this node's) seen since the last call."""
-        lags, self._lags = self._lags, []
-        return lags
+    def max_lag_ms(self) -> float | None:
+        """The highest pub/sub lag (ms, publisher's clock to this node's) since the last call."""
+        lag, self._max_lag = self._max_lag, None
+        return lag
 
 
 class PresenceBroker(InProcessBroker):
