@@ -145,7 +145,7 @@ class App:
             # Imported here: without REDIS_URL nothing of the cluster (nor redis-py) is loaded.
             from .cluster.nodes import Cluster
 
-            cluster = Cluster(self, self.tenants.get)
+            cluster = Cluster(self, self.tenants.get, self.broker)
             await cluster.start()  # before listening: a first join sees the cluster's presences
             self.cluster = cluster
             self.broker = cluster.broker

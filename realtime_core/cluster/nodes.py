@@ -38,6 +38,7 @@ from .presence import PresenceBroker, RedisPresence
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ..broker import Broker
     from ..config import Settings
     from ..hub import Hub
     from ..socket import RealtimeSocket
@@ -76,7 +77,9 @@ class Host(Protocol):
 class Cluster:
     """This node: its presence replica, its counts, its liveness and the sweep of dead nodes."""
 
-    def __init__(self, host: Host, tenant: Callable[[str], Tenant | None]) -> None:
+    def __init__(self, host: Host, tenant: Callable[[str], Tenant | None], messages: Broker) -> None:
+        """`messages`: the broker that carries messages (broker.py); self.broker wraps it
+        with the cluster's presences."""
         from redis.asyncio import Redis  # the `cluster` extra: imported only in a cluster
 
         settings = host.settings
@@ -94,7 +97,7 @@ class Cluster:
         self.counters = ClusterCounters(
             self.redis, self.prefix, self.node_id, lambda: host.tenants, host.usage, host.now, self.ttl_ms
         )
-        self.broker = PresenceBroker(host.hub, self.presence)
+        self.broker = PresenceBroker(messages, host.hub, self.presence)
         self.nodes_key = f"{self.prefix}nodes"
         self.live: list[str] = []  # the live nodes at the last sweep, this one included
         self.lag_series: list[tuple[int, float | None]] = []  # (unix s, max pub/sub lag ms) per beat

@@ -16,8 +16,9 @@ Diffs: the tracking node's channel delivers its own diff locally (channel.py pub
 presence_join/leave return through the broker); every other node computes the same diff from
 its replica as it applies the change and delivers it to its own subscribers of the topic. So
 each subscriber in the cluster gets one presence_diff per join or leave, and a late joiner's
-presence_state never disagrees with the diffs that follow it on its node. A Redis broker must
-therefore deliver presence publications (kind `presence`) locally only.
+presence_state never disagrees with the diffs that follow it on its node. PresenceBroker,
+which wraps the broker of messages, therefore delivers presence publications (kind
+`presence`) on this node only.
 
 A node that dies leaves its hash behind; the node that reaps it (nodes.py) publishes the
 removal of all its entries, one change per topic, and deletes the hash: its presences leave
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..broker import InProcessBroker
+from ..broker import Broker, InProcessBroker
 from ..hub import PRESENCE_KIND, Audience, Hub, Publication, StreamKey, Subscriber
 from ..presence import Diff
 
@@ -357,15 +358,34 @@ class RedisPresence:
         return lag
 
 
-class PresenceBroker(InProcessBroker):
-    """The broker of a cluster node until the Redis broker delegates its presence_* to
-    RedisPresence: messages stay on this node, presences are the cluster's."""
+class PresenceBroker:
+    """A Broker whose presences are the cluster's (RedisPresence) and whose messages go through
+    `inner` (the in-process broker, or one between nodes), presence diffs excepted: those are
+    delivered on this node only, since every other node derives them from the change it
+    receives (see the module's docstring)."""
 
-    __slots__ = ("presence",)
+    __slots__ = ("hub", "inner", "presence")
 
-    def __init__(self, hub: Hub, presence: RedisPresence) -> None:
-        super().__init__(hub)
+    def __init__(self, inner: Broker, hub: Hub, presence: RedisPresence) -> None:
+        self.inner = inner
+        self.hub = hub
         self.presence = presence
+
+    def publish(
+        self, tenant: Tenant, key: StreamKey, publication: Publication, now: float, exclude: Subscriber | None = None
+    ) -> int:
+        if publication.kind == PRESENCE_KIND:
+            return self.hub.publish(tenant, key, publication, now, exclude)
+        return self.inner.publish(tenant, key, publication, now, exclude)
+
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.inner.accepted(tenant, kind, key, count)
+
+    def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
+        self.inner.subscribe(key, subscriber)
+
+    def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
+        self.inner.unsubscribe(key, subscriber)
 
     def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:
         return self.presence.presence_join(key, owner, presence_key, meta)
