@@ -194,6 +194,13 @@ async def test_a_late_joiner_on_any_node_gets_the_whole_clusters_presence_state(
     )
     assert response.status_code == 200, response.text
     assert set(response.json()["data"]) == {"alice", "bob"}
+    # The cluster's channel list: subscribers summed over the nodes, and by node.
+    ids = {node.proc.pid: _node_id(node, nodes[0]) for node in nodes}
+    response = httpx.get(f"{nodes[0].http_url}/admin/v1/cluster/tenants/realtime-dev/channels", headers=admin_headers())
+    assert response.status_code == 200, response.text
+    [row] = response.json()["data"]
+    assert (row["topic"], row["subscribers"], row["presence"]) == (topic, 5, 2)
+    assert row["by_node"] == {ids[nodes[0].proc.pid]: 2, ids[nodes[1].proc.pid]: 2, ids[nodes[2].proc.pid]: 1}
 
 
 async def test_a_killed_nodes_presences_leave_everywhere_within_the_bound(cluster, clients, topic):

@@ -14,7 +14,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..timeseries import SERIES, WINDOWS
@@ -76,6 +76,16 @@ class ClusterErrors(BaseModel):
     next_cursor: str | None = None
     counts: dict[str, int]
     by_node: dict[str, dict[str, int]]
+
+
+class ClusterChannel(BaseModel):
+    topic: str
+    private: bool
+    subscribers: int
+    presence: int
+    messages_total: int
+    deliveries_total: int
+    by_node: dict[str, int] = Field(description="subscribers on each node")
 
 
 class ClusterTimeSeries(BaseModel):
@@ -163,6 +173,26 @@ def routes(api: AdminApi, app: App) -> None:
     def timeseries_here(args: dict[str, Any]) -> dict[str, Any]:
         return app.timeseries.window(str(args.get("tenant")), list(args.get("names", [])), str(args.get("window")))
 
+    def channels_here(args: dict[str, Any]) -> list[dict[str, Any]]:
+        tid = str(args.get("tenant"))
+        rows = []
+        for key in app.hub.stream_keys():
+            if key.tenant != tid:
+                continue
+            stats = app.channel_stats.of(key)
+            rows.append(
+                {
+                    "topic": key.sub_topic,
+                    "private": key.private,
+                    "subscribers": len(app.hub.subscribers(key)),
+                    "presence": len(app.broker.presence_state(key)),
+                    "messages_total": sum(stats.accepted.values()) if stats is not None else 0,
+                    "deliveries_total": sum(stats.delivered.values()) if stats is not None else 0,
+                }
+            )
+        return rows
+
+    app.node_queries["channels"] = channels_here
     app.node_queries["connections"] = connections_here
     app.node_queries["errors"] = errors_here
     app.node_queries["timeseries"] = timeseries_here
@@ -185,6 +215,26 @@ def routes(api: AdminApi, app: App) -> None:
         answers = await ask("connections", {"tenant": tenant_id(call)})
         rows = [{**row, "node": node} for node, answer in answers.items() for row in answer]
         return paginate(rows, call.query, sortable=(*CONNECTION_SORTS, "node"), default="connected_at")
+
+    @api.route("GET", "/admin/v1/cluster/tenants/:id/channels", query=ListQuery, response=Page[ClusterChannel])
+    async def cluster_channels(call: Call) -> dict[str, Any]:
+        """The tenant's streams with a subscriber on any live node: subscribers summed (and by
+        node), presence keys, messages accepted and deliveries made summed."""
+        answers = await ask("channels", {"tenant": tenant_id(call)})
+        merged: dict[tuple[str, bool], dict[str, Any]] = {}
+        for node, rows in answers.items():
+            for row in rows:
+                into = merged.get((row["topic"], row["private"]))
+                if into is None:
+                    into = merged[(row["topic"], row["private"])] = {**row, "subscribers": 0, "by_node": {}}
+                    into["messages_total"] = into["deliveries_total"] = 0
+                into["subscribers"] += row["subscribers"]
+                into["by_node"][node] = row["subscribers"]
+                into["presence"] = max(into["presence"], row["presence"])  # every node holds them all
+                into["messages_total"] += row["messages_total"]
+                into["deliveries_total"] += row["deliveries_total"]
+        sortable = ("topic", "subscribers", "presence", "messages_total", "deliveries_total")
+        return paginate(merged.values(), call.query, sortable=sortable, default="-subscribers")
 
     @api.route("GET", "/admin/v1/cluster/tenants/:id/errors", query=ListQuery, response=ClusterErrors)
     async def cluster_errors(call: Call) -> dict[str, Any]:
