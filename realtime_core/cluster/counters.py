@@ -8,7 +8,7 @@ new total: the cluster's count right after that connect, which usage.py turns in
 the next: no round trip per connect on the socket's path. A dead node's counts are subtracted
 from the totals when it is reaped (reap()).
 
-Users and rates, within one sync interval: every `interval` seconds a node writes its own per
+Users and rates, within two sync intervals: every `interval` seconds a node writes its own per
 tenant (users, and events, joins and presence events per second, as limits.RateCounter
 averages them) to `load:<node>` (expiring after the liveness TTL) and reads the other live
 nodes'. Their sums become `Tenant.remote_users` and each counter's `remote`, which the limit
@@ -34,7 +34,6 @@ __all__ = ["ClusterCounters"]
 log = logging.getLogger(__name__)
 
 _RETRY_MAX = 5.0
-_FIGURES = ("users", "events", "joins", "presence_events")  # a node's load of one tenant, in order
 _STOP_TIMEOUT = 2.0
 
 # KEYS[1]: the dead node's counts, KEYS[2]: the cluster's totals, KEYS[3]: its liveness key.
@@ -92,7 +91,6 @@ class ClusterCounters:
         self._writer: asyncio.Task[None] | None = None
         self._reap = redis.register_script(_REAP)
         self._set = redis.register_script(_SET)
-        self.remote: dict[str, dict[str, float]] = {}  # tenant → the other nodes' summed load
 
     def node_key(self, node_id: str) -> str:
         return f"{self.prefix}conns:{node_id}"
@@ -207,7 +205,7 @@ class ClusterCounters:
         """Write this node's users and rates, read the other live nodes' and apply their sums."""
         others = [n for n in live_nodes if n != self.node_id]
         own = self.load_key(self.node_id)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)  # nobody reads this node's load half-written
         load = self._own_load()
         pipe.delete(own)
         if load:
@@ -222,7 +220,6 @@ class ClusterCounters:
                 into = sums.setdefault(tenant_id, [0, 0.0, 0.0, 0.0])
                 for i, figure in enumerate(orjson.loads(value)):
                     into[i] += figure
-        self.remote = {t: dict(zip(_FIGURES, v, strict=True)) for t, v in sums.items()}
         for tenant in self.tenants():
             users, events, joins, presence = sums.get(tenant.external_id, (0, 0.0, 0.0, 0.0))
             tenant.remote_users = int(users)
