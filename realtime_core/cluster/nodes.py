@@ -52,6 +52,8 @@ FORGET_DEAD_S = 600  # how long a dead node's record is still listed (GET /admin
 _REAP_LOCK_MS = 30_000  # a reaper that dies mid-way lets another try after this
 _LAG_POINTS = 60  # per-beat lag values kept in the node's record
 ASK_TIMEOUT = 2.0  # s: how long ask() waits for the live nodes' answers
+_LEAVE_TIMEOUT = 6.0  # s: stop() gives up clearing this node's state after this (Redis unreachable)
+_CONNECT_TIMEOUT = 2.0  # s: connecting to Redis (a cut network must not hang the beat or stop())
 
 
 class Host(Protocol):
@@ -91,7 +93,10 @@ class Cluster:
         self.interval = settings.cluster_sync_interval_ms / 1000
         # Named, so that an operator (or a test) can tell this node's connections in CLIENT LIST.
         self.redis: Redis = Redis.from_url(
-            settings.redis_url, decode_responses=True, client_name=f"{self.prefix}{self.node_id}"
+            settings.redis_url,
+            decode_responses=True,
+            client_name=f"{self.prefix}{self.node_id}",
+            socket_connect_timeout=_CONNECT_TIMEOUT,
         )
         self.presence = RedisPresence(host.hub, self.redis, self.prefix, self.node_id, tenant, host.now)
         self.counters = ClusterCounters(
@@ -146,14 +151,17 @@ class Cluster:
             await self._questions.aclose()
         self.host.usage.cluster = None
         try:
-            await self.presence.stop()
-            await self.counters.stop()
-            await self.redis.delete(self.alive_key(self.node_id))
-            await self._reap(self.node_id)
-            await self.redis.hdel(self.nodes_key, self.node_id)
-        except Exception as exc:
-            log.warning("cluster: leaving uncleanly (the others reap this node when its key expires): %s", exc)
+            await asyncio.wait_for(self._leave(), _LEAVE_TIMEOUT)
+        except Exception as exc:  # Redis unreachable: the others reap this node when its key expires
+            log.warning("cluster: leaving uncleanly (the others reap this node within its TTL): %r", exc)
         await self.redis.aclose()
+
+    async def _leave(self) -> None:
+        await self.presence.stop()
+        await self.counters.stop()
+        await self.redis.delete(self.alive_key(self.node_id))
+        await self._reap(self.node_id)
+        await self.redis.hdel(self.nodes_key, self.node_id)
 
     # Liveness
 
