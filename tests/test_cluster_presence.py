@@ -541,3 +541,52 @@ def test_a_node_whose_redis_does_not_answer_refuses_to_start_with_a_clear_messag
     assert result.returncode == 1
     assert "realtime-core: REDIS_URL does not answer" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+async def test_after_redis_loses_everything_the_nodes_put_their_state_back(cluster, clients, topic):
+    # As a Redis restarted without persistence: every key of the cluster gone, every connection cut.
+    first, second = cluster(2)
+    alice, _ = await watching(clients(first), topic, "alice")
+    bob, bob_log = await watching(clients(second), topic, "bob")
+    await alice.track({"n": 1})
+    await bob.track({"n": 2})
+    await eventually(lambda: "alice" in bob_log.joins, DELIVERY, what="alice seen on the second node")
+    name = first.env["REALTIME_CLUSTER"]
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.delete(*client.scan_iter(f"rt:{name}:*"))
+        for conn in client.client_list():
+            if conn.get("name", "").startswith(f"rt:{name}:"):
+                client.execute_command("CLIENT", "KILL", "ID", conn["id"])
+
+    # Within a liveness beat (TTL/3) both nodes are registered again, with their connections...
+    def cluster_view() -> dict[str, Any]:
+        response = httpx.get(f"{first.http_url}/admin/v1/cluster", headers=admin_headers())
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    await eventually(
+        lambda: cluster_view()["nodes"] == 2 and cluster_view()["tenants"]["realtime-dev"]["connections"] == 2,
+        DELIVERY,
+        what="both nodes and their connections back in Redis",
+    )
+    # ...and their presences: a node started now reads both from Redis.
+    (third,) = cluster(1)
+    carol, _ = await watching(clients(third), topic, "carol")
+    assert fields(carol.presence_state()) == {"alice": [{"n": 1}], "bob": [{"n": 2}]}
+    # The nodes that stayed up delivered no leave and no second join.
+    assert bob_log.leaves == [] and bob_log.joins.count("alice") == 1
+
+
+async def test_a_node_gone_with_its_record_lost_still_has_its_presences_leave(cluster, clients, topic):
+    # Nobody can reap a node whose record Redis lost: the others drop its presences after 2 TTLs.
+    first, second = cluster(2)
+    _, watcher = await watching(clients(first), topic, "watcher")
+    ghost, _ = await watching(clients(second), topic, "ghost")
+    await ghost.track({"boo": True})
+    await eventually(lambda: "ghost" in watcher.joins, DELIVERY, what="the join")
+    ghost_id = _node_id(second, first)
+    second.proc.kill()
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.hdel(f"rt:{first.env['REALTIME_CLUSTER']}:nodes", ghost_id)
+    await eventually(lambda: "ghost" in watcher.leaves, 2 * TTL_MS / 1000 + REAP_BOUND, what="the ghost's leave")
+    assert watcher.leaves == ["ghost"]

@@ -53,6 +53,7 @@ _REAP_LOCK_MS = 30_000  # a reaper that dies mid-way lets another try after this
 _LAG_POINTS = 60  # per-beat lag values kept in the node's record
 ASK_TIMEOUT = 2.0  # s: how long ask() waits for the live nodes' answers
 _LEAVE_TIMEOUT = 6.0  # s: stop() gives up clearing this node's state after this (Redis unreachable)
+_RESTORE_TIMEOUT = 2.0  # s: how long a node restoring itself waits for its presences to be written
 _CONNECT_TIMEOUT = 2.0  # s: connecting to Redis (a cut network must not hang the beat or stop())
 
 
@@ -103,6 +104,7 @@ class Cluster:
             self.redis, self.prefix, self.node_id, lambda: host.tenants, host.usage, host.now, self.ttl_ms
         )
         self.broker = PresenceBroker(messages, host.hub, self.presence)
+        self.presence.live_nodes = self._live_nodes
         self.nodes_key = f"{self.prefix}nodes"
         self.live: list[str] = []  # the live nodes at the last sweep, this one included
         self.lag_series: list[tuple[int, float | None]] = []  # (unix s, max pub/sub lag ms) per beat
@@ -197,17 +199,22 @@ class Cluster:
         lag = self.presence.max_lag_ms()
         self.lag_series.append((int(time.time()), round(lag, 3) if lag is not None else None))
         del self.lag_series[:-_LAG_POINTS]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.set(self.alive_key(self.node_id), b"1", px=self.ttl_ms, get=True)
-        pipe.hset(self.nodes_key, self.node_id, orjson.dumps(self.record()))
-        was_alive, _ = await pipe.execute()
-        if was_alive is None and self._beaten:
-            # The key expired (this node stalled for a TTL, and may have been reaped) or Redis
-            # restarted empty: put this node's presences and connections back.
-            log.warning("cluster: node %s was seen dead or Redis lost its state; restoring it", self.node_id)
-            await self.presence.resync()
-            self.counters.restore()
-            await self.redis.delete(f"{self.prefix}reap:{self.node_id}")  # reapable again
+        alive = self.alive_key(self.node_id)
+        if not await self.redis.pexpire(alive, self.ttl_ms):
+            if self._beaten:
+                # The key expired (this node stalled for a TTL, and may have been reaped) or
+                # Redis restarted empty: this node's presences are written again before its key
+                # is (a node resynchronising meanwhile takes a live node's hash as it finds it).
+                log.warning("cluster: node %s was seen dead or Redis lost its state; restoring it", self.node_id)
+                self.presence.queue_own()
+                await self.presence.flushed(_RESTORE_TIMEOUT)
+                self.counters.restore()
+                await self.redis.delete(f"{self.prefix}reap:{self.node_id}")  # reapable again
+            await self.redis.set(alive, b"1", px=self.ttl_ms)
+            if self._beaten:
+                await self.presence.resync()  # writes this node's presences once more, too
+        # After the key: a record without a key is a dead node's, which a sweep reaps.
+        await self.redis.hset(self.nodes_key, self.node_id, orjson.dumps(self.record()))
         self._beaten = True
 
     async def _beat_forever(self) -> None:
@@ -242,6 +249,9 @@ class Cluster:
             rows.append(record)
         return rows
 
+    async def _live_nodes(self) -> set[str]:
+        return {r["id"] for r in await self.records() if r["alive"]}
+
     async def _sweep(self) -> None:
         """Find the dead nodes, reap those nobody is reaping, forget long-dead records."""
         now = time.time()
@@ -262,6 +272,8 @@ class Cluster:
                 record["died_at"] = now
                 await self.redis.hset(self.nodes_key, node, orjson.dumps(record))
         self.live = live
+        # A node whose record Redis lost is reaped by nobody: its presences leave after 2 TTLs.
+        self.presence.drop_missing(set(live), 2 * self.ttl_ms / 1000)
 
     async def _reap(self, node: str) -> bool:
         """Clear what the dead `node` left; False when it turned out alive (it beat again)."""

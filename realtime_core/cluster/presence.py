@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -80,6 +80,15 @@ return #stored / 2
 """
 
 
+async def _no_nodes() -> set[str]:
+    return set()
+
+
+def _node_of(entry: str) -> str:
+    """The node of an entry id (`<node>:<n>`)."""
+    return entry.rpartition(":")[0]
+
+
 class RedisPresence:
     """The presence part of the Broker Protocol (broker/__init__.py) for a cluster node.
 
@@ -119,6 +128,9 @@ class RedisPresence:
         self._max_lag: float | None = None  # ms between a change's publication and its arrival here
         self.resyncs = 0
         self._resyncing = asyncio.Lock()  # the beat and the reader may both ask for one
+        self._missing: dict[str, float] = {}  # node → when drop_missing() first missed it
+        # The ids of the nodes whose liveness key is set (nodes.py); set before start().
+        self.live_nodes: Callable[[], Awaitable[set[str]]] = _no_nodes
 
     def hash_key(self, node_id: str) -> str:
         return f"{self.prefix}presence:{node_id}"
@@ -284,26 +296,58 @@ class RedisPresence:
 
     async def resync(self) -> None:
         """Write this node's presences again (Redis may have restarted empty, or this node been
-        reaped), reload the others' and deliver what changed meanwhile."""
+        reaped), reload the live nodes' and deliver what changed meanwhile. A node without a
+        liveness key keeps its presences here: it may be writing them again (its own resync),
+        and if it is dead they leave with it (drop_missing())."""
         async with self._resyncing:
-            await self._resync()
+            self.queue_own()
+            live = await self.live_nodes()
+            replica = await self._load(sorted(live))
+            for key in set(self.remote) | set(replica):
+                before = self.remote.get(key, {})
+                after = replica.get(key, {})
+                removed = [e for e in before if e not in after and _node_of(e) in live]
+                self._apply(key, {e: v for e, v in after.items() if before.get(e) != v}, removed)
+            self.resyncs += 1
+            log.info("cluster presence: resynchronised (%d topics with other nodes' presences)", len(self.remote))
 
-    async def _resync(self) -> None:
-        # Written again through the writer's queue: a leave queued after this is written after it.
+    def queue_own(self) -> None:
+        """Queue every presence of this node for writing again, through the writer's queue (a
+        leave queued after this is written after it)."""
         for key, topic in self.hub.presences.items():
             for owner, presence_key, meta in topic.entries():
                 entry = self._ids.get(owner)  # type: ignore[call-overload]
                 if entry is not None:
                     self._queue(key, entry, (presence_key, meta))
-        node_ids = await self.redis.hkeys(f"{self.prefix}nodes")
-        replica = await self._load(node_ids)
-        for key in set(self.remote) | set(replica):
-            before = self.remote.get(key, {})
-            after = replica.get(key, {})
-            removed = [e for e in before if e not in after]
-            self._apply(key, {e: v for e, v in after.items() if before.get(e) != v}, removed)
-        self.resyncs += 1
-        log.info("cluster presence: resynchronised (%d topics with other nodes' presences)", len(self.remote))
+
+    async def flushed(self, timeout: float) -> bool:
+        """Wait until everything queued is written; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self._outbox or self._writing:
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        return True
+
+    def drop_missing(self, live: set[str], grace: float) -> None:
+        """Remove, with their leaves, the presences of nodes missing from `live` for `grace`
+        seconds: a node whose state Redis lost and that never came back is reaped by nobody."""
+        now = time.monotonic()
+        present = {_node_of(e) for replica in self.remote.values() for e in replica}
+        for node in present - live:
+            since = self._missing.setdefault(node, now)
+            if now - since < grace:
+                continue
+            del self._missing[node]
+            log.warning("cluster presence: node %s is gone without being reaped; its presences leave", node)
+            for key in list(self.remote):
+                gone = [e for e in self.remote[key] if _node_of(e) == node]
+                if gone:
+                    self._apply(key, {}, gone)
+        for node in list(self._missing):
+            if node in live or node not in present:
+                del self._missing[node]
 
     def _received(self, data: str) -> None:
         message = orjson.loads(data)
