@@ -9,8 +9,8 @@ presence key, meta]; an entry is one channel's presence, its id `<node>:<n>`), a
 every change on the channel `presence` as JSON `{"n": node, "t": unix ms, "e": [[tenant,
 private, sub_topic, {entry: [key, meta]}, [entry, ...]], ...]}` (entries set, entries
 removed). A change is written to the hash and published in one MULTI, in order, by one
-writer task: a node reading a hash and then the channel misses nothing and sees nothing twice
-that matters, since applying a change is idempotent.
+writer task: a node that subscribes to the channel and then reads the hashes misses nothing,
+and what it sees twice does nothing, since applying a change is idempotent.
 
 Diffs: the tracking node's channel delivers its own diff locally (channel.py publishes what
 presence_join/leave return through the broker); every other node computes the same diff from
