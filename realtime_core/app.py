@@ -45,6 +45,7 @@ from .usage import UsageMeter
 if TYPE_CHECKING:
     from .cluster.broker import RedisBroker
     from .cluster.leader import ReplicationCluster
+    from .cluster.nodes import Cluster as Nodes
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -123,6 +124,10 @@ class App:
         # Replication leadership across the cluster (cluster/leader.py); None: this process leads.
         self.cluster: Cluster | None = None
         self._replication: ReplicationCluster | None = None  # the same, to stop it
+        # With REDIS_URL: presence, counts and liveness of the cluster's nodes (cluster/nodes.py).
+        self.nodes: Nodes | None = None
+        # What the cluster's other nodes may ask this one (Nodes.ask()); admin modules register these.
+        self.node_queries: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -169,6 +174,14 @@ class App:
             if tenant.external_id == settings.tenant_name:
                 raise result  # the server's own database: nothing works without it
             self._starting_failed(tenant, result)
+        if settings.redis_url:
+            # Imported here: without REDIS_URL nothing of the cluster (nor redis-py) is loaded.
+            from .cluster.nodes import Cluster as Nodes
+
+            nodes = Nodes(self, self.tenants.get, self.broker)
+            await nodes.start()  # before listening: a first join sees the cluster's presences
+            self.nodes = nodes
+            self.broker = nodes.broker
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -387,6 +400,8 @@ class App:
         # Joins, policy re-checks and tenant retries still running: cancelled, and awaited so
         # that none starts or uses a service being stopped.
         await self.tasks.stop(timeout=_STOP_TIMEOUT)
+        if self.nodes is not None:
+            await self.nodes.stop()  # after the sockets closed: their leaves and disconnects are sent
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
@@ -460,7 +475,7 @@ class App:
             raise ConnectError(exc.connect_status, exc.connect_text, exc.code) from None
         limits = tenant.limits
         now = self.now()
-        if tenant.users >= limits.max_concurrent_users:
+        if tenant.users + tenant.remote_users >= limits.max_concurrent_users:
             raise ConnectError(429, "Too many connected users", "ConnectionRateLimitReached")
         if tenant.joins.reached(limits.max_joins_per_second, now):
             raise ConnectError(429, "Too many joins per second", "JoinsRateLimitReached")

@@ -85,7 +85,7 @@ async def join(socket: ChannelSocket, msg: Message) -> tuple[Channel, dict[str, 
         raise PrivateOnly("This project only allows private channels")
     limits = tenant.limits
     now = app.now()
-    if not socket.counted and tenant.users >= limits.max_concurrent_users:
+    if not socket.counted and tenant.users + tenant.remote_users >= limits.max_concurrent_users:
         raise ConnectionRateLimitReached("Too many connected users")
     if tenant.joins.reached(limits.max_joins_per_second, now):
         raise ClientJoinRateLimitReached("Too many joins per second")

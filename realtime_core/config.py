@@ -119,6 +119,20 @@ class Settings:
         "the cluster's name: processes with the same `REDIS_URL` and name are one system; its Redis keys start"
         " with `rt:<name>:`",
     )
+    cluster_node_ttl_ms: int = int_var(
+        "REALTIME_CLUSTER_NODE_TTL_MS",
+        6_000,
+        "in a cluster: the TTL of each node's liveness key, refreshed every third of it; a node that dies is"
+        " reaped (its presences leave, its connections are no longer counted) within 4/3 of it",
+        minimum=300,
+    )
+    cluster_sync_interval_ms: int = int_var(
+        "REALTIME_CLUSTER_SYNC_INTERVAL_MS",
+        1_000,
+        "in a cluster: how often each node publishes its users and rates and reads the others' (the limits"
+        " are enforced on cluster totals at most two of these late)",
+        minimum=50,
+    )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",
         Path(".realtime"),

@@ -76,6 +76,7 @@ class MetricsSource(Protocol):
     services: Mapping[str, Any]  # tenant_services.TenantServices: cdc, authorizer, db_broadcast
     hub: Hub
     usage: Any  # usage.UsageMeter: flushes, flush_failures, alerts, webhooks_sent, webhook_failures
+    nodes: Any  # cluster.nodes.Cluster with REDIS_URL, else None: live, reaped, lag_series, presence
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -269,6 +270,28 @@ class RealtimeCollector:
             users.add_metric([tenant.external_id], tenant.users)
         yield users
         yield from self._usage()
+        yield from self._cluster()
+
+    def _cluster(self) -> Iterator[Metric]:
+        """This node's view of the cluster (cluster/nodes.py), with REDIS_URL only."""
+        cluster = self._app.nodes
+        if cluster is None:
+            return
+        yield GaugeMetricFamily("realtime_cluster_nodes", "Live nodes at the last sweep", value=len(cluster.live))
+        yield CounterMetricFamily(
+            "realtime_cluster_nodes_reaped", "Dead nodes whose state this node cleared", value=cluster.reaped
+        )
+        yield CounterMetricFamily(
+            "realtime_cluster_presence_resyncs",
+            "Presence resynchronisations with Redis (a lost connection, or this node reaped)",
+            value=cluster.presence.resyncs,
+        )
+        lag = cluster.lag_series[-1][1] if cluster.lag_series else None
+        yield GaugeMetricFamily(
+            "realtime_cluster_pubsub_lag_ms",
+            "Highest Redis pub/sub lag of the presence channel over the last liveness beat, ms",
+            value=lag if lag is not None else 0.0,
+        )
 
     def _usage(self) -> Iterator[Metric]:
         """Usage metering: its flushes, and the quota alerts it raised (usage.py)."""

@@ -35,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
@@ -54,7 +54,16 @@ if TYPE_CHECKING:
     from .hub import Publication, StreamKey, Subscriber
     from .tenants import Tenant
 
-__all__ = ["EGRESS_KINDS", "PROTOCOL_KIND", "THRESHOLDS", "Cycle", "UsageMeter", "billing_cycle", "hour_of"]
+__all__ = [
+    "EGRESS_KINDS",
+    "PROTOCOL_KIND",
+    "THRESHOLDS",
+    "ClusterConnections",
+    "Cycle",
+    "UsageMeter",
+    "billing_cycle",
+    "hour_of",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +128,25 @@ def billing_cycle(today: date, cycle_day: int) -> Cycle:
     return Cycle(start, _add_months(start, 1))
 
 
-class _Connections:
-    """The open WebSockets of one tenant and the peak of the current hour."""
+class ClusterConnections(Protocol):
+    """The cluster's count of connections (cluster/counters.py): told of each connect and
+    disconnect here, it answers with the cluster total through UsageMeter.cluster_total()."""
 
-    __slots__ = ("hour", "open", "peak")
+    def connected(self, tenant_id: str) -> None: ...
+
+    def disconnected(self, tenant_id: str) -> None: ...
+
+
+class _Connections:
+    """The open WebSockets of one tenant and the peak of the current hour.
+
+    `open` counts this process's; `total` the cluster's (as last heard, in a cluster; else `open`)."""
+
+    __slots__ = ("hour", "open", "peak", "total")
 
     def __init__(self, hour: int) -> None:
         self.open = 0
+        self.total = 0
         self.hour = hour
         self.peak = 0
 
@@ -164,6 +185,8 @@ class UsageMeter:
         self._stored: dict[str, tuple[date, int, int, int]] = {}
         self._alerted: set[tuple[str, date, str, int]] = set()
         self._lock = asyncio.Lock()  # one flush or live read at a time
+        # Set in a cluster: peaks are then the cluster's totals (cluster_total()), not this process's.
+        self.cluster: ClusterConnections | None = None
         self.pool: AsyncConnectionPool | None = None
         self.tenants: Callable[[], Iterable[Tenant]] = tuple
         # The open sockets (the App's): attribution moves their traffic to each new day.
@@ -278,16 +301,34 @@ class UsageMeter:
         """A WebSocket upgrade of `tenant` succeeded."""
         conns = self._connections_of(tenant.external_id)
         conns.open += 1
-        if conns.open > conns.peak:
-            conns.peak = conns.open
-            key = (tenant.external_id, conns.hour)
-            if self._peaks.get(key, 0) < conns.peak:
-                self._peaks[key] = conns.peak
+        if self.cluster is None:
+            conns.total = conns.open
+            self._saw(tenant.external_id, conns)
+        else:
+            self.cluster.connected(tenant.external_id)
 
     def disconnected(self, tenant: Tenant) -> None:
         """A WebSocket of `tenant` that connected() counted has closed."""
         conns = self._connections_of(tenant.external_id)
         conns.open -= 1
+        if self.cluster is None:
+            conns.total = conns.open
+        else:
+            self.cluster.disconnected(tenant.external_id)
+
+    def cluster_total(self, tenant_id: str, total: int) -> None:
+        """The cluster had `total` connections of `tenant_id` right after one of this process's
+        connects or disconnects (cluster/counters.py): the cluster's peak is the highest of these."""
+        conns = self._connections_of(tenant_id)
+        conns.total = total
+        self._saw(tenant_id, conns)
+
+    def _saw(self, tenant_id: str, conns: _Connections) -> None:
+        if conns.total > conns.peak:
+            conns.peak = conns.total
+            key = (tenant_id, conns.hour)
+            if self._peaks.get(key, 0) < conns.peak:
+                self._peaks[key] = conns.peak
 
     def _connections_of(self, tenant_id: str) -> _Connections:
         """The tenant's connections, moved to the current hour: a new hour starts from the
@@ -297,13 +338,13 @@ class UsageMeter:
         if conns is None:
             conns = self._connections[tenant_id] = _Connections(hour)
         elif conns.hour != hour:
-            if conns.open:
+            if conns.total:
                 for gap in range(max(conns.hour + 1, hour - _MAX_GAP_HOURS), hour + 1):
                     key = (tenant_id, gap)
-                    if self._peaks.get(key, 0) < conns.open:
-                        self._peaks[key] = conns.open
+                    if self._peaks.get(key, 0) < conns.total:
+                        self._peaks[key] = conns.total
             conns.hour = hour
-            conns.peak = conns.open
+            conns.peak = conns.total
         return conns
 
     def socket_opened(self, socket: AttributedSocket) -> None:

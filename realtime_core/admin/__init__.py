@@ -13,6 +13,7 @@ from . import (
     channels,
     egress_api,
     introspect,
+    nodes,
     pg_check,
     pricing_api,
     replication,
@@ -45,5 +46,6 @@ def register(app: App, router: Router) -> AdminApi:
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
     tail.routes(api, app)
+    nodes.routes(api, app)
     api.register(router)
     return api
