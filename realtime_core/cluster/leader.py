@@ -44,7 +44,7 @@ from ..postgres_changes.filters.parsing import parse_params
 from ..postgres_changes.peers import decode_batch, encode_records
 from ..postgres_changes.subscriptions import Subscription
 from ..tasks import spawn
-from . import keys
+from . import RedisUnavailable, keys
 
 __all__ = ["RemoteChannel", "ReplicationCluster", "lock_key"]
 
@@ -103,7 +103,7 @@ class ReplicationCluster:
             await self.redis.ping()
             await self._pubsub.subscribe(self.node_channel)
         except (RedisError, OSError) as exc:
-            raise RuntimeError(f"REDIS_URL: Redis does not answer ({exc})") from exc
+            raise RedisUnavailable(f"REDIS_URL does not answer: {exc}") from None
         self._reader = spawn(self._read_forever(), name="replication cluster reader")
 
     async def stop(self) -> None:

@@ -323,6 +323,8 @@ class Cluster:
                 async for message in self._questions.listen():
                     if message.get("type") == "message":
                         await self._answer(message["data"])
+                # listen() ends at once when nothing is subscribed (a failed resubscription).
+                raise ConnectionError("not subscribed to the questions channel")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -276,6 +276,9 @@ class RedisPresence:
                     if message.get("type") == "message":
                         self._received(message["data"])
                         delay = _RETRY_FIRST
+                # listen() ends at once, without waiting, when nothing is subscribed (a failed
+                # resubscription): without this the loop would spin and starve the event loop.
+                raise ConnectionError("not subscribed to the presence channel")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
