@@ -34,6 +34,7 @@ from .protocol import codec_for
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
+from .trace import Tracer
 from .usage import UsageMeter
 
 __all__ = ["SOCKET_PATHS", "App"]
@@ -67,6 +68,7 @@ class App:
         self.hub = Hub()
         self.broker: Broker = InProcessBroker(self.hub)
         self.sockets: set[RealtimeSocket] = set()
+        self.tracer = Tracer(self.hub)  # delivery traces (admin API); hub.tracer while one runs
         self.metrics = Metrics(self)
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
@@ -117,6 +119,7 @@ class App:
             max_write_buffer=settings.max_write_buffer_bytes,
             flush_chunk=settings.flush_chunk,
         )
+        self.server.writer.on_slow_consumer = self.tracer.slow_consumer
         self.port = await self.server.listen(settings.host, settings.port)
         return self.port
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import trace
 from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
@@ -440,6 +441,8 @@ class Channel:
             if not allowed:
                 # None: held until the write policy is known. False: denied
                 # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
+                if allowed is False:
+                    self._refused(msg, trace.WRITE_DENIED)
                 return
         ctx = self.socket.ctx
         tenant = self.socket.tenant
@@ -459,6 +462,7 @@ class Channel:
             size = len(payload_json)
             publication = Publication(self.topic, "broadcast", payload_json)
         if tenant.payload_too_large(size):
+            self._refused(msg, trace.PAYLOAD_TOO_LARGE)
             if self.ack:
                 # The response is a bare string (docs/protocol.md §4.1).
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
@@ -467,6 +471,19 @@ class Channel:
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
+
+    def _refused(self, msg: Message, reason: str) -> None:
+        """Tell a running delivery trace that this channel's broadcast `msg` was refused."""
+        tracer = self.socket.ctx.hub.tracer
+        if tracer is None:
+            return
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            event = payload.event
+        else:
+            event = payload.get("event") if isinstance(payload, dict) else None
+        name = event if isinstance(event, str) else None
+        tracer.decided(self.socket.tenant.external_id, self, BROADCAST_KIND, name, False, reason)
 
     # Presence (docs/protocol.md §5)
 

@@ -14,6 +14,8 @@ builds each frame once per codec in use and queues the same bytes on every
 receiver (docs/design.md §2: frame built once). The connection behind
 Subscriber.conn applies the slow-consumer rule: a receiver whose unsent
 backlog passes the high-water mark is disconnected, never waited for.
+While a delivery trace runs, Hub.tracer (trace.py) is told of each publication
+before it is delivered.
 
 Nothing here imports a session, a tenant service or the app: they reach the
 hub through the small Protocols below."""
@@ -42,6 +44,7 @@ __all__ = [
     "Sink",
     "StreamKey",
     "Subscriber",
+    "Tracer",
 ]
 
 TOO_MANY_MESSAGES = "Too many messages per second"
@@ -128,6 +131,33 @@ class DeliveryObserver(Protocol):
         """`count` frames of `kind` were sent to one `subscriber` of `key` outside deliver()."""
 
 
+class Tracer(Protocol):
+    """Records the decisions taken for traced subjects (trace.Tracer). Hub.tracer is None while
+    no trace runs, so that delivery costs one attribute test per publication for tracing."""
+
+    def watching(self, tenant: str) -> set[str] | None:
+        """The topics traced on the tenant `tenant`, or None."""
+
+    def published(
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        publication: Publication,
+        subs: Iterable[Subscriber],
+        exclude: Subscriber | None,
+        now: float,
+    ) -> None:
+        """`publication` is about to be delivered to `subs`, the subscribers of `key`, but `exclude`."""
+
+    def decided(
+        self, tenant: str, sub: Subscriber, kind: str, event: str | None, delivered: bool, reason: str | None
+    ) -> None:
+        """A decision about a message of `kind` for `sub` taken outside Hub.publish()."""
+
+    def sent(self) -> None:
+        """The frames of the decisions just recorded are queued."""
+
+
 class Publication:
     """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
 
@@ -176,12 +206,13 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "observers", "presences")
+    __slots__ = ("_streams", "observers", "presences", "tracer")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
+        self.tracer: Tracer | None = None  # set while a delivery trace runs (trace.py)
 
     # Registry
 
@@ -246,6 +277,13 @@ class Hub:
     ) -> int:
         """Deliver `publication` to the local subscribers of `key`; return how many got it."""
         subs = self._streams.get(key)
+        tracer = self.tracer
+        if tracer is not None:
+            # Decided before delivery: a rate-limited delivery closes the receivers.
+            tracer.published(tenant, key, publication, subs or (), exclude, now)
+            delivered = self.deliver(tenant, ((subs, publication),), now, exclude) if subs else 0
+            tracer.sent()
+            return delivered
         if not subs:
             return 0
         return self.deliver(tenant, ((subs, publication),), now, exclude)

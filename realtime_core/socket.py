@@ -14,6 +14,7 @@ waits in TCP as it does behind upstream's blocking join, instead of in memory.""
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -51,6 +52,7 @@ class RealtimeSocket:
         "conn",
         "counted",
         "ctx",
+        "id",
         "log_level",
         "tenant",
         "token",
@@ -67,6 +69,8 @@ class RealtimeSocket:
         x_headers: dict[str, str],
         log_level: str,
     ) -> None:
+        # The id names this connection for operators (admin API, traces).
+        self.id = secrets.token_urlsafe(9)  # 12 URL-safe characters
         self.ctx = ctx
         self.tenant = tenant
         self.codec = codec

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, pricing_api, usage_api
+from . import audit, pricing_api, trace_api, usage_api
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -25,5 +25,6 @@ def register(app: App, router: Router) -> AdminApi:
     audit.routes(api)
     pricing_api.routes(api)
     usage_api.routes(api, app)
+    trace_api.routes(api, app)
     api.register(router)
     return api
