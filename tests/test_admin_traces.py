@@ -14,13 +14,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import MS, admin_headers, make_token, messages_policy, serving
+from conftest import BUCKET_WAIT, MS, admin_headers, make_token, messages_policy, serving
 from fakes import TENANT
 from jsclient import JsDriver
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from test_postgres_changes import new_table, next_change, rls_table, run, subscribe
 from test_real_socket import drain_until_closed, silent_subscriber
-from wire import V2, RawClient
+from wire import V2, RawClient, eventually
 
 pytestmark = pytest.mark.pg
 
@@ -266,6 +266,22 @@ async def test_a_slow_consumer_drop_is_explained(server_factory, topic):
     assert all(d["reason"] in ("slow_consumer", "not_joined") for d in decisions[first_drop:])
 
 
+@pytest.mark.slow
+async def test_a_receiver_shut_down_for_the_tenants_message_rate_is_explained(server_factory, clients, topic):
+    """Rate counters average 5 s buckets (docs/protocol.md §9.2), so this waits one bucket."""
+    srv = server_factory({"TENANT_MAX_EVENTS_PER_SECOND": "10"})
+    trace = await start_trace(srv, topic, sub="hank")
+    channel = await joined(clients(make_token("authenticated", sub="hank"), srv), topic)
+    for _ in range(6):  # 60 messages (and their 60 deliveries) in the first bucket
+        await rest_broadcast(srv, topic, "filler", n=10)
+    await asyncio.sleep(BUCKET_WAIT)
+    with psycopg.connect(srv.database_url, autocommit=True) as db:
+        db.execute("select realtime.send('{}'::jsonb, 'one-too-many', %s, false)", (topic,))
+    limited = await decision(srv, trace, lambda d: d["event"] == "one-too-many")
+    assert (limited["kind"], limited["delivered"], limited["reason"]) == ("db_broadcast", False, "rate_limited")
+    await eventually(lambda: not channel.is_joined, 5_000 * MS, "the receiver's channel closed")
+
+
 # -- bounds, expiry, refusals --------------------------------------------------------
 
 
@@ -348,6 +364,12 @@ async def test_bad_trace_requests_name_the_field(server, body, field):
     response = await admin(server, "POST", TRACES, json=body)
     assert response.status_code == 422, response.text
     assert field in response.json()["errors"]
+
+
+async def test_the_trace_endpoints_are_documented(server):
+    paths = (await admin(server, "GET", "/admin/v1/openapi.json")).json()["paths"]
+    assert set(paths[f"{TRACES.replace(TENANT, '{id}')}"]) == {"get", "post"}
+    assert set(paths[f"{TRACES.replace(TENANT, '{id}')}/{{trace}}"]) == {"get", "delete"}
 
 
 async def test_traces_of_an_unknown_tenant_or_id_are_not_found(server):
