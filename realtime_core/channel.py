@@ -33,7 +33,16 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import BROADCAST_KIND, DB_BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .hub import (
+    BROADCAST_KIND,
+    DB_BROADCAST_KIND,
+    PRESENCE_KIND,
+    Audience,
+    ChannelState,
+    Publication,
+    StreamKey,
+    Tracer,
+)
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -350,6 +359,8 @@ class Channel:
         """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
+        hub = self.socket.ctx.hub
+        tracer = hub.tracer
         sent = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
@@ -357,14 +368,22 @@ class Channel:
                 frame = codec.user_broadcast(
                     self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
                 )
+                reason: str | None = trace.CODEC
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
                     sent += 1
+                    reason = None
+                if tracer is not None:
+                    self._traced(tracer, DB_BROADCAST_KIND, row.event, reason is None, reason)
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
             self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
             sent += 1
-        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
+            if tracer is not None:
+                self._traced(tracer, DB_BROADCAST_KIND, row.event, True, None)
+        hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
+        if tracer is not None:
+            tracer.sent()
 
     def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
         """The write policy for `extension` on a private channel; None while it is being
@@ -482,8 +501,11 @@ class Channel:
             event = payload.event
         else:
             event = payload.get("event") if isinstance(payload, dict) else None
-        name = event if isinstance(event, str) else None
-        tracer.decided(self.socket.tenant.external_id, self, BROADCAST_KIND, name, False, reason)
+        self._traced(tracer, BROADCAST_KIND, event if isinstance(event, str) else None, False, reason)
+
+    def _traced(self, tracer: Tracer, kind: str, event: str | None, delivered: bool, reason: str | None) -> None:
+        """A decision for this channel taken outside the hub's fan-out, for a running trace."""
+        tracer.decided(self.socket.tenant.external_id, self, kind, event, delivered, reason)
 
     # Presence (docs/protocol.md §5)
 
@@ -549,6 +571,10 @@ class Channel:
         ctx = self.socket.ctx
         self.push("presence_state", ctx.broker.presence_state(self.key))
         ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND)
+        tracer = ctx.hub.tracer
+        if tracer is not None:
+            self._traced(tracer, PRESENCE_KIND, "presence_state", True, None)
+            tracer.sent()
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx

@@ -137,6 +137,18 @@ async def test_a_self_false_broadcast_is_explained_for_the_sender_and_delivered_
     assert (again["event"], again["connection"], again["delivered"]) == ("again", theirs["connection"], True)
 
 
+async def test_presence_state_and_diffs_are_traced(server, clients, topic):
+    trace = await start_trace(server, topic, sub="ivy")
+    params = {"config": {"broadcast": {"ack": False, "self": False}, "presence": {"key": "", "enabled": True}}}
+    watcher = clients(make_token("authenticated", sub="ivy")).channel(topic, params)
+    await watcher.subscribe()
+    await decision(server, trace, lambda d: d["event"] == "presence_state")
+    tracker = await joined(clients(make_token("authenticated", sub="jay")), topic)
+    await tracker.track({"online": True})
+    diff = await decision(server, trace, lambda d: d["event"] == "presence_diff")
+    assert (diff["kind"], diff["delivered"], diff["reason"]) == ("presence", True, None)
+
+
 async def test_not_joined_and_the_other_stream_are_explained(server, clients, topic):
     await joined(clients(make_token("authenticated", sub="carol")), topic)
     on_topic = await start_trace(server, topic, sub="carol")
