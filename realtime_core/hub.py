@@ -157,6 +157,12 @@ class Tracer(Protocol):
     def sent(self) -> None:
         """The frames of the decisions just recorded are queued."""
 
+    def subscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` joined the stream `key`."""
+
+    def unsubscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` left the stream `key`."""
+
 
 class Publication:
     """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
@@ -221,9 +227,13 @@ class Hub:
         if subs is None:
             subs = self._streams[key] = {}
         subs[subscriber] = None
+        if self.tracer is not None:
+            self.tracer.subscribed(key, subscriber)
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
         """Remove `subscriber`; True when the stream has no local subscriber left."""
+        if self.tracer is not None:
+            self.tracer.unsubscribed(key, subscriber)
         subs = self._streams.get(key)
         if subs is None:
             return True

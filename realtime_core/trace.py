@@ -119,6 +119,7 @@ class Trace:
 
     __slots__ = (
         "_timer",
+        "channels",
         "connection",
         "created_at",
         "decisions",
@@ -143,6 +144,9 @@ class Trace:
         self.decisions: list[Decision] = []
         self.overflow = 0
         self._timer: asyncio.TimerHandle | None = None
+        # The subject's joined channels on the topic, public and private (Tracer.subscribed()), so
+        # that a traced publication costs the subject's channels, not a pass over every receiver.
+        self.channels: dict[Subscriber, None] = {}
 
     @property
     def active(self) -> bool:
@@ -190,6 +194,11 @@ class Tracer:
             raise TraceLimit(f"at most {MAX_ACTIVE} traces may run at once per tenant")
         self._forget_finished(tenant)
         trace = Trace(tenant, topic, sub, connection, seconds)
+        for private in (False, True):
+            for member in self.hub.subscribers(StreamKey(tenant, private, topic)):
+                channel = cast(_Channel, member)
+                if trace.matches(channel.socket, channel.claims):
+                    trace.channels[member] = None
         self.traces[trace.id] = trace
         self._running.setdefault((tenant, topic), []).append(trace)
         self._tenants.setdefault(tenant, set()).add(topic)
@@ -214,6 +223,7 @@ class Tracer:
             topics.discard(trace.topic)
             if not topics:
                 del self._tenants[trace.tenant]
+        trace.channels.clear()
         if not self._running:
             self.hub.tracer = None
             self._pending.clear()
@@ -265,12 +275,12 @@ class Tracer:
         presence = publication.audience.value == "presence"
         message_id = publication.message_id
         for trace in traces:
-            found = False
-            for sub in subs:
+            here = [sub for sub in trace.channels if sub.private == key.private and sub in subs]
+            if not here:
+                self._absent(trace, kind, event)
+                continue
+            for sub in here:
                 channel = cast(_Channel, sub)
-                if not trace.matches(channel.socket, channel.claims):
-                    continue
-                found = True
                 delivered, sent, reason = False, False, None
                 if sub is exclude:
                     reason = SELF
@@ -289,20 +299,25 @@ class Tracer:
                 decision = Decision(kind, event, channel.socket.id, delivered, reason)
                 if trace.add(decision) and sent:
                     self._sending.append((channel.conn, decision))
-            if not found:
-                self._absent(trace, key, kind, event)
 
-    def _absent(self, trace: Trace, key: StreamKey, kind: str, event: str | None) -> None:
-        """The subject has no channel on the stream of `key`: on the other stream, or none."""
-        other = StreamKey(key.tenant, not key.private, key.sub_topic)
-        found = False
-        for sub in self.hub.subscribers(other):
-            channel = cast(_Channel, sub)
-            if trace.matches(channel.socket, channel.claims):
-                found = True
-                trace.add(Decision(kind, event, channel.socket.id, False, STREAM))
-        if not found:
+    def _absent(self, trace: Trace, kind: str, event: str | None) -> None:
+        """The subject has no channel on the publication's stream: on the other stream, or none
+        (trace.channels holds its channels on both)."""
+        if not trace.channels:
             trace.add(Decision(kind, event, trace.connection, False, NOT_JOINED))
+        for sub in trace.channels:
+            trace.add(Decision(kind, event, cast(_Channel, sub).socket.id, False, STREAM))
+
+    def subscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` joined the stream `key`: a traced subject's channel is watched from now on."""
+        channel = cast(_Channel, sub)
+        for trace in self._running.get((key.tenant, key.sub_topic), ()):
+            if trace.matches(channel.socket, channel.claims):
+                trace.channels[sub] = None
+
+    def unsubscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        for trace in self._running.get((key.tenant, key.sub_topic), ()):
+            trace.channels.pop(sub, None)
 
     def decided(
         self, tenant: str, sub: Subscriber, kind: str, event: str | None, delivered: bool, reason: str | None
