@@ -85,6 +85,8 @@ IDLE_SETTLE_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 2
 PROBLEMS_KEPT = 20  # per failed run, the per-subscriber summaries kept in the JSON file
 FAULTS = ("duplicate", "drop", "reorder", "close")  # js/ws_server.js --fault
+TRACED_TOPIC = "bench"  # loadgen.js's topic, realtime:bench
+TRACED_SUB = "bench-traced"  # no bench client has this sub
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -143,6 +145,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--grace-ms", type=int, default=250, help="after the last broadcast reached everyone: wait for late extras"
     )
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="measure ours with a delivery trace running on the bench topic (a subject that is not joined: "
+        "one decision per broadcast), to show what tracing costs",
+    )
     args = p.parse_args(argv)
     try:
         args.subscribers = [int(s) for s in args.subscribers.split(",") if s.strip()]
@@ -171,6 +179,8 @@ class Bench:
         self.failed: list[dict[str, Any]] = []  # runs that did not deliver exactly what was sent
         self.errors: list[str] = []
         self._failures: dict[str, int] = {}  # consecutive failed runs per server
+        self.admin_secret = new_secret()  # our server's API_JWT_SECRET (--trace starts traces with it)
+        self._trace: str | None = None  # the delivery trace running on ours (--trace)
 
     def _node(self, script: str, *opts: object) -> list[str]:
         return [*self.pin.generator, self.node, str(JS_DIR / script), *(str(o) for o in opts)]
@@ -351,12 +361,20 @@ class Bench:
         server = self.servers[name]
 
         def once() -> None:
+            if self.args.trace and isinstance(server, OurServer):
+                self._retrace(server)
             result = self.loadgen(server, s_count, phase, **opts)
             result["repeat"] = rep
             self.runs.append(result)
             print_run(result)
 
         self._guard(server, f"{phase} S={s_count}", once)
+
+    def _retrace(self, server: OurServer) -> None:
+        """A fresh trace for each run (a trace runs at most 10 minutes): the last one is stopped."""
+        if self._trace is not None:
+            server.stop_trace(self.admin_secret, self._trace)
+        self._trace = server.trace(self.admin_secret, TRACED_TOPIC, TRACED_SUB)
 
     def _guard(self, server: Server, what: str, fn: Callable[[], None]) -> None:
         """Run fn, keeping a failure as an error; skip it once the server is dead or failed twice in a row."""
@@ -426,7 +444,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if not args.skip_ours:
                 port = free_port()
-                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret}
+                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret, "API_JWT_SECRET": bench.admin_secret}
                 if not env.get("DATABASE_URL"):
                     # our server then starts its own embedded PostgreSQL there
                     env["REALTIME_DATA_DIR"] = str(work / "data")
@@ -474,6 +492,7 @@ def _run(args: argparse.Namespace) -> int:
             "payload_bytes": 100,
             "grace_ms": args.grace_ms,
             "reference_fault": args.reference_fault,
+            "trace": args.trace,
         },
         "exact": not bench.failed and not bench.errors,
         **summary,

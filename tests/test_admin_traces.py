@@ -14,13 +14,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import BUCKET_WAIT, MS, admin_headers, make_token, messages_policy, serving
+from conftest import ADMIN_SECRET, BUCKET_WAIT, MS, admin_headers, make_token, messages_policy, serving
 from fakes import TENANT
 from jsclient import JsDriver
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from test_postgres_changes import new_table, next_change, rls_table, run, subscribe
 from test_real_socket import drain_until_closed, silent_subscriber
 from wire import V2, RawClient, eventually
+
+from bench._servers import OurServer
 
 pytestmark = pytest.mark.pg
 
@@ -387,3 +389,15 @@ async def test_the_trace_endpoints_are_documented(server):
 async def test_traces_of_an_unknown_tenant_or_id_are_not_found(server):
     assert (await admin(server, "GET", "/admin/v1/tenants/nope/traces")).status_code == 404
     assert (await admin(server, "GET", f"{TRACES}/nope")).status_code == 404
+
+
+async def test_the_bench_starts_and_stops_traces_through_the_admin_api(server, topic, tmp_path):
+    """`bench fanout --trace` measures ours with a trace running; its helpers use this API."""
+    ours = OurServer("ours", [], {}, tmp_path)
+    ours.port = server.port
+    trace = await asyncio.to_thread(ours.trace, ADMIN_SECRET, topic, "bench-traced")
+    body = await read_trace(server, trace)
+    assert (body["topic"], body["sub"], body["active"]) == (topic, "bench-traced", True)
+    await asyncio.to_thread(ours.stop_trace, ADMIN_SECRET, trace)
+    await asyncio.to_thread(ours.stop_trace, ADMIN_SECRET, trace)  # gone already: fine
+    assert (await admin(server, "GET", f"{TRACES}/{trace}")).status_code == 404
