@@ -158,13 +158,16 @@ class Trace:
             return socket.id == self.connection
         return claims.get("sub") == self.sub
 
-    def add(self, decision: Decision) -> bool:
-        """Keep `decision` unless the trace is full (then count it); True when kept."""
+    def add(
+        self, kind: str | None, event: str | None, connection: str | None, delivered: bool, reason: str | None
+    ) -> Decision | None:
+        """Record a decision unless the trace is full (then only count it); return it when kept."""
         if len(self.decisions) >= MAX_DECISIONS:
             self.overflow += 1
-            return False
+            return None
+        decision = Decision(kind, event, connection, delivered, reason)
         self.decisions.append(decision)
-        return True
+        return decision
 
 
 class Tracer:
@@ -270,7 +273,9 @@ class Tracer:
         if traces is None:
             return
         limited = tenant.events.reached(tenant.limits.max_events_per_second, now)
-        kind, event = publication.kind, _event_name(publication)
+        # A full trace only counts: the payload is not parsed for its event name then.
+        room = any(len(trace.decisions) < MAX_DECISIONS for trace in traces)
+        kind, event = publication.kind, _event_name(publication) if room else None
         broadcast = publication.audience.value == "broadcast"
         presence = publication.audience.value == "presence"
         message_id = publication.message_id
@@ -296,17 +301,17 @@ class Tracer:
                     reason = SLOW_CONSUMER  # cut off, its channels not closed yet
                 else:
                     delivered = sent = True
-                decision = Decision(kind, event, channel.socket.id, delivered, reason)
-                if trace.add(decision) and sent:
+                decision = trace.add(kind, event, channel.socket.id, delivered, reason)
+                if decision is not None and sent:
                     self._sending.append((channel.conn, decision))
 
     def _absent(self, trace: Trace, kind: str, event: str | None) -> None:
         """The subject has no channel on the publication's stream: on the other stream, or none
         (trace.channels holds its channels on both)."""
         if not trace.channels:
-            trace.add(Decision(kind, event, trace.connection, False, NOT_JOINED))
+            trace.add(kind, event, trace.connection, False, NOT_JOINED)
         for sub in trace.channels:
-            trace.add(Decision(kind, event, cast(_Channel, sub).socket.id, False, STREAM))
+            trace.add(kind, event, cast(_Channel, sub).socket.id, False, STREAM)
 
     def subscribed(self, key: StreamKey, sub: Subscriber) -> None:
         """`sub` joined the stream `key`: a traced subject's channel is watched from now on."""
@@ -329,8 +334,8 @@ class Tracer:
             return
         for trace in traces:
             if trace.matches(channel.socket, channel.claims):
-                decision = Decision(kind, event, channel.socket.id, delivered, reason)
-                if trace.add(decision) and delivered:
+                decision = trace.add(kind, event, channel.socket.id, delivered, reason)
+                if decision is not None and delivered:
                     self._sending.append((channel.conn, decision))
 
     def sent(self) -> None:
@@ -371,7 +376,7 @@ class Tracer:
             traces = self._running.get((socket.tenant.external_id, channel.sub_topic))
             for trace in traces or ():
                 if trace.matches(socket, channel.claims):
-                    trace.add(Decision(None, None, socket.id, False, SLOW_CONSUMER))
+                    trace.add(None, None, socket.id, False, SLOW_CONSUMER)
 
 
 def _event_name(publication: Publication) -> str | None:
