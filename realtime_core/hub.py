@@ -23,7 +23,7 @@ hub through the small Protocols below."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .presence import PresenceTopic
@@ -143,7 +143,7 @@ class Tracer(Protocol):
         tenant: Tenant,
         key: StreamKey,
         publication: Publication,
-        subs: Iterable[Subscriber],
+        subs: Collection[Subscriber],
         exclude: Subscriber | None,
         now: float,
     ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
@@ -118,7 +118,6 @@ class Trace:
     """One subject on one topic of one tenant, from `created_at` until `expires_at` (wall time)."""
 
     __slots__ = (
-        "_timer",
         "channels",
         "connection",
         "created_at",
@@ -129,6 +128,7 @@ class Trace:
         "stopped_at",
         "sub",
         "tenant",
+        "timer",
         "topic",
     )
 
@@ -143,7 +143,7 @@ class Trace:
         self.stopped_at: float | None = None
         self.decisions: list[Decision] = []
         self.overflow = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # ends the trace at expires_at
         # The subject's joined channels on the topic, public and private (Tracer.subscribed()), so
         # that a traced publication costs the subject's channels, not a pass over every receiver.
         self.channels: dict[Subscriber, None] = {}
@@ -205,7 +205,7 @@ class Tracer:
         self.traces[trace.id] = trace
         self._running.setdefault((tenant, topic), []).append(trace)
         self._tenants.setdefault(tenant, set()).add(topic)
-        trace._timer = asyncio.get_running_loop().call_later(seconds, self.stop, trace)
+        trace.timer = asyncio.get_running_loop().call_later(seconds, self.stop, trace)
         self.hub.tracer = self
         return trace
 
@@ -214,9 +214,9 @@ class Tracer:
         if not trace.active:
             return
         trace.stopped_at = time.time()
-        if trace._timer is not None:
-            trace._timer.cancel()
-            trace._timer = None
+        if trace.timer is not None:
+            trace.timer.cancel()
+            trace.timer = None
         key = (trace.tenant, trace.topic)
         running = self._running[key]
         running.remove(trace)
@@ -263,7 +263,7 @@ class Tracer:
         tenant: Tenant,
         key: StreamKey,
         publication: Publication,
-        subs: Iterable[Subscriber],
+        subs: Collection[Subscriber],
         exclude: Subscriber | None,
         now: float,
     ) -> None:
