@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from conftest import ADMIN_SECRET, BUCKET_WAIT, MS, admin_headers, make_token, messages_policy, serving
+from conftest import ADMIN_SECRET, BUCKET_WAIT, CDC_ENV, MS, admin_headers, make_token, messages_policy, serving
 from fakes import TENANT
 from jsclient import JsDriver
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
@@ -74,8 +74,14 @@ async def rest_broadcast(server, topic: str, event: str, private: bool = False, 
 
 @pytest.fixture(scope="module")
 def limited(pg_dsn: str):
-    """A server whose tenant takes 1 KB payloads and a high message rate (floods)."""
-    with serving(pg_dsn, {"TENANT_MAX_PAYLOAD_SIZE_IN_KB": "1", "TENANT_MAX_EVENTS_PER_SECOND": "100000"}) as srv:
+    """A server whose tenant takes 1 KB payloads, 2 kB Postgres Changes records and a high message rate."""
+    env = {
+        **CDC_ENV,
+        "TENANT_MAX_PAYLOAD_SIZE_IN_KB": "1",
+        "REALTIME_MAX_RECORD_BYTES": "2000",
+        "TENANT_MAX_EVENTS_PER_SECOND": "100000",
+    }
+    with serving(pg_dsn, env) as srv:
         yield srv
 
 
@@ -249,6 +255,25 @@ async def test_a_raising_policy_and_a_missing_privilege_are_explained(cdc, db, t
         assert data["errors"] == ["Error 401: Unauthorized"]
     decisions = (await read_trace(cdc, trace))["decisions"]
     assert [(d["delivered"], d["reason"]) for d in decisions] == [(False, "rls_error"), (True, "privilege")]
+
+
+async def test_a_change_delivered_with_error_413_is_explained(limited, topic):
+    with psycopg.connect(limited.database_url, autocommit=True) as db:
+        table = new_table(db, "id int primary key, big text")
+        trace = await start_trace(limited, topic, sub="kim")
+        token = make_token("authenticated", sub="kim")
+        async with await RawClient.open(limited.socket_url(token, V2)) as raw:
+            await subscribe(raw, topic, [{"event": "INSERT", "schema": "public", "table": table}], token=token)
+            run(db, "insert into {t} values (1, %s)", table, "x" * 5000)
+            assert (await next_change(raw))["data"]["errors"] == ["Error 413: Payload Too Large"]
+    [big] = (await read_trace(limited, trace))["decisions"]
+    assert (big["kind"], big["event"], big["delivered"], big["reason"]) == (
+        "postgres_changes",
+        "INSERT",
+        True,
+        "payload_too_large",
+    )
+    await admin(limited, "DELETE", f"{TRACES}/{trace}")
 
 
 # -- slow consumers ------------------------------------------------------------------
