@@ -37,11 +37,25 @@ async def admin(server, method: str, path: str, headers: dict[str, str] | None =
         return await http.request(method, path, **kwargs)
 
 
+_started: list[tuple[Any, str]] = []  # (server, trace id): stopped after each test
+
+
+@pytest.fixture(autouse=True)
+async def _stop_traces() -> AsyncIterator[None]:
+    """Servers are shared between tests, and a tenant runs at most 10 traces: each test stops its own."""
+    yield
+    while _started:
+        server, trace = _started.pop()
+        if server.proc.poll() is None:
+            await admin(server, "DELETE", f"{TRACES}/{trace}")
+
+
 async def start_trace(server, topic: str, seconds: int = 60, **subject: str) -> str:
     response = await admin(server, "POST", TRACES, json={"topic": topic, "seconds": seconds, **subject})
     assert response.status_code == 201, response.text
     body = response.json()
     assert response.headers["location"] == f"{TRACES}/{body['id']}"
+    _started.append((server, body["id"]))
     return body["id"]
 
 
@@ -273,7 +287,6 @@ async def test_a_change_delivered_with_error_413_is_explained(limited, topic):
         True,
         "payload_too_large",
     )
-    await admin(limited, "DELETE", f"{TRACES}/{trace}")
 
 
 # -- slow consumers ------------------------------------------------------------------
@@ -333,25 +346,20 @@ async def test_decisions_are_capped_and_the_overflow_counted_under_a_flood(limit
     assert body["decision_count"] == len(body["decisions"]) == 1000
     assert body["overflow"] == 500
     assert {d["reason"] for d in body["decisions"]} == {"not_joined"}
-    await admin(srv, "DELETE", f"{TRACES}/{trace}")
 
 
 async def test_a_tenant_runs_a_bounded_number_of_traces_and_one_may_be_stopped(limited, topic):
     srv = limited
     traces = [await start_trace(srv, f"{topic}-{i}", sub="x") for i in range(10)]
-    try:
-        response = await admin(srv, "POST", TRACES, json={"topic": topic, "sub": "x"})
-        assert response.status_code == 429
-        assert "at most 10 traces" in response.json()["message"]
+    response = await admin(srv, "POST", TRACES, json={"topic": topic, "sub": "x"})
+    assert response.status_code == 429
+    assert "at most 10 traces" in response.json()["message"]
 
-        assert (await admin(srv, "DELETE", f"{TRACES}/{traces[0]}")).status_code == 204
-        assert (await admin(srv, "GET", f"{TRACES}/{traces[0]}")).status_code == 404
-        traces[0] = await start_trace(srv, topic, sub="x")
-        listed = (await admin(srv, "GET", TRACES, params={"limit": 100})).json()["data"]
-        assert sorted(t["id"] for t in listed if t["active"]) == sorted(traces)
-    finally:
-        for trace in traces:
-            await admin(srv, "DELETE", f"{TRACES}/{trace}")
+    assert (await admin(srv, "DELETE", f"{TRACES}/{traces[0]}")).status_code == 204
+    assert (await admin(srv, "GET", f"{TRACES}/{traces[0]}")).status_code == 404
+    traces[0] = await start_trace(srv, topic, sub="x")
+    listed = (await admin(srv, "GET", TRACES, params={"limit": 100})).json()["data"]
+    assert sorted(t["id"] for t in listed if t["active"]) == sorted(traces)
 
 
 async def test_a_broadcast_refused_for_its_size_is_explained(limited, clients, topic):
@@ -360,7 +368,6 @@ async def test_a_broadcast_refused_for_its_size_is_explained(limited, clients, t
     await sender.send_broadcast("big", {"blob": "x" * 2000})
     refused = await decision(limited, trace, lambda d: d["event"] == "big")
     assert (refused["kind"], refused["delivered"], refused["reason"]) == ("broadcast", False, "payload_too_large")
-    await admin(limited, "DELETE", f"{TRACES}/{trace}")
 
 
 async def test_a_trace_stops_recording_when_it_expires(server, topic):
