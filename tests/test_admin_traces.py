@@ -352,8 +352,12 @@ async def test_a_tenant_runs_a_bounded_number_of_traces_and_one_may_be_stopped(l
     srv = limited
     traces = [await start_trace(srv, f"{topic}-{i}", sub="x") for i in range(10)]
     response = await admin(srv, "POST", TRACES, json={"topic": topic, "sub": "x"})
-    assert response.status_code == 429
-    assert "at most 10 traces" in response.json()["message"]
+    assert response.status_code == 422
+    assert response.json() == {
+        "errors": {
+            "traces": ["at most 10 traces may run at once per tenant: stop one (DELETE) or wait until one expires"]
+        }
+    }
 
     assert (await admin(srv, "DELETE", f"{TRACES}/{traces[0]}")).status_code == 204
     assert (await admin(srv, "GET", f"{TRACES}/{traces[0]}")).status_code == 404

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from .. import trace
 from ..net.http import Response, json_response
-from .endpoints import AdminApi, ApiError, Call, ListQuery, Model, Page, invalid, not_found, paginate
+from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate
 
 if TYPE_CHECKING:
     from ..app import App
@@ -117,7 +117,8 @@ def routes(api: AdminApi, app: App) -> None:
                 tenant.external_id, topic, sub=body.sub, connection=body.connection, seconds=body.seconds
             )
         except trace.TraceLimit as exc:
-            raise ApiError(429, {"message": f"{exc}: stop one (DELETE) or wait until one expires"}) from None
+            # 422 rather than 429: the admin API documents 422 for every request it refuses.
+            raise invalid("traces", f"{exc}: stop one (DELETE) or wait until one expires") from None
         call.target = started.id
         call.detail = {"tenant": tenant.external_id, "topic": topic, "seconds": body.seconds}
         answer = TraceSummary.model_validate(_summary(started))
