@@ -341,6 +341,8 @@ class Tracer:
     def sent(self) -> None:
         """The delivery of what was just decided is done: remember which queue of unsent frames
         holds each delivered decision's frame, in case the connection turns out a slow consumer."""
+        if not self._sending:
+            return
         sending, self._sending = self._sending, []
         for conn, decision in sending:
             queue = conn.queued
