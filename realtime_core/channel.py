@@ -43,6 +43,7 @@ from .hub import (
     StreamKey,
     Tracer,
 )
+from .incidents import shutdown_code
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -144,6 +145,8 @@ async def _read_policies(
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
     authorizer = socket.ctx.authorizer_for(tenant)
     if authorizer is None:
+        if socket.ctx.services_failed(tenant):  # its policies cannot be read: not a denial
+            raise UnableToConnectToProject(UNREACHABLE_TEXT)
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
     # at its first track.
@@ -293,8 +296,13 @@ class Channel:
         if self.state is ChannelState.CLOSED:
             return
         log.info("ChannelShutdown %s: %s", self.topic, text)
+        self._incident(shutdown_code(text), text)
         self.push("system", {"extension": "system", "status": "error", "message": text, "channel": self.sub_topic})
         self._close_with_phx_close()
+
+    def _incident(self, code: str, reason: str) -> None:
+        socket = self.socket
+        socket.ctx.incidents.record(socket.tenant.external_id, code, reason, self.sub_topic, socket.id)
 
     def replaced(self) -> None:
         """A duplicate join on the socket: phx_close for this join_ref (docs/protocol.md §2.4)."""
@@ -305,13 +313,17 @@ class Channel:
         the channel is gone, as when upstream's channel process crashes; clients rejoin."""
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_error"), self.sub_topic, self.private
+        )
         self.close()
 
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_close"), self.sub_topic, self.private
+        )
         self.close()
 
     def close(self) -> None:
@@ -361,7 +373,7 @@ class Channel:
         codec = self.codec
         hub = self.socket.ctx.hub
         tracer = hub.tracer
-        sent = 0
+        sent = nbytes = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
             if row.binary_payload is not None:
@@ -372,16 +384,19 @@ class Channel:
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
                     sent += 1
+                    nbytes += len(frame)
                     reason = None
                 if tracer is not None:
                     self._traced(tracer, DB_BROADCAST_KIND, row.event, reason is None, reason)
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
-            self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
+            nbytes += self._send_data(
+                "broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta}
+            )
             sent += 1
             if tracer is not None:
                 self._traced(tracer, DB_BROADCAST_KIND, row.event, True, None)
-        hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
+        hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent, nbytes)
         if tracer is not None:
             tracer.sent()
 
@@ -416,6 +431,7 @@ class Channel:
                     self.reads_presence = read[PRESENCE]
             except RealtimeError as exc:
                 log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+                self._incident("UnableToSetPolicies", exc.reason)
         if self.policies is not None:
             if extension == BROADCAST:
                 self.policies.broadcast_write = allowed
@@ -430,10 +446,19 @@ class Channel:
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
-        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+        frame = self.codec.reply(self.join_ref, ref, self.topic, status, response)  # type: ignore[arg-type]
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
 
     def push(self, event: str, payload: Any) -> None:
-        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
+        """Push a message of the channel's own (a `system` message): protocol egress."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
+
+    def _send_data(self, event: str, payload: Any) -> int:
+        """Push a message counted by the caller as a delivery (presence_state, replay); its bytes."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.conn.send(frame)
+        return len(frame)
 
     # Input
 
@@ -487,6 +512,7 @@ class Channel:
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
             return
         ctx.hub.accepted(tenant, BROADCAST_KIND, self.key, 1)
+        self.socket.accepted += 1
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
@@ -547,6 +573,7 @@ class Channel:
                 return
             diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
@@ -554,6 +581,7 @@ class Channel:
         elif kind == "untrack":
             diff = app.broker.presence_leave(self.key, self)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -569,8 +597,8 @@ class Channel:
             self.shutdown("Too many presence messages per second")
             return
         ctx = self.socket.ctx
-        self.push("presence_state", ctx.broker.presence_state(self.key))
-        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND)
+        nbytes = self._send_data("presence_state", ctx.broker.presence_state(self.key))
+        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND, 1, nbytes)
         tracer = ctx.hub.tracer
         if tracer is not None:
             self._traced(tracer, PRESENCE_KIND, "presence_state", True, None)
@@ -619,11 +647,13 @@ class Channel:
         except (UnableToConnectToProject, MissingPartition, QueryCanceled) as exc:
             # Transient: RT realtime_channel.ex handle_in("access_token") shuts down with these texts.
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            self._incident("UnableToSetPolicies", exc.reason)
             cancelled = isinstance(exc, QueryCanceled)
             self.shutdown("Query was cancelled, please try again" if cancelled else UNREACHABLE_TEXT)
             return
         except RealtimeError as exc:
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            self._incident("UnableToSetPolicies", exc.reason)
             after = Policies(broadcast_read=False, presence_read=False)
         if self.state is not ChannelState.JOINED or before is None:
             return

@@ -82,6 +82,12 @@ class Settings:
 
     host: str = str_var("REALTIME_HOST", "127.0.0.1", "the address to listen on (`--host`)")
     port: int = int_var("PORT", 4000, "the port to listen on (`--port`)")
+    reuse_port: bool = bool_var(
+        "REALTIME_REUSE_PORT",
+        False,
+        "listen with SO_REUSEPORT, so that several processes share the port (`serve --workers` sets it for its"
+        " workers)",
+    )
     database_url: str | None = optional_str_var(
         "DATABASE_URL",
         "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
@@ -100,6 +106,18 @@ class Settings:
     db_ssl: bool = bool_var("DB_SSL", False, "the `DB_HOST` database only over TLS (`sslmode=require`)")
     db_ssl_ca_cert: str | None = optional_str_var(
         "DB_SSL_CA_CERT", "with `DB_SSL`: a CA file the `DB_HOST` server's certificate and name are verified against"
+    )
+    redis_url: str | None = optional_str_var(
+        "REDIS_URL",
+        "join this process to a cluster of realtime-core processes sharing channels, presence, limits and usage"
+        " through Redis (`--redis`; needs the `cluster` extra); unset: one process, no Redis",
+        secret=True,  # redis://:password@host
+    )
+    cluster_name: str = str_var(
+        "REALTIME_CLUSTER",
+        "realtime",
+        "the cluster's name: processes with the same `REDIS_URL` and name are one system; its Redis keys start"
+        " with `rt:<name>:`",
     )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",
@@ -225,6 +243,20 @@ class Settings:
         5_000,
         "distinct private topics per `POST /api/broadcast` request (422 beyond); they are checked in one statement"
         " (2,000 topics ≈ 0.1 s)",
+        minimum=1,
+    )
+    # The admin API's live tail (admin/tail.py).
+    tail_max_viewers: int = int_var(
+        "REALTIME_TAIL_MAX_VIEWERS",
+        5,
+        "live tails (`GET /admin/v1/tenants/{id}/tail`) open at once per tenant; 429 beyond",
+        minimum=1,
+    )
+    tail_buffer: int = int_var(
+        "REALTIME_TAIL_BUFFER",
+        1_000,
+        "messages a live tail holds for a viewer that reads slowly; the oldest are dropped beyond (a `dropped` event"
+        " says how many)",
         minimum=1,
     )
     # How many connections one flush writes before yielding to the loop.

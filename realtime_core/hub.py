@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Collection, Iterable
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .presence import PresenceTopic
@@ -119,16 +120,19 @@ class Subscriber(Protocol):
 
 class DeliveryObserver(Protocol):
     """Counts what the hub delivers (usage metering, channel statistics). Called once per
-    message, never per receiver: it must only count, in memory."""
+    message, never per receiver: it must only count, in memory. `nbytes` is the egress of the
+    frames queued: the complete WebSocket frames, headers included, summed over receivers."""
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
         """`count` messages of `kind` were accepted for the stream `key` (before delivery)."""
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
         """`publication` was queued on `count` of `subs` (the receivers it was offered to)."""
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
-        """`count` frames of `kind` were sent to one `subscriber` of `key` outside deliver()."""
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
+        """`count` frames of `kind` (`nbytes` in all) went to one `subscriber` of `key` outside deliver()."""
 
 
 class Tracer(Protocol):
@@ -212,12 +216,16 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "observers", "presences", "tracer")
+    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences", "tracer")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
+        self.joins: dict[str, int] = {}  # tenant → subscriptions made since start (the time series' joins)
+        # tenant → presences joined and left since start (counted by the broker from its diffs)
+        self.presence_joins: dict[str, int] = {}
+        self.presence_leaves: dict[str, int] = {}
         self.tracer: Tracer | None = None  # set while a delivery trace runs (trace.py)
 
     # Registry
@@ -227,6 +235,7 @@ class Hub:
         if subs is None:
             subs = self._streams[key] = {}
         subs[subscriber] = None
+        self.joins[key.tenant] = self.joins.get(key.tenant, 0) + 1
         if self.tracer is not None:
             self.tracer.subscribed(key, subscriber)
 
@@ -243,8 +252,15 @@ class Hub:
         del self._streams[key]
         return True
 
+    def has_subscribers(self, key: StreamKey) -> bool:
+        return key in self._streams
+
     def subscribers(self, key: StreamKey) -> list[Subscriber]:
         return list(self._streams.get(key, ()))
+
+    def stream_keys(self) -> list[StreamKey]:
+        """Every stream with a local subscriber."""
+        return list(self._streams)
 
     def stream_count(self) -> int:
         return len(self._streams)
@@ -270,12 +286,12 @@ class Hub:
         for observer in self.observers:
             observer.accepted(tenant, kind, key, count)
 
-    def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int = 1) -> None:
-        """Record that `count` frames of `kind` were sent to `subscriber` outside deliver(): the
-        `presence_state` a channel gets at its join, the messages it gets as a replay."""
+    def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int, nbytes: int) -> None:
+        """Record that `count` frames of `kind`, `nbytes` in all, were sent to `subscriber` outside
+        deliver(): the `presence_state` a channel gets at its join, the messages it gets as a replay."""
         if count:
             for observer in self.observers:
-                observer.sent(tenant, kind, key, subscriber, count)
+                observer.sent(tenant, kind, key, subscriber, count, nbytes)
 
     def publish(
         self,
@@ -323,26 +339,61 @@ class Hub:
         delivered = 0
         observers = self.observers
         for subs, publication in batch:
-            count = _fan_out(subs, publication, exclude)
+            count, nbytes = _fan_out(subs, publication, exclude)
             delivered += count
             for observer in observers:
-                observer.delivered(tenant, publication, subs, count)
+                observer.delivered(tenant, publication, subs, count, nbytes)
         tenant.events.add(delivered, now)
         return delivered
 
 
-def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> int:
+def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> tuple[int, int]:
     """Hub.deliver's loop for one publication: frames built once per codec, the same bytes queued.
+    Returns the frames queued and their bytes (egress: the frames are complete WebSocket frames).
 
+    Nearly every stream has a single codec in use: this loop builds one frame, then only queues
+    it, and its bytes are count × len(frame). The first receiver on another codec hands the rest
+    to _fan_out_mixed, which keeps a frame per codec and adds up bytes as it queues.
     A function of its own: CPython ran this loop about 3 % slower nested in the batch loop."""
     audience = publication.audience
     message_id = publication.message_id
     broadcast = audience is _BROADCAST
     presence = audience is _PRESENCE
-    # Nearly every stream has a single codec in use, so this loop builds
-    # one frame and then only queues bytes.
-    frames: dict[Codec, bytes | None] = {}
+    first: Codec | None = None
+    frame: bytes | None = None
     delivered = 0
+    rest = iter(subs)
+    for sub in rest:
+        if sub is exclude:
+            continue
+        if sub.private and not (sub.reads_broadcast if broadcast else not presence or sub.reads_presence):
+            continue
+        if message_id is not None and sub.replayed is not None and message_id in sub.replayed:
+            continue
+        codec = sub.codec
+        if codec is not first:
+            if first is not None:
+                nbytes = delivered * len(frame) if frame is not None else 0
+                count, more = _fan_out_mixed(chain((sub,), rest), publication, exclude, {first: frame})
+                return delivered + count, nbytes + more
+            first = codec
+            frame = publication.frame(codec)
+        if frame is not None:
+            sub.conn.send(frame)
+            delivered += 1
+    return delivered, (delivered * len(frame) if frame is not None else 0)
+
+
+def _fan_out_mixed(
+    subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None, frames: dict[Codec, bytes | None]
+) -> tuple[int, int]:
+    """_fan_out's loop once receivers of several codecs were seen: a frame per codec (`frames`
+    holds those built), bytes added per receiver."""
+    audience = publication.audience
+    message_id = publication.message_id
+    broadcast = audience is _BROADCAST
+    presence = audience is _PRESENCE
+    delivered = nbytes = 0
     for sub in subs:
         if sub is exclude:
             continue
@@ -358,4 +409,5 @@ def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subs
         if frame is not None:
             sub.conn.send(frame)
             delivered += 1
-    return delivered
+            nbytes += len(frame)
+    return delivered, nbytes

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import Settings
     from .hub import Hub
+    from .incidents import Incidents
     from .messages import ReplayRow
     from .postgres_changes.cdc import PostgresChanges
     from .protocol import Codec, Message
@@ -47,11 +48,18 @@ class SessionMetrics(Protocol):
 
 
 class SessionUsage(Protocol):
-    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection."""
+    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection,
+    the bytes of its own frames, and the socket itself for attribution by client and role."""
 
     def connected(self, tenant: Tenant) -> None: ...
 
     def disconnected(self, tenant: Tenant) -> None: ...
+
+    def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None: ...
+
+    def socket_opened(self, socket: Any) -> None: ...
+
+    def socket_closed(self, socket: Any) -> None: ...
 
 
 class SessionContext(Protocol):
@@ -63,6 +71,7 @@ class SessionContext(Protocol):
     hub: Hub  # accepted() and sent(): what sessions report for usage metering (deliveries go through the broker)
     metrics: SessionMetrics
     usage: SessionUsage
+    incidents: Incidents  # recent errors per tenant, for operators
     sockets: MutableSet[Any]  # the open sockets: added at attach, removed at close
     shutting_down: bool
     loop: asyncio.AbstractEventLoop  # timers: token expiry, replication_ready, error backoff
@@ -72,6 +81,10 @@ class SessionContext(Protocol):
     def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]: ...
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None: ...
+
+    def services_failed(self, tenant: Tenant) -> bool:
+        """True while the tenant's database services could not start (its database unreachable)."""
+        ...
 
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None: ...
 
@@ -96,7 +109,11 @@ class ChannelSocket(Protocol):
     token: str  # the connect token: a join without a token of its own uses it
     x_headers: dict[str, str]
     counted: bool  # counted in tenant.users
+    id: str  # the connection's id (admin API)
     channels: dict[str, Any]  # the socket's channels by topic
+    accepted: int  # messages accepted from the socket (attribution by client and role)
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None: ...
 
     def hold(self, msg: Message) -> None: ...
 

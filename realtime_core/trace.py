@@ -76,13 +76,14 @@ class _Channel(Protocol):
 
     socket: _Socket
     claims: dict[str, Any]
-    conn: Any
+    conn: _Conn
 
 
 class _Conn(Protocol):
     """What a trace reads of a subscriber's connection (net/websocket.WebSocketConnection)."""
 
     session: Any
+    dropped_slow: bool  # cut off by the slow-consumer rule
 
     @property
     def queued(self) -> list[bytes] | None: ...
@@ -184,7 +185,6 @@ class Tracer:
         # a slow consumer's disconnect drops that queue (slow_consumer()).
         self._pending: dict[Any, tuple[list[bytes], list[Decision]]] = {}
         self._sending: list[tuple[_Conn, Decision]] = []  # decided, to be queued by the delivery
-        self._dropped: set[Any] = set()  # connections cut off as slow consumers, not closed yet
 
     # Managing traces (the admin API)
 
@@ -230,7 +230,6 @@ class Tracer:
         if not self._running:
             self.hub.tracer = None
             self._pending.clear()
-            self._dropped.clear()
 
     def remove(self, trace: Trace) -> None:
         self.stop(trace)
@@ -297,7 +296,7 @@ class Tracer:
                     delivered = True  # already sent as a replay
                 elif publication.frame(sub.codec) is None:
                     reason = CODEC
-                elif channel.conn in self._dropped:
+                elif channel.conn.dropped_slow:
                     reason = SLOW_CONSUMER  # cut off, its channels not closed yet
                 else:
                     delivered = sent = True
@@ -361,9 +360,6 @@ class Tracer:
         the traced decisions queued there were not delivered after all."""
         if not self._running:
             return
-        if len(self._dropped) >= _MAX_PENDING:
-            self._dropped.clear()
-        self._dropped.add(conn)
         entry = self._pending.pop(conn, None)
         if entry is not None and dropped is not None and entry[0] is dropped:
             for decision in entry[1]:

@@ -48,6 +48,9 @@ class FakeBroker:
         self.calls.append(("publish", key, publication, exclude))
         return 0
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.calls.append(("accepted", key, kind, count))
+
     def subscribe(self, key: StreamKey, subscriber: Any) -> None:
         self.calls.append(("subscribe", key, subscriber))
 
@@ -94,6 +97,9 @@ class FakeContext:
     def authorizer_for(self, tenant: Tenant) -> None:
         return None
 
+    def services_failed(self, tenant: Tenant) -> bool:
+        return False
+
     def cdc_for(self, tenant: Tenant) -> None:
         return None
 
@@ -117,6 +123,10 @@ class FakeSocket:
         self.counted = True
         self.channels: dict[str, Any] = {}
         self.closed_channels: list[Any] = []
+        self.accepted = 0
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None:
+        self.conn.send(frame)
 
     def hold(self, msg: Message) -> None:
         raise AssertionError("a public channel holds nothing")
@@ -206,8 +216,16 @@ class TestWithAFakeBroker:
     def test_a_broadcast_is_published_once_excluding_the_sender(self, fake_ctx):
         channel = make_channel(FakeSocket(fake_ctx))
         channel.start()
+        accepted: list[tuple[Any, ...]] = []
+
+        class Observer:
+            def accepted(self, tenant, kind, key, count):  # type: ignore[no-untyped-def]
+                accepted.append((key, kind, count))
+
+        fake_ctx.hub.observers.append(Observer())
         push(channel, "broadcast", {"event": "e", "payload": {"n": 1}})
         [(kind, key, publication, exclude)] = fake_ctx.broker.calls[1:]
+        assert accepted == [(KEY, "broadcast", 1)]  # counted once, as sent
         assert (kind, key, exclude) == ("publish", KEY, channel)
         assert publication.topic == TOPIC and publication.event == "broadcast"
         assert orjson.loads(publication.payload) == {"event": "e", "payload": {"n": 1}}

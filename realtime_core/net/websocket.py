@@ -47,6 +47,9 @@ class Session(Protocol):
 
     def on_close(self) -> None: ...
 
+    def on_sent(self, nbytes: int) -> None:
+        """The connection wrote `nbytes` of its own (the HTTP 101 answer, pongs, close frames)."""
+
 
 class Writer:
     """Writes queued frames once per loop tick, in bounded chunks.
@@ -130,8 +133,13 @@ class WebSocketConnection(asyncio.Protocol):
         "_turn",
         "_turn_bytes",
         "_writer",
+        "bytes_in",
+        "bytes_out",
         "closed",
+        "dropped_slow",
         "last_seen",
+        "messages_in",
+        "messages_out",
         "peer",
         "session",
         "transport",
@@ -159,8 +167,16 @@ class WebSocketConnection(asyncio.Protocol):
         self._throttled = False  # reading waits for the next turn (READ_BUDGET)
         self.session: Session | None = None
         self.closed = False
+        self.dropped_slow = False  # closed by the slow-consumer rule
         self.last_seen = loop.time()
         self.peer = peer
+        # Traffic of this connection (admin introspection, attribution): plain counters where the
+        # bytes and messages already pass. Bytes are wire bytes (the HTTP 101 answer included);
+        # messages are the frames queued by send(), not WebSocket control frames.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.messages_out = 0
 
     # Sending
 
@@ -182,6 +198,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._writer.mark(self)
         else:
             out.append(frame)
+        self.messages_out += 1
 
     def flush(self) -> None:
         """Write the queued frames (the Writer calls this)."""
@@ -195,18 +212,22 @@ class WebSocketConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() > self._writer.max_buffer:
             self._slow_consumer(out)
             return
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.bytes_out += len(data)
+        transport.write(data)
 
     def _write(self, data: bytes) -> None:
         """Write `data` under the same backlog rule as flush(): pongs and close frames too."""
         if self.transport.get_write_buffer_size() > self._writer.max_buffer:
             self._slow_consumer()
             return
+        self.bytes_out += len(data)
         self.transport.write(data)
 
     def _slow_consumer(self, dropped: list[bytes] | None = None) -> None:
         writer = self._writer
         writer.slow_consumers += 1
+        self.dropped_slow = True
         if writer.on_slow_consumer is not None:
             writer.on_slow_consumer(self, dropped)
         log.warning("closing slow consumer %s: write buffer over %d bytes", self.peer, self._writer.max_buffer)
@@ -238,6 +259,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._loop.time()
+        self.bytes_in += len(data)
         turn = self._writer.turn()
         if turn != self._turn:
             self._turn, self._turn_bytes = turn, len(data)
@@ -290,6 +312,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _deliver(self, session: Session, opcode: Opcode, data: bytes) -> bool:
         """Hand one message to the session; False when the connection failed instead."""
+        self.messages_in += 1
         try:
             if opcode is OP_TEXT:
                 if not data.isascii():
@@ -362,7 +385,11 @@ class WebSocketConnection(asyncio.Protocol):
         eof = b"" in data
         out = b"".join(data)
         if out and not self.closed:
+            written = self.bytes_out
             self._write(out)
+            session = self.session
+            if session is not None and self.bytes_out != written:
+                session.on_sent(len(out))
         if eof and not self.closed:
             self.closed = True
             self.transport.close()
@@ -387,6 +414,13 @@ class WebSocketConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         """See pause_writing()."""
+
+    @property
+    def write_backlog(self) -> int:
+        """Bytes written but not yet sent (the transport's buffer, which the slow-consumer rule
+        watches) plus the frames queued for the next flush."""
+        queued = sum(len(frame) for frame in self._out) if self._out else 0
+        return queued + (0 if self.closed else self.transport.get_write_buffer_size())
 
     @property
     def closing(self) -> bool:

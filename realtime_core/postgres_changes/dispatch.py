@@ -15,6 +15,12 @@ changes in commit order while the database work is batched:
    Hub.deliver(), which builds each frame once per codec and queues it.
 When on_batch returns, every frame is queued: the stream may confirm the LSN.
 
+In a cluster (peers.py) phase 2 differs on the leader only: instead of queueing frames it
+publishes, per process, each change's data objects with the ids of the subscriptions that
+get them (_publish), and returns once that is sent; every process turns what it receives
+(the leader: what it keeps for itself) into frames for its own channels with
+deliver_published(), as _emit does.
+
 Per-batch work is organised so that it grows with deliveries, not with
 changes × subscribers: subscriber lists, their variants and their channel
 groupings are computed once per batch and shared by every change they fit."""
@@ -23,21 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from .. import trace
 from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber, Tracer
+from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
 from .filters.evaluator import FilterEvaluator
+from .peers import Peers, PublishedChange, encode_batch
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update
 from .records import RecordShape
 from .replication import Transaction
@@ -45,9 +54,10 @@ from .subscriptions import Registry, Subscription
 from .values import TypeCatalog
 
 if TYPE_CHECKING:
+    from ..incidents import Incidents
     from ..tenants import Tenant
 
-__all__ = ["Dispatcher"]
+__all__ = ["Change", "Connections", "Dispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +72,7 @@ Deliveries = list[tuple[Variant, list[Subscription]]]
 
 
 @dataclass(slots=True)
-class _Change:
+class Change:
     """One row change and what phase 1 decided about it."""
 
     relation: Relation
@@ -77,13 +87,20 @@ class _Change:
     deliveries: Deliveries | None = None
 
 
+class Connections(Protocol):
+    """Where the dispatcher takes its connections: a psycopg_pool.AsyncConnectionPool, or the
+    visibility check's single connection (visibility.py)."""
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
+
+
 class Dispatcher:
     """Decides who sees each change and queues the frames."""
 
     def __init__(
         self,
         tenant: Tenant,
-        pool: AsyncConnectionPool,
+        pool: Connections,
         registry: Registry,
         hub: Hub,
         *,
@@ -114,11 +131,17 @@ class Dispatcher:
         self.messages_sent = 0
         self.rls_errors = 0
         self.last_error: str | None = None
+        self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
+        self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
+        # In a cluster: where the leader publishes (None: this process delivers what it decides).
+        self.peers: Peers | None = None
+        self.delivered_lsn = 0  # commit LSN of the last published change delivered here
+        self.duplicates_dropped = 0  # published changes at or below delivered_lsn (a new leader re-read them)
 
     # Phase 0: transactions → candidate changes
 
     async def on_batch(self, transactions: list[Transaction]) -> None:
-        changes: list[_Change] = []
+        changes: list[Change] = []
         # (relation oid, type) → (subscriptions wanting it, the latest start_lsn among them)
         wanted: dict[tuple[int, str], tuple[list[Subscription], int]] = {}
         for txn in transactions:
@@ -134,8 +157,10 @@ class Dispatcher:
                         wanted.clear()
                     continue  # Truncate is never delivered (docs/protocol.md §6.4); Type/Origin/Message carry nothing
                 self.changes_seen += 1
+                self.rows.seen += 1
                 relation = self.relations.get(msg.relation_oid)  # type: ignore[attr-defined]
                 if relation is None:
+                    self.rows.skip("unknown_relation")
                     continue
                 entry = wanted.get((relation.oid, kind))
                 if entry is None:
@@ -146,6 +171,8 @@ class Dispatcher:
                     candidates = [s for s in candidates if s.live_at(commit_lsn)]
                 if candidates:
                     changes.append(_change(relation, kind, msg, commit_time, xid, candidates))
+                else:
+                    self.rows.skip("no_subscribers")
         if not changes:
             return
         try:
@@ -156,7 +183,10 @@ class Dispatcher:
             # re-reads from the last confirmed LSN (nothing is lost).
             self.last_error = str(exc)
             raise
-        self._emit(changes)
+        if self.peers is None:
+            self._emit(changes)
+        else:
+            await self._publish(changes, {t.begin.xid: t.commit.commit_lsn for t in transactions if t.commit})
 
     def _relation_changed(self, relation: Relation) -> None:
         self.relations[relation.oid] = relation
@@ -168,7 +198,7 @@ class Dispatcher:
 
     # Phase 1: decide
 
-    async def _decide(self, conn: psycopg.AsyncConnection[Any], changes: list[_Change]) -> None:
+    async def _load_types(self, conn: psycopg.AsyncConnection[Any], changes: list[Change]) -> None:
         oids = {c.type_oid for ch in changes for c in ch.relation.columns}
         missing = self.types.missing(oids)
         while missing:  # new rows may name element or base types not known either
@@ -178,7 +208,10 @@ class Dispatcher:
             if not rows:
                 break
             missing = self.types.missing(oids)
-        by_relation: dict[int, list[_Change]] = {}
+
+    async def _decide(self, conn: psycopg.AsyncConnection[Any], changes: list[Change]) -> None:
+        await self._load_types(conn, changes)
+        by_relation: dict[int, list[Change]] = {}
         for ch in changes:
             by_relation.setdefault(ch.relation.oid, []).append(ch)
         tables = self._tables = await self.catalog.tables(conn, list(by_relation))
@@ -220,9 +253,9 @@ class Dispatcher:
                 return
             await asyncio.sleep(0.001)
 
-    async def _fill_unchanged(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
+    async def _fill_unchanged(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[Change]) -> None:
         """Unchanged TOAST values: from the old tuple when there is one, else from the current row."""
-        wanted: list[_Change] = []
+        wanted: list[Change] = []
         for ch in group:
             if ch.new is None or UNCHANGED not in ch.new:
                 continue
@@ -248,7 +281,7 @@ class Dispatcher:
             found = current.get(tuple(ch.new[i] for i in pk_idx))
             ch.new = [(found[i] if found is not None else None) if v is UNCHANGED else v for i, v in enumerate(ch.new)]
 
-    async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[_Change]) -> None:
+    async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[Change]) -> None:
         """Keep, per change, the candidates whose filters all hold (docs/protocol.md §6.3).
 
         Changes without filtered candidates keep their candidate list itself
@@ -287,7 +320,7 @@ class Dispatcher:
         for ch, result in zip(group, results, strict=True):
             ch.matched = [sub for sub in ch.candidates if all(result[conditions[cond]] for cond in sub.params.filters)]
 
-    async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
+    async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[Change]) -> None:
         """Give each change its deliveries: (variant, subscriptions), where a variant is
         a record shape or an error (docs/protocol.md §6.4)."""
         relation = group[0].relation
@@ -372,7 +405,7 @@ class Dispatcher:
         self,
         table: TableInfo,
         relation: Relation,
-        group: list[_Change],
+        group: list[Change],
         write_variant_of: dict[int, Variant | None],
         pk_idx: list[int],
     ) -> dict[str, set[tuple[str, ...]] | None]:
@@ -396,6 +429,9 @@ class Dispatcher:
             self.rls_errors += 1
             self.last_error = f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {error}"
             log.warning("RlsPolicyError: %s", self.last_error)
+            if self.incidents is not None:
+                table_name = f"{relation.namespace}.{relation.name}"
+                self.incidents.record(self.tenant.external_id, "RlsPolicyError", self.last_error, table_name)
             visible[group_key] = None
             self._rls_failed.add((relation.oid, group_key))
 
@@ -445,9 +481,31 @@ class Dispatcher:
         await asyncio.gather(*(check(items[i::workers]) for i in range(workers)))
         return visible
 
+    async def explain(self, conn: psycopg.AsyncConnection[Any], change: Change) -> bytes | None:
+        """Phase 1 for one change, all on `conn`, then its data object as phase 2 builds it: the
+        JSON its (single-variant) subscriptions would receive, or None when none would.
+
+        For the visibility check (postgres_changes/visibility.py): `conn` is in a transaction of
+        the caller's (this dispatcher's pool must hand out that same connection), the change's row
+        is current, so the wait for its commit to be visible is skipped; nothing is delivered.
+        Afterwards `change.matched` holds the subscriptions whose filters hold, and `rls_errors`
+        / `last_error` count and describe a policy that raised."""
+        await self._load_types(conn, [change])
+        self._tables = await self.catalog.tables(conn, [change.relation.oid])
+        self._selectable = {}
+        table = self._tables.get(change.relation.oid)
+        if table is None:
+            return None
+        await self._filter(conn, [change])
+        await self._authorize(conn, table, [change])
+        if not change.deliveries:
+            return None
+        [(variant, _)] = change.deliveries
+        return self._data(change, variant, {})
+
     # Phase 2: emit
 
-    def _emit(self, changes: list[_Change]) -> None:
+    def _emit(self, changes: list[Change]) -> None:
         shapes: dict[tuple[Any, ...], RecordShape] = {}
         # id(subscription list) → its channels grouped by (topic, ids, legacy): each group
         # gets the same frame (shared by the changes that share the list)
@@ -455,6 +513,8 @@ class Dispatcher:
         batch: list[tuple[list[Subscriber], Publication]] = []
         rls_checked = Audience.POSTGRES_CHANGES
         kind = POSTGRES_CHANGES_KIND
+        rows = self.rows
+        wall = time.time()
         tracer = self.hub.tracer
         topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
         if topics:
@@ -462,8 +522,12 @@ class Dispatcher:
             self._trace(tracer, topics, changes, shapes)
         for ch in changes:
             if not ch.deliveries:
+                # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
                 continue
             self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
             for variant, subs in ch.deliveries:
                 data = self._data(ch, variant, shapes)
                 groups = groups_cache.get(id(subs))
@@ -483,7 +547,7 @@ class Dispatcher:
             tracer.sent()
 
     def _trace(
-        self, tracer: Tracer, topics: set[str], changes: list[_Change], shapes: dict[tuple[Any, ...], RecordShape]
+        self, tracer: Tracer, topics: set[str], changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
     ) -> None:
         """Tell `tracer` what phase 1 decided for the subscriptions of channels on traced `topics`
         (before delivery: a rate-limited delivery closes the receivers)."""
@@ -515,7 +579,77 @@ class Dispatcher:
                     reason = trace.PAYLOAD_TOO_LARGE
                 tracer.decided(tenant.external_id, sub.channel, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
 
-    def _data(self, ch: _Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
+    async def _publish(self, changes: list[Change], commit_lsns: dict[int, int]) -> None:
+        """Phase 2 of a cluster's leader: each process gets, per change it has subscribers of,
+        the commit LSN, the type and each data object with the ids of its subscriptions that
+        get it (peers.encode_batch)."""
+        assert self.peers is not None
+        local = self.peers.node
+        shapes: dict[tuple[Any, ...], RecordShape] = {}
+        # id(subscription list) → its subscription ids by process, shared by the changes that share the list
+        split_cache: dict[int, dict[str, list[str]]] = {}
+        by_node: dict[str, list[PublishedChange]] = {}
+        rows = self.rows
+        wall = time.time()
+        for ch in changes:
+            if not ch.deliveries:
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
+                continue
+            self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
+            per_node: dict[str, list[tuple[bytes, list[str]]]] = {}
+            for variant, subs in ch.deliveries:
+                data = self._data(ch, variant, shapes)
+                split = split_cache.get(id(subs))
+                if split is None:
+                    split = split_cache[id(subs)] = {}
+                    for sub in subs:
+                        # Remote channels (cluster/leader.py) name their process; local ones have none.
+                        node = getattr(sub.channel, "node", local)
+                        split.setdefault(node, []).append(str(sub.subscription_id))
+                for node, ids in split.items():
+                    per_node.setdefault(node, []).append((data, ids))
+            lsn = commit_lsns[ch.xid]
+            for node, variants in per_node.items():
+                by_node.setdefault(node, []).append((lsn, ch.type, variants))
+        own = by_node.pop(local, None)
+        if own is not None:
+            self.deliver_published(own)  # this process's channels need no round trip through Redis
+        if by_node:
+            tenant = self.tenant.external_id
+            await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})
+
+    def deliver_published(self, changes: list[PublishedChange]) -> None:
+        """Deliver what a cluster's leader published for this process's subscriptions, as _emit
+        does: one frame per (topic, ids, legacy) group of joined channels.
+
+        Changes at or below the last commit LSN delivered are dropped: a new leader re-reads
+        from the slot's confirmed LSN what its predecessor may already have published."""
+        last = newest = self.delivered_lsn
+        registry = self.registry
+        rls_checked = Audience.POSTGRES_CHANGES
+        kind = POSTGRES_CHANGES_KIND
+        batch: list[tuple[list[Subscriber], Publication]] = []
+        for lsn, change_type, variants in changes:
+            if lsn <= last:
+                self.duplicates_dropped += 1
+                continue
+            newest = max(newest, lsn)
+            for data, ids in variants:
+                subs = [sub for sub_id in ids if (sub := registry.get(sub_id)) is not None]
+                for topic, key_ids, legacy, channels in _by_frame(subs):
+                    if legacy:
+                        publication = Publication(topic, change_type, data, audience=rls_checked, kind=kind)
+                    else:
+                        payload = b'{"ids":' + orjson.dumps(key_ids) + b',"data":' + data + b"}"
+                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
+                    batch.append((channels, publication))
+        self.delivered_lsn = newest
+        if batch:
+            self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
+
+    def _data(self, ch: Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
         relation = ch.relation
         if variant[0] == "error":
             return records.error_data(relation.namespace, relation.name, ch.type, variant[1])
@@ -598,7 +732,7 @@ def _by_frame(subs: list[Subscription]) -> list[tuple[str, tuple[int, ...], bool
 
 def _change(
     relation: Relation, kind: str, msg: Any, commit_time_us: int, xid: int, candidates: list[Subscription]
-) -> _Change:
+) -> Change:
     new = list(msg.new) if kind != "DELETE" else None
     old = list(msg.old) if getattr(msg, "old", None) is not None else None
     old_indexes: frozenset[int] | None = None
@@ -607,4 +741,4 @@ def _change(
             old_indexes = frozenset(i for i, col in enumerate(relation.columns) if col.is_key)
         else:
             old_indexes = frozenset(range(len(relation.columns)))
-    return _Change(relation, kind, new, old, old_indexes, commit_time_us, xid, candidates)
+    return Change(relation, kind, new, old, old_indexes, commit_time_us, xid, candidates)
