@@ -86,6 +86,8 @@ IDLE_SETTLE_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 2
 PROBLEMS_KEPT = 20  # per failed run, the per-subscriber summaries kept in the JSON file
 FAULTS = ("duplicate", "drop", "reorder", "close")  # js/ws_server.js --fault
+TRACED_TOPIC = "bench"  # loadgen.js's topic, realtime:bench
+TRACED_SUB = "bench-traced"  # no bench client has this sub
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -145,6 +147,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
     p.add_argument(
+        "--trace",
+        action="store_true",
+        help="measure ours with a delivery trace running on the bench topic (a subject that is not joined: "
+        "one decision per broadcast), to show what tracing costs",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -181,6 +189,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--workers and --nodes take a positive count, and not both above 1")
     if (args.workers > 1 or args.nodes > 1) and args.skip_ours:
         p.error("--workers and --nodes measure our server: not with --skip-ours")
+    if args.trace and (args.skip_ours or args.workers > 1 or args.nodes > 1):
+        p.error("--trace measures one process of our server: not with --skip-ours, --workers or --nodes")
     if args.workers > 1 or args.nodes > 1:
         args.skip_reference = True
     if args.workers > 1 and args.json == DEFAULT_JSON:
@@ -205,6 +215,8 @@ class Bench:
         self.errors: list[str] = []
         self._failures: dict[str, int] = {}  # consecutive failed runs per server
         self.measured: dict[str, ProcessTree] = {}  # other processes whose CPU each run reports (redis)
+        self.admin_secret = new_secret()  # our server's API_JWT_SECRET (admin pollers, --trace)
+        self._trace: str | None = None  # the delivery trace running on ours (--trace)
 
     def _node(self, script: str, *opts: object) -> list[str]:
         return [*self.pin.generator, self.node, str(JS_DIR / script), *(str(o) for o in opts)]
@@ -394,12 +406,20 @@ class Bench:
         server = self.servers[name]
 
         def once() -> None:
+            if self.args.trace and isinstance(server, OurServer):
+                self._retrace(server)
             result = self.loadgen(server, s_count, phase, **opts)
             result["repeat"] = rep
             self.runs.append(result)
             print_run(result)
 
         self._guard(server, f"{phase} S={s_count}", once)
+
+    def _retrace(self, server: OurServer) -> None:
+        """A fresh trace for each run (a trace runs at most 10 minutes): the last one is stopped."""
+        if self._trace is not None:
+            server.stop_trace(self.admin_secret, self._trace)
+        self._trace = server.trace(self.admin_secret, TRACED_TOPIC, TRACED_SUB)
 
     def _guard(self, server: Server, what: str, fn: Callable[[], None]) -> None:
         """Run fn, keeping a failure as an error; skip it once the server is dead or failed twice in a row."""
@@ -532,7 +552,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             if not args.skip_ours:
                 port = free_port()
-                admin_secret = new_secret()
+                admin_secret = bench.admin_secret
                 env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret, "API_JWT_SECRET": admin_secret}
                 if not env.get("DATABASE_URL"):
                     # our server then starts its own embedded PostgreSQL there
@@ -601,6 +621,7 @@ def _run(args: argparse.Namespace) -> int:
             "workers": args.workers,
             "nodes": args.nodes,
             "redis": "own redis-server" if args.redis is None else "--redis",
+            "trace": args.trace,
         },
         "admin_polling": polling,
         "exact": not bench.failed and not bench.errors,

@@ -40,6 +40,7 @@ from .socket import RealtimeSocket
 from .tenant_services import Cluster, TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
+from .trace import Tracer
 from .usage import UsageMeter
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class App:
         self.hub.observers.append(self.channel_stats)
         self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
+        self.tracer = Tracer(self.hub)  # delivery traces (admin API); hub.tracer while one runs
         self.metrics = Metrics(self)
         self.metrics.cluster = self.cluster_broker
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
@@ -190,6 +192,7 @@ class App:
             max_write_buffer=settings.max_write_buffer_bytes,
             flush_chunk=settings.flush_chunk,
         )
+        self.server.writer.on_slow_consumer = self.tracer.slow_consumer
         self.port = await self.server.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
         self.spawn(self.loop_lag.run(), name="event-loop lag")
         self.spawn(self._sample_forever(), name="time series")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import trace
 from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
@@ -32,7 +33,16 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import BROADCAST_KIND, DB_BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .hub import (
+    BROADCAST_KIND,
+    DB_BROADCAST_KIND,
+    PRESENCE_KIND,
+    Audience,
+    ChannelState,
+    Publication,
+    StreamKey,
+    Tracer,
+)
 from .incidents import shutdown_code
 from .jwt import expires_in
 from .limits import WindowCounter
@@ -361,6 +371,8 @@ class Channel:
         """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
+        hub = self.socket.ctx.hub
+        tracer = hub.tracer
         sent = nbytes = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
@@ -368,17 +380,25 @@ class Channel:
                 frame = codec.user_broadcast(
                     self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
                 )
+                reason: str | None = trace.CODEC
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
                     sent += 1
                     nbytes += len(frame)
+                    reason = None
+                if tracer is not None:
+                    self._traced(tracer, DB_BROADCAST_KIND, row.event, reason is None, reason)
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
             nbytes += self._send_data(
                 "broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta}
             )
             sent += 1
-        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent, nbytes)
+            if tracer is not None:
+                self._traced(tracer, DB_BROADCAST_KIND, row.event, True, None)
+        hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent, nbytes)
+        if tracer is not None:
+            tracer.sent()
 
     def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
         """The write policy for `extension` on a private channel; None while it is being
@@ -465,6 +485,8 @@ class Channel:
             if not allowed:
                 # None: held until the write policy is known. False: denied
                 # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
+                if allowed is False:
+                    self._refused(msg, trace.WRITE_DENIED)
                 return
         ctx = self.socket.ctx
         tenant = self.socket.tenant
@@ -484,6 +506,7 @@ class Channel:
             size = len(payload_json)
             publication = Publication(self.topic, "broadcast", payload_json)
         if tenant.payload_too_large(size):
+            self._refused(msg, trace.PAYLOAD_TOO_LARGE)
             if self.ack:
                 # The response is a bare string (docs/protocol.md §4.1).
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
@@ -493,6 +516,22 @@ class Channel:
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
+
+    def _refused(self, msg: Message, reason: str) -> None:
+        """Tell a running delivery trace that this channel's broadcast `msg` was refused."""
+        tracer = self.socket.ctx.hub.tracer
+        if tracer is None:
+            return
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            event = payload.event
+        else:
+            event = payload.get("event") if isinstance(payload, dict) else None
+        self._traced(tracer, BROADCAST_KIND, event if isinstance(event, str) else None, False, reason)
+
+    def _traced(self, tracer: Tracer, kind: str, event: str | None, delivered: bool, reason: str | None) -> None:
+        """A decision for this channel taken outside the hub's fan-out, for a running trace."""
+        tracer.decided(self.socket.tenant.external_id, self, kind, event, delivered, reason)
 
     # Presence (docs/protocol.md §5)
 
@@ -560,6 +599,10 @@ class Channel:
         ctx = self.socket.ctx
         nbytes = self._send_data("presence_state", ctx.broker.presence_state(self.key))
         ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND, 1, nbytes)
+        tracer = ctx.hub.tracer
+        if tracer is not None:
+            self._traced(tracer, PRESENCE_KIND, "presence_state", True, None)
+            tracer.sent()
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx

@@ -14,6 +14,8 @@ builds each frame once per codec in use and queues the same bytes on every
 receiver (docs/design.md §2: frame built once). The connection behind
 Subscriber.conn applies the slow-consumer rule: a receiver whose unsent
 backlog passes the high-water mark is disconnected, never waited for.
+While a delivery trace runs, Hub.tracer (trace.py) is told of each publication
+before it is delivered.
 
 Nothing here imports a session, a tenant service or the app: they reach the
 hub through the small Protocols below."""
@@ -21,7 +23,7 @@ hub through the small Protocols below."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -43,6 +45,7 @@ __all__ = [
     "Sink",
     "StreamKey",
     "Subscriber",
+    "Tracer",
 ]
 
 TOO_MANY_MESSAGES = "Too many messages per second"
@@ -132,6 +135,39 @@ class DeliveryObserver(Protocol):
         """`count` frames of `kind` (`nbytes` in all) went to one `subscriber` of `key` outside deliver()."""
 
 
+class Tracer(Protocol):
+    """Records the decisions taken for traced subjects (trace.Tracer). Hub.tracer is None while
+    no trace runs, so that delivery costs one attribute test per publication for tracing."""
+
+    def watching(self, tenant: str) -> set[str] | None:
+        """The topics traced on the tenant `tenant`, or None."""
+
+    def published(
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        publication: Publication,
+        subs: Collection[Subscriber],
+        exclude: Subscriber | None,
+        now: float,
+    ) -> None:
+        """`publication` is about to be delivered to `subs`, the subscribers of `key`, but `exclude`."""
+
+    def decided(
+        self, tenant: str, sub: Subscriber, kind: str, event: str | None, delivered: bool, reason: str | None
+    ) -> None:
+        """A decision about a message of `kind` for `sub` taken outside Hub.publish()."""
+
+    def sent(self) -> None:
+        """The frames of the decisions just recorded are queued."""
+
+    def subscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` joined the stream `key`."""
+
+    def unsubscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` left the stream `key`."""
+
+
 class Publication:
     """One message for the subscribers of a topic, as plain values (a broker may carry it between nodes).
 
@@ -180,7 +216,7 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences")
+    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences", "tracer")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
@@ -190,6 +226,7 @@ class Hub:
         # tenant → presences joined and left since start (counted by the broker from its diffs)
         self.presence_joins: dict[str, int] = {}
         self.presence_leaves: dict[str, int] = {}
+        self.tracer: Tracer | None = None  # set while a delivery trace runs (trace.py)
 
     # Registry
 
@@ -199,9 +236,13 @@ class Hub:
             subs = self._streams[key] = {}
         subs[subscriber] = None
         self.joins[key.tenant] = self.joins.get(key.tenant, 0) + 1
+        if self.tracer is not None:
+            self.tracer.subscribed(key, subscriber)
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
         """Remove `subscriber`; True when the stream has no local subscriber left."""
+        if self.tracer is not None:
+            self.tracer.unsubscribed(key, subscriber)
         subs = self._streams.get(key)
         if subs is None:
             return True
@@ -262,6 +303,13 @@ class Hub:
     ) -> int:
         """Deliver `publication` to the local subscribers of `key`; return how many got it."""
         subs = self._streams.get(key)
+        tracer = self.tracer
+        if tracer is not None:
+            # Decided before delivery: a rate-limited delivery closes the receivers.
+            tracer.published(tenant, key, publication, subs or (), exclude, now)
+            delivered = self.deliver(tenant, ((subs, publication),), now, exclude) if subs else 0
+            tracer.sent()
+            return delivered
         if not subs:
             return 0
         return self.deliver(tenant, ((subs, publication),), now, exclude)

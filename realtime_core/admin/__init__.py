@@ -20,6 +20,7 @@ from . import (
     rls_tester,
     tail,
     tenant_api,
+    trace_api,
     usage_api,
 )
 from .auth import AdminAuth
@@ -46,6 +47,7 @@ def register(app: App, router: Router) -> AdminApi:
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
     tail.routes(api, app)
+    trace_api.routes(api, app)
     nodes.routes(api, app)
     api.register(router)
     return api

@@ -39,7 +39,8 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber
+from .. import trace
+from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber, Tracer
 from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
@@ -61,6 +62,8 @@ __all__ = ["Change", "Connections", "Dispatcher"]
 log = logging.getLogger(__name__)
 
 _TYPES = {Insert: "INSERT", Update: "UPDATE", Delete: "DELETE"}
+# How a data object over the size limit ends (RecordShape.build): what a trace reports as too large.
+_TOO_LARGE_TAIL = b'"errors":' + orjson.dumps([records.ERROR_TOO_LARGE]) + b"}"
 # How long a batch waits for its committed transactions to become visible.
 VISIBILITY_TIMEOUT = 5.0
 
@@ -121,6 +124,7 @@ class Dispatcher:
         # Facts read in phase 1 of the current batch, used by phase 2.
         self._tables: dict[int, TableInfo] = {}
         self._selectable: dict[tuple[str, int], frozenset[str]] = {}
+        self._rls_failed: set[tuple[int, str]] = set()  # (relation oid, group key) whose policy raised
         # Observability
         self.changes_seen = 0
         self.changes_dispatched = 0
@@ -212,6 +216,7 @@ class Dispatcher:
             by_relation.setdefault(ch.relation.oid, []).append(ch)
         tables = self._tables = await self.catalog.tables(conn, list(by_relation))
         self._selectable = {}
+        self._rls_failed = set()
         reads_rows = any(
             (tables.get(oid) is not None and tables[oid].rls and any(ch.type != "DELETE" for ch in group))
             or any(ch.new is not None and UNCHANGED in ch.new for ch in group)
@@ -428,6 +433,7 @@ class Dispatcher:
                 table_name = f"{relation.namespace}.{relation.name}"
                 self.incidents.record(self.tenant.external_id, "RlsPolicyError", self.last_error, table_name)
             visible[group_key] = None
+            self._rls_failed.add((relation.oid, group_key))
 
         if len(table.primary_key) == 1:
             # All groups of a chunk in one statement (sql/0004_rls_batches.sql).
@@ -509,6 +515,11 @@ class Dispatcher:
         kind = POSTGRES_CHANGES_KIND
         rows = self.rows
         wall = time.time()
+        tracer = self.hub.tracer
+        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
+        if topics:
+            assert tracer is not None
+            self._trace(tracer, topics, changes, shapes)
         for ch in changes:
             if not ch.deliveries:
                 # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
@@ -531,6 +542,42 @@ class Dispatcher:
                     batch.append((channels, publication))
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
+        if topics:
+            assert tracer is not None
+            tracer.sent()
+
+    def _trace(
+        self, tracer: Tracer, topics: set[str], changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
+    ) -> None:
+        """Tell `tracer` what phase 1 decided for the subscriptions of channels on traced `topics`
+        (before delivery: a rate-limited delivery closes the receivers)."""
+        tenant = self.tenant
+        limited = tenant.events.reached(tenant.limits.max_events_per_second, self.now())
+        joined = ChannelState.JOINED
+        for ch in changes:
+            traced = [s for s in ch.candidates if s.channel.sub_topic in topics and s.channel.state is joined]
+            if not traced or ch.matched is None:  # matched None: the table was dropped since
+                continue
+            matched = {id(s) for s in ch.matched}
+            for sub in traced:
+                variant = next((v for v, subs in ch.deliveries or () if any(s is sub for s in subs)), None)
+                delivered, reason = variant is not None, None
+                if variant is None:
+                    if id(sub) not in matched:
+                        reason = trace.PG_FILTER
+                    elif (ch.relation.oid, sub.group_key) in self._rls_failed:
+                        reason = trace.RLS_ERROR
+                    elif ch.type == "DELETE":  # not checked by RLS: hidden only without SELECT privilege
+                        reason = trace.PRIVILEGE
+                    else:
+                        reason = trace.RLS
+                elif limited:
+                    delivered, reason = False, trace.RATE_LIMITED
+                elif variant[0] == "error":
+                    reason = trace.PRIVILEGE if variant[1] == records.ERROR_UNAUTHORIZED else None
+                elif self._data(ch, variant, shapes).endswith(_TOO_LARGE_TAIL):
+                    reason = trace.PAYLOAD_TOO_LARGE
+                tracer.decided(tenant.external_id, sub.channel, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
 
     async def _publish(self, changes: list[Change], commit_lsns: dict[int, int]) -> None:
         """Phase 2 of a cluster's leader: each process gets, per change it has subscribers of,
