@@ -38,6 +38,7 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from .attribution import (
@@ -724,17 +725,7 @@ def _post(url: str, body: bytes) -> int:
 
 async def _store(conn: Any, messages: dict[tuple[str, int], dict[str, int]], peaks: dict[tuple[str, int], int]) -> None:
     """Add `messages` to `_realtime.usage` and merge `peaks` into `_realtime.usage_peaks`."""
-    rows = [
-        (t, day_of_hour(h), h % 24, kind, n) for (t, h), counts in messages.items() for kind, n in counts.items() if n
-    ]
-    if rows:
-        columns = list(zip(*rows, strict=True))
-        await conn.execute(
-            "insert into _realtime.usage as u (tenant, day, hour, kind, messages)"
-            " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::text[], %s::bigint[])"
-            " on conflict (tenant, day, hour, kind) do update set messages = u.messages + excluded.messages",
-            [list(c) for c in columns],
-        )
+    await _add_counts(conn, "usage", "messages", messages)
     if peaks:
         keys = list(peaks)
         await conn.execute(
@@ -753,14 +744,20 @@ async def _store(conn: Any, messages: dict[tuple[str, int], dict[str, int]], pea
 
 async def _store_egress(conn: Any, egress: _Counts) -> None:
     """Add `egress` to `_realtime.usage_egress`."""
+    await _add_counts(conn, "usage_egress", "bytes", egress)
+
+
+async def _add_counts(conn: Any, table: str, column: str, counts: dict[tuple[str, int], dict[str, int]]) -> None:
+    """Add `counts` ((tenant, epoch hour) → kind → n) to `_realtime.<table>`'s `column`, by
+    (tenant, day, hour, kind), in one statement."""
     rows = [
-        (t, day_of_hour(h), h % 24, kind, n) for (t, h), counts in egress.items() for kind, n in counts.items() if n
+        (t, day_of_hour(h), h % 24, kind, n) for (t, h), by_kind in counts.items() for kind, n in by_kind.items() if n
     ]
-    if rows:
-        columns = list(zip(*rows, strict=True))
-        await conn.execute(
-            "insert into _realtime.usage_egress as u (tenant, day, hour, kind, bytes)"
-            " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::text[], %s::bigint[])"
-            " on conflict (tenant, day, hour, kind) do update set bytes = u.bytes + excluded.bytes",
-            [list(c) for c in columns],
-        )
+    if not rows:
+        return
+    query = sql.SQL(
+        "insert into {table} as u (tenant, day, hour, kind, {column})"
+        " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::text[], %s::bigint[])"
+        " on conflict (tenant, day, hour, kind) do update set {column} = u.{column} + excluded.{column}"
+    ).format(table=sql.Identifier("_realtime", table), column=sql.Identifier(column))
+    await conn.execute(query, [list(c) for c in zip(*rows, strict=True)])

@@ -6,22 +6,18 @@ on the shared Redis at 127.0.0.1:6379 never see each other's channels."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import BASE_ENV, JWT_SECRET, MS, ROOT, ServerProcess, start_server
-from psycopg.conninfo import conninfo_to_dict
+from conftest import MS, ServerProcess, start_server
 
 from realtime_core.cluster import codec
 from realtime_core.config import Settings
@@ -154,40 +150,14 @@ class PrivateRedis:
 def start_workers(database_url: str, env: dict[str, str], workers: int, without: tuple[str, ...] = ()) -> ServerProcess:
     """`realtime-core serve --port 0 --workers N`, once its parent says every worker listens;
     `without`: variables left unset."""
-    full_env = {**os.environ, **BASE_ENV, "DATABASE_URL": database_url, "REALTIME_JWT_SECRET": JWT_SECRET, **env}
-    for name in without:
-        full_env.pop(name, None)
-    full_env["SLOT_NAME_SUFFIX"] = str(conninfo_to_dict(database_url).get("dbname", "postgres"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime_core", "serve", "--port", "0", "--workers", str(workers)],
-        cwd=ROOT,
-        env=full_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    return start_server(
+        database_url,
+        env,
+        60_000 * MS,
+        args=("--workers", str(workers)),
+        ready=rf"^realtime-core \S+ listening on http://[\d.]+:(\d+) with {workers} workers",
+        without=without,
     )
-    output: list[str] = []
-    found = threading.Event()
-    port: list[int] = []
-
-    def drain() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            m = re.match(rf"realtime-core \S+ listening on http://[\d.]+:(\d+) with {workers} workers", line)
-            if m:
-                port.append(int(m.group(1)))
-                found.set()
-        found.set()
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    if not found.wait(60_000 * MS) or not port:
-        proc.kill()
-        proc.wait()
-        reader.join(5)
-        raise RuntimeError("the workers did not start:\n" + "".join(output))
-    return ServerProcess(proc, port[0], database_url, full_env, output, reader)
 
 
 def worker_pids(server: ServerProcess) -> list[int]:

@@ -221,8 +221,17 @@ class ServerProcess:
             )
 
 
-def start_server(database_url: str, env: dict[str, str] | None = None, timeout: float = 30_000 * MS) -> ServerProcess:
-    """Start `realtime-core serve --port 0` and wait for its "listening on" line."""
+def start_server(
+    database_url: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30_000 * MS,
+    *,
+    args: tuple[str, ...] = (),
+    ready: str = r"listening on http://[\d.]+:(\d+)",
+    without: tuple[str, ...] = (),
+) -> ServerProcess:
+    """Start `realtime-core serve --port 0 [args]` and wait for the line matching `ready` (its
+    group: the port); `without`: variables left unset."""
     dbname = conninfo_to_dict(database_url).get("dbname", "postgres")
     full_env = {
         **os.environ,
@@ -234,8 +243,10 @@ def start_server(database_url: str, env: dict[str, str] | None = None, timeout: 
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
     }
+    for name in without:
+        full_env.pop(name, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "realtime_core", "serve", "--port", "0"],
+        [sys.executable, "-m", "realtime_core", "serve", "--port", "0", *args],
         cwd=ROOT,
         env=full_env,
         stdout=subprocess.PIPE,
@@ -250,7 +261,7 @@ def start_server(database_url: str, env: dict[str, str] | None = None, timeout: 
         assert proc.stdout is not None
         for line in proc.stdout:
             output.append(line)
-            m = re.search(r"listening on http://[\d.]+:(\d+)", line)
+            m = re.search(ready, line)
             if m and not port:
                 port.append(int(m.group(1)))
                 found.set()
