@@ -31,6 +31,7 @@ USED_WITHOUT_IMPORT = {
     "ruff",  # the linter
     "coverage",  # run as `python -m coverage` by scripts/coverage
     "import-linter",  # run as `lint-imports` by scripts/test
+    "ipykernel",  # the kernel nbclient runs the notebooks in (tests/test_notebooks.py)
 }
 
 
