@@ -43,19 +43,19 @@ with tail_tab:
         cols = st.columns(6)
         start = cols[0].form_submit_button("Listen")
         stop = cols[1].form_submit_button("Stop")
-    reader: TailReader | None = st.session_state.get("tail")
+    reader: TailReader | None = st.session_state.get("tail_reader")
     if (start or stop) and reader is not None:
         reader.stop()
-        st.session_state.tail = reader = None
+        st.session_state.tail_reader = reader = None
     if start and topic and kinds:
         reader = TailReader(admin.base_url, admin.token or "", tenant, topic, private=private, kinds=kinds)
-        st.session_state.tail = reader
+        st.session_state.tail_reader = reader
         reader.wait_connected(5.0)
     search = st.text_input("Filter messages (event or payload contains)", key="tail-filter")
 
     @st.fragment(run_every=1)
     def tail_view() -> None:
-        current: TailReader | None = st.session_state.get("tail")
+        current: TailReader | None = st.session_state.get("tail_reader")
         if current is None:
             ui.empty(
                 "Press Listen to watch a channel. Messages appear here as they are delivered; send one from the "
@@ -124,11 +124,11 @@ with trace_tab:
         else:
             started = ui.get(admin.start_trace, tenant, trace_topic, seconds=int(seconds), **{by: who})
             if started is not None:
-                st.session_state.trace = started
+                st.session_state.trace_started = started
 
     @st.fragment(run_every=2)
     def trace_view() -> None:
-        started = st.session_state.get("trace")
+        started = st.session_state.get("trace_started")
         if started is None:
             st.info("Start a trace, then make the client miss (or get) a message: each decision is listed here.")
             return
