@@ -21,9 +21,11 @@ from websockets.frames import CloseCode
 from . import db, messages, tasks
 from .authorization import Authorizer
 from .broker import Broker, InProcessBroker
+from .channel_stats import ChannelStats
 from .config import Settings
 from .errors import ConnectError, JwtError, TenantNotFound
 from .hub import Hub
+from .incidents import Incidents
 from .jwt import clean_token, verify
 from .metrics import Metrics
 from .net.http import Request, Router
@@ -31,9 +33,12 @@ from .net.server import Server
 from .net.websocket import WebSocketConnection
 from .postgres_changes.cdc import PostgresChanges
 from .protocol import codec_for
+from .runtime import LoopLag
+from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
 from .tenant_services import TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
+from .timeseries import TimeSeries
 from .usage import UsageMeter
 
 __all__ = ["SOCKET_PATHS", "App"]
@@ -66,14 +71,23 @@ class App:
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
         self.broker: Broker = InProcessBroker(self.hub)
+        self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
+        self.hub.observers.append(self.channel_stats)
+        self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
         self.metrics = Metrics(self)
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
             self.hub.observers.append(self.usage)
+        self.incidents = Incidents()  # recent errors per tenant (admin API)
+        self.loop_lag = LoopLag()
         self.http = Router()  # cli.py registers rest_api's routes on it
         self.pool: AsyncConnectionPool | None = None  # the control database (tenants table)
+        # Seals and opens tenants' secrets at rest (DB_ENC_KEY); made at start.
+        self.secret_box: SecretBox | None = None
+        # Why the database services of a tenant last failed to start (cleared when they start).
+        self.service_errors: dict[str, str] = {}
         self.services: dict[str, TenantServices] = {}  # by tenant external_id
         self._tenant_changes = asyncio.Lock()  # one run-time tenant change at a time
         self._retrying: set[str] = set()  # tenants whose services _keep_starting() retries
@@ -91,11 +105,21 @@ class App:
             raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
         self.pool = await db.open_pool(settings.database_url)
         secret = settings.resolve_jwt_secret()
+        self.secret_box = SecretBox(settings.resolve_db_enc_key())
         async with self.pool.connection() as conn:
             applied = await db.migrate(conn)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
-            store = TenantStore(conn)
+            store = TenantStore(conn, self.secret_box)
+            try:
+                sealed = await store.seal_plaintext()
+            except SecretBoxError:
+                raise SecretBoxError(
+                    "DB_ENC_KEY does not open the tenant secrets stored in the server's database: start with the"
+                    " DB_ENC_KEY they were sealed with (or the data dir's db_enc_key file that held it)"
+                ) from None
+            if sealed:
+                log.info("sealed the secrets of %d tenant(s) stored in plain text", len(sealed))
             await store.ensure_default(settings, secret)
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
@@ -118,7 +142,16 @@ class App:
             flush_chunk=settings.flush_chunk,
         )
         self.port = await self.server.listen(settings.host, settings.port)
+        self.spawn(self.loop_lag.run(), name="event-loop lag")
+        self.spawn(self._sample_forever(), name="time series")
         return self.port
+
+    async def _sample_forever(self) -> None:
+        """Once a second: a time series sample, and idle streams' statistics dropped."""
+        while True:
+            await asyncio.sleep(1.0)
+            self.timeseries.sample(self, time.time())
+            self.channel_stats.prune(self.hub.stream_keys())
 
     def _database_of(self, tenant: Tenant) -> TenantDatabase | None:
         return TenantDatabase.of(
@@ -135,6 +168,7 @@ class App:
         services = TenantServices(self, tenant, database, is_default=tenant.external_id == self.settings.tenant_name)
         await services.start()
         self.services[tenant.external_id] = services
+        self.service_errors.pop(tenant.external_id, None)
         return services
 
     async def _try_services(self, tenant: Tenant) -> None:
@@ -146,6 +180,7 @@ class App:
             self._starting_failed(tenant, exc)
 
     def _starting_failed(self, tenant: Tenant, exc: BaseException) -> None:
+        self.service_errors[tenant.external_id] = str(exc) or type(exc).__name__
         log.error("UnableToConnectToProject: tenant %s's database services did not start: %s", tenant.external_id, exc)
         if tenant.external_id not in self._retrying:
             self._retrying.add(tenant.external_id)
@@ -175,7 +210,7 @@ class App:
     async def _read_tenant(self, external_id: str) -> Tenant | None:
         assert self.pool is not None
         async with self.pool.connection() as conn:
-            return await TenantStore(conn).get(external_id, self.now())
+            return await TenantStore(conn, self.secret_box).get(external_id, self.now())
 
     async def add_tenant(self, external_id: str) -> Tenant:
         """Serve the stored tenant `external_id` from now on, with its database services.
@@ -183,15 +218,50 @@ class App:
         async with self._tenant_changes:
             return await self._add_tenant(external_id)
 
-    async def update_tenant(self, external_id: str) -> Tenant:
+    async def update_tenant(self, external_id: str, *, disconnect: bool = False) -> Tenant:
         """Apply the stored settings of tenant `external_id` to the running one (adding it when
         it is not served yet).
 
         As upstream's Api.update_tenant/2: a change of keys, suspend or private_only, or of
         the database, disconnects the tenant's sockets (clients reconnect under the new
-        settings); a change of the database restarts its services on the new one."""
+        settings); a change of the database restarts its services on the new one.
+        `disconnect`: disconnect them whatever changed (as saving Studio's settings does)."""
         async with self._tenant_changes:
-            return await self._update_tenant(external_id)
+            return await self._update_tenant(external_id, disconnect=disconnect)
+
+    async def reload_tenant(self, external_id: str) -> bool:
+        """Upstream's tenant reload (tenant_controller.ex reload/2): take the stored settings,
+        disconnect the tenant's sockets and restart its database services (slots kept).
+        False when the tenant is not served."""
+        async with self._tenant_changes:
+            tenant = self.tenants.get(external_id)
+            if tenant is None:
+                return False
+            stored = await self._read_tenant(external_id)
+            if stored is not None:
+                tenant.update_from(stored)
+            self._disconnect_tenant(external_id)
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop()
+            await self._try_services(tenant)
+            return True
+
+    async def shutdown_tenant(self, external_id: str) -> bool:
+        """Upstream's tenant shutdown (Connect.shutdown/1): stop the tenant's database services,
+        keeping its slots and its sockets; reload_tenant() or an update starts them again.
+        False when the tenant is not served."""
+        async with self._tenant_changes:
+            if self.tenants.get(external_id) is None:
+                return False
+            services = self.services.pop(external_id, None)
+            if services is not None:
+                await services.stop()
+            return True
+
+    def tenant_sockets(self, external_id: str) -> int:
+        """How many sockets tenant `external_id` has open."""
+        return sum(1 for s in self.sockets if s.tenant.external_id == external_id)
 
     async def remove_tenant(self, external_id: str) -> bool:
         """Stop serving tenant `external_id`: refuse its connects, disconnect its sockets, stop
@@ -199,9 +269,12 @@ class App:
         Returns False when it was not served."""
         async with self._tenant_changes:
             tenant = self.tenants.remove(external_id)
+            self.service_errors.pop(external_id, None)
             if tenant is None:
                 return False
             self._disconnect_tenant(external_id)
+            self.incidents.forget(external_id)
+            self.channel_stats.forget_tenant(external_id)
             services = self.services.pop(external_id, None)
             if services is not None:
                 await services.stop(drop_slots=True)
@@ -217,7 +290,7 @@ class App:
         await self._try_services(tenant)
         return tenant
 
-    async def _update_tenant(self, external_id: str) -> Tenant:
+    async def _update_tenant(self, external_id: str, *, disconnect: bool = False) -> Tenant:
         current = self.tenants.get(external_id)
         if current is None:
             return await self._add_tenant(external_id)
@@ -227,10 +300,15 @@ class App:
         database = self._database_of(stored)
         services = self.services.get(external_id)
         moved = database != (services.database if services is not None else None)
-        if moved or (stored.keys, stored.suspend, stored.private_only) != (
-            current.keys,
-            current.suspend,
-            current.private_only,
+        if (
+            disconnect
+            or moved
+            or (stored.keys, stored.suspend, stored.private_only)
+            != (
+                current.keys,
+                current.suspend,
+                current.private_only,
+            )
         ):
             self._disconnect_tenant(external_id)
         current.update_from(stored)
@@ -252,11 +330,17 @@ class App:
     def _disconnect_tenant(self, external_id: str) -> None:
         """Upstream's UserSocket.disconnect/1: every channel of the tenant gets the system
         message `Server requested disconnect`, then its sockets are drained (close 1012)."""
-        payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
         for socket in [s for s in self.sockets if s.tenant.external_id == external_id]:
-            for channel in list(socket.channels.values()):
-                channel.push("system", {**payload_of, "channel": channel.sub_topic})
-            socket.disconnect(CloseCode.SERVICE_RESTART)
+            self.disconnect_socket(socket)
+
+    def disconnect_socket(self, socket: RealtimeSocket) -> str:
+        """Disconnect one socket as upstream's UserSocket.disconnect/1 does each of a tenant's:
+        `Server requested disconnect` on each of its channels, then close 1012; return that text."""
+        payload_of = {"extension": "system", "status": "ok", "message": DISCONNECT_TEXT}
+        for channel in list(socket.channels.values()):
+            channel.push("system", {**payload_of, "channel": channel.sub_topic})
+        socket.disconnect(CloseCode.SERVICE_RESTART)
+        return DISCONNECT_TEXT
 
     async def stop(self) -> None:
         """Refuse new joins, close every socket with 1012 (service restart), stop the tenants'
@@ -300,22 +384,46 @@ class App:
             raise ConnectError(400, str(exc)) from None
         except TenantNotFound:
             raise ConnectError(404, "Tenant not found") from None  # upstream user_socket.ex error_response/1
+        try:
+            claims, token = self._admit(tenant, request)
+        except ConnectError as exc:
+            self.incidents.record(tenant.external_id, exc.code, exc.text or f"HTTP {exc.status}")
+            raise
+        x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
+        level = query.get("log_level", "error")
+        socket = RealtimeSocket(
+            self,
+            tenant,
+            codec,
+            token,
+            claims,
+            x_headers,
+            level if level in _LOG_LEVELS else "error",
+            remote=request.client,
+            vsn=query.get("vsn") or "1.0.0",
+            client_info=request.headers.get("x-client-info") or query.get("X-Client-Info") or None,
+            user_agent=request.headers.get("user-agent"),
+        )
+        return socket, socket.attach
+
+    def _admit(self, tenant: Tenant, request: Request) -> tuple[dict[str, Any], str]:
+        """The connect-time checks after the tenant is known: its claims and cleaned token, or
+        ConnectError (docs/protocol.md §1.4)."""
         if tenant.suspend:
-            raise ConnectError(403, "Realtime was disabled for this tenant")
-        token = request.headers.get("x-api-key") or query.get("apikey")
+            raise ConnectError(403, "Realtime was disabled for this tenant", "RealtimeDisabledForTenant")
+        token = request.headers.get("x-api-key") or request.query.get("apikey")
         if not token:
-            raise ConnectError(401, "API key is missing")
+            raise ConnectError(401, "API key is missing", "MissingAPIKey")
         try:
             claims = self.verify_token(tenant, token)
         except JwtError as exc:
-            raise ConnectError(exc.connect_status, exc.connect_text) from None
-        token = clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
+            raise ConnectError(exc.connect_status, exc.connect_text, exc.code) from None
         limits = tenant.limits
         now = self.now()
         if tenant.users >= limits.max_concurrent_users:
-            raise ConnectError(429, "Too many connected users")
+            raise ConnectError(429, "Too many connected users", "ConnectionRateLimitReached")
         if tenant.joins.reached(limits.max_joins_per_second, now):
-            raise ConnectError(429, "Too many joins per second")
+            raise ConnectError(429, "Too many joins per second", "JoinsRateLimitReached")
         if tenant.enforce_quota and tenant.plan.hard_quota and self.usage.messages_exhausted(tenant):
             # 429 as upstream answers its other connect-time limits (user_socket.ex): the client
             # backs off and retries, which succeeds once the next cycle starts.
@@ -323,13 +431,9 @@ class App:
                 429,
                 f"MessageQuotaExceeded: the {tenant.plan.included_messages} messages plan {tenant.plan.name}"
                 " includes in this billing cycle are used up",
+                "MessageQuotaExceeded",
             )
-        x_headers = {k: v for k, v in request.headers.items() if k.startswith("x-")}
-        level = query.get("log_level", "error")
-        socket = RealtimeSocket(
-            self, tenant, codec, token, claims, x_headers, level if level in _LOG_LEVELS else "error"
-        )
-        return socket, socket.attach
+        return claims, clean_token(token)  # what the socket's joins fall back to (docs/protocol.md §3.2)
 
     def spawn(
         self,

@@ -127,11 +127,20 @@ class Authorizer:
         await self.pool.close()
 
     async def read(
-        self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
+        self,
+        topic: str,
+        claims: dict[str, Any],
+        headers: dict[str, str],
+        extensions: Iterable[str],
+        *,
+        measure: bool = True,
     ) -> dict[str, bool]:
-        """Which of `extensions` the client may read on `topic` (docs/protocol.md §7, read check)."""
+        """Which of `extensions` the client may read on `topic` (docs/protocol.md §7, read check).
+
+        The one read probe: joins, first tracks and the admin policy tester (admin/rls_tester.py,
+        with `measure=False`: its checks stay out of the latency histogram) all call this."""
         probes = {ext: uuid.uuid4() for ext in extensions}
-        async with self._connection(topic, self.read_latency) as conn:
+        async with self._connection(topic, self.read_latency if measure else None) as conn:
             # Pipelined: BEGIN, the probes, the settings, the select and
             # ROLLBACK cost one round trip (psycopg's per-statement wait
             # was two thirds of a private join's server time).
@@ -152,11 +161,21 @@ class Authorizer:
         return {ext: probe in visible for ext, probe in probes.items()}
 
     async def write(
-        self, topic: str, claims: dict[str, Any], headers: dict[str, str], extensions: Iterable[str]
+        self,
+        topic: str,
+        claims: dict[str, Any],
+        headers: dict[str, str],
+        extensions: Iterable[str],
+        *,
+        measure: bool = True,
     ) -> dict[str, bool]:
-        """Which of `extensions` the client may write on `topic` (docs/protocol.md §7, write check)."""
+        """Which of `extensions` the client may write on `topic` (docs/protocol.md §7, write check).
+
+        The one write probe of a channel's broadcast or track, the REST API's single-topic check
+        and the admin policy tester (`measure=False`, as for read())."""
         result: dict[str, bool] = {}
-        async with self._connection(topic, self.write_latency) as conn, conn.transaction(force_rollback=True):
+        latency = self.write_latency if measure else None
+        async with self._connection(topic, latency) as conn, conn.transaction(force_rollback=True):
             await self._set_config(conn, topic, claims, headers)
             for ext in extensions:
                 try:
@@ -200,7 +219,9 @@ class Authorizer:
         return {topic: allowed for topic, allowed, _ in rows}
 
     @contextlib.asynccontextmanager
-    async def _connection(self, topic: str, latency: LatencyHistogram) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    async def _connection(
+        self, topic: str, latency: LatencyHistogram | None
+    ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         """A pooled connection for one check: its time goes to `latency`, its failures become
         the upstream errors (RT authorization.ex handle_policies_result). No connection because
         the database cannot be reached is UnableToConnectToProject (transient, upstream's
@@ -218,7 +239,8 @@ class Authorizer:
                 raise UnableToConnectToProject(UNREACHABLE_TEXT) from None
             raise IncreaseConnectionPool("Please increase your connection pool size") from None
         finally:
-            latency.observe((time.perf_counter() - started) * 1000)
+            if latency is not None:
+                latency.observe((time.perf_counter() - started) * 1000)
 
     async def _set_config(
         self, conn: psycopg.AsyncConnection[Any], topic: str, claims: dict[str, Any], headers: dict[str, str]
@@ -245,5 +267,8 @@ class Authorizer:
             return MissingPartition("Realtime was unable to find the expected messages partition")
         if isinstance(exc, psycopg.errors.QueryCanceled):
             return QueryCanceled(str(exc.diag.message_primary or exc))
-        # Any other failure (a bad role, a raising policy) is an RLS policy error.
-        return Unauthorized(f"You do not have permissions to read from this Channel topic: {topic}")
+        # Any other failure (a bad role, a raising policy) is an RLS policy error. The client is
+        # told only upstream's text; the database's own message stays on the error for operators.
+        error = Unauthorized(f"You do not have permissions to read from this Channel topic: {topic}")
+        error.policy_error = str(exc.diag.message_primary or exc)
+        return error

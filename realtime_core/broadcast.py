@@ -35,7 +35,8 @@ def publish_json(
     if message_id is not None:
         body["meta"] = {"id": message_id}
     publication = Publication(f"realtime:{sub_topic}", "broadcast", orjson.dumps(body), kind=REST_KIND)
-    return broker.publish(tenant, StreamKey(tenant.external_id, private, sub_topic), publication, now)
+    key = StreamKey(tenant.external_id, private, sub_topic)
+    return broker.publish(tenant, key, publication, now)
 
 
 def publish_user(
@@ -43,4 +44,5 @@ def publish_user(
 ) -> int:
     """Deliver a user broadcast (the REST single-event endpoint, docs/protocol.md §4.3)."""
     publication = Publication(f"realtime:{sub_topic}", "broadcast", user=message, kind=REST_KIND)
-    return broker.publish(tenant, StreamKey(tenant.external_id, private, sub_topic), publication, now)
+    key = StreamKey(tenant.external_id, private, sub_topic)
+    return broker.publish(tenant, key, publication, now)

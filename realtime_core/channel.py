@@ -33,6 +33,7 @@ from .errors import (
     Unauthorized,
 )
 from .hub import BROADCAST_KIND, DB_BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .incidents import shutdown_code
 from .jwt import expires_in
 from .limits import WindowCounter
 from .payloads import JoinPayload, postgres_change_id
@@ -283,8 +284,13 @@ class Channel:
         if self.state is ChannelState.CLOSED:
             return
         log.info("ChannelShutdown %s: %s", self.topic, text)
+        self._incident(shutdown_code(text), text)
         self.push("system", {"extension": "system", "status": "error", "message": text, "channel": self.sub_topic})
         self._close_with_phx_close()
+
+    def _incident(self, code: str, reason: str) -> None:
+        socket = self.socket
+        socket.ctx.incidents.record(socket.tenant.external_id, code, reason, self.sub_topic, socket.id)
 
     def replaced(self) -> None:
         """A duplicate join on the socket: phx_close for this join_ref (docs/protocol.md §2.4)."""
@@ -396,6 +402,7 @@ class Channel:
                     self.reads_presence = read[PRESENCE]
             except RealtimeError as exc:
                 log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+                self._incident("UnableToSetPolicies", exc.reason)
         if self.policies is not None:
             if extension == BROADCAST:
                 self.policies.broadcast_write = allowed
@@ -576,11 +583,13 @@ class Channel:
         except (UnableToConnectToProject, MissingPartition, QueryCanceled) as exc:
             # Transient: RT realtime_channel.ex handle_in("access_token") shuts down with these texts.
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            self._incident("UnableToSetPolicies", exc.reason)
             cancelled = isinstance(exc, QueryCanceled)
             self.shutdown("Query was cancelled, please try again" if cancelled else UNREACHABLE_TEXT)
             return
         except RealtimeError as exc:
             log.warning("UnableToSetPolicies on %s: %s", self.topic, exc.reason)
+            self._incident("UnableToSetPolicies", exc.reason)
             after = Policies(broadcast_read=False, presence_read=False)
         if self.state is not ChannelState.JOINED or before is None:
             return

@@ -22,6 +22,7 @@ from pathlib import Path
 from . import __version__
 from .config import IGNORED_ENV, Settings, ignored_env
 from .jwt import sign
+from .secret_box import SecretBoxError
 
 __all__ = ["main"]
 
@@ -137,6 +138,9 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await app.start()
+    except SecretBoxError as exc:  # the wrong DB_ENC_KEY: a configuration error, no traceback
+        await app.stop()
+        raise SystemExit(f"realtime-core: {exc}") from None
     except Exception:
         await app.stop()
         raise

@@ -227,6 +227,20 @@ class Settings:
         " (2,000 topics ≈ 0.1 s)",
         minimum=1,
     )
+    # The admin API's live tail (admin/tail.py).
+    tail_max_viewers: int = int_var(
+        "REALTIME_TAIL_MAX_VIEWERS",
+        5,
+        "live tails (`GET /admin/v1/tenants/{id}/tail`) open at once per tenant; 429 beyond",
+        minimum=1,
+    )
+    tail_buffer: int = int_var(
+        "REALTIME_TAIL_BUFFER",
+        1_000,
+        "messages a live tail holds for a viewer that reads slowly; the oldest are dropped beyond (a `dropped` event"
+        " says how many)",
+        minimum=1,
+    )
     # How many connections one flush writes before yielding to the loop.
     flush_chunk: int = 512
     postgres_changes: bool = bool_var("REALTIME_POSTGRES_CHANGES", True, "stream Postgres Changes")

@@ -17,6 +17,7 @@ from .hub import DB_BROADCAST_KIND, Clock, Publication, StreamKey
 from .postgres_changes.pgoutput import Insert, Relation
 from .postgres_changes.replication import ReplicationStream, Transaction
 from .protocol import BINARY, JSON, UserBroadcast
+from .rowstats import RowStats
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -44,6 +45,7 @@ class DatabaseBroadcast:
         self._columns: dict[int, dict[str, int]] = {}  # relation oid → column name → index
         self.delivered = 0
         self.dropped = 0
+        self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
 
     def start(self) -> None:
         self.stream.start()
@@ -59,27 +61,35 @@ class DatabaseBroadcast:
             # not get them again. Reconnects keep the first position, so
             # nothing committed during an outage is skipped.
             skip = txn.commit is not None and txn.commit.commit_lsn < live_from
+            commit_time = txn.commit.commit_time_us if txn.commit is not None else 0
             for msg in txn.messages:
-                if skip and isinstance(msg, Insert):
-                    continue
                 if isinstance(msg, Insert):
+                    self.rows.seen += 1
                     columns = self._columns.get(msg.relation_oid)
-                    if columns is not None:
-                        self._deliver(columns, msg.new)
+                    if skip:
+                        self.rows.skip("before_start")
+                    elif columns is None:
+                        self.rows.skip("unknown_relation")
+                    elif self._deliver(columns, msg.new):
+                        self.rows.dispatched += 1
+                        self.rows.dispatched_at(commit_time)
                 elif isinstance(msg, Relation) and msg.namespace == "realtime" and msg.name.startswith("messages"):
                     # publish_via_partition_root makes partitions arrive as
                     # realtime.messages; older setups may name a partition.
                     self._columns[msg.oid] = {c.name: i for i, c in enumerate(msg.columns)}
 
-    def _deliver(self, columns: dict[str, int], values: tuple[Any, ...]) -> None:
+    def _deliver(self, columns: dict[str, int], values: tuple[Any, ...]) -> bool:
+        """Publish one realtime.messages row; False (counted in `rows.skipped`) when it is not sent."""
         row = {name: values[i] for name, i in columns.items()}
         if row.get("extension") != "broadcast":
-            return
+            self.rows.skip("not_broadcast")
+            return False
         payload, binary = row.get("payload"), row.get("binary_payload")
         if any(row.get(name) is None for name in _REQUIRED) or (payload is None and binary is None):
             self.dropped += 1
             log.warning("UnableToBroadcastChanges: realtime.messages row %s lacks required fields", row.get("id"))
-            return
+            self.rows.skip("invalid")
+            return False
         if binary is not None:
             data, encoding = bytes.fromhex(str(binary)[2:]), BINARY  # bytea_output=hex: "\x..."
         else:
@@ -88,7 +98,8 @@ class DatabaseBroadcast:
         if tenant.payload_too_large(len(data)):
             self.dropped += 1
             log.warning("UnableToBroadcastChanges: message %s exceeds the payload size limit", row["id"])
-            return
+            self.rows.skip("too_large")
+            return False
         message_id = str(row["id"])
         topic = str(row["topic"])
         message = UserBroadcast(str(row["event"]), data, encoding, {"id": message_id})
@@ -98,4 +109,6 @@ class DatabaseBroadcast:
         key = StreamKey(tenant.external_id, row["private"] == "t", topic)
         now = self.clock()
         tenant.events.add(1, now)
+        self.broker.accepted(tenant, DB_BROADCAST_KIND, key)
         self.delivered += self.broker.publish(tenant, key, publication, now)
+        return True

@@ -108,7 +108,10 @@ class ChannelRateLimitReached(RealtimeError, code="ChannelRateLimitReached"):
 
 
 class Unauthorized(RealtimeError, code="Unauthorized"):
-    """A private channel the token may not read."""
+    """A private channel the token may not read. `policy_error`: the database's message when a
+    policy raised (for operators: the client is told only the upstream text)."""
+
+    policy_error: str | None = None
 
 
 class UnableToConnectToProject(RealtimeError, code="UnableToConnectToProject"):
@@ -152,10 +155,11 @@ class JwtSignerError(JwtError, code="JwtSignerError"):
 class ConnectError(Exception):
     """A refused WebSocket upgrade: HTTP `status` with body {"error": text} (docs/protocol.md §1.4)."""
 
-    def __init__(self, status: int, text: str) -> None:
+    def __init__(self, status: int, text: str, code: str = "ErrorConnectingToWebsocket") -> None:
         super().__init__(text)
         self.status = status
         self.text = text
+        self.code = code  # the operational code (docs/protocol.md §9.3), for the recent-errors log
 
 
 class MalformedMessage(ValueError):

@@ -176,12 +176,16 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "observers", "presences")
+    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
+        self.joins: dict[str, int] = {}  # tenant → subscriptions made since start (the time series' joins)
+        # tenant → presences joined and left since start (counted by the broker from its diffs)
+        self.presence_joins: dict[str, int] = {}
+        self.presence_leaves: dict[str, int] = {}
 
     # Registry
 
@@ -190,6 +194,7 @@ class Hub:
         if subs is None:
             subs = self._streams[key] = {}
         subs[subscriber] = None
+        self.joins[key.tenant] = self.joins.get(key.tenant, 0) + 1
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
         """Remove `subscriber`; True when the stream has no local subscriber left."""
@@ -204,6 +209,10 @@ class Hub:
 
     def subscribers(self, key: StreamKey) -> list[Subscriber]:
         return list(self._streams.get(key, ()))
+
+    def stream_keys(self) -> list[StreamKey]:
+        """Every stream with a local subscriber."""
+        return list(self._streams)
 
     def stream_count(self) -> int:
         return len(self._streams)

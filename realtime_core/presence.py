@@ -61,6 +61,10 @@ class PresenceTopic:
         key, _, meta = previous
         return {"joins": {}, "leaves": {key: {"metas": [meta]}}}
 
+    def key_count(self) -> int:
+        """How many distinct presence keys are tracked (what presenceState() has as keys)."""
+        return len({key for key, _, _ in self._entries.values()})
+
     def state(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Every presence on the stream, grouped by key: {key: {"metas": [...]}}."""
         grouped: dict[str, dict[str, list[dict[str, Any]]]] = {}

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .broker import Broker
     from .config import Settings
     from .hub import Hub
+    from .incidents import Incidents
     from .messages import ReplayRow
     from .postgres_changes.cdc import PostgresChanges
     from .protocol import Codec, Message
@@ -63,6 +64,7 @@ class SessionContext(Protocol):
     hub: Hub  # accepted() and sent(): what sessions report for usage metering (deliveries go through the broker)
     metrics: SessionMetrics
     usage: SessionUsage
+    incidents: Incidents  # recent errors per tenant, for operators
     sockets: MutableSet[Any]  # the open sockets: added at attach, removed at close
     shutting_down: bool
     loop: asyncio.AbstractEventLoop  # timers: token expiry, replication_ready, error backoff
@@ -96,6 +98,7 @@ class ChannelSocket(Protocol):
     token: str  # the connect token: a join without a token of its own uses it
     x_headers: dict[str, str]
     counted: bool  # counted in tenant.users
+    id: str  # the connection's id (admin API)
     channels: dict[str, Any]  # the socket's channels by topic
 
     def hold(self, msg: Message) -> None: ...

@@ -14,6 +14,8 @@ waits in TCP as it does behind upstream's blocking join, instead of in memory.""
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,14 +48,20 @@ class RealtimeSocket:
         "_paused",
         "channels",
         "claims",
+        "client_info",
         "closed",
         "codec",
         "conn",
+        "connected_at",
         "counted",
         "ctx",
+        "id",
         "log_level",
+        "remote",
         "tenant",
         "token",
+        "user_agent",
+        "vsn",
         "x_headers",
     )
 
@@ -66,7 +74,21 @@ class RealtimeSocket:
         claims: dict[str, Any],
         x_headers: dict[str, str],
         log_level: str,
+        *,
+        remote: str = "",
+        vsn: str | None = None,
+        client_info: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
+        # Identity, for operators: the id names this connection everywhere (admin API, traces).
+        self.id = secrets.token_urlsafe(9)  # 12 URL-safe characters
+        self.connected_at = time.time()
+        self.remote = remote
+        self.vsn = vsn
+        # What the client says it is: x-client-info, else the `version` of its first join
+        # (realtime-js sends "realtime-js/<version>" there), else its User-Agent.
+        self.client_info = client_info
+        self.user_agent = user_agent
         self.ctx = ctx
         self.tenant = tenant
         self.codec = codec
@@ -133,6 +155,10 @@ class RealtimeSocket:
             if not topic.startswith(TOPIC_PREFIX):
                 self._reply_unmatched(msg)
                 return
+            if self.client_info is None and isinstance(msg.payload, dict):
+                version = msg.payload.get("version")
+                if isinstance(version, str) and version:
+                    self.client_info = version[:200]
             if channel is not None:
                 channel.replaced()  # duplicate join: the old one closes first
             self._busy = True
@@ -182,6 +208,7 @@ class RealtimeSocket:
         reason = exc.reason
         log.info("join of %s refused: %s", msg.topic, reason)
         self.ctx.metrics.join_refused(exc.code, self.tenant.external_id)
+        self.ctx.incidents.record(self.tenant.external_id, exc.code, reason, msg.topic, self.id)
         close = exc.closes_socket
 
         def send() -> None:
@@ -256,6 +283,9 @@ class RealtimeSocket:
         if self.closed:
             return
         self.closed = True
+        if self.conn is not None and self.conn.dropped_slow:
+            text = "the client did not read: write buffer over the limit"
+            self.ctx.incidents.record(self.tenant.external_id, "SlowConsumer", text, None, self.id)
         self._inbox.clear()
         self._held_messages = self._held_bytes = 0
         for channel in list(self.channels.values()):

@@ -86,6 +86,10 @@ class Supervisor:
     ) -> asyncio.Task[Any]:
         return spawn(coro, name=name, on_error=on_error, group=self._tasks)
 
+    def names(self) -> list[str]:
+        """The names of the tasks still running (for operators)."""
+        return [task.get_name() for task in self._tasks if not task.done()]
+
     async def stop(self, timeout: float) -> list[str]:
         """Cancel every task still running and wait up to `timeout` seconds for them to end;
         return the names of those that did not (each is logged)."""

@@ -38,6 +38,7 @@ from .broker import Broker
 from .config import Settings
 from .db_broadcast import DatabaseBroadcast
 from .hub import Clock, Hub
+from .incidents import Incidents
 from .postgres_changes.cdc import PostgresChanges
 from .postgres_changes.settings import MESSAGES_SLOT, CdcSettings
 from .tenants import Tenant
@@ -62,6 +63,7 @@ class ServiceHost(Protocol):
     settings: Settings
     now: Clock
     hub: Hub  # Postgres Changes delivers through it
+    incidents: Incidents  # RLS errors of Postgres Changes are recorded there
     broker: Broker  # database broadcast publishes through it
 
 
@@ -260,6 +262,7 @@ class TenantServices:
             await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
         if settings.postgres_changes:
             self.cdc = PostgresChanges(self.tenant, dsn, cdc_settings, self.host.now, self.host.hub)
+            self.cdc.dispatcher.incidents = self.host.incidents
             await self.cdc.start()
 
     async def stop(self, *, drop_slots: bool = False) -> None:

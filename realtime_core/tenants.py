@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,11 +23,20 @@ from .errors import RealtimeError, TenantNotFound
 from .jwt import KeySet
 from .limits import RateCounter
 from .plans import CUSTOM_FIELDS, Plan, effective_plan
-from .secret_box import SecretBox
+from .secret_box import SecretBox, SecretBoxError, is_sealed
 
-__all__ = ["MissingHost", "Tenant", "TenantRegistry", "TenantStore", "external_id_from_host", "is_local_host"]
+__all__ = [
+    "LIMIT_FIELDS",
+    "SECRET_SETTING",
+    "MissingHost",
+    "Tenant",
+    "TenantRegistry",
+    "TenantStore",
+    "external_id_from_host",
+    "is_local_host",
+]
 
-_LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
+LIMIT_FIELDS = tuple(f.name for f in dataclasses.fields(Limits))
 
 
 def external_id_from_host(host: str | None) -> str:
@@ -115,7 +125,7 @@ class Tenant:
     @classmethod
     def from_row(cls, row: dict[str, Any], now: float) -> Tenant:
         plan = effective_plan(row.get("plan") or "pro", {k: row.get(k) for k in CUSTOM_FIELDS})
-        explicit = {name: row[name] for name in _LIMIT_FIELDS if row.get(name) is not None}
+        explicit = {name: row[name] for name in LIMIT_FIELDS if row.get(name) is not None}
         limits = dataclasses.replace(plan.limits, **explicit)
         jwks = row.get("jwt_jwks")
         if isinstance(jwks, str):
@@ -206,57 +216,157 @@ class TenantRegistry:
         return tenant
 
 
-_COLUMNS = sql.SQL(", ").join(
-    sql.Identifier(name)
-    for name in (
-        "id",
-        "external_id",
-        "name",
-        "jwt_secret",
-        "jwt_jwks",
-        *_LIMIT_FIELDS,
-        "private_only",
-        "suspend",
-        "presence_enabled",
-        "extensions",
-        "plan",
-        "organization",
-        "billing_cycle_day",
-        "enforce_quota",
-        "alert_webhook_url",
-        *CUSTOM_FIELDS,
-    )
+# The columns of a tenant's row, in the order TenantStore reads them.
+_COLUMN_NAMES = (
+    "id",
+    "external_id",
+    "name",
+    "jwt_secret",
+    "jwt_jwks",
+    *LIMIT_FIELDS,
+    "private_only",
+    "suspend",
+    "presence_enabled",
+    "extensions",
+    "plan",
+    "organization",
+    "billing_cycle_day",
+    "enforce_quota",
+    "alert_webhook_url",
+    *CUSTOM_FIELDS,
+    "inserted_at",
+    "updated_at",
 )
+# The columns a writer sets (the others are the database's).
+_WRITABLE = frozenset(_COLUMN_NAMES) - {"id", "inserted_at", "updated_at"}
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, _COLUMN_NAMES))
 _TENANTS = sql.Identifier("_realtime", "tenants")
+# The setting of a tenant's extension that is a secret (upstream db_settings.ex encrypts the db_*
+# settings; the password is the one that matters).
+SECRET_SETTING = "db_password"
+
+
+def _password(entry: Any) -> str | None:
+    settings = entry.get("settings") if isinstance(entry, dict) else None
+    value = settings.get(SECRET_SETTING) if isinstance(settings, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 class TenantStore:
     """Reads and writes the `_realtime.tenants` control table.
 
-    A tenant's `extensions` hold its database settings (the `postgres_cdc_rls` entry with
-    `db_password` among them) as given, in plain text: they are readable by whoever can read
-    this table. Upstream encrypts the db_* settings with a key of the server's
-    (lib/realtime/api/extensions.ex encrypt_settings/2); that arrives with the tenant API,
-    which is the first writer of other tenants' settings besides tests and operators."""
+    Secrets at rest: `jwt_secret` and each extension's `db_password` are sealed with `box`
+    (secret_box.py, under DB_ENC_KEY) when written, and opened when read, so the table never
+    holds them in plain text; seal_plaintext() seals rows written before (or without a box).
+    Without a box (tests and tools that write rows for a server to load) they are written as
+    given and the server seals them at its next start; a sealed value then cannot be read
+    (SecretBoxError)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_box", "_conn")
 
-    def __init__(self, conn: AsyncConnection[Any]) -> None:
+    def __init__(self, conn: AsyncConnection[Any], box: SecretBox | None = None) -> None:
         self._conn = conn
+        self._box = box
+
+    # Reading
+
+    async def rows(self, external_id: str | None = None, *, lock: bool = False) -> list[dict[str, Any]]:
+        """The stored rows (all, or tenant `external_id`'s), secrets opened, oldest first;
+        `lock`: FOR UPDATE, inside the caller's transaction."""
+        query = sql.SQL("select {} from {}").format(_COLUMNS, _TENANTS)
+        if external_id is not None:
+            query += sql.SQL(" where external_id = %s")
+        query += sql.SQL(" order by inserted_at")
+        if lock:
+            query += sql.SQL(" for update")
+        async with self._conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(query, () if external_id is None else (external_id,))
+            return [self._opened(row) for row in await cur.fetchall()]
+
+    async def row(self, external_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+        """The stored row of tenant `external_id`, secrets opened, or None."""
+        rows = await self.rows(external_id, lock=lock)
+        return rows[0] if rows else None
 
     async def load_all(self, now: float) -> list[Tenant]:
-        async with self._conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(sql.SQL("select {} from {} order by inserted_at").format(_COLUMNS, _TENANTS))
-            return [Tenant.from_row(row, now) for row in await cur.fetchall()]
+        return [Tenant.from_row(row, now) for row in await self.rows()]
 
     async def get(self, external_id: str, now: float) -> Tenant | None:
         """The stored tenant `external_id`, read now."""
-        async with self._conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                sql.SQL("select {} from {} where external_id = %s").format(_COLUMNS, _TENANTS), (external_id,)
-            )
-            row = await cur.fetchone()
+        row = await self.row(external_id)
         return None if row is None else Tenant.from_row(row, now)
+
+    def _opened(self, row: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(row.get("jwt_jwks"), str):
+            row["jwt_jwks"] = orjson.loads(row["jwt_jwks"])
+        if isinstance(row.get("extensions"), str):
+            row["extensions"] = orjson.loads(row["extensions"])
+        if row.get("jwt_secret"):
+            row["jwt_secret"] = self._open(row["jwt_secret"])
+        row["extensions"] = [self._extension(e, self._open) for e in row.get("extensions") or []]
+        return row
+
+    def _open(self, value: str) -> str:
+        if self._box is None:
+            if is_sealed(value):
+                raise SecretBoxError("a sealed secret cannot be read without DB_ENC_KEY")
+            return value
+        return self._box.open(value)
+
+    def _seal(self, value: str) -> str:
+        if self._box is None or is_sealed(value):
+            return value
+        return self._box.seal(value)
+
+    @staticmethod
+    def _extension(entry: Any, convert: Callable[[str], str]) -> Any:
+        password = _password(entry)
+        if password is None:
+            return entry
+        return {**entry, "settings": {**entry["settings"], SECRET_SETTING: convert(password)}}
+
+    # Writing
+
+    def _values(self, values: dict[str, Any]) -> tuple[list[str], list[Any]]:
+        """The columns and parameters of `values` (column → value, secrets in plain text)."""
+        unknown = set(values) - _WRITABLE
+        if unknown:
+            raise ValueError(f"not tenant columns: {sorted(unknown)}")
+        columns, params = [], []
+        for name, value in values.items():
+            if name == "jwt_secret" and value:
+                value = self._seal(value)
+            elif name == "jwt_jwks" and value is not None:
+                value = Jsonb(value)
+            elif name == "extensions":
+                value = Jsonb([self._extension(e, self._seal) for e in value or []])
+            columns.append(name)
+            params.append(value)
+        return columns, params
+
+    async def insert(self, values: dict[str, Any]) -> bool:
+        """Add a tenant with `values` (column → value; `external_id` among them, the rest take
+        their column defaults). False when its external_id is taken."""
+        columns, params = self._values(values)
+        query = sql.SQL(
+            "insert into {table} ({columns}) values ({values}) on conflict (external_id) do nothing"
+        ).format(
+            table=_TENANTS,
+            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+            values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
+        )
+        cur = await self._conn.execute(query, params)
+        return cur.rowcount > 0
+
+    async def update(self, external_id: str, values: dict[str, Any]) -> bool:
+        """Set the columns of `values` on tenant `external_id`; False when it is not stored."""
+        columns, params = self._values(values)
+        sets = [sql.SQL("{} = %s").format(sql.Identifier(c)) for c in columns]
+        query = sql.SQL("update {} set {}, updated_at = now() where external_id = %s").format(
+            _TENANTS, sql.SQL(", ").join(sets)
+        )
+        cur = await self._conn.execute(query, (*params, external_id))
+        return cur.rowcount > 0
 
     async def create(
         self,
@@ -268,21 +378,43 @@ class TenantStore:
         """Add a tenant (HS secret, `limits` or the defaults, upstream-shaped `extensions`);
         a process loads it at start, or at App.add_tenant()."""
         limits = limits or Limits()
-        columns = ("external_id", "name", "jwt_secret", *_LIMIT_FIELDS, "extensions")
-        query = sql.SQL("insert into {table} ({columns}) values ({values})").format(
-            table=_TENANTS,
-            columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-            values=sql.SQL(", ").join(sql.Placeholder() * len(columns)),
-        )
-        values = [getattr(limits, name) for name in _LIMIT_FIELDS]
-        await self._conn.execute(query, (external_id, external_id, jwt_secret, *values, Jsonb(extensions or [])))
+        values = {"external_id": external_id, "name": external_id, "jwt_secret": jwt_secret}
+        values |= {name: getattr(limits, name) for name in LIMIT_FIELDS}
+        await self.insert({**values, "extensions": extensions or []})
 
     async def set_extensions(self, external_id: str, extensions: list[dict[str, Any]]) -> None:
         """Replace the tenant's extensions (its database settings among them)."""
-        await self._conn.execute(
-            sql.SQL("update {} set extensions = %s, updated_at = now() where external_id = %s").format(_TENANTS),
-            (Jsonb(extensions), external_id),
-        )
+        await self.update(external_id, {"extensions": extensions})
+
+    async def seal_plaintext(self) -> list[str]:
+        """Seal the secrets stored in plain text (rows written before encryption, or without a
+        box); return the external_ids of the rows changed. Idempotent. Raises SecretBoxError
+        when a sealed secret does not open with this box's key (the wrong DB_ENC_KEY)."""
+        assert self._box is not None, "sealing needs a SecretBox"
+        changed = []
+        async with self._conn.transaction():
+            async with self._conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    sql.SQL("select external_id, jwt_secret, extensions from {} for update").format(_TENANTS)
+                )
+                rows = await cur.fetchall()
+            for row in rows:
+                values: dict[str, Any] = {}
+                secret = row["jwt_secret"]
+                if secret:
+                    self._box.open(secret)  # a wrong key fails here, before anything is written
+                    if not is_sealed(secret):
+                        values["jwt_secret"] = secret
+                extensions = row["extensions"] or []
+                if isinstance(extensions, str):
+                    extensions = orjson.loads(extensions)
+                opened = [self._extension(e, self._box.open) for e in extensions]
+                if any(_password(e) and not is_sealed(_password(e) or "") for e in extensions):
+                    values["extensions"] = opened
+                if values:
+                    await self.update(row["external_id"], values)
+                    changed.append(row["external_id"])
+        return changed
 
     async def delete(self, external_id: str) -> bool:
         """Delete the tenant's row; True when there was one."""
@@ -294,10 +426,10 @@ class TenantStore:
     async def ensure_default(self, settings: Settings, secret: str) -> None:
         """Create the self-host tenant, or bring its secret and env-given settings up to date."""
         limits = settings.limits
-        values: dict[str, Any] = {name: getattr(limits, name) for name in _LIMIT_FIELDS}
+        values: dict[str, Any] = {name: getattr(limits, name) for name in LIMIT_FIELDS}
         # Limits named in the environment win at every start; the others are
         # only defaults for a new tenant, so an operator's later change stays.
-        update = [name for name in _LIMIT_FIELDS if name in settings.limits_set]
+        update = [name for name in LIMIT_FIELDS if name in settings.limits_set]
         jwks = settings.resolve_jwt_jwks()
         # SEED_SELF_HOST: the extensions upstream's seeds.exs writes, again at every start as there.
         seeded = settings.self_host_extensions()
@@ -307,7 +439,7 @@ class TenantStore:
             "name",
             "jwt_secret",
             "jwt_jwks",
-            *_LIMIT_FIELDS,
+            *LIMIT_FIELDS,
             "presence_enabled",
             "private_only",
             "plan",
@@ -330,23 +462,12 @@ class TenantStore:
                 (
                     settings.tenant_name,
                     settings.tenant_name,
-                    secret,
+                    self._seal(secret),
                     Jsonb(jwks) if jwks else None,
                     *values.values(),
                     settings.presence_enabled,
                     settings.private_only,
                     settings.plan,
-                    *(() if seeded is None else (Jsonb(_sealed_password(seeded, settings)),)),
+                    *(() if seeded is None else (Jsonb([self._extension(e, self._seal) for e in seeded]),)),
                 ),
             )
-
-
-def _sealed_password(extensions: list[dict[str, Any]], settings: Settings) -> list[dict[str, Any]]:
-    """`extensions` with each `db_password` sealed under DB_ENC_KEY (secrets at rest)."""
-    box = SecretBox(settings.resolve_db_enc_key())
-    return [
-        {**e, "settings": {**e["settings"], "db_password": box.seal(e["settings"]["db_password"])}}
-        if isinstance(e.get("settings"), dict) and e["settings"].get("db_password")
-        else e
-        for e in extensions
-    ]

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from .hub import KINDS
+from .hub import DB_BROADCAST_KIND, KINDS
 
 if TYPE_CHECKING:
     from .hub import Publication, StreamKey, Subscriber
@@ -141,8 +141,9 @@ class UsageMeter:
     # Counting (hub.DeliveryObserver and the sessions): in memory only
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
-        """`count` messages of `kind` were accepted from a sender."""
-        if count and self.enabled:
+        """`count` messages of `kind` were accepted from a sender. A message the database sends
+        (realtime.send, broadcast_changes) counts only as it is delivered: not here."""
+        if count and self.enabled and kind != DB_BROADCAST_KIND:
             self._count(tenant.external_id, kind, count)
 
     def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:

@@ -61,6 +61,8 @@ BASE_ENV = {
     "CONNECT_ERROR_BACKOFF_MS": server_ms(50),
     "LOG_LEVEL": "info",
     "API_JWT_SECRET": ADMIN_SECRET,
+    # Else every test server would generate and share one in the checkout's ./.realtime.
+    "DB_ENC_KEY": "test-db-enc-key-" + "e" * 32,
 }
 
 

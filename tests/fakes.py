@@ -96,6 +96,7 @@ class FakeConnection:
     """Records what the socket writes; stands for net/websocket.WebSocketConnection."""
 
     peer = "127.0.0.1:50000"
+    dropped_slow = False
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []

@@ -254,5 +254,7 @@ async def test_the_audit_log_of_a_running_server(server) -> None:  # type: ignor
         assert set(first.json()) == {"data", "next_cursor"}
         bad = await http.get("/admin/v1/audit", headers=admin_headers(), params={"limit": 0})
         assert bad.status_code == 422 and "limit" in bad.json()["errors"]
+        nul = await http.get("/admin/v1/audit", headers=admin_headers(), params={"target": "a\x00b"})
+        assert (nul.status_code, nul.json()) == (422, {"errors": {"target": ["must not contain NUL characters"]}})
         doc = await http.get("/admin/v1/openapi.json", headers=admin_headers())
         assert "/admin/v1/audit" in doc.json()["paths"]

@@ -48,6 +48,9 @@ class FakeBroker:
         self.calls.append(("publish", key, publication, exclude))
         return 0
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.calls.append(("accepted", key, kind, count))
+
     def subscribe(self, key: StreamKey, subscriber: Any) -> None:
         self.calls.append(("subscribe", key, subscriber))
 
@@ -206,8 +209,16 @@ class TestWithAFakeBroker:
     def test_a_broadcast_is_published_once_excluding_the_sender(self, fake_ctx):
         channel = make_channel(FakeSocket(fake_ctx))
         channel.start()
+        accepted: list[tuple[Any, ...]] = []
+
+        class Observer:
+            def accepted(self, tenant, kind, key, count):  # type: ignore[no-untyped-def]
+                accepted.append((key, kind, count))
+
+        fake_ctx.hub.observers.append(Observer())
         push(channel, "broadcast", {"event": "e", "payload": {"n": 1}})
         [(kind, key, publication, exclude)] = fake_ctx.broker.calls[1:]
+        assert accepted == [(KEY, "broadcast", 1)]  # counted once, as sent
         assert (kind, key, exclude) == ("publish", KEY, channel)
         assert publication.topic == TOPIC and publication.event == "broadcast"
         assert orjson.loads(publication.payload) == {"event": "e", "payload": {"n": 1}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, pricing_api, usage_api
+from . import audit, channels, introspect, pg_check, pricing_api, replication, rls_tester, tail, tenant_api, usage_api
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -23,7 +23,14 @@ def register(app: App, router: Router) -> AdminApi:
     """Add the tenant API and the admin API to `router`; return the AdminApi holding their routes."""
     api = AdminApi(AdminAuth.from_settings(app.settings), audit.AuditLog(lambda: app.pool))
     audit.routes(api)
+    tenant_api.routes(api, app)
+    introspect.routes(api, app)
+    channels.routes(api, app)
+    replication.routes(api, app)
     pricing_api.routes(api)
     usage_api.routes(api, app)
+    rls_tester.routes(api, app)
+    pg_check.routes(api, app)
+    tail.routes(api, app)
     api.register(router)
     return api

@@ -288,7 +288,7 @@ class AdminApi:
             call = Call(request, params, identity, target=next(iter(params.values()), ""))
             try:
                 if route.query is not None:
-                    call.query = _validate(route.query, request.query, None)
+                    call.query = _validate(route.query, _query(request), None)
                 if route.body is not None:
                     call.body = _validate(route.body, _json_body(request, route.envelope), route.envelope)
                 result = await route.handler(call)
@@ -418,6 +418,15 @@ def _integral(value: Any) -> Any:
     if isinstance(value, list):
         return [_integral(v) for v in value]
     return value
+
+
+def _query(request: Request) -> dict[str, str]:
+    """The query parameters; a NUL character in one is a 422 (no text column or name holds one)."""
+    query = request.query
+    for name, value in query.items():
+        if "\x00" in value:
+            raise invalid(name, "must not contain NUL characters")
+    return query
 
 
 def _json_body(request: Request, envelope: str | None) -> Any:

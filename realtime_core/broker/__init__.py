@@ -33,6 +33,10 @@ class Broker(Protocol):
         subscribers of this node got it (Hub.deliver's rules apply)."""
         ...
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        """Record `count` messages of `kind` accepted from a sender for `key` (Hub.accepted)."""
+        ...
+
     def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         """`subscriber` of this node listens on `key` from now on."""
         ...

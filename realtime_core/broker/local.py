@@ -26,6 +26,9 @@ class InProcessBroker:
     ) -> int:
         return self.hub.publish(tenant, key, publication, now, exclude)
 
+    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
+        self.hub.accepted(tenant, kind, key, count)
+
     def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         self.hub.subscribe(key, subscriber)
 
@@ -33,7 +36,10 @@ class InProcessBroker:
         self.hub.unsubscribe(key, subscriber)
 
     def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:
-        return self.hub.presence_topic(key).track(owner, presence_key, meta)
+        diff = self.hub.presence_topic(key).track(owner, presence_key, meta)
+        if diff is not None:
+            self._count(key.tenant, diff)
+        return diff
 
     def presence_leave(self, key: StreamKey, owner: Subscriber) -> Diff | None:
         hub = self.hub
@@ -42,7 +48,16 @@ class InProcessBroker:
             return None
         diff = topic.untrack(owner)
         hub.forget_presence_topic(key)
+        if diff is not None:
+            self._count(key.tenant, diff)
         return diff
+
+    def _count(self, tenant: str, diff: Diff) -> None:
+        hub = self.hub
+        if diff["joins"]:
+            hub.presence_joins[tenant] = hub.presence_joins.get(tenant, 0) + len(diff["joins"])
+        if diff["leaves"]:
+            hub.presence_leaves[tenant] = hub.presence_leaves.get(tenant, 0) + len(diff["leaves"])
 
     def presence_state(self, key: StreamKey) -> dict[str, dict[str, list[dict[str, Any]]]]:
         topic = self.hub.presences.get(key)

@@ -7,7 +7,7 @@ transport; they are plain `async def handler(request) -> Response`."""
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -17,7 +17,7 @@ import orjson
 
 from ..envvars import int_var
 
-__all__ = ["Handler", "HttpLimits", "Request", "Response", "Router", "json_response"]
+__all__ = ["Handler", "HttpLimits", "Request", "Response", "Router", "StreamingResponse", "json_response"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +110,40 @@ class Response:
         if not keep_alive:
             lines.append("connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class StreamingResponse(Response):
+    """A response whose body is written as `chunks` yields it (chunked transfer encoding).
+
+    net/server.py writes each chunk as it comes, waits while the client is not reading
+    (the transport's write buffer is over its high-water mark), and closes `chunks`
+    (`aclose()`) when the client goes away or the server stops: an async generator
+    then runs its `finally` to release what it holds. `body` is unused."""
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        status: int = 200,
+        headers: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+    ) -> None:
+        super().__init__(status, b"", headers or [], content_type)
+        self.chunks = chunks
+
+    def head(self, keep_alive: bool) -> bytes:
+        reason = _REASONS.get(self.status, "Unknown")
+        lines = [f"HTTP/1.1 {self.status} {reason}", "transfer-encoding: chunked"]
+        if self.content_type:
+            lines.append(f"content-type: {self.content_type}")
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        if not keep_alive:
+            lines.append("connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def chunk(data: bytes) -> bytes:
+    """`data` as one chunk of a chunked body (RFC 9112 §7.1); b"" is the last chunk."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}

@@ -35,7 +35,8 @@ from websockets.server import ServerProtocol
 
 from ..errors import CONNECT_ERROR_TEXT, ConnectError
 from ..tasks import Supervisor
-from .http import HttpLimits, Request, Response, Router, json_response
+from .http import HttpLimits, Request, Response, Router, StreamingResponse, json_response
+from .http import chunk as body_chunk
 from .websocket import Session, WebSocketConnection, Writer
 
 __all__ = ["Application", "HttpProtocol", "Server"]
@@ -158,6 +159,16 @@ class Server:
         self.websockets.discard(conn)
 
 
+async def _close_chunks(response: StreamingResponse) -> None:
+    """Let the body's iterator release what it holds (an async generator's `finally`)."""
+    close = getattr(response.chunks, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except Exception:
+            log.exception("closing a streaming response")
+
+
 class _TrackedConnection(WebSocketConnection):
     """A WebSocketConnection that leaves the server's set when it is lost."""
 
@@ -204,6 +215,11 @@ class HttpProtocol(asyncio.Protocol):
         # RFC 9112 §9.6: after a request with "Connection: close" (or an HTTP/1.0
         # one without keep-alive) nothing more is read; its response is still sent.
         self._last_request = False
+        # Streaming responses (StreamingResponse): whether the transport takes more
+        # (pause_writing/resume_writing), and a future done once the connection is lost.
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._lost: asyncio.Future[None] = self.loop.create_future()
 
     # asyncio.Protocol
 
@@ -217,6 +233,15 @@ class HttpProtocol(asyncio.Protocol):
         self.closed = True
         self.server.http_connections.discard(self)
         self._drop_parser()
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
 
     def _drop_parser(self) -> None:
         """Once no more input comes: the parser holds our bound methods, a cycle that only
@@ -397,10 +422,19 @@ class HttpProtocol(asyncio.Protocol):
                 request, keep_alive = self._queue.popleft()
                 response = await self._dispatch(request)
                 if self.closed or self.transport is None:
+                    if isinstance(response, StreamingResponse):
+                        await _close_chunks(response)  # the client left while it was being made
                     return
-                # RFC 9110 §9.3.2: HEAD is GET without the content (the length stays).
-                body = b"" if request.method == "HEAD" else response.body
-                self.transport.write(response.head(keep_alive) + body)
+                if isinstance(response, StreamingResponse):
+                    if request.method == "HEAD":  # the head only: a HEAD response has no body
+                        await _close_chunks(response)
+                        self.transport.write(response.head(keep_alive))
+                    elif not await self._stream(response, keep_alive):
+                        return
+                else:
+                    # RFC 9110 §9.3.2: HEAD is GET without the content (the length stays).
+                    body = b"" if request.method == "HEAD" else response.body
+                    self.transport.write(response.head(keep_alive) + body)
                 if not keep_alive:
                     self.transport_close()
                     return
@@ -409,6 +443,43 @@ class HttpProtocol(asyncio.Protocol):
         finally:
             self.busy = False
             self.last_seen = self.loop.time()
+
+    async def _stream(self, response: StreamingResponse, keep_alive: bool) -> bool:
+        """Write `response` chunk by chunk until its iterator ends (True) or the connection is
+        lost (False). Waits while the transport is over its high-water mark, so a client that
+        does not read holds back the producer instead of growing the write buffer. However it
+        ends (also cancelled, at server stop), the iterator is closed once nothing awaits it."""
+        assert self.transport is not None
+        self.transport.write(response.head(keep_alive))
+        chunks = response.chunks
+        lost = self._lost
+        following: asyncio.Future[bytes] | None = None
+        try:
+            while True:
+                if not self._writable.is_set():
+                    await self._writable.wait()
+                if self.closed:
+                    return False
+                following = asyncio.ensure_future(anext(chunks))
+                await asyncio.wait((following, lost), return_when=asyncio.FIRST_COMPLETED)
+                if not following.done():
+                    return False
+                try:
+                    data = following.result()
+                except StopAsyncIteration:
+                    self.transport.write(body_chunk(b""))
+                    return True
+                if self.closed:
+                    return False
+                if data:
+                    self.transport.write(body_chunk(data))
+        finally:
+            if following is not None:
+                following.cancel()
+                await asyncio.wait((following,))  # an iterator cannot be closed while it runs
+                if not following.cancelled():
+                    following.exception()  # retrieved: it is the iterator's end or failure, seen above
+            await _close_chunks(response)
 
     async def _dispatch(self, request: Request) -> Response:
         method = "GET" if request.method == "HEAD" else request.method

@@ -126,8 +126,13 @@ class WebSocketConnection(asyncio.Protocol):
         "_turn",
         "_turn_bytes",
         "_writer",
+        "bytes_in",
+        "bytes_out",
         "closed",
+        "dropped_slow",
         "last_seen",
+        "messages_in",
+        "messages_out",
         "peer",
         "session",
         "transport",
@@ -155,8 +160,15 @@ class WebSocketConnection(asyncio.Protocol):
         self._throttled = False  # reading waits for the next turn (READ_BUDGET)
         self.session: Session | None = None
         self.closed = False
+        self.dropped_slow = False  # closed by the slow-consumer rule
         self.last_seen = loop.time()
         self.peer = peer
+        # Traffic of this connection (admin introspection): plain counters where the bytes and
+        # messages already pass. Bytes are wire bytes; messages are data messages, not control frames.
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        self.messages_out = 0
 
     # Sending
 
@@ -173,6 +185,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._writer.mark(self)
         else:
             out.append(frame)
+        self.messages_out += 1
 
     def flush(self) -> None:
         """Write the queued frames (the Writer calls this)."""
@@ -186,17 +199,21 @@ class WebSocketConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() > self._writer.max_buffer:
             self._slow_consumer()
             return
-        transport.write(out[0] if len(out) == 1 else b"".join(out))
+        data = out[0] if len(out) == 1 else b"".join(out)
+        self.bytes_out += len(data)
+        transport.write(data)
 
     def _write(self, data: bytes) -> None:
         """Write `data` under the same backlog rule as flush(): pongs and close frames too."""
         if self.transport.get_write_buffer_size() > self._writer.max_buffer:
             self._slow_consumer()
             return
+        self.bytes_out += len(data)
         self.transport.write(data)
 
     def _slow_consumer(self) -> None:
         self._writer.slow_consumers += 1
+        self.dropped_slow = True
         log.warning("closing slow consumer %s: write buffer over %d bytes", self.peer, self._writer.max_buffer)
         self._abort()
 
@@ -226,6 +243,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = self._loop.time()
+        self.bytes_in += len(data)
         turn = self._writer.turn()
         if turn != self._turn:
             self._turn, self._turn_bytes = turn, len(data)
@@ -278,6 +296,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _deliver(self, session: Session, opcode: Opcode, data: bytes) -> bool:
         """Hand one message to the session; False when the connection failed instead."""
+        self.messages_in += 1
         try:
             if opcode is OP_TEXT:
                 if not data.isascii():
@@ -375,6 +394,13 @@ class WebSocketConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         """See pause_writing()."""
+
+    @property
+    def write_backlog(self) -> int:
+        """Bytes written but not yet sent (the transport's buffer, which the slow-consumer rule
+        watches) plus the frames queued for the next flush."""
+        queued = sum(len(frame) for frame in self._out) if self._out else 0
+        return queued + (0 if self.closed else self.transport.get_write_buffer_size())
 
     @property
     def closing(self) -> bool:

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import psycopg
 from psycopg import sql
-from psycopg_pool import AsyncConnectionPool
 
 from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber
+from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
@@ -44,9 +46,10 @@ from .subscriptions import Registry, Subscription
 from .values import TypeCatalog
 
 if TYPE_CHECKING:
+    from ..incidents import Incidents
     from ..tenants import Tenant
 
-__all__ = ["Dispatcher"]
+__all__ = ["Change", "Connections", "Dispatcher"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,7 @@ Deliveries = list[tuple[Variant, list[Subscription]]]
 
 
 @dataclass(slots=True)
-class _Change:
+class Change:
     """One row change and what phase 1 decided about it."""
 
     relation: Relation
@@ -74,13 +77,20 @@ class _Change:
     deliveries: Deliveries | None = None
 
 
+class Connections(Protocol):
+    """Where the dispatcher takes its connections: a psycopg_pool.AsyncConnectionPool, or the
+    visibility check's single connection (visibility.py)."""
+
+    def connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
+
+
 class Dispatcher:
     """Decides who sees each change and queues the frames."""
 
     def __init__(
         self,
         tenant: Tenant,
-        pool: AsyncConnectionPool,
+        pool: Connections,
         registry: Registry,
         hub: Hub,
         *,
@@ -110,11 +120,13 @@ class Dispatcher:
         self.messages_sent = 0
         self.rls_errors = 0
         self.last_error: str | None = None
+        self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
+        self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
 
     # Phase 0: transactions → candidate changes
 
     async def on_batch(self, transactions: list[Transaction]) -> None:
-        changes: list[_Change] = []
+        changes: list[Change] = []
         # (relation oid, type) → (subscriptions wanting it, the latest start_lsn among them)
         wanted: dict[tuple[int, str], tuple[list[Subscription], int]] = {}
         for txn in transactions:
@@ -130,8 +142,10 @@ class Dispatcher:
                         wanted.clear()
                     continue  # Truncate is never delivered (docs/protocol.md §6.4); Type/Origin/Message carry nothing
                 self.changes_seen += 1
+                self.rows.seen += 1
                 relation = self.relations.get(msg.relation_oid)  # type: ignore[attr-defined]
                 if relation is None:
+                    self.rows.skip("unknown_relation")
                     continue
                 entry = wanted.get((relation.oid, kind))
                 if entry is None:
@@ -142,6 +156,8 @@ class Dispatcher:
                     candidates = [s for s in candidates if s.live_at(commit_lsn)]
                 if candidates:
                     changes.append(_change(relation, kind, msg, commit_time, xid, candidates))
+                else:
+                    self.rows.skip("no_subscribers")
         if not changes:
             return
         try:
@@ -164,7 +180,7 @@ class Dispatcher:
 
     # Phase 1: decide
 
-    async def _decide(self, conn: psycopg.AsyncConnection[Any], changes: list[_Change]) -> None:
+    async def _load_types(self, conn: psycopg.AsyncConnection[Any], changes: list[Change]) -> None:
         oids = {c.type_oid for ch in changes for c in ch.relation.columns}
         missing = self.types.missing(oids)
         while missing:  # new rows may name element or base types not known either
@@ -174,7 +190,10 @@ class Dispatcher:
             if not rows:
                 break
             missing = self.types.missing(oids)
-        by_relation: dict[int, list[_Change]] = {}
+
+    async def _decide(self, conn: psycopg.AsyncConnection[Any], changes: list[Change]) -> None:
+        await self._load_types(conn, changes)
+        by_relation: dict[int, list[Change]] = {}
         for ch in changes:
             by_relation.setdefault(ch.relation.oid, []).append(ch)
         tables = self._tables = await self.catalog.tables(conn, list(by_relation))
@@ -215,9 +234,9 @@ class Dispatcher:
                 return
             await asyncio.sleep(0.001)
 
-    async def _fill_unchanged(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
+    async def _fill_unchanged(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[Change]) -> None:
         """Unchanged TOAST values: from the old tuple when there is one, else from the current row."""
-        wanted: list[_Change] = []
+        wanted: list[Change] = []
         for ch in group:
             if ch.new is None or UNCHANGED not in ch.new:
                 continue
@@ -243,7 +262,7 @@ class Dispatcher:
             found = current.get(tuple(ch.new[i] for i in pk_idx))
             ch.new = [(found[i] if found is not None else None) if v is UNCHANGED else v for i, v in enumerate(ch.new)]
 
-    async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[_Change]) -> None:
+    async def _filter(self, conn: psycopg.AsyncConnection[Any], group: list[Change]) -> None:
         """Keep, per change, the candidates whose filters all hold (docs/protocol.md §6.3).
 
         Changes without filtered candidates keep their candidate list itself
@@ -282,7 +301,7 @@ class Dispatcher:
         for ch, result in zip(group, results, strict=True):
             ch.matched = [sub for sub in ch.candidates if all(result[conditions[cond]] for cond in sub.params.filters)]
 
-    async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[_Change]) -> None:
+    async def _authorize(self, conn: psycopg.AsyncConnection[Any], table: TableInfo, group: list[Change]) -> None:
         """Give each change its deliveries: (variant, subscriptions), where a variant is
         a record shape or an error (docs/protocol.md §6.4)."""
         relation = group[0].relation
@@ -367,7 +386,7 @@ class Dispatcher:
         self,
         table: TableInfo,
         relation: Relation,
-        group: list[_Change],
+        group: list[Change],
         write_variant_of: dict[int, Variant | None],
         pk_idx: list[int],
     ) -> dict[str, set[tuple[str, ...]] | None]:
@@ -391,6 +410,9 @@ class Dispatcher:
             self.rls_errors += 1
             self.last_error = f"RLS policy error on {relation.namespace}.{relation.name} for role {sub.role}: {error}"
             log.warning("RlsPolicyError: %s", self.last_error)
+            if self.incidents is not None:
+                table_name = f"{relation.namespace}.{relation.name}"
+                self.incidents.record(self.tenant.external_id, "RlsPolicyError", self.last_error, table_name)
             visible[group_key] = None
 
         if len(table.primary_key) == 1:
@@ -439,9 +461,31 @@ class Dispatcher:
         await asyncio.gather(*(check(items[i::workers]) for i in range(workers)))
         return visible
 
+    async def explain(self, conn: psycopg.AsyncConnection[Any], change: Change) -> bytes | None:
+        """Phase 1 for one change, all on `conn`, then its data object as phase 2 builds it: the
+        JSON its (single-variant) subscriptions would receive, or None when none would.
+
+        For the visibility check (postgres_changes/visibility.py): `conn` is in a transaction of
+        the caller's (this dispatcher's pool must hand out that same connection), the change's row
+        is current, so the wait for its commit to be visible is skipped; nothing is delivered.
+        Afterwards `change.matched` holds the subscriptions whose filters hold, and `rls_errors`
+        / `last_error` count and describe a policy that raised."""
+        await self._load_types(conn, [change])
+        self._tables = await self.catalog.tables(conn, [change.relation.oid])
+        self._selectable = {}
+        table = self._tables.get(change.relation.oid)
+        if table is None:
+            return None
+        await self._filter(conn, [change])
+        await self._authorize(conn, table, [change])
+        if not change.deliveries:
+            return None
+        [(variant, _)] = change.deliveries
+        return self._data(change, variant, {})
+
     # Phase 2: emit
 
-    def _emit(self, changes: list[_Change]) -> None:
+    def _emit(self, changes: list[Change]) -> None:
         shapes: dict[tuple[Any, ...], RecordShape] = {}
         # id(subscription list) → its channels grouped by (topic, ids, legacy): each group
         # gets the same frame (shared by the changes that share the list)
@@ -449,10 +493,16 @@ class Dispatcher:
         batch: list[tuple[list[Subscriber], Publication]] = []
         rls_checked = Audience.POSTGRES_CHANGES
         kind = POSTGRES_CHANGES_KIND
+        rows = self.rows
+        wall = time.time()
         for ch in changes:
             if not ch.deliveries:
+                # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
                 continue
             self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
             for variant, subs in ch.deliveries:
                 data = self._data(ch, variant, shapes)
                 groups = groups_cache.get(id(subs))
@@ -468,7 +518,7 @@ class Dispatcher:
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
 
-    def _data(self, ch: _Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
+    def _data(self, ch: Change, variant: Variant, shapes: dict[tuple[Any, ...], RecordShape]) -> bytes:
         relation = ch.relation
         if variant[0] == "error":
             return records.error_data(relation.namespace, relation.name, ch.type, variant[1])
@@ -551,7 +601,7 @@ def _by_frame(subs: list[Subscription]) -> list[tuple[str, tuple[int, ...], bool
 
 def _change(
     relation: Relation, kind: str, msg: Any, commit_time_us: int, xid: int, candidates: list[Subscription]
-) -> _Change:
+) -> Change:
     new = list(msg.new) if kind != "DELETE" else None
     old = list(msg.old) if getattr(msg, "old", None) is not None else None
     old_indexes: frozenset[int] | None = None
@@ -560,4 +610,4 @@ def _change(
             old_indexes = frozenset(i for i, col in enumerate(relation.columns) if col.is_key)
         else:
             old_indexes = frozenset(range(len(relation.columns)))
-    return _Change(relation, kind, new, old, old_indexes, commit_time_us, xid, candidates)
+    return Change(relation, kind, new, old, old_indexes, commit_time_us, xid, candidates)
