@@ -91,13 +91,12 @@ class TailReader:
                     continue
                 if len(self.events) == self.events.maxlen:
                     self.dropped += 1
+                event, payload = data.get("event"), data.get("payload")
+                if kind == "broadcast" and isinstance(payload, dict) and "event" in payload:
+                    # A broadcast's frame wraps the user's event and payload: show those.
+                    event, payload = payload["event"], payload.get("payload")
                 self.events.append(
-                    {
-                        "at": data.get("at"),
-                        "kind": kind,
-                        "event": data.get("event"),
-                        "payload": json.dumps(data.get("payload"), sort_keys=True),
-                    }
+                    {"at": data.get("at"), "kind": kind, "event": event, "payload": json.dumps(payload, sort_keys=True)}
                 )
             if not self._stop.is_set():
                 self.error = "the server ended the tail"

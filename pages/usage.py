@@ -125,8 +125,8 @@ with st.form("what-if"):
 estimate = ui.get(admin.pricing_estimate, **inputs)
 if estimate is not None:
     cols = st.columns(3)
-    cols[0].metric("Messages per month", f"{estimate.messages_per_month['all']:,}")
-    cols[1].metric("Peak connections", f"{estimate.peak_connections:,}")
+    cols[0].metric("Estimated messages per month", f"{estimate.messages_per_month['all']:,}")
+    cols[1].metric("Estimated peak connections", f"{estimate.peak_connections:,}")
     cols[2].metric("Cheapest plan", estimate.cheapest_plan or "none fits")
     plans = estimate.to_frame()
     st.dataframe(plans[[c for c in plans.columns if not c.startswith("bill.")]], hide_index=True)
