@@ -23,14 +23,14 @@ PAGES = HERE / "pages" if (HERE / "pages").is_dir() else HERE.parent / "pages"
 st.set_page_config(page_title="realtime-core console", layout="wide")
 navigation = st.navigation(
     [
-        st.Page(str(PAGES / "overview.py"), title="Overview", icon="📡", default=True),
-        st.Page(str(PAGES / "channels.py"), title="Channels", icon="📺"),
-        st.Page(str(PAGES / "inspector.py"), title="Inspector", icon="🔎"),
-        st.Page(str(PAGES / "presence.py"), title="Presence", icon="👥"),
-        st.Page(str(PAGES / "replication.py"), title="Replication", icon="🔁"),
-        st.Page(str(PAGES / "rls_tester.py"), title="RLS tester", icon="🛡️"),
-        st.Page(str(PAGES / "usage.py"), title="Usage & pricing", icon="💳"),
-        st.Page(str(PAGES / "settings.py"), title="Settings", icon="⚙️"),
+        st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/monitoring:", default=True),
+        st.Page(str(PAGES / "channels.py"), title="Channels", icon=":material/forum:"),
+        st.Page(str(PAGES / "inspector.py"), title="Inspector", icon=":material/manage_search:"),
+        st.Page(str(PAGES / "presence.py"), title="Presence", icon=":material/group:"),
+        st.Page(str(PAGES / "replication.py"), title="Replication", icon=":material/sync_alt:"),
+        st.Page(str(PAGES / "rls_tester.py"), title="RLS tester", icon=":material/policy:"),
+        st.Page(str(PAGES / "usage.py"), title="Usage & pricing", icon=":material/payments:"),
+        st.Page(str(PAGES / "settings.py"), title="Settings", icon=":material/settings:"),
     ]
 )
 if ui.connect():

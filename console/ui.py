@@ -82,7 +82,7 @@ def write_disabled() -> bool:
     """True in a read-only console; shows the reason once where it is called."""
     reason = read_only_reason()
     if reason:
-        st.info(reason, icon="🔒")
+        st.info(reason, icon=":material/lock:")
     return reason is not None
 
 
@@ -90,18 +90,18 @@ def show_error(exc: AdminApiError) -> None:
     """One clear message for an API failure, never a traceback."""
     url = st.session_state.get("server_url") or DEFAULT_URL
     if exc.status is None:
-        st.error(f"The server at {url} cannot be reached: {exc.message}", icon="🔌")
+        st.error(f"The server at {url} cannot be reached: {exc.message}", icon=":material/power_off:")
     elif exc.status == 403:
         st.error(
             f"The server at {url} refused the admin token (403). Set a valid one in the sidebar "
             "(`realtime-core admin-token`, or REALTIME_ADMIN_TOKEN); a read-only token may only read.",
-            icon="🔑",
+            icon=":material/key_off:",
         )
     elif exc.errors:
         fields = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in exc.errors.items())
-        st.error(f"The server refused the request ({exc.status}): {fields}", icon="⚠️")
+        st.error(f"The server refused the request ({exc.status}): {fields}", icon=":material/error:")
     else:
-        st.error(f"The server answered {exc.status}: {exc.message}", icon="⚠️")
+        st.error(f"The server answered {exc.status}: {exc.message}", icon=":material/error:")
 
 
 def get(call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
@@ -125,7 +125,7 @@ def act(call: Callable[..., object], *args: Any, **kwargs: Any) -> bool:
 
 def empty(what: str, snippet: str, language: str = "bash") -> None:
     """What a section will show once there is traffic, and the snippet that produces it."""
-    st.info(what, icon="ℹ️")
+    st.info(what, icon=":material/info:")
     st.code(snippet, language=language)
 
 
@@ -155,7 +155,7 @@ def connect() -> bool:
         st.error(
             f"The server at {admin.base_url} does not answer /healthcheck. Start one with "
             "`realtime-core up`, or set the server URL in the sidebar.",
-            icon="🔌",
+            icon=":material/power_off:",
         )
         return False
     tenants = get(admin.tenants, limit=100)
@@ -172,7 +172,7 @@ def connect() -> bool:
     else:
         st.sidebar.caption(f"Tenant: **{ids[0]}**")
     if read_only_reason():
-        st.sidebar.caption("🔒 read-only token")
+        st.sidebar.caption(":material/lock: read-only token")
     return True
 
 

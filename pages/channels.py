@@ -40,9 +40,7 @@ def table() -> None:
         frame = frame[frame["topic"].str.contains(search, case=False, regex=False)]
     st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True, key="channels-table")
     ui.download(frame, "channels")
-    st.session_state.channel_choices = [
-        f"{'🔒 ' if p else ''}{t}" for t, p in zip(frame.topic, frame.private, strict=True)
-    ]
+    st.session_state.channel_choices = list(zip(frame.topic, frame.private, strict=True))
 
 
 table()
@@ -50,9 +48,9 @@ table()
 choices = st.session_state.get("channel_choices") or []
 if choices:
     st.subheader("Channel")
-    picked = st.selectbox("Channel", choices, key="channel-picked")
-    private = picked.startswith("🔒 ")
-    topic = picked.removeprefix("🔒 ")
+    topic, private = st.selectbox(
+        "Channel", choices, key="channel-picked", format_func=lambda c: f"{c[0]} (private)" if c[1] else c[0]
+    )
     channel = ui.get(admin.channel, tenant, topic, private=private)
     if channel is not None:
         cols = st.columns(4)

@@ -14,6 +14,7 @@ from console.live_tail import TailReader
 admin, tenant = ui.client(), ui.tenant()
 st.title("Inspector")
 KINDS = ["broadcast", "presence", "postgres_changes"]
+SHOWN = 100  # tail rows drawn
 REASONS = {
     "self": "a broadcast with `self: false` is not sent back to its sender",
     "not_joined": "the subject's socket has no channel on that topic",
@@ -75,7 +76,8 @@ with tail_tab:
         if search:
             rows = [r for r in rows if search.lower() in f"{r['event']} {r['payload']}".lower()]
         if rows:
-            st.dataframe(pd.DataFrame(rows[::-1]), hide_index=True, key="tail-rows")
+            # Newest first, as plain text (a live feed, read rather than sorted); the buffer holds more.
+            st.table(pd.DataFrame(rows[::-1][:SHOWN]), hide_index=True)
         else:
             st.info("No message yet on this channel.")
 

@@ -1,5 +1,5 @@
 """Overview: connections against the plan, the cycle against its quota, live rates by kind,
-errors by code, replication and event-loop lag, and the last hour in charts."""
+errors by code, replication and event-loop lag, and the last 10 minutes or hour in charts."""
 
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ def live() -> None:
     for name, item in quota.items():
         percent = item["percent"] or 0
         if percent >= 100:
-            st.error(f"{name.replace('_', ' ')}: {percent} % of the cycle's quota used", icon="🚨")
+            st.error(f"{name.replace('_', ' ')}: {percent} % of the cycle's quota used", icon=":material/error:")
         elif percent >= 80:
-            st.warning(f"{name.replace('_', ' ')}: {percent} % of the cycle's quota used", icon="⚠️")
+            st.warning(f"{name.replace('_', ' ')}: {percent} % of the cycle's quota used", icon=":material/warning:")
 
     series = now.series
     rates = st.columns(len(KINDS) + 2)
@@ -61,32 +61,39 @@ def live() -> None:
         st.caption("errors/s by code: " + ", ".join(f"{code} {rate:g}" for code, rate in errors.items() if rate))
 
 
-@st.fragment(run_every=10)
-def last_hour() -> None:
-    history = ui.get(admin.timeseries, tenant, window="1h")
-    if history is None:
+WINDOWS = {"10m": "last 10 minutes, per second", "1h": "last hour, per minute"}
+
+
+@st.fragment(run_every=5)
+def history(window: str) -> None:
+    series = ui.get(admin.timeseries, tenant, window=window)
+    if series is None:
         return
-    frame = history.to_frame()
+    frame = series.to_frame()
+    step = "s" if series.step_seconds == 1 else "min"
     if frame.empty or not frame.to_numpy().any():
         ui.empty(
-            "No traffic in the last hour. Connections, messages by kind, joins, errors and replication lag "
-            "appear here minute by minute once clients connect, e.g. with supabase-js:",
+            f"No traffic in the {WINDOWS[window].split(',')[0]}. Connections, messages by kind, joins, errors and "
+            "replication lag are drawn here once clients connect, e.g. with supabase-js:",
             "const channel = supabase.channel('room:1')\n"
             "channel.on('broadcast', { event: 'hello' }, console.log).subscribe()\n"
             "channel.send({ type: 'broadcast', event: 'hello', payload: {} })",
             language="javascript",
         )
+        return
     messages = [f"messages.{k}" for k in KINDS if f"messages.{k}" in frame]
     left, right = st.columns(2)
     left.plotly_chart(px.line(frame, y=["connections"], title="Connections"), key="h-connections")
-    right.plotly_chart(px.area(frame, y=messages, title="Messages by kind (per minute)"), key="h-messages")
+    by_kind = frame[messages].rename(columns=lambda name: name.removeprefix("messages."))
+    chart = px.area(by_kind, title=f"Messages by kind (per {step})").update_layout(legend_title_text="kind")
+    right.plotly_chart(chart, key="h-messages")
     errors = [c for c in frame.columns if c.startswith("errors.")]
     left, right = st.columns(2)
-    left.plotly_chart(px.line(frame, y=["joins", *errors], title="Joins and errors"), key="h-errors")
+    left.plotly_chart(px.line(frame, y=["joins", *errors], title=f"Joins and errors (per {step})"), key="h-errors")
     lag = [c for c in ("replication_lag_ms", "commit_to_dispatch_ms") if c in frame]
     right.plotly_chart(px.line(frame, y=lag, title="Replication lag (ms)"), key="h-lag")
 
 
 live()
-st.subheader("Last hour")
-last_hour()
+st.subheader("History")
+history(st.radio("Window", list(WINDOWS), format_func=WINDOWS.get, horizontal=True, key="overview-window"))

@@ -33,7 +33,7 @@ def members() -> None:
         state = ui.get(admin.presence, tenant, channel.topic, private=channel.private)
         if state is None:
             continue
-        label = f"{'🔒 ' if channel.private else ''}{channel.topic} — {len(state.data)} keys"
+        label = f"{channel.topic}{' (private)' if channel.private else ''} — {len(state.data)} keys"
         with st.expander(label, expanded=True):
             st.dataframe(state.to_frame(), hide_index=True, key=f"presence-{channel.private}-{channel.topic}")
 

@@ -104,7 +104,7 @@ if run:
 last = st.session_state.get("rls_last")
 if last:
     result = pd.DataFrame(last["matrix"])
-    st.dataframe(result, hide_index=True, key="rls-result")
+    st.table(result, hide_index=True)
     for item in last["matrix"]:
         if item["error"]:
             st.error(f"{item['extension']} {item['action']}: the policy raised: {item['error']}")
@@ -149,9 +149,9 @@ if check:
         )  # fmt: skip
         if answer is not None:
             if answer.delivered:
-                st.success(f"Delivered ({answer.duration_ms:.1f} ms)", icon="✅")
+                st.success(f"Delivered ({answer.duration_ms:.1f} ms)", icon=":material/check_circle:")
             else:
-                st.error(f"Not delivered: {answer.reason} — {answer.detail}", icon="⛔")
+                st.error(f"Not delivered: {answer.reason} — {answer.detail}", icon=":material/block:")
             for error in answer.errors:
                 st.warning(f"Delivered with upstream's error: {error}")
             if answer.policies:

@@ -135,7 +135,7 @@ def test_the_channels_and_presence_pages_show_the_seeded_channel(seeded, server,
     row = channels[channels["topic"] == TOPIC].iloc[0]
     assert row["subscribers"] == admin.channel(tenant, TOPIC).subscribers == 2
     assert row["presence"] == 1
-    assert at.selectbox(key="channel-picked").value == TOPIC
+    assert at.selectbox(key="channel-picked").value == (TOPIC, False)
     assert metrics(at)["Subscribers"] == "2"
     subscribers = table(at, "connection", "join_ref")
     assert sorted(subscribers["connection"]) == sorted(
@@ -212,7 +212,7 @@ def test_the_live_tail_shows_a_broadcast_as_it_is_delivered(seeded, server, admi
 
     def tailed() -> list[dict]:
         at.run()
-        frames = [d.value for d in at.dataframe if "kind" in d.value.columns]
+        frames = [t.value for t in at.table if "kind" in t.value.columns]
         return frames[0][frames[0]["event"] == "tailed"].to_dict("records") if frames else []
 
     [row] = until(tailed, "the broadcast in the tail")
@@ -242,7 +242,7 @@ def test_the_rls_tester_shows_allow_and_deny_as_the_api_does(server, admin, cons
         at.text_input(key="rls-topic").input(topic)
         at.button(key="FormSubmitter:rls-check-Check read and write").click().run()
         quiet(at)
-        result = table(at, "extension", "action", "result")
+        [result] = [t.value for t in at.table]
         read = result[(result["extension"] == "broadcast") & (result["action"] == "read")].iloc[0]
         assert read["result"] == expected
         api = admin.check_authorization(tenant, topic, role="authenticated", action="read")
