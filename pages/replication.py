@@ -66,8 +66,8 @@ locked = ui.write_disabled()
 with st.form("publication"):
     cols = st.columns([1, 2, 1])
     schema = cols[0].text_input("Schema", value="public", disabled=locked)
-    table = cols[1].text_input("Table", disabled=locked)
-    action = cols[2].radio("Action", ["add", "remove"], horizontal=True, disabled=locked)
+    table = cols[1].text_input("Table", disabled=locked, key="publication-table")
+    action = cols[2].radio("Action", ["add", "remove"], horizontal=True, disabled=locked, key="publication-action")
     if st.form_submit_button("Apply", disabled=locked):
         call = admin.add_publication_table if action == "add" else admin.remove_publication_table
         if not table:
@@ -78,7 +78,11 @@ replication = ui.get(admin.replication, tenant)
 if replication is not None:
     tables = replication.tables_frame()
     if tables.empty:
-        st.info("The publication has no tables: add one above for Postgres Changes to see its rows.")
+        ui.empty(
+            "The publication has no tables: add one above (or in SQL) for Postgres Changes to see its rows.",
+            "alter publication supabase_realtime add table public.todos;",
+            language="sql",
+        )
     else:
         st.caption("The publication's tables, with the number of Postgres Changes subscribers on each.")
         st.dataframe(tables, hide_index=True, key="publication-tables")

@@ -4,16 +4,18 @@ give the API's answers, and failures show a message instead of a traceback."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import jwt as pyjwt
 import pandas as pd
 import psycopg
 import pytest
 import streamlit.config
-from conftest import ADMIN_SECRET, MS, admin_token, messages_policy, published_table
+from conftest import ADMIN_SECRET, MS, admin_headers, admin_token, messages_policy, published_table
 from console_traffic import Traffic, until
 from psycopg import sql
 from streamlit.testing.v1 import AppTest
@@ -330,12 +332,104 @@ def test_saving_settings_needs_the_confirmation_and_shows_studio_warnings(server
 @pytest.mark.pg
 def test_a_read_only_token_disables_every_write_control(seeded, server, console):
     token = admin_token(admin="read")
-    for page in ("settings", "inspector", "rls_tester", "replication"):
+    for page in ("settings", "inspector", "rls_tester", "replication", "channels"):
         at = console(server.http_url, token=token, page=page)
         quiet(at)
         assert any("read-only" in i.value for i in at.info), page
         writes = [b for b in at.button if b.key and b.key.startswith("FormSubmitter:") and "tail-" not in b.key]
         assert writes and all(b.disabled for b in writes), page
+
+
+# -- operator actions, publication, organisation, tenants, empty server ---------------------------
+
+
+@pytest.mark.pg
+def test_disconnecting_a_connection_and_shutting_a_channel_down_take_effect(server, admin, console):
+    tenant = tenant_of(admin)
+    with Traffic(server) as traffic:
+        for topic in ("console:kick", "console:close"):
+            traffic.join(topic)
+        at = console(server.http_url, page="channels")
+        at.selectbox(key="channel-picked").set_value(("console:kick", False)).run()
+        [conn] = [s["connection"] for s in admin.channel(tenant, "console:kick").subscriber_list]
+        disconnect = at.button(key="FormSubmitter:disconnect-Disconnect")
+        disconnect.click().run()
+        assert at.warning[0].value == "Tick the confirmation first."  # nothing done without it
+        assert conn in {c.id for c in admin.connections(tenant, limit=500)}
+        at.checkbox[0].check()
+        at.button(key="FormSubmitter:disconnect-Disconnect").click().run()
+        quiet(at)
+        assert at.success[0].value.startswith(f"Disconnected {conn}: close code")
+        until(lambda: conn not in {c.id for c in admin.connections(tenant, limit=500)}, "the disconnect")
+
+        at = console(server.http_url, page="channels")
+        at.selectbox(key="channel-picked").set_value(("console:close", False)).run()
+        next(c for c in at.checkbox if c.label.startswith("Shut console:close down")).check()
+        at.button(key="FormSubmitter:shutdown-Shut the channel down").click().run()
+        quiet(at)
+        assert at.success[0].value == "Shut down: 1 subscribers were sent 'Server requested disconnect'"
+
+
+@pytest.mark.pg
+def test_the_replication_page_adds_and_removes_a_publication_table(cdc, db, console):
+    name = f"pub_{secrets.token_hex(4)}"
+    db.execute(sql.SQL("create table {} (id int primary key)").format(sql.Identifier(name)))
+    with AdminClient(cdc.http_url, admin_token()) as api:
+        tenant = tenant_of(api)
+        for action, present in (("add", True), ("remove", False)):
+            at = console(cdc.http_url, page="replication")
+            at.text_input(key="publication-table").input(name)
+            at.radio(key="publication-action").set_value(action)
+            at.button(key="FormSubmitter:publication-Apply").click().run()
+            quiet(at)
+            tables = {t["table"] for t in api.replication(tenant).publication["tables"]}
+            assert (name in tables) is present
+            shown = table(at, "schema", "table", "subscribers") if present else None
+            assert shown is None or name in set(shown["table"])
+        at.text_input(key="publication-table").input("no_such_table")
+        at.radio(key="publication-action").set_value("add")
+        at.button(key="FormSubmitter:publication-Apply").click().run()
+        assert not at.exception and at.error[0].value.startswith("The server refused the request (422): table:")
+
+
+@pytest.mark.pg
+def test_an_organisations_bill_is_shown_with_its_tenants(server_factory, console):
+    server = server_factory()
+    with AdminClient(server.http_url, admin_token()) as api:
+        tenant = tenant_of(api)
+        api.update_settings(tenant, organization="acme")
+        at = console(server.http_url, page="usage")
+        quiet(at)
+        assert [s.value for s in at.subheader if s.value.startswith("Organisation")] == ["Organisation acme"]
+        org = api.organization_bill("acme")
+        assert metrics(at)["Organisation projected"] == f"${org.projected['monthly_usd']:,.2f}"
+        assert list(table(at, "tenant", "messages")["tenant"]) == [tenant]
+
+
+@pytest.mark.pg
+def test_the_tenant_picker_switches_between_tenants(server_factory, console):
+    server = server_factory()
+    body = {"tenant": {"external_id": "second", "jwt_secret": "second-secret-" + "s" * 40}}
+    created = httpx.post(f"{server.http_url}/api/tenants", json=body, headers=admin_headers(), timeout=30)
+    assert created.status_code == 201, created.text
+    at = console(server.http_url, page="settings")
+    picker = at.sidebar.selectbox(key="tenant")
+    assert sorted(picker.options) == sorted(t.id for t in AdminClient(server.http_url, admin_token()).tenants())
+    picker.set_value("second").run()
+    quiet(at)
+    assert at.session_state.tenant == "second"
+    assert at.caption[0].value.startswith("Plan ")
+
+
+@pytest.mark.pg
+def test_on_an_empty_server_every_page_says_what_will_appear_and_how(server_factory, console):
+    server = server_factory()
+    for page in PAGES:
+        at = console(server.http_url, page=page)
+        quiet(at)
+        assert at.info, page
+        if page not in ("settings", "inspector"):  # the inspector's snippet is in its tail tab, shown too
+            assert at.code, page
 
 
 # -- failures ------------------------------------------------------------------------------------
