@@ -658,7 +658,12 @@ class AdminClient:
         return self._request("POST", _tenant(tenant, "traces"), json=body)
 
     def trace(self, tenant: str, trace: str) -> Trace:
+        """A trace and its decisions, oldest first."""
         return Trace.from_json(self._get(_tenant(tenant, "traces", trace)))
+
+    def stop_trace(self, tenant: str, trace: str) -> None:
+        """Stop a trace and forget it."""
+        self._request("DELETE", _tenant(tenant, "traces", trace))
 
     def tail(
         self,

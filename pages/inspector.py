@@ -27,6 +27,7 @@ REASONS = {
     "rate_limited": "the receiver was shut down for the tenant's message rate",
     "slow_consumer": "the receiver read too slowly and was dropped",
     "write_denied": "the sender's broadcast was refused by RLS",
+    "codec": "the receiver's protocol cannot carry it (a binary broadcast to a vsn 1.0.0 client)",
 }
 
 tail_tab, send_tab, trace_tab = st.tabs(["Live tail", "Test broadcast", "Delivery trace"])
@@ -127,6 +128,10 @@ with trace_tab:
             started = ui.get(admin.start_trace, tenant, trace_topic, seconds=int(seconds), **{by: who})
             if started is not None:
                 st.session_state.trace_started = started
+    current = st.session_state.get("trace_started")
+    stop = current is not None and st.button("Stop and forget the trace", disabled=locked, key="trace-stop")
+    if stop and ui.act(admin.stop_trace, tenant, current["id"]):
+        st.session_state.trace_started = None
 
     @st.fragment(run_every=2)
     def trace_view() -> None:
@@ -137,7 +142,12 @@ with trace_tab:
         trace = ui.get(admin.trace, tenant, started["id"])
         if trace is None:
             return
-        st.caption(f"Trace {trace.id} on {trace.topic} · until {started['expires_at']}")
+        state = "running" if trace.extra.get("active") else "finished"
+        st.caption(
+            f"Trace {trace.id} on {trace.topic} · {state} until {started['expires_at']} · "
+            f"{trace.extra.get('decision_count', len(trace.decisions))} decisions, "
+            f"{trace.extra.get('overflow', 0)} not kept"
+        )
         decisions = trace.to_frame()
         if decisions.empty:
             st.info("No decision yet: nothing was sent on this topic since the trace started.")

@@ -114,6 +114,7 @@ DEFAULTS = {
     "hours_per_day": 8.0,
     "days": 30,
 }
+SWEEP_TOP = {"rls_visible_share": 1.0, "hours_per_day": 24.0, "days": 31}
 with st.form("what-if"):
     cols = st.columns(3)
     inputs = {
@@ -139,7 +140,10 @@ if estimate is not None:
 
     swept = st.selectbox("Cost against", list(DEFAULTS), index=0, key="sweep")
     current = inputs[swept]
-    points = sorted({type(current)(current * f / 4) for f in range(0, 9)})
+    # From 0 (1 where 0 means nothing) to twice the input, or across the input's whole range.
+    top = SWEEP_TOP.get(swept) or (current * 2 if current else 10)
+    low = 1 if swept in ("hours_per_day", "days") else 0
+    points = sorted({type(current)(max(low, top * i / 8)) for i in range(9)})
     rows = []
     for value in points:
         answer = ui.get(admin.pricing_estimate, **{**inputs, swept: value})

@@ -176,8 +176,10 @@ def test_the_what_if_estimator_gives_the_apis_answer(server, admin, console):
     assert shown["Estimated messages per month"] == f"{expected.messages_per_month['all']:,}"
     assert shown["Cheapest plan"] == (expected.cheapest_plan or "none fits")
     assert [w.value for w in at.warning] == list(expected.warnings)
-    at.selectbox(key="sweep").select("concurrent_clients").run()
-    assert not at.exception
+    for swept in at.selectbox(key="sweep").options:  # a chart of cost against each input, in range
+        at.selectbox(key="sweep").select(swept).run()
+        quiet(at)
+        assert at.get("plotly_chart"), swept
 
 
 # -- the inspector -------------------------------------------------------------------------------
