@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import jwt
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from console.client import DEFAULT_URL, AdminApiError, AdminClient
@@ -23,6 +24,7 @@ __all__ = [
     "connect",
     "download",
     "empty",
+    "gauge",
     "get",
     "loopback",
     "read_only_reason",
@@ -134,6 +136,28 @@ def download(frame: pd.DataFrame, name: str) -> None:
     st.download_button(
         f"Download {name}.csv", frame.to_csv(index=False).encode(), f"{name}.csv", "text/csv", key=f"csv-{name}"
     )
+
+
+def gauge(title: str, item: dict[str, Any]) -> go.Figure:
+    """A quota item (`used`, `included`, `percent`) as a gauge, 80 % to 100 % of the quota in amber,
+    beyond it in red."""
+    included = item["included"] or 1
+    figure = go.Figure(
+        go.Indicator(
+            mode="gauge+number",
+            value=item["used"],
+            title={"text": f"{title} ({item['percent'] if item['percent'] is not None else '—'} %)"},
+            gauge={
+                "axis": {"range": [0, max(included, item["used"]) * 1.1]},
+                "steps": [
+                    {"range": [0.8 * included, included], "color": "#fde68a"},
+                    {"range": [included, max(included, item["used"]) * 1.1], "color": "#fecaca"},
+                ],
+                "threshold": {"line": {"color": "red", "width": 3}, "value": included},
+            },
+        )
+    )
+    return figure.update_layout(height=230, margin={"t": 50, "b": 10, "l": 20, "r": 20})
 
 
 def usd(value: float | None) -> str:

@@ -1,5 +1,6 @@
 """Overview: connections against the plan, the cycle against its quota, live rates by kind,
-errors by code, replication and event-loop lag, and the last 10 minutes or hour in charts."""
+errors by code, replication and event-loop lag, quota gauges, and the last 10 minutes or hour in
+charts."""
 
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ def live() -> None:
     lag = node.event_loop_lag_ms
     cols[3].metric("Event-loop lag p99", "—" if lag.get("p99") is None else f"{lag['p99']:.1f} ms")
     cols[3].caption(f"uptime {node.uptime_ms / 1000:,.0f} s · v{node.version}")
+    left, right = st.columns(2)
+    left.plotly_chart(ui.gauge("Messages this cycle", quota["messages"]), key="o-gauge-messages")
+    right.plotly_chart(ui.gauge("Peak connections this cycle", quota["peak_connections"]), key="o-gauge-peak")
     for name, item in quota.items():
         percent = item["percent"] or 0
         if percent >= 100:

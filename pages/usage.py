@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
 
 from console import ui
@@ -24,30 +23,9 @@ st.caption(
 )
 
 
-def gauge(title: str, item: dict) -> go.Figure:
-    """Used vs included, with 80 % and 100 % of the quota marked."""
-    included = item["included"] or 1
-    figure = go.Figure(
-        go.Indicator(
-            mode="gauge+number",
-            value=item["used"],
-            title={"text": f"{title} ({item['percent'] if item['percent'] is not None else '—'} %)"},
-            gauge={
-                "axis": {"range": [0, max(included, item["used"]) * 1.1]},
-                "steps": [
-                    {"range": [0.8 * included, included], "color": "#fde68a"},
-                    {"range": [included, max(included, item["used"]) * 1.1], "color": "#fecaca"},
-                ],
-                "threshold": {"line": {"color": "red", "width": 3}, "value": included},
-            },
-        )
-    )
-    return figure.update_layout(height=230, margin={"t": 50, "b": 10, "l": 20, "r": 20})
-
-
 left, right = st.columns(2)
-left.plotly_chart(gauge("Messages this cycle", bill.quota["messages"]), key="gauge-messages")
-right.plotly_chart(gauge("Peak connections this cycle", bill.quota["peak_connections"]), key="gauge-peak")
+left.plotly_chart(ui.gauge("Messages this cycle", bill.quota["messages"]), key="gauge-messages")
+right.plotly_chart(ui.gauge("Peak connections this cycle", bill.quota["peak_connections"]), key="gauge-peak")
 
 cols = st.columns(4)
 cols[0].metric("Messages so far", f"{bill.quota['messages']['used']:,}")
