@@ -226,6 +226,18 @@ def test_the_live_tail_shows_a_broadcast_as_it_is_delivered(seeded, server, admi
 
 
 @pytest.mark.pg
+def test_a_stopped_tail_ends_at_once_and_a_refused_one_says_why(seeded, server, admin):
+    reader = TailReader(server.http_url, admin_token(), tenant_of(admin), TOPIC, idle_seconds=3600)
+    assert reader.wait_connected(TIMEOUT)
+    reader.stop()  # the reading thread is blocked on its socket: stop() closes it
+    until(lambda: not reader.running, "the stopped tail's end", timeout=2_000 * MS)
+    assert reader.error is None
+    refused = TailReader(server.http_url, admin_token(), "no-such-tenant", TOPIC)
+    until(lambda: not refused.running, "the refused tail's end")
+    assert refused.error == "404 not found"
+
+
+@pytest.mark.pg
 def test_a_tail_nobody_reads_ends_by_itself(seeded, server, admin):
     reader = TailReader(server.http_url, admin_token(), tenant_of(admin), TOPIC, idle_seconds=0.5)
     assert reader.wait_connected(TIMEOUT)
