@@ -146,6 +146,7 @@ def gauge(title: str, item: dict[str, Any]) -> go.Figure:
         go.Indicator(
             mode="gauge+number",
             value=item["used"],
+            number={"valueformat": ","},
             title={"text": f"{title} ({item['percent'] if item['percent'] is not None else '—'} %)"},
             gauge={
                 "axis": {"range": [0, max(included, item["used"]) * 1.1]},
