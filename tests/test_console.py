@@ -20,6 +20,7 @@ from console_traffic import Traffic, until
 from psycopg import sql
 from streamlit.testing.v1 import AppTest
 
+from console import ui
 from console.client import AdminClient, parse_prometheus
 from console.live_tail import TailReader
 
@@ -90,6 +91,18 @@ def table(at: AppTest, *columns: str) -> pd.DataFrame:
     return frames[0]
 
 
+def settled(read: Callable[[], dict[str, str]], render: Callable[[], AppTest]) -> tuple[AppTest, dict[str, str]]:
+    """The page rendered while the API's figures stayed the same (read before and after), and
+    those figures: a connection another test closed may still be going away."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        before = read()
+        at = render()
+        if read() == before:
+            return at, before
+        assert time.monotonic() < deadline, "the figures never settled"
+
+
 def quiet(at: AppTest) -> None:
     """No traceback and no error message on the page."""
     assert not at.exception, [e.value for e in at.exception]
@@ -102,6 +115,22 @@ def test_prometheus_text_becomes_rows_with_labels():
     assert list(frame["metric"]) == ["x", "y"]
     assert list(frame["value"]) == [3.0, 1.5]
     assert frame["labels"][1] == {"tenant": 'a"b', "le": "+Inf"}  # escapes undone
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        *[(None, False), ("", False), ("0.0.0.0", False), ("10.1.2.3", False), ("::", False), ("example.org", False)],
+        *[("127.0.0.1", True), ("127.0.0.2", True), ("::1", True), ("localhost", True)],
+    ],
+)
+def test_only_a_loopback_address_counts_as_local(address, local):
+    before = streamlit.config.get_option("server.address")
+    streamlit.config.set_option("server.address", address)
+    try:
+        assert ui.loopback() is local
+    finally:
+        streamlit.config.set_option("server.address", before)
 
 
 # -- every page, on a server with traffic -------------------------------------------------------
@@ -117,15 +146,20 @@ def test_every_page_renders_its_title_without_error(page, seeded, server, consol
 
 @pytest.mark.pg
 def test_the_overview_shows_the_admin_apis_figures(seeded, server, admin, console):
-    at = console(server.http_url)
-    quiet(at)
     tenant = tenant_of(admin)
-    view, bill = admin.tenant(tenant), admin.bill(tenant)
-    shown = metrics(at)
-    assert shown["Connections now"] == f"{view.counts['connections']:,}"
-    assert view.counts["connections"] >= 2
-    assert shown["Peak connections this cycle"] == f"{bill.quota['peak_connections']['used']:,}"
-    assert shown["Messages this cycle"] == f"{bill.quota['messages']['used']:,}"
+
+    def figures() -> dict[str, str]:
+        view, bill = admin.tenant(tenant), admin.bill(tenant)
+        return {
+            "Connections now": f"{view.counts['connections']:,}",
+            "Peak connections this cycle": f"{bill.quota['peak_connections']['used']:,}",
+            "Messages this cycle": f"{bill.quota['messages']['used']:,}",
+        }
+
+    at, expected = settled(figures, lambda: console(server.http_url))
+    quiet(at)
+    assert {label: metrics(at)[label] for label in expected} == expected
+    assert int(expected["Connections now"]) >= 2
 
 
 @pytest.mark.pg
@@ -152,13 +186,19 @@ def test_the_channels_and_presence_pages_show_the_seeded_channel(seeded, server,
 
 @pytest.mark.pg
 def test_the_usage_page_shows_the_bill_and_usage(seeded, server, admin, console):
-    at = console(server.http_url, page="usage")
-    quiet(at)
     tenant = tenant_of(admin)
-    bill, usage = admin.bill(tenant), admin.usage(tenant)
-    shown = metrics(at)
-    assert shown["Messages so far"] == f"{bill.quota['messages']['used']:,}"
-    assert shown["Peak connections"] == f"{bill.quota['peak_connections']['used']:,}"
+
+    def figures() -> dict[str, str]:
+        bill = admin.bill(tenant)
+        return {
+            "Messages so far": f"{bill.quota['messages']['used']:,}",
+            "Peak connections": f"{bill.quota['peak_connections']['used']:,}",
+        }
+
+    at, expected = settled(figures, lambda: console(server.http_url, page="usage"))
+    quiet(at)
+    assert {label: metrics(at)[label] for label in expected} == expected
+    usage = admin.usage(tenant)
     assert usage.total["messages"]["broadcast"] >= 2  # the seeded broadcast: 1 sent + 1 delivered
     assert {b.label for b in at.get("download_button")} >= {"Download bill.csv", "Download usage-by-day.csv"}
 
