@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import os
 import secrets
 import shlex
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 READY_TIMEOUT_S = 60.0
+BENCH_TENANT = "realtime-dev"  # our server's default tenant
 STOP_TIMEOUT_S = 15.0  # realtime-core stops its embedded PostgreSQL first
 
 
@@ -178,6 +180,41 @@ class OurServer(Server):
                 return r.status == 200 and r.read().strip().lower() == b"ok"
         except (OSError, urllib.error.URLError):
             return False
+
+    def trace(self, admin_secret: str, topic: str, sub: str, seconds: int = 600) -> str:
+        """Start a delivery trace of `sub` on `topic` (POST /admin/v1/tenants/realtime-dev/traces,
+        with an admin token signed by `admin_secret`, the server's API_JWT_SECRET); return its id."""
+        body = json.dumps({"topic": topic, "sub": sub, "seconds": seconds}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/admin/v1/tenants/{BENCH_TENANT}/traces",
+            data=body,
+            method="POST",
+            headers={
+                "Authorization": f"Bearer {token(admin_secret, {'sub': 'bench'})}",
+                "content-type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return str(json.loads(r.read())["id"])
+        except (OSError, urllib.error.URLError, KeyError, ValueError) as e:
+            raise BenchError(f"could not start a delivery trace on {self.name}: {e}") from e
+
+    def stop_trace(self, admin_secret: str, trace_id: str) -> None:
+        """Stop the delivery trace `trace_id` (DELETE; a trace already gone is fine)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/admin/v1/tenants/{BENCH_TENANT}/traces/{trace_id}",
+            method="DELETE",
+            headers={"Authorization": f"Bearer {token(admin_secret, {'sub': 'bench'})}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
+                raise BenchError(f"could not stop the delivery trace on {self.name}: {e}") from e
+        except (OSError, urllib.error.URLError) as e:
+            raise BenchError(f"could not stop the delivery trace on {self.name}: {e}") from e
 
 
 class ReferenceServer(Server):

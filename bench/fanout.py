@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench._cluster import Nodes, PrivateRedis, Workers, cluster_env
 from bench._node import JS_DIR, ensure_node
 from bench._proc import ProcessTree, Snapshot, raise_nofile, rss_kb
 from bench._report import environment, finish, print_run, print_summary, run_main, summarize
@@ -85,6 +86,8 @@ IDLE_SETTLE_S = 2.0
 MAX_CONSECUTIVE_FAILURES = 2
 PROBLEMS_KEPT = 20  # per failed run, the per-subscriber summaries kept in the JSON file
 FAULTS = ("duplicate", "drop", "reorder", "close")  # js/ws_server.js --fault
+TRACED_TOPIC = "bench"  # loadgen.js's topic, realtime:bench
+TRACED_SUB = "bench-traced"  # no bench client has this sub
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -143,6 +146,34 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--grace-ms", type=int, default=250, help="after the last broadcast reached everyone: wait for late extras"
     )
     p.add_argument("--check-targets", action="store_true", help="exit with status 3 when a target is missed")
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="measure ours with a delivery trace running on the bench topic (a subject that is not joined: "
+        "one decision per broadcast), to show what tracing costs",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="above 1: our server with `serve --workers N` on Redis against one worker, alternated"
+        " (no reference server; servers not pinned, the generator is)",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="above 1 (`bench cluster`): N nodes on N ports, subscribers spread over them, the publisher"
+        " on the first, against one node, alternated",
+    )
+    p.add_argument("--redis", help="Redis of --workers/--nodes (default: a redis-server of the bench's own)")
+    p.add_argument(
+        "--admin-pollers",
+        type=int,
+        default=0,
+        help="consoles polling every admin GET once a second beside our server, on the generator's core"
+        " (bench/admin_poll.py); 0: none",
+    )
     args = p.parse_args(argv)
     try:
         args.subscribers = [int(s) for s in args.subscribers.split(",") if s.strip()]
@@ -152,6 +183,18 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error("--subscribers needs at least one positive count")
     if args.skip_ours and args.skip_reference:
         p.error("--skip-ours and --skip-reference leave nothing to measure")
+    if args.admin_pollers < 0 or (args.admin_pollers and args.skip_ours):
+        p.error("--admin-pollers needs a non-negative count, and our server")
+    if args.workers < 1 or args.nodes < 1 or (args.workers > 1 and args.nodes > 1):
+        p.error("--workers and --nodes take a positive count, and not both above 1")
+    if (args.workers > 1 or args.nodes > 1) and args.skip_ours:
+        p.error("--workers and --nodes measure our server: not with --skip-ours")
+    if args.trace and (args.skip_ours or args.workers > 1 or args.nodes > 1):
+        p.error("--trace measures one process of our server: not with --skip-ours, --workers or --nodes")
+    if args.workers > 1 or args.nodes > 1:
+        args.skip_reference = True
+    if args.workers > 1 and args.json == DEFAULT_JSON:
+        args.json = DEFAULT_JSON.with_name("fanout-workers.json")
     return args
 
 
@@ -171,6 +214,9 @@ class Bench:
         self.failed: list[dict[str, Any]] = []  # runs that did not deliver exactly what was sent
         self.errors: list[str] = []
         self._failures: dict[str, int] = {}  # consecutive failed runs per server
+        self.measured: dict[str, ProcessTree] = {}  # other processes whose CPU each run reports (redis)
+        self.admin_secret = new_secret()  # our server's API_JWT_SECRET (admin pollers, --trace)
+        self._trace: str | None = None  # the delivery trace running on ours (--trace)
 
     def _node(self, script: str, *opts: object) -> list[str]:
         return [*self.pin.generator, self.node, str(JS_DIR / script), *(str(o) for o in opts)]
@@ -181,6 +227,9 @@ class Bench:
         """Run one loadgen.js phase; return its result with the /proc figures of its window."""
         a = self.args
         extra = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", v)]
+        sub_urls = getattr(server, "sub_urls", None)
+        if sub_urls:
+            extra += ["--sub-urls", ",".join(sub_urls)]
         cmd = self._node(
             "loadgen.js",
             *("--url", server.url, "--subscribers", subscribers, "--phase", phase),
@@ -188,6 +237,7 @@ class Bench:
             *extra,
         )
         others = {name: ProcessTree(s.pid) for name, s in self.servers.items() if s.alive()}
+        others |= self.measured
         result: dict[str, Any] | None = None
         window: dict[str, Any] = {}
         with tempfile.TemporaryFile() as err:
@@ -223,8 +273,13 @@ class Bench:
         # The measured server's own figures, and the other server idling meanwhile.
         window["server_cpu_pct"] = window.pop(f"{server.name}_cpu_pct", None)
         window["server_children_cpu_pct"] = window.pop(f"{server.name}_children_cpu_pct", None)
+        if getattr(server, "cpu_includes_children", False) and window["server_cpu_pct"] is not None:
+            # Workers or nodes under one parent: the server is the whole tree.
+            window["server_cpu_pct"] = round(window["server_cpu_pct"] + (window["server_children_cpu_pct"] or 0), 1)
+        for name in self.measured:
+            window.pop(f"{name}_children_cpu_pct", None)
         for name in others:
-            if name != server.name:
+            if name != server.name and name not in self.measured:
                 window[f"idle_{name}_cpu_pct"] = window.pop(f"{name}_cpu_pct", None)
                 window.pop(f"{name}_children_cpu_pct", None)
         cores = window.get("core_busy_pct", {})
@@ -351,12 +406,20 @@ class Bench:
         server = self.servers[name]
 
         def once() -> None:
+            if self.args.trace and isinstance(server, OurServer):
+                self._retrace(server)
             result = self.loadgen(server, s_count, phase, **opts)
             result["repeat"] = rep
             self.runs.append(result)
             print_run(result)
 
         self._guard(server, f"{phase} S={s_count}", once)
+
+    def _retrace(self, server: OurServer) -> None:
+        """A fresh trace for each run (a trace runs at most 10 minutes): the last one is stopped."""
+        if self._trace is not None:
+            server.stop_trace(self.admin_secret, self._trace)
+        self._trace = server.trace(self.admin_secret, TRACED_TOPIC, TRACED_SUB)
 
     def _guard(self, server: Server, what: str, fn: Callable[[], None]) -> None:
         """Run fn, keeping a failure as an error; skip it once the server is dead or failed twice in a row."""
@@ -401,6 +464,66 @@ class Bench:
         return round(max(self.args.latency_fraction * min(medians) / s_count, 0.2), 3)
 
 
+class AdminPollers:
+    """bench/admin_poll.py beside our server, on the generator's core, until stop()."""
+
+    def __init__(self, pin: Pinning, url: str, admin_token: str, count: int) -> None:
+        root = Path(__file__).resolve().parent.parent
+        cmd = [*pin.generator, sys.executable, "-m", "bench.admin_poll", "--url", url, "--token", admin_token]
+        self.proc = subprocess.Popen(
+            [*cmd, "--pollers", str(count)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        print(f"admin pollers: {count}, every admin GET once a second", flush=True)
+
+    def stop(self) -> dict[str, Any]:
+        """Stop polling; what the pollers did (requests, failures), or why they gave nothing."""
+        self.proc.terminate()
+        try:
+            out, err = self.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        try:
+            result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            return {"failures": 1, "first_failures": [f"no report (status {self.proc.returncode}): {err[-2000:]}"]}
+        print(f"admin polling: {result}", flush=True)
+        return result
+
+
+# ------------------------------------------------------------------- scaled out
+
+
+def _start_scaled(
+    bench: Bench, args: argparse.Namespace, env: dict[str, str], work: Path, anon: str
+) -> PrivateRedis | None:
+    """Start our server scaled out beside the one-process `ours`: `serve --workers N`, or N nodes.
+    Returns the bench's own Redis (None with --redis), which the caller stops."""
+    redis = None
+    if args.redis:
+        url = args.redis
+    else:
+        redis = PrivateRedis([])
+        url = redis.url
+        bench.measured["redis"] = ProcessTree(redis.pid)
+    scaled_env = {**env, **cluster_env(url)}
+    port = free_port()
+    if args.workers > 1:
+        name = f"workers-{args.workers}"
+        scaled_env["REALTIME_DATA_DIR"] = str(work / "data-workers")
+        cmd = [*our_command(args.server_cmd, port), "--workers", str(args.workers)]
+        server: OurServer = Workers(name, cmd, scaled_env, work)
+    else:
+        name = f"nodes-{args.nodes}"
+        scaled_env["REALTIME_DATA_DIR"] = str(work / "data-nodes")
+        ports = [port, *(free_port() for _ in range(args.nodes - 1))]
+        server = Nodes(name, [sys.executable, "-m", "bench._cluster"], scaled_env, work, ports)
+    print(f"starting {name} on Redis {url}: {shlex.join(server.cmd)}", flush=True)
+    bench.servers[name] = server
+    server.start(port, anon)
+    return redis
+
+
 # ------------------------------------------------------------------- main
 
 
@@ -421,19 +544,31 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fan-out bench: S={args.subscribers}, {args.duration:g} s windows, {pin.description}", flush=True)
 
     bench = Bench(args, node, pin)
+    pollers: AdminPollers | None = None
+    polling: dict[str, Any] | None = None
+    redis: PrivateRedis | None = None
     with tempfile.TemporaryDirectory(prefix="rt-bench-") as tmp:
         work = Path(tmp)
         try:
             if not args.skip_ours:
                 port = free_port()
-                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret}
+                admin_secret = bench.admin_secret
+                env = {**os.environ, **OUR_ENV, "REALTIME_JWT_SECRET": secret, "API_JWT_SECRET": admin_secret}
                 if not env.get("DATABASE_URL"):
                     # our server then starts its own embedded PostgreSQL there
                     env["REALTIME_DATA_DIR"] = str(work / "data")
-                ours = OurServer("ours", [*pin.server, *our_command(args.server_cmd, port)], env, work)
+                scaled = args.workers > 1 or args.nodes > 1
+                # Scaled out, the servers use every core: none is pinned (the generator still is).
+                prefix = [] if scaled else pin.server
+                ours = OurServer("ours", [*prefix, *our_command(args.server_cmd, port)], env, work)
                 print(f"starting ours: {shlex.join(ours.cmd)}", flush=True)
                 bench.servers["ours"] = ours
                 ours.start(port, anon)
+                if scaled:
+                    redis = _start_scaled(bench, args, env, work, anon)
+                if args.admin_pollers:
+                    admin = token(admin_secret, {"sub": "bench", "admin": "read"})
+                    pollers = AdminPollers(pin, f"http://127.0.0.1:{port}", admin, args.admin_pollers)
             if not args.skip_reference:
                 port = free_port()
                 cmd = [*pin.server, node, str(JS_DIR / "ws_server.js"), str(port)]
@@ -444,12 +579,20 @@ def _run(args: argparse.Namespace) -> int:
                 ref.start(port, anon)
             bench.run()
         finally:
+            if redis is not None:
+                redis.stop()
+            if pollers is not None:
+                polling = pollers.stop()
+                if polling.get("failures"):
+                    bench.errors.append(f"the admin pollers failed: {polling}")
             for server in bench.servers.values():
                 server.stop()
         # kept before the temporary folder goes: what the servers logged
         logs = {name: server.stderr_tail()[-4000:] for name, server in bench.servers.items()}
 
-    summary = summarize(bench.runs, list(bench.servers), args.subscribers, bench.idle, args.headroom_burn)
+    names = list(bench.servers)
+    compare = (names[-1], "ours") if args.workers > 1 or args.nodes > 1 else ("ours", "reference")
+    summary = summarize(bench.runs, names, args.subscribers, bench.idle, args.headroom_burn, compare)
     if bench.errors:
         summary["targets"] = {}  # a figure beside a failed run proves nothing
     print_summary(summary, bench.idle)
@@ -474,7 +617,13 @@ def _run(args: argparse.Namespace) -> int:
             "payload_bytes": 100,
             "grace_ms": args.grace_ms,
             "reference_fault": args.reference_fault,
+            "admin_pollers": args.admin_pollers,
+            "workers": args.workers,
+            "nodes": args.nodes,
+            "redis": "own redis-server" if args.redis is None else "--redis",
+            "trace": args.trace,
         },
+        "admin_polling": polling,
         "exact": not bench.failed and not bench.errors,
         **summary,
         "idle_memory": bench.idle,

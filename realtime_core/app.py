@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 from websockets.frames import CloseCode
@@ -36,10 +37,16 @@ from .protocol import codec_for
 from .runtime import LoopLag
 from .secret_box import SecretBox, SecretBoxError
 from .socket import RealtimeSocket
-from .tenant_services import TenantDatabase, TenantServices
+from .tenant_services import Cluster, TenantDatabase, TenantServices
 from .tenants import MissingHost, Tenant, TenantRegistry, TenantStore
 from .timeseries import TimeSeries
+from .trace import Tracer
 from .usage import UsageMeter
+
+if TYPE_CHECKING:
+    from .cluster.broker import RedisBroker
+    from .cluster.leader import ReplicationCluster
+    from .cluster.nodes import Cluster as Nodes
 
 __all__ = ["SOCKET_PATHS", "App"]
 
@@ -70,16 +77,36 @@ class App:
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
         self.hub = Hub()
-        self.broker: Broker = InProcessBroker(self.hub)
+        # This process among the others of a cluster (Redis messages, /admin/v1/nodes).
+        self.node_id = secrets.token_hex(4)
+        # With REDIS_URL, the processes of the cluster share topics through Redis (imported only
+        # then: a single process needs no Redis client); start() connects it.
+        self.cluster_broker: RedisBroker | None = None
+        if settings.redis_url:
+            from . import cluster
+            from .cluster.broker import RedisBroker
+
+            self.cluster_broker = RedisBroker(
+                self.hub,
+                url=settings.redis_url,
+                prefix=cluster.keys(settings),
+                node_id=self.node_id,
+                tenant_of=self.tenants.get,
+                clock=self.now,
+            )
+        self.broker: Broker = self.cluster_broker or InProcessBroker(self.hub)
         self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
         self.hub.observers.append(self.channel_stats)
         self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
+        self.tracer = Tracer(self.hub)  # delivery traces (admin API); hub.tracer while one runs
         self.metrics = Metrics(self)
+        self.metrics.cluster = self.cluster_broker
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
             self.hub.observers.append(self.usage)
+        self.usage.sockets = lambda: self.sockets  # attribution by client and role reads them
         self.incidents = Incidents()  # recent errors per tenant (admin API)
         self.loop_lag = LoopLag()
         self.http = Router()  # cli.py registers rest_api's routes on it
@@ -96,6 +123,13 @@ class App:
         self.port: int | None = None
         self.shutting_down = False
         self.started_at = time.time()
+        # Replication leadership across the cluster (cluster/leader.py); None: this process leads.
+        self.cluster: Cluster | None = None
+        self._replication: ReplicationCluster | None = None  # the same, to stop it
+        # With REDIS_URL: presence, counts and liveness of the cluster's nodes (cluster/nodes.py).
+        self.nodes: Nodes | None = None
+        # What the cluster's other nodes may ask this one (Nodes.ask()); admin modules register these.
+        self.node_queries: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     async def start(self) -> int:
         """Migrate the database, load tenants, start their database services and listen;
@@ -103,6 +137,9 @@ class App:
         settings = self.settings
         if not settings.database_url:
             raise RuntimeError("App.start() needs settings.database_url (cli.py starts the embedded one)")
+        if self.cluster_broker is not None:
+            await self.cluster_broker.start()
+            log.info("node %s joined cluster %r on Redis", self.node_id, settings.cluster_name)
         self.pool = await db.open_pool(settings.database_url)
         secret = settings.resolve_jwt_secret()
         self.secret_box = SecretBox(settings.resolve_db_enc_key())
@@ -124,6 +161,12 @@ class App:
             for tenant in await store.load_all(self.now()):
                 self.tenants.put(tenant)
         self.usage.start(self.pool, lambda: self.tenants, self.spawn)
+        if settings.redis_url:
+            from .cluster.leader import ReplicationCluster  # the `cluster` extra: only when asked for
+
+            cluster = ReplicationCluster(settings, self.node_id)
+            await cluster.start()
+            self.cluster = self._replication = cluster
         # Together, so that one slow or unreachable database delays the others by nothing.
         tenants = list(self.tenants)
         results = await asyncio.gather(*(self._start_services(t) for t in tenants), return_exceptions=True)
@@ -133,6 +176,14 @@ class App:
             if tenant.external_id == settings.tenant_name:
                 raise result  # the server's own database: nothing works without it
             self._starting_failed(tenant, result)
+        if settings.redis_url:
+            # Imported here: without REDIS_URL nothing of the cluster (nor redis-py) is loaded.
+            from .cluster.nodes import Cluster as Nodes
+
+            nodes = Nodes(self, self.tenants.get, self.broker)
+            await nodes.start()  # before listening: a first join sees the cluster's presences
+            self.nodes = nodes
+            self.broker = nodes.broker
         self.server = Server(
             self,
             max_frame_bytes=settings.max_frame_bytes,
@@ -141,7 +192,8 @@ class App:
             max_write_buffer=settings.max_write_buffer_bytes,
             flush_chunk=settings.flush_chunk,
         )
-        self.port = await self.server.listen(settings.host, settings.port)
+        self.server.writer.on_slow_consumer = self.tracer.slow_consumer
+        self.port = await self.server.listen(settings.host, settings.port, reuse_port=settings.reuse_port)
         self.spawn(self.loop_lag.run(), name="event-loop lag")
         self.spawn(self._sample_forever(), name="time series")
         return self.port
@@ -351,9 +403,15 @@ class App:
         # Joins, policy re-checks and tenant retries still running: cancelled, and awaited so
         # that none starts or uses a service being stopped.
         await self.tasks.stop(timeout=_STOP_TIMEOUT)
+        if self.nodes is not None:
+            await self.nodes.stop()  # after the sockets closed: their leaves and disconnects are sent
         for services in list(self.services.values()):
             await services.stop()
         self.services.clear()
+        if self._replication is not None:
+            await self._replication.stop()
+        if self.cluster_broker is not None:
+            await self.cluster_broker.stop()
         if self.pool is not None:
             # Every socket is closed and every service stopped: nothing is counted after this.
             # Bounded: with the database gone, stopping must not wait for the pool's timeout.
@@ -420,7 +478,7 @@ class App:
             raise ConnectError(exc.connect_status, exc.connect_text, exc.code) from None
         limits = tenant.limits
         now = self.now()
-        if tenant.users >= limits.max_concurrent_users:
+        if tenant.users + tenant.remote_users >= limits.max_concurrent_users:
             raise ConnectError(429, "Too many connected users", "ConnectionRateLimitReached")
         if tenant.joins.reached(limits.max_joins_per_second, now):
             raise ConnectError(429, "Too many joins per second", "JoinsRateLimitReached")
@@ -445,6 +503,9 @@ class App:
         """Run `coro` as a task the app keeps until it ends (and cancels and awaits at stop); an
         exception escaping it is logged and passed to `on_error` (tasks.spawn)."""
         self.tasks.spawn(coro, name=name, on_error=on_error)
+
+    def services_failed(self, tenant: Tenant) -> bool:
+        return tenant.external_id in self.service_errors and tenant.external_id not in self.services
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None:
         """The RLS authorizer of a tenant's database, if it has one."""

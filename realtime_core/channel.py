@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from . import trace
 from .authorization import BROADCAST, PRESENCE, UNREACHABLE_TEXT, MissingPartition, Policies, QueryCanceled
 from .errors import (
     ChannelRateLimitReached,
@@ -32,7 +33,16 @@ from .errors import (
     UnableToConnectToProject,
     Unauthorized,
 )
-from .hub import BROADCAST_KIND, DB_BROADCAST_KIND, PRESENCE_KIND, Audience, ChannelState, Publication, StreamKey
+from .hub import (
+    BROADCAST_KIND,
+    DB_BROADCAST_KIND,
+    PRESENCE_KIND,
+    Audience,
+    ChannelState,
+    Publication,
+    StreamKey,
+    Tracer,
+)
 from .incidents import shutdown_code
 from .jwt import expires_in
 from .limits import WindowCounter
@@ -85,7 +95,7 @@ async def join(socket: ChannelSocket, msg: Message) -> tuple[Channel, dict[str, 
         raise PrivateOnly("This project only allows private channels")
     limits = tenant.limits
     now = app.now()
-    if not socket.counted and tenant.users >= limits.max_concurrent_users:
+    if not socket.counted and tenant.users + tenant.remote_users >= limits.max_concurrent_users:
         raise ConnectionRateLimitReached("Too many connected users")
     if tenant.joins.reached(limits.max_joins_per_second, now):
         raise ClientJoinRateLimitReached("Too many joins per second")
@@ -135,6 +145,8 @@ async def _read_policies(
     """Evaluate the read policies of a private topic (docs/protocol.md §7); both extensions, one transaction."""
     authorizer = socket.ctx.authorizer_for(tenant)
     if authorizer is None:
+        if socket.ctx.services_failed(tenant):  # its policies cannot be read: not a denial
+            raise UnableToConnectToProject(UNREACHABLE_TEXT)
         raise Unauthorized(f"You do not have permissions to read from this Channel topic: {sub_topic}")
     # docs/protocol.md §7: presence is probed only when the channel enabled it; otherwise
     # at its first track.
@@ -301,13 +313,17 @@ class Channel:
         the channel is gone, as when upstream's channel process crashes; clients rejoin."""
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_error"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_error"), self.sub_topic, self.private
+        )
         self.close()
 
     def _close_with_phx_close(self) -> None:
         if self.state is ChannelState.CLOSED:
             return
-        self.conn.send(self.codec.control(self.join_ref, self.topic, "phx_close"))
+        self.socket.send_protocol(
+            self.codec.control(self.join_ref, self.topic, "phx_close"), self.sub_topic, self.private
+        )
         self.close()
 
     def close(self) -> None:
@@ -355,21 +371,34 @@ class Channel:
         """Replayed messages, oldest first, as channel pushes (docs/protocol.md §4.6)."""
         self.replayed = {row.id for row in rows}
         codec = self.codec
-        sent = 0
+        hub = self.socket.ctx.hub
+        tracer = hub.tracer
+        sent = nbytes = 0
         for row in rows:
             meta = {"replayed": True, "id": row.id}
             if row.binary_payload is not None:
                 frame = codec.user_broadcast(
                     self.topic, UserBroadcast(row.event or "", row.binary_payload, BINARY, meta)
                 )
+                reason: str | None = trace.CODEC
                 if codec.vsn == "2.0.0" and frame is not None:
                     self.conn.send(frame)  # V1 receivers never get binary payloads
                     sent += 1
+                    nbytes += len(frame)
+                    reason = None
+                if tracer is not None:
+                    self._traced(tracer, DB_BROADCAST_KIND, row.event, reason is None, reason)
                 continue
             payload = orjson.Fragment(row.payload_json) if row.payload_json is not None else None
-            self.push("broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta})
+            nbytes += self._send_data(
+                "broadcast", {"payload": payload, "event": row.event, "type": "broadcast", "meta": meta}
+            )
             sent += 1
-        self.socket.ctx.hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent)
+            if tracer is not None:
+                self._traced(tracer, DB_BROADCAST_KIND, row.event, True, None)
+        hub.sent(self.socket.tenant, self.key, self, DB_BROADCAST_KIND, sent, nbytes)
+        if tracer is not None:
+            tracer.sent()
 
     def allowed_to_write(self, extension: str, msg: Message) -> bool | None:
         """The write policy for `extension` on a private channel; None while it is being
@@ -417,10 +446,19 @@ class Channel:
     # Output
 
     def reply(self, ref: str | None, status: str, response: Any) -> None:
-        self.conn.send(self.codec.reply(self.join_ref, ref, self.topic, status, response))  # type: ignore[arg-type]
+        frame = self.codec.reply(self.join_ref, ref, self.topic, status, response)  # type: ignore[arg-type]
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
 
     def push(self, event: str, payload: Any) -> None:
-        self.conn.send(self.codec.push(self.join_ref, self.topic, event, payload))
+        """Push a message of the channel's own (a `system` message): protocol egress."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.socket.send_protocol(frame, self.sub_topic, self.private)
+
+    def _send_data(self, event: str, payload: Any) -> int:
+        """Push a message counted by the caller as a delivery (presence_state, replay); its bytes."""
+        frame = self.codec.push(self.join_ref, self.topic, event, payload)
+        self.conn.send(frame)
+        return len(frame)
 
     # Input
 
@@ -447,6 +485,8 @@ class Channel:
             if not allowed:
                 # None: held until the write policy is known. False: denied
                 # broadcasts are dropped silently, without an ack (docs/protocol.md §4.1).
+                if allowed is False:
+                    self._refused(msg, trace.WRITE_DENIED)
                 return
         ctx = self.socket.ctx
         tenant = self.socket.tenant
@@ -466,14 +506,32 @@ class Channel:
             size = len(payload_json)
             publication = Publication(self.topic, "broadcast", payload_json)
         if tenant.payload_too_large(size):
+            self._refused(msg, trace.PAYLOAD_TOO_LARGE)
             if self.ack:
                 # The response is a bare string (docs/protocol.md §4.1).
                 self.reply(msg.ref, "error", PAYLOAD_SIZE_EXCEEDED)
             return
         ctx.hub.accepted(tenant, BROADCAST_KIND, self.key, 1)
+        self.socket.accepted += 1
         ctx.broker.publish(tenant, self.key, publication, now, None if self.self_broadcast else self)
         if self.ack:
             self.reply(msg.ref, "ok", {})
+
+    def _refused(self, msg: Message, reason: str) -> None:
+        """Tell a running delivery trace that this channel's broadcast `msg` was refused."""
+        tracer = self.socket.ctx.hub.tracer
+        if tracer is None:
+            return
+        payload = msg.payload
+        if isinstance(payload, UserBroadcast):
+            event = payload.event
+        else:
+            event = payload.get("event") if isinstance(payload, dict) else None
+        self._traced(tracer, BROADCAST_KIND, event if isinstance(event, str) else None, False, reason)
+
+    def _traced(self, tracer: Tracer, kind: str, event: str | None, delivered: bool, reason: str | None) -> None:
+        """A decision for this channel taken outside the hub's fan-out, for a running trace."""
+        tracer.decided(self.socket.tenant.external_id, self, kind, event, delivered, reason)
 
     # Presence (docs/protocol.md §5)
 
@@ -515,6 +573,7 @@ class Channel:
                 return
             diff = app.broker.presence_join(self.key, self, self.presence_key, tracked)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.presence_enabled = True
             self.reply(msg.ref, "ok", {})
             if diff is not None:
@@ -522,6 +581,7 @@ class Channel:
         elif kind == "untrack":
             diff = app.broker.presence_leave(self.key, self)
             app.hub.accepted(tenant, PRESENCE_KIND, self.key, 1)
+            self.socket.accepted += 1
             self.reply(msg.ref, "ok", {})
             if diff is not None:
                 self._fan_out_presence_diff(diff)
@@ -537,8 +597,12 @@ class Channel:
             self.shutdown("Too many presence messages per second")
             return
         ctx = self.socket.ctx
-        self.push("presence_state", ctx.broker.presence_state(self.key))
-        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND)
+        nbytes = self._send_data("presence_state", ctx.broker.presence_state(self.key))
+        ctx.hub.sent(tenant, self.key, self, PRESENCE_KIND, 1, nbytes)
+        tracer = ctx.hub.tracer
+        if tracer is not None:
+            self._traced(tracer, PRESENCE_KIND, "presence_state", True, None)
+            tracer.sent()
 
     def _fan_out_presence_diff(self, diff: dict[str, Any]) -> None:
         app = self.socket.ctx

@@ -107,7 +107,9 @@ class ChannelStats:
             totals = self.accepted_totals[key.tenant] = {}
         totals[kind] = totals.get(kind, 0) + count
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
         # The stream from the topic and one receiver's private flag: every receiver of one
         # publication has the same topic; public and private receivers of a topic are offered
         # separate publications except by Postgres Changes, which are counted under the first.
@@ -127,7 +129,7 @@ class ChannelStats:
             totals = self.delivered_totals[tid] = {}
         totals[kind] = totals.get(kind, 0) + count
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
         """Frames sent to one subscriber outside a fan-out (a join's presence_state, a replay):
         deliveries of the stream like any other."""
         second = int(self.clock())

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .cluster import RedisUnavailable
+from .cluster.workers import WORKERS_NEED_REDIS
 from .config import IGNORED_ENV, Settings, ignored_env
 from .jwt import sign
 from .secret_box import SecretBoxError
@@ -83,6 +85,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         changes["port"] = args.port
     if getattr(args, "data_dir", None):
         changes["data_dir"] = Path(args.data_dir)
+    if getattr(args, "redis", None):
+        changes["redis_url"] = args.redis
     return settings.replace(**changes) if changes else settings
 
 
@@ -138,7 +142,7 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
         loop.add_signal_handler(sig, stop.set)
     try:
         port = await app.start()
-    except SecretBoxError as exc:  # the wrong DB_ENC_KEY: a configuration error, no traceback
+    except (SecretBoxError, RedisUnavailable) as exc:  # a configuration error (DB_ENC_KEY, REDIS_URL): no traceback
         await app.stop()
         raise SystemExit(f"realtime-core: {exc}") from None
     except Exception:
@@ -146,7 +150,7 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
         raise
     _tune_gc()
     url = f"http://{settings.host}:{port}"
-    print(f"realtime-core {__version__} listening on {url}", flush=True)
+    print(_listening(settings.host, port), flush=True)
     print(f"  websocket: ws://{settings.host}:{port}/socket  (supabase-js: {url}/realtime/v1)", flush=True)
     if on_ready is not None:
         on_ready(port)
@@ -155,14 +159,25 @@ async def _serve(settings: Settings, on_ready=None) -> None:  # type: ignore[no-
     await app.stop()
 
 
+def _listening(host: str, port: int | str) -> str:
+    return f"realtime-core {__version__} listening on http://{host}:{port}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    if args.workers > 1 and not settings.redis_url:
+        print(f"realtime-core: {WORKERS_NEED_REDIS}", file=sys.stderr)
+        return 2
     _announce(settings)
     embedded = settings.database_url is None
     with _database(settings) as settings:
         if embedded:
             print(f"  database:  {settings.database_url}", flush=True)
+        if args.workers > 1:
+            from .cluster import workers
+
+            return _run(workers.run(settings, args.workers, _listening(settings.host, "{port}")))
         _run(_serve(settings))
     return 0
 
@@ -289,6 +304,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 BENCHMARKS = {
     "attacks": "bench.attacks",
+    "cluster": "bench.cluster",
     "fanout": "bench.fanout",
     "postgres-changes": "bench.postgres_changes",
     "private": "bench.private",
@@ -329,6 +345,16 @@ def _seconds(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="realtime-core", description="Supabase Realtime compatible server")
     parser.add_argument("--version", action="version", version=f"realtime-core {__version__}")
@@ -341,6 +367,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the server")
     server_args(p)
+    p.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT); above 1 needs REDIS_URL (default 1)",
+    )
+    p.add_argument("--redis", default=None, metavar="URL", help="REDIS_URL: join a cluster of processes on Redis")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("up", help="run the server and the console together")

@@ -82,6 +82,12 @@ class Settings:
 
     host: str = str_var("REALTIME_HOST", "127.0.0.1", "the address to listen on (`--host`)")
     port: int = int_var("PORT", 4000, "the port to listen on (`--port`)")
+    reuse_port: bool = bool_var(
+        "REALTIME_REUSE_PORT",
+        False,
+        "listen with SO_REUSEPORT, so that several processes share the port (`serve --workers` sets it for its"
+        " workers)",
+    )
     database_url: str | None = optional_str_var(
         "DATABASE_URL",
         "a PostgreSQL with `wal_level=logical` (tested: 15 and 18; ≥ 14 expected to work, see Operations); unset →"
@@ -100,6 +106,32 @@ class Settings:
     db_ssl: bool = bool_var("DB_SSL", False, "the `DB_HOST` database only over TLS (`sslmode=require`)")
     db_ssl_ca_cert: str | None = optional_str_var(
         "DB_SSL_CA_CERT", "with `DB_SSL`: a CA file the `DB_HOST` server's certificate and name are verified against"
+    )
+    redis_url: str | None = optional_str_var(
+        "REDIS_URL",
+        "join this process to a cluster of realtime-core processes sharing channels, presence, limits and usage"
+        " through Redis (`--redis`; needs the `cluster` extra); unset: one process, no Redis",
+        secret=True,  # redis://:password@host
+    )
+    cluster_name: str = str_var(
+        "REALTIME_CLUSTER",
+        "realtime",
+        "the cluster's name: processes with the same `REDIS_URL` and name are one system; its Redis keys start"
+        " with `rt:<name>:`",
+    )
+    cluster_node_ttl_ms: int = int_var(
+        "REALTIME_CLUSTER_NODE_TTL_MS",
+        6_000,
+        "in a cluster: the TTL of each node's liveness key, refreshed every third of it; a node that dies is"
+        " reaped (its presences leave, its connections are no longer counted) within 4/3 of it",
+        minimum=300,
+    )
+    cluster_sync_interval_ms: int = int_var(
+        "REALTIME_CLUSTER_SYNC_INTERVAL_MS",
+        1_000,
+        "in a cluster: how often each node publishes its users and rates and reads the others' (the limits"
+        " are enforced on cluster totals at most two of these late)",
+        minimum=50,
     )
     data_dir: Path = path_var(
         "REALTIME_DATA_DIR",

@@ -36,9 +36,20 @@ class DatabaseBroadcast:
     """Streams realtime.messages inserts of one database to its tenant's channels."""
 
     def __init__(
-        self, broker: Broker, clock: Clock, tenant: Tenant, dsn: str, *, slot: str, mode: str = "stream"
+        self,
+        broker: Broker,
+        clock: Clock,
+        tenant: Tenant,
+        dsn: str,
+        *,
+        slot: str,
+        mode: str = "stream",
+        resume_unconfirmed: bool = False,
     ) -> None:
         self.broker = broker
+        # In a cluster a new leader delivers what its predecessor did not confirm: the channels
+        # it serves stayed connected (on_batch).
+        self.resume_unconfirmed = resume_unconfirmed
         self.clock = clock
         self.tenant = tenant
         self.stream = ReplicationStream(dsn, slot=slot, publication=PUBLICATION, on_batch=self.on_batch, mode=mode)
@@ -54,7 +65,7 @@ class DatabaseBroadcast:
         await self.stream.stop()
 
     async def on_batch(self, transactions: list[Transaction]) -> None:
-        live_from = self.stream.first_start_lsn
+        live_from = 0 if self.resume_unconfirmed else self.stream.first_start_lsn
         for txn in transactions:
             # Rows committed before this process started were delivered by the
             # previous one (or had no subscriber): channels joined since must

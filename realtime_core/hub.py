@@ -14,6 +14,8 @@ builds each frame once per codec in use and queues the same bytes on every
 receiver (docs/design.md §2: frame built once). The connection behind
 Subscriber.conn applies the slow-consumer rule: a receiver whose unsent
 backlog passes the high-water mark is disconnected, never waited for.
+While a delivery trace runs, Hub.tracer (trace.py) is told of each publication
+before it is delivered.
 
 Nothing here imports a session, a tenant service or the app: they reach the
 hub through the small Protocols below."""
@@ -21,7 +23,8 @@ hub through the small Protocols below."""
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .presence import PresenceTopic
@@ -42,6 +45,7 @@ __all__ = [
     "Sink",
     "StreamKey",
     "Subscriber",
+    "Tracer",
 ]
 
 TOO_MANY_MESSAGES = "Too many messages per second"
@@ -116,16 +120,52 @@ class Subscriber(Protocol):
 
 class DeliveryObserver(Protocol):
     """Counts what the hub delivers (usage metering, channel statistics). Called once per
-    message, never per receiver: it must only count, in memory."""
+    message, never per receiver: it must only count, in memory. `nbytes` is the egress of the
+    frames queued: the complete WebSocket frames, headers included, summed over receivers."""
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
         """`count` messages of `kind` were accepted for the stream `key` (before delivery)."""
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
         """`publication` was queued on `count` of `subs` (the receivers it was offered to)."""
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
-        """`count` frames of `kind` were sent to one `subscriber` of `key` outside deliver()."""
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
+        """`count` frames of `kind` (`nbytes` in all) went to one `subscriber` of `key` outside deliver()."""
+
+
+class Tracer(Protocol):
+    """Records the decisions taken for traced subjects (trace.Tracer). Hub.tracer is None while
+    no trace runs, so that delivery costs one attribute test per publication for tracing."""
+
+    def watching(self, tenant: str) -> set[str] | None:
+        """The topics traced on the tenant `tenant`, or None."""
+
+    def published(
+        self,
+        tenant: Tenant,
+        key: StreamKey,
+        publication: Publication,
+        subs: Collection[Subscriber],
+        exclude: Subscriber | None,
+        now: float,
+    ) -> None:
+        """`publication` is about to be delivered to `subs`, the subscribers of `key`, but `exclude`."""
+
+    def decided(
+        self, tenant: str, sub: Subscriber, kind: str, event: str | None, delivered: bool, reason: str | None
+    ) -> None:
+        """A decision about a message of `kind` for `sub` taken outside Hub.publish()."""
+
+    def sent(self) -> None:
+        """The frames of the decisions just recorded are queued."""
+
+    def subscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` joined the stream `key`."""
+
+    def unsubscribed(self, key: StreamKey, sub: Subscriber) -> None:
+        """`sub` left the stream `key`."""
 
 
 class Publication:
@@ -176,7 +216,7 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences")
+    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences", "tracer")
 
     def __init__(self) -> None:
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
@@ -186,6 +226,7 @@ class Hub:
         # tenant → presences joined and left since start (counted by the broker from its diffs)
         self.presence_joins: dict[str, int] = {}
         self.presence_leaves: dict[str, int] = {}
+        self.tracer: Tracer | None = None  # set while a delivery trace runs (trace.py)
 
     # Registry
 
@@ -195,9 +236,13 @@ class Hub:
             subs = self._streams[key] = {}
         subs[subscriber] = None
         self.joins[key.tenant] = self.joins.get(key.tenant, 0) + 1
+        if self.tracer is not None:
+            self.tracer.subscribed(key, subscriber)
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> bool:
         """Remove `subscriber`; True when the stream has no local subscriber left."""
+        if self.tracer is not None:
+            self.tracer.unsubscribed(key, subscriber)
         subs = self._streams.get(key)
         if subs is None:
             return True
@@ -206,6 +251,9 @@ class Hub:
             return False
         del self._streams[key]
         return True
+
+    def has_subscribers(self, key: StreamKey) -> bool:
+        return key in self._streams
 
     def subscribers(self, key: StreamKey) -> list[Subscriber]:
         return list(self._streams.get(key, ()))
@@ -238,12 +286,12 @@ class Hub:
         for observer in self.observers:
             observer.accepted(tenant, kind, key, count)
 
-    def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int = 1) -> None:
-        """Record that `count` frames of `kind` were sent to `subscriber` outside deliver(): the
-        `presence_state` a channel gets at its join, the messages it gets as a replay."""
+    def sent(self, tenant: Tenant, key: StreamKey, subscriber: Subscriber, kind: str, count: int, nbytes: int) -> None:
+        """Record that `count` frames of `kind`, `nbytes` in all, were sent to `subscriber` outside
+        deliver(): the `presence_state` a channel gets at its join, the messages it gets as a replay."""
         if count:
             for observer in self.observers:
-                observer.sent(tenant, kind, key, subscriber, count)
+                observer.sent(tenant, kind, key, subscriber, count, nbytes)
 
     def publish(
         self,
@@ -255,6 +303,13 @@ class Hub:
     ) -> int:
         """Deliver `publication` to the local subscribers of `key`; return how many got it."""
         subs = self._streams.get(key)
+        tracer = self.tracer
+        if tracer is not None:
+            # Decided before delivery: a rate-limited delivery closes the receivers.
+            tracer.published(tenant, key, publication, subs or (), exclude, now)
+            delivered = self.deliver(tenant, ((subs, publication),), now, exclude) if subs else 0
+            tracer.sent()
+            return delivered
         if not subs:
             return 0
         return self.deliver(tenant, ((subs, publication),), now, exclude)
@@ -284,26 +339,61 @@ class Hub:
         delivered = 0
         observers = self.observers
         for subs, publication in batch:
-            count = _fan_out(subs, publication, exclude)
+            count, nbytes = _fan_out(subs, publication, exclude)
             delivered += count
             for observer in observers:
-                observer.delivered(tenant, publication, subs, count)
+                observer.delivered(tenant, publication, subs, count, nbytes)
         tenant.events.add(delivered, now)
         return delivered
 
 
-def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> int:
+def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> tuple[int, int]:
     """Hub.deliver's loop for one publication: frames built once per codec, the same bytes queued.
+    Returns the frames queued and their bytes (egress: the frames are complete WebSocket frames).
 
+    Nearly every stream has a single codec in use: this loop builds one frame, then only queues
+    it, and its bytes are count × len(frame). The first receiver on another codec hands the rest
+    to _fan_out_mixed, which keeps a frame per codec and adds up bytes as it queues.
     A function of its own: CPython ran this loop about 3 % slower nested in the batch loop."""
     audience = publication.audience
     message_id = publication.message_id
     broadcast = audience is _BROADCAST
     presence = audience is _PRESENCE
-    # Nearly every stream has a single codec in use, so this loop builds
-    # one frame and then only queues bytes.
-    frames: dict[Codec, bytes | None] = {}
+    first: Codec | None = None
+    frame: bytes | None = None
     delivered = 0
+    rest = iter(subs)
+    for sub in rest:
+        if sub is exclude:
+            continue
+        if sub.private and not (sub.reads_broadcast if broadcast else not presence or sub.reads_presence):
+            continue
+        if message_id is not None and sub.replayed is not None and message_id in sub.replayed:
+            continue
+        codec = sub.codec
+        if codec is not first:
+            if first is not None:
+                nbytes = delivered * len(frame) if frame is not None else 0
+                count, more = _fan_out_mixed(chain((sub,), rest), publication, exclude, {first: frame})
+                return delivered + count, nbytes + more
+            first = codec
+            frame = publication.frame(codec)
+        if frame is not None:
+            sub.conn.send(frame)
+            delivered += 1
+    return delivered, (delivered * len(frame) if frame is not None else 0)
+
+
+def _fan_out_mixed(
+    subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None, frames: dict[Codec, bytes | None]
+) -> tuple[int, int]:
+    """_fan_out's loop once receivers of several codecs were seen: a frame per codec (`frames`
+    holds those built), bytes added per receiver."""
+    audience = publication.audience
+    message_id = publication.message_id
+    broadcast = audience is _BROADCAST
+    presence = audience is _PRESENCE
+    delivered = nbytes = 0
     for sub in subs:
         if sub is exclude:
             continue
@@ -319,4 +409,5 @@ def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subs
         if frame is not None:
             sub.conn.send(frame)
             delivered += 1
-    return delivered
+            nbytes += len(frame)
+    return delivered, nbytes

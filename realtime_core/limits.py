@@ -17,9 +17,12 @@ WINDOW_BUCKETS = 12
 class RateCounter:
     """Events per second averaged over the last minute, in 5 s buckets."""
 
-    __slots__ = ("_bucket_start", "_buckets", "_current", "_sum")
+    __slots__ = ("_bucket_start", "_buckets", "_current", "_sum", "remote")
 
     def __init__(self, now: float) -> None:
+        # Events per second the cluster's other nodes counted, as last read (cluster/counters.py):
+        # limits are reached on the cluster's total; 0 in a single process.
+        self.remote = 0.0
         self._bucket_start = now
         self._current = 0
         self._buckets: deque[int] = deque(maxlen=WINDOW_BUCKETS)
@@ -52,8 +55,8 @@ class RateCounter:
         return self._sum / len(self._buckets) / BUCKET_SECONDS
 
     def reached(self, limit: int, now: float) -> bool:
-        """True while the average is at or above `limit` (upstream's "triggered")."""
-        return self.average(now) >= limit
+        """True while the average, with the other nodes', is at or above `limit` (upstream's "triggered")."""
+        return self.average(now) + self.remote >= limit
 
 
 class WindowCounter:

@@ -7,7 +7,10 @@ the pricing pages of Realtime messages and of peak connections.
 
 `pro` is Pro with the spend cap off (overage billed, "Pro (no spend cap)" rate limits);
 `pro_capped` is Pro with the spend cap on (the quotas are hard limits, Pro's rate limits).
-Team's billing quota is 500 peak connections although its connection limit is 10,000: the
+Egress: Free includes 5 GB, Pro and Team 250 GB per billing cycle, then $0.09 per GB
+(10^9 bytes) prorated, no packages. Upstream includes it per organisation and shares it with
+the organisation's other services (database, storage, functions): our figure is the Realtime
+share only. Team's billing quota is 500 peak connections although its connection limit is 10,000: the
 two are different things. `enterprise` has no published numbers: a tenant on it takes its
 quotas and prices from its own fields, Team's where it leaves one unset."""
 
@@ -20,7 +23,9 @@ from typing import Any
 
 from .config import Limits
 
-__all__ = ["CUSTOM_FIELDS", "PLANS", "Plan", "effective_plan"]
+__all__ = ["CUSTOM_FIELDS", "GB", "PLANS", "Plan", "effective_plan"]
+
+GB = 10**9  # egress is billed in decimal gigabytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,11 @@ class Plan:
     message_package_size: int = 1_000_000
     connection_package_usd: float = 10.0
     connection_package_size: int = 1_000
+    # Egress (bytes written to clients), per billing cycle and per organisation upstream, where
+    # the included bytes are shared with the organisation's other services: ours is the
+    # Realtime share. Overage is prorated by the byte at this price per GB (10^9 bytes).
+    included_egress_bytes: int = 250 * GB
+    egress_usd_per_gb: float = 0.09
 
 
 def _limits(
@@ -69,6 +79,7 @@ PLANS: dict[str, Plan] = {
             200,
             True,
             _limits(users=200, events=100, joins=100, presence=20, payload_kb=256),
+            included_egress_bytes=5 * GB,
         ),
         Plan(
             "pro",
@@ -100,6 +111,8 @@ CUSTOM_FIELDS = (
     "included_peak_connections",
     "message_package_usd",
     "connection_package_usd",
+    "included_egress_bytes",
+    "egress_usd_per_gb",
 )
 
 

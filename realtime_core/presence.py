@@ -61,6 +61,10 @@ class PresenceTopic:
         key, _, meta = previous
         return {"joins": {}, "leaves": {key: {"metas": [meta]}}}
 
+    def entries(self) -> list[tuple[object, str, dict[str, Any]]]:
+        """(owner, key, meta) of every presence tracked."""
+        return [(owner, key, meta) for owner, (key, _, meta) in self._entries.items()]
+
     def key_count(self) -> int:
         """How many distinct presence keys are tracked (what presenceState() has as keys)."""
         return len({key for key, _, _ in self._entries.values()})

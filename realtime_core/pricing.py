@@ -12,32 +12,46 @@ A bill (`bill`) prices one period's usage against a plan: the included quantitie
 overage in packages rounded up (1,000,001 messages over = 2 packages), one line per item.
 `total_usd` is the overage alone, as the hosted service's examples read ("8.5M messages on
 Pro costs $10"); `base_fee_usd` stands beside it. Hard-quota plans (`free`, `pro_capped`)
-bill no overage and report `restricted` once a quota is passed."""
+bill no overage and report `restricted` once a quota is passed.
+
+Egress (bytes written to clients) is an optional third item: when a caller passes it, the bill
+gets an `egress` line, its overage prorated by the byte at the plan's price per GB (10^9 bytes)
+and rounded to the cent, no packages. Upstream includes egress per organisation and shares it
+with the organisation's other services; our figure is the Realtime share (EGRESS_NOTE)."""
 
 from __future__ import annotations
 
 import decimal
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from .plans import PLANS, Plan
+from .plans import GB, PLANS, Plan
+from .protocol import JSON, V1, V2, Codec, UserBroadcast
 
 __all__ = [
+    "EGRESS",
+    "EGRESS_NOTE",
+    "ENVELOPE_EVENT",
+    "ENVELOPE_TOPIC",
     "MESSAGES",
     "PEAK_CONNECTIONS",
     "RANK",
     "Bill",
+    "Envelope",
     "Estimate",
     "EstimateInputs",
+    "EstimateOutOfRange",
     "Line",
     "PlanEstimate",
     "Usage",
     "bill",
+    "envelope",
     "estimate",
     "organization_bill",
     "organization_plan",
@@ -47,6 +61,11 @@ __all__ = [
 
 MESSAGES = "messages"
 PEAK_CONNECTIONS = "peak_connections"
+EGRESS = "egress"
+EGRESS_NOTE = (
+    "egress: the hosted service includes egress per organisation and shares it with the organisation's"
+    " other services (database, storage, functions); this figure is the Realtime share only"
+)
 
 # Plans from the least to the most generous. It breaks ties between equally priced plans
 # in the estimator (the capped Pro before the uncapped one: same price, with a safety net)
@@ -71,22 +90,24 @@ def _usd(amount: Decimal) -> float:
 Money = Annotated[Decimal, PlainSerializer(_usd, return_type=float)]
 
 
-def _price(value: float) -> Decimal:
-    """A plan's price (a float in plans.py) as the decimal it was written as."""
-    return Decimal(repr(value))
+def _price(value: float | Decimal) -> Decimal:
+    """A plan's price (a float in plans.py, or a tenant's numeric column) as the decimal it
+    was written as."""
+    return Decimal(str(value))
 
 
 class Line(BaseModel):
     """One item of a bill: `used` against `included`, the `overage` past it, the packages it
-    rounds up to and what they cost (`usd`; 0 on hard-quota plans)."""
+    rounds up to and what they cost (`usd`; 0 on hard-quota plans). Egress has no packages
+    (`packages` null): its overage is prorated at `package_usd` per `package_size` bytes (1 GB)."""
 
     model_config = ConfigDict(frozen=True)
 
-    item: str  # MESSAGES or PEAK_CONNECTIONS
+    item: str  # MESSAGES, PEAK_CONNECTIONS or EGRESS
     used: int
     included: int
     overage: int
-    packages: int
+    packages: int | None
     package_size: int
     package_usd: Money
     usd: Money
@@ -105,15 +126,21 @@ class Bill(BaseModel):
     monthly_usd: Money
     restricted: bool
     lines: tuple[Line, ...]
+    # Left out when empty: a bill without egress answers exactly as before egress was billed
+    # (issue #11's examples).
+    notes: tuple[str, ...] = Field(
+        (), exclude_if=lambda notes: not notes, description="with an egress line: what the egress figure covers"
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Billable quantities of one period: messages (all kinds) and the peak of concurrent
-    connections."""
+    """Billable quantities of one period: messages (all kinds), the peak of concurrent
+    connections and, when metered, the bytes of egress (None: not billed, no egress line)."""
 
     messages: int
     peak_connections: int
+    egress_bytes: int | None = None
 
 
 def _line(item: str, used: int, included: int, size: int, price: Decimal, hard: bool) -> Line:
@@ -132,18 +159,42 @@ def _line(item: str, used: int, included: int, size: int, price: Decimal, hard: 
     )
 
 
-def bill(plan: Plan, messages: int, peak_connections: int) -> Bill:
-    """The bill of `messages` and `peak_connections` (a period's totals, ≥ 0) on `plan`.
+def _egress_line(plan: Plan, used: int, hard: bool) -> Line:
+    overage = max(used - plan.included_egress_bytes, 0)
+    price = _price(plan.egress_usd_per_gb)
+    usd = Decimal(0)
+    if not hard:
+        # Prorated by the byte, then rounded to the cent (half up): the line's one rounding.
+        exact = _EXACT.divide(_EXACT.multiply(Decimal(overage), price), Decimal(GB))
+        usd = exact.quantize(_CENT, context=_TO_CENTS)
+    return Line(
+        item=EGRESS,
+        used=used,
+        included=plan.included_egress_bytes,
+        overage=overage,
+        packages=None,
+        package_size=GB,
+        package_usd=price,
+        usd=usd,
+    )
+
+
+def bill(plan: Plan, messages: int, peak_connections: int, egress_bytes: int | None = None) -> Bill:
+    """The bill of `messages` and `peak_connections` (a period's totals, ≥ 0) on `plan`, and of
+    `egress_bytes` when given (None: no egress line, the bill is as without egress).
 
     Overage is billed in whole packages, rounded up: messages in packages of
     `plan.message_package_size` at `plan.message_package_usd`, peak connections in packages
     of `plan.connection_package_size` at `plan.connection_package_usd`. On a hard-quota plan
     nothing is billed past the quotas and `restricted` is true once either is passed (being
-    exactly at a quota is not past it). Raises ValueError for a negative quantity."""
-    if messages < 0 or peak_connections < 0:
+    exactly at a quota is not past it). Egress past `plan.included_egress_bytes` costs
+    `plan.egress_usd_per_gb` per 10^9 bytes, prorated and rounded to the cent; on a hard-quota
+    plan it is not billed and restricts like the other quotas. Raises ValueError for a negative
+    quantity."""
+    if messages < 0 or peak_connections < 0 or (egress_bytes is not None and egress_bytes < 0):
         raise ValueError("quantities must be at least 0")
     hard = plan.hard_quota
-    lines = (
+    lines: tuple[Line, ...] = (
         _line(
             MESSAGES,
             messages,
@@ -161,7 +212,11 @@ def bill(plan: Plan, messages: int, peak_connections: int) -> Bill:
             hard,
         ),
     )
-    total = _EXACT.add(lines[0].usd, lines[1].usd)
+    if egress_bytes is not None:
+        lines += (_egress_line(plan, egress_bytes, hard),)
+    total = Decimal(0)
+    for line in lines:
+        total = _EXACT.add(total, line.usd)
     base = _price(plan.base_fee_usd)
     return Bill(
         plan=plan.name,
@@ -170,6 +225,7 @@ def bill(plan: Plan, messages: int, peak_connections: int) -> Bill:
         monthly_usd=_EXACT.add(base, total),
         restricted=hard and any(line.overage > 0 for line in lines),
         lines=lines,
+        notes=(EGRESS_NOTE,) if egress_bytes is not None else (),
     )
 
 
@@ -191,13 +247,17 @@ def organization_plan(plans: Iterable[Plan]) -> Plan:
 def organization_bill(tenants: Iterable[tuple[Plan, Usage]]) -> Bill:
     """One bill for an organisation's tenants (each its plan and its usage of the same
     period): messages summed, peak connections summed (the hosted service sums each
-    project's peak), billed once on organization_plan(...). Raises ValueError when empty."""
+    project's peak), egress summed (its included bytes are per organisation: counted once),
+    billed once on organization_plan(...). Egress is billed when any tenant's usage has it (a
+    tenant without counts as 0). Raises ValueError when empty."""
     tenants = list(tenants)
     plan = organization_plan(p for p, _ in tenants)
+    egress = [u.egress_bytes for _, u in tenants if u.egress_bytes is not None]
     return bill(
         plan,
         sum(u.messages for _, u in tenants),
         sum(u.peak_connections for _, u in tenants),
+        sum(egress) if egress else None,
     )
 
 
@@ -207,6 +267,7 @@ def project(
     window_seconds: float,
     elapsed_seconds: float,
     cycle_seconds: float,
+    window_egress_bytes: int = 0,
 ) -> Usage:
     """The usage the whole cycle will have if the recent rate holds.
 
@@ -214,14 +275,21 @@ def project(
     `window_messages` were counted in the last `window_seconds` (the stated recent window);
     the rest of the cycle is assumed to go at that rate: messages = so far + ceil(window
     rate × seconds left). A peak is not a rate: the projected peak is the peak so far.
-    A window of 0 s (nothing to go on) projects no more messages."""
-    if window_seconds < 0 or window_messages < 0 or elapsed_seconds < 0 or cycle_seconds < 0:
+    Egress, when `so_far` has it, is projected like messages from the `window_egress_bytes`
+    of the same window. A window of 0 s (nothing to go on) projects no more of either."""
+    if min(window_seconds, window_messages, elapsed_seconds, cycle_seconds, window_egress_bytes) < 0:
         raise ValueError("durations and counts must be at least 0")
     left = max(Fraction(cycle_seconds) - Fraction(elapsed_seconds), Fraction(0))
-    more = 0
-    if window_seconds > 0:
-        more = _ceil(Fraction(window_messages) * left / Fraction(window_seconds))
-    return Usage(so_far.messages + more, so_far.peak_connections)
+
+    def more(counted: int) -> int:
+        return _ceil(Fraction(counted) * left / Fraction(window_seconds)) if window_seconds > 0 else 0
+
+    egress = so_far.egress_bytes
+    return Usage(
+        so_far.messages + more(window_messages),
+        so_far.peak_connections,
+        None if egress is None else egress + more(window_egress_bytes),
+    )
 
 
 def _ceil(value: Fraction) -> int:
@@ -233,6 +301,18 @@ def _ceil(value: Fraction) -> int:
 # Bounds: generous (20× Studio's largest connection limit, far past the hosted throughput
 # ceilings) and small enough that every answer is exact as a JSON number (see _usd).
 _MAX_CLIENTS = 1_000_000
+_MAX_PAYLOAD = 3_000 * 1024  # the largest max_payload_size_in_kb of any plan
+# With egress priced, every amount must stay exact to the cent as a JSON number (15 digits).
+_MAX_EGRESS = 10**21  # bytes per month: $9 × 10^10 at $0.09 per GB
+_MAX_PRICED_USD = Decimal(10**12)
+
+# The envelope comparison: a broadcast to a topic of typical length (realtime-js topics are
+# "realtime:" + the channel's name) with a short event name.
+ENVELOPE_TOPIC = "realtime:room:support-42"
+ENVELOPE_EVENT = "message"
+DEFAULT_ENVELOPE_PAYLOAD = 100  # bytes: the envelope shown when the inputs give no payload size
+VSNS = ("1.0.0", "2.0.0")
+_CODECS: dict[str, Codec] = {"1.0.0": V1, "2.0.0": V2}
 
 
 class EstimateInputs(BaseModel):
@@ -252,6 +332,49 @@ class EstimateInputs(BaseModel):
     rls_visible_share: float = Field(1.0, ge=0, le=1, description="share of changes each listener may see")
     hours_per_day: float = Field(24.0, gt=0, le=24, description="active hours per day")
     days: int = Field(30, ge=1, le=31, description="days in the month")
+    payload_bytes: int | None = Field(
+        None,
+        ge=1,
+        le=_MAX_PAYLOAD,
+        description="average payload size in bytes; given, egress is estimated and priced (a month too large to"
+        " price to the cent, over 10^21 bytes or $10^12, is refused naming this field)",
+    )
+    vsn: Literal["1.0.0", "2.0.0"] = Field("1.0.0", description="the clients' serializer: egress is priced with it")
+
+
+class EstimateOutOfRange(ValueError):
+    """Inputs each within bounds whose month is too large to price exactly; `field` is the
+    input to lower (the API answers 422 naming it)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class EnvelopeFrame(BaseModel):
+    """One serializer's frame for the envelope comparison: its size on the wire (WebSocket
+    header included) and how much of it is not the payload."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vsn: str
+    serializer: str
+    frame_bytes: int
+    overhead_bytes: int
+
+
+class Envelope(BaseModel):
+    """What one broadcast of `payload_bytes` costs on the wire by serializer, as the server's
+    own codecs frame it; `saving_bytes` is what switching from vsn 1.0.0 to 2.0.0 saves per
+    delivered message."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    event: str
+    payload_bytes: int
+    frames: tuple[EnvelopeFrame, ...]
+    saving_bytes: int
 
 
 class PlanEstimate(BaseModel):
@@ -287,6 +410,10 @@ class Estimate(BaseModel):
     cheapest_plan: str | None
     warnings: tuple[str, ...]
     assumptions: tuple[str, ...]
+    egress_bytes_per_month: dict[str, dict[str, int]] | None = Field(
+        None, description="by vsn, then by kind and `all` (null without payload_bytes); plans are priced with `vsn`"
+    )
+    envelope: Envelope
 
 
 def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Estimate:
@@ -301,7 +428,12 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
       visible share: each change counts once per listener allowed to see it;
     peak connections = concurrent clients. A plan fits when the rates these imply respect its
     rate limits and, on a hard-quota plan, the month stays within its quotas. The cheapest
-    plan is the lowest `monthly_usd` among the fitting ones, the earlier in `plans` on a tie."""
+    plan is the lowest `monthly_usd` among the fitting ones, the earlier in `plans` on a tie.
+
+    Given `payload_bytes`, egress per month = messages delivered × the frame each is sent in
+    (the server's codecs, by vsn), and each plan's bill has an egress line priced with
+    `inputs.vsn`. `envelope` compares one broadcast's frame by serializer. Raises
+    EstimateOutOfRange when the month is too large to price to the cent."""
     if plans is None:
         plans = [PLANS[name] for name in RANK]
     rates = _Rates(inputs)
@@ -313,7 +445,13 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
     }
     messages = sum(kinds.values())
     peak = inputs.concurrent_clients
-    answers = tuple(_plan_estimate(plan, inputs, rates, messages, peak) for plan in plans)
+    egress = None if inputs.payload_bytes is None else _egress(inputs.payload_bytes, inputs, rates, seconds)
+    billed = None if egress is None else egress[inputs.vsn]["all"]
+    answers = tuple(_plan_estimate(plan, inputs, rates, messages, peak, billed) for plan in plans)
+    if billed is not None and any(a.monthly_usd >= _MAX_PRICED_USD for a in answers):
+        raise EstimateOutOfRange(
+            "payload_bytes", f"a month must cost less than ${_MAX_PRICED_USD:,} on every plan to be priced to the cent"
+        )
     fitting = [a for a in answers if a.fits]
     cheapest = min(fitting, key=lambda a: a.monthly_usd).plan if fitting else None
     warnings = _ceiling_warnings(rates)
@@ -326,7 +464,111 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
         plans=answers,
         cheapest_plan=cheapest,
         warnings=tuple(warnings),
-        assumptions=_assumptions(inputs, kinds),
+        assumptions=_assumptions(inputs, kinds) + _egress_assumptions(inputs),
+        egress_bytes_per_month=egress,
+        envelope=envelope(inputs.payload_bytes or DEFAULT_ENVELOPE_PAYLOAD),
+    )
+
+
+def _payload(size: int) -> bytes:
+    """A JSON payload of exactly `size` (≥ 1) bytes: a digit, else a string."""
+    return b"0" if size == 1 else b'"' + b"x" * (size - 2) + b'"'
+
+
+def _sent_as_json(data: bytes) -> bytes:
+    """The payload of a broadcast a client sent as JSON text, as the channel passes it on."""
+    return b'{"type":"broadcast","event":' + json.dumps(ENVELOPE_EVENT).encode() + b',"payload":' + data + b"}"
+
+
+def _frame_sizes(codec: Codec, payload_bytes: int) -> dict[str, int]:
+    """The frame sent per delivered message of each kind carrying a payload of `payload_bytes`,
+    as `codec` encodes it (the WebSocket header included): a user broadcast, a presence diff and
+    a Postgres change (for these two the payload is the whole diff or {ids, data} object)."""
+    data = _payload(payload_bytes)
+    broadcast = codec.user_broadcast(ENVELOPE_TOPIC, UserBroadcast(ENVELOPE_EVENT, data, JSON))
+    assert broadcast is not None  # a JSON payload always has a frame
+    return {
+        "broadcast": len(broadcast),
+        "presence": len(codec.broadcast_json(ENVELOPE_TOPIC, "presence_diff", data)),
+        "postgres_changes": len(codec.broadcast_json(ENVELOPE_TOPIC, "postgres_changes", data)),
+    }
+
+
+def envelope(payload_bytes: int) -> Envelope:
+    """A broadcast of `payload_bytes` (≥ 1) to ENVELOPE_TOPIC as each vsn's codec frames it:
+    vsn 1.0.0 a JSON text frame, vsn 2.0.0 a binary frame (the payload's bytes as the sender
+    wrote them; senders on vsn 2.0.0 send binary user broadcasts, as realtime-js does), and
+    third the JSON array text frame a vsn 2.0.0 socket gets for a broadcast sent as JSON text
+    (by a vsn 1.0.0 client). Overhead = frame − payload."""
+    sizes = (
+        ("1.0.0", "JSON text frame", _frame_sizes(V1, payload_bytes)["broadcast"]),
+        ("2.0.0", "binary frame", _frame_sizes(V2, payload_bytes)["broadcast"]),
+        (
+            "2.0.0",
+            "JSON array text frame (a broadcast sent as JSON text)",
+            len(V2.broadcast_json(ENVELOPE_TOPIC, "broadcast", _sent_as_json(_payload(payload_bytes)))),
+        ),
+    )
+    frames = tuple(
+        EnvelopeFrame(vsn=vsn, serializer=serializer, frame_bytes=size, overhead_bytes=size - payload_bytes)
+        for vsn, serializer, size in sizes
+    )
+    return Envelope(
+        topic=ENVELOPE_TOPIC,
+        event=ENVELOPE_EVENT,
+        payload_bytes=payload_bytes,
+        frames=frames,
+        saving_bytes=frames[0].frame_bytes - frames[1].frame_bytes,  # JSON text on 1.0.0 → binary on 2.0.0
+    )
+
+
+def _deliveries(inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[str, int]:
+    """Messages written to clients per month, by kind: the messages counted minus the ones
+    counted when sent (a broadcast's sender and a track call receive nothing back)."""
+    clients = inputs.concurrent_clients
+    broadcast = clients * _exact(inputs.messages_per_client_per_minute) / 60 * _exact(inputs.fanout)
+    presence = clients * rates.track_calls_per_hour / 3600 * _exact(inputs.presence_members_per_channel)
+    return {
+        "broadcast": _ceil(broadcast * seconds),
+        "presence": _ceil(presence * seconds),
+        "postgres_changes": _ceil(rates.changes * seconds),
+    }
+
+
+def _egress(payload_bytes: int, inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[str, dict[str, int]]:
+    """Egress bytes per month by vsn, then by kind and `all`. Raises EstimateOutOfRange past
+    _MAX_EGRESS."""
+    delivered = _deliveries(inputs, rates, seconds)
+    answer: dict[str, dict[str, int]] = {}
+    for vsn in VSNS:
+        sizes = _frame_sizes(_CODECS[vsn], payload_bytes)
+        kinds = {kind: n * sizes[kind] for kind, n in delivered.items()}
+        answer[vsn] = {**kinds, "all": sum(kinds.values())}
+        if answer[vsn]["all"] > _MAX_EGRESS:
+            raise EstimateOutOfRange(
+                "payload_bytes", f"the month's egress must stay within {_MAX_EGRESS:,} bytes to be priced to the cent"
+            )
+    return answer
+
+
+def _egress_assumptions(inputs: EstimateInputs) -> tuple[str, ...]:
+    if inputs.payload_bytes is None:
+        return ()
+    sizes = _frame_sizes(_CODECS[inputs.vsn], inputs.payload_bytes)
+    return (
+        "egress per month = messages delivered × their frame size: broadcasts delivered = clients × messages"
+        " per client per minute × 60 × hours per day × days × fan-out (no copy back to the sender), presence"
+        " diffs delivered = clients × updates per client per hour × hours per day × days × members per channel,"
+        " Postgres Changes delivered = the postgres_changes messages",
+        f"frames as the server's vsn {inputs.vsn} codec builds them for a payload of {inputs.payload_bytes:,}"
+        f" bytes on topic {ENVELOPE_TOPIC!r}, WebSocket header included: broadcast {sizes['broadcast']:,},"
+        f" presence_diff {sizes['presence']:,}, postgres_changes {sizes['postgres_changes']:,} bytes (for presence"
+        " and Postgres Changes the payload is the whole diff or record); plans price the egress of vsn"
+        f" {inputs.vsn}, egress_bytes_per_month shows both (on vsn 2.0.0 broadcasts are binary frames, as when"
+        " their senders are on 2.0.0 too)",
+        "egress leaves out heartbeats, replies, joins, the HTTP upgrade and REST responses (metered egress counts"
+        " them under protocol and rest)",
+        EGRESS_NOTE,
     )
 
 
@@ -367,7 +609,9 @@ def _rate(value: Fraction) -> float:
     return float(round(value, 3))
 
 
-def _plan_estimate(plan: Plan, inputs: EstimateInputs, rates: _Rates, messages: int, peak: int) -> PlanEstimate:
+def _plan_estimate(
+    plan: Plan, inputs: EstimateInputs, rates: _Rates, messages: int, peak: int, egress: int | None
+) -> PlanEstimate:
     limits = plan.limits
     warnings: list[str] = []
 
@@ -391,13 +635,14 @@ def _plan_estimate(plan: Plan, inputs: EstimateInputs, rates: _Rates, messages: 
         limits.max_client_presence_events_per_window,
     )
     fits = not warnings
-    the_bill = bill(plan, messages, peak)
+    the_bill = bill(plan, messages, peak, egress)
     if the_bill.restricted:
         fits = False
         for line in the_bill.lines:
             if line.overage:
+                unit = " bytes" if line.item == EGRESS else ""
                 warnings.append(
-                    f"{line.item} {line.used:,} exceed the hard quota {line.included:,} of {plan.title}:"
+                    f"{line.item} {line.used:,}{unit} exceed the hard quota {line.included:,}{unit} of {plan.title}:"
                     " restricted, not billed"
                 )
     return PlanEstimate(
@@ -474,9 +719,10 @@ def plans_table() -> str:
     """README.md's table of the plans (scripts/config-readme writes it between `<!-- plans -->`
     and `<!-- /plans -->`; tests/test_pricing.py checks it is current)."""
     rows = [
-        "| plan | title | base fee / month | included messages | included peak connections | past the quotas"
-        " | connections | events/s | joins/s | channels per client | presence events/s | payload KB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| plan | title | base fee / month | included messages | included peak connections | included egress"
+        " | past the quotas | connections | events/s | joins/s | channels per client | presence events/s"
+        " | payload KB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in RANK:
         p = PLANS[name]
@@ -485,15 +731,21 @@ def plans_table() -> str:
             "restricted (hard quota)"
             if p.hard_quota
             else f"{_dollars(p.message_package_usd)} per {p.message_package_size:,} messages,"
-            f" {_dollars(p.connection_package_usd)} per {p.connection_package_size:,} connections"
+            f" {_dollars(p.connection_package_usd)} per {p.connection_package_size:,} connections,"
+            f" {_dollars(p.egress_usd_per_gb)} per GB of egress (prorated)"
         )
         rows.append(
             f"| `{name}` | {p.title} | {_dollars(p.base_fee_usd)} | {p.included_messages:,}"
-            f" | {p.included_peak_connections:,} | {past} | {lim.max_concurrent_users:,}"
+            f" | {p.included_peak_connections:,} | {_gigabytes(p.included_egress_bytes)} | {past}"
+            f" | {lim.max_concurrent_users:,}"
             f" | {lim.max_events_per_second:,} | {lim.max_joins_per_second:,} | {lim.max_channels_per_client:,}"
             f" | {lim.max_presence_events_per_second:,} | {lim.max_payload_size_in_kb:,} |"
         )
     return "\n".join(rows) + "\n"
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size // GB:,} GB" if size % GB == 0 else f"{size:,} bytes"
 
 
 def _dollars(value: float) -> str:

@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import orjson
 
 from . import broadcast
+from .attribution import REST_TOPIC
 from .authorization import BROADCAST, IncreaseConnectionPool, MissingPartition, QueryCanceled
 from .errors import JwtError, RealtimeError, TenantNotFound, UnableToConnectToProject, Unauthorized
 from .hub import REST_KIND, StreamKey
@@ -22,6 +23,7 @@ from .metrics import CONTENT_TYPE
 from .net.http import Handler, Request, Response, Router, json_response
 from .protocol import BINARY, JSON, UserBroadcast
 from .tenants import MissingHost, Tenant
+from .usage import hour_of
 
 if TYPE_CHECKING:
     from .app import App
@@ -81,7 +83,10 @@ def _bearer(request: Request) -> str | None:
 
 
 def _tenant_route(app: App, controller: Any) -> Handler:
-    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (docs/protocol.md §4.2)."""
+    """Wrap a broadcast controller in the tenant, auth and rate-limiter plugs (docs/protocol.md §4.2).
+
+    Every answer to a known tenant is its egress (kind `rest`: status line, headers and body, as
+    written), attributed to the caller's client and role with the messages it accepted."""
 
     async def handler(request: Request) -> Response:
         try:
@@ -90,13 +95,36 @@ def _tenant_route(app: App, controller: Any) -> Handler:
             return json_response(400, {"message": str(exc)}, list(_CORS))
         except TenantNotFound:  # upstream assign_tenant.ex: 401, not 404
             return json_response(401, {"message": "Tenant not found in database"}, list(_CORS))
+        claims: dict[str, Any] = {}
+        response, accepted = await authorized(request, tenant, claims)
+
+        def written(nbytes: int) -> None:
+            usage = app.usage
+            usage.egress(tenant.external_id, REST_KIND, nbytes, REST_TOPIC)
+            role = claims.get("role")
+            usage.attribution.rest(
+                tenant.external_id,
+                hour_of(usage.clock()),
+                request.headers.get("x-client-info"),
+                request.headers.get("user-agent"),
+                role if isinstance(role, str) else None,
+                accepted,
+                nbytes,
+            )
+
+        response.on_written = written
+        return response
+
+    async def authorized(request: Request, tenant: Tenant, claims: dict[str, Any]) -> tuple[Response, int]:
+        """The controller's answer and the messages it accepted, once the caller is allowed;
+        `claims` gets the caller's."""
         token = _bearer(request) or request.headers.get("apikey")
         try:
             if not token:
                 raise JwtError("API key is missing")
-            claims = app.verify_token(tenant, token)
+            claims.update(app.verify_token(tenant, token))
         except JwtError:
-            return json_response(401, {"message": "Unauthorized"}, list(_CORS))
+            return json_response(401, {"message": "Unauthorized"}, list(_CORS)), 0
         now = app.now()
         limit = tenant.limits.max_events_per_second
         tenant.http_requests.add(1, now)
@@ -108,12 +136,12 @@ def _tenant_route(app: App, controller: Any) -> Handler:
             ("x-rate-limit-remaining", f"{max(0.0, limit - rolling):g}"),
         ]
         if rolling >= limit:
-            return json_response(429, {"message": "Too many requests"}, headers)
+            return json_response(429, {"message": "Too many requests"}, headers), 0
         if tenant.suspend:
-            return json_response(403, {"message": "Tenant is suspended"}, headers)
-        response: Response = await controller(app, tenant, claims, request)
+            return json_response(403, {"message": "Tenant is suspended"}, headers), 0
+        response, accepted = await controller(app, tenant, claims, request)
         response.headers.extend(headers)
-        return response
+        return response, accepted
 
     return handler
 
@@ -146,36 +174,36 @@ def _validate_message(item: Any, tenant: Tenant) -> tuple[dict[str, list[str]], 
     return errors, encoded
 
 
-async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
+async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> tuple[Response, int]:
     """POST /api/broadcast: validate every message first, deliver all or none (docs/protocol.md §4.2)."""
     try:
         body = orjson.loads(request.body) if request.body else None
     except orjson.JSONDecodeError:
-        return json_response(400, {"error": "Malformed JSON body"})
+        return json_response(400, {"error": "Malformed JSON body"}), 0
     messages = body.get("messages") if isinstance(body, dict) else None
     if messages is None:
-        return json_response(422, {"errors": {"messages": ["can't be blank"]}})
+        return json_response(422, {"errors": {"messages": ["can't be blank"]}}), 0
     if not isinstance(messages, list):
-        return json_response(422, {"errors": {"messages": ["is invalid"]}})
+        return json_response(422, {"errors": {"messages": ["is invalid"]}}), 0
     # Bounded before any work: Ecto's validate_length text for a list.
     max_messages = app.settings.batch_max_messages
     if len(messages) > max_messages:
-        return json_response(422, {"errors": {"messages": [f"should have at most {max_messages} item(s)"]}})
+        return json_response(422, {"errors": {"messages": [f"should have at most {max_messages} item(s)"]}}), 0
     results = [_validate_message(item, tenant) for item in messages]
     if any(errors for errors, _ in results):
-        return json_response(422, {"errors": {"messages": [errors for errors, _ in results]}})
+        return json_response(422, {"errors": {"messages": [errors for errors, _ in results]}}), 0
     private_topics = list(dict.fromkeys(item["topic"] for item in messages if item.get("private", False)))
     max_topics = app.settings.batch_max_private_topics
     if len(private_topics) > max_topics:
         text = f"should have at most {max_topics} distinct private topics"
-        return json_response(422, {"errors": {"messages": [text]}})
+        return json_response(422, {"errors": {"messages": [text]}}), 0
     now = app.now()
     limit = tenant.limits.max_events_per_second
     current = tenant.events.average(now)
     if current >= limit:
-        return json_response(429, {"message": "You have exceeded your rate limit"})
+        return json_response(429, {"message": "You have exceeded your rate limit"}), 0
     if current + len(messages) > limit:
-        return json_response(429, {"message": "Too many messages to broadcast, please reduce the batch size"})
+        return json_response(429, {"message": "Too many messages to broadcast, please reduce the batch size"}), 0
     # Private messages need the caller's write policy on their topic; denied
     # ones are dropped silently, still answered 202 (upstream batch_broadcast.ex).
     # All topics are checked in one statement; if it fails, none is writable.
@@ -186,6 +214,7 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
             writable = await authorizer.write_topics(private_topics, claims, request.headers, BROADCAST)
         except RealtimeError:
             writable = {}
+    accepted = 0
     for item, (_, encoded) in zip(messages, results, strict=True):
         tenant.events.add(1, now)
         private = bool(item.get("private", False))
@@ -193,10 +222,11 @@ async def _batch_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], req
             continue
         payload = orjson.Fragment(encoded)  # encoded once, by the size check
         app.hub.accepted(tenant, REST_KIND, StreamKey(tenant.external_id, private, item["topic"]), 1)
+        accepted += 1
         broadcast.publish_json(
             app.broker, tenant, item["topic"], private, item["event"], payload, item.get("id"), app.now()
         )
-    return Response(202)
+    return Response(202), accepted
 
 
 async def _may_write(app: App, tenant: Tenant, topic: str, claims: dict[str, Any], request: Request) -> bool:
@@ -218,11 +248,11 @@ _AUTH_ERRORS: dict[type[RealtimeError], tuple[int, str]] = {
 }
 
 
-async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> Response:
+async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], request: Request) -> tuple[Response, int]:
     """POST /api/broadcast/:topic/events/:event: the raw body as a user broadcast (docs/protocol.md §4.3)."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type not in ("", "application/json", "application/octet-stream"):
-        return json_response(415, {"error": _MEDIA_ERROR})
+        return json_response(415, {"error": _MEDIA_ERROR}), 0
     sub_topic = unquote(request.params["topic"])
     event = unquote(request.params["event"])
     body = request.body
@@ -232,9 +262,9 @@ async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], re
         try:
             payload = orjson.loads(body) if body.strip() else {}
         except orjson.JSONDecodeError:
-            return json_response(400, {"error": "Malformed JSON body"})
+            return json_response(400, {"error": "Malformed JSON body"}), 0
         if not isinstance(payload, dict):
-            return json_response(422, {"errors": {"payload": ["is invalid"]}})
+            return json_response(422, {"errors": {"payload": ["is invalid"]}}), 0
         message = UserBroadcast(event=event, data=orjson.dumps(payload), encoding=JSON)
     private = request.query.get("private", "").lower() == "true"
     if private:
@@ -242,15 +272,15 @@ async def _single_broadcast(app: App, tenant: Tenant, claims: dict[str, Any], re
             allowed = await _may_write(app, tenant, sub_topic, claims, request)
         except RealtimeError as exc:
             status, text = _AUTH_ERRORS.get(type(exc), (500, "Unable to authorize broadcast"))
-            return json_response(status, {"message": text})
+            return json_response(status, {"message": text}), 0
         if not allowed:
-            return json_response(403, {"message": "Unauthorized"})
+            return json_response(403, {"message": "Unauthorized"}), 0
     if tenant.payload_too_large(len(message.data)):
-        return json_response(422, {"errors": {"payload": ["Payload size exceeds tenant limit"]}})
+        return json_response(422, {"errors": {"payload": ["Payload size exceeds tenant limit"]}}), 0
     now = app.now()
     if tenant.events.reached(tenant.limits.max_events_per_second, now):
-        return json_response(429, {"message": "You have exceeded your rate limit"})
+        return json_response(429, {"message": "You have exceeded your rate limit"}), 0
     tenant.events.add(1, now)
     app.hub.accepted(tenant, REST_KIND, StreamKey(tenant.external_id, private, sub_topic), 1)
     broadcast.publish_user(app.broker, tenant, sub_topic, private, message, app.now())
-    return Response(202)
+    return Response(202), 1

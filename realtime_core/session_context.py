@@ -48,11 +48,18 @@ class SessionMetrics(Protocol):
 
 
 class SessionUsage(Protocol):
-    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection."""
+    """Usage metering (usage.UsageMeter) as a socket reports to it: each WebSocket connection,
+    the bytes of its own frames, and the socket itself for attribution by client and role."""
 
     def connected(self, tenant: Tenant) -> None: ...
 
     def disconnected(self, tenant: Tenant) -> None: ...
+
+    def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None: ...
+
+    def socket_opened(self, socket: Any) -> None: ...
+
+    def socket_closed(self, socket: Any) -> None: ...
 
 
 class SessionContext(Protocol):
@@ -74,6 +81,10 @@ class SessionContext(Protocol):
     def verify_token(self, tenant: Tenant, token: str) -> dict[str, Any]: ...
 
     def authorizer_for(self, tenant: Tenant) -> Authorizer | None: ...
+
+    def services_failed(self, tenant: Tenant) -> bool:
+        """True while the tenant's database services could not start (its database unreachable)."""
+        ...
 
     def cdc_for(self, tenant: Tenant) -> PostgresChanges | None: ...
 
@@ -100,6 +111,9 @@ class ChannelSocket(Protocol):
     counted: bool  # counted in tenant.users
     id: str  # the connection's id (admin API)
     channels: dict[str, Any]  # the socket's channels by topic
+    accepted: int  # messages accepted from the socket (attribution by client and role)
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None: ...
 
     def hold(self, msg: Message) -> None: ...
 

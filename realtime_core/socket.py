@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from websockets.frames import CloseCode
 
+from .attribution import SOCKET_TOPIC
 from .channel import TOPIC_PREFIX, Channel, join
 from .errors import MalformedMessage, RealtimeError, UnknownErrorOnChannel
 from .protocol import Codec, Message
+from .usage import PROTOCOL_KIND
 
 if TYPE_CHECKING:
     from .net.websocket import WebSocketConnection
@@ -46,6 +48,8 @@ class RealtimeSocket:
         "_held_messages",
         "_inbox",
         "_paused",
+        "accepted",
+        "attributed",
         "channels",
         "claims",
         "client_info",
@@ -53,6 +57,7 @@ class RealtimeSocket:
         "codec",
         "conn",
         "connected_at",
+        "control_frames",
         "counted",
         "ctx",
         "id",
@@ -107,11 +112,26 @@ class RealtimeSocket:
         self._held_messages = 0
         self._held_bytes = 0
         self._paused = False
+        # Attribution (attribution.py): messages accepted from this socket, the protocol frames
+        # it queued (conn.messages_out counts them, usage does not), what is attributed already.
+        self.accepted = 0
+        self.control_frames = 0
+        self.attributed: list[int] = [0, 0, 0]
 
     def attach(self, conn: WebSocketConnection) -> None:
         self.conn = conn
         self.ctx.sockets.add(self)
         self.ctx.usage.connected(self.tenant)
+        self.ctx.usage.socket_opened(self)
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant.external_id
+
+    def traffic(self) -> tuple[int, int]:
+        """(bytes written, frames queued) since the connect: the connection's own counters."""
+        conn = self.conn
+        return (conn.bytes_out, conn.messages_out) if conn is not None else (0, 0)
 
     # Input (net/websocket.py)
 
@@ -150,7 +170,7 @@ class RealtimeSocket:
         topic, event = msg.topic, msg.event
         channel = self.channels.get(topic)
         if event == "heartbeat" and topic == "phoenix":
-            self.conn.send(self.codec.reply(None, msg.ref, "phoenix", "ok", {}))
+            self.send_protocol(self.codec.reply(None, msg.ref, "phoenix", "ok", {}), SOCKET_TOPIC)
         elif event == "phx_join":
             if not topic.startswith(TOPIC_PREFIX):
                 self._reply_unmatched(msg)
@@ -188,6 +208,11 @@ class RealtimeSocket:
                 # Upstream's catch-all: logged as UnknownErrorOnChannel, answered without a code.
                 self._join_failed(msg, UnknownErrorOnChannel(repr(exc)))
                 return
+            if self.closed:
+                return
+            # Cluster-wide from the reply on: the broker listens on the stream before the client
+            # is told it joined (channel.start() subscribes with no await in between).
+            await self.ctx.broker.ready(channel.key)
             if self.closed:
                 return
             self.channels[msg.topic] = channel
@@ -264,13 +289,34 @@ class RealtimeSocket:
 
     # Output
 
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None:
+        """Queue a frame of the protocol's own (a reply, a heartbeat's, a system message,
+        phx_close): egress of kind `protocol`, under `topic` (a channel's, or SOCKET_TOPIC).
+        Nothing once the connection is closing: the frame would not be sent."""
+        if self.conn.closing:
+            return
+        self.conn.send(frame)
+        self.control_frames += 1
+        self.ctx.usage.egress(self.tenant.external_id, PROTOCOL_KIND, len(frame), topic, private)
+
+    def on_sent(self, nbytes: int) -> None:
+        """The connection wrote `nbytes` of its own: the HTTP 101 answer, pongs, close frames."""
+        self.ctx.usage.egress(self.tenant.external_id, PROTOCOL_KIND, nbytes, SOCKET_TOPIC)
+
     def _reply(self, msg: Message, status: Literal["ok", "error"], response: Any) -> None:
         """Reply to `msg`, echoing its join_ref and ref (docs/protocol.md §2.4)."""
-        self.conn.send(self.codec.reply(msg.join_ref, msg.ref, msg.topic, status, response))
+        channel = self.channels.get(msg.topic)
+        if channel is not None:
+            topic, private = channel.sub_topic, channel.private
+        else:  # a refused join: the topic it asked for
+            topic, private = (
+                (msg.topic[len(TOPIC_PREFIX) :], False) if msg.topic.startswith(TOPIC_PREFIX) else (SOCKET_TOPIC, False)
+            )
+        self.send_protocol(self.codec.reply(msg.join_ref, msg.ref, msg.topic, status, response), topic, private)
 
     def _reply_unmatched(self, msg: Message) -> None:
         """ "unmatched topic": an error reply with the message's ref and a null join_ref."""
-        self.conn.send(self.codec.reply(None, msg.ref, msg.topic, "error", UNMATCHED_TOPIC))
+        self.send_protocol(self.codec.reply(None, msg.ref, msg.topic, "error", UNMATCHED_TOPIC), SOCKET_TOPIC)
 
     # Lifecycle
 
@@ -294,6 +340,7 @@ class RealtimeSocket:
             self.tenant.users -= 1
         if self.conn is not None:  # attached: counted as a connection
             self.ctx.usage.disconnected(self.tenant)
+            self.ctx.usage.socket_closed(self)
         self.ctx.sockets.discard(self)
 
     def disconnect(self, code: CloseCode, reason: str = "") -> None:

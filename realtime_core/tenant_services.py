@@ -17,11 +17,17 @@ Where a tenant's database is (TenantDatabase.of):
 
 Replication slot names are cluster-wide while several tenants' databases may share
 one cluster, so each slot this server creates is unique per tenant (slot_names()).
+
+When several processes serve the tenant (a `Cluster`, REDIS_URL), only one of them, its
+leader, streams the slots and runs the janitor; the others run the pool, the authorizer
+and Postgres Changes' subscriptions, and wait for the leadership (_lead_forever()). Alone,
+a process always leads: no lock is taken and nothing waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -40,10 +46,12 @@ from .db_broadcast import DatabaseBroadcast
 from .hub import Clock, Hub
 from .incidents import Incidents
 from .postgres_changes.cdc import PostgresChanges
+from .postgres_changes.peers import Peers
 from .postgres_changes.settings import MESSAGES_SLOT, CdcSettings
+from .tasks import spawn
 from .tenants import Tenant
 
-__all__ = ["CDC_RLS", "ServiceHost", "TenantDatabase", "TenantServices", "slot_names"]
+__all__ = ["CDC_RLS", "Cluster", "Leadership", "ServiceHost", "TenantDatabase", "TenantServices", "slot_names"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,39 @@ _MAX_SLOT = 63
 _SLOT_UNSAFE = re.compile(r"[^a-z0-9_]")
 # Replication connections may still hold a slot for a moment after their stream stopped.
 _DROP_ATTEMPTS = 50
+_LEAD_RETRY = 1.0  # seconds before leading again after leading failed
+
+
+class Leadership(Protocol):
+    """Whether this process streams one tenant's replication slots, among the processes of a
+    cluster (cluster/leader.py). acquire() and lost() alternate; close() once at the end."""
+
+    peers: Peers  # Postgres Changes' view of the cluster, for this tenant
+    leader: str | None  # the process leading the tenant, as last seen (None: unknown)
+
+    def attach(self, cdc: PostgresChanges | None) -> None:
+        """Deliver to `cdc` what the leader publishes for this process (None: nowhere)."""
+
+    async def acquire(self) -> None:
+        """Return once this process leads the tenant; until then retry, every second or two."""
+
+    async def lead(self) -> None:
+        """Load the cluster's subscriptions into the attached Postgres Changes, before it streams."""
+
+    async def lost(self) -> None:
+        """Return when the leadership held is gone (its lock session ended)."""
+
+    async def follow(self) -> None:
+        """Forget the other processes' subscriptions, once streaming stopped."""
+
+    async def close(self) -> None:
+        """Give the leadership up (when held) and stop listening."""
+
+
+class Cluster(Protocol):
+    """The processes that serve the same tenants (cluster/leader.py)."""
+
+    def leadership(self, tenant_id: str, dsn: str, slots: tuple[str, str]) -> Leadership: ...
 
 
 class ServiceHost(Protocol):
@@ -65,6 +106,7 @@ class ServiceHost(Protocol):
     hub: Hub  # Postgres Changes delivers through it
     incidents: Incidents  # RLS errors of Postgres Changes are recorded there
     broker: Broker  # database broadcast publishes through it
+    cluster: Cluster | None  # None: this process alone streams its tenants' slots
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +232,8 @@ class TenantServices:
         self.janitor: messages.Janitor | None = None
         self.migrations: list[str] = []  # applied by the last start()
         self.starts = 0
+        self.leadership: Leadership | None = None  # in a cluster only
+        self._leading: asyncio.Task[None] | None = None
 
     @property
     def slots(self) -> tuple[str, str]:
@@ -238,13 +282,18 @@ class TenantServices:
             await messages.ensure_partitions(conn)  # before any authorization probe needs today's
         self.authorizer = Authorizer(dsn, pool_size=settings.authorization_pool_size)
         await self.authorizer.open()
+        cluster = self.host.cluster
+        leadership = self.leadership = (
+            None if cluster is None else cluster.leadership(self.tenant.external_id, dsn, self.slots)
+        )
         if settings.janitor:
             self.janitor = messages.Janitor(
                 self.pool,
                 interval=settings.janitor_interval_ms / 1000,
                 retention=timedelta(hours=settings.message_retention_hours),
             )
-            self.janitor.start()
+            if leadership is None:
+                self.janitor.start()
         cdc_settings = self._cdc_settings()
         if settings.db_broadcast:
             stream = DatabaseBroadcast(
@@ -254,20 +303,76 @@ class TenantServices:
                 dsn,
                 slot=self.slots[1],
                 mode=cdc_settings.mode,
+                # A new leader resumes where its predecessor confirmed, for channels that stayed.
+                resume_unconfirmed=leadership is not None,
             )
             self.db_broadcast = stream
-            stream.start()
-            # Listen only once the slot exists: a message sent by a client that
-            # joined right after start must be in it.
-            await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
+            if leadership is None:
+                stream.start()
+                # Listen only once the slot exists: a message sent by a client that
+                # joined right after start must be in it.
+                await asyncio.wait_for(stream.stream.ready.wait(), timeout=30)
+            else:
+                await stream.stream.ensure_slot()
         if settings.postgres_changes:
-            self.cdc = PostgresChanges(self.tenant, dsn, cdc_settings, self.host.now, self.host.hub)
+            peers = None if leadership is None else leadership.peers
+            self.cdc = PostgresChanges(self.tenant, dsn, cdc_settings, self.host.now, self.host.hub, peers)
             self.cdc.dispatcher.incidents = self.host.incidents
-            await self.cdc.start()
+            await self.cdc.start(stream=leadership is None)
+        if leadership is not None:
+            leadership.attach(self.cdc)
+            self._leading = spawn(self._lead_forever(leadership), name=f"lead {self.tenant.external_id}")
+
+    @property
+    def leading(self) -> bool:
+        """Whether this process streams the tenant's slots (always, outside a cluster)."""
+        return self.leadership is None or self.leadership.leader == self.leadership.peers.node
+
+    async def _lead_forever(self, leadership: Leadership) -> None:
+        """Follow until this process takes the leadership, stream while it holds it; again."""
+        name = self.tenant.external_id
+        while True:
+            await leadership.acquire()
+            log.info("tenant %s: this process leads replication", name)
+            try:
+                await leadership.lead()
+                if self.db_broadcast is not None:
+                    self.db_broadcast.start()
+                if self.cdc is not None:
+                    self.cdc.start_streaming()
+                if self.janitor is not None:
+                    self.janitor.start()
+                await leadership.lost()
+                log.error("tenant %s: replication leadership lost; streaming stops", name)
+            except Exception:
+                log.exception("tenant %s: leading replication failed", name)
+                await self._stop_leading(leadership)
+                # The lock may still be held: acquire() would win at once, so pause first.
+                await asyncio.sleep(_LEAD_RETRY)
+                continue
+            await self._stop_leading(leadership)
+
+    async def _stop_leading(self, leadership: Leadership) -> None:
+        if self.janitor is not None:
+            await self.janitor.stop()
+        if self.cdc is not None:
+            await self.cdc.stop_streaming()
+        if self.db_broadcast is not None:
+            await self.db_broadcast.stop()
+        await leadership.follow()
 
     async def stop(self, *, drop_slots: bool = False) -> None:
         """Stop every service and close the pool; with `drop_slots`, drop the tenant's
         replication slots first (the tenant is gone: its slots would retain WAL forever)."""
+        leading, self._leading = self._leading, None
+        if leading is not None:
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
+        leadership, self.leadership = self.leadership, None
+        if leadership is not None:
+            leadership.attach(None)
+            await leadership.close()
         janitor, self.janitor = self.janitor, None
         if janitor is not None:
             await janitor.stop()
@@ -342,7 +447,10 @@ class TenantServices:
     @property
     def replication_connected(self) -> bool:
         """Whether the database broadcast's replication connection is streaming (upstream's
-        Connect replication_conn)."""
+        Connect replication_conn); in a cluster, on a process that does not lead, whether some
+        process leads (it streams for all)."""
+        if self.leadership is not None and not self.leading:
+            return self.db_broadcast is not None and self.leadership.leader is not None
         return self.db_broadcast is not None and self.db_broadcast.stream.connected
 
     def stats(self) -> dict[str, Any]:
@@ -355,7 +463,10 @@ class TenantServices:
             "running": self.pool is not None,
             "starts": self.starts,
             "slots": {"postgres_changes": changes_slot, "db_broadcast": broadcast_slot},
+            "leading": self.leading,
         }
+        if self.leadership is not None:
+            out["leader"] = self.leadership.leader
         if self.cdc is not None:
             out["postgres_changes"] = self.cdc.stats()
         if self.db_broadcast is not None:

@@ -104,6 +104,7 @@ class Tenant:
     presence_events: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     http_requests: RateCounter = field(default_factory=lambda: RateCounter(0.0))
     users: int = 0  # sockets that joined at least one channel (docs/protocol.md §9.1)
+    remote_users: int = 0  # the same on the cluster's other nodes, as last read (cluster/counters.py)
 
     def extension(self, kind: str) -> dict[str, Any] | None:
         """The settings of the tenant's extension of type `kind` (e.g. `postgres_cdc_rls`), if any."""

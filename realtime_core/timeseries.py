@@ -37,6 +37,7 @@ _GAUGES = (
     "replication_lag_bytes",
     "replication_lag_ms",
     "commit_to_dispatch_ms",
+    "cluster_lag_ms",  # Redis pub/sub lag of what other processes published (cluster/broker.py)
 )
 SERIES: tuple[str, ...] = ("connections", *_RATES, *_GAUGES[1:])
 # Refused joins per upstream error code: one counter series per code seen, made at its first error.
@@ -54,6 +55,7 @@ class SampleSource(Protocol):
     channel_stats: Any  # accepted_totals, delivered_totals: tenant → kind → int
     metrics: Any  # channel_errors: (tenant, code) → refused joins, when the metrics keep them
     services: Mapping[str, Any]  # TenantServices: cdc, db_broadcast
+    cluster_broker: Any  # cluster.broker.RedisBroker with REDIS_URL: take_lag(); else None
 
 
 class _Tenant:
@@ -166,6 +168,9 @@ def _read(source: SampleSource, tid: str) -> dict[str, float]:
             readings[ERRORS_PREFIX + code] = count
             errors += count
     readings["errors"] = errors
+    cluster = getattr(source, "cluster_broker", None)
+    if cluster is not None:
+        readings["cluster_lag_ms"] = cluster.take_lag(tid)
     services = source.services.get(tid)
     cdc = getattr(services, "cdc", None)
     stream = getattr(services, "db_broadcast", None)

@@ -1,5 +1,13 @@
-"""Usage metering: messages by tenant, UTC hour and kind, and peak connections, counted in memory
-and flushed to the server's database; quota status and the 80 % / 100 % alerts.
+"""Usage metering: messages and egress bytes by tenant, UTC hour and kind, and peak connections,
+counted in memory and flushed to the server's database; quota status and the 80 % / 100 % alerts.
+
+Egress is every byte written to a client: the WebSocket frames of a fan-out (the hub reports
+count × frame length per codec), the frames sent to one subscriber (presence_state, replay), the
+socket's own frames (`protocol`: replies, heartbeats, system messages, phx_close, pongs, close
+frames and the HTTP 101 answer, reported by the socket through egress()) and REST broadcast
+responses (`rest`, reported by rest_api.py). Kinds are the messages' origins (hub.KINDS) plus
+`protocol`; the bytes of each kind wait beside its messages and are stored in
+`_realtime.usage_egress` (sql/0010_egress.sql) by the same flush.
 
 The Hub reports every message accepted from a sender and every publication delivered
 (hub.DeliveryObserver); the channel reports the frames it sends outside the hub
@@ -27,24 +35,51 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
 
-from .hub import DB_BROADCAST_KIND, KINDS
+from .attribution import (
+    POSTGRES_CHANGES_SLOT,
+    PRESENCE_SLOT,
+    PRESENCE_STATE_SLOT,
+    AttributedSocket,
+    Attribution,
+    TopicTable,
+)
+from .hub import DB_BROADCAST_KIND, KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND
 
 if TYPE_CHECKING:
     from .hub import Publication, StreamKey, Subscriber
     from .tenants import Tenant
 
-__all__ = ["THRESHOLDS", "Cycle", "UsageMeter", "billing_cycle", "hour_of"]
+__all__ = [
+    "EGRESS_KINDS",
+    "PROTOCOL_KIND",
+    "THRESHOLDS",
+    "ClusterConnections",
+    "Cycle",
+    "UsageMeter",
+    "billing_cycle",
+    "hour_of",
+]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]  # wall time, seconds since the epoch (UTC)
-# Counted and not yet stored: messages by (tenant, epoch hour) and kind; peaks by (tenant, epoch hour).
-_Pending = tuple[dict[tuple[str, int], dict[str, int]], dict[tuple[str, int], int]]
+# Counted and not yet stored: messages by (tenant, epoch hour) and kind; peaks by (tenant, epoch hour);
+# egress bytes by (tenant, epoch hour) and kind.
+_Counts = dict[tuple[str, int], dict[str, int]]
+_Pending = tuple[_Counts, dict[tuple[str, int], int], _Counts]
+
+# Egress kinds: the messages' origins, and the socket's own frames (replies, heartbeats, system
+# messages, phx_close, pongs, close frames, the HTTP 101 answer).
+PROTOCOL_KIND = "protocol"
+EGRESS_KINDS = (*KINDS, PROTOCOL_KIND)
+# Where attribution keeps the kinds advice reads, per kind of delivery (and of frames sent alone).
+_DELIVERY_SLOTS = {PRESENCE_KIND: PRESENCE_SLOT, POSTGRES_CHANGES_KIND: POSTGRES_CHANGES_SLOT}
+_SENT_SLOTS = {PRESENCE_KIND: PRESENCE_STATE_SLOT}
 
 THRESHOLDS = (80, 100)  # percent of a quota: crossing each is logged, counted and POSTed once per cycle
 _EPOCH = date(1970, 1, 1).toordinal()
@@ -93,13 +128,25 @@ def billing_cycle(today: date, cycle_day: int) -> Cycle:
     return Cycle(start, _add_months(start, 1))
 
 
-class _Connections:
-    """The open WebSockets of one tenant and the peak of the current hour."""
+class ClusterConnections(Protocol):
+    """The cluster's count of connections (cluster/counters.py): told of each connect and
+    disconnect here, it answers with the cluster total through UsageMeter.cluster_total()."""
 
-    __slots__ = ("hour", "open", "peak")
+    def connected(self, tenant_id: str) -> None: ...
+
+    def disconnected(self, tenant_id: str) -> None: ...
+
+
+class _Connections:
+    """The open WebSockets of one tenant and the peak of the current hour.
+
+    `open` counts this process's; `total` the cluster's (as last heard, in a cluster; else `open`)."""
+
+    __slots__ = ("hour", "open", "peak", "total")
 
     def __init__(self, hour: int) -> None:
         self.open = 0
+        self.total = 0
         self.hour = hour
         self.peak = 0
 
@@ -121,16 +168,29 @@ class UsageMeter:
         # tenant → the _unflushed entry of the current hour (the hot path's only lookup).
         self._current: dict[str, dict[str, int]] = {}
         self._flushing: dict[tuple[str, int], dict[str, int]] | None = None
+        # The same for egress bytes, by kind (EGRESS_KINDS).
+        self._egress: _Counts = {}
+        self._egress_current: dict[str, dict[str, int]] = {}
+        self._topics_current: dict[str, TopicTable] = {}  # tenant → attribution's table of this hour's day
+        self._flushing_egress: _Counts | None = None
+        # Per topic, client and role (attribution.py): in memory, for this process.
+        self.attribution = Attribution()
+        self._attributed_day = -1
         self._connections: dict[str, _Connections] = {}
         # (tenant, epoch hour) → peak connections, not yet in the database.
         self._peaks: dict[tuple[str, int], int] = {}
         self._flushing_peaks: dict[tuple[str, int], int] | None = None
         # tenant → (cycle start, messages, peak connections) in the database at the last flush.
-        self._stored: dict[str, tuple[date, int, int]] = {}
+        # tenant → (cycle start, messages, peak connections, egress bytes) at the last flush.
+        self._stored: dict[str, tuple[date, int, int, int]] = {}
         self._alerted: set[tuple[str, date, str, int]] = set()
         self._lock = asyncio.Lock()  # one flush or live read at a time
+        # Set in a cluster: peaks are then the cluster's totals (cluster_total()), not this process's.
+        self.cluster: ClusterConnections | None = None
         self.pool: AsyncConnectionPool | None = None
         self.tenants: Callable[[], Iterable[Tenant]] = tuple
+        # The open sockets (the App's): attribution moves their traffic to each new day.
+        self.sockets: Callable[[], Iterable[AttributedSocket]] = tuple
         self.spawn: Callable[..., Any] | None = None
         self.flushes = 0
         self.flush_failures = 0
@@ -145,22 +205,54 @@ class UsageMeter:
         (realtime.send, broadcast_changes) counts only as it is delivered: not here."""
         if count and self.enabled and kind != DB_BROADCAST_KIND:
             self._count(tenant.external_id, kind, count)
+            slot = PRESENCE_SLOT if kind == PRESENCE_KIND else 0
+            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, 0, self._hour, slot)
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
-        """`publication` reached `count` sockets: `count` messages of its kind."""
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
+        """`publication` reached `count` sockets: `count` messages of its kind, `nbytes` of egress."""
         # _count() inlined: this runs once per publication of every fan-out.
         if count and self.enabled:
             if self.clock() >= self._hour_end:
                 self._roll()
+            tid = tenant.external_id
+            kind = publication.kind
             try:
-                self._current[tenant.external_id][publication.kind] += count
+                self._current[tid][kind] += count
             except KeyError:
-                self._counts(tenant.external_id)[publication.kind] += count
+                self._counts(tid)[kind] += count
+            try:
+                self._egress_current[tid][kind] += nbytes
+            except KeyError:
+                self._egress_counts(tid)[kind] += nbytes
+            # The topic and private flag of one receiver: every receiver of a publication has
+            # its topic (public and private ones of a name get separate publications, except
+            # Postgres Changes, counted under the first receiver's flag as channel_stats does).
+            try:
+                table = self._topics_current[tid]
+            except KeyError:
+                table = self._topics_current[tid] = self.attribution.table(tid, self._hour)
+            for sub in subs:
+                table.add(sub.sub_topic, sub.private, count, nbytes, _DELIVERY_SLOTS.get(kind, 0))
+                break
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
-        """`count` frames of `kind` went to one subscriber outside a fan-out (presence_state, replay)."""
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
+        """`count` frames of `kind`, `nbytes` in all, went to one subscriber outside a fan-out
+        (presence_state, replay)."""
         if count and self.enabled:
             self._count(tenant.external_id, kind, count)
+            self._egress_count(tenant.external_id, kind, nbytes)
+            slot = _SENT_SLOTS.get(kind, 0)
+            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, nbytes, self._hour, slot)
+
+    def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None:
+        """`nbytes` of `kind` were written to a client outside the hub: the socket's own frames
+        (PROTOCOL_KIND) on `topic` (its channel's, or "phoenix" for the socket's), or a REST
+        response (REST_KIND, topic attribution.REST_TOPIC)."""
+        if nbytes and self.enabled:
+            self._egress_count(tenant_id, kind, nbytes)
+            self.attribution.topic(tenant_id, topic, private, 0, nbytes, self._hour)
 
     def _count(self, tenant_id: str, kind: str, count: int) -> None:
         if self.clock() >= self._hour_end:
@@ -170,12 +262,22 @@ class UsageMeter:
         except KeyError:
             self._counts(tenant_id)[kind] += count
 
+    def _egress_count(self, tenant_id: str, kind: str, nbytes: int) -> None:
+        if self.clock() >= self._hour_end:
+            self._roll()
+        try:
+            self._egress_current[tenant_id][kind] += nbytes
+        except KeyError:
+            self._egress_counts(tenant_id)[kind] += nbytes
+
     def _roll(self) -> None:
         """A new hour: later counts go to new entries (the closed hour's wait for the flush)."""
         now = self.clock()
         self._hour = hour_of(now)
         self._hour_end = (self._hour + 1) * 3600.0
         self._current = {}
+        self._egress_current = {}
+        self._topics_current = {}
 
     def _counts(self, tenant_id: str) -> dict[str, int]:
         """The counts of `tenant_id` for the current hour, created at its first message."""
@@ -186,20 +288,47 @@ class UsageMeter:
         self._current[tenant_id] = counts
         return counts
 
+    def _egress_counts(self, tenant_id: str) -> dict[str, int]:
+        """The egress of `tenant_id` for the current hour, created at its first byte."""
+        key = (tenant_id, self._hour)
+        counts = self._egress.get(key)
+        if counts is None:
+            counts = self._egress[key] = dict.fromkeys(EGRESS_KINDS, 0)
+        self._egress_current[tenant_id] = counts
+        return counts
+
     def connected(self, tenant: Tenant) -> None:
         """A WebSocket upgrade of `tenant` succeeded."""
         conns = self._connections_of(tenant.external_id)
         conns.open += 1
-        if conns.open > conns.peak:
-            conns.peak = conns.open
-            key = (tenant.external_id, conns.hour)
-            if self._peaks.get(key, 0) < conns.peak:
-                self._peaks[key] = conns.peak
+        if self.cluster is None:
+            conns.total = conns.open
+            self._saw(tenant.external_id, conns)
+        else:
+            self.cluster.connected(tenant.external_id)
 
     def disconnected(self, tenant: Tenant) -> None:
         """A WebSocket of `tenant` that connected() counted has closed."""
         conns = self._connections_of(tenant.external_id)
         conns.open -= 1
+        if self.cluster is None:
+            conns.total = conns.open
+        else:
+            self.cluster.disconnected(tenant.external_id)
+
+    def cluster_total(self, tenant_id: str, total: int) -> None:
+        """The cluster had `total` connections of `tenant_id` right after one of this process's
+        connects or disconnects (cluster/counters.py): the cluster's peak is the highest of these."""
+        conns = self._connections_of(tenant_id)
+        conns.total = total
+        self._saw(tenant_id, conns)
+
+    def _saw(self, tenant_id: str, conns: _Connections) -> None:
+        if conns.total > conns.peak:
+            conns.peak = conns.total
+            key = (tenant_id, conns.hour)
+            if self._peaks.get(key, 0) < conns.peak:
+                self._peaks[key] = conns.peak
 
     def _connections_of(self, tenant_id: str) -> _Connections:
         """The tenant's connections, moved to the current hour: a new hour starts from the
@@ -209,14 +338,30 @@ class UsageMeter:
         if conns is None:
             conns = self._connections[tenant_id] = _Connections(hour)
         elif conns.hour != hour:
-            if conns.open:
+            if conns.total:
                 for gap in range(max(conns.hour + 1, hour - _MAX_GAP_HOURS), hour + 1):
                     key = (tenant_id, gap)
-                    if self._peaks.get(key, 0) < conns.open:
-                        self._peaks[key] = conns.open
+                    if self._peaks.get(key, 0) < conns.total:
+                        self._peaks[key] = conns.total
             conns.hour = hour
-            conns.peak = conns.open
+            conns.peak = conns.total
         return conns
+
+    def socket_opened(self, socket: AttributedSocket) -> None:
+        """A socket attached: attribution by client and role starts from its counters now."""
+        self.attribution.start(socket, hour_of(self.clock()) // 24)
+
+    def socket_closed(self, socket: AttributedSocket) -> None:
+        """A socket closed: its traffic is attributed to its client and role."""
+        self.roll_attribution()
+        self.attribution.closed(socket)
+
+    def roll_attribution(self) -> None:
+        """Attribute the open sockets' traffic to the day that ends, once a new day started."""
+        today = hour_of(self.clock()) // 24
+        if today != self._attributed_day:
+            self._attributed_day = today
+            self.attribution.roll(self.sockets(), today)
 
     def open_connections(self, tenant_id: str) -> int:
         conns = self._connections.get(tenant_id)
@@ -228,17 +373,15 @@ class UsageMeter:
         """Messages and peaks counted and not yet committed: waiting, and being flushed."""
         for tenant_id in list(self._connections):
             self._connections_of(tenant_id)  # quiet hours with open sockets get their peak
-        messages: dict[tuple[str, int], dict[str, int]] = {}
-        for source in (self._flushing, self._unflushed):
-            for key, counts in (source or {}).items():
-                into = messages.setdefault(key, dict.fromkeys(KINDS, 0))
-                for kind, n in counts.items():
-                    into[kind] += n
         peaks: dict[tuple[str, int], int] = {}
         for source in (self._flushing_peaks, self._peaks):
             for key, peak in (source or {}).items():
                 peaks[key] = max(peaks.get(key, 0), peak)
-        return messages, peaks
+        return (
+            _merged((self._flushing, self._unflushed), KINDS),
+            peaks,
+            _merged((self._flushing_egress, self._egress), EGRESS_KINDS),
+        )
 
     # Persistence
 
@@ -273,11 +416,14 @@ class UsageMeter:
         async with self._lock:
             for tenant_id in list(self._connections):
                 self._connections_of(tenant_id)
+            self.roll_attribution()
             self._flushing, self._unflushed, self._current = self._unflushed, {}, {}
+            self._flushing_egress, self._egress, self._egress_current = self._egress, {}, {}
             self._flushing_peaks, self._peaks = self._peaks, {}
             try:
                 async with pool.connection() as conn, conn.transaction():
                     await _store(conn, self._flushing, self._flushing_peaks)
+                    await _store_egress(conn, self._flushing_egress)
                     totals = await self._read_cycles(conn)
             except BaseException as exc:
                 self._restore()
@@ -286,7 +432,7 @@ class UsageMeter:
                     log.warning("usage: flush failed, %d entries kept for the next one: %s", len(self._unflushed), exc)
                     return False
                 raise
-            self._flushing = self._flushing_peaks = None
+            self._flushing = self._flushing_peaks = self._flushing_egress = None
             self._stored = totals
             self.flushes += 1
         await self._check_alerts()
@@ -294,20 +440,24 @@ class UsageMeter:
 
     def _restore(self) -> None:
         """Put the counts of a failed flush back, beside those counted meanwhile."""
-        for key, counts in (self._flushing or {}).items():
-            into = self._unflushed.get(key)
-            if into is None:
-                self._unflushed[key] = counts
-                if key[1] == self._hour and key[0] not in self._current:
-                    self._current[key[0]] = counts
-            else:
-                for kind, n in counts.items():
-                    into[kind] += n
+        for flushing, unflushed, current in (
+            (self._flushing, self._unflushed, self._current),
+            (self._flushing_egress, self._egress, self._egress_current),
+        ):
+            for key, counts in (flushing or {}).items():
+                into = unflushed.get(key)
+                if into is None:
+                    unflushed[key] = counts
+                    if key[1] == self._hour and key[0] not in current:
+                        current[key[0]] = counts
+                else:
+                    for kind, n in counts.items():
+                        into[kind] += n
         for key, peak in (self._flushing_peaks or {}).items():
             self._peaks[key] = max(self._peaks.get(key, 0), peak)
-        self._flushing = self._flushing_peaks = None
+        self._flushing = self._flushing_peaks = self._flushing_egress = None
 
-    async def _read_cycles(self, conn: Any) -> dict[str, tuple[date, int, int]]:
+    async def _read_cycles(self, conn: Any) -> dict[str, tuple[date, int, int, int]]:
         today = datetime.fromtimestamp(self.clock(), UTC).date()
         starts = {t.external_id: billing_cycle(today, t.billing_cycle_day).start for t in self.tenants()}
         if not starts:
@@ -317,18 +467,21 @@ class UsageMeter:
             " (select coalesce(sum(u.messages), 0) from _realtime.usage u"
             "   where u.tenant = c.tenant and u.day >= c.start)::bigint,"
             " (select coalesce(max(p.peak_connections), 0) from _realtime.usage_peaks p"
-            "   where p.tenant = c.tenant and p.day >= c.start)::bigint"
+            "   where p.tenant = c.tenant and p.day >= c.start)::bigint,"
+            " (select coalesce(sum(e.bytes), 0) from _realtime.usage_egress e"
+            "   where e.tenant = c.tenant and e.day >= c.start)::bigint"
             " from unnest(%s::text[], %s::date[]) as c(tenant, start)",
             (list(starts), list(starts.values())),
         )
-        return {tenant: (start, messages, peak) for tenant, start, messages, peak in await cur.fetchall()}
+        return {row[0]: row[1:] for row in await cur.fetchall()}
 
     # Reading
 
     async def read(self, tenant_id: str, first: date, last: date, *, hourly: bool) -> list[dict[str, Any]]:
         """Usage of `tenant_id` from day `first` to day `last` (both included), stored and not
         yet stored: one row per day (or hour, `hourly`) that has any, in order:
-        {"day": date, "hour": int | None, "messages": {kind: n}, "peak_connections": n}."""
+        {"day": date, "hour": int | None, "messages": {kind: n}, "peak_connections": n,
+        "egress_bytes": {kind: n}} (egress kinds: EGRESS_KINDS)."""
         buckets: dict[tuple[date, int | None], dict[str, Any]] = {}
 
         def bucket(day: date, hour: int) -> dict[str, Any]:
@@ -340,6 +493,7 @@ class UsageMeter:
                     "hour": key[1],
                     "messages": dict.fromkeys(KINDS, 0),
                     "peak_connections": 0,
+                    "egress_bytes": dict.fromkeys(EGRESS_KINDS, 0),
                 }
             return row
 
@@ -362,7 +516,15 @@ class UsageMeter:
                     for day, hour, peak in await cur.fetchall():
                         row = bucket(day, hour)
                         row["peak_connections"] = max(row["peak_connections"], peak)
-            messages, peaks = self._pending()
+                    cur = await conn.execute(
+                        "select day, hour, kind, bytes from _realtime.usage_egress"
+                        " where tenant = %s and day between %s and %s",
+                        (tenant_id, first, last),
+                    )
+                    for day, hour, kind, n in await cur.fetchall():
+                        if kind in EGRESS_KINDS:
+                            bucket(day, hour)["egress_bytes"][kind] += n
+            messages, peaks, egress = self._pending()
         for (tenant, hour), counts in messages.items():
             day = day_of_hour(hour)
             if tenant == tenant_id and first <= day <= last:
@@ -374,7 +536,22 @@ class UsageMeter:
             if tenant == tenant_id and first <= day <= last:
                 row = bucket(day, hour % 24)
                 row["peak_connections"] = max(row["peak_connections"], peak)
+        for (tenant, hour), counts in egress.items():
+            day = day_of_hour(hour)
+            if tenant == tenant_id and first <= day <= last:
+                into = bucket(day, hour % 24)["egress_bytes"]
+                for kind, n in counts.items():
+                    into[kind] += n
         return [buckets[key] for key in sorted(buckets, key=lambda k: (k[0], k[1] or 0))]
+
+    async def egress_bytes(self, tenant_id: str, start_day: date, end_day: date) -> int:
+        """Egress of `tenant_id` from UTC day `start_day` (included) to `end_day` (excluded), all
+        kinds, live: what the database holds plus what this process counted and has not stored.
+        A billing cycle is egress_bytes(t, cycle.start, cycle.end)."""
+        if end_day <= start_day:
+            return 0
+        rows = await self.read(tenant_id, start_day, date.fromordinal(end_day.toordinal() - 1), hourly=False)
+        return sum(sum(row["egress_bytes"].values()) for row in rows)
 
     def cycle(self, tenant: Tenant) -> Cycle:
         """The tenant's current billing cycle."""
@@ -389,7 +566,7 @@ class UsageMeter:
         tenant_id = tenant.external_id
         stored = self._stored.get(tenant_id)
         messages, peak = (stored[1], stored[2]) if stored is not None and stored[0] == cycle.start else (0, 0)
-        pending_messages, pending_peaks = pending or self._pending()
+        pending_messages, pending_peaks, _ = pending or self._pending()
         for (tid, hour), counts in pending_messages.items():
             if tid == tenant_id and day_of_hour(hour) >= cycle.start:
                 messages += sum(counts.values())
@@ -398,14 +575,31 @@ class UsageMeter:
                 peak = max(peak, value)
         return messages, peak
 
+    def cycle_egress(self, tenant: Tenant, pending: _Pending | None = None) -> int:
+        """Egress bytes (all kinds) of the tenant's current cycle, live, as cycle_usage() counts
+        messages: the database's total at the last flush plus what was counted since."""
+        cycle = self.cycle(tenant)
+        tenant_id = tenant.external_id
+        stored = self._stored.get(tenant_id)
+        egress = stored[3] if stored is not None and stored[0] == cycle.start else 0
+        _, _, pending_egress = pending or self._pending()
+        for (tid, hour), counts in pending_egress.items():
+            if tid == tenant_id and day_of_hour(hour) >= cycle.start:
+                egress += sum(counts.values())
+        return egress
+
     def quota(self, tenant: Tenant, pending: _Pending | None = None) -> dict[str, dict[str, Any]]:
         """The tenant's quota status in its current cycle: {"messages": {"used", "included",
-        "percent"}, "peak_connections": {...}} (percent of the plan's included quantity)."""
+        "percent"}, "peak_connections": {...}, "egress_bytes": {...}} (percent of the plan's
+        included quantity; egress's `included` is the plan's `included_egress_bytes`, 0 while
+        plans.py has none, which sends no alert)."""
+        pending = pending or self._pending()
         messages, peak = self.cycle_usage(tenant, pending)
         plan = tenant.plan
         return {
             "messages": _status(messages, plan.included_messages),
             "peak_connections": _status(peak, plan.included_peak_connections),
+            "egress_bytes": _status(self.cycle_egress(tenant, pending), plan.included_egress_bytes),
         }
 
     def messages_exhausted(self, tenant: Tenant) -> bool:
@@ -484,6 +678,17 @@ class UsageMeter:
         log.error("usage: alert webhook %s failed %d times; not sent", url, len(WEBHOOK_RETRY_DELAYS) + 1)
 
 
+def _merged(sources: Iterable[_Counts | None], kinds: tuple[str, ...]) -> _Counts:
+    """The counts of `sources` added up by (tenant, hour) and kind."""
+    merged: _Counts = {}
+    for source in sources:
+        for key, counts in (source or {}).items():
+            into = merged.setdefault(key, dict.fromkeys(kinds, 0))
+            for kind, n in counts.items():
+                into[kind] += n
+    return merged
+
+
 def _status(used: int, included: int) -> dict[str, Any]:
     percent = round(used * 100 / included, 2) if included > 0 else None
     return {"used": used, "included": included, "percent": percent}
@@ -543,4 +748,19 @@ async def _store(conn: Any, messages: dict[tuple[str, int], dict[str, int]], pea
                 [h % 24 for _, h in keys],
                 [peaks[k] for k in keys],
             ),
+        )
+
+
+async def _store_egress(conn: Any, egress: _Counts) -> None:
+    """Add `egress` to `_realtime.usage_egress`."""
+    rows = [
+        (t, day_of_hour(h), h % 24, kind, n) for (t, h), counts in egress.items() for kind, n in counts.items() if n
+    ]
+    if rows:
+        columns = list(zip(*rows, strict=True))
+        await conn.execute(
+            "insert into _realtime.usage_egress as u (tenant, day, hour, kind, bytes)"
+            " select * from unnest(%s::text[], %s::date[], %s::smallint[], %s::text[], %s::bigint[])"
+            " on conflict (tenant, day, hour, kind) do update set bytes = u.bytes + excluded.bytes",
+            [list(c) for c in columns],
         )

@@ -97,15 +97,20 @@ class FakeConnection:
 
     peer = "127.0.0.1:50000"
     dropped_slow = False
+    closing = False
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
         self.closed_with: tuple[int, str] | None = None
         self.reading_paused = False
         self.pauses = 0  # pause_reading() calls that stopped reading
+        self.bytes_out = 0
+        self.messages_out = 0
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+        self.bytes_out += len(frame)
+        self.messages_out += 1
 
     def pause_reading(self) -> None:
         if not self.reading_paused:

@@ -26,6 +26,7 @@ from wire import V2, RawClient, eventually
 
 from realtime_core import __version__
 from realtime_core.jwt import KeySet, verify
+from realtime_core.plans import PLANS
 
 pytestmark = [pytest.mark.js, pytest.mark.pg]
 
@@ -121,11 +122,13 @@ async def test_tenant_and_connections_report_what_the_clients_did(server, topic)
             assert JWT_SECRET not in json.dumps(view)
             assert set(view["limits"]) == {"effective", "explicit"}
             assert view["plan"]["name"]
+            assert view["plan"]["included_egress_bytes"] == PLANS[view["plan"]["name"]].included_egress_bytes
             # The quota status is the bill's: one source (usage.py), the live counts included.
             bill = ok(get(server, f"/admin/v1/tenants/{tenant}/bill"))
             assert view["quota"]["peak_connections"] == bill["quota"]["peak_connections"]
             assert view["quota"]["peak_connections"]["used"] >= 3
             assert view["quota"]["messages"]["used"] > 0
+            assert bill["quota"]["egress"]["included"] == view["plan"]["included_egress_bytes"]
 
             rows = ok(get(server, f"/admin/v1/tenants/{tenant}/connections"))["data"]
             by_library = {row["client_library"]: row for row in rows}

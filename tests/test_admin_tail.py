@@ -308,7 +308,7 @@ class Counting:
     def accepted(self, *args: object) -> None:
         raise AssertionError("the tail must not report accepted messages")
 
-    def delivered(self, tenant, publication, subs, count) -> None:
+    def delivered(self, tenant, publication, subs, count, nbytes) -> None:
         self.counts.append(count)
 
 

@@ -97,6 +97,9 @@ class FakeContext:
     def authorizer_for(self, tenant: Tenant) -> None:
         return None
 
+    def services_failed(self, tenant: Tenant) -> bool:
+        return False
+
     def cdc_for(self, tenant: Tenant) -> None:
         return None
 
@@ -120,6 +123,10 @@ class FakeSocket:
         self.counted = True
         self.channels: dict[str, Any] = {}
         self.closed_channels: list[Any] = []
+        self.accepted = 0
+
+    def send_protocol(self, frame: bytes, topic: str, private: bool = False) -> None:
+        self.conn.send(frame)
 
     def hold(self, msg: Message) -> None:
         raise AssertionError("a public channel holds nothing")

@@ -42,6 +42,7 @@ class Subscriber:
     ) -> None:
         self.codec = codec
         self.conn = Conn()
+        self.sub_topic = "room"
         self.state = ChannelState.JOINED
         self.shutdowns: list[str] = []
         self.private = private
@@ -334,12 +335,14 @@ class TestDeliver:
 class Observer:
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
+        self.nbytes: list[int] = []  # egress reported with each delivery
 
     def accepted(self, tenant, kind, key, count):  # type: ignore[no-untyped-def]
         self.events.append(("accepted", tenant.external_id, kind, key, count))
 
-    def delivered(self, tenant, publication, subs, count):  # type: ignore[no-untyped-def]
+    def delivered(self, tenant, publication, subs, count, nbytes):  # type: ignore[no-untyped-def]
         self.events.append(("delivered", publication.event, publication.kind, len(list(subs)), count))
+        self.nbytes.append(nbytes)
 
 
 class TestObservers:
@@ -358,6 +361,22 @@ class TestObservers:
             ("delivered", "shout", "broadcast", 3, 2),
             ("delivered", "p", "presence", 3, 3),
         ]
+
+    def test_egress_is_the_bytes_queued_on_every_receiver_with_one_codec_or_several(self):
+        """Egress: count × frame with one codec; with V1 and V2 receivers, each codec's frame
+        times its receivers (skipped ones, the sender and private ones denied, excluded)."""
+        for codecs in ((V2, V2, V2), (V2, V1, V2, V1, V1)):
+            hub, observer = Hub(), Observer()
+            hub.observers.append(observer)  # type: ignore[arg-type]
+            sender, *receivers = subscribed(hub, ROOM, *codecs)
+            denied = Subscriber(V1, private=True, reads_broadcast=False)
+            hub.subscribe(ROOM, denied)  # type: ignore[arg-type]
+            tenant = make_tenant()
+            hub.publish(tenant, ROOM, Publication("realtime:room", "shout", b'{"n":1}'), NOW, exclude=sender)  # type: ignore[arg-type]
+            hub.publish(tenant, ROOM, Publication("realtime:room", "p", b"{}", kind="presence"), NOW)
+            everyone = [sender, *receivers, denied]
+            assert sum(observer.nbytes) == sum(len(f) for sub in everyone for f in sub.conn.frames)
+            assert observer.nbytes[0] == sum(len(f) for sub in receivers for f in sub.conn.frames[:1])
 
     def test_nothing_is_reported_while_the_limit_shuts_receivers_down(self):
         hub, observer = Hub(), Observer()

@@ -105,4 +105,17 @@ async def test_realtime_js_traffic_is_counted_as_the_table_says(server_factory, 
             "rest": rest,
         }
         expected["all"] = sum(expected.values())
-        assert usage_total(server) == {"messages": expected, "peak_connections": 3}
+        total = usage_total(server)
+        egress = total.pop("egress_bytes")
+        assert total == {"messages": expected, "peak_connections": 3}
+        assert egress["all"] == sum(n for kind, n in egress.items() if kind != "all")
+        assert min(egress["broadcast"], egress["presence"], egress["rest"], egress["protocol"]) > 0
+        # Attribution adds up. realtime-js under Node tells nothing of itself here (no
+        # x-client-info, no join `version` without setAuth, no User-Agent on its WebSocket):
+        # its three sockets are one unnamed client; Node's fetch names itself for REST.
+        response = httpx.get(f"{server.http_url}/admin/v1/tenants/realtime-dev/attribution", headers=admin_headers())
+        clients = response.json()["clients"]
+        by_client = {row["client"]: row for row in clients}
+        assert by_client[None]["connections"] == 3 and by_client["node"]["connections"] == 0, clients
+        assert sum(row["messages"] for row in clients) == expected["all"]
+        assert sum(row["egress_bytes"] for row in clients) == egress["all"]

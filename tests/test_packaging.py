@@ -32,6 +32,7 @@ USED_WITHOUT_IMPORT = {
     "coverage",  # run as `python -m coverage` by scripts/coverage
     "import-linter",  # run as `lint-imports` by scripts/test
     "ipykernel",  # the kernel nbclient runs the notebooks in (tests/test_notebooks.py)
+    "hiredis",  # redis-py's C reply parser, which redis-py loads by itself when it is installed
 }
 
 
@@ -85,6 +86,7 @@ def _distributions(modules: set[str]) -> set[str]:
 
 
 RUNTIME = _provided(PROJECT["dependencies"])
+CLUSTER = _provided(PROJECT["optional-dependencies"]["cluster"])
 CONSOLE = RUNTIME | _provided(PROJECT["optional-dependencies"]["console"])
 DEV = CONSOLE | _provided(PROJECT["optional-dependencies"]["dev"])
 
@@ -92,8 +94,9 @@ DEV = CONSOLE | _provided(PROJECT["optional-dependencies"]["dev"])
 @pytest.mark.parametrize(
     ("folder", "declared"),
     [
-        # cli.py looks for streamlit and, without it, says the console extra is missing
-        ("realtime_core", RUNTIME | {"streamlit"}),
+        # cli.py looks for streamlit and, without it, says the console extra is missing; the
+        # cluster package imports redis, loaded only with REDIS_URL (test_cluster_import below)
+        ("realtime_core", RUNTIME | CLUSTER | {"streamlit"}),
         ("console", CONSOLE),
         ("pages", CONSOLE),
         ("tests", DEV),
@@ -110,7 +113,7 @@ def test_every_declared_dependency_is_used():
     declared = {_name(r) for r in PROJECT["dependencies"]}
     for extra, requirements in PROJECT["optional-dependencies"].items():
         declared |= {_name(r) for r in requirements if _name(r) != "realtime-core"}
-        assert extra in {"console", "dev"}, f"extra {extra!r} is not used"
+        assert extra in {"console", "cluster", "dev"}, f"extra {extra!r} is not used"
     assert declared - imported - USED_WITHOUT_IMPORT == set()
 
 
@@ -298,3 +301,20 @@ def test_the_installed_up_command_serves_the_server_and_the_console(
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(30)
+
+
+def test_a_process_without_redis_url_never_imports_redis():
+    """The embedded default stays Redis-free: the App and the CLI load redis only for REDIS_URL."""
+    code = (
+        "import sys, asyncio\n"
+        "import realtime_core.cli, realtime_core.app, realtime_core.admin, realtime_core.rest_api\n"
+        "from realtime_core.app import App\n"
+        "from realtime_core.config import Settings\n"
+        "async def main():\n"
+        "    App(Settings())\n"
+        "asyncio.run(main())\n"
+        "assert 'redis' not in sys.modules, 'redis imported'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

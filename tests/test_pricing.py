@@ -21,6 +21,7 @@ from realtime_core.pricing import (
     RANK,
     Bill,
     EstimateInputs,
+    EstimateOutOfRange,
     Usage,
     bill,
     estimate,
@@ -424,7 +425,11 @@ class TestEstimate:
 
     def test_the_largest_inputs_stay_exact_and_fast(self):
         biggest = _upper_bounds()
-        assert set(biggest) == set(EstimateInputs.model_fields)
+        assert set(biggest) == set(EstimateInputs.model_fields) - {"vsn"}
+        with pytest.raises(EstimateOutOfRange) as refused:  # egress too: too large to price to the cent
+            estimate(EstimateInputs.model_validate(biggest))
+        assert refused.value.field == "payload_bytes"
+        biggest["payload_bytes"] = None
         started = time.perf_counter()
         e = estimate(EstimateInputs.model_validate(biggest))
         assert time.perf_counter() - started < 1
@@ -436,11 +441,12 @@ class TestEstimate:
 
 
 def _upper_bounds() -> dict[str, float | int]:
-    """Each estimator input at its upper bound."""
+    """Each numeric estimator input at its upper bound."""
     bounds: dict[str, float | int] = {}
     for name, info in EstimateInputs.model_fields.items():
-        (upper,) = [m.le for m in info.metadata if getattr(m, "le", None) is not None]
-        bounds[name] = upper
+        uppers = [m.le for m in info.metadata if getattr(m, "le", None) is not None]
+        if uppers:
+            bounds[name] = uppers[0]
     return bounds
 
 
@@ -467,34 +473,53 @@ custom_plans = st.builds(
 plans = st.one_of(st.sampled_from(list(PLANS.values())), custom_plans)
 
 
+egress = st.one_of(st.none(), st.integers(0, 300 * 10**9), st.integers(0, 10**18))
+
+
 @settings(max_examples=300, deadline=None)
-@given(plans, quantities, peaks, st.integers(0, 10**7), st.integers(0, 10**4))
-def test_a_bill_grows_with_each_quantity(plan, messages, peak, more_messages, more_peak):
-    b = bill(plan, messages, peak)
-    for bigger in (bill(plan, messages + more_messages, peak), bill(plan, messages, peak + more_peak)):
+@given(plans, quantities, peaks, egress, st.integers(0, 10**7), st.integers(0, 10**4), st.integers(0, 10**12))
+def test_a_bill_grows_with_each_quantity(plan, messages, peak, egress_bytes, more_messages, more_peak, more_egress):
+    b = bill(plan, messages, peak, egress_bytes)
+    more_egress_bytes = None if egress_bytes is None else egress_bytes + more_egress
+    for bigger in (
+        bill(plan, messages + more_messages, peak, egress_bytes),
+        bill(plan, messages, peak + more_peak, egress_bytes),
+        bill(plan, messages, peak, more_egress_bytes),
+    ):
         assert bigger.total_usd >= b.total_usd
         assert bigger.restricted >= b.restricted
-        assert all(x.packages >= y.packages for x, y in zip(bigger.lines, b.lines, strict=True))
+        for x, y in zip(bigger.lines, b.lines, strict=True):
+            assert x.usd >= y.usd and x.overage >= y.overage
+            assert x.packages is None or x.packages >= y.packages
 
 
 @settings(max_examples=300, deadline=None)
-@given(plans, quantities, peaks)
-def test_a_bill_is_the_sum_of_its_lines(plan, messages, peak):
-    b = bill(plan, messages, peak)
+@given(plans, quantities, peaks, egress)
+def test_a_bill_is_the_sum_of_its_lines(plan, messages, peak, egress_bytes):
+    b = bill(plan, messages, peak, egress_bytes)
     assert b.total_usd == sum(x.usd for x in b.lines)
     shown = b.model_dump(mode="json")
     assert shown["total_usd"] == float(b.total_usd.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP"))
+    assert Decimal(repr(shown["total_usd"])) == b.total_usd.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
     assert b.monthly_usd == b.base_fee_usd + b.total_usd
+    assert [x.item for x in b.lines] == ["messages", "peak_connections"] + ([] if egress_bytes is None else ["egress"])
     for x in b.lines:
         assert x.overage == max(x.used - x.included, 0)
+        if x.item == "egress":  # prorated by the byte, rounded to the cent; nothing on a hard quota
+            exact = Decimal(x.overage) * Decimal(str(plan.egress_usd_per_gb)) / 10**9
+            expected = 0 if plan.hard_quota else exact.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
+            assert x.packages is None and x.usd == expected
+            continue
         assert x.usd == x.packages * x.package_usd
         if not plan.hard_quota:  # the fewest whole packages covering the overage
             assert (x.packages - 1) * x.package_size < x.overage <= x.packages * x.package_size or x.overage == 0
 
 
 BOUNDS = _upper_bounds()
-INTEGER_FIELDS = {name for name, info in EstimateInputs.model_fields.items() if info.annotation in (int, "int")}
-LOWER = {"hours_per_day": 0.01, "days": 1}
+INTEGER_FIELDS = {
+    name for name, info in EstimateInputs.model_fields.items() if info.annotation in (int, "int", int | None)
+}
+LOWER = {"hours_per_day": 0.01, "days": 1, "payload_bytes": 1}
 
 
 # The scale where plans part (near their rate limits and quotas), where most examples are drawn.
@@ -507,6 +532,7 @@ USUAL = {
     "presence_members_per_channel": 20,
     "db_changes_per_second": 5,
     "db_listeners": 600,
+    "payload_bytes": 2_000,
 }
 
 
@@ -521,14 +547,39 @@ def _value(name: str, low: float | int = 0) -> st.SearchStrategy:
     return st.one_of(st.just(low), near, near, near, anywhere)
 
 
-estimate_inputs = st.fixed_dictionaries({name: _value(name) for name in BOUNDS}).map(EstimateInputs.model_validate)
+estimate_inputs = st.fixed_dictionaries(
+    {
+        **{name: _value(name) for name in BOUNDS},
+        "payload_bytes": st.one_of(st.none(), _value("payload_bytes")),
+        "vsn": st.sampled_from(["1.0.0", "2.0.0"]),
+    }
+).map(EstimateInputs.model_validate)
+
+
+def _estimate_or_refusal(inputs: EstimateInputs):
+    """The estimate, or None when it is refused as too large to price exactly (only ever for
+    its egress, so only with payload_bytes)."""
+    try:
+        return estimate(inputs)
+    except EstimateOutOfRange as refused:
+        assert refused.field == "payload_bytes" and inputs.payload_bytes is not None
+        return None
 
 
 @settings(max_examples=200, deadline=None)
 @given(estimate_inputs, st.sampled_from(sorted(BOUNDS)), st.data())
 def test_the_estimate_grows_with_each_input(base, field, data):
-    more = data.draw(_value(field, getattr(base, field)))
-    low, high = estimate(base), estimate(base.model_copy(update={field: more}))
+    more = data.draw(_value(field, getattr(base, field) or 1))
+    low, high = _estimate_or_refusal(base), _estimate_or_refusal(base.model_copy(update={field: more}))
+    if low is None:  # refusing is monotone too: more of an input is refused as well
+        assert high is None
+        return
+    if high is None:
+        return
+    if low.egress_bytes_per_month is not None:
+        for vsn, kinds in low.egress_bytes_per_month.items():
+            for kind, size in kinds.items():
+                assert high.egress_bytes_per_month[vsn][kind] >= size, (vsn, kind)
     for kind, count in low.messages_per_month.items():
         assert high.messages_per_month[kind] >= count, kind
     assert high.peak_connections >= low.peak_connections
@@ -544,7 +595,12 @@ def test_the_estimate_grows_with_each_input(base, field, data):
 @settings(max_examples=200, deadline=None)
 @given(estimate_inputs)
 def test_the_cheapest_plan_is_the_cheapest_that_fits(i):
-    e = estimate(i)
+    e = _estimate_or_refusal(i)
+    if e is None:
+        return
+    for plan in e.model_dump(mode="json")["plans"]:  # every amount exact as a JSON number
+        exact = next(p for p in e.plans if p.plan == plan["plan"]).monthly_usd
+        assert Decimal(repr(plan["monthly_usd"])) == exact.quantize(Decimal("0.01"), rounding="ROUND_HALF_UP")
     fitting = [p for p in e.plans if p.fits]
     if not fitting:
         assert e.cheapest_plan is None

@@ -23,9 +23,10 @@ from realtime_core.authorization import Authorizer
 from realtime_core.broker import Broker, InProcessBroker
 from realtime_core.config import Limits, Settings
 from realtime_core.hub import Hub
+from realtime_core.incidents import Incidents
 from realtime_core.jwt import KeySet
 from realtime_core.postgres_changes.settings import CdcSettings
-from realtime_core.tenant_services import TenantDatabase, TenantServices, slot_names
+from realtime_core.tenant_services import Cluster, TenantDatabase, TenantServices, slot_names
 from realtime_core.tenants import Tenant, TenantStore
 
 SECRET = "tenant-services-secret-" + "x" * 32
@@ -152,7 +153,9 @@ class Host:
 
     settings: Settings
     hub: Hub = dataclasses.field(default_factory=Hub)
+    incidents: Incidents = dataclasses.field(default_factory=Incidents)
     broker: Broker = dataclasses.field(init=False)
+    cluster: Cluster | None = None  # one process: it leads
 
     def __post_init__(self) -> None:
         self.broker = InProcessBroker(self.hub)

@@ -47,6 +47,20 @@ async def test_refused_joins_are_counted_by_code(app):
     }
 
 
+async def test_a_private_join_while_the_services_could_not_start_is_unreachable_not_unauthorized(app):
+    app.services.pop("realtime-dev", None)
+    app.service_errors["realtime-dev"] = "connection refused"  # as App._starting_failed records it
+    client = Client(app)
+    client.join(config={"private": True})
+    await settle()
+    [reply] = client.received()
+    assert reply[4] == {"status": "error", "response": {"reason": f"UnableToConnectToProject: {UNREACHABLE_TEXT}"}}
+    del app.service_errors["realtime-dev"]  # a tenant without a database at all: no policies to pass
+    client.join("realtime:other", "2", config={"private": True})
+    await settle()
+    assert client.received()[-1][4]["response"]["reason"].startswith("Unauthorized: ")
+
+
 async def test_a_token_refresh_while_the_database_is_unreachable_shuts_down_with_the_transient_text(app):
     authorizer = UnreachableAuthorizer(down=False)
     give_services(app, authorizer=authorizer)

@@ -42,7 +42,7 @@ from realtime_core.plans import PLANS
 from realtime_core.protocol import V1
 from realtime_core.protocol import V2 as V2_CODEC
 from realtime_core.tenants import Tenant
-from realtime_core.usage import UsageMeter, billing_cycle
+from realtime_core.usage import EGRESS_KINDS, UsageMeter, billing_cycle
 
 TENANT = "realtime-dev"
 HOUR = 3600.0
@@ -114,10 +114,11 @@ async def test_messages_are_counted_by_hour_and_kind():
     clock = Clock(T0 + 10)
     meter = UsageMeter(clock)
     t = tenant()
-    meter.accepted(t, "rest", None, 2)  # type: ignore[arg-type]
+    room = StreamKey("t1", False, "room")
+    meter.accepted(t, "rest", room, 2)
     clock.t = T0 + HOUR
-    meter.accepted(t, "broadcast", None, 1)  # type: ignore[arg-type]
-    meter.accepted(tenant("other"), "broadcast", None, 7)  # type: ignore[arg-type]
+    meter.accepted(t, "broadcast", room, 1)
+    meter.accepted(tenant("other"), "broadcast", StreamKey("other", False, "room"), 7)
     rows = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=True)
     assert [(row["hour"], row["messages"]["rest"], row["messages"]["broadcast"]) for row in rows] == [
         (10, 2, 0),
@@ -140,25 +141,37 @@ async def test_a_failed_flush_keeps_the_counts_and_the_next_adds_them_once(pg_ds
             meter = UsageMeter(clock)
             t = tenant()
             meter.pool, meter.tenants = pool, lambda: [t]
-            meter.accepted(t, "rest", None, 5)  # type: ignore[arg-type]
+            room = StreamKey("t1", False, "room")
+            meter.accepted(t, "rest", room, 5)
+            meter.egress("t1", "protocol", 500, "phoenix")
             assert await meter.flush()
-            meter.accepted(t, "rest", None, 3)  # type: ignore[arg-type]
+            meter.accepted(t, "rest", room, 3)
+            meter.egress("t1", "rest", 300, "(rest responses)")
             async with pool.connection() as conn:  # the database refuses the writes
-                await conn.execute("alter table _realtime.usage rename to usage_away")
+                await conn.execute("alter table _realtime.usage_egress rename to usage_egress_away")
             assert not await meter.flush()
             assert meter.flush_failures == 1
-            meter.accepted(t, "rest", None, 1)  # counted during the outage
+            meter.accepted(t, "rest", room, 1)  # counted during the outage
+            meter.egress("t1", "rest", 100, "(rest responses)")
             today = datetime.fromtimestamp(clock.t, UTC).date()
             async with pool.connection() as conn:
-                await conn.execute("alter table _realtime.usage_away rename to usage")
+                await conn.execute("alter table _realtime.usage_egress_away rename to usage_egress")
             [row] = await meter.read("t1", today, today, hourly=False)
             assert row["messages"]["rest"] == 9  # stored 5, and 4 waiting
+            assert (row["egress_bytes"]["protocol"], row["egress_bytes"]["rest"]) == (500, 400)
             assert await meter.flush()
             async with pool.connection() as conn:
                 cur = await conn.execute("select sum(messages) from _realtime.usage where tenant = 't1'")
                 assert (await cur.fetchone())[0] == 9
+                cur = await conn.execute("select sum(bytes) from _realtime.usage_egress where tenant = 't1'")
+                assert (await cur.fetchone())[0] == 900
             [row] = await meter.read("t1", today, today, hourly=False)
             assert row["messages"]["rest"] == 9
+            assert await meter.egress_bytes("t1", today, today) == 0  # an empty range
+            assert await meter.egress_bytes("t1", today, date.fromordinal(today.toordinal() + 1)) == 900
+            meter.egress("t1", "protocol", 50, "phoenix")  # not flushed yet: live
+            assert meter.cycle_egress(t) == 950
+            assert meter.quota(t)["egress_bytes"]["used"] == 950
         finally:
             await pool.close()
 
@@ -317,11 +330,13 @@ async def test_every_row_of_the_counting_table_with_the_official_client_and_exac
                     expected["all"] = sum(expected.values())
                     # Sockets: A B C, 2 REST, P1 P2 P3 (8), P1 and P3 left (6), X Y, 2 dbb, the raw one: 11.
                     live = usage_of(server)
+                    egress = live["total"].pop("egress_bytes")  # exact egress: tests/test_egress.py
                     assert live["total"] == {"messages": expected, "peak_connections": 11}
+                    assert egress["all"] == sum(n for kind, n in egress.items() if kind != "all") > 0
                     today = datetime.now(UTC).date().isoformat()
-                    assert [d for d in live["days"] if d["date"] == today] == [
-                        {"date": today, "messages": expected, "peak_connections": 11}
-                    ]
+                    [day] = [d for d in live["days"] if d["date"] == today]
+                    assert day.pop("egress_bytes") == egress
+                    assert day == {"date": today, "messages": expected, "peak_connections": 11}
                 finally:
                     await raw.close()
         finally:
@@ -334,6 +349,7 @@ async def test_every_row_of_the_counting_table_with_the_official_client_and_exac
             after = usage_of(server)
             assert after["total"]["messages"] == expected
             assert after["total"]["peak_connections"] == 11
+            assert after["total"]["egress_bytes"]["all"] >= egress["all"]  # stored, and the restart's own
         finally:
             server.stop()
             server.drop_slots()
@@ -526,7 +542,7 @@ async def test_an_organization_bill_sums_messages_and_peaks_of_its_tenants(pg_ds
 # -- through the hub: deliveries counted once per publication, refused ones not -------------------
 
 
-def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_limit_is_reached():
+async def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_limit_is_reached():
     clock = Clock(T0)
     meter = UsageMeter(clock)
     hub = Hub()
@@ -540,6 +556,13 @@ def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_limit_i
     assert hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}"), 100.0, exclude=sender) == 2
     hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}", kind="rest"), 100.0)
     assert meter.cycle_usage(t) == (1 + 2 + 3, 0)
+    # Egress: every frame queued on a receiver, WebSocket header included, by kind.
+    queued = {kind: 0 for kind in ("broadcast", "rest")}
+    for sub in (sender, *others):
+        for i, frame in enumerate(sub.conn.frames):
+            queued["rest" if i == len(sub.conn.frames) - 1 else "broadcast"] += len(frame)
+    [row] = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=False)
+    assert row["egress_bytes"] == {**dict.fromkeys(EGRESS_KINDS, 0), **queued}
     t.events.add(10**9, 100.0)  # once its bucket ends, the events/s limit is reached: nothing is delivered
     assert hub.publish(t, key, Publication("realtime:room", "broadcast", b"{}"), 100.0 + BUCKET_SECONDS) == 0
     assert meter.cycle_usage(t) == (6, 0)

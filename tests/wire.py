@@ -29,6 +29,7 @@ __all__ = [
     "V1",
     "V2",
     "ConnectRefused",
+    "CountingConnection",
     "Frame",
     "Kind4",
     "RawClient",
@@ -148,17 +149,33 @@ async def connect_refused(url: str, headers: dict[str, str] | None = None) -> Co
     raise AssertionError(f"the server accepted {url}")
 
 
+class CountingConnection(ClientConnection):
+    """A client connection that counts every byte it receives from the socket: the HTTP 101
+    answer and the WebSocket frames, headers included (what egress metering must match)."""
+
+    received_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received_bytes += len(data)
+        super().data_received(data)
+
+
 class RawClient:
     """One WebSocket speaking the Phoenix protocol by hand.
 
     send()/push() write frames; recv() returns the next decoded frame (Frame for
     text, bytes for binary); expect() skips frames until one matches;
-    expect_nothing_before() asserts that nothing (matching) arrives before a marker."""
+    expect_nothing_before() asserts that nothing (matching) arrives before a marker.
+    `received_bytes`: every byte read from the TCP socket so far."""
 
     def __init__(self, ws: ClientConnection, vsn: str) -> None:
         self.ws = ws
         self.vsn = vsn
         self._refs = itertools.count(1)
+
+    @property
+    def received_bytes(self) -> int:
+        return self.ws.received_bytes if isinstance(self.ws, CountingConnection) else 0
 
     @classmethod
     async def open(
@@ -166,7 +183,12 @@ class RawClient:
     ) -> RawClient:
         # No client pings: they would count as input for the idle timeout.
         ws = await connect(
-            url, additional_headers=headers, ping_interval=None, max_size=max_size, open_timeout=10_000 * MS
+            url,
+            additional_headers=headers,
+            ping_interval=None,
+            max_size=max_size,
+            open_timeout=10_000 * MS,
+            create_connection=CountingConnection,
         )
         return cls(ws, vsn)
 

@@ -970,8 +970,10 @@ async function openJoined(c, url, topic, payload, timeoutMs) {
 async function joinAll(clients, what, payload, opt) {
   const timeoutMs = opt.connectTimeout * 1000;
   let joined = 0;
+  // --sub-urls: clients spread round-robin over several servers (the nodes of a cluster).
+  const urls = opt.subUrls ? opt.subUrls.split(',') : [opt.url];
   const failure = await poolUntilError(clients.length, opt.joinConcurrency, what, async (i) => {
-    await openJoined(clients[i], opt.url, opt.topic, payload, timeoutMs);
+    await openJoined(clients[i], urls[i % urls.length], opt.topic, payload, timeoutMs);
     joined++;
   });
   return { joined, failure };

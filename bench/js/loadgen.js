@@ -67,6 +67,7 @@ const SEQ_DIGITS = 10;
 
 const DEFAULTS = {
   url: '',
+  subUrls: '', // comma-separated: subscribers spread over these (a cluster's nodes); empty: --url
   subscribers: 1000,
   phase: 'throughput',
   duration: 5,

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import audit, channels, introspect, pg_check, pricing_api, replication, rls_tester, tail, tenant_api, usage_api
+from . import (
+    audit,
+    channels,
+    egress_api,
+    introspect,
+    nodes,
+    pg_check,
+    pricing_api,
+    replication,
+    rls_tester,
+    tail,
+    tenant_api,
+    trace_api,
+    usage_api,
+)
 from .auth import AdminAuth
 from .endpoints import AdminApi
 
@@ -29,8 +43,11 @@ def register(app: App, router: Router) -> AdminApi:
     replication.routes(api, app)
     pricing_api.routes(api)
     usage_api.routes(api, app)
+    egress_api.routes(api, app)
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
     tail.routes(api, app)
+    trace_api.routes(api, app)
+    nodes.routes(api, app)
     api.register(router)
     return api

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from websockets.frames import CloseCode
 
 from .. import __version__, broadcast
+from ..attribution import client_library
 from ..hub import REST_KIND, StreamKey
 from ..jwt import sign
 from ..runtime import process_stats
@@ -30,28 +31,29 @@ if TYPE_CHECKING:
     from ..socket import RealtimeSocket
     from ..tenants import Tenant
 
-__all__ = ["client_library", "routes"]
+__all__ = ["CONNECTION_SORTS", "Connection", "Incident", "client_library", "connection_row", "routes"]
 
 _TOKEN_MAX_TTL = 30 * 24 * 3600  # seconds: test tokens are for testing
+# The fields a connections list sorts by.
+CONNECTION_SORTS = (
+    "id",
+    "connected_at",
+    "remote_address",
+    "client_library",
+    "role",
+    "sub",
+    "channels",
+    "bytes_in",
+    "bytes_out",
+    "messages_in",
+    "messages_out",
+    "write_backlog_bytes",
+)
 
 
 def iso(seconds: float) -> str:
     """A Unix time as an ISO 8601 UTC string (the admin API's timestamps)."""
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
-
-
-def client_library(info: str | None, user_agent: str | None) -> tuple[str | None, str | None]:
-    """(library, version) from what a client tells: `x-client-info` or realtime-js's join
-    `version` ("realtime-js/2.119.1": its first product token), else the User-Agent, whose
-    last product token names the library ("Python/3.11 websockets/15.0.1")."""
-    if info:
-        product = info.split()[0]
-    elif user_agent:
-        product = user_agent.split()[-1]
-    else:
-        return None, None
-    name, _, version = product.partition("/")
-    return name or None, version or None
 
 
 # Models: the answers' shapes, for /admin/v1/openapi.json.
@@ -221,6 +223,8 @@ def _tenant_view(app: App, tenant: Tenant, sockets: list[RealtimeSocket]) -> dic
             "base_fee_usd": plan.base_fee_usd,
             "included_messages": plan.included_messages,
             "included_peak_connections": plan.included_peak_connections,
+            "included_egress_bytes": plan.included_egress_bytes,
+            "egress_usd_per_gb": plan.egress_usd_per_gb,
             "hard_quota": plan.hard_quota,
         },
         "limits": {"effective": dataclasses.asdict(tenant.limits), "explicit": dict(tenant.explicit_limits)},
@@ -238,7 +242,8 @@ def _tenant_view(app: App, tenant: Tenant, sockets: list[RealtimeSocket]) -> dic
     }
 
 
-def _connection(socket: RealtimeSocket) -> dict[str, Any]:
+def connection_row(socket: RealtimeSocket) -> dict[str, Any]:
+    """One connection as the connections list shows it (Connection)."""
     conn = socket.conn
     library, version = client_library(socket.client_info, socket.user_agent)
     claims = socket.claims
@@ -328,22 +333,8 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/connections", query=ListQuery, response=Page[Connection])
     async def connections(call: Call) -> dict[str, Any]:
         """The tenant's open WebSocket connections, with their client, identity and traffic."""
-        rows = [_connection(s) for s in _sockets(app, _tenant(app, call))]
-        sortable = (
-            "id",
-            "connected_at",
-            "remote_address",
-            "client_library",
-            "role",
-            "sub",
-            "channels",
-            "bytes_in",
-            "bytes_out",
-            "messages_in",
-            "messages_out",
-            "write_backlog_bytes",
-        )
-        return paginate(rows, call.query, sortable=sortable, default="connected_at")
+        rows = [connection_row(s) for s in _sockets(app, _tenant(app, call))]
+        return paginate(rows, call.query, sortable=CONNECTION_SORTS, default="connected_at")
 
     @api.route(
         "DELETE",
@@ -365,15 +356,14 @@ def routes(api: AdminApi, app: App) -> None:
 
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic/presence", query=StreamQuery, response=Presence)
     async def presence(call: Call) -> dict[str, Any]:
-        """Who is present on a stream, as realtime-js's presenceState() shows it."""
+        """Who is present on a stream, as realtime-js's presenceState() shows it (in a cluster:
+        on every node, as a joining channel would get it)."""
         tenant = _tenant(app, call)
         key = StreamKey(tenant.external_id, call.query.private, call.params["topic"])
-        topic = app.hub.presences.get(key)
-        if topic is None:
-            if not app.hub.subscribers(key):
-                raise not_found()
-            return {"data": {}}
-        return {"data": {name: [_client_meta(m) for m in entry["metas"]] for name, entry in topic.state().items()}}
+        state = app.broker.presence_state(key)
+        if not state and not app.hub.subscribers(key):
+            raise not_found()
+        return {"data": {name: [_client_meta(m) for m in entry["metas"]] for name, entry in state.items()}}
 
     @api.route("GET", "/admin/v1/tenants/:id/errors", query=ListQuery, response=Errors)
     async def errors(call: Call) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field
 
 from ..plans import PLANS
-from ..pricing import Bill, Estimate, EstimateInputs, bill, estimate
-from .endpoints import AdminApi, Call, Model
+from ..pricing import Bill, Estimate, EstimateInputs, EstimateOutOfRange, bill, estimate
+from .endpoints import AdminApi, Call, Model, invalid
 
 __all__ = ["BillRequest", "routes"]
 
@@ -25,6 +25,9 @@ class BillRequest(Model):
     plan: PlanName = Field(description="one of the plans")
     messages: int = Field(ge=0, le=10**18, description="messages in the period, all kinds")
     peak_connections: int = Field(ge=0, le=10**12, description="the period's peak of concurrent connections")
+    egress_bytes: int | None = Field(
+        None, ge=0, le=10**18, description="bytes written to clients in the period; absent: no egress line"
+    )
 
 
 def routes(api: AdminApi) -> None:
@@ -32,9 +35,13 @@ def routes(api: AdminApi) -> None:
     async def price(call: Call) -> Bill:
         """The bill of a period's usage on a plan: overage in packages rounded up, beside the base fee."""
         body: BillRequest = call.body
-        return bill(PLANS[body.plan], body.messages, body.peak_connections)
+        return bill(PLANS[body.plan], body.messages, body.peak_connections, body.egress_bytes)
 
     @api.route("POST", "/admin/v1/pricing/estimate", body=EstimateInputs, response=Estimate, write=False)
     async def what_if(call: Call) -> Estimate:
-        """The what-if estimator: a month's messages and cost on every plan, and the cheapest that fits."""
-        return estimate(call.body)
+        """The what-if estimator: a month's messages (and, given payload_bytes, egress) and cost on
+        every plan, the cheapest that fits, and each serializer's envelope overhead per message."""
+        try:
+            return estimate(call.body)
+        except EstimateOutOfRange as e:
+            raise invalid(e.field, str(e)) from None

@@ -110,6 +110,11 @@ class MessagesTable(BaseModel):
 
 
 class Replication(BaseModel):
+    leader: str | None = Field(
+        description="node id of the process that streams the tenant's slots (this one when alone);"
+        " null when none runs, or while a cluster elects its next leader"
+    )
+    leading: bool = Field(description="whether the process answering streams the slots")
     slots: list[Slot]
     publication: Publication
     messages: MessagesTable | None
@@ -139,12 +144,25 @@ def routes(api: AdminApi, app: App) -> None:
         """Replication slots, the publication and realtime.messages of the tenant's database."""
         services = services_of(call)
         if services is None or services.pool is None:
-            return {"slots": [], "publication": {"name": DEFAULT_PUBLICATION, "tables": []}, "messages": None}
+            return {
+                "leader": None,
+                "leading": False,
+                "slots": [],
+                "publication": {"name": DEFAULT_PUBLICATION, "tables": []},
+                "messages": None,
+            }
         async with services.pool.connection() as conn:
             slots = await _slots(conn, services)
             publication = await _publication(conn, services)
             messages = await _messages(conn)
-        return {"slots": slots, "publication": publication, "messages": messages}
+        leadership = services.leadership
+        return {
+            "leader": app.node_id if leadership is None else leadership.leader,
+            "leading": services.leading,
+            "slots": slots,
+            "publication": publication,
+            "messages": messages,
+        }
 
     @api.route(
         "POST",

@@ -142,10 +142,12 @@ class Tail:
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
         return None
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int) -> None:
+    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
         """Nothing: a join's presence_state and a replay go to one client, not on the stream."""
 
-    def delivered(self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int) -> None:
+    def delivered(
+        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
+    ) -> None:
         viewers = self._streams.get((tenant.external_id, publication.topic))
         if viewers is None or not count:  # count 0: offered, but nobody received it
             return

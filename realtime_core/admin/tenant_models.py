@@ -107,6 +107,8 @@ class TenantSettings(Model):
     included_peak_connections: int | None = Field(None, ge=0, le=10**12, description="enterprise only")
     message_package_usd: float | None = Field(None, ge=0, le=1e9, description="enterprise only")
     connection_package_usd: float | None = Field(None, ge=0, le=1e9, description="enterprise only")
+    included_egress_bytes: int | None = Field(None, ge=0, le=10**18, description="enterprise only, bytes per cycle")
+    egress_usd_per_gb: float | None = Field(None, ge=0, le=1e9, description="enterprise only, per 10^9 bytes")
 
     @field_validator("*")
     @classmethod
@@ -256,6 +258,8 @@ class TenantOut(BaseModel):
     included_peak_connections: int | None
     message_package_usd: float | None
     connection_package_usd: float | None
+    included_egress_bytes: int | None
+    egress_usd_per_gb: float | None
     has_jwt_secret: bool
     has_jwt_jwks: bool
 

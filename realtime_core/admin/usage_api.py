@@ -3,7 +3,10 @@ bill of a tenant or an organisation, so far and projected.
 
 Everything is live: usage.UsageMeter.read() adds what this process counted and has not flushed
 yet to what the database holds. Bills are pricing.py's (one copy of the pricing rules); the
-projection extends the rate of the last PROJECTION_WINDOW_HOURS to the end of the cycle."""
+projection extends the rate of the last PROJECTION_WINDOW_HOURS to the end of the cycle, for
+messages and egress bytes alike. Bills include egress (the metered bytes of every kind); the
+included egress is per organisation upstream and shared with its other services, so ours is the
+Realtime share (each bill's `notes` say so)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import pricing
 from ..hub import KINDS
-from ..usage import Cycle
+from ..usage import EGRESS_KINDS, Cycle
 from .endpoints import AdminApi, Call, invalid, not_found
 
 if TYPE_CHECKING:
@@ -45,16 +48,31 @@ class Messages(BaseModel):
     all: int
 
 
+class EgressBytes(BaseModel):
+    """Bytes written to clients, by kind: the messages' origins, and `protocol` (replies,
+    heartbeats, system messages, phx_close, pongs, close frames, the HTTP 101 answer)."""
+
+    broadcast: int
+    presence: int
+    postgres_changes: int
+    db_broadcast: int
+    rest: int
+    protocol: int
+    all: int
+
+
 class UsageBucket(BaseModel):
     date: date
     hour: datetime | None = Field(None, description="granularity=hour: the hour's start, UTC")
     messages: Messages
     peak_connections: int
+    egress_bytes: EgressBytes
 
 
 class UsageTotal(BaseModel):
     messages: Messages
     peak_connections: int
+    egress_bytes: EgressBytes
 
 
 class UsageReport(BaseModel):
@@ -78,6 +96,7 @@ class QuotaItem(BaseModel):
 class Quota(BaseModel):
     messages: QuotaItem
     peak_connections: QuotaItem
+    egress: QuotaItem = Field(description="bytes written to clients: the Realtime share of the included egress")
 
 
 class Window(BaseModel):
@@ -87,6 +106,7 @@ class Window(BaseModel):
     to: datetime
     seconds: float
     messages: int
+    egress_bytes: int
 
 
 class CycleModel(BaseModel):
@@ -111,7 +131,9 @@ class OrganizationTenant(BaseModel):
     cycle: CycleModel
     messages: int
     peak_connections: int
+    egress_bytes: int
     projected_messages: int
+    projected_egress_bytes: int
 
 
 class OrganizationBill(BaseModel):
@@ -128,6 +150,13 @@ def _messages(counts: dict[str, int]) -> dict[str, int]:
     return {**{kind: counts.get(kind, 0) for kind in KINDS}, "all": sum(counts.get(kind, 0) for kind in KINDS)}
 
 
+def _egress(counts: dict[str, int]) -> dict[str, int]:
+    return {
+        **{kind: counts.get(kind, 0) for kind in EGRESS_KINDS},
+        "all": sum(counts.get(kind, 0) for kind in EGRESS_KINDS),
+    }
+
+
 def _status(used: int, included: int) -> dict[str, Any]:
     return {"used": used, "included": included, "percent": round(used * 100 / included, 2) if included else None}
 
@@ -139,6 +168,7 @@ class _CycleUsage:
         self.tenant = tenant
         self.cycle = cycle
         self.messages = sum(sum(row["messages"].values()) for row in rows)
+        self.egress = sum(sum(row["egress_bytes"].values()) for row in rows)
         self.peak = max((row["peak_connections"] for row in rows), default=0)
         cycle_start = datetime.combine(cycle.start, datetime.min.time(), UTC)
         window_start = max(
@@ -146,19 +176,22 @@ class _CycleUsage:
         )
         self.window_start = window_start
         self.window_seconds = max((now - window_start).total_seconds(), 0.0)
-        self.window_messages = sum(
-            sum(row["messages"].values())
+        recent = [
+            row
             for row in rows
             if datetime.combine(row["day"], datetime.min.time(), UTC) + timedelta(hours=row["hour"]) >= window_start
-        )
+        ]
+        self.window_messages = sum(sum(row["messages"].values()) for row in recent)
+        self.window_egress = sum(sum(row["egress_bytes"].values()) for row in recent)
         cycle_end = datetime.combine(cycle.end, datetime.min.time(), UTC)
-        self.so_far = pricing.Usage(self.messages, self.peak)
+        self.so_far = pricing.Usage(self.messages, self.peak, self.egress)
         self.projected = pricing.project(
             self.so_far,
             self.window_messages,
             self.window_seconds,
             (now - cycle_start).total_seconds(),
             (cycle_end - cycle_start).total_seconds(),
+            window_egress_bytes=self.window_egress,
         )
 
 
@@ -187,11 +220,12 @@ def routes(api: AdminApi, app: App) -> None:
             "to": now(),
             "seconds": max(p.window_seconds for p in parts),
             "messages": sum(p.window_messages for p in parts),
+            "egress_bytes": sum(p.window_egress for p in parts),
         }
 
     @api.route("GET", "/admin/v1/tenants/:id/usage", query=UsageQuery, response=UsageReport)
     async def tenant_usage(call: Call) -> dict[str, Any]:
-        """A tenant's messages by kind and peak connections, by day or hour, live."""
+        """A tenant's messages by kind, peak connections and egress bytes by kind, by day or hour, live."""
         tenant = tenant_of(call)
         query: UsageQuery = call.query
         today = now().date()
@@ -215,12 +249,14 @@ def routes(api: AdminApi, app: App) -> None:
                     "date": day.isoformat(),
                     "messages": _messages(counts),
                     "peak_connections": row["peak_connections"] if row else 0,
+                    "egress_bytes": _egress(row["egress_bytes"] if row else {}),
                 }
                 if hour is not None:
                     bucket["hour"] = f"{day.isoformat()}T{hour:02d}:00:00Z"
                 buckets.append(bucket)
             day += timedelta(days=1)
         totals = {kind: sum(row["messages"][kind] for row in rows) for kind in KINDS}
+        egress = {kind: sum(row["egress_bytes"][kind] for row in rows) for kind in EGRESS_KINDS}
         return {
             "tenant": tenant.external_id,
             "from": first.isoformat(),
@@ -230,6 +266,7 @@ def routes(api: AdminApi, app: App) -> None:
             "total": {
                 "messages": _messages(totals),
                 "peak_connections": max((row["peak_connections"] for row in rows), default=0),
+                "egress_bytes": _egress(egress),
             },
         }
 
@@ -247,11 +284,15 @@ def routes(api: AdminApi, app: App) -> None:
             "quota": {
                 "messages": _status(part.messages, plan.included_messages),
                 "peak_connections": _status(part.peak, plan.included_peak_connections),
+                "egress": _status(part.egress, plan.included_egress_bytes),
             },
-            "so_far": pricing.bill(plan, part.messages, part.peak).model_dump(mode="json"),
-            "projected": pricing.bill(plan, part.projected.messages, part.projected.peak_connections).model_dump(
-                mode="json"
-            ),
+            "so_far": pricing.bill(plan, part.messages, part.peak, part.egress).model_dump(mode="json"),
+            "projected": pricing.bill(
+                plan,
+                part.projected.messages,
+                part.projected.peak_connections,
+                part.projected.egress_bytes,
+            ).model_dump(mode="json"),
             "window": _window_json(window([part])),
         }
 
@@ -267,6 +308,7 @@ def routes(api: AdminApi, app: App) -> None:
         plan = pricing.organization_plan(t.plan for t in tenants)
         messages = sum(p.messages for p in parts)
         peak = sum(p.peak for p in parts)
+        egress = sum(p.egress for p in parts)
         return {
             "organization": org,
             "plan": plan.name,
@@ -277,13 +319,16 @@ def routes(api: AdminApi, app: App) -> None:
                     "cycle": {"start": p.cycle.start.isoformat(), "end": p.cycle.end.isoformat()},
                     "messages": p.messages,
                     "peak_connections": p.peak,
+                    "egress_bytes": p.egress,
                     "projected_messages": p.projected.messages,
+                    "projected_egress_bytes": p.projected.egress_bytes,
                 }
                 for p in parts
             ],
             "quota": {
                 "messages": _status(messages, plan.included_messages),
                 "peak_connections": _status(peak, plan.included_peak_connections),
+                "egress": _status(egress, plan.included_egress_bytes),
             },
             "so_far": pricing.organization_bill((p.tenant.plan, p.so_far) for p in parts).model_dump(mode="json"),
             "projected": pricing.organization_bill((p.tenant.plan, p.projected) for p in parts).model_dump(mode="json"),
@@ -297,4 +342,5 @@ def _window_json(window: dict[str, Any]) -> dict[str, Any]:
         "to": window["to"].isoformat().replace("+00:00", "Z"),
         "seconds": round(window["seconds"], 3),
         "messages": window["messages"],
+        "egress_bytes": window["egress_bytes"],
     }

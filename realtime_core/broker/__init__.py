@@ -2,12 +2,13 @@
 
 Sessions and services publish through a Broker, never to the hub directly, so
 that a broker between nodes can be added without touching them. InProcessBroker
-(local.py) serves one node. A Redis broker would keep the same contract:
-publish() sends each message once per node (one Redis PUBLISH) and delivers it
-to this node's hub at once; each other node that has subscribed the stream
-hands what it receives to its hub's publish(), which builds the frame once per
-codec there. subscribe()/unsubscribe() tell it when this node gains its first
-or loses its last local subscriber of a stream (Redis SUBSCRIBE/UNSUBSCRIBE);
+(local.py) serves one node. cluster/broker.py's RedisBroker keeps the same
+contract between processes: publish() sends each message once (one Redis
+publish) and delivers it to this node's hub at once; each other node that has
+subscribed the stream hands what it receives to its hub's publish(), which
+builds the frame once per codec there. subscribe()/unsubscribe() tell it when
+this node gains its first or loses its last local subscriber of a stream (Redis
+SUBSCRIBE/UNSUBSCRIBE), and a join awaits ready() before its reply;
 presence_join()/presence_leave() would replicate presences the same way."""
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ class Broker(Protocol):
 
     def subscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         """`subscriber` of this node listens on `key` from now on."""
+        ...
+
+    async def ready(self, key: StreamKey) -> None:
+        """Return once what any node publishes on `key` reaches this node (awaited before a join's
+        reply, so that a client that is told it joined misses nothing published after; the
+        subscribe() that follows must come before the next await)."""
         ...
 
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> None: ...

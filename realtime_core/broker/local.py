@@ -35,6 +35,9 @@ class InProcessBroker:
     def unsubscribe(self, key: StreamKey, subscriber: Subscriber) -> None:
         self.hub.unsubscribe(key, subscriber)
 
+    async def ready(self, key: StreamKey) -> None:
+        """At once: every publisher is in this process."""
+
     def presence_join(self, key: StreamKey, owner: Subscriber, presence_key: str, meta: dict[str, Any]) -> Diff | None:
         diff = self.hub.presence_topic(key).track(owner, presence_key, meta)
         if diff is not None:

@@ -97,6 +97,8 @@ class Response:
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str | None = None
+    # Told the bytes written (status line, headers, body) once the server wrote them: egress.
+    on_written: Callable[[int], None] | None = None
 
     def head(self, keep_alive: bool) -> bytes:
         """The status line and headers, ending with the blank line."""

@@ -98,10 +98,11 @@ class Server:
         self.tasks = Supervisor()  # the sweeper, request queues and upgrades
         self.idle_closed = 0
 
-    async def listen(self, host: str, port: int) -> int:
-        """Start listening; return the bound port (useful with port 0)."""
+    async def listen(self, host: str, port: int, *, reuse_port: bool = False) -> int:
+        """Start listening; return the bound port (useful with port 0). With `reuse_port`, other
+        processes may listen on the same port (SO_REUSEPORT): the kernel spreads connections."""
         self._server = await self.loop.create_server(
-            lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True
+            lambda: HttpProtocol(self), host, port, backlog=4096, reuse_address=True, reuse_port=reuse_port
         )
         self._sweeper = self.tasks.spawn(self._sweep_forever(), name="idle sweeper")
         return self._server.sockets[0].getsockname()[1]
@@ -434,7 +435,10 @@ class HttpProtocol(asyncio.Protocol):
                 else:
                     # RFC 9110 §9.3.2: HEAD is GET without the content (the length stays).
                     body = b"" if request.method == "HEAD" else response.body
-                    self.transport.write(response.head(keep_alive) + body)
+                    data = response.head(keep_alive) + body
+                    self.transport.write(data)
+                    if response.on_written is not None:
+                        response.on_written(len(data))
                 if not keep_alive:
                     self.transport_close()
                     return
@@ -561,10 +565,13 @@ class HttpProtocol(asyncio.Protocol):
         transport.set_protocol(conn)
         self._drop_parser()
         handshake_proto.send_response(handshake)
-        self._write_all(handshake_proto.data_to_send())
+        answer = handshake_proto.data_to_send()
+        self._write_all(answer)
         server.track_websocket(conn)
         conn.session = session
+        conn.bytes_out += sum(map(len, answer))  # the 101 answer is the connection's first egress
         attach(conn)
+        session.on_sent(conn.bytes_out)
         if trailing:
             conn.data_received(trailing)
         if not conn.reading_paused:  # the session may already hold too much

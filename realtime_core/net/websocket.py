@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from websockets.frames import CloseCode, Frame, Opcode
@@ -46,6 +47,9 @@ class Session(Protocol):
 
     def on_close(self) -> None: ...
 
+    def on_sent(self, nbytes: int) -> None:
+        """The connection wrote `nbytes` of its own (the HTTP 101 answer, pongs, close frames)."""
+
 
 class Writer:
     """Writes queued frames once per loop tick, in bounded chunks.
@@ -65,6 +69,7 @@ class Writer:
         "_turn",
         "_turn_scheduled",
         "max_buffer",
+        "on_slow_consumer",
         "slow_consumers",
     )
 
@@ -77,6 +82,8 @@ class Writer:
         self._turn_scheduled = False
         self.max_buffer = max_buffer
         self.slow_consumers = 0
+        # Told of each slow consumer and the queued frames its disconnect drops (delivery traces).
+        self.on_slow_consumer: Callable[[WebSocketConnection, list[bytes] | None], None] | None = None
 
     def turn(self) -> int:
         """A number that changes once the loop has run its other callbacks: connections
@@ -163,14 +170,20 @@ class WebSocketConnection(asyncio.Protocol):
         self.dropped_slow = False  # closed by the slow-consumer rule
         self.last_seen = loop.time()
         self.peer = peer
-        # Traffic of this connection (admin introspection): plain counters where the bytes and
-        # messages already pass. Bytes are wire bytes; messages are data messages, not control frames.
+        # Traffic of this connection (admin introspection, attribution): plain counters where the
+        # bytes and messages already pass. Bytes are wire bytes (the HTTP 101 answer included);
+        # messages are the frames queued by send(), not WebSocket control frames.
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
         self.messages_out = 0
 
     # Sending
+
+    @property
+    def queued(self) -> list[bytes] | None:
+        """The frames queued since the last flush (a new list after each flush), or None."""
+        return self._out
 
     def send(self, frame: bytes) -> None:
         """Queue one complete frame; it is written at the next flush."""
@@ -197,7 +210,7 @@ class WebSocketConnection(asyncio.Protocol):
         # Backlog already queued in the transport means the client does not
         # read fast enough: drop it rather than let server memory grow.
         if transport.get_write_buffer_size() > self._writer.max_buffer:
-            self._slow_consumer()
+            self._slow_consumer(out)
             return
         data = out[0] if len(out) == 1 else b"".join(out)
         self.bytes_out += len(data)
@@ -211,9 +224,12 @@ class WebSocketConnection(asyncio.Protocol):
         self.bytes_out += len(data)
         self.transport.write(data)
 
-    def _slow_consumer(self) -> None:
-        self._writer.slow_consumers += 1
+    def _slow_consumer(self, dropped: list[bytes] | None = None) -> None:
+        writer = self._writer
+        writer.slow_consumers += 1
         self.dropped_slow = True
+        if writer.on_slow_consumer is not None:
+            writer.on_slow_consumer(self, dropped)
         log.warning("closing slow consumer %s: write buffer over %d bytes", self.peer, self._writer.max_buffer)
         self._abort()
 
@@ -369,7 +385,11 @@ class WebSocketConnection(asyncio.Protocol):
         eof = b"" in data
         out = b"".join(data)
         if out and not self.closed:
+            written = self.bytes_out
             self._write(out)
+            session = self.session
+            if session is not None and self.bytes_out != written:
+                session.on_sent(len(out))
         if eof and not self.closed:
             self.closed = True
             self.transport.close()

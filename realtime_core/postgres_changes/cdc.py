@@ -5,7 +5,12 @@ call subscribe() after their join reply (docs/protocol.md §6.2), unsubscribe() 
 close and refresh() after an access_token update. The `system` message
 `Subscribed to PostgreSQL` is pushed only once the subscription is live: its
 rows are written, it is in the registry, and the durable slot exists, so every
-change committed after that message reaches the channel."""
+change committed after that message reaches the channel.
+
+In a cluster (peers.py) only the leader streams (start_streaming() / stop_streaming(),
+driven by tenant_services): every process registers its subscriptions with the leader
+before it says `Subscribed to PostgreSQL`, and delivers what the leader publishes to it
+(receive())."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from .filters.columns import load_columns
 from .filters.errors import FilterError, SubscriptionParamsError
 from .filters.parsing import SubscriptionParams, parse_params
 from .filters.validation import validate_subscription
+from .peers import Peers, PublishedChange, subscription_record
 from .pgoutput import parse_lsn
 from .replication import SESSION_OPTIONS, ReplicationStream
 from .settings import CdcSettings
@@ -82,8 +88,11 @@ class _SubscribeError(Exception):
 class PostgresChanges:
     """Streams one database and delivers its changes to subscribed channels."""
 
-    def __init__(self, tenant: Tenant, dsn: str, settings: CdcSettings, now: Clock, hub: Hub) -> None:
+    def __init__(
+        self, tenant: Tenant, dsn: str, settings: CdcSettings, now: Clock, hub: Hub, peers: Peers | None = None
+    ) -> None:
         self.tenant = tenant
+        self.peers = peers
         self.dsn = dsn
         self.settings = settings
         self.registry = Registry()
@@ -113,6 +122,7 @@ class PostgresChanges:
             mode=settings.mode,
             poll_interval=settings.poll_interval_ms / 1000,
         )
+        self.dispatcher.peers = peers
         self.slot_health: dict[str, Any] = {}
         self.lag_alert = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,13 +130,21 @@ class PostgresChanges:
         self._delete_scheduled = False
         self._health_task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, stream: bool = True) -> None:
+        """Open the pool and start streaming; without `stream` (a cluster's follower), only make
+        sure the slot exists, so that subscriptions made now see every later change."""
         await self.pool.open(wait=True, timeout=30)
-        async with self.pool.connection() as conn:
-            # Rows of a previous run belong to sockets that are gone; rejoining
-            # clients recreate theirs (docs/protocol.md §6.2).
-            await conn.execute("delete from realtime.subscription")
-        self.stream.start()
+        if self.peers is None:
+            async with self.pool.connection() as conn:
+                # Rows of a previous run belong to sockets that are gone; rejoining
+                # clients recreate theirs (docs/protocol.md §6.2). In a cluster the
+                # other processes' rows are live.
+                await conn.execute("delete from realtime.subscription")
+        if stream:
+            self.stream.start()
+        else:
+            await self.stream.ensure_slot()
+            self.stream.ready.set()
         self._health_task = spawn(self._watch_slot(), name=f"slot health {self.settings.slot}")
 
     async def stop(self) -> None:
@@ -137,6 +155,18 @@ class PostgresChanges:
         await self.stream.stop()
         await self._flush_deletes()
         await self.pool.close()
+
+    def start_streaming(self) -> None:
+        """This process became the cluster's leader for the tenant: stream the slot from its
+        confirmed LSN."""
+        self.stream.start()
+
+    async def stop_streaming(self) -> None:
+        await self.stream.stop()
+
+    def receive(self, changes: list[PublishedChange]) -> None:
+        """Deliver changes the cluster's leader published for this process's subscriptions."""
+        self.dispatcher.deliver_published(changes)
 
     def _spawn(self, coro: Any, on_error: Any = None) -> None:
         spawn(coro, on_error=on_error, group=self._tasks)
@@ -155,16 +185,25 @@ class PostgresChanges:
     def unsubscribe(self, channel: Subscriber) -> None:
         gone = self.registry.remove_channel(channel)
         if gone:
-            self._pending_deletes.extend(sub.subscription_id for sub in gone)
-            if not self._delete_scheduled:
-                self._delete_scheduled = True
-                self._spawn(self._flush_deletes())
+            if self.peers is not None:
+                self._spawn(self.peers.unregister([str(sub.subscription_id) for sub in gone]))
+            self.delete_rows([sub.subscription_id for sub in gone])
+
+    def delete_rows(self, subscription_ids: list[uuid.UUID]) -> None:
+        """Delete these subscriptions' rows from realtime.subscription, soon and in batches (a
+        cluster's leader also deletes those of processes that are gone)."""
+        self._pending_deletes.extend(subscription_ids)
+        if not self._delete_scheduled:
+            self._delete_scheduled = True
+            self._spawn(self._flush_deletes())
 
     def refresh(self, channel: Subscriber) -> None:
         """Re-write the rows of `channel` with its new claims (dispatch reads claims live)."""
         subs = self.registry.for_channel(channel)
         if subs:
             self._spawn(self._rewrite_claims(subs))
+            if self.peers is not None and subs[0].raw_params is not None:
+                self._spawn(self.peers.register(self._records(subs)))
 
     # Subscribing (docs/protocol.md §6.2)
 
@@ -193,6 +232,11 @@ class PostgresChanges:
                 await self._flush_deletes()
                 return
             self.registry.add(subs)
+            if self.peers is not None:
+                for sub, (_, params) in zip(subs, entries, strict=True):
+                    sub.raw_params = params
+                # The leader must know them before the client hears they are live.
+                await self.peers.register(self._records(subs))
             _system(channel, "ok", SUBSCRIBED)
             return
 
@@ -264,6 +308,34 @@ class PostgresChanges:
         for sub in subs:
             sub.start_lsn = start_lsn
         return subs
+
+    def shared_records(self) -> dict[str, bytes]:
+        """This process's subscriptions as the cluster's leader rebuilds them (to share them again
+        after the cluster may have dropped them)."""
+        records: dict[str, bytes] = {}
+        for subs in self.registry.by_channel():
+            if subs[0].raw_params is not None:  # not a leader's stand-in for another process's
+                records.update(self._records(subs))
+        return records
+
+    def _records(self, subs: list[Subscription]) -> dict[str, bytes]:
+        """The subscriptions of one channel as the cluster's leader rebuilds them."""
+        assert self.peers is not None
+        channel = subs[0].channel
+        key = str(subs[0].subscription_id)  # names the channel among the leader's remote ones
+        return {
+            str(sub.subscription_id): subscription_record(
+                self.peers.node,
+                key,
+                channel.topic,
+                sub.id,
+                sub.raw_params or {},
+                sub.legacy,
+                channel.claims,
+                sub.start_lsn,
+            )
+            for sub in subs
+        }
 
     async def _rewrite_claims(self, subs: list[Subscription]) -> None:
         claims = orjson.dumps(subs[0].channel.claims).decode()
@@ -367,6 +439,7 @@ class PostgresChanges:
             "confirmed_lsn": self.stream.confirmed_lsn,
             "received_lsn": self.stream.received_lsn,
             "reconnects": self.stream.reconnects,
+            "duplicates_dropped": d.duplicates_dropped,
         }
 
 

@@ -15,6 +15,12 @@ changes in commit order while the database work is batched:
    Hub.deliver(), which builds each frame once per codec and queues it.
 When on_batch returns, every frame is queued: the stream may confirm the LSN.
 
+In a cluster (peers.py) phase 2 differs on the leader only: instead of queueing frames it
+publishes, per process, each change's data objects with the ids of the subscriptions that
+get them (_publish), and returns once that is sent; every process turns what it receives
+(the leader: what it keeps for itself) into frames for its own channels with
+deliver_published(), as _emit does.
+
 Per-batch work is organised so that it grows with deliveries, not with
 changes × subscribers: subscriber lists, their variants and their channel
 groupings are computed once per batch and shared by every change they fit."""
@@ -33,12 +39,14 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber
+from .. import trace
+from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber, Tracer
 from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
 from .filters.columns import load_columns
 from .filters.evaluator import FilterEvaluator
+from .peers import Peers, PublishedChange, encode_batch
 from .pgoutput import UNCHANGED, Delete, Insert, Relation, Update
 from .records import RecordShape
 from .replication import Transaction
@@ -54,6 +62,8 @@ __all__ = ["Change", "Connections", "Dispatcher"]
 log = logging.getLogger(__name__)
 
 _TYPES = {Insert: "INSERT", Update: "UPDATE", Delete: "DELETE"}
+# How a data object over the size limit ends (RecordShape.build): what a trace reports as too large.
+_TOO_LARGE_TAIL = b'"errors":' + orjson.dumps([records.ERROR_TOO_LARGE]) + b"}"
 # How long a batch waits for its committed transactions to become visible.
 VISIBILITY_TIMEOUT = 5.0
 
@@ -114,6 +124,7 @@ class Dispatcher:
         # Facts read in phase 1 of the current batch, used by phase 2.
         self._tables: dict[int, TableInfo] = {}
         self._selectable: dict[tuple[str, int], frozenset[str]] = {}
+        self._rls_failed: set[tuple[int, str]] = set()  # (relation oid, group key) whose policy raised
         # Observability
         self.changes_seen = 0
         self.changes_dispatched = 0
@@ -122,6 +133,10 @@ class Dispatcher:
         self.last_error: str | None = None
         self.incidents: Incidents | None = None  # where RLS errors are also recorded for operators
         self.rows = RowStats()  # seen, dispatched, skipped by reason, commit → dispatch latency
+        # In a cluster: where the leader publishes (None: this process delivers what it decides).
+        self.peers: Peers | None = None
+        self.delivered_lsn = 0  # commit LSN of the last published change delivered here
+        self.duplicates_dropped = 0  # published changes at or below delivered_lsn (a new leader re-read them)
 
     # Phase 0: transactions → candidate changes
 
@@ -168,7 +183,10 @@ class Dispatcher:
             # re-reads from the last confirmed LSN (nothing is lost).
             self.last_error = str(exc)
             raise
-        self._emit(changes)
+        if self.peers is None:
+            self._emit(changes)
+        else:
+            await self._publish(changes, {t.begin.xid: t.commit.commit_lsn for t in transactions if t.commit})
 
     def _relation_changed(self, relation: Relation) -> None:
         self.relations[relation.oid] = relation
@@ -198,6 +216,7 @@ class Dispatcher:
             by_relation.setdefault(ch.relation.oid, []).append(ch)
         tables = self._tables = await self.catalog.tables(conn, list(by_relation))
         self._selectable = {}
+        self._rls_failed = set()
         reads_rows = any(
             (tables.get(oid) is not None and tables[oid].rls and any(ch.type != "DELETE" for ch in group))
             or any(ch.new is not None and UNCHANGED in ch.new for ch in group)
@@ -414,6 +433,7 @@ class Dispatcher:
                 table_name = f"{relation.namespace}.{relation.name}"
                 self.incidents.record(self.tenant.external_id, "RlsPolicyError", self.last_error, table_name)
             visible[group_key] = None
+            self._rls_failed.add((relation.oid, group_key))
 
         if len(table.primary_key) == 1:
             # All groups of a chunk in one statement (sql/0004_rls_batches.sql).
@@ -495,6 +515,11 @@ class Dispatcher:
         kind = POSTGRES_CHANGES_KIND
         rows = self.rows
         wall = time.time()
+        tracer = self.hub.tracer
+        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
+        if topics:
+            assert tracer is not None
+            self._trace(tracer, topics, changes, shapes)
         for ch in changes:
             if not ch.deliveries:
                 # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
@@ -515,6 +540,112 @@ class Dispatcher:
                         payload = b'{"ids":' + orjson.dumps(ids) + b',"data":' + data + b"}"
                         publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
                     batch.append((channels, publication))
+        if batch:
+            self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
+        if topics:
+            assert tracer is not None
+            tracer.sent()
+
+    def _trace(
+        self, tracer: Tracer, topics: set[str], changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
+    ) -> None:
+        """Tell `tracer` what phase 1 decided for the subscriptions of channels on traced `topics`
+        (before delivery: a rate-limited delivery closes the receivers)."""
+        tenant = self.tenant
+        limited = tenant.events.reached(tenant.limits.max_events_per_second, self.now())
+        joined = ChannelState.JOINED
+        for ch in changes:
+            traced = [s for s in ch.candidates if s.channel.sub_topic in topics and s.channel.state is joined]
+            if not traced or ch.matched is None:  # matched None: the table was dropped since
+                continue
+            matched = {id(s) for s in ch.matched}
+            for sub in traced:
+                variant = next((v for v, subs in ch.deliveries or () if any(s is sub for s in subs)), None)
+                delivered, reason = variant is not None, None
+                if variant is None:
+                    if id(sub) not in matched:
+                        reason = trace.PG_FILTER
+                    elif (ch.relation.oid, sub.group_key) in self._rls_failed:
+                        reason = trace.RLS_ERROR
+                    elif ch.type == "DELETE":  # not checked by RLS: hidden only without SELECT privilege
+                        reason = trace.PRIVILEGE
+                    else:
+                        reason = trace.RLS
+                elif limited:
+                    delivered, reason = False, trace.RATE_LIMITED
+                elif variant[0] == "error":
+                    reason = trace.PRIVILEGE if variant[1] == records.ERROR_UNAUTHORIZED else None
+                elif self._data(ch, variant, shapes).endswith(_TOO_LARGE_TAIL):
+                    reason = trace.PAYLOAD_TOO_LARGE
+                tracer.decided(tenant.external_id, sub.channel, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
+
+    async def _publish(self, changes: list[Change], commit_lsns: dict[int, int]) -> None:
+        """Phase 2 of a cluster's leader: each process gets, per change it has subscribers of,
+        the commit LSN, the type and each data object with the ids of its subscriptions that
+        get it (peers.encode_batch)."""
+        assert self.peers is not None
+        local = self.peers.node
+        shapes: dict[tuple[Any, ...], RecordShape] = {}
+        # id(subscription list) → its subscription ids by process, shared by the changes that share the list
+        split_cache: dict[int, dict[str, list[str]]] = {}
+        by_node: dict[str, list[PublishedChange]] = {}
+        rows = self.rows
+        wall = time.time()
+        for ch in changes:
+            if not ch.deliveries:
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
+                continue
+            self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
+            per_node: dict[str, list[tuple[bytes, list[str]]]] = {}
+            for variant, subs in ch.deliveries:
+                data = self._data(ch, variant, shapes)
+                split = split_cache.get(id(subs))
+                if split is None:
+                    split = split_cache[id(subs)] = {}
+                    for sub in subs:
+                        # Remote channels (cluster/leader.py) name their process; local ones have none.
+                        node = getattr(sub.channel, "node", local)
+                        split.setdefault(node, []).append(str(sub.subscription_id))
+                for node, ids in split.items():
+                    per_node.setdefault(node, []).append((data, ids))
+            lsn = commit_lsns[ch.xid]
+            for node, variants in per_node.items():
+                by_node.setdefault(node, []).append((lsn, ch.type, variants))
+        own = by_node.pop(local, None)
+        if own is not None:
+            self.deliver_published(own)  # this process's channels need no round trip through Redis
+        if by_node:
+            tenant = self.tenant.external_id
+            await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})
+
+    def deliver_published(self, changes: list[PublishedChange]) -> None:
+        """Deliver what a cluster's leader published for this process's subscriptions, as _emit
+        does: one frame per (topic, ids, legacy) group of joined channels.
+
+        Changes at or below the last commit LSN delivered are dropped: a new leader re-reads
+        from the slot's confirmed LSN what its predecessor may already have published."""
+        last = newest = self.delivered_lsn
+        registry = self.registry
+        rls_checked = Audience.POSTGRES_CHANGES
+        kind = POSTGRES_CHANGES_KIND
+        batch: list[tuple[list[Subscriber], Publication]] = []
+        for lsn, change_type, variants in changes:
+            if lsn <= last:
+                self.duplicates_dropped += 1
+                continue
+            newest = max(newest, lsn)
+            for data, ids in variants:
+                subs = [sub for sub_id in ids if (sub := registry.get(sub_id)) is not None]
+                for topic, key_ids, legacy, channels in _by_frame(subs):
+                    if legacy:
+                        publication = Publication(topic, change_type, data, audience=rls_checked, kind=kind)
+                    else:
+                        payload = b'{"ids":' + orjson.dumps(key_ids) + b',"data":' + data + b"}"
+                        publication = Publication(topic, "postgres_changes", payload, audience=rls_checked, kind=kind)
+                    batch.append((channels, publication))
+        self.delivered_lsn = newest
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
 

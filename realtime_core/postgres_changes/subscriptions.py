@@ -38,6 +38,7 @@ class Subscription:
     # (after a restart) never hands a new subscriber what came before its
     # `Subscribed to PostgreSQL` message.
     start_lsn: int = 0
+    raw_params: dict[str, Any] | None = None  # as the client sent them; kept in a cluster only (peers.py)
     _group_claims: dict[str, Any] | None = field(default=None, repr=False)
     _group_key: str = field(default="", repr=False)
 
@@ -74,12 +75,13 @@ class Subscription:
 class Registry:
     """Subscriptions of one database, indexed by (schema, table)."""
 
-    __slots__ = ("_by_channel", "_exact", "_wildcard")
+    __slots__ = ("_by_channel", "_by_id", "_exact", "_wildcard")
 
     def __init__(self) -> None:
         self._exact: dict[tuple[str, str], list[Subscription]] = {}
         self._wildcard: list[Subscription] = []
         self._by_channel: dict[Subscriber, list[Subscription]] = {}
+        self._by_id: dict[str, Subscription] = {}  # by subscription_id text (a cluster leader names them so)
 
     def __len__(self) -> int:
         return sum(len(subs) for subs in self._by_channel.values())
@@ -95,6 +97,7 @@ class Registry:
             else:
                 self._exact.setdefault((p.schema, p.table), []).append(sub)
             self._by_channel.setdefault(sub.channel, []).append(sub)
+            self._by_id[str(sub.subscription_id)] = sub
 
     def remove_channel(self, channel: Subscriber) -> list[Subscription]:
         """Forget every subscription of `channel`; return them (their rows are to be deleted)."""
@@ -103,6 +106,7 @@ class Registry:
             return subs
         gone = {id(s) for s in subs}
         for sub in subs:
+            self._by_id.pop(str(sub.subscription_id), None)
             p = sub.params
             if p.schema == "*" or p.table == "*":
                 continue
@@ -115,6 +119,14 @@ class Registry:
         if any(s.params.schema == "*" or s.params.table == "*" for s in subs):
             self._wildcard = [s for s in self._wildcard if id(s) not in gone]
         return subs
+
+    def get(self, subscription_id: str) -> Subscription | None:
+        """The live subscription with this subscription_id (its text), if any."""
+        return self._by_id.get(subscription_id)
+
+    def by_channel(self) -> list[list[Subscription]]:
+        """The subscriptions of each channel."""
+        return list(self._by_channel.values())
 
     def for_channel(self, channel: Subscriber) -> list[Subscription]:
         return list(self._by_channel.get(channel, ()))

@@ -112,6 +112,9 @@ class RecordingSession:
     def on_close(self) -> None:
         self.closes += 1
 
+    def on_sent(self, nbytes: int) -> None:
+        """Nothing: these tests read what the transport was given."""
+
 
 class FakeApp:
     """What Server needs of app.App: routes, socket paths, open_socket() and the error delay."""

@@ -38,6 +38,9 @@ class RecordingSession:
     def on_close(self) -> None:
         self.closes += 1
 
+    def on_sent(self, nbytes: int) -> None:
+        """Nothing: these tests read what the transport was given."""
+
 
 class FailingSession(RecordingSession):
     """Raises on the text b"boom", records everything else."""

@@ -47,6 +47,9 @@ class PausingSession:
     def on_close(self) -> None:
         self.closes += 1
 
+    def on_sent(self, nbytes: int) -> None:
+        """Nothing: these tests read what the transport was given."""
+
 
 def paused_connection(writer):
     session = PausingSession()

