@@ -15,13 +15,13 @@ import pandas as pd
 import psycopg
 import pytest
 import streamlit.config
-from conftest import ADMIN_SECRET, MS, admin_headers, admin_token, messages_policy, published_table
+from conftest import ADMIN_SECRET, MS, admin_headers, admin_token, make_token, messages_policy, published_table
 from console_traffic import Traffic, until
 from psycopg import sql
 from streamlit.testing.v1 import AppTest
 
 from console import ui
-from console.client import AdminClient, parse_prometheus
+from console.client import AdminApiError, AdminClient, parse_prometheus
 from console.live_tail import TailReader
 
 APP = str(Path(__file__).resolve().parent.parent / "console" / "app.py")
@@ -283,6 +283,36 @@ def test_a_tail_nobody_reads_ends_by_itself(seeded, server, admin):
     assert reader.wait_connected(TIMEOUT)
     until(lambda: not reader.running, "the idle tail's end")
     assert reader.error is None
+
+
+@pytest.mark.pg
+def test_a_delivery_trace_explains_a_self_false_broadcast(server, admin, console):
+    tenant = tenant_of(admin)
+    with Traffic(server) as traffic:
+        traffic.join("console:traced", token=make_token("authenticated", sub="tracee"))
+        at = console(server.http_url, page="inspector")
+        at.text_input(key="trace-topic").input("console:traced")
+        at.text_input(key="trace-who").input("tracee")
+        at.button(key="FormSubmitter:trace-Start trace").click().run()
+        quiet(at)
+        started = at.session_state.trace_started
+        traffic.broadcast("console:traced", "own", {})  # sent by the tracee, whose channel has self: false
+
+        def decisions() -> list[dict]:
+            at.run()
+            frames = [d.value for d in at.dataframe if "reason" in d.value.columns]
+            return frames[0].to_dict("records") if frames else []
+
+        [decision] = until(decisions, "the trace's decision")
+        assert (decision["event"], decision["delivered"], decision["reason"]) == ("own", False, "self")
+        assert decision["why"].startswith("a broadcast with `self: false`")
+        assert [d["reason"] for d in admin.trace(tenant, started["id"]).decisions] == ["self"]
+        at.button(key="trace-stop").click().run()
+        quiet(at)
+        assert at.session_state.trace_started is None
+        with pytest.raises(AdminApiError) as gone:
+            admin.trace(tenant, started["id"])
+        assert gone.value.status == 404
 
 
 # -- RLS tester ----------------------------------------------------------------------------------

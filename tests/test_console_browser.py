@@ -137,8 +137,8 @@ def page(browser, up):
 def shot(page, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    # The picture once the script has finished: no run in progress, no placeholder left.
-    page.wait_for_function(IDLE)
+    # The picture once everything is drawn: no placeholder left, every chart rendered.
+    page.wait_for_function(DRAWN)
     page.wait_for_timeout(300)  # charts' entry animation
     page.screenshot(path=str(path), full_page=True)
     return path
@@ -149,8 +149,9 @@ def visit(page, up: Up, path: str, heading: str) -> None:
     page.get_by_role("heading", name=heading).wait_for()
 
 
-IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')
-    && !document.querySelector('[data-testid="stSkeleton"]')
+# Not "no run in progress": live fragments rerun every few seconds, and on a loaded machine a page may
+# never be idle between them.
+DRAWN = """() => !document.querySelector('[data-testid="stSkeleton"]')
     && [...document.querySelectorAll('[data-testid="stPlotlyChart"]')].every(c => c.querySelector('.main-svg'))"""
 
 # (url path, heading, a key element's text)
