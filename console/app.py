@@ -1,11 +1,12 @@
 """Streamlit entry point: `realtime-core console` or `realtime-core up` runs it.
 
-The server's address comes from REALTIME_SERVER_URL. The pages live in the repository's top-level
-pages/, which an installed wheel holds as console/pages/ (pyproject.toml maps one onto the other)."""
+The server's address and admin token come from REALTIME_SERVER_URL and REALTIME_ADMIN_TOKEN
+(console/ui.py; the sidebar changes them). The pages live in the repository's top-level pages/,
+which an installed wheel holds as console/pages/ (pyproject.toml maps one onto the other); each
+one only calls console/client.py and draws."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -14,14 +15,23 @@ import streamlit as st
 # Streamlit puts only this file's folder on sys.path; `console` is imported from the one above it.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from console.client import AdminClient
+from console import ui
 
 HERE = Path(__file__).resolve().parent
 PAGES = HERE / "pages" if (HERE / "pages").is_dir() else HERE.parent / "pages"
 
 st.set_page_config(page_title="realtime-core console", layout="wide")
-if "client" not in st.session_state:
-    st.session_state.client = AdminClient(os.environ.get("REALTIME_SERVER_URL", "http://127.0.0.1:4000"))
-
-navigation = st.navigation([st.Page(str(PAGES / "overview.py"), title="Overview", icon="📡", default=True)])
-navigation.run()
+navigation = st.navigation(
+    [
+        st.Page(str(PAGES / "overview.py"), title="Overview", icon=":material/monitoring:", default=True),
+        st.Page(str(PAGES / "channels.py"), title="Channels", icon=":material/forum:"),
+        st.Page(str(PAGES / "inspector.py"), title="Inspector", icon=":material/manage_search:"),
+        st.Page(str(PAGES / "presence.py"), title="Presence", icon=":material/group:"),
+        st.Page(str(PAGES / "replication.py"), title="Replication", icon=":material/sync_alt:"),
+        st.Page(str(PAGES / "rls_tester.py"), title="RLS tester", icon=":material/policy:"),
+        st.Page(str(PAGES / "usage.py"), title="Usage & pricing", icon=":material/payments:"),
+        st.Page(str(PAGES / "settings.py"), title="Settings", icon=":material/settings:"),
+    ]
+)
+if ui.connect():
+    navigation.run()

@@ -14,9 +14,13 @@ never breaks an older client."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json as json_module
 import os
-from collections.abc import Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
@@ -30,7 +34,9 @@ __all__ = [
     "AdminApiError",
     "AdminClient",
     "AuditEntry",
+    "AuthorizationResult",
     "Bill",
+    "ChangeCheck",
     "Channel",
     "Connection",
     "Disconnected",
@@ -45,6 +51,7 @@ __all__ = [
     "Table",
     "Tenant",
     "TimeSeries",
+    "Trace",
     "Usage",
     "parse_prometheus",
 ]
@@ -329,6 +336,48 @@ class AuditEntry(Record):
     status: int
 
 
+@dataclass
+class AuthorizationResult(Record):
+    """The RLS tester's answer for one (topic, action, extension) and subject."""
+
+    allowed: bool
+    policies: list[dict[str, Any]]
+    duration_ms: float
+    error: str | None
+
+    def to_frame(self) -> pd.DataFrame:
+        """The policies that applied."""
+        return _frame(self.policies)
+
+
+@dataclass
+class ChangeCheck(Record):
+    """The Postgres Changes visibility check: delivered or not, and why not."""
+
+    delivered: bool
+    reason: str | None
+    detail: str | None
+    errors: list[str]
+    policies: list[dict[str, Any]]
+    duration_ms: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """The table's SELECT policies for the role."""
+        return _frame(self.policies)
+
+
+@dataclass
+class Trace(Record):
+    """A delivery trace: every decision the server took for its subject on its topic."""
+
+    id: str
+    topic: str
+    decisions: list[dict[str, Any]]
+
+    def to_frame(self) -> pd.DataFrame:
+        return _frame(self.decisions)
+
+
 # The client
 
 
@@ -368,18 +417,7 @@ class AdminClient:
         except httpx.HTTPError as exc:
             raise AdminApiError(None, f"{method} {path}: {exc}") from exc
         if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = None
-            if response.status_code == 403 and not response.content:
-                message = "forbidden: the admin token is missing, invalid or read-only"
-            elif isinstance(body, dict) and isinstance(body.get("message"), str):
-                message = body["message"]
-            else:
-                message = response.reason_phrase or "error"
-            errors = body.get("errors") if isinstance(body, dict) and isinstance(body.get("errors"), dict) else None
-            raise AdminApiError(response.status_code, message, errors, body)
+            raise _error(response)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
@@ -563,6 +601,136 @@ class AdminClient:
     ) -> Table[AuditEntry]:
         """The audit log of admin writes, newest first."""
         return self._page(AuditEntry, "/admin/v1/audit", action=action, target=target, limit=limit, cursor=cursor)
+
+    # Operator tools (authorization check, Postgres Changes check, traces, live tail)
+
+    def check_authorization(
+        self,
+        tenant: str,
+        topic: str,
+        *,
+        private: bool = True,
+        action: str = "read",
+        extension: str = "broadcast",
+        role: str | None = None,
+        claims: dict[str, Any] | None = None,
+        jwt: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> AuthorizationResult:
+        """The RLS tester: may the subject (`jwt`, or `role` with `claims`) `action` the topic's
+        `extension`? Runs the probe a real join (read) or send (write) runs."""
+        body: dict[str, Any] = {"topic": topic, "private": private, "action": action, "extension": extension}
+        body |= _subject(role, claims, jwt)
+        if headers:
+            body["headers"] = headers
+        return AuthorizationResult.from_json(
+            self._request("POST", _tenant(tenant, "authorization", "check"), json=body)
+        )
+
+    def check_postgres_changes(
+        self,
+        tenant: str,
+        table: str,
+        *,
+        schema: str = "public",
+        event: str = "INSERT",
+        filter: str = "",
+        role: str | None = None,
+        claims: dict[str, Any] | None = None,
+        jwt: str | None = None,
+        primary_key: dict[str, Any] | None = None,
+        row: dict[str, Any] | None = None,
+    ) -> ChangeCheck:
+        """Would a subscriber (subject, table, event, filter) get a change of this row (by
+        `primary_key`, or `row` values)? If not, `reason` and `detail` say why."""
+        body: dict[str, Any] = {"schema": schema, "table": table, "event": event, "filter": filter}
+        body |= _subject(role, claims, jwt)
+        body |= {"primary_key": primary_key} if primary_key is not None else {"row": row}
+        return ChangeCheck.from_json(self._request("POST", _tenant(tenant, "postgres-changes", "check"), json=body))
+
+    def start_trace(
+        self, tenant: str, topic: str, *, sub: str | None = None, connection: str | None = None, seconds: int = 60
+    ) -> dict[str, Any]:
+        """Trace the delivery decisions for a JWT `sub` or a `connection` id on `topic`:
+        `{"id", "expires_at"}`; read it with trace()."""
+        body: dict[str, Any] = {"topic": topic, "seconds": seconds}
+        body |= {"sub": sub} if sub is not None else {"connection": connection}
+        return self._request("POST", _tenant(tenant, "traces"), json=body)
+
+    def trace(self, tenant: str, trace: str) -> Trace:
+        """A trace and its decisions, oldest first."""
+        return Trace.from_json(self._get(_tenant(tenant, "traces", trace)))
+
+    def stop_trace(self, tenant: str, trace: str) -> None:
+        """Stop a trace and forget it."""
+        self._request("DELETE", _tenant(tenant, "traces", trace))
+
+    def tail(
+        self,
+        tenant: str,
+        topic: str,
+        *,
+        private: bool = False,
+        kinds: list[str] | None = None,
+        on_open: Callable[[Callable[[], None]], None] | None = None,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The live tail: (kind, data) for each message the server delivers on the stream
+        (`dropped` with `{"count"}` when this viewer lost some), until the server ends it.
+        `on_open` gets, once the server has accepted the tail, a function that ends it from any
+        thread (the read itself blocks without a timeout)."""
+        params = {"topic": topic, "private": _query_value(private)}
+        if kinds:
+            params["kinds"] = ",".join(kinds)
+        path = _tenant(tenant, "tail")
+        closed = threading.Event()
+        try:
+            with self._http.stream(
+                "GET", path, params=params, timeout=httpx.Timeout(self._http.timeout.connect or 5.0, read=None)
+            ) as answer:
+                if answer.status_code >= 400:
+                    answer.read()
+                    raise _error(answer)
+                if on_open is not None:
+                    sock = answer.extensions["network_stream"].get_extra_info("socket")
+
+                    def close() -> None:
+                        closed.set()
+                        with contextlib.suppress(OSError):
+                            sock.shutdown(socket.SHUT_RDWR)
+
+                    on_open(close)
+                kind, data = "message", []
+                for line in answer.iter_lines():
+                    if line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        yield kind, json_module.loads("\n".join(data))
+                        kind, data = "message", []
+        except httpx.HTTPError as exc:
+            if not closed.is_set():
+                raise AdminApiError(None, f"GET {path}: {exc}") from exc
+
+
+def _subject(role: str | None, claims: dict[str, Any] | None, jwt: str | None) -> dict[str, Any]:
+    return {"jwt": jwt} if jwt is not None else {"role": role or "authenticated", "claims": claims or {}}
+
+
+def _error(response: httpx.Response) -> AdminApiError:
+    """The AdminApiError of an answer of status 400 or more (its body read)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code == 403 and not response.content:
+        message = "forbidden: the admin token is missing, invalid or read-only"
+    elif isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"]
+    else:
+        message = response.reason_phrase or "error"
+    errors = body.get("errors") if isinstance(body, dict) and isinstance(body.get("errors"), dict) else None
+    return AdminApiError(response.status_code, message, errors, body)
 
 
 def _segment(value: str) -> str:

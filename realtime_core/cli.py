@@ -250,6 +250,8 @@ def _console_args(host: str, port: int) -> list[str]:
         "true",
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "viewer",  # an operator's console: no "Deploy" button or developer menu
     ]
 
 

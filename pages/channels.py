@@ -1,0 +1,91 @@
+"""Channels: the tenant's active streams, searchable and sortable; one stream's subscribers,
+presence and rates; disconnecting a connection or shutting a stream down, once confirmed."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from console import ui
+
+admin, tenant = ui.client(), ui.tenant()
+st.title("Channels")
+
+COLUMNS = ["topic", "private", "subscribers", "presence", "messages_rate", "deliveries_rate", "fan_out"]
+COLUMNS += ["messages_total", "deliveries_total"]
+
+cols = st.columns([3, 2, 1])
+search = cols[0].text_input("Search topics", key="channel-search")
+sort = cols[1].selectbox("Sort by", ["-subscribers", "-deliveries_rate", "-fan_out", "topic"], key="channel-sort")
+only = cols[2].selectbox("Streams", ["all", "public", "private"], key="channel-private")
+
+
+@st.fragment(run_every=3)
+def table() -> None:
+    private = None if only == "all" else only == "private"
+    channels = ui.get(admin.channels, tenant, sort=sort, private=private, limit=500)
+    if channels is None:
+        return
+    frame = channels.to_frame()
+    if frame.empty:
+        ui.empty(
+            "No active channels. Each channel a client joins appears here with its subscribers, presence and "
+            "message rates. Join one with the Python client:",
+            "from realtime import AsyncRealtimeClient\n"
+            "client = AsyncRealtimeClient(URL + '/realtime/v1', ANON_KEY)\n"
+            "await client.channel('room:1').subscribe()",
+            language="python",
+        )
+        return
+    if search:
+        frame = frame[frame["topic"].str.contains(search, case=False, regex=False)]
+    st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True, key="channels-table")
+    ui.download(frame, "channels")
+    st.session_state.channel_choices = list(zip(frame.topic, frame.private, strict=True))
+
+
+table()
+
+choices = st.session_state.get("channel_choices") or []
+if choices:
+    st.subheader("Channel")
+    topic, private = st.selectbox(
+        "Channel", choices, key="channel-picked", format_func=lambda c: f"{c[0]} (private)" if c[1] else c[0]
+    )
+    channel = ui.get(admin.channel, tenant, topic, private=private)
+    if channel is not None:
+        cols = st.columns(4)
+        cols[0].metric("Subscribers", channel.subscribers)
+        cols[1].metric("Presence keys", channel.presence)
+        cols[2].metric("Messages/s in", f"{channel.extra['messages_rate']:g}")
+        cols[3].metric("Deliveries/s out", f"{channel.extra['deliveries_rate']:g}")
+        st.caption("Per second over the last minute, by kind")
+        st.dataframe(
+            {"in": channel.extra["messages_per_second"], "out": channel.extra["deliveries_per_second"]},
+            key="channel-rates",
+        )
+        subscribers = channel.subscribers_frame()
+        st.markdown("**Subscribers**")
+        st.dataframe(subscribers, hide_index=True, key="channel-subscribers")
+        presence = ui.get(admin.presence, tenant, topic, private=private)
+        if presence is not None and presence.data:
+            st.markdown("**Presence**")
+            st.dataframe(presence.to_frame(), hide_index=True, key="channel-presence")
+
+        st.markdown("**Operator actions**")
+        locked = ui.write_disabled()
+        ids = [c for c in subscribers.get("connection", []) if c]
+        with st.form("disconnect"):
+            conn = st.selectbox("Connection", ids, disabled=locked or not ids)
+            sure = st.checkbox("I understand the client is disconnected (it may reconnect)", disabled=locked)
+            if st.form_submit_button("Disconnect", disabled=locked or not ids) and conn:
+                if not sure:
+                    st.warning("Tick the confirmation first.")
+                elif (done := ui.get(admin.disconnect, tenant, conn)) is not None:
+                    st.success(f"Disconnected {done.id}: close code {done.close_code}, {done.message!r}")
+        with st.form("shutdown"):
+            sure = st.checkbox(f"Shut {topic} down for all {channel.subscribers} subscribers", disabled=locked)
+            if st.form_submit_button("Shut the channel down", disabled=locked):
+                if not sure:
+                    st.warning("Tick the confirmation first.")
+                elif (done := ui.get(admin.shutdown_channel, tenant, topic, private=private)) is not None:
+                    st.success(f"Shut down: {done['closed']} subscribers were sent {done['message']!r}")
