@@ -74,7 +74,6 @@ import json
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -89,7 +88,8 @@ from bench._report import WARN_CPU_PCT, WARN_IDLE_CORE_PCT, fmt, percentile, rou
 from bench._servers import BenchError, Pinning, token
 from bench._verify import diagnose
 from bench._writers import PacedWriter, ThrottledWriter, join_all
-from realtime_core.metrics import Sample, parse_samples
+from console.client import AdminApiError, AdminClient
+from realtime_core.metrics import Sample
 
 __all__ = ["main"]
 
@@ -196,13 +196,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def scrape_metrics(port: int) -> list[Sample]:
-    """GET /metrics; return its samples (none when unreachable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-    except OSError:
-        return []
-    return parse_samples(text)
+    """GET /metrics through the console's client; its samples (none when unreachable)."""
+    with AdminClient(f"http://127.0.0.1:{port}", token="") as client:
+        try:
+            return client.samples()
+        except AdminApiError:
+            return []
 
 
 def _metric(m: list[Sample], name: str) -> float | None:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 import httpx
 import pandas as pd
 
-from realtime_core.metrics import parse_samples
+from realtime_core.metrics import Sample, parse_samples
 
 __all__ = [
     "AdminApiError",
@@ -315,6 +315,41 @@ class OrganizationBill(Bill):
 
 
 @dataclass
+class Attribution(Record):
+    """What drove a tenant's cost (`GET …/attribution`): per topic, client and role, by cost."""
+
+    tenant: str
+    period: str
+    topics: list[dict[str, Any]]
+    clients: list[dict[str, Any]]
+    roles: list[dict[str, Any]]
+    exact: bool
+    total: dict[str, Any]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The topics, costliest first."""
+        return _frame(self.topics)
+
+    def clients_frame(self) -> pd.DataFrame:
+        return _frame(self.clients)
+
+    def roles_frame(self) -> pd.DataFrame:
+        return _frame(self.roles)
+
+
+@dataclass
+class Advice(Record):
+    """What would cut a tenant's bill (`GET …/advice`), each piece with the figures behind it."""
+
+    tenant: str
+    advice: list[dict[str, Any]]
+    not_detectable: list[str]
+
+    def to_frame(self) -> pd.DataFrame:
+        return _frame(self.advice)
+
+
+@dataclass
 class Estimate(Record):
     messages_per_month: dict[str, int]
     peak_connections: int
@@ -459,13 +494,30 @@ class AdminClient:
 
     def metrics(self) -> pd.DataFrame:
         """Every metric sample the server exports (GET /metrics)."""
+        return parse_prometheus(self._exposition())
+
+    def samples(self) -> list[Sample]:
+        """Every sample of GET /metrics, label values unescaped (`metrics.parse_samples`)."""
+        return parse_samples(self._exposition())
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The one sample `name` whose labels include `labels`; AdminApiError when there is not
+        exactly one (the exposition names what there is)."""
+        text = self._exposition()
+        found = [s.value for s in parse_samples(text) if s.name == name and labels.items() <= s.labels.items()]
+        if len(found) != 1:
+            raise AdminApiError(None, f"{len(found)} samples {name}{labels or ''} in /metrics:\n{text}")
+        return float(found[0])
+
+    def _exposition(self) -> str:
+        """GET /metrics, with this client's token (a server with METRICS_JWT_SECRET wants one signed with it)."""
         try:
             response = self._http.get("/metrics")
         except httpx.HTTPError as exc:
             raise AdminApiError(None, f"GET /metrics: {exc}") from exc
         if response.status_code != 200:
             raise AdminApiError(response.status_code, "GET /metrics failed")
-        return parse_prometheus(response.text)
+        return response.text
 
     # The node and tenants
 
@@ -577,6 +629,15 @@ class AdminClient:
 
     def bill(self, tenant: str) -> Bill:
         return Bill.from_json(self._get(_tenant(tenant, "bill")))
+
+    def attribution(self, tenant: str, *, period: str = "cycle", limit: int | None = None) -> Attribution:
+        """Messages, egress and their cost at overage prices per topic, client and role
+        (`period`: `day` or `cycle`), costliest first."""
+        return Attribution.from_json(self._get(_tenant(tenant, "attribution"), period=period, limit=limit))
+
+    def advice(self, tenant: str, *, period: str = "cycle") -> Advice:
+        """What would cut the bill, from the measured traffic."""
+        return Advice.from_json(self._get(_tenant(tenant, "advice"), period=period))
 
     def organization_bill(self, organization: str) -> OrganizationBill:
         return OrganizationBill.from_json(self._get(f"/admin/v1/organizations/{_segment(organization)}/bill"))

@@ -65,6 +65,48 @@ if not days.empty:
         )
         ui.download(hours, "usage-by-hour")
 
+st.subheader("Egress and what drives the bill")
+st.caption(
+    "Every byte written to clients, WebSocket framing included, by the kind of message that caused it. "
+    "Upstream bills Realtime's egress with the organisation's other services: this is the Realtime share."
+)
+egress_quota = bill.quota.get("egress")
+if egress_quota is not None:
+    left, right = st.columns([1, 2])
+    left.plotly_chart(ui.gauge("Egress this cycle (bytes)", egress_quota), key="gauge-egress")
+    if not days.empty:
+        egress_kinds = [c for c in days.columns if c.startswith("egress_bytes.") and c != "egress_bytes.all"]
+        if egress_kinds:
+            egress = days.melt(id_vars="date", value_vars=egress_kinds, var_name="kind", value_name="bytes")
+            egress["kind"] = egress["kind"].str.removeprefix("egress_bytes.")
+            right.plotly_chart(
+                px.bar(egress, x="date", y="bytes", color="kind", title="Egress by kind"), key="egress-days"
+            )
+attribution = ui.get(admin.attribution, tenant, period="cycle")
+if attribution is not None:
+    topics = attribution.to_frame()
+    if topics.empty:
+        st.info("No channel has cost anything this cycle yet.")
+    else:
+        st.markdown(
+            "**Top channels by cost** (messages × $2.50 per million + egress × the plan's price per GB, "
+            "whatever the quota)" + ("" if attribution.exact else " — past 10,000 topics: estimated, see the bound")
+        )
+        st.dataframe(topics.head(20), hide_index=True)
+        ui.download(topics, "attribution-topics")
+        by_client, by_role = st.columns(2)
+        by_client.markdown("**By client library**")
+        by_client.dataframe(attribution.clients_frame(), hide_index=True)
+        by_role.markdown("**By role**")
+        by_role.dataframe(attribution.roles_frame(), hide_index=True)
+advice = ui.get(admin.advice, tenant, period="cycle")
+if advice is not None and advice.advice:
+    st.markdown("**What would cut the bill**")
+    for piece in advice.advice:
+        saving = piece.get("saving")
+        worth = f" — saves about {ui.usd(saving['usd'])} ({saving['egress_bytes']:,} bytes)" if saving else ""
+        st.markdown(f"- `{piece['channel']}`: {piece['advice']}{worth}")
+
 organization = bill.extra.get("organization")
 if organization:
     st.subheader(f"Organisation {organization}")

@@ -600,7 +600,7 @@ class UsageMeter:
         return {
             "messages": _status(messages, plan.included_messages),
             "peak_connections": _status(peak, plan.included_peak_connections),
-            "egress_bytes": _status(self.cycle_egress(tenant, pending), plan.included_egress_bytes),
+            "egress": _status(self.cycle_egress(tenant, pending), plan.included_egress_bytes),
         }
 
     def messages_exhausted(self, tenant: Tenant) -> bool:

@@ -38,9 +38,7 @@ from conftest import (
 from jsclient import JsDriver
 from psycopg.conninfo import conninfo_to_dict
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
-from wire import eventually
-
-from realtime_core.metrics import parse_samples
+from wire import eventually, metric
 
 pytestmark = [pytest.mark.redis, pytest.mark.pg]
 
@@ -452,9 +450,7 @@ async def test_admin_nodes_lists_every_node_and_marks_a_dead_one(cluster, client
 
 
 def _metric(node: ServerProcess, name: str) -> float:
-    response = httpx.get(f"{node.http_url}/metrics")
-    assert response.status_code == 200
-    return {s.name: s.value for s in parse_samples(response.text)}[name]
+    return metric(node.http_url, name)
 
 
 # -- faults ----------------------------------------------------------------------------

@@ -204,6 +204,25 @@ def test_the_usage_page_shows_the_bill_and_usage(seeded, server, admin, console)
 
 
 @pytest.mark.pg
+def test_the_usage_page_shows_egress_and_the_channels_that_drive_the_bill(seeded, server, admin, console):
+    tenant = tenant_of(admin)
+
+    def figures() -> dict[str, str]:
+        attribution = admin.attribution(tenant, period="cycle")
+        row = next(t for t in attribution.topics if t["topic"] == TOPIC)
+        return {"messages": str(row["messages"]), "egress_bytes": str(row["egress_bytes"])}
+
+    at, expected = settled(figures, lambda: console(server.http_url, page="usage"))
+    quiet(at)
+    topics = table(at, "topic", "egress_bytes", "usd")
+    shown = topics[topics["topic"] == TOPIC].iloc[0]
+    assert {"messages": str(shown["messages"]), "egress_bytes": str(shown["egress_bytes"])} == expected
+    assert int(expected["egress_bytes"]) > 0 and list(topics["usd"]) == sorted(topics["usd"], reverse=True)
+    assert "Download attribution-topics.csv" in {b.label for b in at.get("download_button")}
+    assert any("Egress this cycle" in str(chart.proto) for chart in at.get("plotly_chart"))
+
+
+@pytest.mark.pg
 def test_the_what_if_estimator_gives_the_apis_answer(server, admin, console):
     at = console(server.http_url, page="usage")
     at.number_input(key="in-concurrent_clients").set_value(20_000)

@@ -51,6 +51,8 @@ def test_the_notebook_runs_without_error(name: str, seeded, server, monkeypatch)
     client.execute()  # raises CellExecutionError on the first failing cell
     text = outputs(notebook)
     assert f"{server.http_url}: tenants" in text  # the setup cell found the server
+    if name == "usage_and_cost_report":
+        assert "egress this cycle:" in text and "Not visible to the server:" in text  # the egress cells ran
     if name == "rls_policy_audit":
         assert "allow" in text and "deny" in text  # audit:open is readable, the other topics are not
 

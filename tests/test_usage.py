@@ -171,7 +171,7 @@ async def test_a_failed_flush_keeps_the_counts_and_the_next_adds_them_once(pg_ds
             assert await meter.egress_bytes("t1", today, date.fromordinal(today.toordinal() + 1)) == 900
             meter.egress("t1", "protocol", 50, "phoenix")  # not flushed yet: live
             assert meter.cycle_egress(t) == 950
-            assert meter.quota(t)["egress_bytes"]["used"] == 950
+            assert meter.quota(t)["egress"]["used"] == 950
         finally:
             await pool.close()
 

@@ -18,12 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from conftest import MS
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from realtime_core.metrics import parse_samples
+from console.client import AdminClient
 
 __all__ = [
     "V1",
@@ -331,11 +330,10 @@ class RawClient:
 
 
 def metric(http_url: str, name: str, **labels: str) -> float:
-    """The value on GET /metrics of the one sample `name` whose labels include `labels`."""
-    text = httpx.get(f"{http_url}/metrics").text
-    found = [s.value for s in parse_samples(text) if s.name == name and labels.items() <= s.labels.items()]
-    assert len(found) == 1, f"{len(found)} samples {name}{labels or ''} in /metrics:\n{text}"
-    return float(found[0])
+    """The value on GET /metrics of the one sample `name` whose labels include `labels` (read with
+    the console's client, the one reader of the server's figures)."""
+    with AdminClient(http_url, token="") as client:
+        return client.metric(name, **labels)
 
 
 async def eventually(check: Callable[[], bool], timeout: float = RECV_TIMEOUT, what: str = "condition") -> None:

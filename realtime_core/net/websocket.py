@@ -172,7 +172,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.peer = peer
         # Traffic of this connection (admin introspection, attribution): plain counters where the
         # bytes and messages already pass. Bytes are wire bytes (the HTTP 101 answer included);
-        # messages are the frames queued by send(), not WebSocket control frames.
+        # messages are the frames queued by send() (counted when flushed or dropped), not control frames.
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
@@ -198,13 +198,16 @@ class WebSocketConnection(asyncio.Protocol):
             self._writer.mark(self)
         else:
             out.append(frame)
-        self.messages_out += 1
 
     def flush(self) -> None:
         """Write the queued frames (the Writer calls this)."""
         out = self._out
         self._out = None
-        if not out or self.closed:
+        if not out:
+            return
+        # Counted here, once per flush, not in send(): a fan-out's send is its hottest line.
+        self.messages_out += len(out)
+        if self.closed:
             return
         transport = self.transport
         # Backlog already queued in the transport means the client does not
@@ -252,8 +255,14 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _abort(self) -> None:
         self.closed = True
-        self._out = None
+        self._discard_queue()
         self.transport.abort()
+
+    def _discard_queue(self) -> None:
+        """Drop the frames not yet flushed, counted as queued like the flushed ones."""
+        if self._out:
+            self.messages_out += len(self._out)
+        self._out = None
 
     # asyncio.Protocol
 
@@ -401,7 +410,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._out = None
+        self._discard_queue()
         session, self.session = self.session, None
         if session is not None:
             try:
