@@ -20,7 +20,9 @@ from cluster import (
     worker_pids,
 )
 from conftest import MS, ROOT, make_token
-from wire import V1, Frame, RawClient, eventually, parse_samples
+from wire import V1, Frame, RawClient, eventually
+
+from realtime_core.metrics import parse_samples
 
 DELIVERY = 5_000 * MS
 SOCKETS = 12  # all on one worker by chance: 2 ** -11
