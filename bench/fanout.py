@@ -80,6 +80,9 @@ OUR_ENV = {
     "TENANT_MAX_JOINS_PER_SECOND": "100000",
     "TENANT_MAX_CHANNELS_PER_CLIENT": "100",
     "LOG_LEVEL": "warning",
+    # One key for every server of every run: with an external DATABASE_URL they share the stored
+    # (sealed) tenant secrets, which a key generated per run could not open.
+    "DB_ENC_KEY": os.environ.get("DB_ENC_KEY") or "realtime-core-bench-db-enc-key",
 }
 IDLE_WARMUP_CONNECTIONS = 100  # opened and closed first: one-time costs stay out of the figure
 IDLE_SETTLE_S = 2.0

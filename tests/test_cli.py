@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import MS, ROOT
+from psycopg.conninfo import conninfo_to_dict
 
 from realtime_core.jwt import KeySet, verify
 
@@ -128,7 +129,14 @@ def _environ(pid: int) -> dict[str, str]:
 @pytest.mark.pg
 def test_up_generates_the_admin_secret_prints_a_token_and_hands_it_to_the_console(fresh_database, tmp_path: Path):
     data = tmp_path / "data"
-    env = {**os.environ, **ADMIN_ENV, "DATABASE_URL": fresh_database, "REALTIME_DATA_DIR": str(data)}
+    env = {
+        **os.environ,
+        **ADMIN_ENV,
+        "DATABASE_URL": fresh_database,
+        "REALTIME_DATA_DIR": str(data),
+        # Slot names are cluster-wide: this database's own.
+        "SLOT_NAME_SUFFIX": conninfo_to_dict(fresh_database)["dbname"],
+    }
     env.pop("REALTIME_ADMIN_TOKEN", None)
     up = subprocess.Popen(
         [sys.executable, "-m", "realtime_core", "up", "--port", "0", "--console-port", str(_free_port())],

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ADMIN_SECRET, ROOT, admin_token
+from psycopg.conninfo import conninfo_to_dict
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
@@ -268,6 +269,8 @@ def test_the_installed_up_command_serves_the_server_and_the_console(
         "DATABASE_URL": fresh_database,
         "REALTIME_DATA_DIR": str(tmp_path / "data"),
         "API_JWT_SECRET": ADMIN_SECRET,
+        # Slot names are cluster-wide: this database's own.
+        "SLOT_NAME_SUFFIX": conninfo_to_dict(fresh_database)["dbname"],
     }
     with log.open("wb") as err:
         up = subprocess.Popen(
