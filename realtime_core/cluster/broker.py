@@ -251,23 +251,26 @@ class RedisBroker:
             self._dropped_in_cut += count
 
     async def _publish_forever(self, conn: AbstractConnection) -> None:
-        delay = _RETRY_FIRST
         while True:
             try:
                 self._up("publishing")
-                delay = _RETRY_FIRST
                 await self._send_queued(conn)
             except (RedisError, OSError) as exc:
                 self._down("publishing", exc)
             await self._close(conn)
-            while True:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
-                try:
-                    conn = await self._connect()
-                    break
-                except (RedisError, OSError):
-                    continue
+            conn = await self._reconnect()
+
+    async def _reconnect(self) -> AbstractConnection:
+        """A new connection, tried again after a pause that doubles from _RETRY_FIRST up to
+        _RETRY_MAX until Redis answers."""
+        delay = _RETRY_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX)
+            try:
+                return await self._connect()
+            except (RedisError, OSError):
+                continue
 
     async def _send_queued(self, conn: AbstractConnection) -> None:
         command = b"SPUBLISH" if self.sharded else b"PUBLISH"
@@ -302,11 +305,9 @@ class RedisBroker:
         self._channel_changes.set()
 
     async def _receive_forever(self, conn: AbstractConnection) -> None:
-        delay = _RETRY_FIRST
         while True:
             self._heard = self._clock()
             self._up("receiving")
-            delay = _RETRY_FIRST
             # The connection ends with whichever fails first: reading, or keeping it subscribed
             # and PINGed (which also notices that it went silent).
             tasks = {
@@ -326,14 +327,7 @@ class RedisBroker:
                     with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                         await task
             await self._close(conn)
-            while True:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
-                try:
-                    conn = await self._connect()
-                    break
-                except (RedisError, OSError):
-                    continue
+            conn = await self._reconnect()
 
     async def _sync_channels(self, conn: AbstractConnection) -> None:
         """Keep the connection subscribed to exactly the wanted channels, and PING it."""
