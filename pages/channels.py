@@ -19,6 +19,15 @@ sort = cols[1].selectbox("Sort by", ["-subscribers", "-deliveries_rate", "-fan_o
 only = cols[2].selectbox("Streams", ["all", "public", "private"], key="channel-private")
 
 
+def offer(choices: list[tuple[str, bool]]) -> None:
+    """Keep the channel picker below the table in step with it: a refresh of the table alone that
+    finds channels appearing or gone reruns the whole page, which draws the picker anew."""
+    changed = choices != st.session_state.get("channel_choices")
+    st.session_state.channel_choices = choices
+    if changed and not st.session_state.get("channels_page_running"):
+        st.rerun()
+
+
 @st.fragment(run_every=3)
 def table() -> None:
     private = None if only == "all" else only == "private"
@@ -27,6 +36,7 @@ def table() -> None:
         return
     frame = channels.to_frame()
     if frame.empty:
+        offer([])
         ui.empty(
             "No active channels. Each channel a client joins appears here with its subscribers, presence and "
             "message rates. Join one with the Python client:",
@@ -40,9 +50,11 @@ def table() -> None:
         frame = frame[frame["topic"].str.contains(search, case=False, regex=False)]
     st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True, key="channels-table")
     ui.download(frame, "channels")
-    st.session_state.channel_choices = list(zip(frame.topic, frame.private, strict=True))
+    offer(list(zip(frame.topic, frame.private, strict=True)))
 
 
+# Set while the whole page runs, so that the table's own refreshes can tell they ran alone.
+st.session_state.channels_page_running = True
 table()
 
 choices = st.session_state.get("channel_choices") or []
@@ -89,3 +101,5 @@ if choices:
                     st.warning("Tick the confirmation first.")
                 elif (done := ui.get(admin.shutdown_channel, tenant, topic, private=private)) is not None:
                     st.success(f"Shut down: {done['closed']} subscribers were sent {done['message']!r}")
+
+st.session_state.channels_page_running = False
