@@ -46,9 +46,9 @@ __all__ = [
     "Envelope",
     "Estimate",
     "EstimateInputs",
-    "EstimateOutOfRange",
     "Line",
     "PlanEstimate",
+    "PricingOutOfRange",
     "Usage",
     "bill",
     "envelope",
@@ -88,6 +88,12 @@ def _usd(amount: Decimal) -> float:
 
 
 Money = Annotated[Decimal, PlainSerializer(_usd, return_type=float)]
+
+
+def _shown_exactly(amount: Decimal) -> bool:
+    """Whether the JSON number of `amount` (_usd) reads back as the amount to the cent."""
+    cents = amount.quantize(_CENT, context=_TO_CENTS)
+    return Decimal(repr(float(cents))) == cents
 
 
 def _price(value: float | Decimal) -> Decimal:
@@ -190,7 +196,9 @@ def bill(plan: Plan, messages: int, peak_connections: int, egress_bytes: int | N
     exactly at a quota is not past it). Egress past `plan.included_egress_bytes` costs
     `plan.egress_usd_per_gb` per 10^9 bytes, prorated and rounded to the cent; on a hard-quota
     plan it is not billed and restricts like the other quotas. Raises ValueError for a negative
-    quantity."""
+    quantity, and PricingOutOfRange (naming the costliest item) for a bill whose amounts a JSON
+    number could not give to the cent (past about $10^13 on custom prices; never on the built-in
+    plans within the API's bounds)."""
     if messages < 0 or peak_connections < 0 or (egress_bytes is not None and egress_bytes < 0):
         raise ValueError("quantities must be at least 0")
     hard = plan.hard_quota
@@ -218,11 +226,15 @@ def bill(plan: Plan, messages: int, peak_connections: int, egress_bytes: int | N
     for line in lines:
         total = _EXACT.add(total, line.usd)
     base = _price(plan.base_fee_usd)
+    monthly = _EXACT.add(base, total)
+    if not all(_shown_exactly(amount) for amount in (monthly, total, *(line.usd for line in lines))):
+        costliest = max(lines, key=lambda line: line.usd).item
+        raise PricingOutOfRange(costliest, "this bill is too large to give to the cent as a JSON number")
     return Bill(
         plan=plan.name,
         total_usd=total,
         base_fee_usd=base,
-        monthly_usd=_EXACT.add(base, total),
+        monthly_usd=monthly,
         restricted=hard and any(line.overage > 0 for line in lines),
         lines=lines,
         notes=(EGRESS_NOTE,) if egress_bytes is not None else (),
@@ -342,9 +354,9 @@ class EstimateInputs(BaseModel):
     vsn: Literal["1.0.0", "2.0.0"] = Field("1.0.0", description="the clients' serializer: egress is priced with it")
 
 
-class EstimateOutOfRange(ValueError):
-    """Inputs each within bounds whose month is too large to price exactly; `field` is the
-    input to lower (the API answers 422 naming it)."""
+class PricingOutOfRange(ValueError):
+    """Inputs each within bounds whose bill or month is too large to price exactly to the cent
+    as a JSON number; `field` is the input to lower (the API answers 422 naming it)."""
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
@@ -433,7 +445,7 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
     Given `payload_bytes`, egress per month = messages delivered × the frame each is sent in
     (the server's codecs, by vsn), and each plan's bill has an egress line priced with
     `inputs.vsn`. `envelope` compares one broadcast's frame by serializer. Raises
-    EstimateOutOfRange when the month is too large to price to the cent."""
+    PricingOutOfRange when the month is too large to price to the cent."""
     if plans is None:
         plans = [PLANS[name] for name in RANK]
     rates = _Rates(inputs)
@@ -449,7 +461,7 @@ def estimate(inputs: EstimateInputs, plans: Sequence[Plan] | None = None) -> Est
     billed = None if egress is None else egress[inputs.vsn]["all"]
     answers = tuple(_plan_estimate(plan, inputs, rates, messages, peak, billed) for plan in plans)
     if billed is not None and any(a.monthly_usd >= _MAX_PRICED_USD for a in answers):
-        raise EstimateOutOfRange(
+        raise PricingOutOfRange(
             "payload_bytes", f"a month must cost less than ${_MAX_PRICED_USD:,} on every plan to be priced to the cent"
         )
     fitting = [a for a in answers if a.fits]
@@ -536,7 +548,7 @@ def _deliveries(inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dic
 
 
 def _egress(payload_bytes: int, inputs: EstimateInputs, rates: _Rates, seconds: Fraction) -> dict[str, dict[str, int]]:
-    """Egress bytes per month by vsn, then by kind and `all`. Raises EstimateOutOfRange past
+    """Egress bytes per month by vsn, then by kind and `all`. Raises PricingOutOfRange past
     _MAX_EGRESS."""
     delivered = _deliveries(inputs, rates, seconds)
     answer: dict[str, dict[str, int]] = {}
@@ -545,7 +557,7 @@ def _egress(payload_bytes: int, inputs: EstimateInputs, rates: _Rates, seconds: 
         kinds = {kind: n * sizes[kind] for kind, n in delivered.items()}
         answer[vsn] = {**kinds, "all": sum(kinds.values())}
         if answer[vsn]["all"] > _MAX_EGRESS:
-            raise EstimateOutOfRange(
+            raise PricingOutOfRange(
                 "payload_bytes", f"the month's egress must stay within {_MAX_EGRESS:,} bytes to be priced to the cent"
             )
     return answer

@@ -4,6 +4,8 @@ replication, time series, channels), read from the contract's example shapes: na
 
 from __future__ import annotations
 
+from pricing_examples import PRO_BILL
+
 from console.client import Bill, Channel, Estimate, PricingBill, Replication, TimeSeries, Usage
 
 MESSAGES = {"broadcast": 3, "presence": 1, "postgres_changes": 0, "db_broadcast": 0, "rest": 2, "all": 6}
@@ -27,18 +29,7 @@ def test_usage_rows_per_day_or_hour():
 
 
 def test_pricing_bill_and_estimate_tables():
-    bill = PricingBill.from_json(
-        {
-            "plan": "pro",
-            "total_usd": 30.0,
-            "base_fee_usd": 25.0,
-            "restricted": False,
-            "lines": [
-                {"item": "messages", "included": 5000000, "overage": 3500000, "packages": 4, "usd": 10.0},
-                {"item": "peak_connections", "included": 500, "overage": 1200, "packages": 2, "usd": 20.0},
-            ],
-        }
-    )
+    bill = PricingBill.from_json(PRO_BILL)
     assert bill.total_usd == 30.0 and list(bill.to_frame()["usd"]) == [10.0, 20.0]
     estimate = Estimate.from_json(
         {

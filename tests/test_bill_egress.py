@@ -138,3 +138,23 @@ async def test_the_bill_counts_the_bytes_just_sent(pg_dsn: str) -> None:
     # at least the 101 answer, the join's reply and three heartbeat replies
     assert used - before > 5 * len('[null,"1","phoenix","phx_reply",{"status":"ok","response":{}}]')
     assert bill["so_far"]["lines"][2]["used"] == used == bill["window"]["egress_bytes"]
+
+
+def test_a_bill_too_large_to_give_to_the_cent_is_a_422_on_the_plan(pg_dsn: str) -> None:
+    """A JSON number holds about 15 digits: custom prices that make a bill longer than that to the
+    cent get a clear refusal naming the plan and the item, never an amount silently rounded."""
+    with scratch_database(pg_dsn) as dsn:
+        server = start_server(dsn, ENV)
+        try:
+            with httpx.Client(base_url=server.http_url, headers=admin_headers()) as api:
+                fields = {"plan": "enterprise", "included_egress_bytes": 0, "egress_usd_per_gb": 999_999_999.99}
+                body = {"tenant": {"external_id": "ent", "name": "ent", "jwt_secret": "s" * 32, **fields}}
+                assert api.post("/api/tenants", json=body).status_code == 201
+                store(dsn, [("ent", 10**18 + 2)])  # $999,999,999,990,000,000.99… to the cent
+                answer = api.get("/admin/v1/tenants/ent/bill")
+        finally:
+            server.stop()
+    assert answer.status_code == 422, answer.text
+    assert answer.json() == {
+        "errors": {"plan": ["egress: this bill is too large to give to the cent as a JSON number"]}
+    }

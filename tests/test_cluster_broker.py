@@ -212,70 +212,80 @@ async def test_a_node_listens_on_a_channel_only_while_it_has_local_subscribers(t
             await client.close()
 
 
+class Relay:
+    """A raw client on node `a` broadcasting numbered messages on `topic` to a raw client on node `b`."""
+
+    def __init__(self, a: Any, b: Any, topic: str) -> None:
+        self.a, self.b, self.topic = a, b, f"realtime:{topic}"
+        self.received: list[int] = []
+        self.sent = 0
+
+    async def __aenter__(self) -> Relay:
+        self.publisher = await RawClient.open(self.a.socket_url(make_token(), V1), V1)
+        self.receiver = await RawClient.open(self.b.socket_url(make_token(), V1), V1)
+        self.join = await self.publisher.join(self.topic)
+        await self.receiver.join(self.topic)
+        self.reading = asyncio.create_task(self._receive())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reading.cancel()
+        await self.publisher.close()
+        await self.receiver.close()
+
+    async def _receive(self) -> None:
+        while True:
+            frame = await self.receiver.recv(timeout=60_000 * MS)
+            if isinstance(frame, Frame) and frame.event == "broadcast":
+                self.received.append(frame.payload["payload"]["n"])
+
+    async def send(self, count: int) -> None:
+        for _ in range(count):
+            payload = {"type": "broadcast", "event": "m", "payload": {"n": self.sent}}
+            await self.publisher.push(self.topic, "broadcast", payload, join_ref=self.join.ref)
+            self.sent += 1
+            await asyncio.sleep(2 * MS)
+
+    async def both_connected(self, connected: int, within_ms: int, what: str) -> None:
+        await eventually(
+            lambda: all(metric(n.http_url, "realtime_cluster_connected") == connected for n in (self.a, self.b)),
+            within_ms * MS,
+            what,
+        )
+
+    def counted(self) -> tuple[float, float]:
+        """Node a's messages (dropped, published) to Redis."""
+        url = self.a.http_url
+        return metric(url, "realtime_cluster_dropped_total"), metric(url, "realtime_cluster_published_total")
+
+
 async def test_redis_restarted_under_load_reconnects_counts_drops_and_delivers_later_broadcasts(fresh_database, topic):
     with PrivateRedis() as private:
         env = cluster_env(private.url)
         with nodes(fresh_database, env, 2) as (a, b):
-            publisher = await RawClient.open(a.socket_url(make_token(), V1), V1)
-            receiver = await RawClient.open(b.socket_url(make_token(), V1), V1)
-            wire_topic = f"realtime:{topic}"
-            received: list[int] = []
-            try:
-                join = await publisher.join(wire_topic)
-                await receiver.join(wire_topic)
-
-                async def receive() -> None:
-                    while True:
-                        frame = await receiver.recv(timeout=60_000 * MS)
-                        if isinstance(frame, Frame) and frame.event == "broadcast":
-                            received.append(frame.payload["payload"]["n"])
-
-                reading = asyncio.create_task(receive())
-                sent = 0
-
-                async def send(count: int) -> None:
-                    nonlocal sent
-                    for _ in range(count):
-                        await publisher.push(
-                            wire_topic,
-                            "broadcast",
-                            {"type": "broadcast", "event": "m", "payload": {"n": sent}},
-                            join_ref=join.ref,
-                        )
-                        sent += 1
-                        await asyncio.sleep(2 * MS)
-
-                await send(50)
+            async with Relay(a, b, topic) as relay:
+                received = relay.received
+                await relay.send(50)
                 await eventually(lambda: len(received) == 50, DELIVERY, "delivery before the restart")
                 private.kill()
-                await send(50)  # while Redis is down: dropped, and counted
+                await relay.send(50)  # while Redis is down: dropped, and counted
                 private.start()
-                await eventually(
-                    lambda: (
-                        metric(a.http_url, "realtime_cluster_connected") == 1
-                        and metric(b.http_url, "realtime_cluster_connected") == 1
-                    ),
-                    10_000 * MS,
-                    "both nodes reconnected",
-                )
+                await relay.both_connected(1, 10_000, "both nodes reconnected")
                 await asyncio.to_thread(wait_subscribers, private.url, channel(env, topic), 2)  # resubscribed
                 before = len(received)
-                first_after = sent
-                await send(50)
-                await eventually(lambda: received and received[-1] == sent - 1, DELIVERY, "delivery after the restart")
-                reading.cancel()
-            finally:
-                await publisher.close()
-                await receiver.close()
-            dropped = metric(a.http_url, "realtime_cluster_dropped_total")
-            published = metric(a.http_url, "realtime_cluster_published_total")
+                first_after = relay.sent
+                await relay.send(50)
+                await eventually(
+                    lambda: received and received[-1] == relay.sent - 1, DELIVERY, "delivery after the restart"
+                )
+            dropped, published = relay.counted()
             assert dropped > 0
-            assert published + dropped == sent  # every message either sent to Redis or counted as dropped
+            assert published + dropped == relay.sent  # every message either sent to Redis or counted as dropped
             assert metric(a.http_url, "realtime_cluster_reconnects_total") >= 1
             assert metric(b.http_url, "realtime_cluster_reconnects_total") >= 1
             # Order kept, nothing twice, and everything sent once both were back arrived.
             assert received == sorted(set(received))
-            assert set(range(first_after, sent)) <= set(received[before:])
+            assert set(range(first_after, relay.sent)) <= set(received[before:])
             assert "redis: reconnected after" in a.log()
 
 
@@ -285,65 +295,25 @@ async def test_a_frozen_redis_is_noticed_within_the_bound_and_recovered_from(fre
     with PrivateRedis() as private:
         env = cluster_env(private.url)
         with nodes(fresh_database, env, 2) as (a, b):
-            publisher = await RawClient.open(a.socket_url(make_token(), V1), V1)
-            receiver = await RawClient.open(b.socket_url(make_token(), V1), V1)
-            wire_topic = f"realtime:{topic}"
-            received: list[int] = []
-            try:
-                join = await publisher.join(wire_topic)
-                await receiver.join(wire_topic)
-
-                async def receive() -> None:
-                    while True:
-                        frame = await receiver.recv(timeout=60_000 * MS)
-                        if isinstance(frame, Frame) and frame.event == "broadcast":
-                            received.append(frame.payload["payload"]["n"])
-
-                reading = asyncio.create_task(receive())
-                sent = 0
-
-                async def send(count: int) -> None:
-                    nonlocal sent
-                    for _ in range(count):
-                        payload = {"type": "broadcast", "event": "m", "payload": {"n": sent}}
-                        await publisher.push(wire_topic, "broadcast", payload, join_ref=join.ref)
-                        sent += 1
-                        await asyncio.sleep(2 * MS)
-
-                await send(20)
+            async with Relay(a, b, topic) as relay:
+                received = relay.received
+                await relay.send(20)
                 await eventually(lambda: len(received) == 20, DELIVERY, "delivery before the freeze")
                 private.freeze()
-                await send(20)
-                await eventually(
-                    lambda: (
-                        metric(a.http_url, "realtime_cluster_connected") == 0
-                        and metric(b.http_url, "realtime_cluster_connected") == 0
-                    ),
-                    8_000 * MS,
-                    "both nodes taking the silent Redis for cut",
-                )
-                await send(20)  # while cut: dropped at once, and counted
+                await relay.send(20)
+                await relay.both_connected(0, 8_000, "both nodes taking the silent Redis for cut")
+                await relay.send(20)  # while cut: dropped at once, and counted
                 private.thaw()
-                await eventually(
-                    lambda: (
-                        metric(a.http_url, "realtime_cluster_connected") == 1
-                        and metric(b.http_url, "realtime_cluster_connected") == 1
-                    ),
-                    10_000 * MS,
-                    "both nodes reconnected",
-                )
+                await relay.both_connected(1, 10_000, "both nodes reconnected")
                 await asyncio.to_thread(wait_subscribers, private.url, channel(env, topic), 2)
-                first_after = sent
-                await send(20)
-                await eventually(lambda: received and received[-1] == sent - 1, DELIVERY, "delivery after the thaw")
-                reading.cancel()
-            finally:
-                await publisher.close()
-                await receiver.close()
-            dropped = metric(a.http_url, "realtime_cluster_dropped_total")
-            published = metric(a.http_url, "realtime_cluster_published_total")
+                first_after = relay.sent
+                await relay.send(20)
+                await eventually(
+                    lambda: received and received[-1] == relay.sent - 1, DELIVERY, "delivery after the thaw"
+                )
+            dropped, published = relay.counted()
             assert dropped >= 20  # at least those sent while the node knew Redis was cut
-            assert published + dropped == sent
+            assert published + dropped == relay.sent
             assert len(received) == len(set(received))  # nothing twice
-            assert received[received.index(first_after) :] == list(range(first_after, sent))
+            assert received[received.index(first_after) :] == list(range(first_after, relay.sent))
             assert "no answer to PING within 3.5 s" in b.log()

@@ -13,6 +13,7 @@ import pytest
 import schemathesis
 from conftest import admin_headers
 from hypothesis import HealthCheck, settings
+from pricing_examples import ESTIMATE_INPUTS, PRO_BILL
 from schemathesis.specs.openapi.checks import (
     missing_required_header,
     positive_data_acceptance,
@@ -22,20 +23,6 @@ pytestmark = pytest.mark.pg
 
 BILL = "/admin/v1/pricing/bill"
 ESTIMATE = "/admin/v1/pricing/estimate"
-
-EXAMPLE_ESTIMATE = {
-    "concurrent_clients": 1000,
-    "channels_per_client": 2,
-    "messages_per_client_per_minute": 6,
-    "fanout": 10,
-    "presence_updates_per_client_per_hour": 0,
-    "presence_members_per_channel": 0,
-    "db_changes_per_second": 5,
-    "db_listeners": 200,
-    "rls_visible_share": 1.0,
-    "hours_per_day": 8,
-    "days": 30,
-}
 
 
 @pytest.fixture
@@ -53,16 +40,7 @@ def test_the_bill_example(http) -> None:  # type: ignore[no-untyped-def]
     answer = post(http, BILL, {"plan": "pro", "messages": 8500000, "peak_connections": 1700})
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    contract = {
-        "plan": "pro",
-        "total_usd": 30.0,
-        "base_fee_usd": 25.0,
-        "restricted": False,
-        "lines": [
-            {"item": "messages", "included": 5000000, "overage": 3500000, "packages": 4, "usd": 10.0},
-            {"item": "peak_connections", "included": 500, "overage": 1200, "packages": 2, "usd": 20.0},
-        ],
-    }
+    contract = PRO_BILL
     keys = ("item", "included", "overage", "packages", "usd")
     assert {k: body[k] for k in contract if k != "lines"} == {k: v for k, v in contract.items() if k != "lines"}
     assert [{k: line[k] for k in keys} for line in body["lines"]] == contract["lines"]
@@ -76,7 +54,7 @@ def test_a_hard_quota_plan_is_restricted_not_billed(http) -> None:  # type: igno
 
 
 def test_the_estimate_example(http) -> None:  # type: ignore[no-untyped-def]
-    answer = post(http, ESTIMATE, EXAMPLE_ESTIMATE)
+    answer = post(http, ESTIMATE, ESTIMATE_INPUTS)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     # By hand, from the formulas:
@@ -150,10 +128,10 @@ def test_the_bill_with_egress(http) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_the_estimate_with_a_payload_size(http) -> None:  # type: ignore[no-untyped-def]
-    plain = post(http, ESTIMATE, EXAMPLE_ESTIMATE).json()
+    plain = post(http, ESTIMATE, ESTIMATE_INPUTS).json()
     assert plain["egress_bytes_per_month"] is None
     assert [f["vsn"] for f in plain["envelope"]["frames"]] == ["1.0.0", "2.0.0", "2.0.0"]
-    body = post(http, ESTIMATE, {**EXAMPLE_ESTIMATE, "payload_bytes": 100, "vsn": "2.0.0"}).json()
+    body = post(http, ESTIMATE, {**ESTIMATE_INPUTS, "payload_bytes": 100, "vsn": "2.0.0"}).json()
     egress = body["egress_bytes_per_month"]
     assert set(egress) == {"1.0.0", "2.0.0"} and egress["2.0.0"]["all"] < egress["1.0.0"]["all"]
     frames = {f["serializer"]: f for f in body["envelope"]["frames"]}
@@ -168,7 +146,7 @@ def test_the_estimate_with_a_payload_size(http) -> None:  # type: ignore[no-unty
 
 
 def test_the_last_three_estimate_fields_default(http) -> None:  # type: ignore[no-untyped-def]
-    short = {k: v for k, v in EXAMPLE_ESTIMATE.items() if k not in ("rls_visible_share", "hours_per_day", "days")}
+    short = {k: v for k, v in ESTIMATE_INPUTS.items() if k not in ("rls_visible_share", "hours_per_day", "days")}
     body = post(http, ESTIMATE, short).json()
     assert body["messages_per_month"]["broadcast"] == 1000 * 6 * 60 * 24 * 30 * 11
     assert body["messages_per_month"]["postgres_changes"] == 5 * 3600 * 24 * 30 * 200
@@ -177,7 +155,7 @@ def test_the_last_three_estimate_fields_default(http) -> None:  # type: ignore[n
 def test_a_read_only_token_may_price_and_nothing_is_recorded(http) -> None:  # type: ignore[no-untyped-def]
     read = admin_headers(admin="read")
     assert post(http, BILL, {"plan": "team", "messages": 0, "peak_connections": 501}, **read).json()["total_usd"] == 10
-    assert post(http, ESTIMATE, EXAMPLE_ESTIMATE, **read).status_code == 200
+    assert post(http, ESTIMATE, ESTIMATE_INPUTS, **read).status_code == 200
     audit = http.get("/admin/v1/audit", params={"limit": 1000}).json()["data"]
     assert not [e for e in audit if "pricing" in e["action"]]
 
@@ -240,10 +218,10 @@ def test_bad_bills_name_the_field(http, body, field) -> None:  # type: ignore[no
     ],
 )
 def test_bad_estimates_name_the_field(http, change, field) -> None:  # type: ignore[no-untyped-def]
-    answer = post(http, ESTIMATE, {**EXAMPLE_ESTIMATE, **change})
+    answer = post(http, ESTIMATE, {**ESTIMATE_INPUTS, **change})
     assert answer.status_code == 422, answer.text
     assert list(answer.json()["errors"]) == [field]
-    missing = post(http, ESTIMATE, {k: v for k, v in EXAMPLE_ESTIMATE.items() if k != "db_listeners"})
+    missing = post(http, ESTIMATE, {k: v for k, v in ESTIMATE_INPUTS.items() if k != "db_listeners"})
     assert missing.json() == {"errors": {"db_listeners": ["can't be blank"]}}
 
 

@@ -25,7 +25,7 @@ from realtime_core.pricing import (
     ENVELOPE_EVENT,
     ENVELOPE_TOPIC,
     EstimateInputs,
-    EstimateOutOfRange,
+    PricingOutOfRange,
     Usage,
     bill,
     envelope,
@@ -306,7 +306,7 @@ class TestEstimatedEgress:
 
     def test_too_large_to_price_exactly_names_payload_bytes(self):
         huge = {**EXAMPLE, "concurrent_clients": 10**6, "fanout": 10.0**6, "messages_per_client_per_minute": 6000.0}
-        with pytest.raises(EstimateOutOfRange) as refused:
+        with pytest.raises(PricingOutOfRange) as refused:
             estimate(EstimateInputs(**huge, payload_bytes=3_000 * 1024))
         assert refused.value.field == "payload_bytes"
 

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..plans import PLANS
-from ..pricing import Bill, Estimate, EstimateInputs, EstimateOutOfRange, bill, estimate
+from ..pricing import Bill, Estimate, EstimateInputs, PricingOutOfRange, bill, estimate
 from .endpoints import AdminApi, Call, Model, invalid
 
 __all__ = ["BillRequest", "routes"]
@@ -43,5 +43,5 @@ def routes(api: AdminApi) -> None:
         every plan, the cheapest that fits, and each serializer's envelope overhead per message."""
         try:
             return estimate(call.body)
-        except EstimateOutOfRange as e:
+        except PricingOutOfRange as e:
             raise invalid(e.field, str(e)) from None

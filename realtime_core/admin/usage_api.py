@@ -10,6 +10,7 @@ Realtime share (each bill's `notes` say so)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -286,13 +287,14 @@ def routes(api: AdminApi, app: App) -> None:
                 "peak_connections": _status(part.peak, plan.included_peak_connections),
                 "egress": _status(part.egress, plan.included_egress_bytes),
             },
-            "so_far": pricing.bill(plan, part.messages, part.peak, part.egress).model_dump(mode="json"),
-            "projected": pricing.bill(
+            "so_far": priced(pricing.bill, plan, part.messages, part.peak, part.egress),
+            "projected": priced(
+                pricing.bill,
                 plan,
                 part.projected.messages,
                 part.projected.peak_connections,
                 part.projected.egress_bytes,
-            ).model_dump(mode="json"),
+            ),
             "window": _window_json(window([part])),
         }
 
@@ -330,10 +332,18 @@ def routes(api: AdminApi, app: App) -> None:
                 "peak_connections": _status(peak, plan.included_peak_connections),
                 "egress": _status(egress, plan.included_egress_bytes),
             },
-            "so_far": pricing.organization_bill((p.tenant.plan, p.so_far) for p in parts).model_dump(mode="json"),
-            "projected": pricing.organization_bill((p.tenant.plan, p.projected) for p in parts).model_dump(mode="json"),
+            "so_far": priced(pricing.organization_bill, [(p.tenant.plan, p.so_far) for p in parts]),
+            "projected": priced(pricing.organization_bill, [(p.tenant.plan, p.projected) for p in parts]),
             "window": _window_json(window(parts)),
         }
+
+
+def priced(make: Callable[..., pricing.Bill], *args: Any) -> dict[str, Any]:
+    """A bill as JSON; a 422 on the plan when custom prices make it too large to give to the cent."""
+    try:
+        return make(*args).model_dump(mode="json")
+    except pricing.PricingOutOfRange as e:
+        raise invalid("plan", f"{e.field}: {e}") from None
 
 
 def _window_json(window: dict[str, Any]) -> dict[str, Any]:
