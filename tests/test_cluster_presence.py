@@ -222,17 +222,23 @@ async def test_a_killed_nodes_presences_leave_everywhere_within_the_bound(cluste
         assert log.leaves.count("doomed") == 1
 
 
+async def _alice_joins_bob(js: JsDriver, bob_node: Any, alice_node: Any, token: str, topic: str) -> dict[str, Any]:
+    """realtime-js clients bob and alice join `topic` on their nodes (bob first), and alice tracks
+    herself; returns the presence join bob's client saw."""
+    for name, node in (("bob", bob_node), ("alice", alice_node)):
+        start = js.mark()
+        await js.join(name, node.ws_url, token, topic, listen=("presence",), presence={"key": name})
+        await js.wait_for(lambda ev, name=name: _presence(ev, name, "sync"), timeout=DELIVERY, since=start)
+    start = js.mark()
+    assert await js.request({"op": "track", "channel": "alice", "payload": {"status": "online"}}) == "ok"
+    return await js.wait_for(lambda ev: _presence(ev, "bob", "join", "alice"), timeout=DELIVERY, since=start)
+
+
 @pytest.mark.js
 async def test_realtime_js_sees_presence_from_another_node(cluster, token, topic):
     nodes = cluster(2)
     async with JsDriver() as js:
-        for name, node in (("alice", nodes[0]), ("bob", nodes[1])):
-            start = js.mark()
-            await js.join(name, node.ws_url, token, topic, listen=("presence",), presence={"key": name})
-            await js.wait_for(lambda ev, name=name: _presence(ev, name, "sync"), timeout=DELIVERY, since=start)
-        start = js.mark()
-        assert await js.request({"op": "track", "channel": "alice", "payload": {"status": "online"}}) == "ok"
-        joined = await js.wait_for(lambda ev: _presence(ev, "bob", "join", "alice"), timeout=DELIVERY, since=start)
+        joined = await _alice_joins_bob(js, nodes[1], nodes[0], token, topic)
         assert [{k: v for k, v in m.items() if k != "presence_ref"} for m in joined["payload"]["newPresences"]] == [
             {"status": "online"}
         ]
@@ -252,13 +258,7 @@ async def test_realtime_js_sees_presence_from_another_node(cluster, token, topic
 async def test_realtime_js_sees_a_killed_nodes_presences_leave(cluster, token, topic):
     nodes = cluster(2)
     async with JsDriver() as js:
-        for name, node in (("bob", nodes[0]), ("alice", nodes[1])):
-            start = js.mark()
-            await js.join(name, node.ws_url, token, topic, listen=("presence",), presence={"key": name})
-            await js.wait_for(lambda ev, name=name: _presence(ev, name, "sync"), timeout=DELIVERY, since=start)
-        start = js.mark()
-        assert await js.request({"op": "track", "channel": "alice", "payload": {"status": "online"}}) == "ok"
-        await js.wait_for(lambda ev: _presence(ev, "bob", "join", "alice"), timeout=DELIVERY, since=start)
+        await _alice_joins_bob(js, nodes[0], nodes[1], token, topic)
 
         start = js.mark()
         killed_at = time.monotonic()
