@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -335,24 +336,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(module.main(args.rest))
 
 
-def _seconds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number of seconds, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1 second, got {value}")
-    return value
+def _at_least_one(unit: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of `unit` ("" for a plain count), 1 or more."""
+    what = f"a whole number of {unit}" if unit else "a whole number"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"at least 1{' ' + unit.rstrip('s') if unit else ''}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"at least 1, got {value}")
-    return value
+_seconds = _at_least_one("seconds")
+_positive = _at_least_one("")
 
 
 def _parser() -> argparse.ArgumentParser:
