@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from cluster import cluster_env, needs_redis, nodes
+from cluster import cluster_env, needs_redis, nodes, start_workers, worker_pids
 from conftest import admin_token, scratch_database
 from console_traffic import Traffic, until
 
@@ -128,3 +128,30 @@ def test_the_cluster_views_list_both_nodes_and_actions_reach_the_other_node(pg_d
         shut = admin.shutdown_channel(tenant, TOPIC)
         assert shut == {"closed": 2, "message": "Server requested disconnect"}
         until(lambda: TOPIC not in {r.topic for r in admin.cluster_channels(tenant) if r.subscribers}, "shut")
+
+
+@needs_redis
+@pytest.mark.pg
+@pytest.mark.redis
+def test_behind_one_port_every_worker_answers_for_both(pg_dsn):
+    with scratch_database(pg_dsn) as url:
+        server = start_workers(url, cluster_env(), 2)
+        try:
+            with AdminClient(server.http_url, admin_token()) as admin, Traffic(server) as traffic:
+                tenant = admin.tenants()[0].id
+                pids = set(worker_pids(server))
+                until(lambda: {n.pid for n in admin.nodes() if n.alive} == pids, "both workers live")
+                # The kernel spreads the connections over the workers: join until both have some.
+                for _ in range(40):
+                    traffic.join(TOPIC)
+                    if len({c.node for c in admin.cluster_connections(tenant)}) == 2:
+                        break
+                rows = admin.cluster_connections(tenant)
+                assert len({c.node for c in rows}) == 2, "every connection landed on one worker"
+                assert admin.cluster_channels(tenant)[0].subscribers == len(rows)
+                # Each DELETE lands on either worker: every one must reach the connection's own.
+                done = [admin.disconnect(tenant, c.id) for c in rows]
+                assert [d.extra["node"] for d in done] == [c.node for c in rows]
+                until(lambda: not admin.cluster_connections(tenant), "every connection closed")
+        finally:
+            server.stop()
