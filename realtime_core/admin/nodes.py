@@ -3,10 +3,11 @@ errors summed over them (README, "Presence, limits and usage across nodes").
 
 Every node rewrites its record in Redis at each liveness beat (cluster/nodes.py), so the
 nodes and the cluster's totals cost one HGETALL and are at most a beat old; the cluster's
-connection counts are Redis's exact totals (cluster/counters.py). A tenant's connections and
-recent errors are asked of every live node (Cluster.ask(), one question over Redis pub/sub,
-answered from each node's memory) and say which node each is on. Without REDIS_URL the
-cluster is this process."""
+connection counts are Redis's exact totals (cluster/counters.py). A tenant's connections,
+streams, recent errors and time series are asked of every live node (Cluster.ask(), one
+question over Redis pub/sub, answered from each node's memory) and say which node each row is
+on. Without REDIS_URL the cluster is this process, and each view answers what the process's
+own view does (admin/introspect.py, admin/channels.py), plus the node."""
 
 from __future__ import annotations
 
