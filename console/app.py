@@ -27,6 +27,7 @@ navigation = st.navigation(
         st.Page(str(PAGES / "channels.py"), title="Channels", icon=":material/forum:"),
         st.Page(str(PAGES / "inspector.py"), title="Inspector", icon=":material/manage_search:"),
         st.Page(str(PAGES / "presence.py"), title="Presence", icon=":material/group:"),
+        st.Page(str(PAGES / "nodes.py"), title="Nodes", icon=":material/hub:"),
         st.Page(str(PAGES / "replication.py"), title="Replication", icon=":material/sync_alt:"),
         st.Page(str(PAGES / "rls_tester.py"), title="RLS tester", icon=":material/policy:"),
         st.Page(str(PAGES / "usage.py"), title="Usage & pricing", icon=":material/payments:"),

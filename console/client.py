@@ -38,6 +38,11 @@ __all__ = [
     "Bill",
     "ChangeCheck",
     "Channel",
+    "Cluster",
+    "ClusterChannel",
+    "ClusterConnection",
+    "ClusterErrors",
+    "ClusterNode",
     "Connection",
     "Disconnected",
     "Estimate",
@@ -237,6 +242,89 @@ class Errors(Record):
         """One row per minute, one column per code."""
         rows = [{"at": m["at"], **m["counts"]} for m in self.per_minute]
         return pd.DataFrame(rows).fillna(0) if rows else pd.DataFrame()
+
+
+@dataclass
+class ClusterConnection(Connection):
+    """A connection and the node it is on."""
+
+    node: str
+
+
+@dataclass
+class ClusterChannel(Channel):
+    """A stream over every node: `by_node` holds the subscribers on each node; the one-stream
+    view's `subscriber_list` names each subscriber's `node`."""
+
+    by_node: dict[str, int] | None = None
+
+
+@dataclass
+class ClusterErrors(Errors):
+    """Every node's recent errors (each row with its `node`), counts summed and `by_node`."""
+
+    by_node: dict[str, dict[str, int]]
+
+
+@dataclass
+class ClusterNode(Record):
+    """One server process of the cluster as of its last beat (a dead one for 10 minutes)."""
+
+    id: str
+    address: str | None
+    pid: int
+    started_at: str
+    last_seen: str
+    connections: int
+    channels: int
+    version: str
+    alive: bool
+    died_at: str | None
+    tenants: dict[str, dict[str, Any]]
+    pubsub_lag_ms: list[list[Any]]
+
+    def lag_frame(self) -> pd.DataFrame:
+        """The node's highest pub/sub lag (ms) at each beat, indexed by time (UTC)."""
+        times = [at for at, _ in self.pubsub_lag_ms]
+        values = [lag for _, lag in self.pubsub_lag_ms]
+        frame = pd.DataFrame({"pubsub_lag_ms": values}, index=pd.to_datetime(times, unit="s", utc=True), dtype=float)
+        frame.index.name = "at"
+        return frame
+
+
+@dataclass
+class Cluster(Record):
+    """The live nodes' totals, and per tenant (`tenants[id]`: connections, channels, users,
+    errors by code, and `by_node`). `name` is None for a single process."""
+
+    name: str | None
+    nodes: int
+    connections: int
+    channels: int
+    tenants: dict[str, dict[str, Any]]
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per tenant: connections, channels, users and errors (all codes)."""
+        rows = [
+            {
+                "tenant": tid,
+                "connections": t["connections"],
+                "channels": t["channels"],
+                "users": t["users"],
+                "errors": sum(t["errors"].values()),
+            }
+            for tid, t in sorted(self.tenants.items())
+        ]
+        return pd.DataFrame(rows, columns=["tenant", "connections", "channels", "users", "errors"])
+
+    def nodes_frame(self, tenant: str) -> pd.DataFrame:
+        """The tenant's connections, channels and users on each node."""
+        by_node = self.tenants.get(tenant, {}).get("by_node", {})
+        rows = [
+            {"node": node, **{k: counts.get(k, 0) for k in ("connections", "channels", "users")}}
+            for node, counts in sorted(by_node.items())
+        ]
+        return pd.DataFrame(rows, columns=["node", "connections", "channels", "users"])
 
 
 @dataclass
@@ -543,7 +631,8 @@ class AdminClient:
         return self._page(Connection, _tenant(tenant, "connections"), limit=limit, cursor=cursor, sort=sort)
 
     def disconnect(self, tenant: str, connection: str) -> Disconnected:
-        """Disconnect one connection, as upstream drains a tenant's sockets."""
+        """Disconnect one connection, as upstream drains a tenant's sockets, on whichever node
+        of a cluster it is (`extra["node"]`)."""
         return Disconnected.from_json(self._request("DELETE", _tenant(tenant, "connections", connection)))
 
     # Channels and presence
@@ -564,7 +653,7 @@ class AdminClient:
         return Channel.from_json(self._get(_tenant(tenant, "channels", topic), private=private))
 
     def shutdown_channel(self, tenant: str, topic: str, *, private: bool = False) -> dict[str, Any]:
-        """Shut a stream down for every subscriber, with upstream's shutdown text."""
+        """Shut a stream down for every subscriber (on every node), with upstream's shutdown text."""
         return self._request("DELETE", _tenant(tenant, "channels", topic), params={"private": private})
 
     def presence(self, tenant: str, topic: str, *, private: bool = False) -> Presence:
@@ -595,6 +684,51 @@ class AdminClient:
         """Per-second (`10m`) or per-minute (`1h`) history of the named series (all when None)."""
         params = {"series": ",".join(series) if series else None, "window": window}
         return TimeSeries.from_json(self._get(_tenant(tenant, "timeseries"), **params))
+
+    # The cluster: every node's view (a single process answers as a cluster of one)
+
+    def nodes(self) -> Table[ClusterNode]:
+        """Every node, live first, then dead ones (listed for 10 minutes after their death)."""
+        return Table([ClusterNode.from_json(row) for row in self._get("/admin/v1/nodes")["data"]])
+
+    def cluster(self) -> Cluster:
+        return Cluster.from_json(self._get("/admin/v1/cluster"))
+
+    def cluster_connections(
+        self, tenant: str, *, limit: int | None = None, cursor: str | None = None, sort: str | None = None
+    ) -> Table[ClusterConnection]:
+        """The tenant's connections on every live node, each with its `node`."""
+        path = _cluster(tenant, "connections")
+        return self._page(ClusterConnection, path, limit=limit, cursor=cursor, sort=sort)
+
+    def cluster_channels(
+        self,
+        tenant: str,
+        *,
+        private: bool | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        sort: str | None = None,
+    ) -> Table[ClusterChannel]:
+        """The tenant's streams over every live node: counts and rates summed, `by_node` subscribers."""
+        path = _cluster(tenant, "channels")
+        return self._page(ClusterChannel, path, private=private, limit=limit, cursor=cursor, sort=sort)
+
+    def cluster_channel(self, tenant: str, topic: str, *, private: bool = False) -> ClusterChannel:
+        """One stream over every live node, with its subscriber_list (each with its `node`)."""
+        return ClusterChannel.from_json(self._get(_cluster(tenant, "channels", topic), private=private))
+
+    def cluster_errors(
+        self, tenant: str, *, limit: int | None = None, cursor: str | None = None, sort: str | None = None
+    ) -> ClusterErrors:
+        answer = self._get(_cluster(tenant, "errors"), limit=limit, cursor=cursor, sort=sort)
+        return ClusterErrors.from_json(answer)
+
+    def cluster_timeseries(self, tenant: str, series: list[str] | None = None, window: str = "10m") -> TimeSeries:
+        """timeseries() summed over the live nodes (replication lags: the highest); `extra["nodes"]`
+        names the nodes that answered."""
+        params = {"series": ",".join(series) if series else None, "window": window}
+        return TimeSeries.from_json(self._get(_cluster(tenant, "timeseries"), **params))
 
     # Operator actions
 
@@ -800,6 +934,10 @@ def _segment(value: str) -> str:
 
 def _tenant(tenant: str, *parts: str) -> str:
     return "/".join(["/admin/v1/tenants", _segment(tenant), *(_segment(p) for p in parts)])
+
+
+def _cluster(tenant: str, *parts: str) -> str:
+    return "/".join(["/admin/v1/cluster/tenants", _segment(tenant), *(_segment(p) for p in parts)])
 
 
 def _query_value(value: Any) -> Any:

@@ -1,5 +1,6 @@
-"""Channels: the tenant's active streams, searchable and sortable; one stream's subscribers,
-presence and rates; disconnecting a connection or shutting a stream down, once confirmed."""
+"""Channels: the tenant's active streams over every node, searchable and sortable; one stream's
+subscribers (with the node each is on), presence and rates; disconnecting a connection or
+shutting a stream down, once confirmed (the server reaches the nodes concerned)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ admin, tenant = ui.client(), ui.tenant()
 st.title("Channels")
 
 COLUMNS = ["topic", "private", "subscribers", "presence", "messages_rate", "deliveries_rate", "fan_out"]
-COLUMNS += ["messages_total", "deliveries_total"]
+COLUMNS += ["messages_total", "deliveries_total", "nodes"]
 
 cols = st.columns([3, 2, 1])
 search = cols[0].text_input("Search topics", key="channel-search")
@@ -31,7 +32,7 @@ def offer(choices: list[tuple[str, bool]]) -> None:
 @st.fragment(run_every=3)
 def table() -> None:
     private = None if only == "all" else only == "private"
-    channels = ui.get(admin.channels, tenant, sort=sort, private=private, limit=500)
+    channels = ui.get(admin.cluster_channels, tenant, sort=sort, private=private, limit=500)
     if channels is None:
         return
     frame = channels.to_frame()
@@ -46,6 +47,8 @@ def table() -> None:
             language="python",
         )
         return
+    # Subscribers on each node, as `node: n` (a cluster of one has a single node).
+    frame["nodes"] = [", ".join(f"{node}: {n}" for node, n in sorted(c.by_node.items())) for c in channels]
     if search:
         frame = frame[frame["topic"].str.contains(search, case=False, regex=False)]
     st.dataframe(frame[[c for c in COLUMNS if c in frame]], hide_index=True, key="channels-table")
@@ -63,7 +66,7 @@ if choices:
     topic, private = st.selectbox(
         "Channel", choices, key="channel-picked", format_func=lambda c: f"{c[0]} (private)" if c[1] else c[0]
     )
-    channel = ui.get(admin.channel, tenant, topic, private=private)
+    channel = ui.get(admin.cluster_channel, tenant, topic, private=private)
     if channel is not None:
         cols = st.columns(4)
         cols[0].metric("Subscribers", channel.subscribers)
@@ -76,6 +79,8 @@ if choices:
             key="channel-rates",
         )
         subscribers = channel.subscribers_frame()
+        if "node" in subscribers:
+            subscribers = subscribers[["node", *(c for c in subscribers.columns if c != "node")]]
         st.markdown("**Subscribers**")
         st.dataframe(subscribers, hide_index=True, key="channel-subscribers")
         presence = ui.get(admin.presence, tenant, topic, private=private)
@@ -85,15 +90,21 @@ if choices:
 
         st.markdown("**Operator actions**")
         locked = ui.write_disabled()
-        ids = [c for c in subscribers.get("connection", []) if c]
+        on = dict(zip(subscribers.get("connection", []), subscribers.get("node", []), strict=True))
+        ids = [c for c in on if c]
         with st.form("disconnect"):
-            conn = st.selectbox("Connection", ids, disabled=locked or not ids)
+            conn = st.selectbox(
+                "Connection", ids, disabled=locked or not ids, format_func=lambda c: f"{c} (node {on[c]})"
+            )
             sure = st.checkbox("I understand the client is disconnected (it may reconnect)", disabled=locked)
             if st.form_submit_button("Disconnect", disabled=locked or not ids) and conn:
                 if not sure:
                     st.warning("Tick the confirmation first.")
                 elif (done := ui.get(admin.disconnect, tenant, conn)) is not None:
-                    st.success(f"Disconnected {done.id}: close code {done.close_code}, {done.message!r}")
+                    st.success(
+                        f"Disconnected {done.id}: close code {done.close_code}, {done.message!r}"
+                        f" (node {done.extra.get('node')})"
+                    )
         with st.form("shutdown"):
             sure = st.checkbox(f"Shut {topic} down for all {channel.subscribers} subscribers", disabled=locked)
             if st.form_submit_button("Shut the channel down", disabled=locked):

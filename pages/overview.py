@@ -1,6 +1,6 @@
-"""Overview: connections against the plan, the cycle against its quota, live rates by kind,
-errors by code, replication and event-loop lag, quota gauges, and the last 10 minutes or hour in
-charts."""
+"""Overview, every node of a cluster summed: connections against the plan, the cycle against its
+quota, live rates by kind, errors by code, replication and event-loop lag, quota gauges, and the
+last 10 minutes or hour in charts."""
 
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ def last(series: dict[str, list[float]], name: str) -> float:
 def live() -> None:
     node = ui.get(admin.node)
     view = ui.get(admin.tenant, tenant)
+    cluster = ui.get(admin.cluster)
     bill = ui.get(admin.bill, tenant)
-    now = ui.get(admin.timeseries, tenant, window="1m")
-    if node is None or view is None or bill is None or now is None:
+    now = ui.get(admin.cluster_timeseries, tenant, window="1m")
+    if node is None or view is None or cluster is None or bill is None or now is None:
         return
+    # The whole cluster's connections (a single process: its own); the tenant is listed once it has had one.
+    connections = cluster.tenants.get(tenant, {}).get("connections", 0)
     quota = bill.quota
     cols = st.columns(4)
     cols[0].metric(
         "Connections now",
-        f"{view.counts['connections']:,}",
-        help="open WebSocket connections of the tenant",
+        f"{connections:,}",
+        help="open WebSocket connections of the tenant, on every node",
     )
     cols[0].caption(f"limit {view.limits['effective']['max_concurrent_users']:,} users (plan {view.plan['name']})")
     cols[1].metric("Peak connections this cycle", f"{quota['peak_connections']['used']:,}")
@@ -42,8 +45,13 @@ def live() -> None:
     cols[2].metric("Messages this cycle", f"{quota['messages']['used']:,}")
     cols[2].caption(f"quota {quota['messages']['included']:,} ({quota['messages']['percent']} %)")
     lag = node.event_loop_lag_ms
-    cols[3].metric("Event-loop lag p99", "—" if lag.get("p99") is None else f"{lag['p99']:.1f} ms")
-    cols[3].caption(f"uptime {node.uptime_ms / 1000:,.0f} s · v{node.version}")
+    cols[3].metric(
+        "Event-loop lag p99",
+        "—" if lag.get("p99") is None else f"{lag['p99']:.1f} ms",
+        help="of the process that answered (every node: the Nodes page)",
+    )
+    nodes = f"{cluster.nodes} nodes" if cluster.name is not None else "a single process"
+    cols[3].caption(f"pid {node.pid} of {nodes} · uptime {node.uptime_ms / 1000:,.0f} s · v{node.version}")
     left, right = st.columns(2)
     left.plotly_chart(ui.gauge("Messages this cycle", quota["messages"]), key="o-gauge-messages")
     right.plotly_chart(ui.gauge("Peak connections this cycle", quota["peak_connections"]), key="o-gauge-peak")
@@ -70,7 +78,7 @@ WINDOWS = {"10m": "last 10 minutes, per second", "1h": "last hour, per minute"}
 
 @st.fragment(run_every=5)
 def history(window: str) -> None:
-    series = ui.get(admin.timeseries, tenant, window=window)
+    series = ui.get(admin.cluster_timeseries, tenant, window=window)
     if series is None:
         return
     frame = series.to_frame()

@@ -1,4 +1,5 @@
-"""Presence: who is present on each channel, with their metas, and joins and leaves over time."""
+"""Presence: who is present on each channel (on any node), with their metas, and joins and leaves
+over time summed over the nodes."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ st.title("Presence")
 
 @st.fragment(run_every=3)
 def members() -> None:
-    channels = ui.get(admin.channels, tenant, sort="-presence", limit=200)
+    channels = ui.get(admin.cluster_channels, tenant, sort="-presence", limit=200)
     if channels is None:
         return
     present = [c for c in channels if c.presence]
@@ -40,7 +41,7 @@ def members() -> None:
 
 @st.fragment(run_every=10)
 def history() -> None:
-    series = ui.get(admin.timeseries, tenant, ["presence.joins", "presence.leaves"], window="1h")
+    series = ui.get(admin.cluster_timeseries, tenant, ["presence.joins", "presence.leaves"], window="1h")
     if series is not None:
         frame = series.to_frame()
         st.plotly_chart(px.line(frame, y=list(frame.columns), title="Presence joins and leaves per minute"))

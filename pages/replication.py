@@ -53,7 +53,7 @@ def slots() -> None:
         f"realtime.messages: {messages.get('rows', 0):,} rows, {messages.get('bytes', 0):,} bytes, "
         f"{messages.get('partitions', 0)} partitions, oldest {messages.get('oldest') or '—'}"
     )
-    history = ui.get(admin.timeseries, tenant, ["commit_to_dispatch_ms", "replication_lag_ms"], window="1h")
+    history = ui.get(admin.cluster_timeseries, tenant, ["commit_to_dispatch_ms", "replication_lag_ms"], window="1h")
     if history is not None:
         frame = history.to_frame()
         st.plotly_chart(px.line(frame, y=list(frame.columns), title="Commit → dispatch and lag (ms)"))

@@ -177,7 +177,13 @@ async def test_delete_connection_disconnects_with_upstreams_texts(server, topic)
             headers=admin_headers(),
             timeout=10,
         )
-        assert ok(response) == {"id": alice["id"], "close_code": 1012, "message": "Server requested disconnect"}
+        [node] = ok(get(server, "/admin/v1/nodes"))["data"]
+        assert ok(response) == {
+            "id": alice["id"],
+            "close_code": 1012,
+            "message": "Server requested disconnect",
+            "node": node["id"],  # the node it was on: this process
+        }
         closed = await js.wait_for(
             lambda ev: ev["ev"] == "socket" and ev["state"] == "close" and ev["client"] == "alice", since=start
         )

@@ -15,7 +15,17 @@ import pandas as pd
 import psycopg
 import pytest
 import streamlit.config
-from conftest import ADMIN_SECRET, MS, admin_headers, admin_token, make_token, messages_policy, published_table
+from cluster import cluster_env, needs_redis, nodes
+from conftest import (
+    ADMIN_SECRET,
+    MS,
+    admin_headers,
+    admin_token,
+    make_token,
+    messages_policy,
+    published_table,
+    scratch_database,
+)
 from console_traffic import Traffic, until
 from psycopg import sql
 from streamlit.testing.v1 import AppTest
@@ -30,6 +40,7 @@ PAGES = {
     "channels": "Channels",
     "inspector": "Inspector",
     "presence": "Presence",
+    "nodes": "Nodes",
     "replication": "Replication",
     "rls_tester": "RLS tester",
     "usage": "Usage & pricing",
@@ -149,9 +160,11 @@ def test_the_overview_shows_the_admin_apis_figures(seeded, server, admin, consol
     tenant = tenant_of(admin)
 
     def figures() -> dict[str, str]:
-        view, bill = admin.tenant(tenant), admin.bill(tenant)
+        view, cluster, bill = admin.tenant(tenant), admin.cluster(), admin.bill(tenant)
+        # A single process is a cluster of one: its count and the cluster's are the same.
+        assert cluster.tenants[tenant]["connections"] == view.counts["connections"]
         return {
-            "Connections now": f"{view.counts['connections']:,}",
+            "Connections now": f"{cluster.tenants[tenant]['connections']:,}",
             "Peak connections this cycle": f"{bill.quota['peak_connections']['used']:,}",
             "Messages this cycle": f"{bill.quota['messages']['used']:,}",
         }
@@ -173,7 +186,10 @@ def test_the_channels_and_presence_pages_show_the_seeded_channel(seeded, server,
     assert row["presence"] == 1
     assert at.selectbox(key="channel-picked").value == (TOPIC, False)
     assert metrics(at)["Subscribers"] == "2"
+    [node] = admin.nodes()
+    assert row["nodes"] == f"{node.id}: 2"
     subscribers = table(at, "connection", "join_ref")
+    assert subscribers.columns[0] == "node" and set(subscribers["node"]) == {node.id}
     assert sorted(subscribers["connection"]) == sorted(
         s["connection"] for s in admin.channel(tenant, TOPIC).subscriber_list
     )
@@ -182,6 +198,60 @@ def test_the_channels_and_presence_pages_show_the_seeded_channel(seeded, server,
     quiet(at)
     members = table(at, "key", "status")
     assert list(members["key"]) == ["alice"] and list(members["status"]) == ["online"]
+
+
+@pytest.mark.pg
+def test_the_nodes_page_shows_a_single_process_as_a_cluster_of_one(seeded, server, admin, console):
+    tenant = tenant_of(admin)
+    at = console(server.http_url, page="nodes")
+    quiet(at)
+    nodes = table(at, "id", "alive", "address", "pid", "uptime")
+    assert list(nodes["pid"]) == [server.proc.pid] and list(nodes["alive"]) == [True]
+    assert nodes["address"].iloc[0].endswith(f":{server.port}")
+    assert metrics(at)["Live nodes"] == "1" and metrics(at)["Dead nodes"] == "0"
+    assert any("single process" in i.value for i in at.info)
+    assert any("--workers 2 --redis" in c.value for c in at.code)
+    [node] = admin.nodes()
+    connections = table(at, "node", "id", "client_library")
+    assert set(connections["node"]) == {node.id}
+    assert set(seeded_connections(admin, tenant)) <= set(connections["id"])
+
+
+def seeded_connections(admin: AdminClient, tenant: str) -> list[str]:
+    return [s["connection"] for s in admin.channel(tenant, TOPIC).subscriber_list]
+
+
+@needs_redis
+@pytest.mark.pg
+@pytest.mark.redis
+def test_the_nodes_page_shows_every_node_of_a_cluster_and_their_connections(pg_dsn, console):
+    with (
+        scratch_database(pg_dsn) as url,
+        nodes(url, cluster_env(), 2) as (first, second),
+        AdminClient(first.http_url, admin_token()) as admin,
+        Traffic(first) as here,
+        Traffic(second) as there,
+    ):
+        until(lambda: [n.alive for n in admin.nodes()] == [True, True], "two live nodes")
+        here.join(TOPIC)
+        there.join(TOPIC)
+        tenant = tenant_of(admin)
+        ids = {n.pid: n.id for n in admin.nodes()}
+        until(lambda: len({c.node for c in admin.cluster_connections(tenant)}) == 2, "both nodes' connections")
+        at = console(first.http_url, page="nodes")
+        quiet(at)
+        shown = table(at, "id", "alive", "pid")
+        assert dict(zip(shown["pid"], shown["id"], strict=True)) == ids and all(shown["alive"])
+        assert metrics(at)["Live nodes"] == "2"
+        assert not any("single process" in i.value for i in at.info)
+        assert set(table(at, "node", "id", "client_library")["node"]) == set(ids.values())
+
+        at = console(first.http_url, page="channels")
+        quiet(at)
+        row = table(at, "topic", "nodes").set_index("topic").loc[TOPIC]
+        assert row["subscribers"] == 2
+        assert row["nodes"] == ", ".join(f"{node}: 1" for node in sorted(ids.values()))
+        assert sorted(table(at, "connection", "join_ref")["node"]) == sorted(ids.values())
 
 
 @pytest.mark.pg

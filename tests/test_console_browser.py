@@ -159,6 +159,7 @@ PAGES = [
     ("", "Overview", "Connections now"),
     ("channels", "Channels", TOPIC),
     ("presence", "Presence", f"{TOPIC} — 1 keys"),
+    ("nodes", "Nodes", "a cluster of one"),
     ("replication", "Replication", "Publication supabase_realtime"),
     ("usage", "Usage & pricing", "What-if estimator"),
     ("settings", "Settings", "Audit log"),

@@ -20,12 +20,22 @@ if TYPE_CHECKING:
     from ..app import App
     from ..tenants import Tenant
 
-__all__ = ["routes"]
+__all__ = [
+    "SORTABLE",
+    "ChannelListQuery",
+    "ChannelQuery",
+    "ChannelRow",
+    "Subscriber",
+    "channel_row",
+    "routes",
+    "streams",
+    "subscriber_list",
+]
 
 # The text upstream's operator disconnect pushes to a channel (RT user_socket.ex disconnect/1),
 # sent here as a channel shutdown: a `system` error message, then phx_close (docs/protocol.md §3.6).
 SHUTDOWN_TEXT = "Server requested disconnect"
-_SORTABLE = (
+SORTABLE = (
     "topic",
     "private",
     "subscribers",
@@ -64,6 +74,7 @@ class ChannelRow(BaseModel):
     messages_rate: float = Field(description="sum of messages_per_second")
     deliveries_rate: float = Field(description="sum of deliveries_per_second")
     fan_out: float | None = Field(description="average receivers per publication (null before any)")
+    publications: int = Field(description="publications fanned out to the stream's subscribers")
 
 
 class Subscriber(BaseModel):
@@ -116,6 +127,64 @@ class TimeSeriesAnswer(BaseModel):
     )
 
 
+def channel_row(app: App, key: StreamKey, second: int) -> dict[str, Any]:
+    """One stream as this process sees it (ChannelRow), with `publications`: the publications it
+    fanned out (fan_out's denominator; the cluster view sums its nodes' rows)."""
+    subs = app.hub.subscribers(key)
+    presence = app.hub.presences.get(key)
+    stats = app.channel_stats.of(key)
+    messages = dict.fromkeys(KINDS, 0)
+    deliveries = dict.fromkeys(KINDS, 0)
+    rates_in = rates_out = dict.fromkeys(KINDS, 0.0)
+    fan_out = None
+    publications = 0
+    if stats is not None:
+        messages.update(stats.accepted)
+        deliveries.update(stats.delivered)
+        rates_in, rates_out = stats.rates(second)
+        publications = stats.publications
+        if publications:
+            fan_out = round(sum(stats.delivered.values()) / publications, 3)
+    return {
+        "topic": key.sub_topic,
+        "private": key.private,
+        "subscribers": len(subs),
+        "presence": presence.key_count() if presence is not None else 0,
+        "messages": messages,
+        "deliveries": deliveries,
+        "messages_per_second": rates_in,
+        "deliveries_per_second": rates_out,
+        "messages_total": sum(messages.values()),
+        "deliveries_total": sum(deliveries.values()),
+        "messages_rate": round(sum(rates_in.values()), 3),
+        "deliveries_rate": round(sum(rates_out.values()), 3),
+        "fan_out": fan_out,
+        "publications": publications,
+    }
+
+
+def streams(app: App, tid: str, private: bool | None = None) -> list[StreamKey]:
+    """The tenant's streams with a subscriber here, and those idle but recently used, by topic."""
+    keys = {k for k in app.hub.stream_keys() if k.tenant == tid}
+    keys.update(k for k in app.channel_stats.streams if k.tenant == tid)
+    if private is not None:
+        keys = {k for k in keys if k.private is private}
+    return sorted(keys, key=lambda k: (k.sub_topic, k.private))
+
+
+def subscriber_list(app: App, key: StreamKey) -> list[dict[str, Any]]:
+    """The stream's subscribers in this process (Subscriber)."""
+    return [
+        {
+            "connection": getattr(getattr(sub, "socket", None), "id", None),
+            "role": _text(sub.claims.get("role")),
+            "sub": _text(sub.claims.get("sub")),
+            "join_ref": getattr(sub, "join_ref", None),
+        }
+        for sub in app.hub.subscribers(key)
+    ]
+
+
 def routes(api: AdminApi, app: App) -> None:
     """Add the channel and time-series routes."""
 
@@ -125,35 +194,16 @@ def routes(api: AdminApi, app: App) -> None:
             raise not_found()
         return tenant
 
-    def row(key: StreamKey, second: int) -> dict[str, Any]:
-        subs = app.hub.subscribers(key)
-        presence = app.hub.presences.get(key)
-        stats = app.channel_stats.of(key)
-        messages = dict.fromkeys(KINDS, 0)
-        deliveries = dict.fromkeys(KINDS, 0)
-        rates_in = rates_out = dict.fromkeys(KINDS, 0.0)
-        fan_out = None
-        if stats is not None:
-            messages.update(stats.accepted)
-            deliveries.update(stats.delivered)
-            rates_in, rates_out = stats.rates(second)
-            if stats.publications:
-                fan_out = round(sum(stats.delivered.values()) / stats.publications, 3)
-        return {
-            "topic": key.sub_topic,
-            "private": key.private,
-            "subscribers": len(subs),
-            "presence": presence.key_count() if presence is not None else 0,
-            "messages": messages,
-            "deliveries": deliveries,
-            "messages_per_second": rates_in,
-            "deliveries_per_second": rates_out,
-            "messages_total": sum(messages.values()),
-            "deliveries_total": sum(deliveries.values()),
-            "messages_rate": round(sum(rates_in.values()), 3),
-            "deliveries_rate": round(sum(rates_out.values()), 3),
-            "fan_out": fan_out,
-        }
+    def shutdown_here(args: dict[str, Any]) -> int:
+        """Shut the stream's subscribers in this process down; how many there were."""
+        subs = app.hub.subscribers(
+            StreamKey(str(args.get("tenant")), bool(args.get("private")), str(args.get("topic")))
+        )
+        for sub in subs:
+            sub.shutdown(SHUTDOWN_TEXT)
+        return len(subs)
+
+    app.node_queries["shutdown"] = shutdown_here
 
     def stream_of(call: Call, tenant: Tenant) -> StreamKey:
         return StreamKey(tenant.external_id, call.query.private, call.params["topic"])
@@ -162,14 +212,9 @@ def routes(api: AdminApi, app: App) -> None:
     async def list_channels(call: Call) -> dict[str, Any]:
         """The tenant's streams: subscribers, presence keys, messages in and deliveries out."""
         tenant = tenant_of(call)
-        tid = tenant.external_id
-        keys = {k for k in app.hub.stream_keys() if k.tenant == tid}
-        keys.update(k for k in app.channel_stats.streams if k.tenant == tid)  # idle, recently used
-        if call.query.private is not None:
-            keys = {k for k in keys if k.private is call.query.private}
         second = int(app.now())
-        rows = [row(k, second) for k in sorted(keys, key=lambda k: (k.sub_topic, k.private))]
-        return paginate(rows, call.query, sortable=_SORTABLE, default="-subscribers")
+        rows = [channel_row(app, k, second) for k in streams(app, tenant.external_id, call.query.private)]
+        return paginate(rows, call.query, sortable=SORTABLE, default="-subscribers")
 
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic", query=ChannelQuery, response=ChannelDetail)
     async def get_channel(call: Call) -> dict[str, Any]:
@@ -179,16 +224,8 @@ def routes(api: AdminApi, app: App) -> None:
         subs = app.hub.subscribers(key)
         if not subs and app.channel_stats.of(key) is None:
             raise not_found()
-        detail = row(key, int(app.now()))
-        detail["subscriber_list"] = [
-            {
-                "connection": getattr(getattr(sub, "socket", None), "id", None),
-                "role": _text(sub.claims.get("role")),
-                "sub": _text(sub.claims.get("sub")),
-                "join_ref": getattr(sub, "join_ref", None),
-            }
-            for sub in subs
-        ]
+        detail = channel_row(app, key, int(app.now()))
+        detail["subscriber_list"] = subscriber_list(app, key)
         return detail
 
     @api.route(
@@ -199,18 +236,20 @@ def routes(api: AdminApi, app: App) -> None:
         action="channel.shutdown",
     )
     async def shutdown_channel(call: Call) -> dict[str, Any]:
-        """Shut the channel down for every subscriber: a system message, then phx_close."""
+        """Shut the channel down for every subscriber (on every node of a cluster): a system
+        message, then phx_close."""
         tenant = tenant_of(call)
         key = stream_of(call, tenant)
         call.target = f"{tenant.external_id}/{key.sub_topic}"
         call.detail = {"private": key.private}
-        subs = app.hub.subscribers(key)
-        if not subs:
+        args = {"tenant": tenant.external_id, "topic": key.sub_topic, "private": key.private}
+        # In a cluster every node shuts its own subscribers down (Cluster.ask(), this node too).
+        answers = await app.nodes.ask("shutdown", args) if app.nodes is not None else {"": shutdown_here(args)}
+        closed = sum(n for n in answers.values() if isinstance(n, int))
+        if not closed:
             raise not_found()
-        for sub in subs:
-            sub.shutdown(SHUTDOWN_TEXT)
-        call.detail["closed"] = len(subs)
-        return {"closed": len(subs), "message": SHUTDOWN_TEXT}
+        call.detail["closed"] = closed
+        return {"closed": closed, "message": SHUTDOWN_TEXT}
 
     @api.route("GET", "/admin/v1/tenants/:id/timeseries", query=TimeSeriesQuery, response=TimeSeriesAnswer)
     async def timeseries(call: Call) -> dict[str, Any]:

@@ -129,6 +129,7 @@ class Disconnected(BaseModel):
     id: str
     close_code: int
     message: str
+    node: str = Field(description="the node the connection was on (GET /admin/v1/nodes)")
 
 
 class Presence(BaseModel):
@@ -344,15 +345,31 @@ def routes(api: AdminApi, app: App) -> None:
     )
     async def disconnect(call: Call) -> dict[str, Any]:
         """Disconnect one connection as upstream drains a tenant: `Server requested disconnect`
-        on each of its channels, then close 1012."""
+        on each of its channels, then close 1012. In a cluster, on whichever node it is (`node`)."""
         tenant = _tenant(app, call)
         conn_id = call.params["conn"]
         call.target = f"{tenant.external_id}/{conn_id}"
-        socket = next((s for s in _sockets(app, tenant) if s.id == conn_id), None)
-        if socket is None:
+        args = {"tenant": tenant.external_id, "connection": conn_id}
+        done = disconnect_here(args)
+        if done is None and app.nodes is not None:
+            # Not here: the node that holds it disconnects it (Cluster.ask(); the others answer null).
+            answers = await app.nodes.ask("disconnect", args)
+            done = next((answer for answer in answers.values() if answer is not None), None)
+        if done is None:
             raise not_found()
-        text = app.disconnect_socket(socket)
-        return {"id": conn_id, "close_code": int(CloseCode.SERVICE_RESTART), "message": text}
+        call.detail = {"node": done["node"]}
+        return done
+
+    def disconnect_here(args: dict[str, Any]) -> dict[str, Any] | None:
+        """Disconnect the connection if it is in this process (Disconnected), else None."""
+        tenant = app.tenants.get(str(args.get("tenant")))
+        found = [s for s in _sockets(app, tenant) if s.id == args.get("connection")] if tenant is not None else []
+        if not found:
+            return None
+        text = app.disconnect_socket(found[0])
+        return {"id": found[0].id, "close_code": int(CloseCode.SERVICE_RESTART), "message": text, "node": app.node_id}
+
+    app.node_queries["disconnect"] = disconnect_here
 
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic/presence", query=StreamQuery, response=Presence)
     async def presence(call: Call) -> dict[str, Any]:
