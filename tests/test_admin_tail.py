@@ -334,7 +334,7 @@ async def test_the_observer_is_in_the_hub_only_while_a_viewer_is_open_and_counts
     [sender] = app.hub.subscribers(key)
     skipped = Publication("realtime:room", "broadcast", orjson.dumps({"i": "self"}))
     assert app.hub.publish(tenant, key, skipped, app.now(), exclude=sender) == 0
-    assert all(pub is not skipped for _, pub in viewer.buffer)
+    assert all(pub is not skipped for _, _, pub, _ in viewer.buffer)
     assert viewer.dropped == 2 and len(viewer.buffer) == 3
     assert not private.buffer and not private.dropped  # the public stream only
     tail.close(TENANT, private)
