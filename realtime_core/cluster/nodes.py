@@ -300,15 +300,15 @@ class Cluster:
 
     async def ask(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Ask every live node `name`(`args`); their answers by node id. Waits at most
-        ASK_TIMEOUT for the nodes live at the last sweep; a node that does not answer in
-        time is left out."""
+        ASK_TIMEOUT for the nodes live now (their liveness keys, read first: a node that joined
+        since the last sweep is waited for too); a node that does not answer in time is left out."""
         reply = f"{self.prefix}reply:{uuid.uuid4().hex}"
         answers: dict[str, Any] = {}
         listener = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
+            expected = await self._live_nodes() | {self.node_id}
             await listener.subscribe(reply)
             await self.redis.publish(self.ask_channel, orjson.dumps({"q": name, "a": args, "r": reply}))
-            expected = set(self.live) | {self.node_id}
             loop = asyncio.get_running_loop()
             deadline = loop.time() + ASK_TIMEOUT
             while not expected <= set(answers) and (left := deadline - loop.time()) > 0:
