@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from cluster import TENANT, cluster_env, needs_redis, nodes
 from conftest import MS, ServerProcess, admin_headers, make_token
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
 from test_admin_tail import Viewer
+from test_cluster_leader import leader_of
+from test_postgres_changes import new_table, run
 
 from realtime_core.admin.tail import GATHER
 
@@ -126,6 +129,56 @@ async def test_a_trace_started_on_one_node_records_the_decisions_of_another(two,
     assert (await admin(a, "DELETE", f"{TRACES}/{trace['id']}")).status_code == 204
     assert (await admin(b, "GET", f"{TRACES}/{trace['id']}")).status_code == 404
     assert (await admin(a, "DELETE", f"{TRACES}/{by_connection.json()['id']}")).status_code == 204
+
+
+async def test_the_leader_records_postgres_changes_decisions_for_a_subject_on_a_follower(
+    fresh_database, server_factory, topic
+):
+    env = cluster_env()
+    servers = [server_factory(env, database_url=fresh_database) for _ in range(2)]
+    leader = await leader_of(servers)
+    follower = next(s for s in servers if s is not leader)
+    leader_id, follower_id = await node_id(leader), await node_id(follower)
+    with psycopg.connect(fresh_database, autocommit=True) as db:
+        table = new_table(db, "id int primary key, body text")
+        started = await admin(follower, "POST", TRACES, json={"topic": topic, "sub": "pia"})
+        assert started.status_code == 201, started.text
+        by_sub = started.json()["id"]
+        received: asyncio.Queue[Any] = asyncio.Queue()
+        client = AsyncRealtimeClient(follower.ws_url, make_token("authenticated", sub="pia"), auto_reconnect=False)
+        await client.connect()
+        try:
+            subscribed = asyncio.Event()
+            channel = client.channel(topic)
+            channel.on_postgres_changes(
+                "INSERT", schema="public", table=table, filter="id=eq.1", callback=received.put_nowait
+            )
+            channel.on_system(lambda payload: subscribed.set())
+            await channel.subscribe()
+            await asyncio.wait_for(subscribed.wait(), 10 * DELIVERY)
+            run(db, "insert into {t} values (2, 'filtered out')", table)
+            run(db, "insert into {t} values (1, 'wanted')", table)
+            got = await asyncio.wait_for(received.get(), 2 * DELIVERY)
+            assert got["data"]["record"] == {"id": 1, "body": "wanted"}
+
+            read = await decisions(leader, by_sub, 2)
+            changes = [d for d in read["decisions"] if d["kind"] == "postgres_changes"]
+            assert [(d["event"], d["delivered"], d["reason"], d["node"], d["decided_on"]) for d in changes] == [
+                ("INSERT", False, "pg_filter", follower_id, leader_id),
+                ("INSERT", True, None, follower_id, leader_id),
+            ]
+            # The leader knows the follower's connection ids too: a trace of one connection.
+            started = await admin(leader, "POST", TRACES, json={"topic": topic, "connection": changes[0]["connection"]})
+            assert started.status_code == 201, started.text
+            run(db, "insert into {t} values (3, 'filtered out')", table)
+            [refused] = (await decisions(follower, started.json()["id"], 1))["decisions"]
+            assert (refused["reason"], refused["node"], refused["connection"]) == (
+                "pg_filter",
+                follower_id,
+                changes[0]["connection"],
+            )
+        finally:
+            await client.close()
 
 
 async def test_a_tail_on_one_node_shows_what_another_delivers_once(two, clients, topic):
