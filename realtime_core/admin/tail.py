@@ -387,7 +387,7 @@ def routes(api: AdminApi, app: App) -> Tail:
             try:
                 viewer.forwarders = await tail.announce()
             except BaseException:
-                await stream.aclose()  # Redis unreachable, or the request cancelled
+                await stream.aclose()  # the request was cancelled meanwhile
                 raise
         return StreamingResponse(
             stream,

@@ -57,13 +57,18 @@ class TailRelay:
 
     async def announce(self) -> list[str]:
         """Tell every live node the streams watched here, and keep telling them while any is;
-        return the nodes that took it."""
+        return the nodes that took it (this one alone while Redis does not answer: the viewers
+        see this node's deliveries, and the others' from the first announcement that gets through)."""
         nodes = self.app.nodes
         if nodes is None:
             return [self.app.node_id]
-        answers = await nodes.ask("tail.want", self._announcement())
         if self._announcing is None or self._announcing.done():
             self._announcing = self.app.tasks.spawn(self._announce_forever(), name="tail announcements")
+        try:
+            answers = await nodes.ask("tail.want", self._announcement())
+        except Exception as exc:
+            log.warning("tail: viewers' streams not announced (%s)", exc)
+            return [self.app.node_id]
         return sorted(answers)
 
     def _announcement(self) -> dict[str, Any]:
