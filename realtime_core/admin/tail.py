@@ -6,7 +6,8 @@ out (hub.DeliveryObserver.delivered), so it is never counted as a receiver, as u
 against the tenant's limits, and it sees only what was delivered to at least one receiver
 (nothing on a stream without subscribers; not a broadcast whose only subscriber is its sender
 with `self: false`). The Tail observer is in Hub.observers
-only while some viewer is open; it then costs one dict lookup per publication. Each viewer
+only while some viewer is open (in a cluster: or another node's viewer watches a stream,
+tail_relay.py); it then costs two dict lookups per publication. Each viewer
 holds at most `buffer` messages: a viewer that reads slower than messages come loses the
 oldest, and is told how many with a `dropped` event before the rest.
 
