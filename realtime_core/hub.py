@@ -135,6 +135,16 @@ class DeliveryObserver(Protocol):
         """`count` frames of `kind` (`nbytes` in all) went to one `subscriber` of `key` outside deliver()."""
 
 
+class RemoteSubject(Protocol):
+    """A channel joined on another node of a cluster, as its replication leader knows it
+    (cluster/leader.RemoteChannel): enough to tell whose it is in a delivery trace."""
+
+    node: str
+    connection: str | None  # its connection's id (None: that node did not say)
+    sub_topic: str
+    claims: dict[str, Any]
+
+
 class Tracer(Protocol):
     """Records the decisions taken for traced subjects (trace.Tracer). Hub.tracer is None while
     no trace runs, so that delivery costs one attribute test per publication for tracing."""
@@ -157,6 +167,11 @@ class Tracer(Protocol):
         self, tenant: str, sub: Subscriber, kind: str, event: str | None, delivered: bool, reason: str | None
     ) -> None:
         """A decision about a message of `kind` for `sub` taken outside Hub.publish()."""
+
+    def decided_remote(
+        self, tenant: str, channel: RemoteSubject, kind: str, event: str | None, delivered: bool, reason: str | None
+    ) -> None:
+        """A decision about a message of `kind` taken here for a channel joined on another node."""
 
     def sent(self) -> None:
         """The frames of the decisions just recorded are queued."""

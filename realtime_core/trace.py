@@ -8,7 +8,12 @@ while no trace is active: the hot path then costs one attribute test per publica
 
 Memory is bounded: a trace keeps at most MAX_DECISIONS decisions (later ones are counted in
 `overflow`), a tenant has at most MAX_ACTIVE traces running, and finished traces are kept for
-KEEP_FINISHED seconds (at most MAX_KEPT per tenant) so their decisions can still be read."""
+KEEP_FINISHED seconds (at most MAX_KEPT per tenant) so their decisions can still be read.
+
+In a cluster every node runs the same trace (same id and expiry, admin/trace_api.py) and records
+its own decisions. Postgres Changes are decided on the tenant's replication leader for every
+node's subscribers: the leader records those of other nodes' channels (decided_remote()), with
+the node they are on."""
 
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
-from .hub import Hub, Publication, StreamKey, Subscriber
+from .hub import Hub, Publication, RemoteSubject, StreamKey, Subscriber
 
 if TYPE_CHECKING:
     from .tenants import Tenant
@@ -90,12 +95,19 @@ class _Conn(Protocol):
 
 
 class Decision:
-    """One decision about one message for one of the subject's connections."""
+    """One decision about one message for one of the subject's connections; `node`: the node that
+    connection is on when it is not this one (a cluster's replication leader deciding for it)."""
 
-    __slots__ = ("at", "connection", "delivered", "event", "kind", "reason")
+    __slots__ = ("at", "connection", "delivered", "event", "kind", "node", "reason")
 
     def __init__(
-        self, kind: str | None, event: str | None, connection: str | None, delivered: bool, reason: str | None
+        self,
+        kind: str | None,
+        event: str | None,
+        connection: str | None,
+        delivered: bool,
+        reason: str | None,
+        node: str | None = None,
     ) -> None:
         self.at = time.time()
         self.kind = kind
@@ -103,6 +115,7 @@ class Decision:
         self.connection = connection
         self.delivered = delivered
         self.reason = reason
+        self.node = node
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +125,7 @@ class Decision:
             "connection": self.connection,
             "delivered": self.delivered,
             "reason": self.reason,
+            "node": self.node,
         }
 
 
@@ -133,13 +147,22 @@ class Trace:
         "topic",
     )
 
-    def __init__(self, tenant: str, topic: str, sub: str | None, connection: str | None, seconds: float) -> None:
-        self.id = secrets.token_urlsafe(9)
+    def __init__(
+        self,
+        tenant: str,
+        topic: str,
+        sub: str | None,
+        connection: str | None,
+        seconds: float,
+        trace_id: str | None = None,
+        created_at: float | None = None,
+    ) -> None:
+        self.id = trace_id or secrets.token_urlsafe(9)
         self.tenant = tenant
         self.topic = topic
         self.sub = sub
         self.connection = connection
-        self.created_at = time.time()
+        self.created_at = time.time() if created_at is None else created_at
         self.expires_at = self.created_at + seconds
         self.stopped_at: float | None = None
         self.decisions: list[Decision] = []
@@ -159,14 +182,26 @@ class Trace:
             return socket.id == self.connection
         return claims.get("sub") == self.sub
 
+    def matches_remote(self, channel: RemoteSubject) -> bool:
+        """Whether a channel joined on another node belongs to the subject."""
+        if self.connection is not None:
+            return channel.connection == self.connection
+        return channel.claims.get("sub") == self.sub
+
     def add(
-        self, kind: str | None, event: str | None, connection: str | None, delivered: bool, reason: str | None
+        self,
+        kind: str | None,
+        event: str | None,
+        connection: str | None,
+        delivered: bool,
+        reason: str | None,
+        node: str | None = None,
     ) -> Decision | None:
         """Record a decision unless the trace is full (then only count it); return it when kept."""
         if len(self.decisions) >= MAX_DECISIONS:
             self.overflow += 1
             return None
-        decision = Decision(kind, event, connection, delivered, reason)
+        decision = Decision(kind, event, connection, delivered, reason, node)
         self.decisions.append(decision)
         return decision
 
@@ -188,15 +223,29 @@ class Tracer:
 
     # Managing traces (the admin API)
 
-    def start(self, tenant: str, topic: str, *, sub: str | None, connection: str | None, seconds: float) -> Trace:
-        """Start a trace of `sub` (or of the connection `connection`) on `topic`.
+    def start(
+        self,
+        tenant: str,
+        topic: str,
+        *,
+        sub: str | None,
+        connection: str | None,
+        seconds: float,
+        trace_id: str | None = None,
+        created_at: float | None = None,
+    ) -> Trace:
+        """Start a trace of `sub` (or of the connection `connection`) on `topic` for `seconds`
+        from `created_at` (default now). `trace_id`: the id another node gave the same trace;
+        starting a trace this process already holds returns it as it is.
 
         Raises TraceLimit when the tenant already runs MAX_ACTIVE traces."""
+        if trace_id is not None and (held := self.traces.get(trace_id)) is not None:
+            return held
         running = sum(1 for t in self.traces.values() if t.tenant == tenant and t.active)
         if running >= MAX_ACTIVE:
             raise TraceLimit(f"at most {MAX_ACTIVE} traces may run at once per tenant")
         self._forget_finished(tenant)
-        trace = Trace(tenant, topic, sub, connection, seconds)
+        trace = Trace(tenant, topic, sub, connection, seconds, trace_id, created_at)
         for private in (False, True):
             for member in self.hub.subscribers(StreamKey(tenant, private, topic)):
                 channel = cast(_Channel, member)
@@ -205,7 +254,8 @@ class Tracer:
         self.traces[trace.id] = trace
         self._running.setdefault((tenant, topic), []).append(trace)
         self._tenants.setdefault(tenant, set()).add(topic)
-        trace.timer = asyncio.get_running_loop().call_later(seconds, self.stop, trace)
+        left = max(0.0, trace.expires_at - time.time())
+        trace.timer = asyncio.get_running_loop().call_later(left, self.stop, trace)
         self.hub.tracer = self
         return trace
 
@@ -336,6 +386,24 @@ class Tracer:
                 decision = trace.add(kind, event, channel.socket.id, delivered, reason)
                 if decision is not None and delivered:
                     self._sending.append((channel.conn, decision))
+
+    def decided_remote(
+        self,
+        tenant: str,
+        channel: RemoteSubject,
+        kind: str,
+        event: str | None,
+        delivered: bool,
+        reason: str | None,
+    ) -> None:
+        """Record a decision taken here (a cluster's replication leader) for a channel joined on
+        another node: `delivered` means sent to that node, which queues it unless it is cut off."""
+        traces = self._running.get((tenant, channel.sub_topic))
+        if traces is None:
+            return
+        for trace in traces:
+            if trace.matches_remote(channel):
+                trace.add(kind, event, channel.connection, delivered, reason, channel.node)
 
     def sent(self) -> None:
         """The delivery of what was just decided is done: remember which queue of unsent frames

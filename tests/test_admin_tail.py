@@ -21,7 +21,10 @@ from fakes import Client, make_app, settle
 from test_postgres_changes import new_table, run, subscribe
 from wire import V2, Frame, RawClient, metric
 
-from realtime_core.admin.tail import Tail
+from realtime_core.admin import tail as tail_module
+from realtime_core.admin import tail_relay
+from realtime_core.admin.tail import Tail, identity, to_data
+from realtime_core.admin.tail_relay import TailRelay
 from realtime_core.hub import Audience, Publication, StreamKey
 from realtime_core.protocol.message import BINARY, UserBroadcast
 
@@ -334,7 +337,7 @@ async def test_the_observer_is_in_the_hub_only_while_a_viewer_is_open_and_counts
     [sender] = app.hub.subscribers(key)
     skipped = Publication("realtime:room", "broadcast", orjson.dumps({"i": "self"}))
     assert app.hub.publish(tenant, key, skipped, app.now(), exclude=sender) == 0
-    assert all(pub is not skipped for _, pub in viewer.buffer)
+    assert all(pub is not skipped for _, _, pub, _ in viewer.buffer)
     assert viewer.dropped == 2 and len(viewer.buffer) == 3
     assert not private.buffer and not private.dropped  # the public stream only
     tail.close(TENANT, private)
@@ -352,4 +355,57 @@ async def test_the_observer_is_in_the_hub_only_while_a_viewer_is_open_and_counts
     await anext(events)
     data = orjson.loads((await anext(events)).split(b"data: ")[1])
     assert data["binary"] is True and base64.b64decode(data["payload"]["payload"]) == b"\x00\x01"
+    tail.close(TENANT, viewer)
+
+
+async def test_a_node_observes_deliveries_only_while_another_node_watches_the_stream(monkeypatch):
+    """The forwarding side of a cluster's tail (tail_relay.py), in one process: an outbox and the
+    observer exist from another node's announcement until it withdraws it or it expires."""
+    monkeypatch.setattr(tail_relay, "EXPIRES_S", 0.2)
+    app = make_app()
+    tenant = app.tenants.get(TENANT)
+    tail = Tail(app.hub, max_viewers=2, buffer=2)
+    relay = TailRelay(tail, app)
+    alice = Client(app)
+    alice.join("realtime:room")
+    await settle()
+    key = StreamKey(TENANT, False, "room")
+    stream = (TENANT, "realtime:room")
+    assert tail not in app.hub.observers
+
+    assert app.node_queries["tail.want"]({"node": "other", "streams": [list(stream)]}) is True
+    assert tail in app.hub.observers and list(tail.outboxes) == [stream]
+    for i in range(3):
+        app.hub.publish(tenant, key, Publication("realtime:room", "broadcast", orjson.dumps({"i": i})), app.now())
+    outbox = tail.outboxes[stream]
+    assert [orjson.loads(p.payload)["i"] for _, p, _ in outbox.items] == [1, 2]
+    assert outbox.dropped == {False: 1, True: 0}  # bounded: the oldest made room
+
+    relay.wanted_by({"node": "other", "streams": []})  # its last viewer closed
+    assert tail not in app.hub.observers and not tail.outboxes
+
+    relay.wanted_by({"node": "other", "streams": [list(stream)]})
+    assert tail in app.hub.observers
+    await asyncio.sleep(0.5)  # no announcement again (a node that died): forwarding expires
+    assert tail not in app.hub.observers and not tail.outboxes
+    relay.wanted_by({"node": app.node_id, "streams": [list(stream)]})  # its own: delivered directly
+    assert tail not in app.hub.observers
+
+
+async def test_a_clusters_viewer_shows_copies_from_other_nodes_once_with_their_nodes(monkeypatch):
+    monkeypatch.setattr(tail_module, "GATHER", 0.1)
+    app = make_app()
+    tail = Tail(app.hub, max_viewers=2, buffer=10)
+    viewer = tail.open(TENANT, "room", False, frozenset(Audience), node="a")
+    events = viewer.events()
+    assert await anext(events) == b": tailing realtime:room\n\n"
+    hello = Publication("realtime:room", "broadcast", orjson.dumps({"n": 1}))
+    copy = {"id": identity(hello), "kind": "broadcast", "private": False, "data": to_data(0.0, hello)}
+    viewer.offer(0.0, hello, False)
+    viewer.offer_remote("b", copy)
+    viewer.offer(0.0, hello, False)  # sent twice on node a: two messages
+    viewer.offer_remote("b", {**copy, "private": True})  # the private stream's: not this viewer's
+    shown = [orjson.loads((await anext(events)).split(b"data: ")[1]) for _ in range(2)]
+    assert [data["nodes"] for data in shown] == [["a", "b"], ["a"]]
+    assert shown[0]["payload"] == {"n": 1}
     tail.close(TENANT, viewer)

@@ -19,6 +19,7 @@ from . import (
     replication,
     rls_tester,
     tail,
+    tail_relay,
     tenant_api,
     trace_api,
     usage_api,
@@ -46,7 +47,7 @@ def register(app: App, router: Router) -> AdminApi:
     egress_api.routes(api, app)
     rls_tester.routes(api, app)
     pg_check.routes(api, app)
-    tail.routes(api, app)
+    tail_relay.TailRelay(tail.routes(api, app), app)
     trace_api.routes(api, app)
     nodes.routes(api, app)
     api.register(router)

@@ -1,7 +1,12 @@
 """`/admin/v1/tenants/{id}/traces`: delivery traces, "why didn't this client get that event?".
 
 A trace records every decision the server takes for one subject (a JWT `sub`, or a connection
-id) on one topic until it expires (trace.py holds the traces and the reasons)."""
+id) on one topic until it expires (trace.py holds the traces and the reasons).
+
+In a cluster (REDIS_URL) a trace started on any node is started on every live node with the
+same id and expiry (Cluster.ask()); a read asks every live node for its decisions and merges
+them by time, each naming its node, and `nodes` lists the nodes whose decisions are in; a
+stop stops it everywhere. A node that joins later does not run the traces already started."""
 
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ class DecisionOut(BaseModel):
     connection: str | None
     delivered: bool
     reason: Literal[trace.REASONS] | None  # type: ignore[valid-type]
+    node: str = Field(description="the node the connection is on")
+    decided_on: str = Field(description="the node that took the decision (the replication leader for Postgres Changes)")
 
 
 class TraceSummary(BaseModel):
@@ -49,11 +56,16 @@ class TraceSummary(BaseModel):
     expires_at: datetime
     stopped_at: datetime | None
     decision_count: int
-    overflow: int = Field(description=f"decisions not kept: a trace keeps {trace.MAX_DECISIONS}")
+    overflow: int = Field(description=f"decisions not kept: a trace keeps {trace.MAX_DECISIONS} per node")
+    nodes: list[str] = Field(description="the nodes that answered with this trace")
 
 
 class TraceOut(TraceSummary):
     decisions: list[DecisionOut]
+
+
+class TracePage(Page[TraceSummary]):
+    nodes: list[str] = Field(description="the nodes that answered")
 
 
 def _time(value: float | None) -> datetime | None:
@@ -61,35 +73,94 @@ def _time(value: float | None) -> datetime | None:
 
 
 def _summary(t: trace.Trace) -> dict[str, Any]:
+    """One node's summary of `t`, as plain JSON values (a node's answer to another)."""
     return {
         "id": t.id,
         "topic": t.topic,
         "sub": t.sub,
         "connection": t.connection,
         "active": t.active,
-        "created_at": _time(t.created_at),
-        "expires_at": _time(t.expires_at),
-        "stopped_at": _time(t.stopped_at),
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "stopped_at": t.stopped_at,
         "decision_count": len(t.decisions),
         "overflow": t.overflow,
+    }
+
+
+def _merged(held: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One trace as the nodes in `held` (node → its summary) hold it: running while any runs it,
+    counts summed, times as datetimes."""
+    first = next(iter(held.values()))
+    active = any(s["active"] for s in held.values())
+    stopped = [s["stopped_at"] for s in held.values() if s["stopped_at"] is not None]
+    return {
+        **first,
+        "active": active,
+        "created_at": _time(first["created_at"]),
+        "expires_at": _time(first["expires_at"]),
+        "stopped_at": None if active or not stopped else _time(max(stopped)),
+        "decision_count": sum(s["decision_count"] for s in held.values()),
+        "overflow": sum(s["overflow"] for s in held.values()),
+        "nodes": sorted(held),
     }
 
 
 def routes(api: AdminApi, app: App) -> None:
     tracer = app.tracer
 
+    def start_here(args: dict[str, Any]) -> dict[str, Any]:
+        """Start the trace another node started (same id and expiry); its summary, or `error`."""
+        try:
+            started = tracer.start(
+                str(args["tenant"]),
+                str(args["topic"]),
+                sub=args.get("sub"),
+                connection=args.get("connection"),
+                seconds=float(args["seconds"]),
+                trace_id=str(args["id"]),
+                created_at=float(args["created_at"]),
+            )
+        except trace.TraceLimit as exc:
+            return {"error": str(exc)}
+        return _summary(started)
+
+    def held_here(args: dict[str, Any]) -> trace.Trace | None:
+        found = tracer.traces.get(str(args.get("id")))
+        return found if found is not None and found.tenant == args.get("tenant") else None
+
+    def get_here(args: dict[str, Any]) -> dict[str, Any] | None:
+        found = held_here(args)
+        if found is None:
+            return None
+        return {**_summary(found), "decisions": [d.as_json() for d in list(found.decisions)]}
+
+    def stop_here(args: dict[str, Any]) -> bool:
+        found = held_here(args)
+        if found is not None:
+            tracer.remove(found)
+        return found is not None
+
+    def has_connection(args: dict[str, Any]) -> bool:
+        return any(s.id == args.get("connection") and s.tenant.external_id == args.get("tenant") for s in app.sockets)
+
+    app.node_queries["trace.start"] = start_here
+    app.node_queries["trace.list"] = lambda args: [_summary(t) for t in tracer.of_tenant(str(args.get("tenant")))]
+    app.node_queries["trace.get"] = get_here
+    app.node_queries["trace.stop"] = stop_here
+    app.node_queries["trace.connection"] = has_connection
+
+    async def ask(name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Every live node's answer by node id (this node's alone without a cluster)."""
+        if app.nodes is not None:
+            return await app.nodes.ask(name, args)
+        return {app.node_id: app.node_queries[name](args)}
+
     def tenant_of(call: Call) -> Tenant:
         tenant = app.tenants.get(call.params["id"])
         if tenant is None:
             raise not_found()
         return tenant
-
-    def trace_of(call: Call) -> trace.Trace:
-        tenant = tenant_of(call)
-        found = tracer.traces.get(call.params["trace"])
-        if found is None or found.tenant != tenant.external_id:
-            raise not_found()
-        return found
 
     @api.route(
         "POST",
@@ -100,50 +171,78 @@ def routes(api: AdminApi, app: App) -> None:
         action="trace.start",
     )
     async def start_trace(call: Call) -> Response:
-        """Start a delivery trace of one subject on one topic."""
+        """Start a delivery trace of one subject on one topic (on every live node of a cluster)."""
         tenant = tenant_of(call)
+        tid = tenant.external_id
         body: TraceRequest = call.body
         if (body.sub is None) == (body.connection is None):
             raise invalid("sub", "give either sub or connection")
-        if body.connection is not None and not any(
-            s.id == body.connection and s.tenant.external_id == tenant.external_id for s in app.sockets
-        ):
-            raise invalid("connection", "is not an open connection of this tenant")
+        if body.connection is not None:
+            args = {"tenant": tid, "connection": body.connection}
+            if not has_connection(args) and not any((await ask("trace.connection", args)).values()):
+                raise invalid("connection", "is not an open connection of this tenant")
         topic = body.topic.removeprefix(TOPIC_PREFIX)
         if not topic:
             raise invalid("topic", "can't be blank")
         try:
-            started = tracer.start(
-                tenant.external_id, topic, sub=body.sub, connection=body.connection, seconds=body.seconds
-            )
+            started = tracer.start(tid, topic, sub=body.sub, connection=body.connection, seconds=body.seconds)
         except trace.TraceLimit as exc:
             # 422 rather than 429: the admin API documents 422 for every request it refuses.
             raise invalid("traces", f"{exc}: stop one (DELETE) or wait until one expires") from None
+        held = {app.node_id: _summary(started)}
+        if app.nodes is not None:
+            args = {
+                "tenant": tid,
+                "topic": topic,
+                "sub": body.sub,
+                "connection": body.connection,
+                "seconds": body.seconds,
+                "id": started.id,
+                "created_at": started.created_at,
+            }
+            answers = await app.nodes.ask("trace.start", args)
+            held |= {node: answer for node, answer in answers.items() if "error" not in answer}
         call.target = started.id
-        call.detail = {"tenant": tenant.external_id, "topic": topic, "seconds": body.seconds}
-        answer = TraceSummary.model_validate(_summary(started))
-        location = f"/admin/v1/tenants/{tenant.external_id}/traces/{started.id}"
+        call.detail = {"tenant": tid, "topic": topic, "seconds": body.seconds}
+        answer = TraceSummary.model_validate(_merged(held))
+        location = f"/admin/v1/tenants/{tid}/traces/{started.id}"
         response = json_response(201, answer.model_dump(mode="json"))
         response.headers.append(("location", location))
         return response
 
-    @api.route("GET", "/admin/v1/tenants/:id/traces", query=ListQuery, response=Page[TraceSummary])
+    @api.route("GET", "/admin/v1/tenants/:id/traces", query=ListQuery, response=TracePage)
     async def list_traces(call: Call) -> dict[str, Any]:
-        """The tenant's running traces and those finished in the last ten minutes."""
-        tenant = tenant_of(call)
-        rows = [_summary(t) for t in tracer.of_tenant(tenant.external_id)]
+        """The tenant's running traces and those finished in the last ten minutes, over every live
+        node; `nodes`: the nodes that answered."""
+        answers = await ask("trace.list", {"tenant": tenant_of(call).external_id})
+        by_id: dict[str, dict[str, dict[str, Any]]] = {}
+        for node, summaries in answers.items():
+            for summary in summaries:
+                by_id.setdefault(summary["id"], {})[node] = summary
+        rows = [_merged(held) for held in by_id.values()]
         page = paginate(rows, call.query, sortable=("created_at", "expires_at", "topic"), default="-created_at")
-        return Page[TraceSummary].model_validate(page).model_dump(mode="json")
+        page["nodes"] = sorted(answers)
+        return TracePage.model_validate(page).model_dump(mode="json")
 
     @api.route("GET", "/admin/v1/tenants/:id/traces/:trace", response=TraceOut)
     async def get_trace(call: Call) -> TraceOut:
-        """A trace and its decisions, oldest first."""
-        found = trace_of(call)
-        out = _summary(found)
-        out["decisions"] = [d.as_json() | {"at": _time(d.at)} for d in list(found.decisions)]
-        return TraceOut.model_validate(out)
+        """A trace and its decisions on every live node, oldest first, each with its node."""
+        args = {"tenant": tenant_of(call).external_id, "id": call.params["trace"]}
+        answers = {node: held for node, held in (await ask("trace.get", args)).items() if held is not None}
+        if not answers:
+            raise not_found()
+        decisions = [
+            {**d, "at": _time(d["at"]), "node": d["node"] or node, "decided_on": node}
+            for node, held in answers.items()
+            for d in held.pop("decisions")
+        ]
+        decisions.sort(key=lambda d: d["at"])
+        return TraceOut.model_validate({**_merged(answers), "decisions": decisions})
 
     @api.route("DELETE", "/admin/v1/tenants/:id/traces/:trace", status=204, action="trace.delete")
     async def delete_trace(call: Call) -> None:
-        """Stop a trace and forget it."""
-        tracer.remove(trace_of(call))
+        """Stop a trace (on every live node) and forget it."""
+        args = {"tenant": tenant_of(call).external_id, "id": call.params["trace"]}
+        here = stop_here(args)
+        if not any((await ask("trace.stop", args)).values()) and not here:
+            raise not_found()

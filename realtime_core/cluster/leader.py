@@ -72,15 +72,18 @@ def lock_key(slots: tuple[str, str]) -> int:
 
 class RemoteChannel:
     """The leader's stand-in for a channel joined on another process: what dispatch reads
-    (claims, state) and where its changes go (node)."""
+    (claims, state) and where its changes go (node); for delivery traces also its topic and
+    connection (hub.RemoteSubject)."""
 
-    __slots__ = ("claims", "key", "node", "state", "topic")
+    __slots__ = ("claims", "connection", "key", "node", "state", "sub_topic", "topic")
 
-    def __init__(self, key: str, node: str, topic: str, claims: dict[str, Any]) -> None:
+    def __init__(self, key: str, node: str, topic: str, claims: dict[str, Any], connection: str | None) -> None:
         self.key = key  # "<node>/<channel key>", unique in the cluster
         self.node = node
         self.topic = topic
+        self.sub_topic = topic.removeprefix("realtime:")
         self.claims = claims
+        self.connection = connection  # None from a process of an earlier release
         self.state = ChannelState.JOINED
 
 
@@ -326,7 +329,9 @@ class RedisLeadership:
             key = f"{node}/{record['channel']}"
             channel = self._remote.get(key)
             if channel is None:
-                channel = self._remote[key] = RemoteChannel(key, node, record["topic"], record["claims"])
+                channel = self._remote[key] = RemoteChannel(
+                    key, node, record["topic"], record["claims"], record.get("connection")
+                )
             else:
                 channel.claims = record["claims"]  # an access_token refresh
             if cdc.registry.get(sub_id) is not None:

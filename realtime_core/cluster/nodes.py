@@ -9,6 +9,8 @@ Keys (after the cluster's prefix, cluster.keys()):
 - `reap:<node>`: taken (SET NX) by the one node that clears a dead node's state.
 - `ask` (pub/sub): questions to every node (ask()): `{"q": name, "a": args, "r": reply channel}`;
   each live node answers on the reply channel with what its `node_queries[name](args)` returns.
+  A note (tell()) has no reply channel: every node runs `node_queries[name](args)`, nobody answers.
+- `to:<node>` (pub/sub): notes to one node (tell(…, node=…)), handled as above.
 
 Every beat a node also sweeps: a registered node whose liveness key has expired is dead, and
 the node that takes its reap key removes its presences everywhere (presence.py) and its
@@ -112,6 +114,7 @@ class Cluster:
         self._beaten = False  # the first beat registered this node
         self._tasks: list[asyncio.Task[None]] = []
         self.ask_channel = f"{self.prefix}ask"
+        self.own_channel = f"{self.prefix}to:{self.node_id}"
         self._questions: Any = None  # the PubSub of `ask`
 
     def alive_key(self, node_id: str) -> str:
@@ -134,7 +137,7 @@ class Cluster:
         self.host.usage.cluster = self.counters
         await self._sweep()
         self._questions = self.redis.pubsub(ignore_subscribe_messages=True)
-        await self._questions.subscribe(self.ask_channel)
+        await self._questions.subscribe(self.ask_channel, self.own_channel)
         self._tasks = [
             asyncio.create_task(self._beat_forever(), name="cluster liveness"),
             asyncio.create_task(self._sync_forever(), name="cluster counts sync"),
@@ -297,9 +300,8 @@ class Cluster:
 
     async def ask(self, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """Ask every live node `name`(`args`); their answers by node id. Waits at most
-        ASK_TIMEOUT for the nodes whose liveness key exists now (not those of the last sweep:
-        a node that joined since must be waited for); one that does not answer in time is
-        left out."""
+        ASK_TIMEOUT for the nodes live now (their liveness keys, read first: a node that joined
+        since the last sweep is waited for too); a node that does not answer in time is left out."""
         reply = f"{self.prefix}reply:{uuid.uuid4().hex}"
         answers: dict[str, Any] = {}
         listener = self.redis.pubsub(ignore_subscribe_messages=True)
@@ -318,6 +320,12 @@ class Cluster:
             await listener.aclose()
         return answers
 
+    async def tell(self, name: str, args: dict[str, Any], node: str | None = None) -> None:
+        """Have every live node (or only `node`) run `name`(`args`), without waiting for it;
+        a node that does not listen at the time never gets it."""
+        channel = self.ask_channel if node is None else f"{self.prefix}to:{node}"
+        await self.redis.publish(channel, orjson.dumps({"q": name, "a": args}))
+
     async def _answer_forever(self) -> None:
         while True:
             try:
@@ -335,7 +343,7 @@ class Cluster:
                     await self._questions.aclose()
                 self._questions = self.redis.pubsub(ignore_subscribe_messages=True)
                 with contextlib.suppress(Exception):
-                    await self._questions.subscribe(self.ask_channel)
+                    await self._questions.subscribe(self.ask_channel, self.own_channel)
 
     async def _answer(self, data: str) -> None:
         question = orjson.loads(data)
@@ -347,4 +355,6 @@ class Cluster:
         except Exception:
             log.exception("cluster: answering %r failed", question.get("q"))
             return
+        if "r" not in question:
+            return  # a note (tell()): nobody waits for an answer
         await self.redis.publish(question["r"], orjson.dumps({"n": self.node_id, "d": answer}))

@@ -323,6 +323,8 @@ class PostgresChanges:
         assert self.peers is not None
         channel = subs[0].channel
         key = str(subs[0].subscription_id)  # names the channel among the leader's remote ones
+        # The connection's id, for the leader's delivery traces (a hub.Subscriber need not have one).
+        connection = getattr(getattr(channel, "socket", None), "id", None)
         return {
             str(sub.subscription_id): subscription_record(
                 self.peers.node,
@@ -333,6 +335,7 @@ class PostgresChanges:
                 sub.legacy,
                 channel.claims,
                 sub.start_lsn,
+                connection,
             )
             for sub in subs
         }

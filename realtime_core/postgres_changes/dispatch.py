@@ -33,14 +33,23 @@ import time
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 import psycopg
 from psycopg import sql
 
 from .. import trace
-from ..hub import POSTGRES_CHANGES_KIND, Audience, ChannelState, Hub, Publication, Subscriber, Tracer
+from ..hub import (
+    POSTGRES_CHANGES_KIND,
+    Audience,
+    ChannelState,
+    Hub,
+    Publication,
+    RemoteSubject,
+    Subscriber,
+    Tracer,
+)
 from ..rowstats import RowStats
 from . import records, rls
 from .catalog import Catalog, TableInfo, as_text, select_by_keys
@@ -550,7 +559,9 @@ class Dispatcher:
         self, tracer: Tracer, topics: set[str], changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
     ) -> None:
         """Tell `tracer` what phase 1 decided for the subscriptions of channels on traced `topics`
-        (before delivery: a rate-limited delivery closes the receivers)."""
+        (before delivery: a rate-limited delivery closes the receivers). On a cluster's leader,
+        another node's channels (cluster/leader.RemoteChannel, which names its node) are
+        recorded as that node's; its own events/s limit is applied there, not known here."""
         tenant = self.tenant
         limited = tenant.events.reached(tenant.limits.max_events_per_second, self.now())
         joined = ChannelState.JOINED
@@ -560,6 +571,7 @@ class Dispatcher:
                 continue
             matched = {id(s) for s in ch.matched}
             for sub in traced:
+                node = getattr(sub.channel, "node", None)
                 variant = next((v for v, subs in ch.deliveries or () if any(s is sub for s in subs)), None)
                 delivered, reason = variant is not None, None
                 if variant is None:
@@ -571,13 +583,17 @@ class Dispatcher:
                         reason = trace.PRIVILEGE
                     else:
                         reason = trace.RLS
-                elif limited:
+                elif limited and node is None:
                     delivered, reason = False, trace.RATE_LIMITED
                 elif variant[0] == "error":
                     reason = trace.PRIVILEGE if variant[1] == records.ERROR_UNAUTHORIZED else None
                 elif self._data(ch, variant, shapes).endswith(_TOO_LARGE_TAIL):
                     reason = trace.PAYLOAD_TOO_LARGE
-                tracer.decided(tenant.external_id, sub.channel, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
+                if node is None:
+                    tracer.decided(tenant.external_id, sub.channel, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
+                else:
+                    remote = cast(RemoteSubject, sub.channel)
+                    tracer.decided_remote(tenant.external_id, remote, POSTGRES_CHANGES_KIND, ch.type, delivered, reason)
 
     async def _publish(self, changes: list[Change], commit_lsns: dict[int, int]) -> None:
         """Phase 2 of a cluster's leader: each process gets, per change it has subscribers of,
@@ -591,6 +607,11 @@ class Dispatcher:
         by_node: dict[str, list[PublishedChange]] = {}
         rows = self.rows
         wall = time.time()
+        tracer = self.hub.tracer
+        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
+        if topics:
+            assert tracer is not None
+            self._trace(tracer, topics, changes, shapes)
         for ch in changes:
             if not ch.deliveries:
                 rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
@@ -616,6 +637,9 @@ class Dispatcher:
         own = by_node.pop(local, None)
         if own is not None:
             self.deliver_published(own)  # this process's channels need no round trip through Redis
+        if topics:
+            assert tracer is not None
+            tracer.sent()
         if by_node:
             tenant = self.tenant.external_id
             await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})

@@ -42,13 +42,23 @@ class Peers(Protocol):
 
 
 def subscription_record(
-    node: str, channel_key: str, topic: str, cid: int, params: dict[str, Any], legacy: bool, claims: Any, start_lsn: int
+    node: str,
+    channel_key: str,
+    topic: str,
+    cid: int,
+    params: dict[str, Any],
+    legacy: bool,
+    claims: Any,
+    start_lsn: int,
+    connection: str | None = None,
 ) -> bytes:
-    """One subscription as the leader rebuilds it (cluster/leader.py)."""
+    """One subscription as the leader rebuilds it (cluster/leader.py); `connection`: its
+    connection's id, which the leader's delivery traces match (trace.py)."""
     return orjson.dumps(
         {
             "node": node,
             "channel": channel_key,
+            "connection": connection,
             "topic": topic,
             "id": cid,
             "params": params,
