@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..hub import KINDS, StreamKey
 from ..timeseries import ERRORS_PREFIX, SERIES, WINDOWS
-from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate
+from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
@@ -188,12 +188,6 @@ def subscriber_list(app: App, key: StreamKey) -> list[dict[str, Any]]:
 def routes(api: AdminApi, app: App) -> None:
     """Add the channel and time-series routes."""
 
-    def tenant_of(call: Call) -> Tenant:
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
-        return tenant
-
     def shutdown_here(args: dict[str, Any]) -> int:
         """Shut the stream's subscribers in this process down; how many there were."""
         subs = app.hub.subscribers(
@@ -211,7 +205,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/channels", query=ChannelListQuery, response=Page[ChannelRow])
     async def list_channels(call: Call) -> dict[str, Any]:
         """The tenant's streams: subscribers, presence keys, messages in and deliveries out."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         second = int(app.now())
         rows = [channel_row(app, k, second) for k in streams(app, tenant.external_id, call.query.private)]
         return paginate(rows, call.query, sortable=SORTABLE, default="-subscribers")
@@ -219,7 +213,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/channels/:topic", query=ChannelQuery, response=ChannelDetail)
     async def get_channel(call: Call) -> dict[str, Any]:
         """One stream (`?private=true` for the private one), with its subscribers."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         key = stream_of(call, tenant)
         subs = app.hub.subscribers(key)
         if not subs and app.channel_stats.of(key) is None:
@@ -238,7 +232,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def shutdown_channel(call: Call) -> dict[str, Any]:
         """Shut the channel down for every subscriber (on every node of a cluster): a system
         message, then phx_close."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         key = stream_of(call, tenant)
         call.target = f"{tenant.external_id}/{key.sub_topic}"
         call.detail = {"private": key.private}
@@ -254,7 +248,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/timeseries", query=TimeSeriesQuery, response=TimeSeriesAnswer)
     async def timeseries(call: Call) -> dict[str, Any]:
         """History of the tenant's figures: per second over 10 minutes, per minute over an hour."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         query: TimeSeriesQuery = call.query
         if query.window not in WINDOWS:
             raise invalid("window", f"must be one of {', '.join(WINDOWS)}")

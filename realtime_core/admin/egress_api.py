@@ -37,7 +37,7 @@ from ..attribution import (
 )
 from ..protocol import JSON, V1, V2, UserBroadcast
 from ..usage import hour_of
-from .endpoints import AdminApi, Call, not_found
+from .endpoints import AdminApi, Call, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
@@ -153,12 +153,6 @@ NOT_DETECTABLE = [
 def routes(api: AdminApi, app: App) -> None:
     usage = app.usage
 
-    def tenant_of(call: Call) -> Tenant:
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
-        return tenant
-
     def period_days(tenant: Tenant, period: str) -> tuple[date, date]:
         today = datetime.fromtimestamp(usage.clock(), UTC).date()
         return (today if period == "day" else usage.cycle(tenant).start), today
@@ -174,7 +168,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def attribution(call: Call) -> dict[str, Any]:
         """Messages, egress bytes and their marginal cost at overage prices per topic, client
         library and version, and role, sorted by cost."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         query: PeriodQuery = call.query
         first, last = period_days(tenant, query.period)
         found = read(tenant, first, last)
@@ -231,7 +225,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def advice(call: Call) -> dict[str, Any]:
         """What would cut the tenant's bill, from its measured traffic: each piece names the
         channel and the figures it is based on, with the saving where the counters measure it."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         query: PeriodQuery = call.query
         first, last = period_days(tenant, query.period)
         found = read(tenant, first, last)

@@ -19,7 +19,7 @@ import binascii
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 from urllib.parse import unquote
 
 import orjson
@@ -29,6 +29,9 @@ from pydantic.json_schema import models_json_schema
 from .. import __version__
 from ..net.http import Request, Response, Router, json_response
 from .auth import AdminAuth, Identity, Refused
+
+if TYPE_CHECKING:
+    from ..tenants import Tenant
 
 __all__ = [
     "AdminApi",
@@ -41,6 +44,7 @@ __all__ = [
     "invalid",
     "not_found",
     "paginate",
+    "tenant_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,20 @@ def invalid(errors: dict[str, list[str]] | str, message: str | None = None) -> A
     if isinstance(errors, str):
         errors = {errors: [message or "is invalid"]}
     return ApiError(422, {"errors": errors})
+
+
+class Tenants(Protocol):
+    """The tenants the admin routes look up (tenants.Tenants)."""
+
+    def get(self, external_id: str, /) -> Tenant | None: ...
+
+
+def tenant_of(tenants: Tenants, call: Call) -> Tenant:
+    """The tenant the path's `:id` names; a 404 when there is none."""
+    tenant = tenants.get(call.params["id"])
+    if tenant is None:
+        raise not_found()
+    return tenant
 
 
 class AuditSink:

@@ -24,7 +24,7 @@ from ..attribution import client_library
 from ..hub import REST_KIND, StreamKey
 from ..jwt import sign
 from ..runtime import process_stats
-from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate
+from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
@@ -183,13 +183,6 @@ class Token(BaseModel):
 # What the routes read.
 
 
-def _tenant(app: App, call: Call) -> Tenant:
-    tenant = app.tenants.get(call.params["id"])
-    if tenant is None:
-        raise not_found()
-    return tenant
-
-
 def _sockets(app: App, tenant: Tenant) -> list[RealtimeSocket]:
     return [s for s in app.sockets if s.tenant is tenant and not s.closed]
 
@@ -328,13 +321,13 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id", response=TenantView)
     async def tenant(call: Call) -> dict[str, Any]:
         """One tenant: settings (no secrets), plan, limits and live counts."""
-        found = _tenant(app, call)
+        found = tenant_of(app.tenants, call)
         return _tenant_view(app, found, _sockets(app, found))
 
     @api.route("GET", "/admin/v1/tenants/:id/connections", query=ListQuery, response=Page[Connection])
     async def connections(call: Call) -> dict[str, Any]:
         """The tenant's open WebSocket connections, with their client, identity and traffic."""
-        rows = [connection_row(s) for s in _sockets(app, _tenant(app, call))]
+        rows = [connection_row(s) for s in _sockets(app, tenant_of(app.tenants, call))]
         return paginate(rows, call.query, sortable=CONNECTION_SORTS, default="connected_at")
 
     @api.route(
@@ -346,7 +339,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def disconnect(call: Call) -> dict[str, Any]:
         """Disconnect one connection as upstream drains a tenant: `Server requested disconnect`
         on each of its channels, then close 1012. In a cluster, on whichever node it is (`node`)."""
-        tenant = _tenant(app, call)
+        tenant = tenant_of(app.tenants, call)
         conn_id = call.params["conn"]
         call.target = f"{tenant.external_id}/{conn_id}"
         args = {"tenant": tenant.external_id, "connection": conn_id}
@@ -375,7 +368,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def presence(call: Call) -> dict[str, Any]:
         """Who is present on a stream, as realtime-js's presenceState() shows it (in a cluster:
         on every node, as a joining channel would get it)."""
-        tenant = _tenant(app, call)
+        tenant = tenant_of(app.tenants, call)
         key = StreamKey(tenant.external_id, call.query.private, call.params["topic"])
         state = app.broker.presence_state(key)
         if not state and not app.hub.subscribers(key):
@@ -386,7 +379,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def errors(call: Call) -> dict[str, Any]:
         """The tenant's recent errors (newest first, a bounded ring), with counts per code
         since start and per minute over the last hour."""
-        tenant = _tenant(app, call)
+        tenant = tenant_of(app.tenants, call)
         rows = [{**item, "at": iso(item["at"])} for item in app.incidents.recent(tenant.external_id)]
         page = paginate(rows, call.query, sortable=("at", "code", "topic", "connection"))
         totals, minutes = app.incidents.counts(tenant.external_id)
@@ -399,7 +392,7 @@ def routes(api: AdminApi, app: App) -> None:
     )
     async def test_broadcast(call: Call) -> dict[str, Any]:
         """A test broadcast, delivered and counted as a REST message; answers how many sockets got it."""
-        tenant = _tenant(app, call)
+        tenant = tenant_of(app.tenants, call)
         body: TestBroadcast = call.body
         call.detail = {"topic": body.topic, "event": body.event, "private": body.private}
         encoded = orjson.dumps(body.payload)
@@ -417,7 +410,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("POST", "/admin/v1/tenants/:id/tokens", body=TokenRequest, response=Token, action="tenant.token")
     async def tokens(call: Call) -> dict[str, Any]:
         """A JWT signed with the tenant's own HS secret, for testing policies."""
-        tenant = _tenant(app, call)
+        tenant = tenant_of(app.tenants, call)
         body: TokenRequest = call.body
         call.detail = {"role": body.role, "sub": body.sub, "ttl_seconds": body.ttl_seconds}  # never the token
         secret = tenant.keys.secret

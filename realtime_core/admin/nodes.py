@@ -31,7 +31,7 @@ from .channels import (
     streams,
     subscriber_list,
 )
-from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate
+from .endpoints import AdminApi, Call, ListQuery, Page, invalid, not_found, paginate, tenant_of
 from .introspect import CONNECTION_SORTS, Connection, Incident, connection_row, iso
 
 if TYPE_CHECKING:
@@ -265,10 +265,7 @@ def routes(api: AdminApi, app: App) -> None:
         return {app.node_id: app.node_queries[name](args)}
 
     def tenant_id(call: Call) -> str:
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
-        return tenant.external_id
+        return tenant_of(app.tenants, call).external_id
 
     @api.route("GET", "/admin/v1/cluster/tenants/:id/connections", query=ListQuery, response=Page[ClusterConnection])
     async def cluster_connections(call: Call) -> dict[str, Any]:

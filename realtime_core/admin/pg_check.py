@@ -17,7 +17,7 @@ import psycopg
 from pydantic import BaseModel, Field
 
 from ..postgres_changes import visibility
-from .endpoints import AdminApi, ApiError, Call, Model, invalid, not_found
+from .endpoints import AdminApi, ApiError, Call, Model, invalid, tenant_of
 from .rls_tester import Policy, list_policies, subject_claims
 
 if TYPE_CHECKING:
@@ -61,9 +61,7 @@ def routes(api: AdminApi, app: App) -> None:
     )
     async def postgres_changes_check(call: Call) -> ChangeCheckResult:
         """Whether a subscriber would get a change of a row, by live delivery's own decision."""
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
+        tenant = tenant_of(app.tenants, call)
         body: ChangeCheck = call.body
         if (body.primary_key is None) == (body.row is None):
             raise invalid("primary_key", "give either primary_key or row")

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel, Field
 
-from .endpoints import AdminApi, Call, Model, invalid, not_found
+from .endpoints import AdminApi, Call, Model, invalid, tenant_of
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
@@ -129,9 +129,7 @@ def routes(api: AdminApi, app: App) -> None:
     """Add the replication and publication routes."""
 
     def services_of(call: Call) -> TenantServices | None:
-        if app.tenants.get(call.params["id"]) is None:
-            raise not_found()
-        return app.services.get(call.params["id"])
+        return app.services.get(tenant_of(app.tenants, call).external_id)
 
     def pool_of(call: Call) -> tuple[TenantServices, AsyncConnectionPool]:
         services = services_of(call)

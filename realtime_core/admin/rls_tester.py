@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..authorization import BROADCAST, Authorizer
 from ..errors import JwtError, RealtimeError, Unauthorized
-from .endpoints import AdminApi, ApiError, Call, Model, invalid, not_found
+from .endpoints import AdminApi, ApiError, Call, Model, invalid, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
@@ -125,9 +125,7 @@ def routes(api: AdminApi, app: App) -> None:
     )
     async def authorization_check(call: Call) -> AuthorizationResult:
         """Whether a subject may read or write a topic, by the probe a client's join or send runs."""
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
+        tenant = tenant_of(app.tenants, call)
         body: AuthorizationCheck = call.body
         bad = sorted(name for name in body.headers if not name.lower().startswith("x-"))
         if bad:

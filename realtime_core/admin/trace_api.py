@@ -17,11 +17,10 @@ from pydantic import BaseModel, Field
 
 from .. import trace
 from ..net.http import Response, json_response
-from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate
+from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
-    from ..tenants import Tenant
 
 __all__ = ["routes"]
 
@@ -156,12 +155,6 @@ def routes(api: AdminApi, app: App) -> None:
             return await app.nodes.ask(name, args)
         return {app.node_id: app.node_queries[name](args)}
 
-    def tenant_of(call: Call) -> Tenant:
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
-        return tenant
-
     @api.route(
         "POST",
         "/admin/v1/tenants/:id/traces",
@@ -172,7 +165,7 @@ def routes(api: AdminApi, app: App) -> None:
     )
     async def start_trace(call: Call) -> Response:
         """Start a delivery trace of one subject on one topic (on every live node of a cluster)."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         tid = tenant.external_id
         body: TraceRequest = call.body
         if (body.sub is None) == (body.connection is None):
@@ -214,7 +207,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def list_traces(call: Call) -> dict[str, Any]:
         """The tenant's running traces and those finished in the last ten minutes, over every live
         node; `nodes`: the nodes that answered."""
-        answers = await ask("trace.list", {"tenant": tenant_of(call).external_id})
+        answers = await ask("trace.list", {"tenant": tenant_of(app.tenants, call).external_id})
         by_id: dict[str, dict[str, dict[str, Any]]] = {}
         for node, summaries in answers.items():
             for summary in summaries:
@@ -227,7 +220,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/traces/:trace", response=TraceOut)
     async def get_trace(call: Call) -> TraceOut:
         """A trace and its decisions on every live node, oldest first, each with its node."""
-        args = {"tenant": tenant_of(call).external_id, "id": call.params["trace"]}
+        args = {"tenant": tenant_of(app.tenants, call).external_id, "id": call.params["trace"]}
         answers = {node: held for node, held in (await ask("trace.get", args)).items() if held is not None}
         if not answers:
             raise not_found()
@@ -242,7 +235,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("DELETE", "/admin/v1/tenants/:id/traces/:trace", status=204, action="trace.delete")
     async def delete_trace(call: Call) -> None:
         """Stop a trace (on every live node) and forget it."""
-        args = {"tenant": tenant_of(call).external_id, "id": call.params["trace"]}
+        args = {"tenant": tenant_of(app.tenants, call).external_id, "id": call.params["trace"]}
         here = stop_here(args)
         if not any((await ask("trace.stop", args)).values()) and not here:
             raise not_found()

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import pricing
 from ..hub import KINDS
 from ..usage import EGRESS_KINDS, Cycle
-from .endpoints import AdminApi, Call, invalid, not_found
+from .endpoints import AdminApi, Call, invalid, not_found, tenant_of
 
 if TYPE_CHECKING:
     from ..app import App
@@ -199,12 +199,6 @@ class _CycleUsage:
 def routes(api: AdminApi, app: App) -> None:
     usage = app.usage
 
-    def tenant_of(call: Call) -> Tenant:
-        tenant = app.tenants.get(call.params["id"])
-        if tenant is None:
-            raise not_found()
-        return tenant
-
     def now() -> datetime:
         return datetime.fromtimestamp(usage.clock(), UTC)
 
@@ -227,7 +221,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/usage", query=UsageQuery, response=UsageReport)
     async def tenant_usage(call: Call) -> dict[str, Any]:
         """A tenant's messages by kind, peak connections and egress bytes by kind, by day or hour, live."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         query: UsageQuery = call.query
         today = now().date()
         first = query.from_ or usage.cycle(tenant).start
@@ -274,7 +268,7 @@ def routes(api: AdminApi, app: App) -> None:
     @api.route("GET", "/admin/v1/tenants/:id/bill", response=TenantBill)
     async def tenant_bill(call: Call) -> dict[str, Any]:
         """The current billing cycle of a tenant: quota, the bill so far and projected."""
-        tenant = tenant_of(call)
+        tenant = tenant_of(app.tenants, call)
         part = await cycle_usage(tenant)
         plan = tenant.plan
         return {
