@@ -37,7 +37,7 @@ from .introspect import CONNECTION_SORTS, Connection, Incident, connection_row, 
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["routes"]
+__all__ = ["ask_every_node", "routes"]
 
 
 class NodeRow(BaseModel):
@@ -190,6 +190,14 @@ def _row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+async def ask_every_node(app: App, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Every live node's answer to the node query `name` by node id (Cluster.ask()); this
+    node's alone without a cluster."""
+    if app.nodes is not None:
+        return await app.nodes.ask(name, args)
+    return {app.node_id: app.node_queries[name](args)}
+
+
 def routes(api: AdminApi, app: App) -> None:
     """Add the cluster routes over `app` to `api`."""
 
@@ -258,19 +266,13 @@ def routes(api: AdminApi, app: App) -> None:
     app.node_queries["errors"] = errors_here
     app.node_queries["timeseries"] = timeseries_here
 
-    async def ask(name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Every live node's answer by node id (this node's alone without a cluster)."""
-        if app.nodes is not None:
-            return await app.nodes.ask(name, args)
-        return {app.node_id: app.node_queries[name](args)}
-
     def tenant_id(call: Call) -> str:
         return tenant_of(app.tenants, call).external_id
 
     @api.route("GET", "/admin/v1/cluster/tenants/:id/connections", query=ListQuery, response=Page[ClusterConnection])
     async def cluster_connections(call: Call) -> dict[str, Any]:
         """The tenant's open connections on every live node, each with the node it is on."""
-        answers = await ask("connections", {"tenant": tenant_id(call)})
+        answers = await ask_every_node(app, "connections", {"tenant": tenant_id(call)})
         rows = [{**row, "node": node} for node, answer in answers.items() for row in answer]
         return paginate(rows, call.query, sortable=(*CONNECTION_SORTS, "node"), default="connected_at")
 
@@ -280,7 +282,7 @@ def routes(api: AdminApi, app: App) -> None:
         subscribers (and by node), presence keys, messages accepted, deliveries and their rates
         summed, fan-out."""
         private = call.query.private
-        answers = await ask("channels", {"tenant": tenant_id(call), "private": private})
+        answers = await ask_every_node(app, "channels", {"tenant": tenant_id(call), "private": private})
         rows = sorted(_merge_channels(answers), key=lambda r: (r["topic"], r["private"]))
         return paginate(rows, call.query, sortable=SORTABLE, default="-subscribers")
 
@@ -291,7 +293,7 @@ def routes(api: AdminApi, app: App) -> None:
         """One stream (`?private=true` for the private one) on every live node, with its
         subscribers and the node each is on."""
         args = {"tenant": tenant_id(call), "topic": call.params["topic"], "private": call.query.private}
-        answers = {node: row for node, row in (await ask("channel", args)).items() if row is not None}
+        answers = {node: row for node, row in (await ask_every_node(app, "channel", args)).items() if row is not None}
         if not answers:
             raise not_found()
         detail = _merge_channels({node: [row] for node, row in answers.items()})[0]
@@ -305,7 +307,7 @@ def routes(api: AdminApi, app: App) -> None:
         """The tenant's recent errors on every live node (newest first), each with its node, the
         counts per code since each node started, summed and by node, and per minute over the
         last hour, summed."""
-        answers = await ask("errors", {"tenant": tenant_id(call)})
+        answers = await ask_every_node(app, "errors", {"tenant": tenant_id(call)})
         rows = [{**item, "node": node} for node, answer in answers.items() for item in answer["recent"]]
         rows.sort(key=lambda r: r["at"], reverse=True)
         page = paginate(
@@ -341,7 +343,7 @@ def routes(api: AdminApi, app: App) -> None:
         unknown = [n for n in names or [] if n not in SERIES and not n.startswith("errors.")]
         if unknown or names == []:
             raise invalid("series", f"unknown series {', '.join(unknown) or '(none)'}: known are {', '.join(SERIES)}")
-        answers = await ask("timeseries", {"tenant": tid, "names": names, "window": query.window})
+        answers = await ask_every_node(app, "timeseries", {"tenant": tid, "names": names, "window": query.window})
         every = list(SERIES)
         for answer in answers.values():
             every += [name for name in answer.get("names", []) if name not in every]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from .. import trace
 from ..net.http import Response, json_response
 from .endpoints import AdminApi, Call, ListQuery, Model, Page, invalid, not_found, paginate, tenant_of
+from .nodes import ask_every_node
 
 if TYPE_CHECKING:
     from ..app import App
@@ -149,12 +150,6 @@ def routes(api: AdminApi, app: App) -> None:
     app.node_queries["trace.stop"] = stop_here
     app.node_queries["trace.connection"] = has_connection
 
-    async def ask(name: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Every live node's answer by node id (this node's alone without a cluster)."""
-        if app.nodes is not None:
-            return await app.nodes.ask(name, args)
-        return {app.node_id: app.node_queries[name](args)}
-
     @api.route(
         "POST",
         "/admin/v1/tenants/:id/traces",
@@ -172,7 +167,7 @@ def routes(api: AdminApi, app: App) -> None:
             raise invalid("sub", "give either sub or connection")
         if body.connection is not None:
             args = {"tenant": tid, "connection": body.connection}
-            if not has_connection(args) and not any((await ask("trace.connection", args)).values()):
+            if not has_connection(args) and not any((await ask_every_node(app, "trace.connection", args)).values()):
                 raise invalid("connection", "is not an open connection of this tenant")
         topic = body.topic.removeprefix(TOPIC_PREFIX)
         if not topic:
@@ -207,7 +202,7 @@ def routes(api: AdminApi, app: App) -> None:
     async def list_traces(call: Call) -> dict[str, Any]:
         """The tenant's running traces and those finished in the last ten minutes, over every live
         node; `nodes`: the nodes that answered."""
-        answers = await ask("trace.list", {"tenant": tenant_of(app.tenants, call).external_id})
+        answers = await ask_every_node(app, "trace.list", {"tenant": tenant_of(app.tenants, call).external_id})
         by_id: dict[str, dict[str, dict[str, Any]]] = {}
         for node, summaries in answers.items():
             for summary in summaries:
@@ -221,7 +216,9 @@ def routes(api: AdminApi, app: App) -> None:
     async def get_trace(call: Call) -> TraceOut:
         """A trace and its decisions on every live node, oldest first, each with its node."""
         args = {"tenant": tenant_of(app.tenants, call).external_id, "id": call.params["trace"]}
-        answers = {node: held for node, held in (await ask("trace.get", args)).items() if held is not None}
+        answers = {
+            node: held for node, held in (await ask_every_node(app, "trace.get", args)).items() if held is not None
+        }
         if not answers:
             raise not_found()
         decisions = [
@@ -237,5 +234,5 @@ def routes(api: AdminApi, app: App) -> None:
         """Stop a trace (on every live node) and forget it."""
         args = {"tenant": tenant_of(app.tenants, call).external_id, "id": call.params["trace"]}
         here = stop_here(args)
-        if not any((await ask("trace.stop", args)).values()) and not here:
+        if not any((await ask_every_node(app, "trace.stop", args)).values()) and not here:
             raise not_found()
