@@ -57,6 +57,11 @@ class Subscriber:
 class CountingEncode:
     """A Publication that records how often each codec was asked for a frame."""
 
+    topic = "realtime:room"
+    kind = "broadcast"
+    payload = b"{}"
+    user = None
+
     def __init__(
         self, skip: Codec | None = None, audience: Audience = Audience.BROADCAST, message_id: str | None = None
     ) -> None:

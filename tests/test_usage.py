@@ -113,12 +113,14 @@ def test_billing_cycles_start_on_the_tenant_day_of_the_month():
 async def test_messages_are_counted_by_hour_and_kind():
     clock = Clock(T0 + 10)
     meter = UsageMeter(clock)
+    hub = Hub(clock)  # the hub tallies, the meter reads the tallies
+    hub.attach(meter)
     t = tenant()
     room = StreamKey("t1", False, "room")
-    meter.accepted(t, "rest", room, 2)
+    hub.accepted(t, "rest", room, 2)
     clock.t = T0 + HOUR
-    meter.accepted(t, "broadcast", room, 1)
-    meter.accepted(tenant("other"), "broadcast", StreamKey("other", False, "room"), 7)
+    hub.accepted(t, "broadcast", room, 1)
+    hub.accepted(tenant("other"), "broadcast", StreamKey("other", False, "room"), 7)
     rows = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=True)
     assert [(row["hour"], row["messages"]["rest"], row["messages"]["broadcast"]) for row in rows] == [
         (10, 2, 0),
@@ -139,19 +141,21 @@ async def test_a_failed_flush_keeps_the_counts_and_the_next_adds_them_once(pg_ds
                 await control_db.migrate(conn)
             clock = Clock(time.time())
             meter = UsageMeter(clock)
+            hub = Hub(clock)
+            hub.attach(meter)
             t = tenant()
             meter.pool, meter.tenants = pool, lambda: [t]
             room = StreamKey("t1", False, "room")
-            meter.accepted(t, "rest", room, 5)
+            hub.accepted(t, "rest", room, 5)
             meter.egress("t1", "protocol", 500, "phoenix")
             assert await meter.flush()
-            meter.accepted(t, "rest", room, 3)
+            hub.accepted(t, "rest", room, 3)
             meter.egress("t1", "rest", 300, "(rest responses)")
             async with pool.connection() as conn:  # the database refuses the writes
                 await conn.execute("alter table _realtime.usage_egress rename to usage_egress_away")
             assert not await meter.flush()
             assert meter.flush_failures == 1
-            meter.accepted(t, "rest", room, 1)  # counted during the outage
+            hub.accepted(t, "rest", room, 1)  # counted during the outage
             meter.egress("t1", "rest", 100, "(rest responses)")
             today = datetime.fromtimestamp(clock.t, UTC).date()
             async with pool.connection() as conn:
@@ -546,7 +550,7 @@ async def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_l
     clock = Clock(T0)
     meter = UsageMeter(clock)
     hub = Hub()
-    hub.observers.append(meter)
+    hub.attach(meter)
     t = tenant("t1", limits=Limits(max_events_per_second=1_000))
     key = StreamKey("t1", False, "room")
     sender, *others = [Subscriber(codec) for codec in (V2_CODEC, V2_CODEC, V1)]
