@@ -129,6 +129,23 @@ async def test_messages_are_counted_by_hour_and_kind():
     assert meter.cycle_usage(t) == (3, 0)
 
 
+async def test_a_seconds_tally_counts_in_the_hour_it_was_counted_in_whenever_it_is_read():
+    """The hub's clock is the loop's (here 500 s after its start at T0 + 59:59.2), not the wall
+    clock: a second's tally goes to the UTC hour in which it started, read late or not."""
+    clock = Clock(T0 + HOUR - 0.8)
+    meter = UsageMeter(clock)
+    hub = Hub(lambda: clock.t - (T0 + HOUR - 0.8) + 500.0)
+    hub.attach(meter)
+    t = tenant()
+    room = StreamKey("t1", False, "room")
+    hub.accepted(t, "rest", room, 2)  # 10:59:59.2
+    clock.t = T0 + HOUR + 0.5  # 11:00:00.5, a new second of the hub's clock too
+    hub.accepted(t, "rest", room, 3)
+    clock.t = T0 + HOUR + 1800  # read half an hour later: the second tally is handed over only now
+    rows = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=True)
+    assert [(row["hour"], row["messages"]["rest"]) for row in rows] == [(10, 2), (11, 3)]
+
+
 # -- persistence (a real database) ---------------------------------------------------------------
 
 
