@@ -51,6 +51,7 @@ __all__ = [
     "Sink",
     "StreamKey",
     "Subscriber",
+    "Tallies",
     "Tally",
     "TallyReader",
     "Tracer",

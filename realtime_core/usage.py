@@ -201,7 +201,8 @@ class UsageMeter:
     # Counting (hub.TallyReader and the sessions): in memory only
 
     def absorb(self, tallies: Tallies, second: int, now: float) -> None:
-        """The hub's tallies of `second` (its clock; `now` on it is this meter's clock() now).
+        """The hub's tallies of `second`, handed over at `now` (both on the hub's clock, `now`
+        being this meter's clock() now), counted in the UTC hour that second started in.
         Messages: those accepted from senders (a message the database sends, realtime.send or
         broadcast_changes, counts only as it is delivered), the frames queued by fan-outs and
         those sent to one subscriber (presence_state, replay); egress: the bytes of both."""
