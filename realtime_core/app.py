@@ -76,7 +76,7 @@ class App:
         self.loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self.loop.time
         self.tenants = TenantRegistry(default=settings.tenant_name)
-        self.hub = Hub()
+        self.hub = Hub(self.now)  # its tallies count seconds of the loop's time, as `now` everywhere
         # This process among the others of a cluster (Redis messages, /admin/v1/nodes).
         self.node_id = secrets.token_hex(4)
         # With REDIS_URL, the processes of the cluster share topics through Redis (imported only
@@ -96,7 +96,7 @@ class App:
             )
         self.broker: Broker = self.cluster_broker or InProcessBroker(self.hub)
         self.channel_stats = ChannelStats(self.now)  # per-stream messages in and out (admin API)
-        self.hub.observers.append(self.channel_stats)
+        self.hub.attach(self.channel_stats)
         self.timeseries = TimeSeries()  # sampled once a second by _sample_forever()
         self.sockets: set[RealtimeSocket] = set()
         self.tracer = Tracer(self.hub)  # delivery traces (admin API); hub.tracer while one runs
@@ -105,7 +105,7 @@ class App:
         # Usage metering (usage.py): told of every message by the hub, of every connect by the sockets.
         self.usage = UsageMeter(interval=settings.usage_flush_interval_ms / 1000, enabled=settings.usage_metering)
         if settings.usage_metering:
-            self.hub.observers.append(self.usage)
+            self.hub.attach(self.usage)
         self.usage.sockets = lambda: self.sockets  # attribution by client and role reads them
         self.incidents = Incidents()  # recent errors per tenant (admin API)
         self.loop_lag = LoopLag()

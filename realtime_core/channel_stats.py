@@ -2,28 +2,23 @@
 rate over the last minute, for the admin API's channel views (admin/channels.py) and the time
 series (timeseries.py).
 
-app.py appends one ChannelStats to `hub.observers`. The hub calls accepted() once per message
-a sender got accepted and delivered() once per publication after its fan-out: each does a
-few dictionary increments, nothing per receiver. A stream's statistics are created at its
-first message and dropped by prune() once it has had no subscriber and no message for a
-while, so memory follows the streams in use."""
+app.py attaches one ChannelStats to the hub (a hub.TallyReader): the hub counts per stream,
+kind and second of its clock, and hands its tallies over once a second and before every read
+here, so the per-second buckets hold what each second delivered. A stream's statistics are
+created at its first message and dropped by prune() once it has had no subscriber and no
+message for a while, so memory follows the streams in use."""
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
 
-from .hub import KINDS, Clock, Publication, StreamKey, Subscriber
-
-if TYPE_CHECKING:
-    from .tenants import Tenant
+from .hub import KINDS, Clock, StreamKey, Tallies
 
 __all__ = ["ChannelStats", "StreamStats"]
 
 WINDOW_S = 60  # the rates are over the last minute
 IDLE_DROP_S = 300  # a stream without subscribers or messages this long loses its statistics
-_PREFIX_LEN = len("realtime:")
 
 
 class StreamStats:
@@ -54,10 +49,10 @@ class StreamStats:
         self.accepted[kind] = self.accepted.get(kind, 0) + count
         self._bucket_in[kind] = self._bucket_in.get(kind, 0) + count
 
-    def add_out(self, kind: str, count: int, second: int) -> None:
+    def add_out(self, kind: str, count: int, second: int, publications: int = 1) -> None:
         if second != self.last_at:
             self._roll(second)
-        self.publications += 1
+        self.publications += publications
         self.delivered[kind] = self.delivered.get(kind, 0) + count
         self._bucket_out[kind] = self._bucket_out.get(kind, 0) + count
 
@@ -81,81 +76,75 @@ class StreamStats:
 
 
 class ChannelStats:
-    """A hub DeliveryObserver counting per stream, plus per-tenant totals by kind."""
+    """A hub TallyReader counting per stream, plus per-tenant totals by kind. Frames sent to one
+    subscriber outside a fan-out (a join's presence_state, a replay) are deliveries of the
+    stream like any other."""
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.streams: dict[StreamKey, StreamStats] = {}
-        # The same statistics by (tenant id, private, wire topic): delivered() finds a stream
-        # without making a StreamKey (a NamedTuple took ~0.4 µs to make, a tuple ~0.05 µs).
-        self._by_topic: dict[tuple[str, bool, str], StreamStats] = {}
+        self.settle: Callable[[], None] = _nothing  # Hub.attach() sets it
+        self._streams: dict[StreamKey, StreamStats] = {}
         # tenant → kind → total (what the time series sample every second)
-        self.accepted_totals: dict[str, dict[str, int]] = {}
-        self.delivered_totals: dict[str, dict[str, int]] = {}
+        self._accepted_totals: dict[str, dict[str, int]] = {}
+        self._delivered_totals: dict[str, dict[str, int]] = {}
 
-    def _new(self, key: StreamKey, second: int) -> StreamStats:
-        stats = self.streams[key] = StreamStats(second)
-        self._by_topic[(key.tenant, key.private, "realtime:" + key.sub_topic)] = stats
-        return stats
+    @property
+    def streams(self) -> dict[StreamKey, StreamStats]:
+        self.settle()
+        return self._streams
 
-    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
-        second = int(self.clock())
-        stats = self.streams.get(key) or self._new(key, second)
-        stats.add_in(kind, count, second)
-        totals = self.accepted_totals.get(key.tenant)
-        if totals is None:
-            totals = self.accepted_totals[key.tenant] = {}
-        totals[kind] = totals.get(kind, 0) + count
+    @property
+    def accepted_totals(self) -> dict[str, dict[str, int]]:
+        """tenant → kind → messages accepted from senders."""
+        self.settle()
+        return self._accepted_totals
 
-    def delivered(
-        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
-    ) -> None:
-        # The stream from the topic and one receiver's private flag: every receiver of one
-        # publication has the same topic; public and private receivers of a topic are offered
-        # separate publications except by Postgres Changes, which are counted under the first.
-        private = False
-        for sub in subs:
-            private = sub.private
-            break
-        tid = tenant.external_id
-        second = int(self.clock())
-        stats = self._by_topic.get((tid, private, publication.topic))
-        if stats is None:
-            stats = self._new(StreamKey(tid, private, publication.topic[_PREFIX_LEN:]), second)
-        kind = publication.kind
-        stats.add_out(kind, count, second)
-        totals = self.delivered_totals.get(tid)
-        if totals is None:
-            totals = self.delivered_totals[tid] = {}
-        totals[kind] = totals.get(kind, 0) + count
+    @property
+    def delivered_totals(self) -> dict[str, dict[str, int]]:
+        """tenant → kind → frames queued on receivers."""
+        self.settle()
+        return self._delivered_totals
 
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
-        """Frames sent to one subscriber outside a fan-out (a join's presence_state, a replay):
-        deliveries of the stream like any other."""
-        second = int(self.clock())
-        stats = self.streams.get(key) or self._new(key, second)
-        stats.add_out(kind, count, second)
-        totals = self.delivered_totals.get(key.tenant)
-        if totals is None:
-            totals = self.delivered_totals[key.tenant] = {}
-        totals[kind] = totals.get(kind, 0) + count
+    def absorb(self, tallies: Tallies, second: int, now: float) -> None:
+        for (key, kind), tally in tallies.items():
+            stats = self._streams.get(key)
+            if stats is None:
+                stats = self._streams[key] = StreamStats(second)
+            if tally.accepted:
+                stats.add_in(kind, tally.accepted, second)
+                _add(self._accepted_totals, key.tenant, kind, tally.accepted)
+            publications = tally.publications + tally.sends
+            if publications:
+                count = tally.deliveries + tally.sent
+                stats.add_out(kind, count, second, publications)
+                _add(self._delivered_totals, key.tenant, kind, count)
 
     def of(self, key: StreamKey) -> StreamStats | None:
-        return self.streams.get(key)
+        self.settle()
+        return self._streams.get(key)
 
     def prune(self, live: Iterable[StreamKey]) -> None:
         """Drop the statistics of streams not in `live` that had no message for IDLE_DROP_S."""
+        self.settle()
         keep = set(live)
         limit = int(self.clock()) - IDLE_DROP_S
-        for key in [k for k, s in self.streams.items() if s.last_at < limit and k not in keep]:
-            self._drop(key)
+        for key in [k for k, s in self._streams.items() if s.last_at < limit and k not in keep]:
+            del self._streams[key]
 
     def forget_tenant(self, tenant: str) -> None:
-        self.accepted_totals.pop(tenant, None)
-        self.delivered_totals.pop(tenant, None)
-        for key in [k for k in self.streams if k.tenant == tenant]:
-            self._drop(key)
+        self.settle()
+        self._accepted_totals.pop(tenant, None)
+        self._delivered_totals.pop(tenant, None)
+        for key in [k for k in self._streams if k.tenant == tenant]:
+            del self._streams[key]
 
-    def _drop(self, key: StreamKey) -> None:
-        del self.streams[key]
-        del self._by_topic[(key.tenant, key.private, "realtime:" + key.sub_topic)]
+
+def _add(totals: dict[str, dict[str, int]], tenant: str, kind: str, count: int) -> None:
+    by_kind = totals.get(tenant)
+    if by_kind is None:
+        by_kind = totals[tenant] = {}
+    by_kind[kind] = by_kind.get(kind, 0) + count
+
+
+def _nothing() -> None:
+    """A reader's settle() until Hub.attach() sets it."""

@@ -17,13 +17,19 @@ backlog passes the high-water mark is disconnected, never waited for.
 While a delivery trace runs, Hub.tracer (trace.py) is told of each publication
 before it is delivered.
 
+What is delivered is counted here, per stream and kind, in Hub.tallies: one lookup and a few
+additions per publication. The readers (channel statistics, metrics, usage metering) are
+handed the tallies once a second and whenever they read (Hub.settle()), not called per
+publication. Hub.observers are called per message: the live tail attaches one while in use.
+
 Nothing here imports a session, a tenant service or the app: they reach the
 hub through the small Protocols below."""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
 from itertools import chain
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -45,6 +51,9 @@ __all__ = [
     "Sink",
     "StreamKey",
     "Subscriber",
+    "Tallies",
+    "Tally",
+    "TallyReader",
     "Tracer",
 ]
 
@@ -119,8 +128,9 @@ class Subscriber(Protocol):
 
 
 class DeliveryObserver(Protocol):
-    """Counts what the hub delivers (usage metering, channel statistics). Called once per
-    message, never per receiver: it must only count, in memory. `nbytes` is the egress of the
+    """Sees each message the hub delivers (the live tail, while one is open; counting is the
+    tallies' job, TallyReader). Called once per message, never per receiver: it must only
+    look, in memory. `nbytes` is the egress of the
     frames queued: the complete WebSocket frames, headers included, summed over receivers."""
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
@@ -143,6 +153,43 @@ class RemoteSubject(Protocol):
     connection: str | None  # its connection's id (None: that node did not say)
     sub_topic: str
     claims: dict[str, Any]
+
+
+class Tally:
+    """What one stream got of one kind during one second of the hub's clock.
+
+    `sizes` counts publications by payload size (bytes of the JSON text, or of a user
+    broadcast's data): exact, and small, as a stream's payloads take few sizes in a second.
+    `sent` and `sent_bytes` are frames sent to one subscriber outside a fan-out, `sends` the
+    calls that reported them (Hub.sent())."""
+
+    __slots__ = ("accepted", "deliveries", "nbytes", "publications", "sends", "sent", "sent_bytes", "sizes")
+
+    def __init__(self) -> None:
+        self.accepted = 0  # messages accepted from senders
+        self.publications = 0  # publications offered to the stream's receivers
+        self.deliveries = 0  # frames of those queued on receivers
+        self.nbytes = 0  # their egress: complete WebSocket frames, summed over receivers
+        self.sizes: dict[int, int] = {}  # payload size → publications
+        self.sends = 0
+        self.sent = 0
+        self.sent_bytes = 0
+
+
+# The tallies of one second: (stream, kind) → Tally.
+Tallies = Mapping[tuple["StreamKey", str], Tally]
+
+
+class TallyReader(Protocol):
+    """Reads the hub's tallies (channel statistics, metrics, usage): Hub.attach() sets
+    `settle`, which the reader calls before it reads its own counts, so that they hold
+    every publication delivered so far."""
+
+    settle: Callable[[], None]
+
+    def absorb(self, tallies: Tallies, second: int, now: float) -> None:
+        """Add `tallies`, counted during `second` of the hub's clock and handed over at its
+        time `now`. Only counts, in memory."""
 
 
 class Tracer(Protocol):
@@ -231,12 +278,33 @@ class Publication:
 class Hub:
     """Which subscribers listen on which stream in this process, their presences, and delivery."""
 
-    __slots__ = ("_streams", "joins", "observers", "presence_joins", "presence_leaves", "presences", "tracer")
+    __slots__ = (
+        "_second",
+        "_streams",
+        "_until",
+        "clock",
+        "joins",
+        "observers",
+        "presence_joins",
+        "presence_leaves",
+        "presences",
+        "readers",
+        "tallies",
+        "tracer",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        """`clock`: the time deliver() is given (`now`), the event loop's: its seconds are the
+        tallies' (time.monotonic, as asyncio's loop.time())."""
         self._streams: dict[StreamKey, dict[Subscriber, None]] = {}
         self.presences: dict[StreamKey, PresenceTopic] = {}
         self.observers: list[DeliveryObserver] = []  # told of every message accepted and delivered
+        self.readers: list[TallyReader] = []  # handed the tallies (attach())
+        self.clock = clock
+        # (stream, kind) → what it got during second `_second`; handed over from `_until` on.
+        self.tallies: dict[tuple[StreamKey, str], Tally] = {}
+        self._second = 0
+        self._until = 0.0
         self.joins: dict[str, int] = {}  # tenant → subscriptions made since start (the time series' joins)
         # tenant → presences joined and left since start (counted by the broker from its diffs)
         self.presence_joins: dict[str, int] = {}
@@ -293,11 +361,45 @@ class Hub:
         if topic is not None and not topic:
             del self.presences[key]
 
+    # Tallies
+
+    def attach(self, reader: TallyReader) -> None:
+        """Hand `reader` the tallies from now on."""
+        reader.settle = self.settle
+        self.readers.append(reader)
+
+    def settle(self) -> None:
+        """Hand the tallies counted so far to every reader, and count afresh."""
+        self._roll(self.clock())
+
+    def _roll(self, now: float) -> None:
+        """Hand the tallies of `_second` over; later counts are `now`'s second's."""
+        tallies = self.tallies
+        if tallies:
+            self.tallies = {}
+            second = self._second
+            for reader in self.readers:
+                reader.absorb(tallies, second, now)
+        if now >= self._until:
+            self._second = int(now)
+            self._until = self._second + 1.0
+
+    def _tally(self, key: StreamKey, kind: str) -> Tally:
+        """The tally of `key` and `kind` in this second, made at its first count."""
+        now = self.clock()
+        if now >= self._until:
+            self._roll(now)
+        tally = self.tallies.get((key, kind))
+        if tally is None:
+            tally = self.tallies[(key, kind)] = Tally()
+        return tally
+
     # Delivery
 
     def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int = 1) -> None:
         """Record that `count` messages of `kind` were accepted for `key` (what senders send,
         once authorized and checked; deliveries are recorded by deliver())."""
+        self._tally(key, kind).accepted += count
         for observer in self.observers:
             observer.accepted(tenant, kind, key, count)
 
@@ -305,6 +407,10 @@ class Hub:
         """Record that `count` frames of `kind`, `nbytes` in all, were sent to `subscriber` outside
         deliver(): the `presence_state` a channel gets at its join, the messages it gets as a replay."""
         if count:
+            tally = self._tally(key, kind)
+            tally.sends += 1
+            tally.sent += count
+            tally.sent_bytes += nbytes
             for observer in self.observers:
                 observer.sent(tenant, kind, key, subscriber, count, nbytes)
 
@@ -327,7 +433,7 @@ class Hub:
             return delivered
         if not subs:
             return 0
-        return self.deliver(tenant, ((subs, publication),), now, exclude)
+        return self._deliver(tenant, ((subs, publication),), now, exclude, key)
 
     def deliver(
         self,
@@ -344,22 +450,60 @@ class Hub:
         per-subscriber loop. Private ones whose read policy denies the publication's
         audience are skipped (docs/protocol.md §7), and so are those that already got
         its message_id as a replay (docs/protocol.md §4.4). While the tenant's events/s
-        limit is reached, receivers are shut down instead (docs/protocol.md §9.2)."""
+        limit is reached, receivers are shut down instead (docs/protocol.md §9.2).
+
+        Each publication is tallied under its stream: the receivers' topic and the first
+        receiver's private flag (public and private receivers of a topic are offered separate
+        publications, except by Postgres Changes, which are tallied under the first)."""
+        return self._deliver(tenant, batch, now, exclude, None)
+
+    def _deliver(
+        self,
+        tenant: Tenant,
+        batch: Iterable[tuple[Iterable[Subscriber], Publication]],
+        now: float,
+        exclude: Subscriber | None,
+        key: StreamKey | None,
+    ) -> int:
+        """deliver(), the publications all of stream `key` (None: each its receivers')."""
         if tenant.events.reached(tenant.limits.max_events_per_second, now):
             for subs, _ in batch:
                 for sub in list(subs):
                     if sub is not exclude and sub.state is _JOINED:
                         sub.shutdown(TOO_MANY_MESSAGES)
             return 0
+        if now >= self._until:
+            self._roll(now)
         delivered = 0
         observers = self.observers
         for subs, publication in batch:
             count, nbytes = _fan_out(subs, publication, exclude)
             delivered += count
+            stream = _stream_of(tenant, subs, publication) if key is None else key
+            # self.tallies read after the fan-out: a receiver closed by it may have settled them.
+            tallies = self.tallies
+            tally_key = (stream, publication.kind)
+            tally = tallies.get(tally_key)
+            if tally is None:
+                tally = tallies[tally_key] = Tally()
+            tally.publications += 1
+            tally.deliveries += count
+            tally.nbytes += nbytes
+            user = publication.user
+            size = len(publication.payload) if user is None else len(user.data)
+            sizes = tally.sizes
+            sizes[size] = sizes.get(size, 0) + 1
             for observer in observers:
                 observer.delivered(tenant, publication, subs, count, nbytes)
         tenant.events.add(delivered, now)
         return delivered
+
+
+def _stream_of(tenant: Tenant, subs: Iterable[Subscriber], publication: Publication) -> StreamKey:
+    """The stream a publication offered to `subs` is tallied under (see Hub.deliver)."""
+    for sub in subs:
+        return StreamKey(tenant.external_id, sub.private, sub.sub_topic)
+    return StreamKey(tenant.external_id, False, publication.topic.removeprefix("realtime:"))
 
 
 def _fan_out(subs: Iterable[Subscriber], publication: Publication, exclude: Subscriber | None) -> tuple[int, int]:

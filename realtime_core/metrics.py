@@ -2,7 +2,7 @@
 
 Each App has its own CollectorRegistry (never the process-global one: tests run several
 Apps in one process). Events are counted where they happen as plain ints in dicts (one
-event loop, no locks, nothing on the fan-out path but the hub observer's few additions);
+event loop, no locks; deliveries come from the hub's tallies, nothing on the fan-out path);
 `RealtimeCollector` turns them and the server's own counters into metric families at
 scrape time. Series names follow upstream's (`OBSERVABILITY_METRICS.md`, the PromEx
 plugins `tenant.ex`, `tenant_global.ex`, `channels.ex`); README "Metrics" lists them.
@@ -38,10 +38,10 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from .authorization import LATENCY_BUCKETS_MS, LatencyHistogram
-from .hub import KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND, Publication, StreamKey
+from .hub import KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND, Tallies
 
 if TYPE_CHECKING:
-    from .hub import Hub, Subscriber
+    from .hub import Hub
     from .tenants import Tenant
 
 __all__ = ["CONTENT_TYPE", "PAYLOAD_SIZE_BUCKETS", "ClusterCounters", "Metrics", "Sample", "parse_samples"]
@@ -107,9 +107,10 @@ class SizeHistogram:
         self.buckets = [0] * (len(PAYLOAD_SIZE_BUCKETS) + 1)
         self.total = 0
 
-    def observe(self, size: int) -> None:
-        self.buckets[bisect.bisect_left(PAYLOAD_SIZE_BUCKETS, size)] += 1
-        self.total += size
+    def observe(self, size: int, count: int = 1) -> None:
+        """`count` payloads of `size` bytes."""
+        self.buckets[bisect.bisect_left(PAYLOAD_SIZE_BUCKETS, size)] += count
+        self.total += size * count
 
 
 class TenantCounts:
@@ -123,8 +124,11 @@ class TenantCounts:
 
 
 class Metrics:
-    """The App's counters and its registry. As a hub observer it counts every message by
-    tenant and upstream's message_type, and observes its payload size once per message."""
+    """The App's counters and its registry. As a hub TallyReader it counts every message
+    delivered by tenant and upstream's message_type, and every payload's size, exactly: the
+    hub's tallies count publications by payload size, binned here."""
+
+    settle: Callable[[], None]  # Hub.attach() sets it
 
     def __init__(self, app: MetricsSource) -> None:
         self.malformed_messages = 0
@@ -132,14 +136,14 @@ class Metrics:
         self.join_errors_by_code: dict[str, int] = {}
         self.channel_errors: dict[tuple[str, str], int] = {}  # (tenant, code) → refused joins
         self.joins: dict[str, int] = {}  # tenant → join attempts
-        self.messages: dict[str, TenantCounts] = {}  # by tenant
+        self.messages: dict[str, TenantCounts] = {}  # by tenant: read after settle()
         self.cluster: ClusterCounters | None = None  # set by the App when it runs on Redis
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(RealtimeCollector(app, self))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        app.hub.observers.append(self)
+        app.hub.attach(self)
 
     def join_started(self, tenant: str) -> None:
         """Count one join attempt of `tenant` (upstream's realtime_channel_joins)."""
@@ -152,25 +156,22 @@ class Metrics:
         key = (tenant, code)
         self.channel_errors[key] = self.channel_errors.get(key, 0) + 1
 
-    # DeliveryObserver
+    # hub.TallyReader
 
-    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
-        """Nothing: upstream counts channel events as delivered, which delivered() sees."""
-
-    def delivered(
-        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
-    ) -> None:
-        # Once per message, not per receiver: 0.56 µs measured on a busy 2-core machine (load 4.8).
-        counts = self.messages.get(tenant.external_id)
-        if counts is None:
-            counts = self.messages[tenant.external_id] = TenantCounts()
-        index = _TYPE_INDEX[publication.kind]
-        counts.delivered[index] += count
-        user = publication.user
-        counts.sizes[index].observe(len(publication.payload) if user is None else len(user.data))
-
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
-        """Nothing: a join's presence_state and a replay are not channel events upstream."""
+    def absorb(self, tallies: Tallies, second: int, now: float) -> None:
+        """Deliveries as upstream counts channel events: a join's presence_state and a replay
+        (sent outside a fan-out) are not; neither are messages accepted from senders."""
+        for (key, kind), tally in tallies.items():
+            if not tally.publications:
+                continue
+            counts = self.messages.get(key.tenant)
+            if counts is None:
+                counts = self.messages[key.tenant] = TenantCounts()
+            index = _TYPE_INDEX[kind]
+            counts.delivered[index] += tally.deliveries
+            histogram = counts.sizes[index]
+            for size, n in tally.sizes.items():
+                histogram.observe(size, n)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format (CONTENT_TYPE)."""
@@ -194,6 +195,7 @@ class RealtimeCollector:
     def _upstream(self) -> Iterator[Metric]:
         """Upstream's channel, connection, payload and error series, per tenant and global."""
         metrics = self._metrics
+        metrics.settle()
         messages = metrics.messages
         tenants = sorted(self._app.tenants, key=lambda t: t.external_id)
         connected = GaugeMetricFamily(

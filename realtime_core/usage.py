@@ -9,14 +9,15 @@ responses (`rest`, reported by rest_api.py). Kinds are the messages' origins (hu
 `protocol`; the bytes of each kind wait beside its messages and are stored in
 `_realtime.usage_egress` (sql/0010_egress.sql) by the same flush.
 
-The Hub reports every message accepted from a sender and every publication delivered
-(hub.DeliveryObserver); the channel reports the frames it sends outside the hub
-(`presence_state` at join, replayed messages) the same way; the socket reports each connect and
-disconnect of a WebSocket (connected() / disconnected()). What counts is the README's table
-("Usage and quotas").
+The Hub tallies every message accepted from a sender, every publication delivered and the
+frames a channel sends outside a fan-out (`presence_state` at join, replayed messages), per
+stream, kind and second, and hands the tallies over (hub.TallyReader: absorb()) once a second
+and before every read here; the socket reports each connect and disconnect of a WebSocket
+(connected() / disconnected()). What counts is the README's table ("Usage and quotas").
 
-Hot path: one clock read, one dict lookup and one integer addition per publication, never per
-receiver; no I/O. Counts wait in `_unflushed`, by (tenant, epoch hour), until flush() adds them
+Hot path: nothing here per publication (the hub's tally), a few additions per stream and
+second; no I/O. A second's tally goes to the UTC hour in which that second of the hub's clock
+started. Counts wait in `_unflushed`, by (tenant, epoch hour), until flush() adds them
 to `_realtime.usage` (sql/0009_usage.sql) in one transaction: a failed flush puts them back, so a
 database outage loses nothing, and a flush runs beside delivery, never in its way. Rows are
 upserted by adding, so restarts and several processes add up; peaks are merged with greatest().
@@ -47,12 +48,11 @@ from .attribution import (
     PRESENCE_STATE_SLOT,
     AttributedSocket,
     Attribution,
-    TopicTable,
 )
 from .hub import DB_BROADCAST_KIND, KINDS, POSTGRES_CHANGES_KIND, PRESENCE_KIND
 
 if TYPE_CHECKING:
-    from .hub import Publication, StreamKey, Subscriber
+    from .hub import Tallies
     from .tenants import Tenant
 
 __all__ = [
@@ -166,13 +166,11 @@ class UsageMeter:
         self._hour = -1
         # (tenant, epoch hour) → kind → messages, not yet in the database.
         self._unflushed: dict[tuple[str, int], dict[str, int]] = {}
-        # tenant → the _unflushed entry of the current hour (the hot path's only lookup).
-        self._current: dict[str, dict[str, int]] = {}
         self._flushing: dict[tuple[str, int], dict[str, int]] | None = None
         # The same for egress bytes, by kind (EGRESS_KINDS).
         self._egress: _Counts = {}
+        # tenant → the _egress entry of the current hour (egress()'s one lookup per frame).
         self._egress_current: dict[str, dict[str, int]] = {}
-        self._topics_current: dict[str, TopicTable] = {}  # tenant → attribution's table of this hour's day
         self._flushing_egress: _Counts | None = None
         # Per topic, client and role (attribution.py): in memory, for this process.
         self.attribution = Attribution()
@@ -186,6 +184,7 @@ class UsageMeter:
         self._stored: dict[str, tuple[date, int, int, int]] = {}
         self._alerted: set[tuple[str, date, str, int]] = set()
         self._lock = asyncio.Lock()  # one flush or live read at a time
+        self.settle: Callable[[], None] = _nothing  # hands over the hub's tallies (Hub.attach() sets it)
         # Set in a cluster: peaks are then the cluster's totals (cluster_total()), not this process's.
         self.cluster: ClusterConnections | None = None
         self.pool: AsyncConnectionPool | None = None
@@ -199,53 +198,34 @@ class UsageMeter:
         self.webhooks_sent = 0
         self.webhook_failures = 0
 
-    # Counting (hub.DeliveryObserver and the sessions): in memory only
+    # Counting (hub.TallyReader and the sessions): in memory only
 
-    def accepted(self, tenant: Tenant, kind: str, key: StreamKey, count: int) -> None:
-        """`count` messages of `kind` were accepted from a sender. A message the database sends
-        (realtime.send, broadcast_changes) counts only as it is delivered: not here."""
-        if count and self.enabled and kind != DB_BROADCAST_KIND:
-            self._count(tenant.external_id, kind, count)
-            slot = PRESENCE_SLOT if kind == PRESENCE_KIND else 0
-            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, 0, self._hour, slot)
-
-    def delivered(
-        self, tenant: Tenant, publication: Publication, subs: Iterable[Subscriber], count: int, nbytes: int
-    ) -> None:
-        """`publication` reached `count` sockets: `count` messages of its kind, `nbytes` of egress."""
-        # _count() inlined: this runs once per publication of every fan-out.
-        if count and self.enabled:
-            if self.clock() >= self._hour_end:
-                self._roll()
-            tid = tenant.external_id
-            kind = publication.kind
-            try:
-                self._current[tid][kind] += count
-            except KeyError:
-                self._counts(tid)[kind] += count
-            try:
-                self._egress_current[tid][kind] += nbytes
-            except KeyError:
-                self._egress_counts(tid)[kind] += nbytes
-            # The topic and private flag of one receiver: every receiver of a publication has
-            # its topic (public and private ones of a name get separate publications, except
-            # Postgres Changes, counted under the first receiver's flag as channel_stats does).
-            try:
-                table = self._topics_current[tid]
-            except KeyError:
-                table = self._topics_current[tid] = self.attribution.table(tid, self._hour)
-            for sub in subs:
-                table.add(sub.sub_topic, sub.private, count, nbytes, _DELIVERY_SLOTS.get(kind, 0))
-                break
-
-    def sent(self, tenant: Tenant, kind: str, key: StreamKey, subscriber: Subscriber, count: int, nbytes: int) -> None:
-        """`count` frames of `kind`, `nbytes` in all, went to one subscriber outside a fan-out
-        (presence_state, replay)."""
-        if count and self.enabled:
-            self._count(tenant.external_id, kind, count)
-            self._egress_count(tenant.external_id, kind, nbytes)
-            slot = _SENT_SLOTS.get(kind, 0)
-            self.attribution.topic(tenant.external_id, key.sub_topic, key.private, count, nbytes, self._hour, slot)
+    def absorb(self, tallies: Tallies, second: int, now: float) -> None:
+        """The hub's tallies of `second`, handed over at `now` (both on the hub's clock, `now`
+        being this meter's clock() now), counted in the UTC hour that second started in.
+        Messages: those accepted from senders (a message the database sends, realtime.send or
+        broadcast_changes, counts only as it is delivered), the frames queued by fan-outs and
+        those sent to one subscriber (presence_state, replay); egress: the bytes of both."""
+        if not self.enabled:
+            return
+        hour = hour_of(self.clock() - (now - second))
+        for (key, kind), tally in tallies.items():
+            tid = key.tenant
+            accepted = tally.accepted if kind != DB_BROADCAST_KIND else 0
+            messages = accepted + tally.deliveries + tally.sent
+            if not messages:
+                continue
+            _add(self._unflushed, (tid, hour), KINDS, kind, messages)
+            nbytes = tally.nbytes + tally.sent_bytes
+            if nbytes:
+                _add(self._egress, (tid, hour), EGRESS_KINDS, kind, nbytes)
+            table = self.attribution.table(tid, hour)
+            if accepted:
+                table.add(key.sub_topic, key.private, accepted, 0, PRESENCE_SLOT if kind == PRESENCE_KIND else 0)
+            if tally.deliveries:
+                table.add(key.sub_topic, key.private, tally.deliveries, tally.nbytes, _DELIVERY_SLOTS.get(kind, 0))
+            if tally.sent:
+                table.add(key.sub_topic, key.private, tally.sent, tally.sent_bytes, _SENT_SLOTS.get(kind, 0))
 
     def egress(self, tenant_id: str, kind: str, nbytes: int, topic: str, private: bool = False) -> None:
         """`nbytes` of `kind` were written to a client outside the hub: the socket's own frames
@@ -254,14 +234,6 @@ class UsageMeter:
         if nbytes and self.enabled:
             self._egress_count(tenant_id, kind, nbytes)
             self.attribution.topic(tenant_id, topic, private, 0, nbytes, self._hour)
-
-    def _count(self, tenant_id: str, kind: str, count: int) -> None:
-        if self.clock() >= self._hour_end:
-            self._roll()
-        try:
-            self._current[tenant_id][kind] += count
-        except KeyError:
-            self._counts(tenant_id)[kind] += count
 
     def _egress_count(self, tenant_id: str, kind: str, nbytes: int) -> None:
         if self.clock() >= self._hour_end:
@@ -276,18 +248,7 @@ class UsageMeter:
         now = self.clock()
         self._hour = hour_of(now)
         self._hour_end = (self._hour + 1) * 3600.0
-        self._current = {}
         self._egress_current = {}
-        self._topics_current = {}
-
-    def _counts(self, tenant_id: str) -> dict[str, int]:
-        """The counts of `tenant_id` for the current hour, created at its first message."""
-        key = (tenant_id, self._hour)
-        counts = self._unflushed.get(key)
-        if counts is None:
-            counts = self._unflushed[key] = dict.fromkeys(KINDS, 0)
-        self._current[tenant_id] = counts
-        return counts
 
     def _egress_counts(self, tenant_id: str) -> dict[str, int]:
         """The egress of `tenant_id` for the current hour, created at its first byte."""
@@ -372,6 +333,7 @@ class UsageMeter:
 
     def _pending(self) -> _Pending:
         """Messages and peaks counted and not yet committed: waiting, and being flushed."""
+        self.settle()
         for tenant_id in list(self._connections):
             self._connections_of(tenant_id)  # quiet hours with open sockets get their peak
         peaks: dict[tuple[str, int], int] = {}
@@ -415,10 +377,11 @@ class UsageMeter:
         if pool is None:
             return False
         async with self._lock:
+            self.settle()
             for tenant_id in list(self._connections):
                 self._connections_of(tenant_id)
             self.roll_attribution()
-            self._flushing, self._unflushed, self._current = self._unflushed, {}, {}
+            self._flushing, self._unflushed = self._unflushed, {}
             self._flushing_egress, self._egress, self._egress_current = self._egress, {}, {}
             self._flushing_peaks, self._peaks = self._peaks, {}
             try:
@@ -441,19 +404,15 @@ class UsageMeter:
 
     def _restore(self) -> None:
         """Put the counts of a failed flush back, beside those counted meanwhile."""
-        for flushing, unflushed, current in (
-            (self._flushing, self._unflushed, self._current),
-            (self._flushing_egress, self._egress, self._egress_current),
-        ):
+        for flushing, unflushed in ((self._flushing, self._unflushed), (self._flushing_egress, self._egress)):
             for key, counts in (flushing or {}).items():
                 into = unflushed.get(key)
                 if into is None:
                     unflushed[key] = counts
-                    if key[1] == self._hour and key[0] not in current:
-                        current[key[0]] = counts
                 else:
                     for kind, n in counts.items():
                         into[kind] += n
+        self._egress_current = {}  # egress() finds the current hour's entries again
         for key, peak in (self._flushing_peaks or {}).items():
             self._peaks[key] = max(self._peaks.get(key, 0), peak)
         self._flushing = self._flushing_peaks = self._flushing_egress = None
@@ -677,6 +636,17 @@ class UsageMeter:
             log.warning("usage: alert webhook attempt %d answered %d", attempt + 1, status)
         self.webhook_failures += 1
         log.error("usage: alert webhook %s failed %d times; not sent", url, len(WEBHOOK_RETRY_DELAYS) + 1)
+
+
+def _add(counts: _Counts, key: tuple[str, int], kinds: tuple[str, ...], kind: str, n: int) -> None:
+    by_kind = counts.get(key)
+    if by_kind is None:
+        by_kind = counts[key] = dict.fromkeys(kinds, 0)
+    by_kind[kind] += n
+
+
+def _nothing() -> None:
+    """settle() until Hub.attach() sets it."""
 
 
 def _merged(sources: Iterable[_Counts | None], kinds: tuple[str, ...]) -> _Counts:

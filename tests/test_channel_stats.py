@@ -43,9 +43,9 @@ class Sub:
 
 def setup(private: bool = False, receivers: int = 3) -> tuple[Hub, ChannelStats, Clock, StreamKey, Any]:
     clock = Clock()
-    hub = Hub()
+    hub = Hub(clock)
     stats = ChannelStats(clock)
-    hub.observers.append(stats)
+    hub.attach(stats)
     tenant = make_tenant()
     key = StreamKey(tenant.external_id, private, "room")
     for _ in range(receivers):

@@ -57,6 +57,11 @@ class Subscriber:
 class CountingEncode:
     """A Publication that records how often each codec was asked for a frame."""
 
+    topic = "realtime:room"
+    kind = "broadcast"
+    payload = b"{}"
+    user = None
+
     def __init__(
         self, skip: Codec | None = None, audience: Audience = Audience.BROADCAST, message_id: str | None = None
     ) -> None:
@@ -386,6 +391,89 @@ class TestObservers:
             TestEventsLimit.limited_tenant(), ROOM, Publication("realtime:room", "x", b"{}"), NOW + BUCKET_SECONDS
         )
         assert observer.events == []
+
+
+class Reader:
+    """A TallyReader that keeps what it was handed, by second."""
+
+    def __init__(self) -> None:
+        self.seconds: list[tuple[int, dict[tuple[StreamKey, str], tuple[int, ...]]]] = []
+
+    def absorb(self, tallies, second, now):  # type: ignore[no-untyped-def]
+        self.seconds.append(
+            (
+                second,
+                {
+                    key: (t.accepted, t.publications, t.deliveries, t.nbytes, t.sends, t.sent, t.sent_bytes)
+                    for key, t in tallies.items()
+                },
+            )
+        )
+
+    def total(self, index: int) -> int:
+        return sum(row[index] for _, tallies in self.seconds for row in tallies.values())
+
+
+class TestTallies:
+    """The hub counts per stream, kind and second; readers get each second's counts once."""
+
+    def test_a_second_is_handed_over_when_the_next_starts_and_settle_hands_over_the_current(self):
+        clock = [NOW]
+        hub, reader = Hub(lambda: clock[0]), Reader()
+        hub.attach(reader)  # type: ignore[arg-type]
+        sender, *receivers = subscribed(hub, ROOM, V2, V2, V1)
+        tenant = make_tenant()
+        hub.accepted(tenant, "broadcast", ROOM)
+        hub.publish(tenant, ROOM, Publication("realtime:room", "shout", b"{}"), NOW, exclude=sender)  # type: ignore[arg-type]
+        hub.publish(tenant, ROOM, Publication("realtime:room", "p", b"{}", kind="presence"), NOW + 0.5)
+        assert reader.seconds == []  # nothing handed over within the second
+        clock[0] = NOW + 1.2
+        hub.sent(tenant, ROOM, sender, "presence", 1, 40)  # type: ignore[arg-type]
+        queued = sum(len(f) for sub in (sender, *receivers) for f in sub.conn.frames)
+        assert reader.seconds == [
+            (
+                int(NOW),
+                {
+                    (ROOM, "broadcast"): (1, 1, 2, sum(len(sub.conn.frames[0]) for sub in receivers), 0, 0, 0),
+                    (ROOM, "presence"): (0, 1, 3, queued - sum(len(sub.conn.frames[0]) for sub in receivers), 0, 0, 0),
+                },
+            )
+        ]
+        hub.settle()
+        assert reader.seconds[1] == (int(NOW) + 1, {(ROOM, "presence"): (0, 0, 0, 0, 1, 1, 40)})
+        hub.settle()  # nothing new: nothing handed over again
+        assert len(reader.seconds) == 2
+
+    def test_a_settle_during_a_fan_out_counts_the_publication_once(self):
+        """A receiver closed by its own send may make a reader settle mid-fan-out."""
+        hub, reader = Hub(lambda: NOW), Reader()
+        hub.attach(reader)  # type: ignore[arg-type]
+        receivers = subscribed(hub, ROOM, V2, V2)
+        receivers[0].conn.send = lambda frame: hub.settle()  # type: ignore[method-assign]
+        tenant = make_tenant()
+        for _ in range(3):
+            hub.publish(tenant, ROOM, Publication("realtime:room", "e", b"{}"), NOW)
+        hub.settle()
+        assert (reader.total(1), reader.total(2)) == (3, 6)
+
+    def test_a_batch_is_tallied_under_each_publications_receivers(self):
+        hub, reader = Hub(lambda: NOW), Reader()
+        hub.attach(reader)  # type: ignore[arg-type]
+        public = Subscriber(V2)
+        private = Subscriber(V2, private=True)
+        tenant = make_tenant()
+        batch = [
+            ([public], Publication("realtime:room", "c", b"{}", kind="postgres_changes")),
+            ([private], Publication("realtime:room", "c", b"{}", kind="postgres_changes")),
+            ([private], Publication("realtime:room", "c", b"{}", kind="postgres_changes")),
+        ]
+        assert hub.deliver(tenant, batch, NOW) == 3  # type: ignore[arg-type]
+        hub.settle()
+        [(_, tallies)] = reader.seconds
+        assert {key: row[2] for key, row in tallies.items()} == {
+            (ROOM, "postgres_changes"): 1,
+            (ROOM._replace(private=True), "postgres_changes"): 2,
+        }
 
 
 class TestPublication:

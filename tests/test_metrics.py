@@ -13,11 +13,14 @@ from conftest import MS, make_token, messages_policy, published_table
 from fakes import make_app
 from prometheus_client.parser import text_string_to_metric_families
 from realtime import AsyncRealtimeClient, RealtimeSubscribeStates
+from test_hub import Subscriber
 from test_postgres_changes import run
 from wire import eventually
 
 from bench.private import histogram_delta
+from realtime_core.hub import PRESENCE_KIND, Publication, StreamKey
 from realtime_core.metrics import PAYLOAD_SIZE_BUCKETS, parse_samples
+from realtime_core.protocol import V2
 
 TENANT = "realtime-dev"
 SUBSCRIBED = RealtimeSubscribeStates.SUBSCRIBED
@@ -212,6 +215,52 @@ async def test_the_exposition_reads_back_in_order_with_escapes_undone():
 def test_payload_size_buckets_are_upstreams():
     # tenant.ex PayloadSize.Buckets
     assert PAYLOAD_SIZE_BUCKETS == (250, 500, 1000, 3000, 5000, 10_000, 25_000, 100_000, 500_000, 1_000_000, 3_000_000)
+
+
+async def test_payload_sizes_are_exact_across_seconds_and_kinds():
+    """The hub tallies payloads by size each second; the exposition bins them exactly."""
+    app = make_app()
+    tenant = app.tenants.get(TENANT)
+    assert tenant is not None
+    key = StreamKey(TENANT, False, "room")
+    app.hub.subscribe(key, Subscriber(V2))  # type: ignore[arg-type]
+    sizes = [100, 100, 250, 251, 2_000, 600_000]
+    for i, size in enumerate(sizes):
+        publication = Publication("realtime:room", "e", b"x" * size)
+        app.hub.publish(tenant, key, publication, app.now() + i * 0.6)  # across several seconds
+    app.hub.publish(tenant, key, Publication("realtime:room", "p", b"x" * 300, kind=PRESENCE_KIND), app.now())
+    samples = parse_samples(app.metrics.render().decode())
+
+    def buckets(message_type: str) -> dict[str, float]:
+        return {
+            s.labels["le"]: s.value
+            for s in samples
+            if s.name == "realtime_tenants_payload_size_bucket" and s.labels["message_type"] == message_type
+        }
+
+    assert buckets("broadcast") == {
+        "250.0": 3,
+        "500.0": 4,
+        "1000.0": 4,
+        "3000.0": 5,
+        "5000.0": 5,
+        "10000.0": 5,
+        "25000.0": 5,
+        "100000.0": 5,
+        "500000.0": 5,
+        "1e+06": 6,
+        "3e+06": 6,
+        "+Inf": 6,
+    }
+    assert buckets("presence")["250.0"] == 0 and buckets("presence")["500.0"] == 1
+    [total] = [
+        s.value
+        for s in samples
+        if s.name == "realtime_tenants_payload_size_sum" and s.labels["message_type"] == "broadcast"
+    ]
+    assert total == sum(sizes)
+    [events] = [s.value for s in samples if s.name == "realtime_channel_events" and s.labels["tenant"] == TENANT]
+    assert events == len(sizes)
 
 
 def test_a_histogram_reads_back_as_buckets_sum_and_count():

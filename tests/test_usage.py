@@ -113,18 +113,37 @@ def test_billing_cycles_start_on_the_tenant_day_of_the_month():
 async def test_messages_are_counted_by_hour_and_kind():
     clock = Clock(T0 + 10)
     meter = UsageMeter(clock)
+    hub = Hub(clock)  # the hub tallies, the meter reads the tallies
+    hub.attach(meter)
     t = tenant()
     room = StreamKey("t1", False, "room")
-    meter.accepted(t, "rest", room, 2)
+    hub.accepted(t, "rest", room, 2)
     clock.t = T0 + HOUR
-    meter.accepted(t, "broadcast", room, 1)
-    meter.accepted(tenant("other"), "broadcast", StreamKey("other", False, "room"), 7)
+    hub.accepted(t, "broadcast", room, 1)
+    hub.accepted(tenant("other"), "broadcast", StreamKey("other", False, "room"), 7)
     rows = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=True)
     assert [(row["hour"], row["messages"]["rest"], row["messages"]["broadcast"]) for row in rows] == [
         (10, 2, 0),
         (11, 0, 1),
     ]
     assert meter.cycle_usage(t) == (3, 0)
+
+
+async def test_a_seconds_tally_counts_in_the_hour_it_was_counted_in_whenever_it_is_read():
+    """The hub's clock is the loop's (here 500 s after its start at T0 + 59:59.2), not the wall
+    clock: a second's tally goes to the UTC hour in which it started, read late or not."""
+    clock = Clock(T0 + HOUR - 0.8)
+    meter = UsageMeter(clock)
+    hub = Hub(lambda: clock.t - (T0 + HOUR - 0.8) + 500.0)
+    hub.attach(meter)
+    t = tenant()
+    room = StreamKey("t1", False, "room")
+    hub.accepted(t, "rest", room, 2)  # 10:59:59.2
+    clock.t = T0 + HOUR + 0.5  # 11:00:00.5, a new second of the hub's clock too
+    hub.accepted(t, "rest", room, 3)
+    clock.t = T0 + HOUR + 1800  # read half an hour later: the second tally is handed over only now
+    rows = await meter.read("t1", date(2026, 12, 6), date(2026, 12, 6), hourly=True)
+    assert [(row["hour"], row["messages"]["rest"]) for row in rows] == [(10, 2), (11, 3)]
 
 
 # -- persistence (a real database) ---------------------------------------------------------------
@@ -139,19 +158,21 @@ async def test_a_failed_flush_keeps_the_counts_and_the_next_adds_them_once(pg_ds
                 await control_db.migrate(conn)
             clock = Clock(time.time())
             meter = UsageMeter(clock)
+            hub = Hub(clock)
+            hub.attach(meter)
             t = tenant()
             meter.pool, meter.tenants = pool, lambda: [t]
             room = StreamKey("t1", False, "room")
-            meter.accepted(t, "rest", room, 5)
+            hub.accepted(t, "rest", room, 5)
             meter.egress("t1", "protocol", 500, "phoenix")
             assert await meter.flush()
-            meter.accepted(t, "rest", room, 3)
+            hub.accepted(t, "rest", room, 3)
             meter.egress("t1", "rest", 300, "(rest responses)")
             async with pool.connection() as conn:  # the database refuses the writes
                 await conn.execute("alter table _realtime.usage_egress rename to usage_egress_away")
             assert not await meter.flush()
             assert meter.flush_failures == 1
-            meter.accepted(t, "rest", room, 1)  # counted during the outage
+            hub.accepted(t, "rest", room, 1)  # counted during the outage
             meter.egress("t1", "rest", 100, "(rest responses)")
             today = datetime.fromtimestamp(clock.t, UTC).date()
             async with pool.connection() as conn:
@@ -546,7 +567,7 @@ async def test_the_hub_reports_deliveries_by_kind_and_nothing_while_the_events_l
     clock = Clock(T0)
     meter = UsageMeter(clock)
     hub = Hub()
-    hub.observers.append(meter)
+    hub.attach(meter)
     t = tenant("t1", limits=Limits(max_events_per_second=1_000))
     key = StreamKey("t1", False, "room")
     sender, *others = [Subscriber(codec) for codec in (V2_CODEC, V2_CODEC, V1)]

@@ -158,6 +158,7 @@ def routes(api: AdminApi, app: App) -> None:
         return (today if period == "day" else usage.cycle(tenant).start), today
 
     def read(tenant: Tenant, first: date, last: date) -> dict[str, Any]:
+        usage.settle()  # the hub's tallies of this second too
         usage.roll_attribution()
         epoch = date(1970, 1, 1).toordinal()
         days = range(first.toordinal() - epoch, last.toordinal() - epoch + 1)
