@@ -66,3 +66,18 @@ def test_a_message_of_another_kind_is_refused():
 @given(a=st.tuples(texts, st.booleans(), texts), b=st.tuples(texts, st.booleans(), texts))
 def test_different_streams_have_different_channels(a, b):
     assert (codec.channel("rt:c:", StreamKey(*a)) == codec.channel("rt:c:", StreamKey(*b))) == (a == b)
+
+
+@given(st.lists(st.binary(max_size=3000), max_size=200))
+def test_packs_give_back_every_message_in_order_and_stay_bounded(messages):
+    packs = codec.pack(messages)
+    assert [m for p in packs for m in codec.unpack(p)] == messages
+    for data in packs:
+        assert len(data) <= codec.MAX_PACK or len(codec.unpack(data)) == 1  # only a lone message is larger
+
+
+def test_a_pack_cut_short_is_refused():
+    data = codec.pack([b"one", b"two"])[0]
+    for cut in (1, 5, len(data) - 1):
+        with pytest.raises(codec.CodecError, match="cut short"):
+            codec.unpack(data[:cut])

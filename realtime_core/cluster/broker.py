@@ -16,7 +16,8 @@ receives, so messages of one topic from one publisher arrive in order everywhere
 
 Two background tasks own the connections, each reconnecting with a growing pause:
 _publish_forever() sends what publish() queued, pipelined (everything queued while the
-previous batch was on the wire goes in the next); _receive_forever() reads the channels'
+previous batch was on the wire goes in the next, each stream's messages of a batch packed
+into one Redis message: codec.pack()); _receive_forever() reads the channels'
 messages and, beside it, _sync_channels() sends (un)subscribes and a PING a second (a
 receiving connection silent for _DEAD_AFTER is taken for cut). While the publishing
 connection is down, published messages cannot reach the other processes: each is counted
@@ -66,6 +67,7 @@ _PING_INTERVAL = 1.0
 _DEAD_AFTER = 3.5
 # Messages queued for Redis beyond this (a stalled connection) are dropped and counted.
 _MAX_QUEUED = 200_000
+_CHANNELS_KEPT = 4096  # Redis channel names kept for publish(); past this the cache starts over
 _MESSAGE_TYPES = frozenset({b"message", b"smessage"})
 _SUBSCRIBED = frozenset({b"subscribe", b"ssubscribe"})
 # How long a join waits for Redis to confirm its channel's subscription (s).
@@ -111,6 +113,7 @@ class RedisBroker:
         self.sharded = True  # SPUBLISH/SSUBSCRIBE; False on a server without them
         # Publishing
         self._queue: list[tuple[bytes, bytes]] = []  # (channel, message), in publish() order
+        self._channels: dict[StreamKey, bytes] = {}  # the Redis channels of streams published to lately
         self._queued = asyncio.Event()
         self.publishing = False  # the publishing connection is up
         self._cut_at: float | None = None
@@ -169,7 +172,12 @@ class RedisBroker:
         if not self.publishing or len(queue) >= _MAX_QUEUED:
             self._drop(1)
             return delivered
-        queue.append((codec.channel(self.prefix, key), codec.encode(self.node_id, time.time(), publication)))
+        channel = self._channels.get(key)
+        if channel is None:
+            if len(self._channels) >= _CHANNELS_KEPT:
+                self._channels.clear()
+            channel = self._channels[key] = codec.channel(self.prefix, key)
+        queue.append((channel, codec.encode(self.node_id, time.time(), publication)))
         if len(queue) == 1:
             self._queued.set()
         return delivered
@@ -284,11 +292,9 @@ class RedisBroker:
                 # One deadline per batch, pushed back as answers come (a timeout per read cost
                 # about a third of the receiving side's time, measured with cProfile).
                 async with asyncio.timeout(_DEAD_AFTER) as deadline:
-                    await conn.send_packed_command(
-                        conn.pack_commands([(command, channel, message) for channel, message in batch]),
-                        check_health=False,
-                    )
-                    for index in range(len(batch)):
+                    commands = [(command, channel, data) for channel, data in _packed(batch)]
+                    await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                    for index in range(len(commands)):
                         await conn.read_response(timeout=math.inf)
                         if index % 1024 == 1023:
                             deadline.reschedule(self._clock() + _DEAD_AFTER)
@@ -386,25 +392,41 @@ class RedisBroker:
         if key is None:
             return  # unsubscribed meanwhile
         try:
-            node, sent_at, publication = codec.decode(data)
+            messages = codec.unpack(data)
         except codec.CodecError as exc:
-            self.malformed += 1
-            if self.malformed == 1 or math.log10(self.malformed).is_integer():
-                log.warning("redis: dropped a malformed message on %r (%d so far): %s", channel, self.malformed, exc)
+            self._malformed(channel, exc)
             return
-        if node == self.node_id:
-            return  # ours, delivered here at publish()
-        self.received += 1
-        lag = max(0.0, (time.time() - sent_at) * 1000)
-        self.lag.observe(lag)
-        sums = self._lag_sums.get(key.tenant)
-        if sums is None:
-            sums = self._lag_sums[key.tenant] = [0.0, 0]
-        sums[0] += lag
-        sums[1] += 1
         tenant = self._tenant_of(key.tenant)
-        if tenant is not None:
-            self.hub.publish(tenant, key, publication, self._clock())
+        # One pack arrived at once: one clock reading, one lag sum for all its messages.
+        received_at, now = time.time(), self._clock()
+        lags = 0.0
+        count = 0
+        for message in messages:
+            try:
+                node, sent_at, publication = codec.decode(message)
+            except codec.CodecError as exc:
+                self._malformed(channel, exc)
+                continue
+            if node == self.node_id:
+                return  # ours (a pack is one node's), delivered here at publish()
+            lag = max(0.0, (received_at - sent_at) * 1000)
+            self.lag.observe(lag)
+            lags += lag
+            count += 1
+            if tenant is not None:
+                self.hub.publish(tenant, key, publication, now)
+        if count:
+            self.received += count
+            sums = self._lag_sums.get(key.tenant)
+            if sums is None:
+                sums = self._lag_sums[key.tenant] = [0.0, 0]
+            sums[0] += lags
+            sums[1] += count
+
+    def _malformed(self, channel: bytes, exc: codec.CodecError) -> None:
+        self.malformed += 1
+        if self.malformed == 1 or math.log10(self.malformed).is_integer():
+            log.warning("redis: dropped a malformed message on %r (%d so far): %s", channel, self.malformed, exc)
 
     # Connections
 
@@ -463,3 +485,16 @@ def _redacted(url: str) -> str:
         return url
     scheme, _, _ = head.partition("//")
     return f"{scheme}//***@{tail}"
+
+
+def _packed(batch: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """(channel, pack) for the queued (channel, message) pairs: each channel's messages in their
+    order, packed (codec.pack()); channels in the order of their first message."""
+    by_channel: dict[bytes, list[bytes]] = {}
+    for channel, message in batch:
+        messages = by_channel.get(channel)
+        if messages is None:
+            by_channel[channel] = [message]
+        else:
+            messages.append(message)
+    return [(channel, data) for channel, messages in by_channel.items() for data in codec.pack(messages)]

@@ -1,9 +1,15 @@
 """Publications as bytes between the nodes of a cluster, without I/O.
 
-cluster/broker.py encodes each published message once (encode()) and PUBLISHes the bytes
-to the stream's Redis channel (channel()); each node that receives them decodes them
-(decode()) and hands the Publication to its hub. The stream (tenant, private, topic) is
-not in the message: it is the channel's.
+cluster/broker.py encodes each published message once (encode()), packs the messages queued
+for one stream since its last write into one Redis message (pack()) and PUBLISHes it to the
+stream's Redis channel (channel()); each node that receives it takes the messages out
+(unpack()), decodes them (decode()) and hands each Publication to its hub, in order. The
+stream (tenant, private, topic) is not in the message: it is the channel's.
+
+A pack is the messages, each after its length (u32). Packing is what lets a busy stream cross
+Redis at the rate one process fans it out: measured with `bench fanout --workers 2` at 1,000
+subscribers, one PUBLISH and one read per message spent about a tenth of the receiving
+process's time in redis-py's reply handling.
 
 A message is a JSON header, then the payload as it is (JSON text, or a user broadcast's
 bytes, which may be binary):
@@ -25,9 +31,10 @@ import orjson
 from ..hub import KINDS, Audience, Publication, StreamKey
 from ..protocol import UserBroadcast
 
-__all__ = ["VERSION", "CodecError", "channel", "decode", "encode"]
+__all__ = ["MAX_PACK", "VERSION", "CodecError", "channel", "decode", "encode", "pack", "unpack"]
 
-VERSION = 1
+VERSION = 2  # 2: messages travel in packs
+MAX_PACK = 256 * 1024  # bytes: a pack closes once it holds this much (a message alone may be larger)
 
 _LENGTH = struct.Struct("!I")
 _AUDIENCES = {audience.value: audience for audience in Audience}
@@ -62,6 +69,40 @@ def encode(node: str, sent_at: float, publication: Publication) -> bytes:
         return b"".join((_LENGTH.pack(len(header)), header, publication.payload))
     header = orjson.dumps((*fields, user.event, user.metadata, user.encoding))
     return b"".join((_LENGTH.pack(len(header)), header, user.data))
+
+
+def pack(messages: list[bytes]) -> list[bytes]:
+    """`messages` (encode()'s, of one stream, in order) as packs of about MAX_PACK bytes at most."""
+    packs: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for message in messages:
+        if parts and size + len(message) > MAX_PACK:
+            packs.append(b"".join(parts))
+            parts, size = [], 0
+        parts.append(_LENGTH.pack(len(message)))
+        parts.append(message)
+        size += _LENGTH.size + len(message)
+    if parts:
+        packs.append(b"".join(parts))
+    return packs
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The messages of a pack made by pack(), in order; raises CodecError when it is cut short."""
+    messages: list[bytes] = []
+    at, end = 0, len(data)
+    unpack_length = _LENGTH.unpack_from
+    while at < end:
+        if end - at < _LENGTH.size:
+            raise CodecError(f"a pack cut short: {end - at} byte(s) left of a length")
+        (size,) = unpack_length(data, at)
+        at += _LENGTH.size
+        if at + size > end:
+            raise CodecError(f"a pack cut short: a message of {size} bytes, {end - at} left")
+        messages.append(data[at : at + size])
+        at += size
+    return messages
 
 
 def decode(data: bytes) -> tuple[str, float, Publication]:
