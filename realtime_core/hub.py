@@ -236,12 +236,14 @@ class Publication:
     `kind` is its origin (KINDS). `payload` is JSON text, sent verbatim; with `user` set the
     message is a user broadcast instead (V2 receivers get a kind-4 frame, V1 receivers JSON, and
     binary payloads reach V2 receivers only, docs/protocol.md §2.3). `message_id`:
-    skipped by subscribers that got it as a replay (docs/protocol.md §4.4).
+    skipped by subscribers that got it as a replay (docs/protocol.md §4.4). `origin`: in a
+    cluster, what names the message on every node (its node id and publish time), set by the
+    cluster's broker as it publishes; None otherwise.
 
-    Not changed once made. A plain class rather than a frozen dataclass: one is made
+    Not changed once published. A plain class rather than a frozen dataclass: one is made
     per message, and a frozen dataclass took 1.5 µs to make, this about 0.3 µs."""
 
-    __slots__ = ("audience", "event", "kind", "message_id", "payload", "topic", "user")
+    __slots__ = ("audience", "event", "kind", "message_id", "origin", "payload", "topic", "user")
 
     def __init__(
         self,
@@ -252,6 +254,7 @@ class Publication:
         audience: Audience = Audience.BROADCAST,
         message_id: str | None = None,
         kind: str = BROADCAST_KIND,
+        origin: tuple[str, float] | None = None,
     ) -> None:
         self.kind = kind
         self.topic = topic
@@ -260,6 +263,7 @@ class Publication:
         self.user = user
         self.audience = audience
         self.message_id = message_id
+        self.origin = origin
 
     def __repr__(self) -> str:
         return f"<Publication {self.topic} {self.event} {self.audience.value}>"

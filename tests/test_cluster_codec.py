@@ -33,6 +33,7 @@ def test_a_publication_comes_back_as_it_was_sent(node, sent_at, topic, event, pa
     got_node, got_sent_at, decoded = codec.decode(codec.encode(node, sent_at, publication))
     assert (got_node, got_sent_at) == (node, sent_at)
     assert same(decoded, publication)
+    assert decoded.origin == (node, sent_at)  # what names the message on every node
 
 
 @given(

@@ -208,5 +208,42 @@ async def test_a_tail_on_one_node_shows_what_another_delivers_once(two, clients,
         await sender.send_broadcast("three", {"n": 3})
         [(kind, data)] = await viewer.events_until("three")
         assert data["payload"]["payload"] == {"n": 3}
+
+        assert (await asyncio.wait_for(on_a.get(), DELIVERY))["event"] == "three"
+        # Two identical messages in a row are two messages (told apart by their origin, not their
+        # content), each shown once with both nodes.
+        for _ in range(2):
+            await sender.send_broadcast("same", {"n": 4})
+        for _ in range(2):
+            assert (await asyncio.wait_for(on_a.get(), DELIVERY))["event"] == "same"
+        [(_, first)] = await viewer.events_until("same")
+        [(_, second)] = await viewer.events_until("same")
+        assert first["nodes"] == second["nodes"] == sorted([a_id, b_id])
+        await sender.send_broadcast("four", {"n": 5})
+        [(_, data)] = await viewer.events_until("four")  # and nothing in between
+    finally:
+        await viewer.close()
+
+
+async def test_identical_messages_delivered_on_different_nodes_are_two_messages_in_the_tail(two, clients, topic):
+    """Told apart by their origin, not their content: x on A and y on B (neither gets its own
+    broadcasts) each send the same message within a second; each is delivered on the other's
+    node only, and the tail shows both."""
+    a, b = two
+    a_id, b_id = await node_id(a), await node_id(b)
+    on_a: asyncio.Queue[Any] = asyncio.Queue()
+    on_b: asyncio.Queue[Any] = asyncio.Queue()
+    x = await joined(clients(a, "x"), topic, on_a)
+    y = await joined(clients(b, "y"), topic, on_b)
+    viewer = await Viewer.open(a.http_url, f"topic={topic}&kinds=broadcast")
+    try:
+        assert viewer.status == 200
+        await x.send_broadcast("same", {"n": 1})
+        await y.send_broadcast("same", {"n": 1})
+        assert (await asyncio.wait_for(on_b.get(), DELIVERY))["event"] == "same"
+        assert (await asyncio.wait_for(on_a.get(), DELIVERY))["event"] == "same"
+        [(_, first)] = await viewer.events_until("same")
+        [(_, second)] = await viewer.events_until("same")
+        assert sorted([first["nodes"], second["nodes"]]) == sorted([[a_id], [b_id]])
     finally:
         await viewer.close()

@@ -329,8 +329,13 @@ def _event(kind: str, data: Any) -> bytes:
 
 
 def identity(publication: Publication) -> str:
-    """What tells copies of one message delivered on several nodes: a digest of its kind, event
-    and payload, the same on every node."""
+    """What tells copies of one message delivered on several nodes: its origin (the node that
+    published it through Redis, and when), or, for a message each node makes for itself (a
+    presence diff derived from the replica, a Postgres change the leader hands out), a digest
+    of its kind, event and payload, the same on every node."""
+    if publication.origin is not None:
+        node, sent_at = publication.origin
+        return f"{node}:{sent_at!r}"
     digest = hashlib.blake2b(digest_size=12)
     user = publication.user
     parts = (publication.audience.value, publication.event) if user is None else ("user", user.event, user.encoding)

@@ -167,6 +167,8 @@ class RedisBroker:
     def publish(
         self, tenant: Tenant, key: StreamKey, publication: Publication, now: float, exclude: Subscriber | None = None
     ) -> int:
+        sent_at = time.time()
+        publication.origin = (self.node_id, sent_at)  # the same on every node (the live tail)
         delivered = self.hub.publish(tenant, key, publication, now, exclude)
         queue = self._queue
         if not self.publishing or len(queue) >= _MAX_QUEUED:
@@ -177,7 +179,7 @@ class RedisBroker:
             if len(self._channels) >= _CHANNELS_KEPT:
                 self._channels.clear()
             channel = self._channels[key] = codec.channel(self.prefix, key)
-        queue.append((channel, codec.encode(self.node_id, time.time(), publication)))
+        queue.append((channel, codec.encode(self.node_id, sent_at, publication)))
         if len(queue) == 1:
             self._queued.set()
         return delivered

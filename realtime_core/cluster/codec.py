@@ -106,7 +106,8 @@ def unpack(data: bytes) -> list[bytes]:
 
 
 def decode(data: bytes) -> tuple[str, float, Publication]:
-    """(node, sent_at, publication) of a message made by encode(); raises CodecError."""
+    """(node, sent_at, publication) of a message made by encode(), the publication's `origin`
+    being (node, sent_at); raises CodecError."""
     try:
         (size,) = _LENGTH.unpack_from(data)
         end = _LENGTH.size + size
@@ -116,11 +117,13 @@ def decode(data: bytes) -> tuple[str, float, Publication]:
         _, node, sent_at, kind, audience, topic, event, message_id, *user = header
         if kind not in KINDS or not isinstance(topic, str) or not isinstance(event, str):
             raise CodecError(f"malformed cluster message header: {header!r}")
+        origin = (node, sent_at)
+        to = _AUDIENCES[audience]
         if user:
             user_event, metadata, encoding = user
             message = UserBroadcast(user_event, data[end:], encoding, metadata)
-            return node, sent_at, Publication(topic, event, b"", message, _AUDIENCES[audience], message_id, kind)
-        return node, sent_at, Publication(topic, event, data[end:], None, _AUDIENCES[audience], message_id, kind)
+            return node, sent_at, Publication(topic, event, b"", message, to, message_id, kind, origin)
+        return node, sent_at, Publication(topic, event, data[end:], None, to, message_id, kind, origin)
     except (struct.error, orjson.JSONDecodeError, ValueError, TypeError, KeyError, IndexError) as exc:
         if isinstance(exc, CodecError):
             raise
