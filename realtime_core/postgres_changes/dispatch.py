@@ -522,22 +522,9 @@ class Dispatcher:
         batch: list[tuple[list[Subscriber], Publication]] = []
         rls_checked = Audience.POSTGRES_CHANGES
         kind = POSTGRES_CHANGES_KIND
-        rows = self.rows
-        wall = time.time()
-        tracer = self.hub.tracer
-        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
-        if topics:
-            assert tracer is not None
-            self._trace(tracer, topics, changes, shapes)
-        for ch in changes:
-            if not ch.deliveries:
-                # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
-                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
-                continue
-            self.changes_dispatched += 1
-            rows.dispatched += 1
-            rows.dispatched_at(ch.commit_time_us, wall)
-            for variant, subs in ch.deliveries:
+        tracing, going = self._going_out(changes, shapes)
+        for ch in going:
+            for variant, subs in ch.deliveries or ():
                 data = self._data(ch, variant, shapes)
                 groups = groups_cache.get(id(subs))
                 if groups is None:
@@ -551,9 +538,35 @@ class Dispatcher:
                     batch.append((channels, publication))
         if batch:
             self.messages_sent += self.hub.deliver(self.tenant, batch, self.now())
-        if topics:
-            assert tracer is not None
-            tracer.sent()
+        if tracing is not None:
+            tracing.sent()
+
+    def _going_out(
+        self, changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
+    ) -> tuple[Tracer | None, list[Change]]:
+        """Phase 2's start, the same for _emit and _publish: the decisions on traced topics
+        recorded (the tracer is returned, to be told sent() once the frames are queued; None
+        while nothing is traced), the changes with deliveries counted and returned, the others
+        counted as skipped with their reason."""
+        tracer = self.hub.tracer
+        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
+        if tracer is not None and topics:
+            self._trace(tracer, topics, changes, shapes)
+        else:
+            tracer = None
+        rows = self.rows
+        wall = time.time()
+        going = []
+        for ch in changes:
+            if not ch.deliveries:
+                # No filter ran: the table was dropped meanwhile; none matched; or RLS hid it.
+                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
+                continue
+            self.changes_dispatched += 1
+            rows.dispatched += 1
+            rows.dispatched_at(ch.commit_time_us, wall)
+            going.append(ch)
+        return tracer, going
 
     def _trace(
         self, tracer: Tracer, topics: set[str], changes: list[Change], shapes: dict[tuple[Any, ...], RecordShape]
@@ -605,22 +618,10 @@ class Dispatcher:
         # id(subscription list) → its subscription ids by process, shared by the changes that share the list
         split_cache: dict[int, dict[str, list[str]]] = {}
         by_node: dict[str, list[PublishedChange]] = {}
-        rows = self.rows
-        wall = time.time()
-        tracer = self.hub.tracer
-        topics = tracer.watching(self.tenant.external_id) if tracer is not None else None
-        if topics:
-            assert tracer is not None
-            self._trace(tracer, topics, changes, shapes)
-        for ch in changes:
-            if not ch.deliveries:
-                rows.skip("table_gone" if ch.matched is None else "filtered" if not ch.matched else "not_visible")
-                continue
-            self.changes_dispatched += 1
-            rows.dispatched += 1
-            rows.dispatched_at(ch.commit_time_us, wall)
+        tracing, going = self._going_out(changes, shapes)
+        for ch in going:
             per_node: dict[str, list[tuple[bytes, list[str]]]] = {}
-            for variant, subs in ch.deliveries:
+            for variant, subs in ch.deliveries or ():
                 data = self._data(ch, variant, shapes)
                 split = split_cache.get(id(subs))
                 if split is None:
@@ -637,9 +638,8 @@ class Dispatcher:
         own = by_node.pop(local, None)
         if own is not None:
             self.deliver_published(own)  # this process's channels need no round trip through Redis
-        if topics:
-            assert tracer is not None
-            tracer.sent()
+        if tracing is not None:
+            tracing.sent()
         if by_node:
             tenant = self.tenant.external_id
             await self.peers.publish({node: encode_batch(tenant, found) for node, found in by_node.items()})
